@@ -1,0 +1,1 @@
+"""Bronze → silver → gold on Spark: landed logs to typed events, interactions, profiles."""

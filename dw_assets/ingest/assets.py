@@ -1,0 +1,237 @@
+"""Bronze → silver → gold as weekly Dagster assets (thin wrappers over this domain's functions)."""
+
+
+import time
+from collections.abc import Iterator
+
+import pandera.pandas as pa
+from dagster import (
+    AssetCheckResult,
+    AssetExecutionContext,
+    AssetIn,
+    AssetOut,
+    Config,
+    MetadataValue,
+    Output,
+    asset,
+    multi_asset,
+)
+from dagster_pyspark import PySparkResource
+from pyspark.sql import DataFrame
+
+from dw_assets.ingest import schemas
+from dw_assets.ingest.bronze import build_bronze, landed_event_files
+from dw_assets.ingest.events import QUARANTINE_REASONS
+from dw_assets.ingest.interactions import InteractionRules, build_interactions
+from dw_assets.ingest.profiles import ProfileRules, build_track_stats, build_user_profiles
+from dw_assets.ingest.snapshots import track_catalog as read_track_catalog
+from dw_assets.ingest.snapshots import user_directory as read_user_directory
+from dw_assets.ingest.snapshots import user_playlists as read_user_playlists
+from dw_assets.lake.quality import schema_check_result, schema_check_spec, table_schema
+from dw_assets.lake.resources import LAYER_KEY, LakeResource
+from dw_assets.partitions import history_window, weekly_partitions
+
+GROUP = "ingest"
+MAX_CHECK_ROWS = 5_000_000
+
+
+def _meta(layer: str, schema: pa.DataFrameSchema) -> dict:
+    return {LAYER_KEY: layer, "dagster/column_schema": table_schema(schema)}
+
+
+def _emit(
+    name: str, frame: DataFrame, schema: pa.DataFrameSchema, metadata: dict, blocking: bool = True
+) -> Iterator[Output | AssetCheckResult]:
+    """Yield the output (written by the lake IO manager) and its Pandera check."""
+    frame = frame.persist()
+    rows = frame.count()
+    yield Output(frame, output_name=name, metadata={"dagster/row_count": rows, **metadata})
+    sample = frame if rows <= MAX_CHECK_ROWS else frame.sample(fraction=MAX_CHECK_ROWS / rows, seed=0)
+    yield schema_check_result(name, sample.toPandas(), schema, blocking=blocking, rows_total=rows)
+    frame.unpersist()
+
+
+def _landing(lake: LakeResource) -> str:
+    return lake.open().landing
+
+
+@multi_asset(
+    outs={
+        "track_catalog": AssetOut(group_name=GROUP, metadata=_meta("bronze", schemas.TRACK_CATALOG),
+                                  description="Tracks released by the end of the week (new releases are cold: audio, no plays)."),
+    },
+    partitions_def=weekly_partitions,
+    check_specs=[schema_check_spec("track_catalog", schemas.TRACK_CATALOG)],
+)
+def track_catalog(context: AssetExecutionContext, pyspark: PySparkResource, lake: LakeResource):
+    catalog = read_track_catalog(pyspark.spark_session, _landing(lake), context.partition_key)
+    yield from _emit("track_catalog", catalog, schemas.TRACK_CATALOG, {})
+
+
+@multi_asset(
+    outs={
+        "user_directory": AssetOut(group_name=GROUP, metadata=_meta("bronze", schemas.USER_DIRECTORY),
+                                   description="Users signed up by the end of the week, with country and birth year."),
+    },
+    partitions_def=weekly_partitions,
+    check_specs=[schema_check_spec("user_directory", schemas.USER_DIRECTORY)],
+)
+def user_directory(context: AssetExecutionContext, pyspark: PySparkResource, lake: LakeResource):
+    directory = read_user_directory(pyspark.spark_session, _landing(lake), context.partition_key)
+    yield from _emit("user_directory", directory, schemas.USER_DIRECTORY, {})
+
+
+@multi_asset(
+    outs={
+        "user_playlists": AssetOut(group_name=GROUP, metadata=_meta("bronze", schemas.USER_PLAYLISTS),
+                                   description="Snapshot of user playlists at the end of the week (the item2vec corpus)."),
+    },
+    partitions_def=weekly_partitions,
+    check_specs=[schema_check_spec("user_playlists", schemas.USER_PLAYLISTS)],
+)
+def user_playlists(context: AssetExecutionContext, pyspark: PySparkResource, lake: LakeResource):
+    playlists = read_user_playlists(pyspark.spark_session, _landing(lake), context.partition_key)
+    yield from _emit("user_playlists", playlists, schemas.USER_PLAYLISTS, {})
+
+
+@multi_asset(
+    outs={
+        "raw_play_events": AssetOut(group_name=GROUP, metadata=_meta("bronze", schemas.RAW_PLAY_EVENTS),
+                                    description="Bronze: the week's landed play events, typed and validated."),
+        "quarantined_events": AssetOut(group_name=GROUP, metadata=_meta("bronze", schemas.QUARANTINED_EVENTS),
+                                       description="Every rejected landed line with its reason; nothing is dropped silently."),
+    },
+    ins={
+        "user_directory": AssetIn(),
+        "track_catalog": AssetIn(),
+    },
+    partitions_def=weekly_partitions,
+    check_specs=[
+        schema_check_spec("raw_play_events", schemas.RAW_PLAY_EVENTS),
+        schema_check_spec("quarantined_events", schemas.QUARANTINED_EVENTS, blocking=False),
+    ],
+)
+def raw_play_events(
+    context: AssetExecutionContext,
+    pyspark: PySparkResource,
+    lake: LakeResource,
+    user_directory: DataFrame,
+    track_catalog: DataFrame,
+):
+    started = time.perf_counter()
+    week = context.partition_key
+    files = landed_event_files(_landing(lake), week)
+    if not files:
+        context.log.warning(f"week {week} landed no event files: bronze will be empty")
+    bronze = build_bronze(pyspark.spark_session, files, week, user_directory.select("user_id"),
+                          track_catalog.select("track_id"))
+    quarantined = bronze.quarantined.persist()
+    by_reason = {r: 0 for r in QUARANTINE_REASONS}
+    by_reason.update({row["reason"]: row["count"] for row in quarantined.groupBy("reason").count().collect()})
+    yield from _emit("raw_play_events", bronze.events, schemas.RAW_PLAY_EVENTS,
+                     {"landed_files": len(files), "elapsed_s": round(time.perf_counter() - started, 2)})
+    yield from _emit("quarantined_events", quarantined, schemas.QUARANTINED_EVENTS,
+                     {"quarantined_by_reason": MetadataValue.json(by_reason)}, blocking=False)
+    quarantined.unpersist()
+
+
+class InteractionsConfig(Config):
+    session_gap_minutes: int = 30
+    bot_min_events: int = InteractionRules.bot_min_events
+    bot_max_gap_cv: float = InteractionRules.bot_max_gap_cv
+    bot_min_royalty_share: float = InteractionRules.bot_min_royalty_share
+
+    def rules(self) -> InteractionRules:
+        return InteractionRules(
+            session_gap_s=self.session_gap_minutes * 60,
+            bot_min_events=self.bot_min_events,
+            bot_max_gap_cv=self.bot_max_gap_cv,
+            bot_min_royalty_share=self.bot_min_royalty_share,
+        )
+
+
+@multi_asset(
+    outs={
+        "interactions": AssetOut(group_name=GROUP, metadata=_meta("silver", schemas.INTERACTIONS),
+                                 description="Silver: deduplicated, bot-free, sessionized interactions with labels and graded weights."),
+        "flagged_activity": AssetOut(group_name=GROUP, metadata=_meta("silver", schemas.FLAGGED_ACTIVITY),
+                                     description="Bot accounts and hijacked sessions removed from interactions, with the evidence."),
+    },
+    ins={"raw_play_events": AssetIn(), "track_catalog": AssetIn()},
+    partitions_def=weekly_partitions,
+    check_specs=[
+        schema_check_spec("interactions", schemas.INTERACTIONS),
+        schema_check_spec("flagged_activity", schemas.FLAGGED_ACTIVITY, blocking=False),
+    ],
+)
+def interactions(
+    context: AssetExecutionContext, config: InteractionsConfig, raw_play_events: DataFrame, track_catalog: DataFrame
+):
+    started = time.perf_counter()
+    silver = build_interactions(raw_play_events, track_catalog, context.partition_key, config.rules())
+    flagged = silver.flagged.persist()
+    kinds = {row["kind"]: (row["count"], row["events"]) for row in
+             flagged.groupBy("kind").agg({"*": "count", "events": "sum"})
+             .withColumnsRenamed({"count(1)": "count", "sum(events)": "events"}).collect()}
+    bronze_rows = raw_play_events.count()
+    yield from _emit("interactions", silver.interactions, schemas.INTERACTIONS, {
+        "bronze_events": bronze_rows,
+        "bot_users_removed": kinds.get("bot", (0, 0))[0],
+        "bot_events_removed": kinds.get("bot", (0, 0))[1],
+        "hijacked_sessions_removed": kinds.get("hijacked_session", (0, 0))[0],
+        "hijacked_events_removed": kinds.get("hijacked_session", (0, 0))[1],
+        "elapsed_s": round(time.perf_counter() - started, 2),
+    })
+    yield from _emit("flagged_activity", flagged, schemas.FLAGGED_ACTIVITY, {}, blocking=False)
+    flagged.unpersist()
+
+
+@multi_asset(
+    outs={
+        "track_stats": AssetOut(group_name=GROUP, metadata=_meta("gold", schemas.TRACK_STATS),
+                                description="Gold: per-track popularity, skip/save rates and age over the 12-week window."),
+    },
+    ins={"interactions": AssetIn(partition_mapping=history_window), "track_catalog": AssetIn()},
+    partitions_def=weekly_partitions,
+    check_specs=[schema_check_spec("track_stats", schemas.TRACK_STATS)],
+)
+def track_stats(context: AssetExecutionContext, interactions: DataFrame, track_catalog: DataFrame):
+    stats = build_track_stats(interactions, track_catalog, context.partition_key)
+    yield from _emit("track_stats", stats, schemas.TRACK_STATS, {
+        "history_weeks": len(context.asset_partition_keys_for_input("interactions")),
+    })
+
+
+class UserProfilesConfig(Config):
+    recent_tracks: int = ProfileRules.recent_tracks
+    top_artists: int = ProfileRules.top_artists
+
+
+@multi_asset(
+    outs={
+        "user_profiles": AssetOut(group_name=GROUP, metadata=_meta("gold", schemas.USER_PROFILES),
+                                  description="Gold: last-50 positive tracks, genre mix, top artists and popularity habits per user."),
+    },
+    ins={
+        "interactions": AssetIn(partition_mapping=history_window),
+        "user_directory": AssetIn(),
+        "track_stats": AssetIn(),
+    },
+    partitions_def=weekly_partitions,
+    check_specs=[schema_check_spec("user_profiles", schemas.USER_PROFILES)],
+)
+def user_profiles(
+    context: AssetExecutionContext,
+    config: UserProfilesConfig,
+    interactions: DataFrame,
+    user_directory: DataFrame,
+    track_stats: DataFrame,
+):
+    rules = ProfileRules(recent_tracks=config.recent_tracks, top_artists=config.top_artists)
+    profiles = build_user_profiles(interactions, user_directory, track_stats, context.partition_key, rules)
+    yield from _emit("user_profiles", profiles, schemas.USER_PROFILES, {
+        "history_weeks": len(context.asset_partition_keys_for_input("interactions")),
+    })
+
+
+ingest_assets = [track_catalog, user_directory, user_playlists, raw_play_events, interactions, track_stats, user_profiles]

@@ -1,0 +1,1 @@
+"""The lake: Parquet partitions and model artifacts under one root (local or S3)."""

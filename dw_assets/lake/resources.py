@@ -1,0 +1,96 @@
+"""Dagster resources for the lake: where it is, and the IO manager that reads/writes it.
+
+Local vs production is one setting: ``DW_LAKE`` (or ``dw run --lake``) is a
+directory or an ``s3://bucket/prefix``; S3 credentials come from the
+environment only (boto3's usual ``AWS_*`` variables), never from config files.
+"""
+
+
+import os
+from typing import Any
+
+import pandas as pd
+from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, OutputContext
+from dagster_pyspark import PySparkResource
+from pydantic import Field
+
+from dw_assets.lake.storage import Lake, LakeError
+
+LAYER_KEY = "dw/layer"
+DEFAULT_LAKE = "data/demo"
+
+
+class LakeResource(ConfigurableResource):
+    """The lake root; ``landing/`` is read from under the same root (DESIGN §7)."""
+
+    root: str = Field(default_factory=lambda: os.environ.get("DW_LAKE", DEFAULT_LAKE))
+    s3_endpoint_url: str | None = Field(
+        default_factory=lambda: os.environ.get("DW_S3_ENDPOINT_URL"),
+        description="S3-compatible endpoint (MinIO, moto); None means AWS.",
+    )
+
+    def open(self) -> Lake:
+        client = None
+        if self.root.startswith("s3://"):
+            from dagster_aws.s3 import S3Resource
+
+            client = S3Resource(endpoint_url=self.s3_endpoint_url).get_client()
+        return Lake(self.root, s3_client=client)
+
+
+def _layer(metadata: Any, what: str) -> str:
+    layer = (metadata or {}).get(LAYER_KEY)
+    if layer is None:
+        raise LakeError(f"{what} has no {LAYER_KEY!r} metadata, so the lake does not know its layer")
+    return getattr(layer, "value", layer)
+
+
+def _is_spark(obj_or_type: Any) -> bool:
+    module = getattr(obj_or_type, "__module__", "") or getattr(type(obj_or_type), "__module__", "")
+    return module.startswith("pyspark.sql")
+
+
+class LakeIOManager(ConfigurableIOManager):
+    """Parquet per partition under ``<root>/<layer>/<asset>/week=<key>/``.
+
+    Spark DataFrames in, Spark DataFrames out for inputs annotated as such;
+    pandas otherwise. A window of partitions (the 12-week history) loads the
+    weeks that exist, so windows at the start of history simply hold fewer weeks.
+    """
+
+    lake: LakeResource
+    pyspark: PySparkResource
+
+    def _uri(self, layer: str, context: OutputContext | InputContext, key: str | None) -> str:
+        return self.lake.open().uri(layer, context.asset_key.path[-1], key)
+
+    def handle_output(self, context: OutputContext, obj: Any) -> None:
+        if obj is None:
+            return
+        layer = _layer(context.definition_metadata, f"asset {context.asset_key.to_user_string()}")
+        key = context.partition_key if context.has_partition_key else None
+        lake = self.lake.open()
+        uri = lake.uri(layer, context.asset_key.path[-1], key)
+        if isinstance(obj, pd.DataFrame):
+            lake.write_frame(obj, uri)
+        elif _is_spark(obj):
+            lake.write_spark(obj, uri)
+        else:
+            raise LakeError(f"the lake IO manager stores DataFrames, got {type(obj).__name__} for {uri}")
+        context.add_output_metadata({"path": uri})
+
+    def load_input(self, context: InputContext) -> Any:
+        upstream = context.upstream_output
+        layer = _layer(upstream.definition_metadata if upstream else None, f"input {context.asset_key.to_user_string()}")
+        lake = self.lake.open()
+        keys: list[str | None] = list(context.asset_partition_keys) if context.has_asset_partitions else [None]
+        uris = [lake.uri(layer, context.asset_key.path[-1], k) for k in keys]
+        if len(uris) > 1:
+            uris = [u for u in uris if lake.exists(u)]
+            if not uris:
+                raise LakeError(f"no partition of {context.asset_key.to_user_string()} exists in {keys[0]}..{keys[-1]}")
+        wants_spark = _is_spark(getattr(context.dagster_type, "typing_type", None))
+        if wants_spark:
+            return lake.read_spark(self.pyspark.spark_session, uris)
+        frames = [lake.read_frame(u) for u in uris]
+        return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)

@@ -1,0 +1,169 @@
+"""Where lake data lives and how it is written: atomically, one directory per partition.
+
+Layout (DESIGN §3): ``<root>/<layer>/<asset>/week=<key>/part-*.parquet`` beside
+``<root>/landing/``. The root is a local directory or ``s3://bucket/prefix``.
+
+Local writes go to a hidden temp directory that is renamed into place, so a
+crash never leaves a half-written partition visible and a re-write replaces the
+partition whole. On S3 a partition of a pandas table is one object, and a single
+PUT is atomic. No Dagster import here: the IO manager and the tests share it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+LAYERS = ("bronze", "silver", "gold", "models")
+PART_FILE = "part-00000.parquet"
+
+
+class LakeError(RuntimeError):
+    """A lake read or write that cannot be done, with the path it was about."""
+
+
+def _split_s3(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return bucket, key.strip("/")
+
+
+@dataclass
+class Lake:
+    """One lake root. ``s3_client`` is a boto3 client, needed only for ``s3://`` roots."""
+
+    root: str
+    s3_client: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.root = self.root.rstrip("/")
+        if self.root.startswith("file://"):
+            self.root = self.root.removeprefix("file://")
+        if not self.is_s3:
+            self.root = str(Path(self.root).expanduser().resolve())
+        elif self.s3_client is None:
+            raise LakeError(f"lake root {self.root} is on S3 but no S3 client was given")
+
+    @property
+    def is_s3(self) -> bool:
+        return self.root.startswith("s3://")
+
+    @property
+    def landing(self) -> str:
+        return f"{self.root}/landing"
+
+    def uri(self, layer: str, asset: str, week: str | None = None) -> str:
+        """Directory of one asset partition (or of an unpartitioned asset)."""
+        if layer not in LAYERS:
+            raise LakeError(f"unknown lake layer {layer!r} for asset {asset!r}; expected one of {LAYERS}")
+        base = f"{self.root}/{layer}/{asset}"
+        return f"{base}/week={week}" if week else base
+
+    # -- pandas tables -------------------------------------------------------
+
+    def write_frame(self, frame: pd.DataFrame, uri: str) -> int:
+        """Replace the partition at ``uri`` with ``frame``; returns bytes written."""
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        if self.is_s3:
+            buffer = io.BytesIO()
+            pq.write_table(table, buffer)
+            bucket, key = _split_s3(uri)
+            self.s3_client.put_object(Bucket=bucket, Key=f"{key}/{PART_FILE}", Body=buffer.getvalue())
+            return buffer.tell()
+        with self._staged_dir(uri) as tmp:
+            pq.write_table(table, tmp / PART_FILE)
+            return (tmp / PART_FILE).stat().st_size
+
+    def read_frame(self, uri: str, columns: list[str] | None = None) -> pd.DataFrame:
+        """Read one partition directory (every part file in it) into pandas."""
+        if self.is_s3:
+            bucket, key = _split_s3(uri)
+            try:
+                body = self.s3_client.get_object(Bucket=bucket, Key=f"{key}/{PART_FILE}")["Body"].read()
+            except Exception as exc:  # botocore raises a generated NoSuchKey class
+                raise LakeError(f"no lake data at {uri}: {exc}") from exc
+            return pq.read_table(io.BytesIO(body), columns=columns).to_pandas()
+        if not Path(uri).is_dir():
+            raise LakeError(f"no lake data at {uri} (was the upstream partition materialized?)")
+        return pq.read_table(uri, columns=columns).to_pandas()
+
+    def exists(self, uri: str) -> bool:
+        if self.is_s3:
+            bucket, key = _split_s3(uri)
+            listing = self.s3_client.list_objects_v2(Bucket=bucket, Prefix=f"{key}/", MaxKeys=1)
+            return listing.get("KeyCount", 0) > 0
+        return Path(uri).is_dir()
+
+    # -- Spark tables --------------------------------------------------------
+
+    def write_spark(self, frame: Any, uri: str) -> None:
+        """Replace the partition at ``uri`` with a Spark DataFrame.
+
+        On S3 the cluster writes ``s3a://`` directly (needs hadoop-aws on the
+        cluster's classpath); locally it writes a temp directory and renames it.
+        """
+        if self.is_s3:
+            frame.write.mode("overwrite").parquet(uri.replace("s3://", "s3a://", 1))
+            return
+        with self._staged_dir(uri) as tmp:
+            # Spark insists on creating the directory itself.
+            tmp.rmdir()
+            frame.write.parquet(str(tmp))
+
+    def read_spark(self, spark: Any, uris: Iterable[str]) -> Any:
+        paths = [u.replace("s3://", "s3a://", 1) for u in uris]
+        missing = [u for u in paths if not self.is_s3 and not Path(u).is_dir()]
+        if missing:
+            raise LakeError(f"no lake data at {', '.join(missing)} (was the upstream partition materialized?)")
+        return spark.read.parquet(*paths)
+
+    # -- helpers -------------------------------------------------------------
+
+    def _staged_dir(self, uri: str) -> _StagedDir:
+        return _StagedDir(Path(uri))
+
+
+class _StagedDir:
+    """Context manager: a hidden sibling temp dir that replaces ``final`` on success."""
+
+    def __init__(self, final: Path) -> None:
+        self.final = final
+        self.tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:12]}"
+
+    def __enter__(self) -> Path:
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_siblings(self.final)
+        self.tmp.mkdir()
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        replace_dir(self.tmp, self.final)
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move ``tmp`` to ``final``, replacing what was there; never leaves a mix of both."""
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:12]}"
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, final)
+
+
+def _remove_stale_siblings(final: Path) -> None:
+    """Temp dirs left by a crashed writer of this partition are garbage."""
+    for stale in final.parent.glob(f".{final.name}.*-*"):
+        shutil.rmtree(stale, ignore_errors=True)

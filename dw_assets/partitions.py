@@ -1,0 +1,19 @@
+"""The weekly partitions every weekly asset shares, and the history window."""
+
+from __future__ import annotations
+
+import os
+
+from dagster import TimeWindowPartitionMapping, WeeklyPartitionsDefinition
+
+# Partition keys are the Monday that starts a listening week (00:00 UTC). The
+# first week is a deployment setting; the simulator's worlds start here too.
+FIRST_WEEK = os.environ.get("DW_FIRST_WEEK", "2026-01-05")
+HISTORY_WEEKS = 12
+
+weekly_partitions = WeeklyPartitionsDefinition(start_date=FIRST_WEEK, day_offset=1, timezone="UTC")
+
+# Week W reads weeks W-11..W; at the start of history the window just holds fewer weeks.
+history_window = TimeWindowPartitionMapping(
+    start_offset=-(HISTORY_WEEKS - 1), end_offset=0, allow_nonexistent_upstream_partitions=True
+)

@@ -21,7 +21,7 @@ def week_start(key: str) -> dt.datetime:
         raise ValueError(f"week key must be an ISO date like 2026-01-05, got {key!r}") from exc
     if day.weekday() != 0:
         raise ValueError(f"week key {key!r} is a {day.strftime('%A')}, not a Monday")
-    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc)
+    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
 
 
 def week_bounds(key: str) -> tuple[dt.datetime, dt.datetime]:

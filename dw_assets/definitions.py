@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
-from dagster_pyspark import PySparkResource
+from dagster_pyspark import LazyPySparkResource
 
 from dw_assets.ingest.assets import ingest_assets
 from dw_assets.ingest.spark import settings_from_env, use_this_interpreter
@@ -27,7 +27,7 @@ weekly_job = define_asset_job(
 def build_resources(lake_root: str | None = None) -> dict:
     """Resources for one deployment; ``lake_root`` overrides ``DW_LAKE``."""
     lake = LakeResource(root=lake_root) if lake_root else LakeResource()
-    pyspark = PySparkResource(spark_config=settings_from_env().as_conf())
+    pyspark = LazyPySparkResource(spark_config=settings_from_env().as_conf())
     return {
         "lake": lake,
         "pyspark": pyspark,

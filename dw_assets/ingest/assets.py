@@ -13,10 +13,9 @@ from dagster import (
     Config,
     MetadataValue,
     Output,
-    asset,
     multi_asset,
 )
-from dagster_pyspark import PySparkResource
+from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import DataFrame
 
 from dw_assets.ingest import schemas
@@ -63,7 +62,7 @@ def _landing(lake: LakeResource) -> str:
     partitions_def=weekly_partitions,
     check_specs=[schema_check_spec("track_catalog", schemas.TRACK_CATALOG)],
 )
-def track_catalog(context: AssetExecutionContext, pyspark: PySparkResource, lake: LakeResource):
+def track_catalog(context: AssetExecutionContext, pyspark: LazyPySparkResource, lake: LakeResource):
     catalog = read_track_catalog(pyspark.spark_session, _landing(lake), context.partition_key)
     yield from _emit("track_catalog", catalog, schemas.TRACK_CATALOG, {})
 
@@ -76,7 +75,7 @@ def track_catalog(context: AssetExecutionContext, pyspark: PySparkResource, lake
     partitions_def=weekly_partitions,
     check_specs=[schema_check_spec("user_directory", schemas.USER_DIRECTORY)],
 )
-def user_directory(context: AssetExecutionContext, pyspark: PySparkResource, lake: LakeResource):
+def user_directory(context: AssetExecutionContext, pyspark: LazyPySparkResource, lake: LakeResource):
     directory = read_user_directory(pyspark.spark_session, _landing(lake), context.partition_key)
     yield from _emit("user_directory", directory, schemas.USER_DIRECTORY, {})
 
@@ -89,7 +88,7 @@ def user_directory(context: AssetExecutionContext, pyspark: PySparkResource, lak
     partitions_def=weekly_partitions,
     check_specs=[schema_check_spec("user_playlists", schemas.USER_PLAYLISTS)],
 )
-def user_playlists(context: AssetExecutionContext, pyspark: PySparkResource, lake: LakeResource):
+def user_playlists(context: AssetExecutionContext, pyspark: LazyPySparkResource, lake: LakeResource):
     playlists = read_user_playlists(pyspark.spark_session, _landing(lake), context.partition_key)
     yield from _emit("user_playlists", playlists, schemas.USER_PLAYLISTS, {})
 
@@ -113,7 +112,7 @@ def user_playlists(context: AssetExecutionContext, pyspark: PySparkResource, lak
 )
 def raw_play_events(
     context: AssetExecutionContext,
-    pyspark: PySparkResource,
+    pyspark: LazyPySparkResource,
     lake: LakeResource,
     user_directory: DataFrame,
     track_catalog: DataFrame,

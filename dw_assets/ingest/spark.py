@@ -32,6 +32,7 @@ class SparkSettings:
             "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
             "spark.ui.enabled": "false",
             "spark.ui.showConsoleProgress": "false",
+            "spark.log.level": "ERROR",
             # Deterministic output file names and counts across re-runs.
             "spark.sql.adaptive.coalescePartitions.enabled": "false",
         }

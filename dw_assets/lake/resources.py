@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, OutputContext
-from dagster_pyspark import PySparkResource
+from dagster_pyspark import LazyPySparkResource
 from pydantic import Field
 
 from dw_assets.lake.storage import Lake, LakeError
@@ -59,7 +59,7 @@ class LakeIOManager(ConfigurableIOManager):
     """
 
     lake: LakeResource
-    pyspark: PySparkResource
+    pyspark: LazyPySparkResource
 
     def _uri(self, layer: str, context: OutputContext | InputContext, key: str | None) -> str:
         return self.lake.open().uri(layer, context.asset_key.path[-1], key)

@@ -1,0 +1,27 @@
+# The two commands of the README are `make demo` and `make test`.
+BIN := .venv/bin
+DEMO := data/demo
+export PYSPARK_PYTHON := $(CURDIR)/$(BIN)/python
+
+.PHONY: setup demo test lint ui
+
+setup:
+	@scripts/setup.sh
+
+## Simulate the demo world and materialize the weekly graph for its last training week.
+demo: setup
+	$(BIN)/dw simulate --out $(DEMO) --preset small
+	$(BIN)/dw run --lake $(DEMO)
+
+## Set up and run the whole test suite (what CI runs).
+test: setup
+	$(BIN)/ruff check dw_assets dw_assets_tests
+	$(BIN)/dagster definitions validate -w workspace.yaml
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check dw_assets dw_assets_tests
+
+## Browse the demo's runs, assets, partitions and checks at http://127.0.0.1:3000
+ui: setup
+	DAGSTER_HOME=$(CURDIR)/$(DEMO)/dagster_home DW_LAKE=$(CURDIR)/$(DEMO) $(BIN)/dagster dev -w workspace.yaml

@@ -1,0 +1,92 @@
+"""Materialize a week (and the history it needs) through Dagster, as ``dw run`` does."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from dagster import AssetSelection, DagsterInstance, ExecuteInProcessResult, materialize
+
+from dw_assets.calendar import shift_week
+from dw_assets.definitions import ALL_ASSETS, build_resources
+from dw_assets.partitions import HISTORY_WEEKS
+
+# What one week contributes to later weeks' history windows.
+PER_WEEK_ASSETS = (
+    "track_catalog", "user_directory", "user_playlists", "raw_play_events", "quarantined_events",
+    "interactions", "flagged_activity",
+)
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+class RunError(RuntimeError):
+    """A Dagster run failed or a blocking check stopped it."""
+
+
+def history_weeks(week: str, known_weeks: list[str] | None) -> list[str]:
+    """Earlier weeks inside ``week``'s 12-week window that the landing zone has."""
+    first = shift_week(week, -(HISTORY_WEEKS - 1))
+    return [k for k in (known_weeks or []) if first <= k < week]
+
+
+def _run(selection: AssetSelection | None, week: str, lake_root: Path, instance: DagsterInstance) -> ExecuteInProcessResult:
+    result = materialize(
+        ALL_ASSETS,
+        selection=selection,
+        partition_key=week,
+        resources=build_resources(str(lake_root)),
+        instance=instance,
+        run_config=QUIET,
+        raise_on_error=False,
+    )
+    failed_checks = [
+        f"{e.asset_key.to_user_string()}:{e.check_name}" for e in result.get_asset_check_evaluations() if not e.passed
+    ]
+    if not result.success or failed_checks:
+        failures = [str(ev.event_specific_data.error.message).strip()
+                    for ev in result.all_events if ev.is_step_failure and ev.event_specific_data]
+        raise RunError(
+            f"run {result.run_id} for week {week} failed"
+            + (f"; failed checks: {', '.join(failed_checks)}" if failed_checks else "")
+            + (f"; {' | '.join(failures)[:2000]}" if failures else "")
+        )
+    return result
+
+
+def _summarize(result: ExecuteInProcessResult, week: str) -> list[str]:
+    checks = {e.asset_key.to_user_string(): "pass" if e.passed else "FAIL" for e in result.get_asset_check_evaluations()}
+    lines = []
+    for event in result.get_asset_materialization_events():
+        mat = event.materialization
+        name = mat.asset_key.to_user_string()
+        rows = mat.metadata.get("dagster/row_count")
+        rows_text = f"{rows.value:>12,}" if rows is not None else " " * 12
+        lines.append(f"  {name:<22} {week}  rows {rows_text}  schema check {checks.get(name, '-')}")
+    return lines
+
+
+def materialize_week(
+    lake_root: Path,
+    week: str,
+    known_weeks: list[str] | None,
+    rebuild_history: bool = False,
+    progress: Callable[[str], None] = print,
+) -> str:
+    """Materialize the history window's per-week assets (when missing), then all of ``week``."""
+    instance = DagsterInstance.get()
+    lake = build_resources(str(lake_root))["lake"].open()
+    report = []
+    for earlier in history_weeks(week, known_weeks):
+        if not rebuild_history and lake.exists(lake.uri("silver", "interactions", earlier)):
+            progress(f"week {earlier}: already in the lake, kept")
+            continue
+        started = time.perf_counter()
+        result = _run(AssetSelection.assets(*PER_WEEK_ASSETS), earlier, lake_root, instance)
+        progress(f"week {earlier}: history materialized in {time.perf_counter() - started:.1f}s (run {result.run_id[:8]})")
+        report += _summarize(result, earlier)
+    started = time.perf_counter()
+    result = _run(None, week, lake_root, instance)
+    progress(f"week {week}: all assets materialized in {time.perf_counter() - started:.1f}s (run {result.run_id[:8]})")
+    report += _summarize(result, week)
+    return "materialized:\n" + "\n".join(report)

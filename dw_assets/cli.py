@@ -1,0 +1,86 @@
+"""The ``dw`` command line (DESIGN §7)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+
+def _echo_step(message: str) -> None:
+    click.echo(f"[{time.strftime('%H:%M:%S')}] {message}", err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """dw_assets: weekly discovery playlists as Dagster assets."""
+
+
+@main.command()
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="World root; writes OUT/landing/.")
+@click.option("--preset", type=click.Choice(["tiny", "small", "large"]), default="small", show_default=True)
+@click.option("--seed", type=int, default=None, help="Random seed (default: the preset's).")
+@click.option("--users", type=int, default=None, help="Users at the start (overrides the preset).")
+@click.option("--tracks", type=int, default=None, help="Tracks at the start (overrides the preset).")
+@click.option("--weeks", type=int, default=None, help="Training weeks; one holdout week follows.")
+@click.option("--new-tracks-per-week", type=int, default=None)
+@click.option("--bad-event-rate", type=float, default=None, help="Fraction of landed lines that are malformed.")
+@click.option("--audio-seconds", type=float, default=None, help="Length of each synthesized clip.")
+def simulate(out_dir, preset, seed, users, tracks, weeks, new_tracks_per_week, bad_event_rate, audio_seconds):
+    """Generate a synthetic music world's landing zone (events, catalog, users, playlists, audio)."""
+    from dw_assets.simulate import config_for
+    from dw_assets.simulate import simulate as run_simulation
+
+    try:
+        config = config_for(
+            preset, seed=seed, users=users, tracks=tracks, weeks=weeks,
+            new_tracks_per_week=new_tracks_per_week, bad_event_rate=bad_event_rate, audio_seconds=audio_seconds,
+        )
+    except (TypeError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from exc
+    started = time.perf_counter()
+    manifest = run_simulation(config, out_dir, progress=_echo_step)
+    elapsed = time.perf_counter() - started
+    lines = sum(manifest["counts"]["lines"].values())
+    bad = sum(sum(kinds.values()) for kinds in manifest["malformed_events"].values())
+    click.echo(
+        f"world written to {Path(out_dir).resolve()}/landing in {elapsed:.1f}s: "
+        f"{manifest['counts']['users']:,} users, {manifest['counts']['tracks']:,} tracks, "
+        f"{lines:,} event lines ({bad:,} malformed), weeks {manifest['training_weeks'][0]}..{manifest['last_training_week']} "
+        f"+ holdout {manifest['holdout_week']}"
+    )
+
+
+@main.command()
+@click.option("--lake", "lake_dir", required=True, type=click.Path(file_okay=False), help="Lake root (holds landing/).")
+@click.option("--week", default=None, help="Week key (Monday, YYYY-MM-DD); default: the manifest's last training week.")
+@click.option("--rebuild-history", is_flag=True, help="Re-materialize earlier weeks even if they are in the lake.")
+def run(lake_dir, week, rebuild_history):
+    """Materialize the weekly asset graph for WEEK through Dagster (runs are recorded in DAGSTER_HOME)."""
+    from dw_assets.automation.runner import RunError, materialize_week
+
+    lake_root = Path(lake_dir).resolve()
+    manifest_path = lake_root / "landing" / "manifest.json"
+    if not manifest_path.exists() and week is None:
+        raise click.UsageError(f"{manifest_path} not found: pass --week or run `dw simulate --out {lake_dir}` first")
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    week = week or manifest["last_training_week"]
+    os.environ.setdefault("DAGSTER_HOME", str(lake_root / "dagster_home"))
+    _echo_step(f"DAGSTER_HOME={os.environ['DAGSTER_HOME']}")
+    try:
+        report = materialize_week(lake_root, week, manifest.get("training_weeks"), rebuild_history, progress=_echo_step)
+    except RunError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(report)
+    click.echo(
+        f"\nbrowse it: DAGSTER_HOME={os.environ['DAGSTER_HOME']} DW_LAKE={lake_root} dagster dev -w workspace.yaml"
+    )
+
+
+if __name__ == "__main__":
+    main()

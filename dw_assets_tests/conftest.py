@@ -1,0 +1,35 @@
+"""Shared fixtures: one Spark session per test process, one tiny simulated world per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from dw_assets.ingest.spark import SparkSettings, use_this_interpreter
+
+os.environ.setdefault("DAGSTER_HOME", str(Path(__file__).resolve().parent.parent / ".dagster_test_home"))
+
+
+@pytest.fixture(scope="session")
+def spark():
+    use_this_interpreter()
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder
+    for key, value in SparkSettings(master="local[2]", shuffle_partitions=4, driver_memory="4g").as_conf().items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> Path:
+    """A tiny simulated world (landing zone + manifest), shared read-only by the tests."""
+    from dw_assets.simulate import config_for, simulate
+
+    root = tmp_path_factory.mktemp("tiny_world")
+    simulate(config_for("tiny"), root)
+    return root

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Sets up a fresh clone: Java 17 for Spark (if missing), a virtualenv, the pinned packages.
+# Idempotent and quick when nothing changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v java >/dev/null 2>&1; then
+  echo "[setup] java not found: installing openjdk-17-jre-headless" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+
+stamp=.venv/.installed-$(cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
+if [ ! -f "$stamp" ]; then
+  echo "[setup] installing pinned packages into .venv (constraints.txt)" >&2
+  start=$(date +%s)
+  .venv/bin/python -m pip install -q --upgrade pip
+  # torch==2.13.0 is the CPU wheel on local disk (pip's find-links); constraints pin the rest.
+  .venv/bin/python -m pip install -q -c constraints.txt -e '.[dev]'
+  rm -f .venv/.installed-*
+  touch "$stamp"
+  echo "[setup] installed in $(( $(date +%s) - start ))s" >&2
+fi

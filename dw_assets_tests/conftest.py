@@ -9,7 +9,13 @@ import pytest
 
 from dw_assets.ingest.spark import SparkSettings, use_this_interpreter
 
-os.environ.setdefault("DAGSTER_HOME", str(Path(__file__).resolve().parent.parent / ".dagster_test_home"))
+
+@pytest.fixture(scope="session", autouse=True)
+def dagster_home(tmp_path_factory) -> Path:
+    """Runs of the test session are recorded in a throwaway instance."""
+    home = tmp_path_factory.mktemp("dagster_home")
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,18 @@ class RunError(RuntimeError):
     """A Dagster run failed or a blocking check stopped it."""
 
 
+def run_instance() -> DagsterInstance:
+    """The instance in ``DAGSTER_HOME`` (created on first use), so the web UI shows these runs."""
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
+        raise RunError("DAGSTER_HOME is not set: runs must be recorded where `dagster dev` can show them")
+    Path(home).mkdir(parents=True, exist_ok=True)
+    settings = Path(home) / "dagster.yaml"
+    if not settings.exists():
+        settings.write_text("telemetry:\n  enabled: false\n")
+    return DagsterInstance.get()
+
+
 def history_weeks(week: str, known_weeks: list[str] | None) -> list[str]:
     """Earlier weeks inside ``week``'s 12-week window that the landing zone has."""
     first = shift_week(week, -(HISTORY_WEEKS - 1))
@@ -41,7 +54,8 @@ def _run(selection: AssetSelection | None, week: str, lake_root: Path, instance:
         raise_on_error=False,
     )
     failed_checks = [
-        f"{e.asset_key.to_user_string()}:{e.check_name}" for e in result.get_asset_check_evaluations() if not e.passed
+        f"{e.asset_key.to_user_string()}:{e.check_name} {_evidence(e.metadata)}"
+        for e in result.get_asset_check_evaluations() if not e.passed
     ]
     if not result.success or failed_checks:
         failures = [str(ev.event_specific_data.error.message).strip()
@@ -52,6 +66,11 @@ def _run(selection: AssetSelection | None, week: str, lake_root: Path, instance:
             + (f"; {' | '.join(failures)[:2000]}" if failures else "")
         )
     return result
+
+
+def _evidence(metadata) -> str:
+    sample = metadata.get("failure_sample")
+    return f"\n{getattr(sample, 'value', sample)}\n" if sample is not None else ""
 
 
 def _summarize(result: ExecuteInProcessResult, week: str) -> list[str]:
@@ -74,7 +93,7 @@ def materialize_week(
     progress: Callable[[str], None] = print,
 ) -> str:
     """Materialize the history window's per-week assets (when missing), then all of ``week``."""
-    instance = DagsterInstance.get()
+    instance = run_instance()
     lake = build_resources(str(lake_root))["lake"].open()
     report = []
     for earlier in history_weeks(week, known_weeks):

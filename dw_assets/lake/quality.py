@@ -31,8 +31,21 @@ def table_schema(schema: pa.DataFrameSchema) -> TableSchema:
     )
 
 
+def as_checked(frame: pd.DataFrame) -> pd.DataFrame:
+    """Timestamps as UTC nanoseconds whichever reader produced them (Spark: naive; pyarrow: µs)."""
+    frame = frame.copy()
+    for name in frame.columns:
+        column = frame[name]
+        if pd.api.types.is_datetime64_any_dtype(column):
+            if getattr(column.dt, "tz", None) is None:
+                column = column.dt.tz_localize("UTC")
+            frame[name] = column.dt.tz_convert("UTC").astype("datetime64[ns, UTC]")
+    return frame
+
+
 def validate_frame(frame: pd.DataFrame, schema: pa.DataFrameSchema) -> tuple[bool, pd.DataFrame]:
     """(passed, failure cases); failure cases has pandera's columns (column, check, failure_case, index)."""
+    frame = as_checked(frame)
     try:
         schema.validate(frame, lazy=True)
     except SchemaErrors as errors:

@@ -1,0 +1,45 @@
+"""The asset graph as reviewed: a change to assets, deps, partitions or checks shows up in the diff.
+
+Regenerate after an intended change with ``DW_UPDATE_SNAPSHOTS=1 pytest dw_assets_tests/test_definitions.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from dw_assets.definitions import defs
+
+SNAPSHOT = Path(__file__).parent / "snapshots" / "asset_graph.json"
+
+
+def asset_graph_summary() -> dict:
+    graph = defs.resolve_asset_graph()
+    summary = {}
+    for key in sorted(graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
+        node = graph.get(key)
+        summary[key.to_user_string()] = {
+            "group": node.group_name,
+            "partitions": type(node.partitions_def).__name__ if node.partitions_def else None,
+            "deps": sorted(parent.to_user_string() for parent in node.parent_keys),
+            "checks": sorted(
+                f"{c.name}{' (blocking)' if graph.get(c).blocking else ''}" for c in node.check_keys
+            ),
+            "layer": node.metadata.get("dw/layer"),
+        }
+    return summary
+
+
+def test_asset_graph_matches_the_reviewed_snapshot():
+    summary = asset_graph_summary()
+    if os.environ.get("DW_UPDATE_SNAPSHOTS") or not SNAPSHOT.exists():
+        SNAPSHOT.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    assert summary == json.loads(SNAPSHOT.read_text())
+
+
+def test_every_weekly_table_has_a_layer_and_a_schema_check():
+    for name, node in asset_graph_summary().items():
+        assert node["layer"] in {"bronze", "silver", "gold", "models"}, name
+        assert any(check.startswith("pandera_schema") for check in node["checks"]), name
+        assert node["partitions"] == "WeeklyPartitionsDefinition", name

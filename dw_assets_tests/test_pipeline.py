@@ -1,0 +1,145 @@
+"""The bronze → gold graph through real Dagster runs on a tiny simulated world."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from dagster import AssetKey, DagsterInstance
+
+from dw_assets.automation.runner import PER_WEEK_ASSETS, _run, materialize_week
+from dw_assets.definitions import defs
+from dw_assets.ingest.events import QUARANTINE_REASONS
+from dw_assets.lake.storage import Lake
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def world(tiny_world, spark):
+    """The tiny world with every training week's history and the last week's gold materialized."""
+    manifest = json.loads((tiny_world / "landing" / "manifest.json").read_text())
+    report = materialize_week(tiny_world, manifest["last_training_week"], manifest["training_weeks"], progress=lambda m: None)
+    return tiny_world, manifest, Lake(str(tiny_world)), report
+
+
+def _read(lake: Lake, layer: str, asset: str, week: str) -> pd.DataFrame:
+    return lake.read_frame(lake.uri(layer, asset, week))
+
+
+def test_every_asset_of_the_last_week_is_materialized_and_checked(world):
+    root, manifest, lake, report = world
+    week = manifest["last_training_week"]
+    for asset, layer in [("track_catalog", "bronze"), ("user_directory", "bronze"), ("user_playlists", "bronze"),
+                         ("raw_play_events", "bronze"), ("quarantined_events", "bronze"), ("interactions", "silver"),
+                         ("flagged_activity", "silver"), ("track_stats", "gold"), ("user_profiles", "gold")]:
+        assert lake.exists(lake.uri(layer, asset, week)), asset
+    assert "FAIL" not in report and "track_stats" in report
+    # runs are recorded in DAGSTER_HOME, so the web UI shows them
+    instance = DagsterInstance.get()
+    materialized = instance.get_materialized_partitions(AssetKey("user_profiles"))
+    assert week in materialized
+
+
+def test_quarantine_accounts_for_every_malformed_line_exactly(world):
+    _, manifest, lake, _ = world
+    for week in manifest["training_weeks"]:
+        quarantined = _read(lake, "bronze", "quarantined_events", week)
+        got = quarantined["reason"].value_counts().to_dict()
+        expected = {k: v for k, v in manifest["malformed_events"][week].items() if v}
+        assert got == expected, week
+        assert set(got) <= set(QUARANTINE_REASONS)
+        assert quarantined["raw"].str.len().gt(0).all() and quarantined["detail"].notna().all()
+        bronze = _read(lake, "bronze", "raw_play_events", week)
+        assert len(bronze) == manifest["counts"]["valid_events"][week], week
+        assert len(bronze) + len(quarantined) == manifest["counts"]["lines"][week]
+
+
+def test_silver_removes_exactly_replays_bots_and_hijacked_sessions(world):
+    _, manifest, lake, _ = world
+    for week in manifest["training_weeks"]:
+        bronze = _read(lake, "bronze", "raw_play_events", week)
+        interactions = _read(lake, "silver", "interactions", week)
+        flagged = _read(lake, "silver", "flagged_activity", week)
+        assert interactions["event_id"].is_unique
+        replays_removed = len(bronze) - len(interactions) - int(flagged["events"].sum())
+        assert replays_removed == manifest["replayed_events"][week], week
+
+
+def test_bot_filter_precision_and_recall(world):
+    _, manifest, lake, _ = world
+    truth = set(manifest["bot_user_ids"])
+    flagged = set()
+    active_bots = set()
+    for week in manifest["training_weeks"]:
+        frame = _read(lake, "silver", "flagged_activity", week)
+        flagged |= set(frame.loc[frame.kind == "bot", "user_id"])
+        active_bots |= truth & set(_read(lake, "bronze", "raw_play_events", week)["user_id"])
+    assert active_bots, "the tiny world should have active bots"
+    precision = len(flagged & truth) / max(len(flagged), 1)
+    recall = len(flagged & active_bots) / len(active_bots)
+    assert precision >= 0.95 and recall >= 0.95, (precision, recall)
+
+
+def test_hijacked_sessions_are_caught(world):
+    _, manifest, lake, _ = world
+    expected, caught = 0, 0
+    for week in manifest["training_weeks"]:
+        frame = _read(lake, "silver", "flagged_activity", week)
+        hijacked_users = set(frame.loc[frame.kind == "hijacked_session", "user_id"])
+        for session in manifest["hijacked_sessions"].get(week, []):
+            expected += 1
+            caught += session["user_id"] in hijacked_users
+    assert expected and caught / expected >= 0.9
+
+
+def test_gold_knows_cold_releases_and_new_users(world):
+    _, manifest, lake, _ = world
+    week = manifest["last_training_week"]
+    stats = _read(lake, "gold", "track_stats", week).set_index("track_id")
+    new_tracks = manifest["new_track_ids"][week]
+    assert new_tracks and stats.loc[new_tracks, "is_cold"].all() and stats.loc[new_tracks, "is_new_release"].all()
+    assert (stats.loc[new_tracks, "plays"] == 0).all()
+    assert stats["popularity_percentile"].between(0, 1).all()
+    profiles = _read(lake, "gold", "user_profiles", week).set_index("user_id")
+    assert set(manifest["bot_user_ids"]).isdisjoint(profiles.index[profiles.events > 0])
+    heavy = profiles[profiles.history_level == "heavy"]
+    assert len(heavy) and heavy["recent_tracks"].map(len).max() == 50
+    newcomers = profiles.loc[profiles.index.isin(manifest["new_user_ids"][week])]
+    assert newcomers["is_new_user"].all()
+
+
+def _partition_digest(root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.parquet")):
+        digest.update(pd.read_parquet(path).sort_values(list(pd.read_parquet(path).columns[:1])).to_csv().encode())
+    return digest.hexdigest()
+
+
+def test_rematerializing_a_week_replaces_it_and_changes_nothing(world):
+    root, manifest, lake, _ = world
+    week = manifest["training_weeks"][0]
+    folder = Path(lake.uri("silver", "interactions", week))
+    before = _partition_digest(folder), _partition_digest(Path(lake.uri("bronze", "quarantined_events", week)))
+    from dagster import AssetSelection
+
+    _run(AssetSelection.assets(*PER_WEEK_ASSETS), week, root, DagsterInstance.get())
+    after = _partition_digest(folder), _partition_digest(Path(lake.uri("bronze", "quarantined_events", week)))
+    assert before == after
+    assert [p.name for p in folder.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_definitions_load_and_validate():
+    graph = defs.resolve_asset_graph()
+    names = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    assert set(PER_WEEK_ASSETS) | {"track_stats", "user_profiles"} <= names
+    done = subprocess.run(
+        [sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]

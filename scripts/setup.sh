@@ -20,9 +20,11 @@ stamp=.venv/.installed-$(cat pyproject.toml constraints.txt | sha1sum | cut -c1-
 if [ ! -f "$stamp" ]; then
   echo "[setup] installing pinned packages into .venv (constraints.txt)" >&2
   start=$(date +%s)
-  .venv/bin/python -m pip install -q --upgrade pip
+  # This machine's pip config lists local indexes that may be empty: drop those warnings.
+  quiet() { "$@" 2> >(grep -v -e "is ignored: it is neither" -e BuildBackendWarning >&2); }
+  quiet .venv/bin/python -m pip install -q --upgrade pip
   # torch==2.13.0 is the CPU wheel on local disk (pip's find-links); constraints pin the rest.
-  .venv/bin/python -m pip install -q -c constraints.txt -e '.[dev]'
+  quiet .venv/bin/python -m pip install -q -c constraints.txt -e '.[dev]'
   rm -f .venv/.installed-*
   touch "$stamp"
   echo "[setup] installed in $(( $(date +%s) - start ))s" >&2

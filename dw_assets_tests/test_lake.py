@@ -103,3 +103,34 @@ def test_the_same_io_manager_writes_and_reads_s3(s3_endpoint, monkeypatch):
     assert "prod/silver/weekly_numbers/week=2026-01-12/part-00000.parquet" in keys
     total = opened.read_frame(opened.uri("gold", "window_total", "2026-01-12"))
     assert total.to_dict("records") == [{"weeks": 2, "total": 12}]
+
+
+def test_artifacts_round_trip_and_replace(tmp_path):
+    import numpy as np
+
+    from dw_assets.lake.storage import Artifact, array_bytes, array_from_bytes
+
+    lake = Lake(str(tmp_path))
+    uri = lake.uri("models", "item2vec_embeddings", "2026-01-05")
+    vectors = np.arange(12, dtype=np.float32).reshape(4, 3)
+    lake.write_artifact(Artifact({"vectors.npy": array_bytes(vectors)}, {"model_version": "v1"}), uri)
+    lake.write_artifact(Artifact({"vectors.npy": array_bytes(vectors * 2)}, {"model_version": "v2"}), uri)
+    back = lake.read_artifact(uri)
+    assert back.model_version == "v2"
+    np.testing.assert_array_equal(array_from_bytes(back.files["vectors.npy"]), vectors * 2)
+    with pytest.raises(LakeError, match="no artifact"):
+        lake.read_artifact(lake.uri("models", "item2vec_embeddings", "2026-01-12"))
+
+
+def test_artifacts_on_s3(s3_endpoint, monkeypatch):
+    from dw_assets.lake.storage import Artifact
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    lake = LakeResource(root="s3://dw-models/prod", s3_endpoint_url=s3_endpoint).open()
+    lake.s3_client.create_bucket(Bucket="dw-models")
+    uri = lake.uri("models", "faiss_index", "2026-01-05")
+    lake.write_artifact(Artifact({"index.faiss": b"\x00\x01", "ids.npy": b"ids"}, {"model_version": "2026-01-05-abc"}), uri)
+    back = lake.read_artifact(uri)
+    assert back.files == {"index.faiss": b"\x00\x01", "ids.npy": b"ids"} and back.model_version == "2026-01-05-abc"

@@ -14,7 +14,7 @@ from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, O
 from dagster_pyspark import LazyPySparkResource
 from pydantic import Field
 
-from dw_assets.lake.storage import Lake, LakeError
+from dw_assets.lake.storage import Artifact, Lake, LakeError
 
 LAYER_KEY = "dw/layer"
 DEFAULT_LAKE = "data/demo"
@@ -54,6 +54,7 @@ class LakeIOManager(ConfigurableIOManager):
     """Parquet per partition under ``<root>/<layer>/<asset>/week=<key>/``.
 
     Spark DataFrames in, Spark DataFrames out for inputs annotated as such;
+    ``Artifact`` (model files + ``meta.json``) for inputs annotated ``Artifact``;
     pandas otherwise. A window of partitions (the 12-week history) loads the
     weeks that exist, so windows at the start of history simply hold fewer weeks.
     """
@@ -73,6 +74,9 @@ class LakeIOManager(ConfigurableIOManager):
         uri = lake.uri(layer, context.asset_key.path[-1], key)
         if isinstance(obj, pd.DataFrame):
             lake.write_frame(obj, uri)
+        elif isinstance(obj, Artifact):
+            lake.write_artifact(obj, uri)
+            context.add_output_metadata({"model_version": obj.model_version})
         elif _is_spark(obj):
             lake.write_spark(obj, uri)
         else:
@@ -89,8 +93,12 @@ class LakeIOManager(ConfigurableIOManager):
             uris = [u for u in uris if lake.exists(u)]
             if not uris:
                 raise LakeError(f"no partition of {context.asset_key.to_user_string()} exists in {keys[0]}..{keys[-1]}")
-        wants_spark = _is_spark(getattr(context.dagster_type, "typing_type", None))
-        if wants_spark:
+        wanted = getattr(context.dagster_type, "typing_type", None)
+        if wanted is Artifact:
+            if len(uris) != 1:
+                raise LakeError(f"an artifact input reads one partition, got {len(uris)} for {context.asset_key.to_user_string()}")
+            return lake.read_artifact(uris[0])
+        if _is_spark(wanted):
             return lake.read_spark(self.pyspark.spark_session, uris)
         frames = [lake.read_frame(u) for u in uris]
         return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)

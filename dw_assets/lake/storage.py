@@ -12,6 +12,7 @@ PUT is atomic. No Dagster import here: the IO manager and the tests share it.
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import uuid
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -28,8 +30,37 @@ LAYERS = ("bronze", "silver", "gold", "models")
 PART_FILE = "part-00000.parquet"
 
 
+META_FILE = "meta.json"
+
+
 class LakeError(RuntimeError):
     """A lake read or write that cannot be done, with the path it was about."""
+
+
+@dataclass
+class Artifact:
+    """One model artifact (weights, vectors, an index): named files plus JSON metadata.
+
+    ``meta`` carries at least ``model_version``; it is written last, so a reader
+    that finds ``meta.json`` finds every file.
+    """
+
+    files: dict[str, bytes]
+    meta: dict[str, Any]
+
+    @property
+    def model_version(self) -> str:
+        return self.meta["model_version"]
+
+
+def array_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def array_from_bytes(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
 
 
 def _split_s3(uri: str) -> tuple[str, str]:
@@ -102,6 +133,43 @@ class Lake:
             listing = self.s3_client.list_objects_v2(Bucket=bucket, Prefix=f"{key}/", MaxKeys=1)
             return listing.get("KeyCount", 0) > 0
         return Path(uri).is_dir()
+
+    # -- model artifacts -----------------------------------------------------
+
+    def write_artifact(self, artifact: Artifact, uri: str) -> int:
+        """Replace the artifact at ``uri``; returns bytes written."""
+        meta = json.dumps(artifact.meta, indent=2, sort_keys=True, default=str).encode()
+        if self.is_s3:
+            bucket, key = _split_s3(uri)
+            for name, data in sorted(artifact.files.items()):
+                self.s3_client.put_object(Bucket=bucket, Key=f"{key}/{name}", Body=data)
+            self.s3_client.put_object(Bucket=bucket, Key=f"{key}/{META_FILE}", Body=meta)
+        else:
+            with self._staged_dir(uri) as tmp:
+                for name, data in artifact.files.items():
+                    (tmp / name).write_bytes(data)
+                (tmp / META_FILE).write_bytes(meta)
+        return sum(len(d) for d in artifact.files.values()) + len(meta)
+
+    def read_artifact(self, uri: str) -> Artifact:
+        if self.is_s3:
+            bucket, key = _split_s3(uri)
+            try:
+                meta = json.loads(self.s3_client.get_object(Bucket=bucket, Key=f"{key}/{META_FILE}")["Body"].read())
+            except Exception as exc:  # botocore raises a generated NoSuchKey class
+                raise LakeError(f"no artifact at {uri}: {exc}") from exc
+            listing = self.s3_client.list_objects_v2(Bucket=bucket, Prefix=f"{key}/")
+            names = [o["Key"].rsplit("/", 1)[1] for o in listing.get("Contents", [])]
+            files = {
+                n: self.s3_client.get_object(Bucket=bucket, Key=f"{key}/{n}")["Body"].read()
+                for n in names if n != META_FILE
+            }
+            return Artifact(files=files, meta=meta)
+        folder = Path(uri)
+        if not (folder / META_FILE).is_file():
+            raise LakeError(f"no artifact at {uri} (was the upstream partition materialized?)")
+        files = {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != META_FILE}
+        return Artifact(files=files, meta=json.loads((folder / META_FILE).read_text()))
 
     # -- Spark tables --------------------------------------------------------
 

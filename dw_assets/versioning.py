@@ -1,0 +1,48 @@
+"""Model versions: one per week's models, so artifacts that must agree can be checked.
+
+``model_version = "<week>-<digest>"`` where the digest covers the training
+config, the source of the code that trained it, and the versions of the
+upstream artifacts it was built from. Re-running a week with the same code and
+config gives the same version; any change gives a new one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import json
+from collections.abc import Iterable, Mapping
+from types import ModuleType
+from typing import Any
+
+
+class VersionMismatch(ValueError):
+    """Artifacts that must come from one model version do not."""
+
+
+def _plain(config: Any) -> Any:
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return dataclasses.asdict(config)
+    if hasattr(config, "model_dump"):
+        return config.model_dump()
+    return config
+
+
+def model_version(week: str, configs: Iterable[Any] = (), code: Iterable[ModuleType] = (), upstream: Iterable[str] = ()) -> str:
+    digest = hashlib.sha256()
+    digest.update(json.dumps([_plain(c) for c in configs], sort_keys=True, default=str).encode())
+    for module in code:
+        digest.update(inspect.getsource(module).encode())
+    for version in sorted(upstream):
+        digest.update(version.encode())
+    return f"{week}-{digest.hexdigest()[:12]}"
+
+
+def require_same_version(versions: Mapping[str, str]) -> str:
+    """The one version all named artifacts share; raises naming them when they differ."""
+    distinct = set(versions.values())
+    if len(distinct) != 1:
+        listing = ", ".join(f"{name}={version}" for name, version in sorted(versions.items()))
+        raise VersionMismatch(f"artifacts from different model versions cannot be combined: {listing}")
+    return distinct.pop()

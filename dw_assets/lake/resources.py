@@ -100,5 +100,7 @@ class LakeIOManager(ConfigurableIOManager):
             return lake.read_artifact(uris[0])
         if _is_spark(wanted):
             return lake.read_spark(self.pyspark.spark_session, uris)
-        frames = [lake.read_frame(u) for u in uris]
+        # AssetIn(metadata={"columns": [...]}) reads only those columns.
+        columns = (context.definition_metadata or {}).get("columns")
+        frames = [lake.read_frame(u, columns=columns) for u in uris]
         return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)

@@ -63,6 +63,22 @@ def array_from_bytes(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
+def vectors_artifact(ids: np.ndarray, vectors: np.ndarray, meta: dict[str, Any], **files: bytes) -> Artifact:
+    """Embeddings as an artifact: ``ids.npy`` (int64[n]) and ``vectors.npy`` (float32[n, dim])."""
+    if len(ids) != len(vectors):
+        raise LakeError(f"{len(ids)} ids for {len(vectors)} vectors")
+    meta = {**meta, "rows": len(ids), "dim": int(vectors.shape[1]) if vectors.ndim == 2 else 0}
+    return Artifact(
+        files={"ids.npy": array_bytes(ids.astype(np.int64)), "vectors.npy": array_bytes(vectors.astype(np.float32)), **files},
+        meta=meta,
+    )
+
+
+def vectors_from(artifact: Artifact) -> tuple[np.ndarray, np.ndarray]:
+    """(ids int64[n], vectors float32[n, dim]) of an artifact made by ``vectors_artifact``."""
+    return array_from_bytes(artifact.files["ids.npy"]), array_from_bytes(artifact.files["vectors.npy"])
+
+
 def _split_s3(uri: str) -> tuple[str, str]:
     bucket, _, key = uri.removeprefix("s3://").partition("/")
     return bucket, key.strip("/")

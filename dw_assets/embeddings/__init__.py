@@ -1,0 +1,1 @@
+"""Track and user embeddings: item2vec, audio CNN, two-tower."""

@@ -1,0 +1,237 @@
+"""Embedding assets: item2vec, the audio CNN, the two-tower model and its track/user vectors."""
+
+import time
+
+import numpy as np
+import pandas as pd
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetIn,
+    AssetOut,
+    Config,
+    MetadataValue,
+    Output,
+    multi_asset,
+)
+
+from dw_assets.calendar import week_bounds
+from dw_assets.embeddings import audio as audio_model
+from dw_assets.embeddings import item2vec, two_tower
+from dw_assets.embeddings.audio import AudioConfig, load_clips, log_mel, train_audio_model
+from dw_assets.embeddings.item2vec import (
+    Item2VecConfig,
+    playlist_sentences,
+    session_sentences,
+    train_item2vec,
+)
+from dw_assets.embeddings.landing import landed_audio
+from dw_assets.embeddings.two_tower import (
+    TrainedTwoTower,
+    TwoTowerConfig,
+    build_examples,
+    build_features,
+    train_two_tower,
+    warm_start_cold_tracks,
+)
+from dw_assets.lake.resources import LAYER_KEY, LakeResource
+from dw_assets.lake.storage import Artifact, vectors_artifact, vectors_from
+from dw_assets.partitions import history_window, weekly_partitions
+from dw_assets.versioning import model_version, require_same_version
+
+GROUP = "embeddings"
+MODELS = {LAYER_KEY: "models"}
+SESSION_COLUMNS = ["session_id", "ts", "track_id", "is_positive"]
+TRAINING_COLUMNS = [
+    "user_id", "track_id", "ts", "is_positive", "is_early_skip", "weight", "session_id", "genre", "artist_id",
+]
+
+
+def _out(description: str) -> AssetOut:
+    return AssetOut(group_name=GROUP, metadata=MODELS, description=description, dagster_type=Artifact)
+
+
+class Item2VecAssetConfig(Config):
+    dim: int = Item2VecConfig.dim
+    window: int = Item2VecConfig.window
+    epochs: int = Item2VecConfig.epochs
+    min_count: int = Item2VecConfig.min_count
+    seed: int = Item2VecConfig.seed
+
+    def settings(self) -> Item2VecConfig:
+        return Item2VecConfig(dim=self.dim, window=self.window, epochs=self.epochs, min_count=self.min_count, seed=self.seed)
+
+
+@multi_asset(
+    outs={"item2vec_embeddings": _out("Skip-gram track vectors from playlists and 12 weeks of listening sessions.")},
+    ins={
+        "user_playlists": AssetIn(),
+        "interactions": AssetIn(partition_mapping=history_window, metadata={"columns": SESSION_COLUMNS}),
+    },
+    partitions_def=weekly_partitions,
+)
+def item2vec_embeddings(
+    context: AssetExecutionContext, config: Item2VecAssetConfig, user_playlists: pd.DataFrame, interactions: pd.DataFrame
+):
+    settings = config.settings()
+    sentences = playlist_sentences(user_playlists, settings) + session_sentences(interactions, settings)
+    result = train_item2vec(sentences, settings)
+    version = model_version(context.partition_key, [settings], [item2vec])
+    meta = {"model_version": version, **result.stats}
+    yield Output(
+        vectors_artifact(result.track_ids, result.vectors, meta),
+        output_name="item2vec_embeddings",
+        metadata={"model_version": version, "tracks": len(result), **{k: v for k, v in result.stats.items() if np.isscalar(v)}},
+    )
+
+
+class AudioAssetConfig(Config):
+    epochs: int = AudioConfig.epochs
+    max_warm_tracks: int = 25_000
+    seed: int = AudioConfig.seed
+
+
+@multi_asset(
+    outs={"audio_embeddings": _out("Audio CNN on log-mel spectrograms, trained to land in the item2vec space; a vector for every track with audio.")},
+    ins={"track_catalog": AssetIn(), "item2vec_embeddings": AssetIn(dagster_type=Artifact)},
+    partitions_def=weekly_partitions,
+    check_specs=[AssetCheckSpec("audio_files_readable", asset="audio_embeddings",
+                                description="Corrupt, truncated, empty or silent clips are reported and skipped.")],
+)
+def audio_embeddings(
+    context: AssetExecutionContext,
+    config: AudioAssetConfig,
+    lake: LakeResource,
+    track_catalog: pd.DataFrame,
+    item2vec_embeddings: Artifact,
+):
+    started = time.perf_counter()
+    target_ids, target_vectors = vectors_from(item2vec_embeddings)
+    settings = AudioConfig(embedding_dim=target_vectors.shape[1], epochs=config.epochs,
+                           max_warm_tracks=config.max_warm_tracks, seed=config.seed)
+    _, week_end = week_bounds(context.partition_key)
+    clips = landed_audio(lake.open().landing, until=week_end.date())
+    catalog_ids = set(track_catalog["track_id"].tolist())
+    batch = load_clips({t: p for t, p in clips.items() if t in catalog_ids}, settings)
+    mels = log_mel(batch.waves, settings)
+    genres = dict(zip(track_catalog["track_id"], track_catalog["genre"], strict=True))
+    model = train_audio_model(mels, batch.track_ids, (target_ids, target_vectors), genres, settings)
+    vectors = model.embed(mels)
+    version = model_version(context.partition_key, [settings], [audio_model], [item2vec_embeddings.model_version])
+    missing = sorted(catalog_ids - set(batch.track_ids.tolist()) - set(batch.problems["track_id"].tolist()))
+    report = {k: v for k, v in model.report.items() if np.isscalar(v)}
+    yield Output(
+        vectors_artifact(batch.track_ids, vectors, {"model_version": version, "report": model.report,
+                                                   "problems": batch.problems.to_dict("records"), "no_clip": missing},
+                         **{"model.pt": model.to_bytes()}),
+        output_name="audio_embeddings",
+        metadata={"model_version": version, "tracks_embedded": len(batch.track_ids), **report,
+                  "elapsed_s": round(time.perf_counter() - started, 1)},
+    )
+    problems = batch.problems["problem"].value_counts().to_dict()
+    yield AssetCheckResult(
+        asset_key="audio_embeddings", check_name="audio_files_readable", passed=not problems and not missing,
+        severity=AssetCheckSeverity.WARN,
+        metadata={"skipped_by_problem": MetadataValue.json(problems), "catalog_tracks_without_clip": len(missing),
+                  "skipped": MetadataValue.md(batch.problems.head(50).to_markdown(index=False)) if problems else "none"},
+    )
+
+
+class TwoTowerAssetConfig(Config):
+    dim: int = TwoTowerConfig.dim
+    epochs: int = TwoTowerConfig.epochs
+    batch_size: int = TwoTowerConfig.batch_size
+    logq_correction: bool = TwoTowerConfig.logq_correction
+    hard_negatives_per_example: int = TwoTowerConfig.hard_negatives_per_example
+    max_examples: int | None = 1_000_000
+    seed: int = TwoTowerConfig.seed
+
+    def settings(self) -> TwoTowerConfig:
+        return TwoTowerConfig(dim=self.dim, epochs=self.epochs, batch_size=self.batch_size,
+                              logq_correction=self.logq_correction,
+                              hard_negatives_per_example=self.hard_negatives_per_example,
+                              max_examples=self.max_examples, seed=self.seed)
+
+
+@multi_asset(
+    outs={"two_tower_model": _out("User tower x item tower, sampled softmax with in-batch + hard negatives and logQ correction.")},
+    ins={
+        "interactions": AssetIn(partition_mapping=history_window, metadata={"columns": TRAINING_COLUMNS}),
+        "user_profiles": AssetIn(),
+        "track_stats": AssetIn(),
+        "audio_embeddings": AssetIn(dagster_type=Artifact),
+    },
+    partitions_def=weekly_partitions,
+)
+def two_tower_model(
+    context: AssetExecutionContext,
+    config: TwoTowerAssetConfig,
+    interactions: pd.DataFrame,
+    user_profiles: pd.DataFrame,
+    track_stats: pd.DataFrame,
+    audio_embeddings: Artifact,
+):
+    settings = config.settings()
+    audio_ids, audio_vectors = vectors_from(audio_embeddings)
+    features = build_features(interactions, user_profiles, track_stats, audio_ids, audio_vectors,
+                              context.partition_key, settings)
+    examples = build_examples(interactions, features, settings)
+    trained = train_two_tower(features, examples, settings)
+    version = model_version(context.partition_key, [settings], [two_tower], [audio_embeddings.model_version])
+    report = trained.report
+    yield Output(
+        Artifact(files={"two_tower.bin": trained.to_bytes()}, meta={"model_version": version, "report": report}),
+        output_name="two_tower_model",
+        metadata={"model_version": version,
+                  **{k: v for k, v in report.items() if np.isscalar(v) and not isinstance(v, str) or k == "device"}},
+    )
+
+
+class TrackEmbeddingsConfig(Config):
+    cold_neighbours: int = TwoTowerConfig.cold_neighbours
+
+
+@multi_asset(
+    outs={
+        "track_embeddings": _out("Item-tower vector of every catalog track; cold tracks warm-started from audio neighbours."),
+        "user_embeddings": _out("User-tower vector of every user with history."),
+    },
+    ins={"two_tower_model": AssetIn(dagster_type=Artifact), "user_profiles": AssetIn(), "track_stats": AssetIn()},
+    partitions_def=weekly_partitions,
+)
+def tower_embeddings(
+    context: AssetExecutionContext,
+    config: TrackEmbeddingsConfig,
+    two_tower_model: Artifact,
+    user_profiles: pd.DataFrame,
+    track_stats: pd.DataFrame,
+):
+    trained = TrainedTwoTower.from_bytes(two_tower_model.files["two_tower.bin"])
+    cold = track_stats.loc[track_stats["is_cold"], "track_id"].to_numpy(np.int64)
+    cold_stats = warm_start_cold_tracks(trained, cold, config.cold_neighbours)
+    version = two_tower_model.model_version
+    track_ids, track_vectors = trained.track_vectors()
+    user_ids, user_vectors = trained.user_vectors(user_profiles)
+    norms = np.linalg.norm(user_vectors, axis=1) if len(user_vectors) else np.zeros(0)
+    yield Output(
+        vectors_artifact(track_ids, track_vectors, {"model_version": version, "cold_start": cold_stats}),
+        output_name="track_embeddings",
+        metadata={"model_version": version, "tracks": len(track_ids), "cold_tracks": int(len(cold)),
+                  **{k if k.startswith("cold") else f"cold_{k}": v for k, v in cold_stats.items() if np.isscalar(v)}},
+    )
+    yield Output(
+        vectors_artifact(user_ids, user_vectors, {"model_version": version}),
+        output_name="user_embeddings",
+        metadata={"model_version": version, "users": len(user_ids),
+                  "norm_p50": float(np.median(norms)) if len(norms) else 0.0},
+    )
+
+
+def embedding_versions(**artifacts: Artifact) -> str:
+    """The shared model version of artifacts that must agree (raises naming the odd ones)."""
+    return require_same_version({name: a.model_version for name, a in artifacts.items()})
+
+
+embedding_assets = [item2vec_embeddings, audio_embeddings, two_tower_model, tower_embeddings]

@@ -1,0 +1,160 @@
+"""Landed WAV clips → equal-length float waveforms, with every unusable file reported and skipped.
+
+A clip is unusable for one of these reasons (``AUDIO_PROBLEMS``), checked in this order:
+
+    unreadable          the file cannot be opened (missing, permissions)
+    empty               0 bytes, or a valid header announcing 0 frames
+    corrupt             not a RIFF/WAVE PCM file (random bytes, unknown codec, bad sample width)
+    truncated           the header is cut short, or announces more frames than the bytes present
+    not_mono            more than one channel (the landing contract says mono)
+    wrong_sample_rate   a rate other than the expected one (reported and skipped, not resampled:
+                        the landing contract fixes the rate, so a different one is an upstream bug)
+    silent              RMS below ``silence_rms`` (full scale = 1.0)
+"""
+
+from __future__ import annotations
+
+import io
+import wave
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from struct import error as StructError
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from dw_assets.embeddings.audio import AudioConfig
+
+AUDIO_PROBLEMS = (
+    "unreadable", "empty", "corrupt", "truncated", "not_mono", "wrong_sample_rate", "silent",
+)  # fmt: skip
+PROBLEM_COLUMNS = ["track_id", "path", "problem", "detail"]
+DEFAULT_SILENCE_RMS = 1e-4
+
+
+@dataclass
+class AudioBatch:
+    """The readable clips of a set of tracks, cut or looped to one length.
+
+    track_ids: int64[n], sorted; waves: float32[n, samples] in [-1, 1], row i is track_ids[i];
+    problems: one row per skipped file (track_id int64, path str, problem in AUDIO_PROBLEMS, detail str).
+    """
+
+    track_ids: np.ndarray
+    waves: np.ndarray
+    problems: pd.DataFrame
+
+
+def _pcm_to_float(frames: bytes, sample_width: int) -> np.ndarray:
+    """Little-endian PCM bytes → float32 samples in [-1, 1]."""
+    if sample_width == 1:  # 8-bit WAV is unsigned
+        return (np.frombuffer(frames, np.uint8).astype(np.float32) - 128.0) / 128.0
+    if sample_width == 2:
+        return np.frombuffer(frames, "<i2").astype(np.float32) / 32768.0
+    if sample_width == 3:
+        raw = np.frombuffer(frames, np.uint8).reshape(-1, 3)
+        # Place the 3 bytes in the top of an int32 so the sign comes along, then scale back down.
+        wide = np.zeros((len(raw), 4), np.uint8)
+        wide[:, 1:] = raw
+        return (wide.view("<i4").ravel() >> 8).astype(np.float32) / 8388608.0
+    return np.frombuffer(frames, "<i4").astype(np.float32) / 2147483648.0
+
+
+def read_clip(
+    path: str | Path, sample_rate: int, silence_rms: float = DEFAULT_SILENCE_RMS
+) -> tuple[np.ndarray | None, str | None]:
+    """One mono PCM WAV file → (float32[samples] in [-1, 1], None), or (None, problem) if unusable.
+
+    ``problem`` is one of ``AUDIO_PROBLEMS``; use ``diagnose_clip`` for a human-readable detail too.
+    """
+    samples, problem, _ = diagnose_clip(path, sample_rate, silence_rms)
+    return samples, problem
+
+
+def diagnose_clip(
+    path: str | Path, sample_rate: int, silence_rms: float = DEFAULT_SILENCE_RMS
+) -> tuple[np.ndarray | None, str | None, str]:
+    """Like ``read_clip`` but also returns a detail string ("" for a good clip)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        return None, "unreadable", f"{type(error).__name__}: {error.strerror or error}"
+    if not data:
+        return None, "empty", "0 bytes"
+    try:
+        with wave.open(io.BytesIO(data)) as reader:
+            channels, width, rate = reader.getnchannels(), reader.getsampwidth(), reader.getframerate()
+            announced = reader.getnframes()
+            frames = reader.readframes(announced)
+    except EOFError:
+        return None, "truncated", f"header cut short ({len(data)} bytes)"
+    except (wave.Error, ValueError, StructError) as error:  # StructError: a mangled fmt chunk
+        return None, "corrupt", str(error) or type(error).__name__
+    if width not in (1, 2, 3, 4):
+        return None, "corrupt", f"unsupported sample width {width} bytes"
+    frame_bytes = channels * width
+    present = len(frames) // frame_bytes
+    if announced == 0:
+        return None, "empty", "header announces 0 frames"
+    if present < announced:
+        return None, "truncated", f"header announces {announced} frames, {present} present"
+    if channels != 1:
+        return None, "not_mono", f"{channels} channels"
+    if rate != sample_rate:
+        return None, "wrong_sample_rate", f"{rate} Hz, expected {sample_rate} Hz"
+    samples = _pcm_to_float(frames, width)
+    rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
+    if rms < silence_rms:
+        return None, "silent", f"rms {rms:.2e} below {silence_rms:.0e}"
+    return samples, None, ""
+
+
+def fit_length(samples: np.ndarray, length: int) -> np.ndarray:
+    """float32[length]: the middle ``length`` samples of a long clip, or a short clip looped.
+
+    Looping, not zero padding, keeps a short clip's spectrum and rhythm statistics intact.
+    """
+    n = len(samples)
+    if n >= length:
+        start = (n - length) // 2
+        return samples[start : start + length]
+    return np.resize(samples, length)
+
+
+def load_clips(paths: Mapping[int, str | Path], config: AudioConfig) -> AudioBatch:
+    """Read every track's clip; skip and report the unusable ones.
+
+    paths: track_id → WAV path; uses ``config.sample_rate``, ``clip_seconds`` and ``silence_rms``.
+    Clip length: ``config.clip_seconds`` if set, else the median length of the readable clips;
+    longer clips are centre-cropped, shorter ones looped.
+    """
+    good_ids: list[int] = []
+    good: list[np.ndarray] = []
+    problems: list[tuple[int, str, str, str]] = []
+    for track_id in sorted(paths):
+        samples, problem, detail = diagnose_clip(paths[track_id], config.sample_rate, config.silence_rms)
+        if samples is None:
+            problems.append((int(track_id), str(paths[track_id]), problem, detail))
+        else:
+            good_ids.append(int(track_id))
+            good.append(samples)
+    if config.clip_seconds is not None:
+        length = max(1, int(round(config.clip_seconds * config.sample_rate)))
+    elif good:
+        length = int(np.median([len(s) for s in good]))
+    else:
+        length = 0
+    waves = np.zeros((len(good), length), np.float32)
+    for row, samples in enumerate(good):
+        waves[row] = fit_length(samples, length)
+    frame = pd.DataFrame(problems, columns=PROBLEM_COLUMNS).astype(
+        {"track_id": "int64", "path": "object", "problem": "object", "detail": "object"}
+    )
+    return AudioBatch(
+        track_ids=np.asarray(good_ids, dtype=np.int64),
+        waves=waves,
+        problems=frame,
+    )

@@ -1,0 +1,533 @@
+"""Two-tower retrieval model: user tower x item tower, inner product in a shared space.
+
+User tower: the user's last 50 distinct positive tracks (recency-weighted and
+plain mean of their id + audio embeddings), genre shares, country and
+birth-year band -> MLP -> ``dim``, L2-normalised. Item tower: track id
+embedding + projected audio CNN vector + artist and genre embeddings +
+popularity inputs -> MLP -> ``dim``, L2-normalised. The track id table is
+shared by both towers, so the history speaks the items' language.
+
+Loss: sampled softmax over in-batch negatives, ``logit_ij = u_i.v_j / T``,
+with the logQ correction ``logit_ij - log q_j`` applied to every in-batch
+column, the positive's own included (Yi et al. 2019), plus the user's early
+skips as extra (weighted) softmax columns; each example weighs its graded
+interaction weight. Serving scores are the raw ``u.v``.
+
+Cold start: tracks never played get their id row set to the
+similarity-weighted mean id of their nearest played "anchor" tracks in audio
+space (``warm_start_cold_tracks``), so they sit where similar-sounding played
+tracks sit.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import zipfile
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dw_assets.embeddings.two_tower_data import (
+    BIRTH_BUCKETS,
+    POPULARITY_INPUTS,
+    Examples,
+    FeatureSpace,
+    TwoTowerConfig,
+    UserFeatures,
+    build_examples,
+    build_features,
+    profile_user_features,
+)
+
+__all__ = [
+    "Examples",
+    "FeatureSpace",
+    "TrainedTwoTower",
+    "TwoTowerConfig",
+    "TwoTowerModel",
+    "build_examples",
+    "build_features",
+    "device",
+    "retrieve",
+    "train_two_tower",
+    "warm_start_cold_tracks",
+]
+
+ARTIST_DIM = 16
+GENRE_DIM = 8
+COUNTRY_DIM = 8
+BIRTH_DIM = 4
+INIT_STD = 0.01  # small id init: an id row that never trains stays near neutral
+SCORE_CHUNK_USERS = 1024
+VECTOR_CHUNK = 65_536
+FIXED_ZIP_TIME = (2020, 1, 1, 0, 0, 0)
+
+
+def device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class TwoTowerModel(nn.Module):
+    """Both towers. Static per-track inputs live in (non-persistent) buffers set from a FeatureSpace."""
+
+    def __init__(self, features: FeatureSpace, config: TwoTowerConfig):
+        super().__init__()
+        n_tracks, d_audio = features.track_audio.shape
+        n_genres, n_popularity = len(features.genres), len(POPULARITY_INPUTS)
+        self.temperature = config.temperature
+        self.half_life_days = config.recency_half_life_days
+        self.history_len = config.history_len
+        self.track_id = nn.Embedding(n_tracks, config.id_dim)
+        self.audio = nn.Linear(d_audio + 1, config.id_dim)  # + missing flag
+        self.artist = nn.Embedding(len(features.artist_ids), ARTIST_DIM, padding_idx=0)
+        self.genre = nn.Embedding(n_genres, GENRE_DIM, padding_idx=0)
+        self.country = nn.Embedding(len(features.countries), COUNTRY_DIM, padding_idx=0)
+        self.birth = nn.Embedding(BIRTH_BUCKETS + 1, BIRTH_DIM, padding_idx=0)
+        item_in = 2 * config.id_dim + ARTIST_DIM + GENRE_DIM + n_popularity
+        self.item_mlp = nn.Sequential(nn.Linear(item_in, config.hidden), nn.ReLU(), nn.Linear(config.hidden, config.dim))
+        user_in = 4 * config.id_dim + n_genres + COUNTRY_DIM + BIRTH_DIM + 1
+        self.user_mlp = nn.Sequential(nn.Linear(user_in, config.hidden), nn.ReLU(), nn.Linear(config.hidden, config.dim))
+        nn.init.normal_(self.track_id.weight, std=INIT_STD)
+        for table in (self.artist, self.genre, self.country, self.birth):
+            nn.init.normal_(table.weight, std=INIT_STD)
+            table.weight.data[0] = 0.0
+        self.register_buffer("track_audio", torch.zeros(n_tracks, d_audio + 1), persistent=False)
+        self.register_buffer("track_artist", torch.zeros(n_tracks, dtype=torch.long), persistent=False)
+        self.register_buffer("track_genre", torch.zeros(n_tracks, dtype=torch.long), persistent=False)
+        self.register_buffer("track_popularity", torch.zeros(n_tracks, n_popularity), persistent=False)
+        self.set_track_inputs(features)
+
+    def set_track_inputs(self, features: FeatureSpace, popularity: np.ndarray | None = None) -> None:
+        """Load the per-track inputs; ``popularity`` overrides the window's (training uses its own period)."""
+        audio = features.track_audio.astype(np.float64)
+        present = ~features.track_audio_missing
+        mean = audio[present].mean(axis=0) if present.any() else np.zeros(audio.shape[1])
+        std = audio[present].std(axis=0) + 1e-6 if present.any() else np.ones(audio.shape[1])
+        standard = np.where(present[:, None], (audio - mean) / std, 0.0)
+        dev = self.track_id.weight.device
+        self.track_audio = torch.as_tensor(
+            np.c_[standard, features.track_audio_missing], dtype=torch.float32, device=dev
+        )
+        self.track_artist = torch.as_tensor(features.track_artist, device=dev)
+        self.track_genre = torch.as_tensor(features.track_genre, device=dev)
+        pop = features.track_popularity if popularity is None else popularity
+        self.track_popularity = torch.as_tensor(pop, dtype=torch.float32, device=dev)
+
+    def _item_parts(self, rows: torch.Tensor) -> torch.Tensor:
+        """[..., 2 * id_dim] id embedding and projected audio of track rows."""
+        return torch.cat([self.track_id(rows), self.audio(self.track_audio[rows])], dim=-1)
+
+    def item_vectors(self, rows: torch.Tensor) -> torch.Tensor:
+        """float32[..., dim] L2-normalised item vectors of track rows."""
+        x = torch.cat(
+            [
+                self._item_parts(rows),
+                self.artist(self.track_artist[rows]),
+                self.genre(self.track_genre[rows]),
+                self.track_popularity[rows],
+            ],
+            dim=-1,
+        )
+        return F.normalize(self.item_mlp(x), dim=-1)
+
+    def user_vectors(
+        self,
+        history: torch.Tensor,
+        history_age_days: torch.Tensor,
+        genre_share: torch.Tensor,
+        country: torch.Tensor,
+        birth_bucket: torch.Tensor,
+    ) -> torch.Tensor:
+        """float32[B, dim] L2-normalised user vectors; ``history``: int64[B, L] track rows, -1 = padding."""
+        valid = (history >= 0).float()
+        rows = history.clamp(min=0)
+        recency = torch.pow(0.5, history_age_days / self.half_life_days) * valid
+        count = valid.sum(1, keepdim=True)
+        pools = []
+        for w in (recency / recency.sum(1, keepdim=True).clamp(min=1e-6), valid / count.clamp(min=1.0)):
+            # The audio projection is affine, so pooling raw audio first equals pooling projected audio.
+            pooled_audio = torch.einsum("bl,bld->bd", w, self.track_audio[rows])
+            pools += [torch.einsum("bl,bld->bd", w, self.track_id(rows)), self.audio(pooled_audio)]
+        recent, mean = torch.cat(pools[:2], dim=-1), torch.cat(pools[2:], dim=-1)
+        x = torch.cat(
+            [recent, mean, genre_share, self.country(country), self.birth(birth_bucket),
+             torch.log1p(count) / np.log1p(self.history_len)],
+            dim=-1,
+        )
+        return F.normalize(self.user_mlp(x), dim=-1)
+
+    def encode_users(self, users: UserFeatures, dev: torch.device) -> torch.Tensor:
+        return self.user_vectors(*(torch.as_tensor(a, device=dev) for a in _user_arrays(users)))
+
+
+def _user_arrays(users: UserFeatures) -> tuple[np.ndarray, ...]:
+    return (users.history, users.history_age_days.astype(np.float32), users.genre_share.astype(np.float32),
+            users.country, users.birth_bucket)
+
+
+@dataclass
+class TrainedTwoTower:
+    """A trained model with its feature space; produces the vectors the ANN index and retrieval use."""
+
+    model: TwoTowerModel
+    features: FeatureSpace
+    config: TwoTowerConfig
+    report: dict = field(default_factory=dict)
+    trained_tracks: np.ndarray | None = None  # bool[n_tracks] tracks with training positives (cold-start anchors)
+
+    @torch.no_grad()
+    def track_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(track_ids int64[n], vectors float32[n, dim]) for every catalog track, cold ones included."""
+        vectors = all_item_vectors(self.model).cpu().numpy()
+        return self.features.track_ids.copy(), vectors.astype(np.float32)
+
+    @torch.no_grad()
+    def user_vectors(self, user_profiles) -> tuple[np.ndarray, np.ndarray]:
+        """(user_ids int64[m], vectors float32[m, dim]) for the profiles' users with a history.
+
+        Users without any known history track are omitted (popularity fallback downstream).
+        """
+        self.model.eval()
+        users = profile_user_features(user_profiles, self.features, self.config.history_len)
+        ids = user_profiles["user_id"].to_numpy(dtype=np.int64)
+        keep = np.flatnonzero(users.history_length > 0)
+        users = users.take(keep)
+        dev = self.model.track_id.weight.device
+        out = [self.model.encode_users(users.take(np.arange(s, min(s + VECTOR_CHUNK, len(keep)))), dev)
+               for s in range(0, len(keep), VECTOR_CHUNK)]
+        vectors = torch.cat(out).cpu().numpy() if out else np.zeros((0, self.config.dim), np.float32)
+        return ids[keep], vectors.astype(np.float32)
+
+    def to_bytes(self) -> bytes:
+        """A self-contained zip: model state dict, feature arrays, config and report."""
+        arrays, meta = self.features.to_arrays()
+        if self.trained_tracks is not None:
+            arrays["trained_tracks"] = self.trained_tracks
+        buffers = {
+            "model.pt": _torch_bytes({k: v.detach().cpu() for k, v in self.model.state_dict().items()}),
+            "features.npz": _npz_bytes(arrays),
+            "meta.json": json.dumps(
+                {"features": meta, "config": asdict(self.config), "report": self.report}, sort_keys=True
+            ).encode(),
+        }
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
+            for name, data in buffers.items():
+                zf.writestr(zipfile.ZipInfo(name, date_time=FIXED_ZIP_TIME), data)
+        return out.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> TrainedTwoTower:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            meta = json.loads(zf.read("meta.json"))
+            with np.load(io.BytesIO(zf.read("features.npz")), allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+            state = torch.load(io.BytesIO(zf.read("model.pt")), map_location="cpu", weights_only=True)
+        trained_tracks = arrays.pop("trained_tracks", None)
+        features = FeatureSpace.from_arrays(arrays, meta["features"])
+        config = TwoTowerConfig(**meta["config"])
+        model = TwoTowerModel(features, config)
+        model.load_state_dict(state)
+        model = model.to(device()).eval()
+        return cls(model=model, features=features, config=config, report=meta["report"], trained_tracks=trained_tracks)
+
+
+def _torch_bytes(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def _npz_bytes(arrays: dict) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for name, arr in arrays.items():
+            part = io.BytesIO()
+            np.lib.format.write_array(part, np.ascontiguousarray(arr), allow_pickle=False)
+            zf.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=FIXED_ZIP_TIME), part.getvalue())
+    return buf.getvalue()
+
+
+def retrieve(
+    user_vectors: torch.Tensor,
+    track_vectors: torch.Tensor,
+    seen_ptr: np.ndarray,
+    seen_tracks: np.ndarray,
+    k: int,
+) -> np.ndarray:
+    """int64[B, k] exact top-k track rows by inner product, each user's seen tracks excluded."""
+    k = min(k, track_vectors.shape[0])
+    out = []
+    for s in range(0, user_vectors.shape[0], SCORE_CHUNK_USERS):
+        e = min(s + SCORE_CHUNK_USERS, user_vectors.shape[0])
+        scores = user_vectors[s:e] @ track_vectors.T
+        lo, hi = seen_ptr[s], seen_ptr[e]
+        owner = np.repeat(np.arange(e - s), np.diff(seen_ptr[s : e + 1]))
+        scores[torch.as_tensor(owner, device=scores.device),
+               torch.as_tensor(seen_tracks[lo:hi], device=scores.device)] = -torch.inf
+        out.append(torch.topk(scores, k, dim=1).indices.cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
+
+
+def recall_at_k(top: np.ndarray, target_ptr: np.ndarray, target_tracks: np.ndarray) -> float:
+    """Mean over users of |top-k ∩ targets| / |targets| (users without targets skipped)."""
+    n_targets = np.diff(target_ptr)
+    owner = np.repeat(np.arange(len(n_targets)), n_targets)
+    hits = (top[owner] == target_tracks[:, None]).any(axis=1)
+    per_user = np.bincount(owner, weights=hits, minlength=len(n_targets))
+    has = n_targets > 0
+    return float((per_user[has] / n_targets[has]).mean()) if has.any() else float("nan")
+
+
+def popularity_concentration(top: np.ndarray, percentile: np.ndarray) -> dict:
+    """Popularity of retrieved tracks: mean listeners percentile and share from the top 10 % most popular."""
+    pct = percentile[top]
+    return {"mean_popularity_percentile": float(pct.mean()), "top10pct_share": float((pct >= 0.9).mean())}
+
+
+def _validation_users(examples: Examples) -> UserFeatures:
+    return examples.states.take(examples.validation_state)
+
+
+@torch.no_grad()
+def all_item_vectors(model: TwoTowerModel) -> torch.Tensor:
+    """float32[n_tracks, dim] item vectors of every track row, on the model's device."""
+    model.eval()
+    dev, n = model.track_id.weight.device, model.track_id.num_embeddings
+    parts = [model.item_vectors(torch.arange(s, min(s + VECTOR_CHUNK, n), device=dev))
+             for s in range(0, n, VECTOR_CHUNK)]
+    return torch.cat(parts) if parts else torch.zeros(0, model.item_mlp[-1].out_features, device=dev)
+
+
+@torch.no_grad()
+def evaluate_retrieval(model: TwoTowerModel, examples: Examples, k: int, dev: torch.device) -> dict:
+    """Exact full-catalog recall@k for the validation users, and the popularity of what was retrieved."""
+    tracks = all_item_vectors(model)
+    users = model.encode_users(_validation_users(examples), dev)
+    top = retrieve(users, tracks, examples.validation_seen_ptr, examples.validation_seen_tracks, k)
+    recall = recall_at_k(top, examples.validation_target_ptr, examples.validation_target_tracks)
+    return {"recall": recall, **popularity_concentration(top, examples.train_popularity_percentile)}
+
+
+def baseline_recall(examples: Examples, n_tracks: int, k: int) -> dict:
+    """Recall@k of the training-period popularity ranking, and the expected recall of a random ranking."""
+    popular = np.bincount(examples.train.track, minlength=n_tracks)
+    top = _popularity_top(popular, examples, k)
+    seen = np.diff(examples.validation_seen_ptr)
+    random = np.minimum(k / np.maximum(n_tracks - seen, 1), 1.0)
+    return {
+        "popularity": recall_at_k(top, examples.validation_target_ptr, examples.validation_target_tracks),
+        "popularity_concentration": popularity_concentration(top, examples.train_popularity_percentile),
+        "random": float(random.mean()) if len(random) else float("nan"),
+        # What validation users really went on to like: the popularity retrieval should aim at.
+        "targets_popularity": popularity_concentration(
+            examples.validation_target_tracks[None, :], examples.train_popularity_percentile
+        ),
+    }
+
+
+def _popularity_top(popular: np.ndarray, examples: Examples, k: int) -> np.ndarray:
+    """int64[v, k] most popular tracks per validation user, the user's seen tracks excluded."""
+    out = []
+    ptr, seen = examples.validation_seen_ptr, examples.validation_seen_tracks
+    order = np.argsort(-popular, kind="stable")
+    for i in range(len(examples.validation_users)):
+        excluded = np.isin(order[: k + ptr[i + 1] - ptr[i]], seen[ptr[i] : ptr[i + 1]])
+        out.append(order[: k + ptr[i + 1] - ptr[i]][~excluded][:k])
+    return np.stack(out) if out else np.zeros((0, k), dtype=np.int64)
+
+
+def _sample_hard_negatives(examples: Examples, users: np.ndarray, h: int, rng: np.random.Generator) -> np.ndarray:
+    """int64[n, h] random early-skipped tracks of each example's user; -1 where the user has none."""
+    ptr, tracks = examples.hard_negative_ptr, examples.hard_negative_tracks
+    if len(tracks) == 0 or h == 0:
+        return np.full((len(users), h), -1, dtype=np.int64)
+    count = ptr[users + 1] - ptr[users]
+    pick = ptr[users][:, None] + (rng.random((len(users), h)) * count[:, None]).astype(np.int64)
+    return np.where(count[:, None] > 0, tracks[np.minimum(pick, len(tracks) - 1)], -1)
+
+
+def batch_loss(
+    model: TwoTowerModel,
+    users: torch.Tensor,
+    positives: torch.Tensor,
+    user_ids: torch.Tensor,
+    weights: torch.Tensor,
+    hard_negatives: torch.Tensor | None,
+    log_q: torch.Tensor | None,
+    config: TwoTowerConfig,
+) -> torch.Tensor:
+    """Weighted sampled-softmax loss of one batch.
+
+    ``users``: float32[B, dim] user vectors; ``positives``: int64[B] track rows;
+    ``user_ids``: int64[B] (a user's other in-batch positives are not negatives);
+    ``hard_negatives``: int64[B, H] track rows or -1; ``log_q``: float32[n_tracks]
+    log sampling probability, subtracted from every in-batch logit, positive included.
+    """
+    items = model.item_vectors(positives)
+    logits = users @ items.T / config.temperature
+    if log_q is not None:
+        logits = logits - log_q[positives][None, :]
+    b = len(positives)
+    eye = torch.eye(b, dtype=torch.bool, device=logits.device)
+    # Duplicates of the positive track, and the same user's other positives, are not negatives.
+    collide = (positives[:, None] == positives[None, :]) | (user_ids[:, None] == user_ids[None, :])
+    logits = logits.masked_fill(collide & ~eye, -torch.inf)
+    if hard_negatives is not None and hard_negatives.shape[1] > 0:
+        valid = hard_negatives >= 0
+        neg = model.item_vectors(hard_negatives.clamp(min=0))
+        hard = (users[:, None, :] * neg).sum(-1) / config.temperature + np.log(max(config.hard_negative_weight, 1e-12))
+        logits = torch.cat([logits, hard.masked_fill(~valid, -torch.inf)], dim=1)
+    per_example = F.cross_entropy(logits, torch.arange(b, device=logits.device), reduction="none")
+    return (per_example * weights).sum() / weights.sum().clamp(min=1e-12)
+
+
+def train_two_tower(features: FeatureSpace, examples: Examples, config: TwoTowerConfig) -> TrainedTwoTower:
+    """Train both towers; validation recall@k is measured after every epoch (exact, full catalog).
+
+    The model trains on the training period's popularity inputs and ends with
+    the window's (``features.track_popularity``) for serving.
+    """
+    dev = device()
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    model = TwoTowerModel(features, config).to(dev)
+    model.set_track_inputs(features, popularity=examples.train_popularity)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+
+    train = examples.train
+    states = examples.states
+    state_tensors = [torch.as_tensor(a, device=dev) for a in _user_arrays(states)]
+    log_q = None
+    if config.logq_correction:
+        q = np.maximum(examples.sampling_probability, 1e-12)
+        log_q = torch.as_tensor(np.log(q), dtype=torch.float32, device=dev)
+    state_t = torch.as_tensor(train.state, device=dev)
+    track_t = torch.as_tensor(train.track, device=dev)
+    user_t = torch.as_tensor(train.user, device=dev)
+    weight_t = torch.as_tensor(train.weight, dtype=torch.float32, device=dev)
+    h = config.hard_negatives_per_example if len(examples.hard_negative_tracks) else 0
+
+    report: dict = {
+        "device": str(dev),
+        "logq": config.logq_correction,
+        "train_examples": len(train),
+        "val_examples": len(examples.validation),
+        "val_users": len(examples.validation_users),
+        "examples": examples.stats,
+        "loss": [],
+        f"val_recall@{config.recall_k}": [],
+        "baselines": baseline_recall(examples, features.n_tracks, config.recall_k),
+    }
+    seconds = 0.0
+    for _epoch in range(config.epochs):
+        model.train()
+        t0 = time.perf_counter()
+        order = torch.as_tensor(rng.permutation(len(train)), device=dev)
+        hard_all = torch.as_tensor(_sample_hard_negatives(examples, train.user, h, rng), device=dev)
+        total, weight_sum = 0.0, 0.0
+        for s in range(0, len(train), config.batch_size):
+            idx = order[s : s + config.batch_size]
+            if len(idx) < 2:
+                continue
+            users = model.user_vectors(*(t[state_t[idx]] for t in state_tensors))
+            loss = batch_loss(model, users, track_t[idx], user_t[idx], weight_t[idx],
+                              hard_all[idx] if h else None, log_q, config)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            w = float(weight_t[idx].sum())
+            total += loss.item() * w
+            weight_sum += w
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        seconds += time.perf_counter() - t0
+        report["loss"].append(total / max(weight_sum, 1e-12))
+        if len(examples.validation_users):
+            report[f"val_recall@{config.recall_k}"].append(evaluate_retrieval(model, examples, config.recall_k, dev)["recall"])
+
+    final = evaluate_retrieval(model, examples, config.recall_k, dev) if len(examples.validation_users) else {}
+    report.update(
+        {
+            f"final_val_recall@{config.recall_k}": final.get("recall", float("nan")),
+            "retrieved_popularity": {k: v for k, v in final.items() if k != "recall"},
+            "train_seconds": seconds,
+            "examples_per_second": len(train) * config.epochs / max(seconds, 1e-9),
+        }
+    )
+    model.set_track_inputs(features)  # serve with the whole window's popularity
+    model.eval()
+    trained_tracks = np.bincount(train.track, minlength=features.n_tracks) > 0
+    return TrainedTwoTower(model=model, features=features, config=config, report=_plain(report),
+                           trained_tracks=trained_tracks)
+
+
+def _plain(obj):
+    """JSON-able copy of a report (numpy scalars to Python)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+@torch.no_grad()
+def warm_start_cold_tracks(trained: TrainedTwoTower, cold_track_ids: np.ndarray, k: int) -> dict:
+    """Set each cold track's id row to the similarity-weighted mean id of its k nearest warm anchors in audio space.
+
+    Anchors: tracks with training positives, readable audio and not cold.
+    Similarity: cosine of the audio vectors, negative similarities count 0
+    (all non-positive: plain mean). Cold tracks without audio fall back to
+    the mean id of their artist's anchors, else their genre's. Returns counts
+    and the mean neighbour similarity. Call after training, before ``track_vectors()``.
+    """
+    features = trained.features
+    rows = features.track_rows(np.asarray(cold_track_ids, dtype=np.int64))
+    rows = np.unique(rows[rows >= 0])
+    is_anchor = ~features.track_is_cold & ~features.track_audio_missing
+    if trained.trained_tracks is not None:
+        is_anchor &= trained.trained_tracks
+    is_anchor[rows] = False
+    anchors = np.flatnonzero(is_anchor)
+    stats = {"cold_tracks": int(len(rows)), "anchors": int(len(anchors)), "from_audio": 0,
+             "from_artist": 0, "from_genre": 0, "unchanged": 0, "mean_neighbour_cosine": float("nan")}
+    if len(rows) == 0 or len(anchors) == 0:
+        stats["unchanged"] = int(len(rows))
+        return stats
+    table = trained.model.track_id.weight
+    dev = table.device
+    audio = torch.as_tensor(features.track_audio, device=dev)
+    unit = F.normalize(audio, dim=1)
+    anchor_unit, anchor_ids = unit[anchors], table[anchors]
+    with_audio = rows[~features.track_audio_missing[rows]]
+    k = min(k, len(anchors))
+    sims = []
+    for s in range(0, len(with_audio), SCORE_CHUNK_USERS):
+        chunk = with_audio[s : s + SCORE_CHUNK_USERS]
+        cos = unit[chunk] @ anchor_unit.T
+        top, idx = torch.topk(cos, k, dim=1)
+        w = top.clamp(min=0)
+        w = torch.where(w.sum(1, keepdim=True) > 0, w, torch.ones_like(w))
+        table[torch.as_tensor(chunk, device=dev)] = (w[..., None] * anchor_ids[idx]).sum(1) / w.sum(1, keepdim=True)
+        sims.append(top.mean(1).cpu().numpy())
+    stats["from_audio"] = int(len(with_audio))
+    if sims:
+        stats["mean_neighbour_cosine"] = float(np.concatenate(sims).mean())
+    for row in rows[features.track_audio_missing[rows]]:
+        for key, group in (("from_artist", features.track_artist), ("from_genre", features.track_genre)):
+            same = anchors[group[anchors] == group[row]] if group[row] > 0 else anchors[:0]
+            if len(same):
+                table[int(row)] = anchor_ids.new_tensor(table[torch.as_tensor(same, device=dev)].mean(0))
+                stats[key] += 1
+                break
+        else:
+            stats["unchanged"] += 1
+    return stats

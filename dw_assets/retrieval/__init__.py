@@ -1,0 +1,1 @@
+"""Candidate retrieval: approximate nearest-neighbour search over track embeddings."""

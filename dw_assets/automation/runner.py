@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from dagster import AssetSelection, DagsterInstance, ExecuteInProcessResult, materialize
+from dagster import AssetCheckSeverity, AssetSelection, DagsterInstance, ExecuteInProcessResult, materialize
 
 from dw_assets.calendar import shift_week
 from dw_assets.definitions import ALL_ASSETS, build_resources
@@ -43,19 +43,21 @@ def history_weeks(week: str, known_weeks: list[str] | None) -> list[str]:
     return [k for k in (known_weeks or []) if first <= k < week]
 
 
-def _run(selection: AssetSelection | None, week: str, lake_root: Path, instance: DagsterInstance) -> ExecuteInProcessResult:
+def _run(
+    selection: AssetSelection | None, week: str, lake_root: Path, instance: DagsterInstance, ops: dict | None = None
+) -> ExecuteInProcessResult:
     result = materialize(
         ALL_ASSETS,
         selection=selection,
         partition_key=week,
         resources=build_resources(str(lake_root)),
         instance=instance,
-        run_config=QUIET,
+        run_config={**QUIET, "ops": ops or {}},
         raise_on_error=False,
     )
     failed_checks = [
         f"{e.asset_key.to_user_string()}:{e.check_name} {_evidence(e.metadata)}"
-        for e in result.get_asset_check_evaluations() if not e.passed
+        for e in result.get_asset_check_evaluations() if not e.passed and e.severity == AssetCheckSeverity.ERROR
     ]
     if not result.success or failed_checks:
         failures = [str(ev.event_specific_data.error.message).strip()
@@ -74,14 +76,17 @@ def _evidence(metadata) -> str:
 
 
 def _summarize(result: ExecuteInProcessResult, week: str) -> list[str]:
-    checks = {e.asset_key.to_user_string(): "pass" if e.passed else "FAIL" for e in result.get_asset_check_evaluations()}
+    checks = {
+        e.asset_key.to_user_string(): "pass" if e.passed else ("FAIL" if e.severity == AssetCheckSeverity.ERROR else "warn")
+        for e in result.get_asset_check_evaluations()
+    }
     lines = []
     for event in result.get_asset_materialization_events():
         mat = event.materialization
         name = mat.asset_key.to_user_string()
         rows = mat.metadata.get("dagster/row_count")
         rows_text = f"{rows.value:>12,}" if rows is not None else " " * 12
-        lines.append(f"  {name:<22} {week}  rows {rows_text}  schema check {checks.get(name, '-')}")
+        lines.append(f"  {name:<22} {week}  rows {rows_text}  check {checks.get(name, '-')}")
     return lines
 
 
@@ -91,8 +96,12 @@ def materialize_week(
     known_weeks: list[str] | None,
     rebuild_history: bool = False,
     progress: Callable[[str], None] = print,
+    ops: dict | None = None,
 ) -> str:
-    """Materialize the history window's per-week assets (when missing), then all of ``week``."""
+    """Materialize the history window's per-week assets (when missing), then all of ``week``.
+
+    ``ops``: Dagster run config per asset, e.g. ``{"audio_embeddings": {"config": {"epochs": 5}}}``.
+    """
     instance = run_instance()
     lake = build_resources(str(lake_root))["lake"].open()
     report = []
@@ -105,7 +114,7 @@ def materialize_week(
         progress(f"week {earlier}: history materialized in {time.perf_counter() - started:.1f}s (run {result.run_id[:8]})")
         report += _summarize(result, earlier)
     started = time.perf_counter()
-    result = _run(None, week, lake_root, instance)
+    result = _run(None, week, lake_root, instance, ops)
     progress(f"week {week}: all assets materialized in {time.perf_counter() - started:.1f}s (run {result.run_id[:8]})")
     report += _summarize(result, week)
     return "materialized:\n" + "\n".join(report)

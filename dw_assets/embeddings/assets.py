@@ -19,7 +19,7 @@ from dagster import (
 
 from dw_assets.calendar import week_bounds
 from dw_assets.embeddings import audio as audio_model
-from dw_assets.embeddings import item2vec, two_tower
+from dw_assets.embeddings import audio_io, item2vec, two_tower
 from dw_assets.embeddings.audio import AudioConfig, load_clips, log_mel, train_audio_model
 from dw_assets.embeddings.item2vec import (
     Item2VecConfig,
@@ -119,7 +119,7 @@ def audio_embeddings(
     genres = dict(zip(track_catalog["track_id"], track_catalog["genre"], strict=True))
     model = train_audio_model(mels, batch.track_ids, (target_ids, target_vectors), genres, settings)
     vectors = model.embed(mels)
-    version = model_version(context.partition_key, [settings], [audio_model], [item2vec_embeddings.model_version])
+    version = model_version(context.partition_key, [settings], [audio_model, audio_io], [item2vec_embeddings.model_version])
     missing = sorted(catalog_ids - set(batch.track_ids.tolist()) - set(batch.problems["track_id"].tolist()))
     report = {k: v for k, v in model.report.items() if np.isscalar(v)}
     yield Output(

@@ -42,14 +42,14 @@ class AudioConfig:
     sample_rate: int = 8000  # Hz; clips at another rate are reported, not resampled
     clip_seconds: float | None = None  # None: the median length of the clips found
     n_fft: int = 256  # samples per STFT window (32 ms at 8 kHz)
-    hop_length: int = 64  # samples between frames (8 ms at 8 kHz)
+    hop_length: int = 128  # samples between frames (16 ms at 8 kHz; 8 ms costs 2x for ~+0.01 cosine)
     n_mels: int = 40
     f_min: float = 30.0  # Hz
     f_max: float | None = None  # Hz; None: Nyquist
     channels: tuple[int, ...] = (16, 32, 64)  # conv blocks, each halving frequency and time
     hidden_units: int = 128  # shared layer feeding the embedding and genre heads
     embedding_dim: int = 32
-    epochs: int = 30
+    epochs: int = 20
     batch_size: int = 128
     learning_rate: float = 2e-3  # peak of the one-cycle schedule
     weight_decay: float = 1e-4
@@ -178,7 +178,7 @@ class AudioModel:
 
     genres: the genre head's classes, in logit order. report: holdout_cosine (mean cos(pred, target)
     over held-out warm tracks), holdout_cosine_shuffled (same, targets shuffled: the chance level),
-    holdout_r2, holdout_genre_accuracy, genre_majority_share (its chance level), train_tracks,
+    holdout_r2, holdout_genre_accuracy, genre_majority_share (its chance level), warm_tracks, train_tracks,
     holdout_tracks, epochs, train_seconds, clips_per_second (training throughput), device.
     """
 
@@ -304,8 +304,8 @@ def _reproducible(seed: int, dev: torch.device) -> Iterator[None]:
 def _split(n_warm: int, config: AudioConfig) -> tuple[np.ndarray, np.ndarray]:
     """(train positions, holdout positions) into the warm tracks; seeded, by track.
 
-    At most ``max_warm_tracks`` are used: past a few tens of thousands more clips cost
-    training time without improving a model this small.
+    At most ``max_warm_tracks`` are used, so the weekly training cost is bounded whatever the
+    catalog size (small world: 10k tracks x 10 epochs → 0.76 held-out cosine, 20k x 20 → 0.80).
     """
     order = np.random.default_rng(config.seed).permutation(n_warm)
     if config.max_warm_tracks is not None:

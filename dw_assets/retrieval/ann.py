@@ -46,8 +46,8 @@ class AnnConfig:
     train_sample: int = 200_000  # vectors drawn (seeded) to train IVF/PQ
     seed: int = 7
     use_gpu: str = "auto"  # auto | never | always
-    threads: int = 0  # faiss OpenMP threads; 0 keeps faiss's default (all cores). HNSW graphs
-    # built with more than one thread differ from run to run (insertion races); IVF ones do not.
+    threads: int = 0  # faiss OpenMP threads; 0 keeps faiss's default (all cores). faiss inserts
+    # HNSW nodes in parallel, so only threads=1 guarantees the identical graph on every run.
     search_batch: int = 4096  # queries per faiss call, bounds result/temporary memory
 
     def __post_init__(self) -> None:

@@ -72,7 +72,7 @@ def run(lake_dir, week, rebuild_history):
     os.environ.setdefault("DAGSTER_HOME", str(lake_root / "dagster_home"))
     _echo_step(f"DAGSTER_HOME={os.environ['DAGSTER_HOME']}")
     try:
-        report = materialize_week(lake_root, week, manifest.get("training_weeks"), rebuild_history, progress=_echo_step)
+        report = materialize_week(lake_root, week, manifest.get("weeks"), rebuild_history, progress=_echo_step)
     except RunError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)

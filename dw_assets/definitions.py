@@ -6,6 +6,7 @@ from dagster import AssetSelection, Definitions, define_asset_job, in_process_ex
 from dagster_pyspark import LazyPySparkResource
 
 from dw_assets.embeddings.assets import embedding_assets
+from dw_assets.evaluation.assets import evaluation_assets
 from dw_assets.ingest.assets import ingest_assets
 from dw_assets.ingest.spark import settings_from_env, use_this_interpreter
 from dw_assets.lake.resources import LakeIOManager, LakeResource
@@ -14,7 +15,7 @@ from dw_assets.retrieval.assets import retrieval_assets
 
 use_this_interpreter()
 
-ALL_ASSETS = [*ingest_assets, *embedding_assets, *retrieval_assets]
+ALL_ASSETS = [*ingest_assets, *embedding_assets, *retrieval_assets, *evaluation_assets]
 
 # One process per run: every Spark asset shares one local Spark session (JVM).
 weekly_job = define_asset_job(

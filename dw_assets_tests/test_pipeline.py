@@ -26,7 +26,7 @@ def world(tiny_world, spark):
     """The tiny world with every training week's history and the last week's gold materialized."""
     manifest = json.loads((tiny_world / "landing" / "manifest.json").read_text())
     quick = {"audio_embeddings": {"config": {"epochs": 12}}, "two_tower_model": {"config": {"epochs": 4}}}
-    report = materialize_week(tiny_world, manifest["last_training_week"], manifest["training_weeks"],
+    report = materialize_week(tiny_world, manifest["last_training_week"], manifest["weeks"],
                               progress=lambda m: None, ops=quick)
     return tiny_world, manifest, Lake(str(tiny_world)), report
 
@@ -186,3 +186,14 @@ def test_cold_releases_are_retrieved_for_users_whose_taste_matches(world):
         random_hits += [track in top[row_of[u]] for u in randoms]
     matched_rate, random_rate = float(np.mean(matched_hits)), float(np.mean(random_hits))
     assert matched_rate > 0.1 and matched_rate >= 3 * random_rate, (matched_rate, random_rate)
+
+
+def test_retrieval_is_evaluated_on_the_discovery_holdout(world):
+    _, manifest, lake, _ = world
+    table = _read(lake, "gold", "retrieval_evaluation", manifest["last_training_week"]).set_index("system")
+    assert set(table.index) == {"two_tower", "als", "popularity"}
+    assert (table["users"] > 0).all() and table["recall"].between(0, 1).all()
+    # the holdout week was ingested for evaluation only; no model of the last week read it
+    assert lake.exists(lake.uri("silver", "interactions", manifest["holdout_week"]))
+    assert not lake.exists(lake.uri("models", "two_tower_model", manifest["holdout_week"]))
+    assert table.loc["two_tower", "recall"] > table.loc["popularity", "recall"]

@@ -100,6 +100,10 @@ def materialize_week(
 ) -> str:
     """Materialize the history window's per-week assets (when missing), then all of ``week``.
 
+    ``known_weeks``: the landed weeks. When the week after ``week`` is among them
+    (a replayed past week, or the simulator's holdout) it is ingested too and the
+    evaluation assets run; otherwise they are left for next week.
+
     ``ops``: Dagster run config per asset, e.g. ``{"audio_embeddings": {"config": {"epochs": 5}}}``.
     """
     instance = run_instance()
@@ -113,8 +117,17 @@ def materialize_week(
         result = _run(AssetSelection.assets(*PER_WEEK_ASSETS), earlier, lake_root, instance)
         progress(f"week {earlier}: history materialized in {time.perf_counter() - started:.1f}s (run {result.run_id[:8]})")
         report += _summarize(result, earlier)
+    # Week W's evaluation reads W+1's listening; only a replayed past week has it.
+    holdout = shift_week(week, 1)
+    evaluable = holdout in (known_weeks or [])
+    if evaluable and (rebuild_history or not lake.exists(lake.uri("silver", "interactions", holdout))):
+        started = time.perf_counter()
+        result = _run(AssetSelection.assets(*PER_WEEK_ASSETS), holdout, lake_root, instance)
+        progress(f"week {holdout}: holdout ingested for evaluation in {time.perf_counter() - started:.1f}s")
+        report += _summarize(result, holdout)
+    selection = AssetSelection.all() if evaluable else AssetSelection.all() - AssetSelection.groups("evaluation")
     started = time.perf_counter()
-    result = _run(None, week, lake_root, instance, ops)
+    result = _run(selection, week, lake_root, instance, ops)
     progress(f"week {week}: all assets materialized in {time.perf_counter() - started:.1f}s (run {result.run_id[:8]})")
     report += _summarize(result, week)
     return "materialized:\n" + "\n".join(report)

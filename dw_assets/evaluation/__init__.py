@@ -1,0 +1,1 @@
+"""Offline evaluation: the discovery holdout, retrieval metrics and baselines."""

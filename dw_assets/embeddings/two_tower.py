@@ -13,6 +13,13 @@ column, the positive's own included (Yi et al. 2019), plus the user's early
 skips as extra (weighted) softmax columns; each example weighs its graded
 interaction weight. Serving scores are the raw ``u.v``.
 
+What logQ does to popularity: in-batch candidates are drawn in proportion to
+how often tracks are liked, so without the correction the softmax learns
+``log P(track | user) - log q(track)`` (a PMI) and under-retrieves popular
+tracks; with it the model learns ``log P(track | user)``. The correction
+raises recall and moves the popularity of what is retrieved up, toward that
+of what users really like next; it does not lower it.
+
 Cold start: tracks never played get their id row set to the
 similarity-weighted mean id of their nearest played "anchor" tracks in audio
 space (``warm_start_cold_tracks``), so they sit where similar-sounding played
@@ -41,7 +48,9 @@ from dw_assets.embeddings.two_tower_data import (
     UserFeatures,
     build_examples,
     build_features,
+    most_recent,
     profile_user_features,
+    sampling_probability,
 )
 
 __all__ = [
@@ -65,6 +74,7 @@ BIRTH_DIM = 4
 INIT_STD = 0.01  # small id init: an id row that never trains stays near neutral
 SCORE_CHUNK_USERS = 1024
 VECTOR_CHUNK = 65_536
+USER_CHUNK = 4096
 FIXED_ZIP_TIME = (2020, 1, 1, 0, 0, 0)
 
 
@@ -162,8 +172,14 @@ class TwoTowerModel(nn.Module):
         )
         return F.normalize(self.user_mlp(x), dim=-1)
 
-    def encode_users(self, users: UserFeatures, dev: torch.device) -> torch.Tensor:
-        return self.user_vectors(*(torch.as_tensor(a, device=dev) for a in _user_arrays(users)))
+    def encode_users(self, users: UserFeatures) -> torch.Tensor:
+        """float32[n, dim] user vectors, computed in chunks (the history gather is [chunk, L, d_audio])."""
+        dev = self.track_id.weight.device
+        parts = [
+            self.user_vectors(*(torch.as_tensor(a[s : s + USER_CHUNK], device=dev) for a in _user_arrays(users)))
+            for s in range(0, len(users), USER_CHUNK)
+        ]
+        return torch.cat(parts) if parts else torch.zeros(0, self.user_mlp[-1].out_features, device=dev)
 
 
 def _user_arrays(users: UserFeatures) -> tuple[np.ndarray, ...]:
@@ -197,11 +213,7 @@ class TrainedTwoTower:
         users = profile_user_features(user_profiles, self.features, self.config.history_len)
         ids = user_profiles["user_id"].to_numpy(dtype=np.int64)
         keep = np.flatnonzero(users.history_length > 0)
-        users = users.take(keep)
-        dev = self.model.track_id.weight.device
-        out = [self.model.encode_users(users.take(np.arange(s, min(s + VECTOR_CHUNK, len(keep)))), dev)
-               for s in range(0, len(keep), VECTOR_CHUNK)]
-        vectors = torch.cat(out).cpu().numpy() if out else np.zeros((0, self.config.dim), np.float32)
+        vectors = self.model.encode_users(users.take(keep)).cpu().numpy()
         return ids[keep], vectors.astype(np.float32)
 
     def to_bytes(self) -> bytes:
@@ -306,10 +318,10 @@ def all_item_vectors(model: TwoTowerModel) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_retrieval(model: TwoTowerModel, examples: Examples, k: int, dev: torch.device) -> dict:
+def evaluate_retrieval(model: TwoTowerModel, examples: Examples, k: int) -> dict:
     """Exact full-catalog recall@k for the validation users, and the popularity of what was retrieved."""
     tracks = all_item_vectors(model)
-    users = model.encode_users(_validation_users(examples), dev)
+    users = model.encode_users(_validation_users(examples))
     top = retrieve(users, tracks, examples.validation_seen_ptr, examples.validation_seen_tracks, k)
     recall = recall_at_k(top, examples.validation_target_ptr, examples.validation_target_tracks)
     return {"recall": recall, **popularity_concentration(top, examples.train_popularity_percentile)}
@@ -401,13 +413,14 @@ def train_two_tower(features: FeatureSpace, examples: Examples, config: TwoTower
     model.set_track_inputs(features, popularity=examples.train_popularity)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
 
-    train = examples.train
-    states = examples.states
-    state_tensors = [torch.as_tensor(a, device=dev) for a in _user_arrays(states)]
+    train = most_recent(examples.train, config.max_examples)
+    q = examples.sampling_probability
+    if len(train) < len(examples.train):
+        q = sampling_probability(train.track, features.n_tracks)
+    state_tensors = [torch.as_tensor(a, device=dev) for a in _user_arrays(examples.states)]
     log_q = None
     if config.logq_correction:
-        q = np.maximum(examples.sampling_probability, 1e-12)
-        log_q = torch.as_tensor(np.log(q), dtype=torch.float32, device=dev)
+        log_q = torch.as_tensor(np.log(np.maximum(q, 1e-12)), dtype=torch.float32, device=dev)
     state_t = torch.as_tensor(train.state, device=dev)
     track_t = torch.as_tensor(train.track, device=dev)
     user_t = torch.as_tensor(train.user, device=dev)
@@ -425,7 +438,8 @@ def train_two_tower(features: FeatureSpace, examples: Examples, config: TwoTower
         f"val_recall@{config.recall_k}": [],
         "baselines": baseline_recall(examples, features.n_tracks, config.recall_k),
     }
-    seconds = 0.0
+    seconds = validation_seconds = 0.0
+    final: dict = {}
     for _epoch in range(config.epochs):
         model.train()
         t0 = time.perf_counter()
@@ -450,14 +464,17 @@ def train_two_tower(features: FeatureSpace, examples: Examples, config: TwoTower
         seconds += time.perf_counter() - t0
         report["loss"].append(total / max(weight_sum, 1e-12))
         if len(examples.validation_users):
-            report[f"val_recall@{config.recall_k}"].append(evaluate_retrieval(model, examples, config.recall_k, dev)["recall"])
+            t0 = time.perf_counter()
+            final = evaluate_retrieval(model, examples, config.recall_k)
+            report[f"val_recall@{config.recall_k}"].append(final["recall"])
+            validation_seconds += time.perf_counter() - t0
 
-    final = evaluate_retrieval(model, examples, config.recall_k, dev) if len(examples.validation_users) else {}
     report.update(
         {
             f"final_val_recall@{config.recall_k}": final.get("recall", float("nan")),
             "retrieved_popularity": {k: v for k, v in final.items() if k != "recall"},
             "train_seconds": seconds,
+            "validation_seconds": validation_seconds,
             "examples_per_second": len(train) * config.epochs / max(seconds, 1e-9),
         }
     )
@@ -483,7 +500,8 @@ def _plain(obj):
 def warm_start_cold_tracks(trained: TrainedTwoTower, cold_track_ids: np.ndarray, k: int) -> dict:
     """Set each cold track's id row to the similarity-weighted mean id of its k nearest warm anchors in audio space.
 
-    Anchors: tracks with training positives, readable audio and not cold.
+    Anchors: tracks with training positives, readable audio and not cold;
+    taken from the cold track's genre when that genre has at least k of them.
     Similarity: cosine of the audio vectors, negative similarities count 0
     (all non-positive: plain mean). Cold tracks without audio fall back to
     the mean id of their artist's anchors, else their genre's. Returns counts
@@ -498,6 +516,7 @@ def warm_start_cold_tracks(trained: TrainedTwoTower, cold_track_ids: np.ndarray,
     is_anchor[rows] = False
     anchors = np.flatnonzero(is_anchor)
     stats = {"cold_tracks": int(len(rows)), "anchors": int(len(anchors)), "from_audio": 0,
+             "same_genre_neighbours": 0,
              "from_artist": 0, "from_genre": 0, "unchanged": 0, "mean_neighbour_cosine": float("nan")}
     if len(rows) == 0 or len(anchors) == 0:
         stats["unchanged"] = int(len(rows))
@@ -508,16 +527,25 @@ def warm_start_cold_tracks(trained: TrainedTwoTower, cold_track_ids: np.ndarray,
     unit = F.normalize(audio, dim=1)
     anchor_unit, anchor_ids = unit[anchors], table[anchors]
     with_audio = rows[~features.track_audio_missing[rows]]
-    k = min(k, len(anchors))
     sims = []
-    for s in range(0, len(with_audio), SCORE_CHUNK_USERS):
-        chunk = with_audio[s : s + SCORE_CHUNK_USERS]
-        cos = unit[chunk] @ anchor_unit.T
-        top, idx = torch.topk(cos, k, dim=1)
-        w = top.clamp(min=0)
-        w = torch.where(w.sum(1, keepdim=True) > 0, w, torch.ones_like(w))
-        table[torch.as_tensor(chunk, device=dev)] = (w[..., None] * anchor_ids[idx]).sum(1) / w.sum(1, keepdim=True)
-        sims.append(top.mean(1).cpu().numpy())
+    # Neighbours come from the cold track's own genre (known metadata) when it has k anchors, else from all.
+    anchor_genre = features.track_genre[anchors]
+    for genre in np.unique(features.track_genre[with_audio]):
+        pool = np.flatnonzero(anchor_genre == genre) if genre > 0 else np.zeros(0, dtype=np.int64)
+        if len(pool) < k:
+            pool = np.arange(len(anchors))
+        else:
+            stats["same_genre_neighbours"] += int((features.track_genre[with_audio] == genre).sum())
+        pool_t = torch.as_tensor(pool, device=dev)
+        group = with_audio[features.track_genre[with_audio] == genre]
+        for s in range(0, len(group), SCORE_CHUNK_USERS):
+            chunk = group[s : s + SCORE_CHUNK_USERS]
+            top, idx = torch.topk(unit[chunk] @ anchor_unit[pool_t].T, min(k, len(pool)), dim=1)
+            w = top.clamp(min=0)
+            w = torch.where(w.sum(1, keepdim=True) > 0, w, torch.ones_like(w))
+            neighbours = anchor_ids[pool_t[idx]]
+            table[torch.as_tensor(chunk, device=dev)] = (w[..., None] * neighbours).sum(1) / w.sum(1, keepdim=True)
+            sims.append(top.mean(1).cpu().numpy())
     stats["from_audio"] = int(len(with_audio))
     if sims:
         stats["mean_neighbour_cosine"] = float(np.concatenate(sims).mean())
@@ -525,7 +553,7 @@ def warm_start_cold_tracks(trained: TrainedTwoTower, cold_track_ids: np.ndarray,
         for key, group in (("from_artist", features.track_artist), ("from_genre", features.track_genre)):
             same = anchors[group[anchors] == group[row]] if group[row] > 0 else anchors[:0]
             if len(same):
-                table[int(row)] = anchor_ids.new_tensor(table[torch.as_tensor(same, device=dev)].mean(0))
+                table[int(row)] = table[torch.as_tensor(same, device=dev)].mean(0)
                 stats[key] += 1
                 break
         else:

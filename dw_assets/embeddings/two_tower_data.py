@@ -45,7 +45,7 @@ class TwoTowerConfig:
     temperature: float = 0.05
     logq_correction: bool = True
     hard_negatives_per_example: int = 2  # the user's early skips, extra softmax columns
-    hard_negative_weight: float = 1.0
+    hard_negative_weight: float = 1.0  # each hard negative counts w times in the softmax (log w on its logit)
     validation_days: int = 7  # time split: the last N days of the window validate, never a random split
     history_window_days: int = 1  # a training positive sees history from before its window (day) only
     max_examples: int | None = None  # keep the most recent N training examples
@@ -427,6 +427,19 @@ def history_states(
     return history, ages, share
 
 
+def most_recent(split: ExampleSplit, max_examples: int | None) -> ExampleSplit:
+    """The latest ``max_examples`` examples (all when None), in their original order."""
+    if max_examples is None or len(split) <= max_examples:
+        return split
+    return split.take(np.sort(np.argsort(split.ts_ms, kind="stable")[len(split) - max_examples :]))
+
+
+def sampling_probability(tracks: np.ndarray, n_tracks: int) -> np.ndarray:
+    """float64[n_tracks] q(track): how often a track is drawn as an in-batch candidate = its share of examples."""
+    counts = np.bincount(tracks, minlength=n_tracks).astype(np.float64)
+    return counts / max(counts.sum(), 1.0)
+
+
 def build_examples(interactions: pd.DataFrame, features: FeatureSpace, config: TwoTowerConfig) -> Examples:
     """Positive examples split by time, with each example's leakage-free user state.
 
@@ -490,12 +503,8 @@ def build_examples(interactions: pd.DataFrame, features: FeatureSpace, config: T
     train = split(train_idx, state_of[: len(train_idx)])
     validation = split(val_idx, state_of[len(train_idx):])
     n_train_with_history = len(train)
-    if config.max_examples is not None and len(train) > config.max_examples:
-        train = train.take(np.sort(np.argsort(train.ts_ms, kind="stable")[-config.max_examples:]))
-
-    # q(track): how often a track is drawn as an in-batch candidate = its share of training examples.
-    counts = np.bincount(train.track, minlength=features.n_tracks).astype(np.float64)
-    q = counts / max(counts.sum(), 1.0)
+    train = most_recent(train, config.max_examples)
+    q = sampling_probability(train.track, features.n_tracks)
 
     # Hard negatives: early skips in the training period of tracks the user never liked there.
     liked = np.unique(pos_user * features.n_tracks + pos_track)
@@ -507,21 +516,20 @@ def build_examples(interactions: pd.DataFrame, features: FeatureSpace, config: T
     # Training-period popularity (what the model may know when validation starts).
     tr = np.flatnonzero(in_train)
     plays_t = np.bincount(track[tr], minlength=features.n_tracks)
-    pair = np.unique(user[tr] * features.n_tracks + track[tr])
-    listeners_t = np.bincount(pair % features.n_tracks, minlength=features.n_tracks)
+    heard = np.unique(user[tr] * features.n_tracks + track[tr])  # (user, track) pairs played in training
+    listeners_t = np.bincount(heard % features.n_tracks, minlength=features.n_tracks)
     age_shift = (end_ms - val_start) / DAY_MS
     age_t = np.clip(features.track_age_days - age_shift, 0, None)
 
     # Validation users: judged on positives new to them, with the training period's plays excluded.
-    seen_key = np.unique(user[tr] * features.n_tracks + track[tr])
     v_key = np.unique(validation.user * features.n_tracks + validation.track)
-    new_key = v_key[~np.isin(v_key, seen_key)]
+    new_key = v_key[~np.isin(v_key, heard)]
     v_users = np.unique(new_key // features.n_tracks)
     v_row = np.searchsorted(v_users, new_key // features.n_tracks)
     target_ptr, target_tracks = _csr(v_row, new_key % features.n_tracks, len(v_users))
-    seen_sel = np.isin(seen_key // features.n_tracks, v_users)
-    seen_user = np.searchsorted(v_users, seen_key[seen_sel] // features.n_tracks)
-    seen_ptr, seen_tracks = _csr(seen_user, seen_key[seen_sel] % features.n_tracks, len(v_users))
+    seen_sel = np.isin(heard // features.n_tracks, v_users)
+    seen_user = np.searchsorted(v_users, heard[seen_sel] // features.n_tracks)
+    seen_ptr, seen_tracks = _csr(seen_user, heard[seen_sel] % features.n_tracks, len(v_users))
     v_state_of_user = np.zeros(m, dtype=np.int64)
     v_state_of_user[validation.user] = validation.state  # one state per user: history = training period
     stats = {

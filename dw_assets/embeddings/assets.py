@@ -88,8 +88,9 @@ def item2vec_embeddings(
 
 
 class AudioAssetConfig(Config):
-    epochs: int = AudioConfig.epochs
-    max_warm_tracks: int = 25_000
+    # Sized for the 2-core demo (held-out cosine 0.76 vs 0.80 at 20 epochs x 25k tracks, 4x faster).
+    epochs: int = 10
+    max_warm_tracks: int = 10_000
     seed: int = AudioConfig.seed
 
 

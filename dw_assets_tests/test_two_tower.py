@@ -30,7 +30,7 @@ from dw_assets.embeddings.two_tower import (
 )
 from dw_assets.simulate import load_truth
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # a shared 2-core box: a second thread waits on a busy core more than it helps
 
 CONFIG = TwoTowerConfig(dim=32, id_dim=16, hidden=64, epochs=3, batch_size=512)
 AUDIO_NOISE = 1.0  # noise norm relative to the (unit) style vector
@@ -211,6 +211,7 @@ def test_two_tower_retrieves_far_better_than_popularity_and_random(trained):
           f"{report['examples_per_second']:.0f} examples/s on {report['device']}")
     assert len(report[f"val_recall@{K}"]) == len(report["loss"]) == CONFIG.epochs
     assert report["loss"][-1] < report["loss"][0]
+    assert recall == max(report[f"val_recall@{K}"])  # the best epoch's weights are the ones kept
     assert recall > base["popularity"] + 0.2
     assert recall > 2 * base["random"]
 
@@ -233,7 +234,7 @@ def _learned_popularity_slope(log_q: torch.Tensor | None, q: np.ndarray) -> floa
     model = _OneContext(len(q))
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
     config = TwoTowerConfig(temperature=0.1)
-    for _ in range(300):
+    for _ in range(200):
         positives = torch.as_tensor(rng.choice(len(q), size=128, p=q))
         users = F.normalize(model.user, dim=0).expand(128, -1)
         loss = batch_loss(model, users, positives, torch.arange(128), torch.ones(128), None, log_q, config)

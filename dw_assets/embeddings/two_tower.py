@@ -59,6 +59,7 @@ __all__ = [
     "TrainedTwoTower",
     "TwoTowerConfig",
     "TwoTowerModel",
+    "batch_loss",
     "build_examples",
     "build_features",
     "device",
@@ -403,6 +404,10 @@ def batch_loss(
 def train_two_tower(features: FeatureSpace, examples: Examples, config: TwoTowerConfig) -> TrainedTwoTower:
     """Train both towers; validation recall@k is measured after every epoch (exact, full catalog).
 
+    With ``restore_best_epoch`` the returned weights are those of the epoch
+    with the best validation recall (the validation split then also selects
+    the epoch count; ``final_val_recall@k`` is that epoch's).
+
     The model trains on the training period's popularity inputs and ends with
     the window's (``features.track_popularity``) for serving.
     """
@@ -440,7 +445,8 @@ def train_two_tower(features: FeatureSpace, examples: Examples, config: TwoTower
     }
     seconds = validation_seconds = 0.0
     final: dict = {}
-    for _epoch in range(config.epochs):
+    best_epoch, best_state = config.epochs - 1, {}
+    for epoch in range(config.epochs):
         model.train()
         t0 = time.perf_counter()
         order = torch.as_tensor(rng.permutation(len(train)), device=dev)
@@ -465,13 +471,20 @@ def train_two_tower(features: FeatureSpace, examples: Examples, config: TwoTower
         report["loss"].append(total / max(weight_sum, 1e-12))
         if len(examples.validation_users):
             t0 = time.perf_counter()
-            final = evaluate_retrieval(model, examples, config.recall_k)
-            report[f"val_recall@{config.recall_k}"].append(final["recall"])
+            result = evaluate_retrieval(model, examples, config.recall_k)
+            report[f"val_recall@{config.recall_k}"].append(result["recall"])
             validation_seconds += time.perf_counter() - t0
+            if not config.restore_best_epoch or not final or result["recall"] > final["recall"]:
+                final, best_epoch = result, epoch
+                if config.restore_best_epoch:
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if best_state:
+        model.load_state_dict(best_state)
 
     report.update(
         {
             f"final_val_recall@{config.recall_k}": final.get("recall", float("nan")),
+            "best_epoch": best_epoch + 1,
             "retrieved_popularity": {k: v for k, v in final.items() if k != "recall"},
             "train_seconds": seconds,
             "validation_seconds": validation_seconds,

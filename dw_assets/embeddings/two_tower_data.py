@@ -48,6 +48,7 @@ class TwoTowerConfig:
     hard_negative_weight: float = 1.0  # each hard negative counts w times in the softmax (log w on its logit)
     validation_days: int = 7  # time split: the last N days of the window validate, never a random split
     history_window_days: int = 1  # a training positive sees history from before its window (day) only
+    restore_best_epoch: bool = True  # keep the weights of the epoch with the best validation recall
     max_examples: int | None = None  # keep the most recent N training examples
     seed: int = 7
     cold_neighbours: int = 10

@@ -123,7 +123,8 @@ def test_gold_knows_cold_releases_and_new_users(world):
 def _partition_digest(root: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.parquet")):
-        digest.update(pd.read_parquet(path).sort_values(list(pd.read_parquet(path).columns[:1])).to_csv().encode())
+        frame = pd.read_parquet(path)
+        digest.update(frame.sort_values(list(frame.columns[:1])).to_csv().encode())
     return digest.hexdigest()
 
 

@@ -62,9 +62,6 @@ class LakeIOManager(ConfigurableIOManager):
     lake: LakeResource
     pyspark: LazyPySparkResource
 
-    def _uri(self, layer: str, context: OutputContext | InputContext, key: str | None) -> str:
-        return self.lake.open().uri(layer, context.asset_key.path[-1], key)
-
     def handle_output(self, context: OutputContext, obj: Any) -> None:
         if obj is None:
             return

@@ -126,7 +126,7 @@ class Lake:
             bucket, key = _split_s3(uri)
             self.s3_client.put_object(Bucket=bucket, Key=f"{key}/{PART_FILE}", Body=buffer.getvalue())
             return buffer.tell()
-        with self._staged_dir(uri) as tmp:
+        with _StagedDir(Path(uri)) as tmp:
             pq.write_table(table, tmp / PART_FILE)
             return (tmp / PART_FILE).stat().st_size
 
@@ -161,7 +161,7 @@ class Lake:
                 self.s3_client.put_object(Bucket=bucket, Key=f"{key}/{name}", Body=data)
             self.s3_client.put_object(Bucket=bucket, Key=f"{key}/{META_FILE}", Body=meta)
         else:
-            with self._staged_dir(uri) as tmp:
+            with _StagedDir(Path(uri)) as tmp:
                 for name, data in artifact.files.items():
                     (tmp / name).write_bytes(data)
                 (tmp / META_FILE).write_bytes(meta)
@@ -198,7 +198,7 @@ class Lake:
         if self.is_s3:
             frame.write.mode("overwrite").parquet(uri.replace("s3://", "s3a://", 1))
             return
-        with self._staged_dir(uri) as tmp:
+        with _StagedDir(Path(uri)) as tmp:
             # Spark insists on creating the directory itself.
             tmp.rmdir()
             frame.write.parquet(str(tmp))
@@ -209,11 +209,6 @@ class Lake:
         if missing:
             raise LakeError(f"no lake data at {', '.join(missing)} (was the upstream partition materialized?)")
         return spark.read.parquet(*paths)
-
-    # -- helpers -------------------------------------------------------------
-
-    def _staged_dir(self, uri: str) -> _StagedDir:
-        return _StagedDir(Path(uri))
 
 
 class _StagedDir:

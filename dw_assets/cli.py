@@ -59,7 +59,10 @@ def simulate(out_dir, preset, seed, users, tracks, weeks, new_tracks_per_week, b
 @click.option("--lake", "lake_dir", required=True, type=click.Path(file_okay=False), help="Lake root (holds landing/).")
 @click.option("--week", default=None, help="Week key (Monday, YYYY-MM-DD); default: the manifest's last training week.")
 @click.option("--rebuild-history", is_flag=True, help="Re-materialize earlier weeks even if they are in the lake.")
-def run(lake_dir, week, rebuild_history):
+@click.option("--store", "store_url", default=None,
+              help="Serving store URL (sqlite:///path.db, redis://host:port/db, scylla://h1,h2/keyspace); "
+                   "default: $DW_STORE_URL, else LAKE/serving/playlists.db.")
+def run(lake_dir, week, rebuild_history, store_url):
     """Materialize the weekly asset graph for WEEK through Dagster (runs are recorded in DAGSTER_HOME)."""
     from dw_assets.automation.runner import RunError, materialize_week
 
@@ -72,7 +75,8 @@ def run(lake_dir, week, rebuild_history):
     os.environ.setdefault("DAGSTER_HOME", str(lake_root / "dagster_home"))
     _echo_step(f"DAGSTER_HOME={os.environ['DAGSTER_HOME']}")
     try:
-        report = materialize_week(lake_root, week, manifest.get("weeks"), rebuild_history, progress=_echo_step)
+        report = materialize_week(lake_root, week, manifest.get("weeks"), rebuild_history, progress=_echo_step,
+                                  store_url=store_url)
     except RunError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
@@ -80,6 +84,39 @@ def run(lake_dir, week, rebuild_history):
     click.echo(
         f"\nbrowse it: DAGSTER_HOME={os.environ['DAGSTER_HOME']} DW_LAKE={lake_root} dagster dev -w workspace.yaml"
     )
+
+
+
+@main.command("export-playlists")
+@click.option("--lake", "lake_dir", required=True, help="Lake root (local directory or s3://bucket/prefix).")
+@click.option("--week", required=True, help="Week key (Monday, YYYY-MM-DD).")
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False), help="Parquet file to write.")
+def export_playlists(lake_dir, week, out_file):
+    """Write WEEK's playlists as Parquet: user_id, position, track_id, score, source, is_exploration."""
+    from dw_assets.lake.storage import Lake, LakeError
+    from dw_assets.serving.export import export_playlists as export
+
+    try:
+        rows = export(Lake(lake_dir), week, Path(out_file))
+    except (LakeError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"wrote {rows:,} rows to {out_file}")
+
+
+@main.command()
+@click.option("--store", "store_url", required=True,
+              help="sqlite:///path.db, redis://host:port/db or scylla://h1,h2/keyspace (credentials from the env).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--workers", type=int, default=1, show_default=True)
+def serve(store_url, host, port, workers):
+    """Serve the live week's playlists over HTTP (read-only): GET /v1/users/{id}/discover-weekly."""
+    from dw_assets.serving.api import serve as run_server
+
+    try:
+        run_server(store_url, host=host, port=port, workers=workers)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
 
 
 if __name__ == "__main__":

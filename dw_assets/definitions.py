@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
 from dagster_pyspark import LazyPySparkResource
 
@@ -11,11 +14,13 @@ from dw_assets.ingest.assets import ingest_assets
 from dw_assets.ingest.spark import settings_from_env, use_this_interpreter
 from dw_assets.lake.resources import LakeIOManager, LakeResource
 from dw_assets.partitions import weekly_partitions
+from dw_assets.ranking.assets import ranking_assets
 from dw_assets.retrieval.assets import retrieval_assets
+from dw_assets.serving.assets import PlaylistStoreResource, serving_assets
 
 use_this_interpreter()
 
-ALL_ASSETS = [*ingest_assets, *embedding_assets, *retrieval_assets, *evaluation_assets]
+ALL_ASSETS = [*ingest_assets, *embedding_assets, *retrieval_assets, *ranking_assets, *serving_assets, *evaluation_assets]
 
 # One process per run: every Spark asset shares one local Spark session (JVM).
 weekly_job = define_asset_job(
@@ -27,14 +32,24 @@ weekly_job = define_asset_job(
 )
 
 
-def build_resources(lake_root: str | None = None) -> dict:
-    """Resources for one deployment; ``lake_root`` overrides ``DW_LAKE``."""
+def default_store_url(lake_root: str) -> str:
+    """``DW_STORE_URL``, else an embedded SQLite file beside a local lake."""
+    if os.environ.get("DW_STORE_URL"):
+        return os.environ["DW_STORE_URL"]
+    if lake_root.startswith("s3://"):
+        raise ValueError("a lake on S3 needs a serving store: set DW_STORE_URL (redis://... or scylla://...)")
+    return "sqlite:///" + str(Path(lake_root).resolve() / "serving" / "playlists.db")
+
+
+def build_resources(lake_root: str | None = None, store_url: str | None = None) -> dict:
+    """Resources for one deployment; ``lake_root`` overrides ``DW_LAKE``, ``store_url`` ``DW_STORE_URL``."""
     lake = LakeResource(root=lake_root) if lake_root else LakeResource()
     pyspark = LazyPySparkResource(spark_config=settings_from_env().as_conf())
     return {
         "lake": lake,
         "pyspark": pyspark,
         "io_manager": LakeIOManager(lake=lake, pyspark=pyspark),
+        "playlist_store": PlaylistStoreResource(url=store_url or default_store_url(lake.root)),
     }
 
 

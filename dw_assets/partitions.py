@@ -17,3 +17,11 @@ weekly_partitions = WeeklyPartitionsDefinition(start_date=FIRST_WEEK, day_offset
 history_window = TimeWindowPartitionMapping(
     start_offset=-(HISTORY_WEEKS - 1), end_offset=0, allow_nonexistent_upstream_partitions=True
 )
+
+# The week before: the ranker of week W learns from W-1's candidates, labelled by W's listening.
+previous_week = TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
+
+# Earlier weeks only (a self-dependency): last weeks' playlists feed this week's exploration.
+earlier_weeks = TimeWindowPartitionMapping(
+    start_offset=-HISTORY_WEEKS, end_offset=-1, allow_nonexistent_upstream_partitions=True
+)

@@ -18,6 +18,8 @@ PER_WEEK_ASSETS = (
     "track_catalog", "user_directory", "user_playlists", "raw_play_events", "quarantined_events",
     "interactions", "flagged_activity",
 )
+# What week W's ranker reads from week W-1 (built first when missing).
+RANKER_TRAINING_ASSETS = ("candidates", "track_stats", "user_profiles")
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
@@ -44,13 +46,14 @@ def history_weeks(week: str, known_weeks: list[str] | None) -> list[str]:
 
 
 def _run(
-    selection: AssetSelection | None, week: str, lake_root: Path, instance: DagsterInstance, ops: dict | None = None
+    selection: AssetSelection | None, week: str, lake_root: Path, instance: DagsterInstance, ops: dict | None = None,
+    store_url: str | None = None,
 ) -> ExecuteInProcessResult:
     result = materialize(
         ALL_ASSETS,
         selection=selection,
         partition_key=week,
-        resources=build_resources(str(lake_root)),
+        resources=build_resources(str(lake_root), store_url),
         instance=instance,
         run_config={**QUIET, "ops": ops or {}},
         raise_on_error=False,
@@ -97,6 +100,7 @@ def materialize_week(
     rebuild_history: bool = False,
     progress: Callable[[str], None] = print,
     ops: dict | None = None,
+    store_url: str | None = None,
 ) -> str:
     """Materialize the history window's per-week assets (when missing), then all of ``week``.
 
@@ -117,6 +121,14 @@ def materialize_week(
         result = _run(AssetSelection.assets(*PER_WEEK_ASSETS), earlier, lake_root, instance)
         progress(f"week {earlier}: history materialized in {time.perf_counter() - started:.1f}s (run {result.run_id[:8]})")
         report += _summarize(result, earlier)
+    # The ranker of week W learns from W-1's candidates, labelled by W's listening.
+    previous = shift_week(week, -1)
+    if previous in (known_weeks or []) and (rebuild_history or not lake.exists(lake.uri("gold", "candidates", previous))):
+        started = time.perf_counter()
+        selection = AssetSelection.assets(*RANKER_TRAINING_ASSETS).upstream() - AssetSelection.assets(*PER_WEEK_ASSETS)
+        result = _run(selection, previous, lake_root, instance, ops)
+        progress(f"week {previous}: candidates for ranker training built in {time.perf_counter() - started:.1f}s")
+        report += _summarize(result, previous)
     # Week W's evaluation reads W+1's listening; only a replayed past week has it.
     holdout = shift_week(week, 1)
     evaluable = holdout in (known_weeks or [])
@@ -127,7 +139,7 @@ def materialize_week(
         report += _summarize(result, holdout)
     selection = AssetSelection.all() if evaluable else AssetSelection.all() - AssetSelection.groups("evaluation")
     started = time.perf_counter()
-    result = _run(selection, week, lake_root, instance, ops)
+    result = _run(selection, week, lake_root, instance, ops, store_url)
     progress(f"week {week}: all assets materialized in {time.perf_counter() - started:.1f}s (run {result.run_id[:8]})")
     report += _summarize(result, week)
     return "materialized:\n" + "\n".join(report)

@@ -1,10 +1,14 @@
-"""Spark session settings that suit this project (local mode by default)."""
+"""Spark session settings that suit this project (local mode by default), and per-user batch helpers."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+
+import pandas as pd
 
 
 def use_this_interpreter() -> None:
@@ -45,3 +49,60 @@ def settings_from_env() -> SparkSettings:
         shuffle_partitions=int(os.environ.get("DW_SPARK_SHUFFLE_PARTITIONS", SparkSettings.shuffle_partitions)),
         driver_memory=os.environ.get("DW_SPARK_DRIVER_MEMORY", SparkSettings.driver_memory),
     )
+
+
+# Executors keep the last few shipped models, so each Python worker loads a model once per run.
+_LOADED: dict[str, object] = {}
+_LOADED_MAX = 4
+
+
+def load_once(key: str, load: Callable[[], object]) -> object:
+    """``load()`` once per worker process for ``key`` (a content digest of the shipped bytes)."""
+    if key not in _LOADED:
+        while len(_LOADED) >= _LOADED_MAX:
+            _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[key] = load()
+    return _LOADED[key]
+
+
+def whole_groups(batches: Iterable[pd.DataFrame], key: str) -> Iterator[pd.DataFrame]:
+    """Re-cut Arrow batches so each group's rows (contiguous, as after a sort by ``key``) arrive in one frame.
+
+    ``mapInPandas`` cuts a partition into fixed-size batches that can split a
+    user's candidates; the trailing group of every batch is carried into the next.
+    """
+    carry: pd.DataFrame | None = None
+    for batch in batches:
+        if carry is not None and len(carry):
+            batch = pd.concat([carry, batch], ignore_index=True)
+        if batch.empty:
+            continue
+        values = batch[key].to_numpy()
+        tail = values == values[-1]
+        carry = batch[tail]
+        if not tail.all():
+            yield batch[~tail].reset_index(drop=True)
+    if carry is not None and len(carry):
+        yield carry.reset_index(drop=True)
+
+
+def map_user_batches(frame, run_batch: Callable[[pd.DataFrame], pd.DataFrame], schema: str,
+                     partitions: int, key: str = "user_id"):
+    """Spark frame -> Spark frame through ``run_batch`` (a pure pandas function), each ``key``'s rows together.
+
+    The frame is hash-partitioned and sorted by ``key``, so one call sees all
+    of a user's rows; ``run_batch`` must be a module-level function or a
+    closure over small values (ship big models with a broadcast and ``load_once``).
+    """
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for group in whole_groups(batches, key):
+            out = run_batch(group)
+            if len(out):
+                yield out
+
+    return frame.repartition(partitions, key).sortWithinPartitions(key).mapInPandas(run, schema)
+
+
+def payload_key(data: bytes) -> str:
+    """Short content digest naming a shipped model."""
+    return hashlib.sha256(data).hexdigest()[:16]

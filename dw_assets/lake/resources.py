@@ -86,6 +86,12 @@ class LakeIOManager(ConfigurableIOManager):
         lake = self.lake.open()
         keys: list[str | None] = list(context.asset_partition_keys) if context.has_asset_partitions else [None]
         uris = [lake.uri(layer, context.asset_key.path[-1], k) for k in keys]
+        # AssetIn(metadata={"may_be_empty": True}): a window with no partition yet (the start of
+        # history, a self-dependency's first week) reads as an empty table.
+        if (context.definition_metadata or {}).get("may_be_empty"):
+            uris = [u for u in uris if lake.exists(u)]
+            if not uris:
+                return pd.DataFrame(columns=(context.definition_metadata or {}).get("columns") or [])
         if len(uris) > 1:
             uris = [u for u in uris if lake.exists(u)]
             if not uris:

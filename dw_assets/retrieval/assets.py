@@ -1,8 +1,10 @@
-"""The FAISS index over the week's track embeddings, with its recall measured on real user vectors."""
+"""The FAISS index over the week's track embeddings (recall measured on real user vectors), and the candidates."""
 
 import time
 
 import numpy as np
+import pandas as pd
+import pyspark.sql.functions as F
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -11,15 +13,25 @@ from dagster import (
     AssetIn,
     AssetOut,
     Config,
+    MetadataValue,
     Output,
     multi_asset,
 )
+from dagster_pyspark import LazyPySparkResource
+from pyspark.sql import DataFrame
 
 from dw_assets.embeddings.assets import embedding_versions
+from dw_assets.ingest.spark import load_once, map_user_batches, payload_key
 from dw_assets.lake.resources import LAYER_KEY
 from dw_assets.lake.storage import Artifact, array_bytes, vectors_from
-from dw_assets.partitions import weekly_partitions
-from dw_assets.retrieval.ann import AnnConfig, build_index, measure
+from dw_assets.partitions import history_window, weekly_partitions
+from dw_assets.retrieval.ann import AnnConfig, AnnIndex, build_index, measure
+from dw_assets.retrieval.candidates import (
+    CANDIDATE_SPARK_SCHEMA,
+    CandidateConfig,
+    CandidateModels,
+    generate_candidates,
+)
 
 RECALL_CHECK = "ann_recall_at_500"
 
@@ -75,4 +87,98 @@ def faiss_index(context: AssetExecutionContext, config: FaissIndexConfig, track_
     )
 
 
-retrieval_assets = [faiss_index]
+
+class CandidatesConfig(Config):
+    total: int = CandidateConfig.total
+    two_tower_quota: int = CandidateConfig.two_tower_quota
+    item2vec_quota: int = CandidateConfig.item2vec_quota
+    audio_quota: int = CandidateConfig.audio_quota
+    seed_tracks: int = CandidateConfig.seed_tracks
+    partitions: int = 8  # Spark tasks; each worker loads the shipped models once
+
+    def settings(self, threads: int) -> CandidateConfig:
+        return CandidateConfig(total=self.total, two_tower_quota=self.two_tower_quota,
+                               item2vec_quota=self.item2vec_quota, audio_quota=self.audio_quota,
+                               seed_tracks=self.seed_tracks, faiss_threads=threads)
+
+
+@multi_asset(
+    outs={"candidates": AssetOut(group_name="retrieval", metadata={LAYER_KEY: "gold"},
+                                 description="~500 unheard candidates per user from two-tower ANN, item2vec neighbours "
+                                             "of recent tracks and audio neighbours among cold tracks, source-tagged.")},
+    ins={
+        "faiss_index": AssetIn(dagster_type=Artifact),
+        "user_embeddings": AssetIn(dagster_type=Artifact),
+        "item2vec_embeddings": AssetIn(dagster_type=Artifact),
+        "audio_embeddings": AssetIn(dagster_type=Artifact),
+        "user_profiles": AssetIn(metadata={"columns": ["user_id", "recent_tracks"]}),
+        "track_stats": AssetIn(metadata={"columns": ["track_id", "is_cold", "is_new_release"]}),
+        "interactions": AssetIn(partition_mapping=history_window),
+    },
+    partitions_def=weekly_partitions,
+)
+def candidates(
+    context: AssetExecutionContext,
+    config: CandidatesConfig,
+    pyspark: LazyPySparkResource,
+    faiss_index: Artifact,
+    user_embeddings: Artifact,
+    item2vec_embeddings: Artifact,
+    audio_embeddings: Artifact,
+    user_profiles: pd.DataFrame,
+    track_stats: pd.DataFrame,
+    interactions: DataFrame,
+):
+    version = embedding_versions(faiss_index=faiss_index, user_embeddings=user_embeddings)
+    started = time.perf_counter()
+    audio_ids, audio_vectors = vectors_from(audio_embeddings)
+    cold = track_stats.loc[track_stats["is_cold"] | track_stats["is_new_release"], "track_id"].to_numpy(np.int64)
+    pool = np.isin(audio_ids, cold)
+    models = CandidateModels.build(AnnIndex.from_bytes(faiss_index.files["index.bin"]),
+                                   *vectors_from(item2vec_embeddings), audio_ids[pool], audio_vectors[pool],
+                                   model_version=version)
+    spark = pyspark.spark_session
+    users = candidate_users(spark, user_embeddings, user_profiles, interactions)
+    blob = models.to_bytes()
+    frame = run_candidates(spark, users, blob, config.settings(threads=1), config.partitions)
+    frame = frame.cache()
+    stats = frame.groupBy("user_id").count().agg(F.count("*").alias("users"), F.sum("count").alias("rows"),
+                                                 F.expr("percentile_approx(count, 0.5)").alias("median")).first()
+    by_source = {r["sources"]: r["count"] for r in frame.groupBy("sources").count().collect()}
+    yield Output(frame, output_name="candidates", metadata={
+        "model_version": version,
+        "users": int(stats["users"] or 0),
+        "dagster/row_count": int(stats["rows"] or 0),
+        "median_per_user": int(stats["median"] or 0),
+        "cold_pool_tracks": int(pool.sum()),
+        "shipped_model_mb": round(len(blob) / 2**20, 1),
+        "rows_by_sources": MetadataValue.json(dict(sorted(by_source.items()))),
+        "elapsed_s": round(time.perf_counter() - started, 1),
+    })
+
+
+def candidate_users(spark, user_embeddings: Artifact, user_profiles: pd.DataFrame, interactions: DataFrame) -> DataFrame:
+    """One row per user: user_id, user_vector (null without one), recent_tracks, heard (12-week window)."""
+    ids, vectors = vectors_from(user_embeddings)
+    profile = user_profiles[["user_id", "recent_tracks"]].copy()
+    profile["recent_tracks"] = profile["recent_tracks"].map(lambda t: [int(x) for x in t] if t is not None else [])
+    by_id = dict(zip(ids.tolist(), range(len(ids)), strict=True))
+    profile["user_vector"] = [vectors[by_id[u]].tolist() if u in by_id else None for u in profile["user_id"].tolist()]
+    profile = profile[profile["user_vector"].notna() | profile["recent_tracks"].map(len).gt(0)]
+    users = spark.createDataFrame(profile, "user_id long, recent_tracks array<long>, user_vector array<float>")
+    heard = interactions.groupBy("user_id").agg(F.collect_set("track_id").alias("heard"))
+    return users.join(heard, "user_id", "left").withColumn("heard", F.coalesce("heard", F.array().cast("array<long>")))
+
+
+def run_candidates(spark, users: DataFrame, models_blob: bytes, settings: CandidateConfig, partitions: int) -> DataFrame:
+    """``generate_candidates`` over every user on Spark, the models broadcast once per executor."""
+    key, shipped = payload_key(models_blob), spark.sparkContext.broadcast(models_blob)
+
+    def run_batch(batch: pd.DataFrame) -> pd.DataFrame:
+        models = load_once(key, lambda: CandidateModels.from_bytes(shipped.value))
+        return generate_candidates(batch, models, settings)
+
+    return map_user_batches(users, run_batch, CANDIDATE_SPARK_SCHEMA, partitions)
+
+
+retrieval_assets = [faiss_index, candidates]

@@ -1,0 +1,267 @@
+"""The ranker (trained on last week's candidates, labelled by this week) and the week's playlists."""
+
+import time
+
+import numpy as np
+import pandas as pd
+import pyspark.sql.functions as F
+from dagster import (
+    AssetExecutionContext,
+    AssetIn,
+    AssetOut,
+    Config,
+    MetadataValue,
+    Output,
+    multi_asset,
+)
+from dagster_pyspark import LazyPySparkResource
+from pyspark.sql import DataFrame
+
+from dw_assets.calendar import week_key
+from dw_assets.embeddings.assets import embedding_versions
+from dw_assets.ingest.spark import load_once, map_user_batches, payload_key
+from dw_assets.lake.quality import schema_check_result, schema_check_spec, table_schema
+from dw_assets.lake.resources import LAYER_KEY
+from dw_assets.lake.storage import Artifact, vectors_from
+from dw_assets.partitions import earlier_weeks, history_window, previous_week, weekly_partitions
+from dw_assets.ranking import features as feature_module
+from dw_assets.ranking import ranker as ranker_module
+from dw_assets.ranking.features import USER_COLUMNS, FeatureContext, build_features, training_examples
+from dw_assets.ranking.playlists import (
+    CANDIDATE_ARRAYS,
+    PLAYLIST_SPARK_SCHEMA,
+    TRACK_TABLE,
+    PlaylistModels,
+    fallback_pool,
+    rank_users,
+)
+from dw_assets.ranking.ranker import RankerConfig, TrainedRanker, train_ranker
+from dw_assets.ranking.rerank import RerankConfig, update_posteriors
+from dw_assets.ranking.schemas import RANKED_PLAYLISTS
+from dw_assets.versioning import model_version
+
+GROUP = "ranking"
+FEATURE_INPUTS = ("user_profiles", "track_stats", "item2vec_embeddings", "audio_embeddings", "user_embeddings",
+                  "track_embeddings")
+
+
+class RankerAssetConfig(Config):
+    objective: str = RankerConfig.objective
+    training_rows: str = RankerConfig.training_rows
+    num_leaves: int = RankerConfig.num_leaves
+    learning_rate: float = RankerConfig.learning_rate
+    n_estimators: int = RankerConfig.n_estimators
+    max_training_users: int = RankerConfig.max_training_users
+    seed: int = RankerConfig.seed
+
+    def settings(self) -> RankerConfig:
+        return RankerConfig(objective=self.objective, training_rows=self.training_rows, num_leaves=self.num_leaves,
+                            learning_rate=self.learning_rate, n_estimators=self.n_estimators,
+                            max_training_users=self.max_training_users, seed=self.seed, num_threads=1)
+
+
+def feature_context(user_profiles: pd.DataFrame | None, track_stats: pd.DataFrame, item2vec: Artifact,
+                    audio: Artifact, users: Artifact | None, tracks: Artifact) -> FeatureContext:
+    """One week's feature context from its gold tables and embedding artifacts."""
+    return FeatureContext.build(user_profiles, track_stats, vectors_from(item2vec), vectors_from(audio),
+                                vectors_from(users) if users is not None else None, vectors_from(tracks))
+
+
+@multi_asset(
+    outs={"ranker_model": AssetOut(group_name=GROUP, metadata={LAYER_KEY: "models"}, dagster_type=Artifact,
+                                   description="LightGBM on week W-1's candidates labelled by week W's listening "
+                                               "(time split); features as of W-1.")},
+    ins={
+        "candidates": AssetIn(partition_mapping=previous_week),
+        "interactions": AssetIn(metadata={"columns": ["user_id", "track_id", "ts", "is_positive", "saved", "context",
+                                                      "position"]}),
+        **{name: AssetIn(partition_mapping=previous_week,
+                         **({"dagster_type": Artifact} if name.endswith("_embeddings") else {}))
+           for name in FEATURE_INPUTS},
+    },
+    partitions_def=weekly_partitions,
+)
+def ranker_model(
+    context: AssetExecutionContext,
+    config: RankerAssetConfig,
+    candidates: pd.DataFrame,
+    interactions: pd.DataFrame,
+    user_profiles: pd.DataFrame,
+    track_stats: pd.DataFrame,
+    item2vec_embeddings: Artifact,
+    audio_embeddings: Artifact,
+    user_embeddings: Artifact,
+    track_embeddings: Artifact,
+):
+    settings = config.settings()
+    previous_version = embedding_versions(user_embeddings=user_embeddings, track_embeddings=track_embeddings)
+    examples, labels, weights = training_examples(candidates, interactions, rows=settings.training_rows,
+                                                  graded=settings.graded_labels,
+                                                  min_propensity=settings.min_propensity)
+    features_then = feature_context(user_profiles, track_stats, item2vec_embeddings, audio_embeddings,
+                                    user_embeddings, track_embeddings)
+    features = build_features(examples, features_then)
+    trained = train_ranker(features, labels.to_numpy(), examples["user_id"].to_numpy(), settings,
+                           sample_weight=weights.to_numpy())
+    version = model_version(context.partition_key, [settings], [feature_module, ranker_module], [previous_version])
+    report = trained.report
+    importance = sorted(report.get("feature_importance", {}).items(), key=lambda kv: -kv[1])
+    yield Output(
+        Artifact(files={"ranker.bin": trained.to_bytes()}, meta={"model_version": version, "report": report,
+                                                                  "trained_on_week": previous_version}),
+        output_name="ranker_model",
+        metadata={
+            "model_version": version,
+            "training_rows": int(len(examples)),
+            "training_positives": int((labels > 0).sum()),
+            **{k: v for k, v in report.items() if np.isscalar(v) and not isinstance(v, str)},
+            "feature_importance": MetadataValue.md(
+                pd.DataFrame(importance[:15], columns=["feature", "gain"]).to_markdown(index=False)),
+        },
+    )
+
+
+class PlaylistsConfig(Config):
+    mmr_lambda: float = RerankConfig.mmr_lambda
+    calibration_lambda: float = RerankConfig.calibration_lambda
+    max_per_artist: int = RerankConfig.max_per_artist
+    exploration_min: int = 2
+    exploration_max: int = 3
+    seed: int = RerankConfig.seed
+    fallback_per_country: int = 300
+    users_per_task: int = 2_000  # Spark tasks hold this many users' candidates at once
+
+    def rerank(self) -> RerankConfig:
+        return RerankConfig(mmr_lambda=self.mmr_lambda, calibration_lambda=self.calibration_lambda,
+                            max_per_artist=self.max_per_artist,
+                            exploration_slots=(self.exploration_min, self.exploration_max), seed=self.seed)
+
+
+@multi_asset(
+    outs={"ranked_playlists": AssetOut(
+        group_name=GROUP, metadata={LAYER_KEY: "gold", "dagster/column_schema": table_schema(RANKED_PLAYLISTS)},
+        description="30 tracks per user: LightGBM score -> MMR -> genre calibration -> Thompson-sampled "
+                    "exploration slots; popularity-by-country fallback for users without candidates.")},
+    ins={
+        "candidates": AssetIn(),
+        "ranker_model": AssetIn(dagster_type=Artifact),
+        "user_profiles": AssetIn(),
+        "user_directory": AssetIn(metadata={"columns": ["user_id", "country"]}),
+        "track_stats": AssetIn(),
+        "item2vec_embeddings": AssetIn(dagster_type=Artifact),
+        "audio_embeddings": AssetIn(dagster_type=Artifact),
+        "user_embeddings": AssetIn(dagster_type=Artifact),
+        "track_embeddings": AssetIn(dagster_type=Artifact),
+        "interactions": AssetIn(partition_mapping=history_window),
+        # Earlier weeks' playlists: their exploration slots, judged on the week after, update the bandit.
+        "earlier_playlists": AssetIn(key="ranked_playlists", partition_mapping=earlier_weeks,
+                                     metadata={"columns": ["week", "user_id", "track_id", "genre", "is_exploration"],
+                                               "may_be_empty": True}),
+    },
+    partitions_def=weekly_partitions,
+    check_specs=[schema_check_spec("ranked_playlists", RANKED_PLAYLISTS, blocking=True)],
+)
+def ranked_playlists(
+    context: AssetExecutionContext,
+    config: PlaylistsConfig,
+    pyspark: LazyPySparkResource,
+    candidates: DataFrame,
+    ranker_model: Artifact,
+    user_profiles: DataFrame,
+    user_directory: pd.DataFrame,
+    track_stats: pd.DataFrame,
+    item2vec_embeddings: Artifact,
+    audio_embeddings: Artifact,
+    user_embeddings: Artifact,
+    track_embeddings: Artifact,
+    interactions: DataFrame,
+    earlier_playlists: pd.DataFrame,
+):
+    week = context.partition_key
+    started = time.perf_counter()
+    spark = pyspark.spark_session
+    version = embedding_versions(user_embeddings=user_embeddings, track_embeddings=track_embeddings)
+    rerank = config.rerank()
+    tracks = track_stats[list(TRACK_TABLE)].sort_values("track_id").reset_index(drop=True)
+    this_week = interactions.where(F.col("ts") >= F.lit(pd.Timestamp(week, tz="UTC")))
+    fallback = fallback_pool(this_week.select("user_id", "track_id", "is_positive").toPandas(), user_directory,
+                             tracks, config.fallback_per_country)
+    models = PlaylistModels(
+        context=feature_context(None, track_stats, item2vec_embeddings, audio_embeddings, None,
+                                track_embeddings).without_users(),
+        ranker=TrainedRanker.from_bytes(ranker_model.files["ranker.bin"]),
+        tracks=tracks, fallback=fallback, rerank=rerank,
+    )
+    posteriors = exploration_posteriors(earlier_playlists, interactions, rerank, week)
+    users = playlist_users(spark, user_profiles, user_directory, user_embeddings, interactions, candidates, posteriors)
+    n_users = users.count()
+    blob = models.to_bytes()
+    key, shipped = payload_key(blob), spark.sparkContext.broadcast(blob)
+
+    def run_batch(batch: pd.DataFrame) -> pd.DataFrame:
+        return rank_users(batch, load_once(key, lambda: PlaylistModels.from_bytes(shipped.value)), week)
+
+    partitions = max(1, -(-n_users // config.users_per_task))
+    playlists = map_user_batches(users, run_batch, PLAYLIST_SPARK_SCHEMA, partitions).toPandas()
+    playlists = playlists.sort_values(["user_id", "position"], kind="stable").reset_index(drop=True)
+    playlists.insert(0, "week", week)
+    per_user = playlists.groupby("user_id").size()
+    short = int((per_user < rerank.playlist_size).sum()) + int(n_users - len(per_user))
+    yield Output(playlists, output_name="ranked_playlists", metadata={
+        "model_version": version,
+        "ranker_version": ranker_model.model_version,
+        "users": int(len(per_user)),
+        "dagster/row_count": int(len(playlists)),
+        "users_with_short_playlists": short,
+        "exploration_slots": int(playlists["is_exploration"].sum()),
+        "fallback_users": int(playlists.loc[playlists["source"] == "popularity_fallback", "user_id"].nunique()),
+        "posterior_pairs": int(len(posteriors)),
+        "users_per_s": round(len(per_user) / max(time.perf_counter() - started, 1e-9), 1),
+        "shipped_model_mb": round(len(blob) / 2**20, 1),
+        "elapsed_s": round(time.perf_counter() - started, 1),
+        "sample": MetadataValue.md(playlists.head(30).to_markdown(index=False)),
+    })
+    yield schema_check_result("ranked_playlists", playlists, RANKED_PLAYLISTS, blocking=True)
+
+
+def exploration_posteriors(earlier_playlists: pd.DataFrame, interactions: DataFrame, rerank: RerankConfig,
+                           week: str) -> pd.DataFrame:
+    """Beta posteriors per (user, genre) from earlier playlists' exploration slots and the following weeks' listening."""
+    slots = earlier_playlists.loc[earlier_playlists["is_exploration"].astype(bool),
+                                  ["week", "user_id", "track_id", "genre"]] if len(earlier_playlists) else None
+    if slots is None or slots.empty:
+        return pd.DataFrame({"user_id": pd.Series(dtype=np.int64), "genre": pd.Series(dtype=str),
+                             "alpha": pd.Series(dtype=float), "beta": pd.Series(dtype=float)})
+    explored = interactions.sparkSession.createDataFrame(slots[["user_id"]].drop_duplicates())
+    outcomes = (interactions.join(explored, "user_id").select("user_id", "track_id", "ts", "is_positive").toPandas())
+    outcomes["week"] = [week_key(t) for t in pd.to_datetime(outcomes.pop("ts"), utc=True)]
+    return update_posteriors(slots, outcomes, rerank, as_of_week=week)
+
+
+def playlist_users(spark, user_profiles: DataFrame, user_directory: pd.DataFrame, user_embeddings: Artifact,
+                   interactions: DataFrame, candidates: DataFrame, posteriors: pd.DataFrame) -> DataFrame:
+    """One row per user: profile columns, country, heard, user_vector, ``c_*`` candidate and ``p_*`` posterior arrays."""
+    ids, vectors = vectors_from(user_embeddings)
+    user_vectors = spark.createDataFrame(pd.DataFrame({"user_id": ids, "user_vector": list(vectors)}),
+                                         "user_id long, user_vector array<float>")
+    country = spark.createDataFrame(user_directory[["user_id", "country"]], "user_id long, country string")
+    heard = interactions.groupBy("user_id").agg(F.collect_set("track_id").alias("heard"))
+    # Arrays of one struct list, sorted by track: the candidate columns stay aligned.
+    packed = candidates.groupBy("user_id").agg(F.sort_array(F.collect_list(F.struct(*CANDIDATE_ARRAYS))).alias("c"))
+    packed = packed.select("user_id", *[F.col(f"c.{c}").alias(f"c_{c}") for c in CANDIDATE_ARRAYS])
+    users = (user_profiles.select(*USER_COLUMNS)
+             .join(country, "user_id", "left")
+             .join(heard, "user_id", "left")
+             .join(user_vectors, "user_id", "left")
+             .join(packed, "user_id", "left")
+             .withColumn("heard", F.coalesce("heard", F.array().cast("array<long>"))))
+    if len(posteriors):
+        post = spark.createDataFrame(posteriors[["user_id", "genre", "alpha", "beta"]],
+                                     "user_id long, genre string, alpha double, beta double")
+        post = post.groupBy("user_id").agg(F.sort_array(F.collect_list(F.struct("genre", "alpha", "beta"))).alias("p"))
+        post = post.select("user_id", *[F.col(f"p.{c}").alias(f"p_{c}") for c in ("genre", "alpha", "beta")])
+        users = users.join(post, "user_id", "left")
+    return users
+
+
+ranking_assets = [ranker_model, ranked_playlists]

@@ -1,0 +1,697 @@
+"""Ranking features of (user, candidate track) rows: one function for training and inference.
+
+:func:`build_features` turns a batch of candidates into a float32 matrix with the
+columns :data:`FEATURE_NAMES`, one row per candidate, in candidate order. The ranker
+is trained on week W-1's candidates through this function and scores week W's
+candidates through it again, so a feature cannot differ between the two paths.
+
+Inputs are split by how they scale:
+
+* Track-side inputs (track stats, item2vec / audio / two-tower track vectors) live in
+  a :class:`FeatureContext`, built once per week and shipped to Spark executors as
+  bytes (:meth:`FeatureContext.to_bytes`). Its size grows with the catalog, not with
+  the users.
+* Per-user inputs (the gold ``user_profiles`` row and the two-tower user vector) can
+  be held by the context too (one machine, all users), or arrive with each batch as
+  a per-user frame (``users=``): at 500M users nothing per-user can be broadcast, so
+  the batch carries the profiles of exactly its own users.
+
+Every output row depends only on its own candidate row, its user's inputs and its
+track's inputs: a user's candidates may be split across batches and the rows come
+out the same (no per-batch statistics).
+
+Training examples come from the next week's interactions (:func:`training_examples`): by
+default the candidates the user heard, labelled positive or not, carrying the discovery-list slot
+they were heard at (``list_position``, the one feature that is an observation: fixed to 1 at
+inference); alternatively every candidate, with inverse-propensity weights for list positives
+(:func:`position_propensity`, :func:`position_weights`). :mod:`dw_assets.ranking.ranker` explains
+the choice.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import scipy.sparse as sp
+
+CANDIDATE_COLUMNS = [
+    "user_id", "track_id", "two_tower_rank", "item2vec_rank", "audio_rank",
+    "two_tower_score", "item2vec_score", "audio_score",
+]  # fmt: skip
+USER_COLUMNS = [
+    "user_id", "is_new_user", "positives", "weeks_active", "history_level", "recent_tracks",
+    "genre_share", "top_artists", "mean_popularity_percentile",
+]  # fmt: skip
+USER_VECTOR_COLUMN = "user_vector"  # optional in a per-user frame: the two-tower user vector, float[dim]
+TRACK_COLUMNS = [
+    "track_id", "artist_id", "genre", "age_days", "is_new_release", "plays", "listeners",
+    "plays_last_week", "save_rate", "skip_rate", "early_skip_rate", "popularity_percentile", "is_cold",
+]  # fmt: skip
+
+SOURCES = ("two_tower", "item2vec", "audio")
+HISTORY_LEVELS = {"none": 0, "light": 1, "medium": 2, "heavy": 3}
+TRACK_FEATURES = (
+    "popularity_percentile", "log_plays", "log_listeners", "log_plays_last_week", "save_rate",
+    "skip_rate", "early_skip_rate", "age_days", "is_new_release", "is_cold",
+)  # fmt: skip
+USER_FEATURES = ("history_level", "weeks_active", "log_user_positives", "is_new_user")
+
+FEATURE_NAMES = (
+    # where the candidate came from: flags, 1-based source ranks and source scores
+    "from_two_tower", "from_item2vec", "from_audio", "n_sources",
+    "two_tower_rank", "item2vec_rank", "audio_rank", "item2vec_score", "audio_score",
+    # user-track affinity in each embedding space
+    "two_tower_score", "item2vec_affinity", "audio_affinity", "audio_item2vec_affinity",
+    # the track
+    *TRACK_FEATURES,
+    # the track against the user's habits
+    "artist_history_share", "is_top_artist", "genre_share", "popularity_gap",
+    # the user
+    *USER_FEATURES,
+    # attention: the discovery-list slot a training play was heard at; fixed at inference
+    "list_position",
+)  # fmt: skip
+
+# NaN means "does not apply" here, and LightGBM learns where missing values go.
+# Every other feature is finite for a user and a track the context knows.
+NULLABLE_FEATURES = frozenset({
+    "two_tower_rank", "item2vec_rank", "audio_rank", "item2vec_score", "audio_score",  # not from that source
+    "two_tower_score",  # no user vector and not a two-tower candidate
+    "item2vec_affinity", "audio_affinity", "audio_item2vec_affinity",  # no vector, or no history with vectors
+    "save_rate", "skip_rate", "early_skip_rate",  # no plays in the window
+    "popularity_gap",  # user without history
+})  # fmt: skip
+
+LIST_POSITION_COLUMN = "list_position"  # optional candidate column, training only (observed_exposure)
+INFERENCE_POSITION = 1.0  # the slot every candidate is scored at: full attention
+DISCOVERY_CONTEXT = "discover_weekly"  # the legacy discovery list: ordered, 1-based positions
+DISCOVERY_LIST_SIZE = 30
+FIRST_MONDAY = pd.Timestamp("1970-01-05", tz="UTC")  # weeks of the logs start on Mondays
+TRAINING_ROWS = ("exposed", "all")  # training_examples: heard candidates only, or every candidate
+DOT_CHUNK_ROWS = 65_536  # rows per gathered block in row-wise dot products: bounds temporary memory
+MAX_KEY_PART = 1 << 31  # user rows / artist ids / genre codes packed two to an int64 key
+
+
+# ---------------------------------------------------------------------------- per-user inputs
+
+
+@dataclass(frozen=True)
+class UserInputs:
+    """Per-user inputs, rows sorted by user id.
+
+    user_ids: int64[u]. scalars: float32[u, len(USER_FEATURES)]. mean_popularity: float32[u]
+    (NaN without history). Ragged lists as offsets int64[u+1] into flat arrays:
+    recent_tracks int64 (last-50 positive track ids), genre_codes int32 / genre_shares float32
+    (codes index the context's genre vocabulary), top_artists int64.
+    vectors: float32[u, dim] two-tower user vectors with has_vector bool[u], or None.
+    """
+
+    user_ids: np.ndarray
+    scalars: np.ndarray
+    mean_popularity: np.ndarray
+    recent_offsets: np.ndarray
+    recent_tracks: np.ndarray
+    genre_offsets: np.ndarray
+    genre_codes: np.ndarray
+    genre_shares: np.ndarray
+    artist_offsets: np.ndarray
+    top_artists: np.ndarray
+    vectors: np.ndarray | None = None
+    has_vector: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    @classmethod
+    def from_frame(
+        cls,
+        users: pd.DataFrame,
+        genres: np.ndarray,
+        vectors: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> UserInputs:
+        """From ``user_profiles`` rows (columns :data:`USER_COLUMNS`, one row per user).
+
+        Two-tower user vectors come from ``vectors`` = (ids int64[m], float32[m, dim]) or from a
+        ``user_vector`` column of the frame (array per row, null for users without one).
+        ``genres``: str[g], the context's sorted genre vocabulary.
+        """
+        missing = [c for c in USER_COLUMNS if c not in users.columns]
+        if missing:
+            raise ValueError(f"user frame lacks columns {missing}")
+        users = users.sort_values("user_id", kind="stable")
+        user_ids = users["user_id"].to_numpy(np.int64)
+        if len(user_ids) > 1 and not (np.diff(user_ids) > 0).all():
+            raise ValueError("user frame has duplicate user ids")
+        level = users["history_level"].map(HISTORY_LEVELS).to_numpy(np.float32)
+        scalars = np.column_stack([
+            level,
+            users["weeks_active"].to_numpy(np.float32),
+            np.log1p(users["positives"].to_numpy(np.float64)).astype(np.float32),
+            users["is_new_user"].to_numpy(np.float32),
+        ]).astype(np.float32)  # fmt: skip
+        recent_offsets, recent = _ragged(users["recent_tracks"], pa.int64())
+        recent_tracks = recent.to_numpy(zero_copy_only=False).astype(np.int64)
+        genre_offsets, genre_flat = _ragged(users["genre_share"], None)
+        if len(genre_flat):
+            names = genre_flat.field("genre").to_numpy(zero_copy_only=False)
+            genre_codes = pd.Categorical(names, categories=genres).codes.astype(np.int32)
+            genre_shares = genre_flat.field("share").to_numpy(zero_copy_only=False).astype(np.float32)
+        else:
+            genre_codes, genre_shares = np.zeros(0, np.int32), np.zeros(0, np.float32)
+        artist_offsets, artists = _ragged(users["top_artists"], pa.int64())
+        user_vectors, has_vector = None, None
+        if vectors is not None:
+            user_vectors, has_vector = _aligned_vectors(user_ids, *vectors)
+        elif USER_VECTOR_COLUMN in users.columns:
+            user_vectors, has_vector = _vector_column(users[USER_VECTOR_COLUMN])
+        return cls(
+            user_ids=user_ids,
+            scalars=scalars,
+            mean_popularity=users["mean_popularity_percentile"].to_numpy(np.float32),
+            recent_offsets=recent_offsets,
+            recent_tracks=recent_tracks,
+            genre_offsets=genre_offsets,
+            genre_codes=genre_codes,
+            genre_shares=genre_shares,
+            artist_offsets=artist_offsets,
+            top_artists=artists.to_numpy(zero_copy_only=False).astype(np.int64),
+            vectors=user_vectors,
+            has_vector=has_vector,
+        )
+
+    def take(self, rows: np.ndarray) -> UserInputs:
+        """The users at ``rows`` (int64[k], ascending), ragged lists gathered without a Python loop."""
+        recent_offsets, recent_idx = _take_ragged(self.recent_offsets, rows)
+        genre_offsets, genre_idx = _take_ragged(self.genre_offsets, rows)
+        artist_offsets, artist_idx = _take_ragged(self.artist_offsets, rows)
+        return UserInputs(
+            user_ids=self.user_ids[rows],
+            scalars=self.scalars[rows],
+            mean_popularity=self.mean_popularity[rows],
+            recent_offsets=recent_offsets,
+            recent_tracks=self.recent_tracks[recent_idx],
+            genre_offsets=genre_offsets,
+            genre_codes=self.genre_codes[genre_idx],
+            genre_shares=self.genre_shares[genre_idx],
+            artist_offsets=artist_offsets,
+            top_artists=self.top_artists[artist_idx],
+            vectors=None if self.vectors is None else self.vectors[rows],
+            has_vector=None if self.has_vector is None else self.has_vector[rows],
+        )
+
+
+def _ragged(series: pd.Series, value_type: pa.DataType | None) -> tuple[np.ndarray, pa.Array]:
+    """(offsets int64[n+1], flat values) of a list column; null lists count as empty."""
+    if value_type is None:
+        # Spark hands empty struct lists over as empty float arrays, which Arrow cannot mix with structs.
+        series = series.map(lambda v: None if v is None or len(v) == 0 else list(v))
+    lists = pa.array(series, type=None if value_type is None else pa.list_(value_type), from_pandas=True)
+    if lists.type == pa.null():  # no rows, or every row null
+        return np.zeros(len(series) + 1, np.int64), pa.array([], type=value_type or pa.null())
+    lengths = pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    return np.r_[0, np.cumsum(lengths)].astype(np.int64), lists.flatten()
+
+
+def _take_ragged(offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(new offsets, flat indices into the old values) for the lists at ``rows``."""
+    starts = offsets[rows]
+    lengths = offsets[rows + 1] - starts
+    new_offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
+    flat = np.repeat(starts - new_offsets[:-1], lengths) + np.arange(new_offsets[-1], dtype=np.int64)
+    return new_offsets, flat
+
+
+def _owners(offsets: np.ndarray) -> np.ndarray:
+    """Row of each flat value: int64[offsets[-1]]."""
+    return np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(offsets))
+
+
+def _vector_column(column: pd.Series) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """A column of per-row vectors (null allowed) as float32[n, dim] + bool[n]."""
+    present = column.notna().to_numpy()
+    if not present.any():
+        return None, None
+    dim = len(column[present].iloc[0])
+    out = np.zeros((len(column), dim), np.float32)
+    out[present] = np.stack(column[present].to_numpy()).astype(np.float32)
+    return out, present
+
+
+# ---------------------------------------------------------------------------- the context
+
+
+@dataclass(frozen=True)
+class FeatureContext:
+    """Everything :func:`build_features` looks up, built once per week.
+
+    genres: str[g], sorted vocabulary. track_ids: int64[t] sorted; track_artist int64[t];
+    track_genre int32[t] (-1 unknown genre); track_features float32[t, len(TRACK_FEATURES)].
+    item2vec / audio: (ids int64[n] sorted, float32[n, dim] unit vectors) — audio vectors live in
+    the item2vec space. two_tower: (ids int64[n] sorted, float32[n, dim] raw item-tower outputs).
+    users: every user's inputs, or None when per-user inputs come with each batch.
+    """
+
+    genres: np.ndarray
+    track_ids: np.ndarray
+    track_artist: np.ndarray
+    track_genre: np.ndarray
+    track_features: np.ndarray
+    item2vec_ids: np.ndarray
+    item2vec_vectors: np.ndarray
+    audio_ids: np.ndarray
+    audio_vectors: np.ndarray
+    two_tower_ids: np.ndarray
+    two_tower_vectors: np.ndarray
+    users: UserInputs | None = None
+
+    @classmethod
+    def build(
+        cls,
+        user_profiles: pd.DataFrame | None,
+        track_stats: pd.DataFrame,
+        item2vec: tuple[np.ndarray, np.ndarray],
+        audio: tuple[np.ndarray, np.ndarray],
+        two_tower_users: tuple[np.ndarray, np.ndarray] | None,
+        two_tower_tracks: tuple[np.ndarray, np.ndarray],
+    ) -> FeatureContext:
+        """From week W's gold tables and model vectors, each (ids int64[n], float32[n, dim]).
+
+        ``user_profiles`` None (and ``two_tower_users`` None): a track-only context, for batches
+        that bring their users' profiles with them.
+        """
+        missing = [c for c in TRACK_COLUMNS if c not in track_stats.columns]
+        if missing:
+            raise ValueError(f"track_stats lacks columns {missing}")
+        stats = track_stats.sort_values("track_id", kind="stable")
+        track_ids = stats["track_id"].to_numpy(np.int64)
+        if len(track_ids) > 1 and not (np.diff(track_ids) > 0).all():
+            raise ValueError("track_stats has duplicate track ids")
+        genres = np.array(sorted(stats["genre"].dropna().unique().tolist()), dtype=str)
+        track_artist = stats["artist_id"].to_numpy(np.int64)
+        if len(track_artist) and (track_artist.min() < 0 or track_artist.max() >= MAX_KEY_PART):
+            raise ValueError("artist ids must be in [0, 2**31)")
+        track_features = np.column_stack([
+            stats["popularity_percentile"].to_numpy(np.float64),
+            np.log1p(stats["plays"].to_numpy(np.float64)),
+            np.log1p(stats["listeners"].to_numpy(np.float64)),
+            np.log1p(stats["plays_last_week"].to_numpy(np.float64)),
+            stats["save_rate"].to_numpy(np.float64),
+            stats["skip_rate"].to_numpy(np.float64),
+            stats["early_skip_rate"].to_numpy(np.float64),
+            stats["age_days"].to_numpy(np.float64),
+            stats["is_new_release"].to_numpy(np.float64),
+            stats["is_cold"].to_numpy(np.float64),
+        ]).astype(np.float32)  # fmt: skip
+        users = None
+        if user_profiles is not None:
+            users = UserInputs.from_frame(user_profiles, genres, two_tower_users)
+        item2vec_ids, item2vec_vectors = _sorted_vectors(*item2vec, unit=True)
+        audio_ids, audio_vectors = _sorted_vectors(*audio, unit=True)
+        two_tower_ids, two_tower_vectors = _sorted_vectors(*two_tower_tracks, unit=False)
+        return cls(
+            genres=genres,
+            track_ids=track_ids,
+            track_artist=track_artist,
+            track_genre=pd.Categorical(stats["genre"], categories=genres).codes.astype(np.int32),
+            track_features=track_features,
+            item2vec_ids=item2vec_ids,
+            item2vec_vectors=item2vec_vectors,
+            audio_ids=audio_ids,
+            audio_vectors=audio_vectors,
+            two_tower_ids=two_tower_ids,
+            two_tower_vectors=two_tower_vectors,
+            users=users,
+        )
+
+    def without_users(self) -> FeatureContext:
+        """The track-side part, small enough to broadcast whatever the number of users."""
+        return replace(self, users=None)
+
+    def to_bytes(self) -> bytes:
+        """An uncompressed ``.npz`` (no pickle), for shipping to executors."""
+        arrays = {name: getattr(self, name) for name in _CONTEXT_ARRAYS}
+        if self.users is not None:
+            for name in _USER_ARRAYS:
+                value = getattr(self.users, name)
+                if value is not None:
+                    arrays[f"user__{name}"] = value
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays, _meta=np.frombuffer(json.dumps({"version": 1}).encode(), np.uint8))
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> FeatureContext:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+        users = None
+        if "user__user_ids" in arrays:
+            users = UserInputs(**{name: arrays.get(f"user__{name}") for name in _USER_ARRAYS})
+        return cls(**{name: arrays[name] for name in _CONTEXT_ARRAYS}, users=users)
+
+
+_CONTEXT_ARRAYS = (
+    "genres", "track_ids", "track_artist", "track_genre", "track_features", "item2vec_ids",
+    "item2vec_vectors", "audio_ids", "audio_vectors", "two_tower_ids", "two_tower_vectors",
+)  # fmt: skip
+_USER_ARRAYS = tuple(UserInputs.__dataclass_fields__)
+
+
+def _sorted_vectors(ids: np.ndarray, vectors: np.ndarray, unit: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(ids int64[n] ascending, float32[n, dim]); rows scaled to unit L2 norm when ``unit``."""
+    ids = np.asarray(ids, dtype=np.int64)
+    vectors = np.asarray(vectors, dtype=np.float32)
+    order = np.argsort(ids, kind="stable")
+    ids, vectors = ids[order], vectors[order]
+    if unit:
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        vectors = vectors / np.maximum(norms, 1e-12)
+    return ids, np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def _aligned_vectors(user_ids: np.ndarray, ids: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vectors in ``user_ids`` order: float32[u, dim] (zeros where absent) and bool[u]."""
+    ids, vectors = _sorted_vectors(ids, vectors, unit=False)
+    rows = _index_of(ids, user_ids)
+    out = np.zeros((len(user_ids), vectors.shape[1]), np.float32)
+    out[rows >= 0] = vectors[rows[rows >= 0]]
+    return out, rows >= 0
+
+
+def _index_of(sorted_ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Row of each wanted id in ``sorted_ids``: int64[q], -1 where absent."""
+    wanted = np.asarray(wanted, dtype=np.int64)
+    if len(sorted_ids) == 0:
+        return np.full(len(wanted), -1, dtype=np.int64)
+    pos = np.minimum(np.searchsorted(sorted_ids, wanted), len(sorted_ids) - 1)
+    return np.where(sorted_ids[pos] == wanted, pos, -1).astype(np.int64)
+
+
+# ---------------------------------------------------------------------------- features
+
+
+def build_features(
+    candidates: pd.DataFrame, context: FeatureContext, users: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """Feature matrix of a batch of candidates: float32[n, len(FEATURE_NAMES)], index and row order of ``candidates``.
+
+    candidates: columns :data:`CANDIDATE_COLUMNS` (ranks int, 1-based, 0 = not from that source;
+    scores float, NaN = not from that source), optionally ``list_position`` (training rows only, see
+    :func:`training_examples`; absent or null = :data:`INFERENCE_POSITION`). ``users``: the batch's per-user frame (columns
+    :data:`USER_COLUMNS`, optional ``user_vector``); None uses ``context.users``. Users or tracks
+    the inputs do not know get NaN in the features that need them.
+    """
+    missing = [c for c in CANDIDATE_COLUMNS if c not in candidates.columns]
+    if missing:
+        raise ValueError(f"candidates lack columns {missing}")
+    if users is not None:
+        inputs = UserInputs.from_frame(users, context.genres)
+    elif context.users is not None:
+        inputs = context.users
+    else:
+        raise ValueError("no per-user inputs: pass users= or build the context with user_profiles")
+    user_id = candidates["user_id"].to_numpy(np.int64)
+    track_id = candidates["track_id"].to_numpy(np.int64)
+    # Only the batch's own users: per-user work below is then proportional to the batch.
+    batch_users = _index_of(inputs.user_ids, np.unique(user_id))
+    inputs = inputs.take(batch_users[batch_users >= 0])
+    user_row = _index_of(inputs.user_ids, user_id)
+    track_row = _index_of(context.track_ids, track_id)
+    known_user = user_row >= 0
+    n = len(candidates)
+    out: dict[str, np.ndarray] = {}
+
+    ranks = {s: candidates[f"{s}_rank"].to_numpy(np.float32) for s in SOURCES}
+    for source in SOURCES:
+        out[f"from_{source}"] = (ranks[source] > 0).astype(np.float32)
+    out["n_sources"] = sum(out[f"from_{s}"] for s in SOURCES).astype(np.float32)
+    for source in SOURCES:
+        out[f"{source}_rank"] = np.where(ranks[source] > 0, ranks[source], np.nan).astype(np.float32)
+    for source in ("item2vec", "audio"):
+        out[f"{source}_score"] = candidates[f"{source}_score"].to_numpy(np.float32)
+
+    listed_score = candidates["two_tower_score"].to_numpy(np.float32)
+    if inputs.vectors is not None and len(context.two_tower_ids):
+        if inputs.vectors.shape[1] != context.two_tower_vectors.shape[1]:
+            raise ValueError("two-tower user and track vectors differ in dimension")
+        with_vector = np.where(known_user & inputs.has_vector[np.maximum(user_row, 0)], user_row, -1)
+        tt_row = _index_of(context.two_tower_ids, track_id)
+        score = _rowwise_dot(inputs.vectors, with_vector, context.two_tower_vectors, tt_row)
+        out["two_tower_score"] = np.where(np.isnan(score), listed_score, score).astype(np.float32)
+    else:
+        out["two_tower_score"] = listed_score
+
+    # History affinity: cosine of the track to the mean of the user's recent tracks.
+    i2v_taste, i2v_ok = _history_mean(inputs, context.item2vec_ids, context.item2vec_vectors)
+    audio_taste, audio_ok = _history_mean(inputs, context.audio_ids, context.audio_vectors)
+    i2v_user = np.where(known_user & i2v_ok[np.maximum(user_row, 0)], user_row, -1)
+    audio_user = np.where(known_user & audio_ok[np.maximum(user_row, 0)], user_row, -1)
+    i2v_track = _index_of(context.item2vec_ids, track_id)
+    audio_track = _index_of(context.audio_ids, track_id)
+    out["item2vec_affinity"] = _rowwise_dot(i2v_taste, i2v_user, context.item2vec_vectors, i2v_track)
+    out["audio_affinity"] = _rowwise_dot(audio_taste, audio_user, context.audio_vectors, audio_track)
+    # Audio vectors are regressed into the item2vec space: reaches cold tracks without item2vec vectors.
+    if i2v_taste.shape[1] == context.audio_vectors.shape[1]:
+        out["audio_item2vec_affinity"] = _rowwise_dot(i2v_taste, i2v_user, context.audio_vectors, audio_track)
+    else:
+        out["audio_item2vec_affinity"] = np.full(n, np.nan, np.float32)
+
+    known_track = track_row >= 0
+    track_features = np.full((n, len(TRACK_FEATURES)), np.nan, np.float32)
+    track_features[known_track] = context.track_features[track_row[known_track]]
+    for j, name in enumerate(TRACK_FEATURES):
+        out[name] = track_features[:, j]
+
+    artist = np.where(known_track, context.track_artist[np.maximum(track_row, 0)], -1)
+    genre = np.where(known_track, context.track_genre[np.maximum(track_row, 0)], -1)
+    out["artist_history_share"] = _artist_history_share(inputs, context, user_row, artist)
+    top_keys = _pair_keys(_owners(inputs.artist_offsets), inputs.top_artists)
+    top_keys = top_keys[top_keys >= 0]
+    out["is_top_artist"] = np.isin(_pair_keys(user_row, artist), top_keys).astype(np.float32)
+    genre_keys = _pair_keys(_owners(inputs.genre_offsets), inputs.genre_codes)
+    out["genre_share"] = _lookup(genre_keys, inputs.genre_shares, _pair_keys(user_row, genre), default=0.0)
+    user_popularity = np.where(known_user, inputs.mean_popularity[np.maximum(user_row, 0)], np.nan)
+    out["popularity_gap"] = (out["popularity_percentile"] - user_popularity).astype(np.float32)
+    for name in ("artist_history_share", "is_top_artist", "genre_share"):
+        out[name] = np.where(known_user & known_track, out[name], np.nan).astype(np.float32)
+
+    user_scalars = np.full((n, len(USER_FEATURES)), np.nan, np.float32)
+    user_scalars[known_user] = inputs.scalars[user_row[known_user]]
+    for j, name in enumerate(USER_FEATURES):
+        out[name] = user_scalars[:, j]
+
+    if LIST_POSITION_COLUMN in candidates.columns:
+        out["list_position"] = candidates[LIST_POSITION_COLUMN].fillna(INFERENCE_POSITION).to_numpy(np.float32)
+    else:
+        out["list_position"] = np.full(n, INFERENCE_POSITION, np.float32)
+
+    return pd.DataFrame({name: out[name] for name in FEATURE_NAMES}, index=candidates.index, dtype=np.float32)
+
+
+def _rowwise_dot(left: np.ndarray, left_rows: np.ndarray, right: np.ndarray, right_rows: np.ndarray) -> np.ndarray:
+    """left[left_rows[i]] . right[right_rows[i]]: float32[n], NaN where either row is -1."""
+    out = np.full(len(left_rows), np.nan, np.float32)
+    both = np.flatnonzero((left_rows >= 0) & (right_rows >= 0))
+    for lo in range(0, len(both), DOT_CHUNK_ROWS):
+        sel = both[lo : lo + DOT_CHUNK_ROWS]
+        out[sel] = np.einsum("ij,ij->i", left[left_rows[sel]], right[right_rows[sel]])
+    return out
+
+
+def _history_mean(inputs: UserInputs, ids: np.ndarray, unit_vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unit mean vector of each user's recent tracks that have a vector: float32[u, dim], bool[u]."""
+    if len(ids) == 0:
+        return np.zeros((len(inputs), 1), np.float32), np.zeros(len(inputs), bool)
+    owner = _owners(inputs.recent_offsets)
+    rows = _index_of(ids, inputs.recent_tracks)
+    keep = rows >= 0
+    weights = sp.csr_matrix(
+        (np.ones(int(keep.sum()), np.float32), (owner[keep], rows[keep])), shape=(len(inputs), len(ids))
+    )
+    sums = np.asarray(weights @ unit_vectors, dtype=np.float32).reshape(len(inputs), unit_vectors.shape[1])
+    norms = np.linalg.norm(sums, axis=1)
+    ok = norms > 1e-12
+    sums[ok] /= norms[ok, None]
+    return sums, ok
+
+
+def _pair_keys(rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """(row, value) packed into one int64 per pair; -1 where either part is negative."""
+    rows = np.asarray(rows, dtype=np.int64)
+    values = np.asarray(values, dtype=np.int64)
+    return np.where((rows >= 0) & (values >= 0), rows * MAX_KEY_PART + values, -1)
+
+
+def _lookup(keys: np.ndarray, values: np.ndarray, wanted: np.ndarray, default: float) -> np.ndarray:
+    """values at the first occurrence of each wanted key (float32[q]); ``default`` where absent."""
+    out = np.full(len(wanted), default, np.float32)
+    order = np.argsort(keys, kind="stable")
+    pos = _index_of(keys[order], wanted)
+    hit = (wanted >= 0) & (pos >= 0)
+    out[hit] = values[order][pos[hit]]
+    return out
+
+
+def _artist_history_share(
+    inputs: UserInputs, context: FeatureContext, user_row: np.ndarray, artist: np.ndarray
+) -> np.ndarray:
+    """Share of the user's recent tracks by the candidate's artist: float32[n], 0 without history."""
+    owner = _owners(inputs.recent_offsets)
+    rows = _index_of(context.track_ids, inputs.recent_tracks)
+    recent_artist = np.where(rows >= 0, context.track_artist[np.maximum(rows, 0)], -1)
+    keys, counts = np.unique(_pair_keys(owner, recent_artist), return_counts=True)
+    counts = np.where(keys >= 0, counts, 0)
+    found = _lookup(keys, counts.astype(np.float32), _pair_keys(user_row, artist), default=0.0)
+    history = np.diff(inputs.recent_offsets).astype(np.float32)
+    size = np.where(user_row >= 0, history[np.maximum(user_row, 0)], 0.0)
+    return np.where(size > 0, found / np.maximum(size, 1.0), 0.0).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------- training targets
+
+
+def _positive_pairs(interactions_next: pd.DataFrame) -> pd.DataFrame:
+    return interactions_next.loc[interactions_next["is_positive"].astype(bool)]
+
+
+def training_labels(
+    candidates_prev: pd.DataFrame, interactions_next: pd.DataFrame, graded: bool = False
+) -> pd.Series:
+    """Relevance of each candidate of week W-1 from week W's interactions: int8[n], index of ``candidates_prev``.
+
+    1 when the user has a positive interaction (play > 30 s or save) with the track in week W,
+    else 0. ``graded``: 2 when one of those positives is a save (LambdaRank gains 2**label - 1).
+    """
+    positives = _positive_pairs(interactions_next)
+    grade = (1 + positives["saved"].astype(np.int8)) if graded else pd.Series(1, index=positives.index)
+    best = (
+        positives[["user_id", "track_id"]]
+        .assign(label=grade.to_numpy(np.int8))
+        .groupby(["user_id", "track_id"], as_index=False)["label"]
+        .max()
+    )
+    merged = candidates_prev[["user_id", "track_id"]].merge(best, on=["user_id", "track_id"], how="left")
+    return pd.Series(merged["label"].fillna(0).to_numpy(np.int8), index=candidates_prev.index, name="label")
+
+
+def position_propensity(
+    interactions: pd.DataFrame,
+    list_size: int = DISCOVERY_LIST_SIZE,
+    min_propensity: float = 0.05,
+    context: str = DISCOVERY_CONTEXT,
+) -> np.ndarray:
+    """Examination propensity of each position of the legacy discovery list: float64[list_size], [0] = 1.
+
+    A list's first track is always played, and a play is logged only when the listener got that
+    far, so the share of (user, week) lists with a logged play at position p estimates the chance
+    that position p is examined at all. Made non-increasing (a listener reaching p reached p-1;
+    this also absorbs sampling noise) and clipped below at ``min_propensity`` to bound the weights.
+    No discovery-list logs: all ones (no correction).
+    """
+    logged = interactions.loc[(interactions["context"] == context) & interactions["position"].notna()]
+    position = logged["position"].to_numpy(np.int64)
+    logged = logged.loc[(position >= 1) & (position <= list_size)]
+    if logged.empty:
+        return np.ones(list_size)
+    week = 0  # one list per user and week: plays of a list may spread over several sessions
+    if "ts" in logged.columns:
+        week = (pd.to_datetime(logged["ts"], utc=True) - FIRST_MONDAY).dt.days.to_numpy() // 7
+    lists = logged[["user_id", "position"]].assign(week=week).drop_duplicates()
+    counts = np.bincount(lists["position"].to_numpy(np.int64) - 1, minlength=list_size).astype(np.float64)
+    if counts[0] == 0:
+        return np.ones(list_size)
+    reached = np.minimum.accumulate(np.minimum(counts / counts[0], 1.0))
+    return np.clip(reached, min_propensity, 1.0)
+
+
+def position_weights(
+    candidates_prev: pd.DataFrame,
+    interactions_next: pd.DataFrame,
+    propensity: np.ndarray,
+    context: str = DISCOVERY_CONTEXT,
+) -> pd.Series:
+    """Inverse-propensity training weight of each candidate: float32[n], index of ``candidates_prev``.
+
+    A positive seen only in the legacy discovery list at position p weighs 1 / propensity[p-1]
+    (positions past the list use the last value); a positive also seen elsewhere weighs 1 (its
+    discovery did not depend on the list position); negatives weigh 1.
+    """
+    positives = _positive_pairs(interactions_next)
+    position = positives["position"].to_numpy(np.float64)
+    in_list = (positives["context"] == context).to_numpy() & np.isfinite(position)
+    slot = np.clip(np.nan_to_num(position, nan=1.0).astype(np.int64), 1, len(propensity)) - 1
+    seen = np.where(in_list, np.asarray(propensity, dtype=np.float64)[slot], 1.0)
+    best = (
+        positives[["user_id", "track_id"]]
+        .assign(seen=seen)
+        .groupby(["user_id", "track_id"], as_index=False)["seen"]
+        .max()
+    )
+    merged = candidates_prev[["user_id", "track_id"]].merge(best, on=["user_id", "track_id"], how="left")
+    weight = 1.0 / merged["seen"].fillna(1.0).to_numpy(np.float64)
+    return pd.Series(weight.astype(np.float32), index=candidates_prev.index, name="weight")
+
+
+def observed_exposure(
+    candidates_prev: pd.DataFrame, interactions_next: pd.DataFrame, context: str = DISCOVERY_CONTEXT
+) -> pd.DataFrame:
+    """Which candidates of week W-1 the user actually heard in week W, and with how much attention.
+
+    Returns, index of ``candidates_prev``: exposed bool (any play of the pair in week W, positive or
+    not) and list_position float32 (the discovery-list position when the pair was heard only from
+    that list, lowest if several; 1 = full attention, for plays the user reached elsewhere and for
+    unheard pairs).
+    """
+    plays = interactions_next[["user_id", "track_id"]].copy()
+    position = interactions_next["position"].to_numpy(np.float64)
+    in_list = (interactions_next["context"] == context).to_numpy() & np.isfinite(position)
+    plays["list_position"] = np.where(in_list, np.maximum(position, 1.0), INFERENCE_POSITION)
+    plays["organic"] = ~in_list
+    pairs = plays.groupby(["user_id", "track_id"], as_index=False).agg(
+        list_position=("list_position", "min"), organic=("organic", "any")
+    )
+    pairs.loc[pairs["organic"], "list_position"] = INFERENCE_POSITION
+    merged = candidates_prev[["user_id", "track_id"]].merge(
+        pairs[["user_id", "track_id", "list_position"]].assign(exposed=True), on=["user_id", "track_id"], how="left"
+    )
+    return pd.DataFrame(
+        {
+            "exposed": merged["exposed"].notna().to_numpy(),
+            "list_position": merged["list_position"].fillna(INFERENCE_POSITION).to_numpy(np.float32),
+        },
+        index=candidates_prev.index,
+    )
+
+
+def training_examples(
+    candidates_prev: pd.DataFrame,
+    interactions_next: pd.DataFrame,
+    rows: str = "exposed",
+    graded: bool = False,
+    min_propensity: float = 0.05,
+) -> tuple[pd.DataFrame, pd.Series, pd.Series]:
+    """Week W-1's candidates as training examples labelled by week W: (candidates, labels, weights).
+
+    rows="exposed": only the candidates the user heard in week W, positive or not, with their
+    ``list_position`` column (the discovery-list slot they were heard at, 1 elsewhere); weights 1.
+    The model learns P(positive | heard), which is what a delivered playlist decides.
+    rows="all": every candidate, unheard ones as negatives; positives seen only in the legacy list
+    weigh 1 / examination propensity of their position (no ``list_position``: it would only mark
+    the played rows). This learns P(heard and positive), mostly exposure (see ranker.py).
+    The candidates keep their index; featurize them with week W-1's context.
+    """
+    if rows not in TRAINING_ROWS:
+        raise ValueError(f"rows must be one of {TRAINING_ROWS}, got {rows!r}")
+    labels = training_labels(candidates_prev, interactions_next, graded=graded)
+    if rows == "all":
+        propensity = position_propensity(interactions_next, min_propensity=min_propensity)
+        return candidates_prev, labels, position_weights(candidates_prev, interactions_next, propensity)
+    exposure = observed_exposure(candidates_prev, interactions_next)
+    heard = exposure["exposed"].to_numpy()
+    examples = candidates_prev.loc[heard].assign(**{LIST_POSITION_COLUMN: exposure["list_position"].loc[heard]})
+    return examples, labels.loc[heard], pd.Series(1.0, index=examples.index, dtype=np.float32, name="weight")

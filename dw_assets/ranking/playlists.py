@@ -1,0 +1,151 @@
+"""Batch inference: a batch of users with their candidates -> 30-track playlists.
+
+One pure function (:func:`rank_users`) does features -> LightGBM -> re-ranking for a batch of
+users; Spark runs it through ``mapInPandas`` with :class:`PlaylistModels` shipped to executors,
+and the tests call it directly. A batch holds one row per user, the user's candidates as
+parallel arrays (``c_<column>``), so a user's candidates never straddle two batches and the
+per-user lists (history, genre mix, heard tracks) are not repeated for every candidate.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+from dw_assets.ranking.features import FeatureContext, build_features
+from dw_assets.ranking.ranker import TrainedRanker
+from dw_assets.ranking.rerank import RerankConfig, rerank_batch
+
+# Candidate columns carried per user as arrays (``c_track_id`` ...).
+CANDIDATE_ARRAYS = ("track_id", "sources", "two_tower_rank", "item2vec_rank", "audio_rank",
+                    "two_tower_score", "item2vec_score", "audio_score")
+POSTERIOR_ARRAYS = ("genre", "alpha", "beta")  # ``p_genre`` ...: the user's exploration posteriors
+TRACK_TABLE = ("track_id", "artist_id", "genre", "popularity_percentile")
+FALLBACK_COLUMNS = ("country", "track_id", "artist_id", "genre", "score", "popularity_percentile")
+PLAYLIST_SPARK_SCHEMA = ("user_id long, position short, track_id long, score float, source string, "
+                         "is_exploration boolean, artist_id long, genre string, ranker_score float")
+
+
+@dataclass
+class PlaylistModels:
+    """What every executor needs, sized by the catalog (not the users).
+
+    context: track-side feature context (:meth:`FeatureContext.without_users`); ranker: the week's
+    LightGBM model; tracks: ``TRACK_TABLE`` columns of every catalog track; fallback: the
+    popularity-by-country pool (``FALLBACK_COLUMNS``) for users without candidates.
+    """
+
+    context: FeatureContext
+    ranker: TrainedRanker
+    tracks: pd.DataFrame
+    fallback: pd.DataFrame
+    rerank: RerankConfig
+
+    def to_bytes(self) -> bytes:
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
+            zf.writestr("context.bin", self.context.to_bytes())
+            zf.writestr("ranker.bin", self.ranker.to_bytes())
+            zf.writestr("tracks.parquet", _parquet(self.tracks))
+            zf.writestr("fallback.parquet", _parquet(self.fallback))
+            zf.writestr("rerank.json", json.dumps(asdict(self.rerank)))
+        return out.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> PlaylistModels:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            rerank = json.loads(zf.read("rerank.json"))
+            if isinstance(rerank.get("exploration_slots"), list):
+                rerank["exploration_slots"] = tuple(rerank["exploration_slots"])
+            return cls(
+                context=FeatureContext.from_bytes(zf.read("context.bin")),
+                ranker=TrainedRanker.from_bytes(zf.read("ranker.bin")),
+                tracks=pd.read_parquet(io.BytesIO(zf.read("tracks.parquet"))),
+                fallback=pd.read_parquet(io.BytesIO(zf.read("fallback.parquet"))),
+                rerank=RerankConfig(**rerank),
+            )
+
+
+def _parquet(frame: pd.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    return buffer.getvalue()
+
+
+def explode_candidates(users: pd.DataFrame) -> pd.DataFrame:
+    """The batch's candidates as rows: user_id + ``CANDIDATE_ARRAYS`` columns (users without any: none)."""
+    lengths = users["c_track_id"].map(lambda a: 0 if a is None else len(a)).to_numpy(np.int64)
+    has = lengths > 0
+    frame = {"user_id": np.repeat(users["user_id"].to_numpy(np.int64), lengths)}
+    for column in CANDIDATE_ARRAYS:
+        parts = users.loc[has, f"c_{column}"].tolist()
+        frame[column] = np.concatenate(parts) if parts else np.zeros(0)
+    out = pd.DataFrame(frame)
+    for column in ("two_tower_rank", "item2vec_rank", "audio_rank"):
+        out[column] = out[column].astype(np.int32)
+    for column in ("two_tower_score", "item2vec_score", "audio_score"):
+        out[column] = out[column].astype(np.float32)
+    out["track_id"] = out["track_id"].astype(np.int64)
+    return out
+
+
+def user_posteriors(users: pd.DataFrame) -> pd.DataFrame:
+    """The batch's exploration posteriors as rows: user_id, genre, alpha, beta."""
+    if "p_genre" not in users.columns:
+        return pd.DataFrame({"user_id": pd.Series(dtype=np.int64), "genre": pd.Series(dtype=str),
+                             "alpha": pd.Series(dtype=float), "beta": pd.Series(dtype=float)})
+    lengths = users["p_genre"].map(lambda a: 0 if a is None else len(a)).to_numpy(np.int64)
+    has = lengths > 0
+    frame = {"user_id": np.repeat(users["user_id"].to_numpy(np.int64), lengths)}
+    for column in POSTERIOR_ARRAYS:
+        parts = users.loc[has, f"p_{column}"].tolist()
+        frame[column] = np.concatenate(parts) if parts else np.zeros(0)
+    return pd.DataFrame(frame)
+
+
+def rank_users(users: pd.DataFrame, models: PlaylistModels, week: str) -> pd.DataFrame:
+    """Playlists for a batch of users: one row per slot (``PLAYLIST_SPARK_SCHEMA`` columns).
+
+    users: one row per user: user_profiles columns (features.USER_COLUMNS), country, heard
+    (list of int64), user_vector (float[dim] or null), ``c_*`` candidate arrays (empty or null
+    for users without candidates: they get the popularity fallback), optional ``p_*`` posteriors.
+    ``ranker_score`` is the LightGBM probability of a positive listen (NaN for fallback rows).
+    """
+    candidates = explode_candidates(users)
+    profiles = users.drop(columns=[c for c in users.columns if c.startswith(("c_", "p_"))])
+    features = build_features(candidates, models.context, users=profiles)
+    scores = models.ranker.predict(features) if len(candidates) else np.zeros(0, np.float32)
+    scored = candidates[["user_id", "track_id", "sources"]].assign(score=scores).merge(
+        models.tracks, on="track_id", how="left", validate="many_to_one")
+    unknown = scored["artist_id"].isna()
+    if unknown.any():  # a candidate outside the week's catalog cannot be described or served
+        scored = scored.loc[~unknown]
+    scored["artist_id"] = scored["artist_id"].astype(np.int64)
+    playlists = rerank_batch(scored, profiles[["user_id", "country", "genre_share", "heard"]],
+                             user_posteriors(users), models.fallback, models.rerank, week)
+    model_score = scored.set_index(["user_id", "track_id"])["score"]
+    keys = pd.MultiIndex.from_arrays([playlists["user_id"], playlists["track_id"]])
+    playlists["ranker_score"] = model_score.reindex(keys).to_numpy(np.float32)
+    return playlists
+
+
+def fallback_pool(interactions: pd.DataFrame, users: pd.DataFrame, tracks: pd.DataFrame,
+                  per_country: int = 300) -> pd.DataFrame:
+    """Popularity by country: the tracks with the most distinct positive listeners in each country.
+
+    interactions: user_id, track_id, is_positive (the week's); users: user_id, country;
+    tracks: ``TRACK_TABLE``. Returns ``FALLBACK_COLUMNS``, score = listeners, best first.
+    """
+    positive = interactions.loc[interactions["is_positive"].astype(bool), ["user_id", "track_id"]].drop_duplicates()
+    by_country = positive.merge(users[["user_id", "country"]], on="user_id")
+    counts = by_country.groupby(["country", "track_id"]).size().rename("score").reset_index()
+    counts = counts.sort_values(["country", "score", "track_id"], ascending=[True, False, True], kind="stable")
+    pool = counts.groupby("country", sort=True).head(per_country).merge(tracks, on="track_id")
+    pool["score"] = pool["score"].astype(np.float64)
+    return pool.sort_values(["country", "score", "track_id"], ascending=[True, False, True],
+                            kind="stable")[list(FALLBACK_COLUMNS)].reset_index(drop=True)

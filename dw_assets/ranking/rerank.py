@@ -1,0 +1,549 @@
+"""Re-ranking: from a user's scored candidates to the 30-track discovery playlist.
+
+Per user, in one greedy pass over the candidate pool (O(playlist_size x pool) numpy work):
+
+1. **MMR** (Carbonell & Goldstein 1998) turns the LightGBM score into a marginal relevance,
+   ``mmr_lambda * rel - (1 - mmr_lambda) * redundancy(track, list)``, where ``rel`` is the score
+   min-max normalized within the user's pool and the redundancy is 1 if the track's artist is
+   already listed plus ``genre_similarity`` times the share of the list already in the track's
+   genre. (Plain max-similarity would stop spreading genres once each genre has one track; a
+   share keeps pushing against a genre that fills the list.) At most ``max_per_artist`` tracks
+   of an artist ever enter the list (a hard cap, not a penalty).
+2. **Calibration** (Steck 2018, "Calibrated recommendations") picks, greedily, the track that
+   maximizes ``(1 - calibration_lambda) * sum(marginal relevance)
+   - calibration_lambda * KL(p || q~)`` where ``p`` is the user's history genre mix and
+   ``q~ = (1 - calibration_alpha) * q + calibration_alpha * p`` the list's mix, smoothed.
+   MMR's marginal relevance is the item utility of Steck's objective, so the two stages compose
+   in one pass; ``calibration_lambda=0`` gives pure MMR, ``mmr_lambda=1`` pure calibration, both
+   together the plain score order under the artist cap.
+3. **Exploration**: 2-3 slots (config) go to genres the user has little history in
+   (share < ``exploration_max_history_share``). Thompson sampling draws
+   ``theta ~ Beta(alpha, beta)`` per such genre from the user's posterior (the prior when the
+   user has none), takes the genres with the highest draws and, for each, the best-scored
+   candidate of that genre still allowed. Exploration tracks sit at fixed, spread positions
+   (10 and 20 of 30; 8, 15 and 23 for three slots).
+4. **Fill**: when a user's pool runs dry under these rules, the same greedy continues over the
+   popularity pool of the user's country (``source="popularity_fallback"``), with the same
+   artist cap and never a heard track or a duplicate. Users with no candidates at all (no
+   history) get that pool as their whole pool, with the same rules and exploration.
+
+If even the country pool runs dry, the playlist is *shorter* than ``playlist_size``
+(positions stay 1..n without gaps): the artist cap and the heard filter are never relaxed.
+
+Randomness (the number of exploration slots when it is a range, the Beta draws) comes from a
+generator seeded with ``(config.seed, user_id, week)``, so re-running a week reproduces every
+playlist and a user's playlist does not depend on which other users share the batch.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from dw_assets.calendar import week_start
+
+FALLBACK_SOURCE = "popularity_fallback"
+UNKNOWN_GENRE = "unknown"
+_ANY_COUNTRY = "\x00any"  # pool key of the all-countries fallback pool (never a real country code)
+_CANDIDATES, _FALLBACK = 0, 1  # which table a playlist row comes from
+
+OUTPUT_COLUMNS = ("user_id", "position", "track_id", "score", "source", "is_exploration", "artist_id", "genre")
+
+
+@dataclass(frozen=True)
+class RerankConfig:
+    playlist_size: int = 30
+    max_per_artist: int = 2  # hard cap, also on fallback fill
+    mmr_lambda: float = 0.7  # weight of relevance against redundancy; 1 = no MMR penalty
+    genre_similarity: float = 1.0  # MMR redundancy of a genre filling the whole list (artist listed: 1)
+    calibration_lambda: float = 0.5  # weight of KL(history || list); 0 = no calibration
+    calibration_alpha: float = 0.01  # Steck's smoothing of the list's genre mix toward the history
+    exploration_slots: int | tuple[int, int] = (2, 3)  # n, or an inclusive range drawn per user
+    exploration_max_history_share: float = 0.05  # genres below this history share are explorable
+    prior_alpha: float = 1.0  # Beta prior of a (user, genre) exploration success rate
+    prior_beta: float = 1.0
+    posterior_decay: float = 0.8  # weight of evidence one week older (toward the prior)
+    posterior_window_weeks: int = 12  # evidence older than this is dropped
+    seed: int = 7
+
+    def __post_init__(self) -> None:
+        if self.playlist_size < 1 or self.max_per_artist < 1:
+            raise ValueError("playlist_size and max_per_artist must be >= 1")
+        for name in ("mmr_lambda", "genre_similarity", "calibration_lambda", "calibration_alpha",
+                     "exploration_max_history_share", "posterior_decay"):  # fmt: skip
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.calibration_alpha <= 0.0:
+            raise ValueError("calibration_alpha must be > 0 (it keeps the KL finite)")
+        low, high = self.exploration_range
+        if not 0 <= low <= high < self.playlist_size:
+            raise ValueError(f"exploration_slots must lie in [0, playlist_size), got {self.exploration_slots}")
+        if self.prior_alpha <= 0 or self.prior_beta <= 0:
+            raise ValueError("prior_alpha and prior_beta must be > 0")
+        if self.posterior_window_weeks < 1:
+            raise ValueError("posterior_window_weeks must be >= 1")
+
+    @property
+    def exploration_range(self) -> tuple[int, int]:
+        """(fewest, most) exploration slots, inclusive."""
+        slots = self.exploration_slots
+        if isinstance(slots, int | np.integer):
+            return int(slots), int(slots)
+        low, high = slots
+        return int(low), int(high)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def genre_kl(history_share: dict[str, float], playlist_genres: Sequence[str], alpha: float = 0.01) -> float:
+    """KL(p || q~) in nats between a history genre mix and a playlist's, as calibration optimizes it.
+
+    ``history_share``: genre -> share (renormalized to sum 1); ``playlist_genres``: one genre per
+    track. ``q~ = (1 - alpha) * q + alpha * p``. Genres absent from the history add nothing
+    directly but dilute ``q`` on the history's genres. NaN when the history is empty.
+    """
+    genres = [g for g, share in history_share.items() if share > 0]
+    if not genres:
+        return float("nan")
+    p = np.array([history_share[g] for g in genres], dtype=np.float64)
+    p /= p.sum()
+    counts = Counter(playlist_genres)
+    q = np.array([counts[g] for g in genres], dtype=np.float64) / max(len(playlist_genres), 1)
+    q_smooth = (1.0 - alpha) * q + alpha * p
+    return float(np.sum(p * np.log(p / q_smooth)))
+
+
+def max_per_artist(playlist: pd.DataFrame | Sequence[int]) -> int:
+    """Most tracks any one artist has in a playlist (a frame with ``artist_id``, or the ids)."""
+    artists = playlist["artist_id"] if isinstance(playlist, pd.DataFrame) else pd.Series(list(playlist))
+    return int(artists.value_counts().max()) if len(artists) else 0
+
+
+# --------------------------------------------------------------------------- greedy state
+
+
+class _Playlist:
+    """One user's list under construction: its rows, artist counts and genre counts."""
+
+    def __init__(self, history: np.ndarray, config: RerankConfig):
+        self.config = config
+        self.on_history = np.flatnonzero(history > 0)
+        self.p = history[self.on_history]
+        self.calibrates = bool(self.p.size) and config.calibration_lambda > 0.0
+        self.genre_counts = np.zeros(history.size, dtype=np.float64)
+        self.artist_counts: dict[int, int] = {}
+        self.tracks: set[int] = set()
+        self.rows: list[tuple[int, int, bool]] = []  # (table, row, is_exploration) in pick order
+        keep = 1.0 - config.calibration_lambda
+        self.genre_penalty = keep * (1.0 - config.mmr_lambda) * config.genre_similarity
+        self._bonus = np.zeros(history.size, dtype=np.float64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def genre_gain(self) -> np.ndarray | None:
+        """float64[n_genres]: the part of the greedy gain of a track that depends on its genre only.
+
+        MMR: ``-(1 - calibration_lambda) * (1 - mmr_lambda) * genre_similarity * share of the
+        list in the genre``. Calibration: ``calibration_lambda * (KL now - KL after adding a
+        track of the genre)`` up to a constant shared by all genres, which is
+        ``p_g * log(1 + k / base_g)`` with ``base = k * counts + alpha * p`` and
+        ``k = (1 - alpha) / (|S| + 1)`` (adding a genre outside the history only dilutes q~,
+        the same for all such genres: 0). None when both are zero (empty list, no calibration).
+        """
+        size = len(self.rows)
+        if not self.calibrates:
+            return -self.genre_penalty / size * self.genre_counts if size and self.genre_penalty else None
+        alpha = self.config.calibration_alpha
+        k = (1.0 - alpha) / (size + 1)
+        base = k * self.genre_counts[self.on_history] + alpha * self.p
+        self._bonus[self.on_history] = self.config.calibration_lambda * self.p * np.log1p(k / base)
+        if not size or not self.genre_penalty:
+            return self._bonus
+        return self._bonus - self.genre_penalty / size * self.genre_counts
+
+    def add(self, table: int, row: int, track: int, artist: int, genre: int, is_exploration: bool) -> int:
+        """Append a track; returns the artist's count in the list afterwards."""
+        self.rows.append((table, row, is_exploration))
+        self.tracks.add(track)
+        self.genre_counts[genre] += 1.0
+        count = self.artist_counts.get(artist, 0) + 1
+        self.artist_counts[artist] = count
+        return count
+
+
+class _Pool:
+    """Tracks one user may get from one table, with the track-level part of their greedy gain.
+
+    Arrays are views of the sorted table (score descending), so the first allowed row of a
+    genre is its best-scored track. ``gain`` is ``(1 - calibration_lambda) * (mmr_lambda * rel
+    - (1 - mmr_lambda) * [artist already listed])`` and -inf for a track that may not enter the
+    list (heard, listed, or its artist capped); the genre-level part comes from the playlist.
+    """
+
+    def __init__(self, table: int, first_row: int, track: np.ndarray, artist: np.ndarray,
+                 genre: np.ndarray, score: np.ndarray, allowed: np.ndarray,
+                 playlist: _Playlist, config: RerankConfig):  # fmt: skip
+        self.table, self.first_row = table, first_row
+        self.track, self.artist, self.genre = track, artist, genre
+        self.playlist, self.config = playlist, config
+        rel = np.ones(track.size, dtype=np.float64)
+        if table == _FALLBACK and track.size > 1:
+            # popularity is heavy-tailed: min-max would flatten all but the head, so use its rank
+            rel = 1.0 - np.arange(track.size, dtype=np.float64) / (track.size - 1)
+        elif allowed.any():  # ranker scores: min-max keeps the model's confidence gaps
+            low, high = score[allowed].min(), score[allowed].max()
+            if high > low:
+                rel = (score - low) / (high - low)
+        keep = 1.0 - config.calibration_lambda
+        self.gain = keep * config.mmr_lambda * rel
+        self.artist_penalty = keep * (1.0 - config.mmr_lambda)
+        if len(playlist):  # a pool opened mid-list (fallback fill) starts from the list's state
+            listed = np.fromiter(playlist.tracks, dtype=np.int64)
+            artists = np.fromiter(playlist.artist_counts, dtype=np.int64)
+            capped = np.array([a for a, c in playlist.artist_counts.items() if c >= config.max_per_artist],
+                              dtype=np.int64)  # fmt: skip
+            allowed = allowed & ~np.isin(track, listed) & ~np.isin(artist, capped)
+            self.gain[np.isin(artist, artists)] -= self.artist_penalty
+        self.gain[~allowed] = -np.inf
+
+    @property
+    def allowed(self) -> np.ndarray:
+        """bool[n]: tracks that may still enter the list."""
+        return self.gain > -np.inf
+
+    def best(self) -> int | None:
+        """Row (within the pool) with the highest greedy gain, None when nothing is allowed."""
+        if not self.track.size:
+            return None
+        gain = self.gain
+        by_genre = self.playlist.genre_gain()
+        if by_genre is not None:
+            gain = gain + by_genre[self.genre]
+        j = int(np.argmax(gain))
+        return j if gain[j] > -np.inf else None
+
+    def take(self, j: int, is_exploration: bool) -> None:
+        artist = int(self.artist[j])
+        count = self.playlist.add(self.table, self.first_row + j, int(self.track[j]), artist,
+                                  int(self.genre[j]), is_exploration)  # fmt: skip
+        self.gain[self.track == self.track[j]] = -np.inf  # a track listed twice in the input stays unique
+        if count >= self.config.max_per_artist:
+            self.gain[self.artist == artist] = -np.inf
+        elif count == 1:
+            self.gain[self.artist == artist] -= self.artist_penalty
+
+    def fill(self, slots: int) -> int:
+        """Greedily add up to ``slots`` tracks; returns how many were added."""
+        added = 0
+        while added < slots:
+            j = self.best()
+            if j is None:
+                break
+            self.take(j, is_exploration=False)
+            added += 1
+        return added
+
+    def explore(self, slots: int, history: np.ndarray, alpha: np.ndarray, beta: np.ndarray,
+                rng: np.random.Generator) -> int:  # fmt: skip
+        """Thompson sampling over little-heard genres; returns how many slots were filled.
+
+        ``history``, ``alpha``, ``beta``: float64[n_genres] for this user. Genres are visited in
+        code order (= name order), so the draws do not depend on the rest of the batch.
+        """
+        if slots == 0:
+            return 0
+        allowed = self.allowed
+        open_genres = np.unique(self.genre[allowed])
+        explorable = open_genres[history[open_genres] < self.config.exploration_max_history_share]
+        if not explorable.size:
+            return 0
+        theta = rng.beta(alpha[explorable], beta[explorable])
+        added = 0
+        for genre in explorable[np.argsort(-theta, kind="stable")]:
+            in_genre = self.allowed & (self.genre == genre)  # re-read: the last pick may cap an artist
+            if in_genre.any():
+                self.take(int(np.argmax(in_genre)), is_exploration=True)
+                added += 1
+                if added == slots:
+                    break
+        return added
+
+
+def exploration_positions(n_exploration: int, length: int) -> np.ndarray:
+    """1-based positions of ``n_exploration`` slots spread over a list of ``length``: int64[n]."""
+    if n_exploration == 0:
+        return np.zeros(0, dtype=np.int64)
+    spread = np.floor(np.arange(1, n_exploration + 1) * length / (n_exploration + 1) + 0.5).astype(np.int64)
+    return np.clip(spread, 1, length)
+
+
+def _ordered(rows: list[tuple[int, int, bool]]) -> list[tuple[int, int, bool]]:
+    """Pick order -> playlist order: exploration rows at their spread positions, the rest in pick order."""
+    exploration = [r for r in rows if r[2]]
+    ranked = [r for r in rows if not r[2]]
+    slots = set(exploration_positions(len(exploration), len(rows)).tolist())
+    explore_iter, ranked_iter = iter(exploration), iter(ranked)
+    return [next(explore_iter) if position in slots else next(ranked_iter) for position in range(1, len(rows) + 1)]
+
+
+def user_rng(config: RerankConfig, user_id: int, week: str) -> np.random.Generator:
+    """The generator of one user's draws in one week (stable across processes and batches)."""
+    day = week_start(week).date().toordinal()
+    return np.random.default_rng([config.seed, int(user_id) & 0xFFFFFFFFFFFFFFFF, day])
+
+
+# --------------------------------------------------------------------------- batch
+
+
+def _factorize(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(codes int64[n], -1 where missing; names str[k]) of a genre column."""
+    codes, names = pd.factorize(values)
+    return codes.astype(np.int64), np.asarray(names, dtype=object).astype(str)
+
+
+def _global_codes(codes: np.ndarray, names: np.ndarray, genres: np.ndarray) -> np.ndarray:
+    """Local factor codes -> codes into the sorted batch genre list (missing -> UNKNOWN_GENRE)."""
+    unknown = np.searchsorted(genres, UNKNOWN_GENRE)
+    lookup = np.append(np.searchsorted(genres, names), unknown)  # code -1 picks the last entry
+    return lookup[codes]
+
+
+def _history_shares(users: pd.DataFrame) -> pd.DataFrame:
+    """users.genre_share exploded to rows: row (position in users), genre, share."""
+    shares = users["genre_share"].reset_index(drop=True)
+    shares = shares.map(lambda v: v if isinstance(v, list | tuple | np.ndarray) else [])
+    exploded = shares.explode().dropna()
+    return pd.DataFrame({
+        "row": exploded.index.to_numpy(np.int64),
+        "genre": [entry["genre"] for entry in exploded],
+        "share": np.array([entry["share"] for entry in exploded], dtype=np.float64),
+    })
+
+
+def _fallback_pools(fallback: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, tuple[int, int]]]:
+    """Country pools (score descending, one row per track) plus an all-countries pool.
+
+    Returns the stacked table and pool key -> [start, stop) rows. The all-countries pool (for
+    users whose country has no pool) ranks a track by its best score in any country.
+    """
+    columns = ["track_id", "artist_id", "genre", "score"]
+    by_country = fallback.assign(country=fallback["country"].astype(str))
+    by_country = by_country.sort_values(["country", "score", "track_id"], ascending=[True, False, True])
+    by_country = by_country.drop_duplicates(["country", "track_id"])
+    anywhere = fallback.sort_values(["score", "track_id"], ascending=[False, True]).drop_duplicates("track_id")
+    stacked = pd.concat([by_country[["country", *columns]], anywhere[columns].assign(country=_ANY_COUNTRY)],
+                        ignore_index=True)  # fmt: skip
+    keys, starts, counts = np.unique(stacked["country"].to_numpy(object), return_index=True, return_counts=True)
+    return stacked, {key: (int(a), int(a + n)) for key, a, n in zip(keys, starts, counts, strict=True)}
+
+
+def _empty_output() -> pd.DataFrame:
+    return pd.DataFrame({
+        "user_id": pd.Series(dtype=np.int64), "position": pd.Series(dtype=np.int16),
+        "track_id": pd.Series(dtype=np.int64), "score": pd.Series(dtype=np.float32),
+        "source": pd.Series(dtype=object), "is_exploration": pd.Series(dtype=bool),
+        "artist_id": pd.Series(dtype=np.int64), "genre": pd.Series(dtype=object),
+    })
+
+
+def rerank_batch(scored: pd.DataFrame, users: pd.DataFrame, posteriors: pd.DataFrame,
+                 fallback: pd.DataFrame, config: RerankConfig, week: str) -> pd.DataFrame:  # fmt: skip
+    """Playlists of ``config.playlist_size`` tracks for every user of ``users``.
+
+    scored: user_id, track_id, score (ranker score, any scale), sources (str, e.g.
+        "item2vec|two_tower"), artist_id, genre[, popularity_percentile] -- heard tracks
+        already removed (they are removed again here, defensively).
+    users: user_id, country, genre_share (list of {"genre", "share"}), heard (list of int64):
+        exactly the users to build playlists for; scored rows of other users are ignored.
+    posteriors: user_id, genre, alpha, beta (``update_posteriors``'s output; may be empty).
+    fallback: country, track_id, artist_id, genre, score (popularity)[, popularity_percentile].
+    week: the partition key the playlists are built in (seeds the draws).
+
+    Returns one row per playlist slot: user_id int64, position int16 (1..n), track_id int64,
+    score float32 (the ranker's, or the popularity score for fallback rows), source str (the
+    candidate's sources, or "popularity_fallback"), is_exploration bool, artist_id int64,
+    genre str. n is ``playlist_size`` unless the user's pool and country pool together run dry.
+    """
+    week_start(week)  # validates the key before any work
+    users = users.drop_duplicates("user_id").sort_values("user_id", kind="stable").reset_index(drop=True)
+    user_ids = users["user_id"].to_numpy(np.int64)
+    if not len(users):
+        return _empty_output()
+
+    # Candidates of the batch's users, as arrays sorted by (user, score desc, track).
+    all_users = scored["user_id"].to_numpy(np.int64)
+    at = np.minimum(np.searchsorted(user_ids, all_users), len(user_ids) - 1)
+    cand_rows = np.flatnonzero(user_ids[at] == all_users)
+    cand_score = scored["score"].to_numpy(np.float64)[cand_rows]
+    if not np.isfinite(cand_score).all():
+        raise ValueError("scored.score must be finite for every candidate")
+    cand_track = scored["track_id"].to_numpy(np.int64)[cand_rows]
+    cand_user = all_users[cand_rows]
+    order = np.lexsort((cand_track, -cand_score, cand_user))
+    cand_rows, cand_user, cand_track, cand_score = cand_rows[order], cand_user[order], cand_track[order], cand_score[order]
+    cand_artist = scored["artist_id"].to_numpy(np.int64)[cand_rows]
+    cand_codes, cand_names = _factorize(scored["genre"])
+    cand_codes = cand_codes[cand_rows]
+    cand_start = np.searchsorted(cand_user, user_ids, side="left")
+    cand_stop = np.searchsorted(cand_user, user_ids, side="right")
+
+    pools, pool_rows = _fallback_pools(fallback)
+    pool_codes, pool_names = _factorize(pools["genre"])
+    history = _history_shares(users)
+    history_codes, history_names = _factorize(history["genre"])
+    posteriors = posteriors[posteriors["user_id"].isin(user_ids)].sort_values(["user_id", "genre"])
+    post_codes, post_names = _factorize(posteriors["genre"])
+
+    # Codes follow genre names in sorted order, so a user's draws never depend on the batch.
+    genres = np.unique(np.concatenate([cand_names, pool_names, history_names, post_names, [UNKNOWN_GENRE]]))
+    n_genres = len(genres)
+    cand_genre = _global_codes(cand_codes, cand_names, genres)
+    pool_genre = _global_codes(pool_codes, pool_names, genres)
+
+    pool_track = pools["track_id"].to_numpy(np.int64)
+    pool_artist = pools["artist_id"].to_numpy(np.int64)
+    pool_score = pools["score"].to_numpy(np.float64)
+
+    shares = np.zeros((len(users), n_genres), dtype=np.float64)
+    np.add.at(shares, (history["row"].to_numpy(), _global_codes(history_codes, history_names, genres)),
+              np.clip(history["share"].to_numpy(), 0.0, None))  # fmt: skip
+    totals = shares.sum(axis=1, keepdims=True)
+    np.divide(shares, totals, out=shares, where=totals > 0)
+
+    post_user = posteriors["user_id"].to_numpy(np.int64)
+    post_genre = _global_codes(post_codes, post_names, genres)
+    post_alpha = posteriors["alpha"].to_numpy(np.float64)
+    post_beta = posteriors["beta"].to_numpy(np.float64)
+    post_start = np.searchsorted(post_user, user_ids, side="left")
+    post_stop = np.searchsorted(post_user, user_ids, side="right")
+
+    countries = users["country"].astype(str).to_numpy(object)
+    heard_lists = users["heard"] if "heard" in users else pd.Series([[]] * len(users))
+    low, high = config.exploration_range
+    size = config.playlist_size
+
+    out_user: list[int] = []
+    out_position: list[int] = []
+    out_rows: list[tuple[int, int, bool]] = []
+    for u, user_id in enumerate(user_ids):
+        rng = user_rng(config, user_id, week)
+        n_exploration = int(rng.integers(low, high + 1)) if high > low else low
+        listed = heard_lists.iat[u]
+        heard = np.asarray(listed if isinstance(listed, list | tuple | np.ndarray) else [], dtype=np.int64)
+        playlist = _Playlist(shares[u], config)
+        alpha = np.full(n_genres, config.prior_alpha)
+        beta = np.full(n_genres, config.prior_beta)
+        alpha[post_genre[post_start[u]:post_stop[u]]] = post_alpha[post_start[u]:post_stop[u]]
+        beta[post_genre[post_start[u]:post_stop[u]]] = post_beta[post_start[u]:post_stop[u]]
+
+        start, stop = pool_rows.get(countries[u], pool_rows.get(_ANY_COUNTRY, (0, 0)))
+        country_pool = (_FALLBACK, start, stop, pool_track, pool_artist, pool_genre, pool_score)
+        if cand_stop[u] > cand_start[u]:
+            sources = [(_CANDIDATES, cand_start[u], cand_stop[u], cand_track, cand_artist, cand_genre, cand_score),
+                       country_pool]  # fmt: skip
+        else:  # no candidates (no history): the country's popular tracks are the whole pool
+            sources = [country_pool]
+
+        for index, (table, a, b, track, artist, genre, score) in enumerate(sources):
+            allowed = ~np.isin(track[a:b], heard) if heard.size else np.ones(b - a, dtype=bool)
+            pool = _Pool(table, a, track[a:b], artist[a:b], genre[a:b], score[a:b], allowed, playlist, config)
+            if index == 0:
+                pool.fill(size - n_exploration)
+                pool.explore(n_exploration, shares[u], alpha, beta, rng)
+            pool.fill(size - len(playlist))
+            if len(playlist) == size:
+                break
+
+        out_user.extend([int(user_id)] * len(playlist))
+        out_position.extend(range(1, len(playlist) + 1))
+        out_rows.extend(_ordered(playlist.rows))
+
+    if not out_rows:
+        return _empty_output()
+    table = np.fromiter((r[0] for r in out_rows), dtype=np.int8, count=len(out_rows))
+    row = np.fromiter((r[1] for r in out_rows), dtype=np.int64, count=len(out_rows))
+    from_candidates = table == _CANDIDATES
+    picked = row[from_candidates]  # only the picked candidates' sources become strings
+    cand_sources = np.empty(len(cand_rows), dtype=object)
+    cand_sources[picked] = scored["sources"].to_numpy(object)[cand_rows[picked]].astype(str)
+
+    def gather(from_scored: np.ndarray, from_pool: np.ndarray) -> np.ndarray:
+        values = np.empty(len(row), dtype=from_scored.dtype)
+        values[from_candidates] = from_scored[row[from_candidates]]
+        values[~from_candidates] = from_pool[row[~from_candidates]]
+        return values
+
+    return pd.DataFrame({
+        "user_id": np.asarray(out_user, dtype=np.int64),
+        "position": np.asarray(out_position, dtype=np.int16),
+        "track_id": gather(cand_track, pool_track),
+        "score": gather(cand_score, pool_score).astype(np.float32),
+        "source": gather(cand_sources, np.full(len(pool_track), FALLBACK_SOURCE, dtype=object)),
+        "is_exploration": np.fromiter((r[2] for r in out_rows), dtype=bool, count=len(out_rows)),
+        "artist_id": gather(cand_artist, pool_artist),
+        "genre": genres.astype(object)[gather(cand_genre, pool_genre)],
+    })
+
+
+# --------------------------------------------------------------------------- posteriors
+
+
+def update_posteriors(past_exploration: pd.DataFrame, outcomes: pd.DataFrame, config: RerankConfig,
+                      as_of_week: str | None = None) -> pd.DataFrame:  # fmt: skip
+    """Beta posteriors of each (user, genre) exploration success rate, recomputed from a window.
+
+    past_exploration: week (the week the playlist was built), user_id, track_id, genre -- the
+        exploration slots of earlier playlists.
+    outcomes: user_id, track_id, week, is_positive -- all interactions of the weeks the
+        playlists were listened to (a playlist built in week W is listened to in week W+1).
+    as_of_week: the newest listening week the posterior reflects; default the newest one with
+        outcomes. Evidence from listening week L weighs ``posterior_decay ** (weeks from L to
+        as_of_week)``, so without new evidence a posterior drifts back to the prior; evidence
+        older than ``posterior_window_weeks`` (or newer than as_of_week) is dropped.
+
+    A slot is a success when the user had a positive interaction with the track in its
+    listening week, a failure when the user was active that week but not positive on it. Slots
+    of users with no interaction at all that week are no evidence (they never saw the playlist).
+    Returns user_id int64, genre str, alpha float64, beta float64 for every (user, genre) with
+    evidence; everyone else is at the prior (``prior_alpha``, ``prior_beta``).
+    """
+    empty = pd.DataFrame({"user_id": pd.Series(dtype=np.int64), "genre": pd.Series(dtype=object),
+                          "alpha": pd.Series(dtype=np.float64), "beta": pd.Series(dtype=np.float64)})  # fmt: skip
+    if past_exploration.empty or outcomes.empty:
+        return empty
+    slots = past_exploration[["week", "user_id", "track_id", "genre"]].drop_duplicates(["week", "user_id", "track_id"])
+    slots = slots.assign(listen_week=pd.to_datetime(slots["week"].astype(str)) + pd.Timedelta(weeks=1))
+    listened = outcomes[outcomes["user_id"].isin(slots["user_id"].unique())]  # a week's log is large
+    listened = listened.assign(listen_week=pd.to_datetime(listened["week"].astype(str)))
+    active = listened[["user_id", "listen_week"]].drop_duplicates()
+    positive = listened.loc[listened["is_positive"].astype(bool), ["user_id", "track_id", "listen_week"]]
+    positive = positive.drop_duplicates().assign(success=1.0)
+
+    evidence = slots.merge(active, on=["user_id", "listen_week"], how="inner")
+    evidence = evidence.merge(positive, on=["user_id", "track_id", "listen_week"], how="left")
+    evidence["success"] = evidence["success"].fillna(0.0)
+
+    if as_of_week:
+        as_of = pd.Timestamp(week_start(as_of_week).date())
+    else:
+        as_of = pd.to_datetime(pd.Series(outcomes["week"].unique()).astype(str)).max()
+    age_weeks = (as_of - evidence["listen_week"]).dt.days // 7
+    evidence = evidence[(age_weeks >= 0) & (age_weeks < config.posterior_window_weeks)]
+    if evidence.empty:
+        return empty
+    weight = np.power(config.posterior_decay, age_weeks[evidence.index].to_numpy(np.float64))
+    evidence = evidence.assign(successes=weight * evidence["success"], failures=weight * (1.0 - evidence["success"]))
+    totals = evidence.groupby(["user_id", "genre"], as_index=False)[["successes", "failures"]].sum()
+    return pd.DataFrame({
+        "user_id": totals["user_id"].to_numpy(np.int64),
+        "genre": totals["genre"].astype(str).to_numpy(object),
+        "alpha": config.prior_alpha + totals["successes"].to_numpy(np.float64),
+        "beta": config.prior_beta + totals["failures"].to_numpy(np.float64),
+    })
+

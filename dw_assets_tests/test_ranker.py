@@ -1,0 +1,399 @@
+"""Ranking features and the LightGBM ranker on small synthetic weeks.
+
+The features must be the same numbers whichever way their inputs arrive (training vs inference,
+broadcast vs per-batch users, any batching); the ranker must find the feature that carries the
+signal, beat the retrieval order on held-out users, and come back identical from bytes; the
+position propensity must recover the decaying attention of the simulated discovery list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dw_assets.ranking.features import (
+    FEATURE_NAMES,
+    NULLABLE_FEATURES,
+    FeatureContext,
+    build_features,
+    observed_exposure,
+    position_propensity,
+    position_weights,
+    training_examples,
+    training_labels,
+)
+from dw_assets.ranking.ranker import RankerConfig, TrainedRanker, ndcg_at_k, train_ranker
+from dw_assets.simulate.behaviour import listen, reach
+
+GENRES = ["blues", "folk", "jazz", "pop", "rock"]
+N_TRACKS, N_USERS, PER_USER, DIM, TT_DIM = 300, 60, 40, 8, 12
+FAST = RankerConfig(n_estimators=80, early_stopping_rounds=20, min_child_samples=10, num_threads=1)
+
+
+# ---------------------------------------------------------------------------- a synthetic week
+
+
+@pytest.fixture(scope="module")
+def world() -> dict:
+    """Gold tables, model vectors and candidates of one synthetic week (ids are not row numbers)."""
+    rng = np.random.default_rng(0)
+    track_ids = (1_000 + 7 * rng.permutation(N_TRACKS)).astype(np.int64)
+    plays = rng.integers(1, 300, N_TRACKS)
+    plays[:30] = 0  # cold tracks: no plays, no item2vec vector
+    listeners = np.minimum(plays, rng.integers(1, 150, N_TRACKS))
+    rates = {name: np.where(plays > 0, rng.uniform(0, 0.6, N_TRACKS), np.nan) for name in
+             ("save_rate", "skip_rate", "early_skip_rate")}  # fmt: skip
+    stats = pd.DataFrame({
+        "track_id": track_ids, "artist_id": rng.integers(0, 40, N_TRACKS), "genre": rng.choice(GENRES, N_TRACKS),
+        "age_days": rng.integers(0, 3_000, N_TRACKS).astype(np.int32), "is_new_release": np.arange(N_TRACKS) < 10,
+        "plays": plays, "listeners": listeners, "plays_last_week": plays // 4, **rates,
+        "popularity_percentile": pd.Series(listeners).rank(pct=True).to_numpy(), "is_cold": plays == 0,
+    }).sample(frac=1.0, random_state=1)  # fmt: skip
+    warm = track_ids[plays > 0]
+    item2vec = (warm, rng.normal(size=(len(warm), DIM)).astype(np.float32))
+    audio = (track_ids[5:], rng.normal(size=(N_TRACKS - 5, DIM)).astype(np.float32))  # 5 unreadable clips
+    two_tower_tracks = (track_ids, rng.normal(size=(N_TRACKS, TT_DIM)).astype(np.float32))
+    user_ids = (50 + 13 * np.arange(N_USERS)).astype(np.int64)
+    two_tower_users = (user_ids[:-1], rng.normal(size=(N_USERS - 1, TT_DIM)).astype(np.float32))  # last: no vector
+
+    by_track = stats.set_index("track_id")
+    profiles, candidates = [], []
+    for i, user in enumerate(user_ids):
+        n_recent = 0 if i == 0 else int(rng.integers(1, 50))  # user 0 has no history
+        recent = rng.choice(warm, n_recent, replace=False)
+        genres = by_track.loc[recent, "genre"].value_counts(normalize=True)
+        artists = by_track.loc[recent, "artist_id"].value_counts()
+        profiles.append({
+            "user_id": user, "is_new_user": i % 7 == 0, "positives": n_recent * 2, "weeks_active": min(n_recent, 4),
+            "history_level": "none" if n_recent == 0 else ("light" if n_recent < 20 else "medium"),
+            "recent_tracks": recent, "genre_share": [{"genre": g, "share": float(s)} for g, s in genres.items()],
+            "top_artists": artists.index.to_numpy()[:10],
+            "mean_popularity_percentile": by_track.loc[recent, "popularity_percentile"].mean() if n_recent else np.nan,
+        })  # fmt: skip
+        tracks = rng.choice(np.setdiff1d(track_ids, recent), PER_USER, replace=False)
+        member = rng.random((3, PER_USER)) < np.array([[0.7], [0.4], [0.2]])
+        member[0, ~member.any(axis=0)] = True
+        if i == N_USERS - 1:  # no user vector: no two-tower candidates
+            member[1] |= member[0]
+            member[0] = False
+        frame = {"user_id": np.full(PER_USER, user), "track_id": tracks}
+        for s, source in enumerate(("two_tower", "item2vec", "audio")):
+            frame[f"{source}_rank"] = np.where(member[s], np.cumsum(member[s]), 0).astype(np.int32)
+            frame[f"{source}_score"] = np.where(member[s], rng.uniform(0.2, 1.0, PER_USER), np.nan).astype(np.float32)
+        candidates.append(pd.DataFrame(frame))
+    candidates = pd.concat(candidates, ignore_index=True)
+    candidates.index = candidates.index * 3 + 11  # a non-default index must be kept
+    return {
+        "stats": stats, "profiles": pd.DataFrame(profiles), "candidates": candidates, "item2vec": item2vec,
+        "audio": audio, "two_tower_users": two_tower_users, "two_tower_tracks": two_tower_tracks,
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def context(world) -> FeatureContext:
+    return FeatureContext.build(
+        world["profiles"], world["stats"], world["item2vec"], world["audio"],
+        world["two_tower_users"], world["two_tower_tracks"],
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def features(world, context) -> pd.DataFrame:
+    return build_features(world["candidates"], context)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x)
+
+
+# ---------------------------------------------------------------------------- features
+
+
+def test_feature_matrix_is_float32_in_fixed_order_one_row_per_candidate(world, features):
+    candidates = world["candidates"]
+    assert list(features.columns) == list(FEATURE_NAMES)
+    assert (features.dtypes == np.float32).all()
+    assert features.index.equals(candidates.index)
+    # Only "does not apply" features may be missing, and only where they do not apply.
+    for name in set(FEATURE_NAMES) - NULLABLE_FEATURES:
+        assert np.isfinite(features[name]).all(), name
+    for source in ("two_tower", "item2vec", "audio"):
+        absent = candidates[f"{source}_rank"].to_numpy() == 0
+        assert features[f"{source}_rank"].isna().to_numpy()[~absent].sum() == 0
+        assert features[f"{source}_rank"].isna().to_numpy()[absent].all()
+    cold = world["stats"].loc[world["stats"]["is_cold"], "track_id"]
+    assert features.loc[candidates["track_id"].isin(cold), "item2vec_affinity"].isna().all()
+    assert features.loc[~candidates["track_id"].isin(cold) & (candidates["user_id"] != 50), "item2vec_affinity"].notna().all()
+
+
+def test_features_are_identical_whichever_way_the_inputs_arrive(world, context, features):
+    """Training and inference, broadcast or per-batch users, any batching: the same numbers."""
+    candidates = world["candidates"]
+    # Serialized for executors.
+    pd.testing.assert_frame_equal(build_features(candidates, FeatureContext.from_bytes(context.to_bytes())), features)
+    # Track-only context, each batch bringing its users' profiles and two-tower vectors as columns.
+    user_ids, vectors = world["two_tower_users"]
+    users = world["profiles"].copy()
+    users["user_vector"] = [vectors[user_ids == u][0] if (user_ids == u).any() else None for u in users["user_id"]]
+    track_only = FeatureContext.from_bytes(context.without_users().to_bytes())
+    shuffled = candidates.sample(frac=1.0, random_state=3)
+    batches = []
+    for part in np.array_split(np.arange(len(shuffled)), 4):  # splits users' candidates across batches
+        batch = shuffled.iloc[part]
+        batch_users = users[users["user_id"].isin(batch["user_id"])].sample(frac=1.0, random_state=4)
+        batches.append(build_features(batch, track_only, users=batch_users))
+    pd.testing.assert_frame_equal(pd.concat(batches).loc[candidates.index], features)
+    # And the same call twice.
+    pd.testing.assert_frame_equal(build_features(candidates, context), features)
+
+
+def test_features_mean_what_their_names_say(world, features):
+    stats = world["stats"].set_index("track_id")
+    profiles = world["profiles"].set_index("user_id")
+    i2v = dict(zip(*world["item2vec"], strict=True))
+    audio = dict(zip(*world["audio"], strict=True))
+    tt_users = dict(zip(*world["two_tower_users"], strict=True))
+    tt_tracks = dict(zip(*world["two_tower_tracks"], strict=True))
+    rows = world["candidates"].sample(200, random_state=5)
+    for index, row in rows.iterrows():
+        got = features.loc[index]
+        user, track = profiles.loc[row.user_id], stats.loc[row.track_id]
+        recent = user["recent_tracks"]
+        if row.user_id in tt_users:
+            assert got["two_tower_score"] == pytest.approx(float(tt_users[row.user_id] @ tt_tracks[row.track_id]), abs=1e-4)
+        with_vectors = [t for t in recent if t in i2v]
+        if with_vectors and row.track_id in i2v:
+            taste = _unit(np.mean([_unit(i2v[t]) for t in with_vectors], axis=0))
+            assert got["item2vec_affinity"] == pytest.approx(float(taste @ _unit(i2v[row.track_id])), abs=1e-4)
+        if with_vectors and row.track_id in audio:
+            taste = _unit(np.mean([_unit(audio[t]) for t in recent if t in audio], axis=0))
+            assert got["audio_affinity"] == pytest.approx(float(taste @ _unit(audio[row.track_id])), abs=1e-4)
+        same_artist = np.mean(stats.loc[recent, "artist_id"].to_numpy() == track["artist_id"]) if len(recent) else 0.0
+        assert got["artist_history_share"] == pytest.approx(same_artist, abs=1e-6)
+        assert got["is_top_artist"] == float(track["artist_id"] in set(user["top_artists"]))
+        shares = {g["genre"]: g["share"] for g in user["genre_share"]}
+        assert got["genre_share"] == pytest.approx(shares.get(track["genre"], 0.0), abs=1e-6)
+        assert got["popularity_percentile"] == pytest.approx(track["popularity_percentile"], abs=1e-6)
+        assert got["log_plays"] == pytest.approx(np.log1p(track["plays"]), abs=1e-5)
+        assert got["list_position"] == 1.0  # inference: every candidate scored at full attention
+        if len(recent):
+            gap = track["popularity_percentile"] - user["mean_popularity_percentile"]
+            assert got["popularity_gap"] == pytest.approx(gap, abs=1e-5)
+        else:
+            assert np.isnan(got["popularity_gap"]) and got["history_level"] == 0
+
+
+def test_unknown_users_and_tracks_get_missing_features_not_errors(world, context):
+    batch = world["candidates"].head(3).copy()
+    batch.loc[batch.index[0], "user_id"] = 999_999  # no profile
+    batch.loc[batch.index[1], "track_id"] = 999_999  # not in the catalog
+    features = build_features(batch, context)
+    assert features.iloc[0][["history_level", "genre_share", "item2vec_affinity"]].isna().all()
+    assert features.iloc[1][["popularity_percentile", "genre_share", "audio_affinity"]].isna().all()
+    assert np.isfinite(features.iloc[2][["history_level", "popularity_percentile", "genre_share"]]).all()
+
+
+# ---------------------------------------------------------------------------- labels and position bias
+
+
+def _plays(rows: list[tuple]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=["user_id", "track_id", "is_positive", "saved", "context", "position"])
+    frame["ts"] = pd.Timestamp("2026-01-27 12:00", tz="UTC")
+    return frame
+
+
+def test_labels_come_from_the_next_weeks_positives_of_the_same_user():
+    candidates = pd.DataFrame({"user_id": [1, 1, 1, 2, 2], "track_id": [10, 11, 12, 10, 13]}, index=[5, 6, 7, 8, 9])
+    nxt = _plays([
+        (1, 10, True, False, "radio", None),
+        (1, 11, False, False, "radio", None),  # played, skipped: not a positive
+        (1, 12, True, True, "search", None),  # saved
+        (1, 12, False, False, "search", None),  # a later skip does not undo the save
+        (3, 13, True, False, "radio", None),  # another user's positive
+    ])  # fmt: skip
+    labels = training_labels(candidates, nxt)
+    assert labels.index.equals(candidates.index)
+    assert labels.tolist() == [1, 0, 1, 0, 0]
+    assert training_labels(candidates, nxt, graded=True).tolist() == [1, 0, 2, 0, 0]
+
+
+def test_position_propensity_recovers_decaying_attention_of_the_discovery_list():
+    """Simulated discovery lists, track quality independent of position: the estimate from the
+    logged plays alone matches the hidden share of lists that reached each position."""
+    rng = np.random.default_rng(1)
+    n_lists, size = 3_000, 30
+    list_id = np.repeat(np.arange(n_lists), size)
+    position = np.tile(np.arange(1, size + 1), n_lists)
+    outcomes = listen(rng.uniform(0.3, 0.9, len(list_id)), np.full(len(list_id), 200_000), position, rng)
+    reached = reach(list_id, position, outcomes, rng)
+    logs = pd.DataFrame({
+        "user_id": list_id[reached], "track_id": rng.integers(0, 10_000, int(reached.sum())),
+        "context": "discover_weekly", "position": position[reached].astype(float),
+        "is_positive": outcomes.positive[reached], "ts": pd.Timestamp("2026-01-28", tz="UTC"),
+    })  # fmt: skip
+    organic = logs.head(500).assign(context="radio", position=np.nan)  # no position: ignored
+    propensity = position_propensity(pd.concat([logs, organic]), min_propensity=0.01)
+    hidden = np.bincount(position[reached] - 1, minlength=size) / n_lists
+    assert propensity[0] == 1.0
+    assert (np.diff(propensity) <= 0).all()
+    assert propensity[9] < 0.8 and propensity[29] < 0.5 * propensity[9]  # attention clearly decays
+    np.testing.assert_allclose(propensity, np.maximum(hidden, 0.01), atol=0.02)
+    assert position_propensity(logs, min_propensity=0.2).min() == 0.2  # clipped: bounded weights
+    assert (position_propensity(organic) == 1.0).all()  # no list logs: no correction
+
+
+def test_positives_seen_deep_in_the_list_weigh_more():
+    propensity = np.linspace(1.0, 0.1, 30)
+    candidates = pd.DataFrame({"user_id": [1, 1, 1, 1, 1], "track_id": [10, 11, 12, 13, 14]})
+    nxt = _plays([
+        (1, 10, True, False, "discover_weekly", 1),
+        (1, 11, True, False, "discover_weekly", 20),
+        (1, 12, True, False, "discover_weekly", 25),
+        (1, 12, True, False, "radio", None),  # also found on its own: its discovery did not need the list
+        (1, 13, False, False, "discover_weekly", 30),  # reached but skipped: a negative
+    ])  # fmt: skip
+    weights = position_weights(candidates, nxt, propensity)
+    np.testing.assert_allclose(weights.to_numpy(), [1.0, 1.0 / propensity[19], 1.0, 1.0, 1.0], rtol=1e-6)
+
+
+def test_training_examples_are_the_heard_candidates_with_the_slot_they_were_heard_at(world, context):
+    candidates = world["candidates"]
+    a, b, c = candidates.index[:3]  # three candidates of one user
+    rows = candidates.loc[[a, b, c]]
+    nxt = _plays([
+        (rows.loc[a, "user_id"], 1, True, False, "discover_weekly", 1),  # the list's first track, not a candidate
+        (rows.loc[a, "user_id"], rows.loc[a, "track_id"], True, False, "discover_weekly", 7),
+        (rows.loc[b, "user_id"], rows.loc[b, "track_id"], False, False, "discover_weekly", 12),  # heard, skipped
+        (rows.loc[c, "user_id"], rows.loc[c, "track_id"], True, False, "radio", None),
+        (rows.loc[c, "user_id"], rows.loc[c, "track_id"], False, False, "discover_weekly", 3),
+        (999, 1, True, False, "radio", None),  # not a candidate
+    ])  # fmt: skip
+    exposure = observed_exposure(candidates, nxt)
+    assert exposure.index[exposure["exposed"]].tolist() == [a, b, c]
+    examples, labels, weights = training_examples(candidates, nxt)
+    assert examples.index.tolist() == [a, b, c] and labels.tolist() == [1, 0, 1] and (weights == 1.0).all()
+    features = build_features(examples, context)
+    assert features["list_position"].tolist() == [7.0, 12.0, 1.0]  # c was also found on the radio
+    # The other design: every candidate, unheard ones as negatives, list positives re-weighted.
+    examples, labels, weights = training_examples(candidates, nxt, rows="all", min_propensity=0.5)
+    assert len(examples) == len(candidates) and labels.sum() == 2 and "list_position" not in examples
+    assert weights.loc[a] == 2.0 and (weights.drop(a) == 1.0).all()  # one list, slot 2 unreached: floor 0.5
+
+
+# ---------------------------------------------------------------------------- the ranker
+
+
+def _signal_week(n_users: int = 300, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """Features where only ``genre_share`` drives relevance and the retrieval score is a noisy copy of it.
+
+    Rows are shuffled so a user's candidates are not contiguous.
+    """
+    rng = np.random.default_rng(seed)
+    n = n_users * PER_USER
+    features = pd.DataFrame(rng.normal(size=(n, len(FEATURE_NAMES))).astype(np.float32), columns=list(FEATURE_NAMES))
+    user_ids = np.repeat(10 + 3 * np.arange(n_users), PER_USER)
+    relevance = features["genre_share"].to_numpy()
+    features["two_tower_score"] = (0.3 * relevance + rng.normal(size=n)).astype(np.float32)
+    labels = (rng.random(n) < 1.0 / (1.0 + np.exp(-(3.0 * relevance - 4.5)))).astype(np.int32)
+    order = rng.permutation(n)
+    return features.iloc[order].reset_index(drop=True), labels[order], user_ids[order]
+
+
+def test_ranker_learns_the_feature_that_carries_the_signal_and_beats_the_retrieval_order():
+    features, labels, user_ids = _signal_week()
+    ranker = train_ranker(features, labels, user_ids, FAST)
+    report = ranker.report
+    assert next(iter(report["feature_importance"])) == "genre_share"
+    assert report["validation_ndcg"] > report["baseline_ndcg"] + 0.1
+    positives_per_user = pd.Series(labels).groupby(user_ids).sum()
+    assert report["users_without_positives"] == int((positives_per_user == 0).sum()) > 0
+    assert report["validation_users"] > 0 and 0 < report["best_iteration"] <= FAST.n_estimators
+    scores = ranker.predict(features)
+    assert scores.dtype == np.float32 and ((scores > 0) & (scores < 1)).all()  # binary: P(positive)
+    # On a fresh week of the same world, too.
+    fresh, fresh_labels, fresh_users = _signal_week(seed=1)
+    model = ndcg_at_k(ranker.predict(fresh), fresh_labels, fresh_users)
+    assert model > ndcg_at_k(fresh["two_tower_score"].to_numpy(), fresh_labels, fresh_users) + 0.1
+
+
+def test_ranking_objective_and_sample_weights_train_too():
+    features, labels, user_ids = _signal_week()
+    weights = np.where(labels > 0, 2.0, 1.0)
+    ranker = train_ranker(features, labels, user_ids, replace(FAST, objective="lambdarank"), weights)
+    assert next(iter(ranker.report["feature_importance"])) == "genre_share"
+    assert ranker.report["validation_ndcg"] > ranker.report["baseline_ndcg"] + 0.1
+    assert ranker.predict(features).dtype == np.float32
+    # Users without a positive have no pair to order: dropped from training and validation.
+    positives_per_user = pd.Series(labels).groupby(user_ids).sum()
+    report = ranker.report
+    assert report["users_without_positives"] == int((positives_per_user == 0).sum()) > 0
+    assert report["train_users"] + report["validation_users"] == int((positives_per_user > 0).sum())
+
+
+def test_ranker_is_deterministic_and_round_trips_through_bytes():
+    features, labels, user_ids = _signal_week()
+    first = train_ranker(features, labels, user_ids, FAST)
+    second = train_ranker(features, labels, user_ids, FAST)
+    assert first.model_text == second.model_text
+    scores = first.predict(features)
+    np.testing.assert_array_equal(scores, second.predict(features))
+    loaded = TrainedRanker.from_bytes(first.to_bytes())
+    np.testing.assert_array_equal(loaded.predict(features), scores)
+    assert loaded.feature_names == list(FEATURE_NAMES) and loaded.report == first.report
+    # Columns are taken by name, whatever their order.
+    np.testing.assert_array_equal(loaded.predict(features[features.columns[::-1]]), scores)
+    with pytest.raises(ValueError, match="lack columns"):
+        loaded.predict(features.drop(columns=["genre_share"]))
+
+
+def test_training_cost_is_bounded_by_user_cap_and_negative_sampling():
+    features, labels, user_ids = _signal_week()
+    config = replace(FAST, max_training_users=50, negatives_per_user=5)
+    report = train_ranker(features, labels, user_ids, config).report
+    assert report["train_users"] == 50
+    assert report["train_rows"] - report["train_positives"] == 5 * 50  # every positive kept, 5 negatives each
+    assert report["validation_rows"] == PER_USER * report["validation_users"]  # validation lists stay whole
+
+
+def test_ndcg_counts_only_users_with_a_positive():
+    scores = np.array([3.0, 2.0, 1.0, 5.0, 4.0, 0.5, 0.2])
+    labels = np.array([0, 1, 0, 0, 0, 1, 0])
+    users = np.array([1, 1, 1, 2, 2, 3, 3])  # user 2 has no positive
+    expected = (1.0 / np.log2(3.0) + 1.0) / 2.0
+    assert ndcg_at_k(scores, labels, users, k=30) == pytest.approx(expected)
+    assert ndcg_at_k(scores, labels, users, k=1) == pytest.approx(0.5)
+
+
+def _confounded_week(seed: int, n_users: int = 300) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, np.ndarray]:
+    """A week where popularity decides what a user hears and ``genre_share`` decides what they like.
+
+    Returns (candidates, their features, next week's plays, would-like bool[n])."""
+    rng = np.random.default_rng(seed)
+    n = n_users * PER_USER
+    features = pd.DataFrame(rng.normal(size=(n, len(FEATURE_NAMES))).astype(np.float32), columns=list(FEATURE_NAMES))
+    features["list_position"] = 1.0
+    candidates = pd.DataFrame({"user_id": np.repeat(np.arange(n_users) + 1, PER_USER),
+                               "track_id": np.tile(np.arange(PER_USER) + 100, n_users)})  # fmt: skip
+    heard = rng.random(n) < 1.0 / (1.0 + np.exp(-(2.5 * features["log_plays"].to_numpy() - 2.0)))
+    likes = rng.random(n) < 1.0 / (1.0 + np.exp(-2.5 * features["genre_share"].to_numpy()))
+    plays = _plays([(u, t, bool(p), False, "radio", None) for u, t, p in
+                    zip(candidates["user_id"][heard], candidates["track_id"][heard], likes[heard], strict=True)])  # fmt: skip
+    return candidates, features, plays, likes
+
+
+def test_rankers_trained_on_heard_tracks_rank_by_taste_and_on_all_candidates_by_exposure():
+    """Why training_rows="exposed" is the default: a playlist decides what is heard."""
+    fresh_candidates, fresh_features, _, fresh_likes = _confounded_week(seed=9)
+    users = fresh_candidates["user_id"].to_numpy()
+    candidates, features, plays, _ = _confounded_week(seed=8)
+    quality = {}
+    for rows in ("exposed", "all"):
+        examples, labels, weights = training_examples(candidates, plays, rows=rows)
+        ranker = train_ranker(features.loc[examples.index], labels, examples["user_id"], FAST, weights)
+        quality[rows] = ndcg_at_k(ranker.predict(fresh_features), fresh_likes, users)
+        top = next(iter(ranker.report["feature_importance"]))
+        assert top == ("genre_share" if rows == "exposed" else "log_plays")
+    assert quality["exposed"] > quality["all"] + 0.1

@@ -1,0 +1,343 @@
+"""The PlaylistStore contract, run against every reachable store, plus publishing and encoding.
+
+SQLite and a real redis-server always run (the test starts redis-server itself, or uses
+DW_REDIS_URL); ScyllaDB runs when DW_SCYLLA_HOSTS names a cluster (keyspace ``dw_test``).
+The Scylla parts that need no cluster (URL, CQL, token ranges, credentials) always run.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pandas as pd
+import pytest
+
+from dw_assets.calendar import week_range
+from dw_assets.serving import InjectedFailure, StoreError, StoreUnavailable, open_store, publish_week
+from dw_assets.serving.loadtest import synthetic_playlists
+from dw_assets.serving.stores import (
+    RedisStore,
+    ScyllaSettings,
+    ScyllaStore,
+    SQLiteStore,
+    cql_statements,
+    decode_tracks,
+    encode_playlists,
+    token_ranges,
+)
+from dw_assets_tests.redis_server import RedisServer, delete_prefix, free_port, redis_for_tests, with_options
+
+W = week_range("2026-01-05", 7)
+SCYLLA_HOSTS = os.environ.get("DW_SCYLLA_HOSTS")
+STORES = ["sqlite", "redis"] + (["scylla"] if SCYLLA_HOSTS else [])
+BATCH = 8  # users per write batch, so a 20-user week is written in several batches
+
+
+def playlists(users: int = 20, seed: int = 0, first_user_id: int = 1) -> pd.DataFrame:
+    """Rows shuffled, so the stores must order tracks by position themselves."""
+    return synthetic_playlists(users, seed=seed, first_user_id=first_user_id).sample(frac=1.0, random_state=seed)
+
+
+def expected_tracks(frame: pd.DataFrame, user_id: int) -> list[dict]:
+    rows = frame[frame["user_id"] == user_id].sort_values("position")
+    return [{"position": int(r.position), "track_id": int(r.track_id), "score": float(r.score), "source": r.source,
+             "is_exploration": bool(r.is_exploration), "artist_id": int(r.artist_id), "genre": r.genre}
+            for r in rows.itertuples()]
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    with redis_for_tests(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
+def _reset_scylla(store: ScyllaStore) -> None:
+    """Tests share keyspace dw_test: forget every registered week and the pointer (old rows expire)."""
+    session = store._connected()
+    ks = store.settings.keyspace
+    for week in store.weeks():
+        session.execute(f"DELETE FROM {ks}.playlist_weeks WHERE week = %s", (week,))
+    session.execute(f"DELETE FROM {ks}.playlist_pointers WHERE name = %s", ("current_week",))
+    store._invalidate()
+
+
+@pytest.fixture(params=STORES)
+def store(request, tmp_path):
+    kind = request.param
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp_path}/playlists.db?batch_users={BATCH}"
+    elif kind == "redis":
+        prefix = f"dwtest-{uuid.uuid4().hex[:8]}"
+        url = with_options(request.getfixturevalue("redis_url"), prefix=prefix, batch_users=BATCH)
+    else:
+        url = f"scylla://{SCYLLA_HOSTS}/dw_test?replication=1&batch_users={BATCH}"
+    opened = open_store(url)
+    if kind == "scylla":
+        _reset_scylla(opened)
+    yield opened
+    opened.close()
+    if kind == "redis":
+        delete_prefix(url, prefix)
+
+
+def stored_values(store) -> int | None:
+    """Playlist values physically in the store (all versions), where that can be counted."""
+    if isinstance(store, SQLiteStore):
+        with sqlite3.connect(store.path) as db:
+            return db.execute("SELECT COUNT(*) FROM playlists").fetchone()[0]
+    if isinstance(store, RedisStore):
+        return sum(1 for _ in store._client("read").scan_iter(f"{store.prefix}:pl:*", count=1000))
+    return None  # Scylla: superseded rows stay until their TTL, unreachable
+
+
+def test_round_trip(store):
+    frame = playlists(20)
+    assert store.write_week(W[0], frame) == 20
+    assert store.count_users(W[0]) == 20
+    assert store.weeks() == [W[0]]
+    assert store.current_week() is None
+    assert store.get_playlist(3) is None  # nothing is live yet
+    tracks = store.get_playlist(3, W[0])
+    assert tracks == expected_tracks(frame, 3)
+    assert [t["position"] for t in tracks] == list(range(1, 31))
+    store.set_current_week(W[0])
+    assert store.get_playlist(3) == tracks
+
+
+def test_rewriting_a_week_replaces_it(store):
+    store.write_week(W[0], playlists(20, seed=0, first_user_id=1))
+    store.write_week(W[0], playlists(20, seed=0, first_user_id=1))  # identical rewrite: no duplicates
+    assert store.count_users(W[0]) == 20
+    assert stored_values(store) in (20, None)
+    second = playlists(20, seed=1, first_user_id=11)  # users 11..30, other tracks
+    store.write_week(W[0], second)
+    assert store.count_users(W[0]) == 20
+    assert store.get_playlist(1, W[0]) is None  # not in the rewrite: gone
+    assert store.get_playlist(15, W[0]) == expected_tracks(second, 15)
+    assert store.get_playlist(25, W[0]) == expected_tracks(second, 25)
+    assert stored_values(store) in (20, None)
+
+
+def test_current_week_is_one_pointer_flip(store):
+    with pytest.raises(StoreError, match="not written"):
+        store.set_current_week(W[0])
+    first, second = playlists(20, seed=0), playlists(20, seed=1)
+    store.write_week(W[0], first)
+    store.set_current_week(W[0])
+    store.write_week(W[1], second)
+    assert store.current_week() == W[0]  # writing a week does not make it live
+    assert store.get_playlist(5) == expected_tracks(first, 5)
+    store.set_current_week(W[1])
+    assert store.current_week() == W[1]
+    assert store.get_playlist(5) == expected_tracks(second, 5)
+    assert store.get_playlist(5, W[0]) == expected_tracks(first, 5)
+
+
+def test_failed_publish_leaves_last_week_live(store):
+    live = playlists(20, seed=0)
+    publish_week(store, W[0], live)
+    with pytest.raises(InjectedFailure):
+        publish_week(store, W[1], playlists(20, seed=1), fail_after_users=BATCH)
+    assert store.current_week() == W[0]
+    assert store.get_playlist(7) == expected_tracks(live, 7)
+    assert store.get_playlist(7, W[1]) is None
+    assert store.weeks() == [W[0]]
+    assert store.count_users(W[1]) == 0
+    # A failed rewrite of the live week itself changes nothing either.
+    with pytest.raises(InjectedFailure):
+        publish_week(store, W[0], playlists(20, seed=2), fail_after_users=2 * BATCH)
+    assert store.get_playlist(7) == expected_tracks(live, 7)
+    stats = publish_week(store, W[1], playlists(20, seed=1))
+    assert stats["live"] and store.current_week() == W[1]
+    assert store.count_users(W[1]) == 20
+    assert stored_values(store) in (40, None)  # leftovers of the failed writes were reclaimed
+
+
+def test_retention_keeps_the_newest_weeks_and_the_live_one(store):
+    for i in range(6):
+        stats = publish_week(store, W[i], playlists(10, seed=i), keep_weeks=3)
+    assert store.weeks() == W[3:6]
+    assert stats["dropped_weeks"] == [W[2]]
+    assert store.get_playlist(1, W[0]) is None
+    # Written but not made live: the live week survives even outside the newest keep_weeks.
+    stats = publish_week(store, W[6], playlists(10, seed=6), keep_weeks=1, make_live=False)
+    assert store.current_week() == W[5]
+    assert store.weeks() == [W[5], W[6]]
+    assert not stats["live"] and stats["dropped_weeks"] == [W[3], W[4]]
+    with pytest.raises(StoreError, match="live"):
+        store.drop_week(W[5])
+
+
+def test_publishing_an_older_week_does_not_roll_serving_back(store):
+    publish_week(store, W[1], playlists(10, seed=1))
+    stats = publish_week(store, W[0], playlists(10, seed=0))
+    assert not stats["live"] and store.current_week() == W[1]
+    publish_week(store, W[0], playlists(10, seed=0), make_live=True)  # an explicit rollback
+    assert store.current_week() == W[0]
+
+
+def test_republishing_a_week_is_idempotent(store):
+    frame = playlists(20)
+    first = publish_week(store, W[0], frame)
+    before = {u: store.get_playlist(u) for u in range(1, 21)}
+    second = publish_week(store, W[0], frame)
+    assert (first["users"], second["users"]) == (20, 20)
+    assert {u: store.get_playlist(u) for u in range(1, 21)} == before
+    assert store.weeks() == [W[0]] and store.count_users(W[0]) == 20
+
+
+def test_unknown_user_or_week_is_none(store):
+    publish_week(store, W[0], playlists(20))
+    assert store.get_playlist(10_000) is None
+    assert store.get_playlist(1, W[3]) is None
+    assert store.get_playlist(1) is not None
+
+
+def test_verify_week_catches_missing_users_and_wrong_playlists(store):
+    frame = playlists(20)
+    store.write_week(W[0], frame)
+    store.verify_week(W[0], 20, frame[frame["user_id"].isin([1, 20])])
+    with pytest.raises(StoreError, match="21"):
+        store.verify_week(W[0], 21)
+    tampered = frame[frame["user_id"] == 4].assign(track_id=lambda f: f["track_id"] + 1)
+    with pytest.raises(StoreError, match="user 4"):
+        store.verify_week(W[0], 20, tampered)
+
+
+def test_many_threads_read_the_same_answers(store):
+    frame = playlists(20)
+    publish_week(store, W[0], frame)
+    users = [1 + i % 20 for i in range(400)]
+    with ThreadPoolExecutor(8) as pool:
+        found = list(pool.map(store.get_playlist, users))
+    assert all(tracks == expected_tracks(frame, user) for user, tracks in zip(users, found, strict=True))
+
+
+def test_malformed_playlists_are_refused(store):
+    frame = playlists(3)
+    with pytest.raises(ValueError, match="same position"):
+        store.write_week(W[0], pd.concat([frame, frame.head(1)]))
+    with pytest.raises(ValueError, match="positions"):
+        store.write_week(W[0], frame.assign(position=frame["position"] + 1))
+    with pytest.raises(ValueError, match="Monday"):
+        store.write_week("2026-01-06", frame)
+    with pytest.raises(ValueError, match="empty"):
+        publish_week(store, W[0], frame.head(0))
+    assert store.weeks() == []
+
+
+def _down_url(kind: str, tmp_path) -> str:
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path}"  # a directory: SQLite cannot open it
+    return f"{kind}://127.0.0.1:{free_port()}/{'0' if kind == 'redis' else 'dw_test'}"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis", "scylla"])
+def test_a_store_that_is_down_raises_store_unavailable(kind, tmp_path):
+    with open_store(_down_url(kind, tmp_path)) as down:
+        with pytest.raises(StoreUnavailable):
+            down.ping()
+        with pytest.raises(StoreUnavailable):
+            down.get_playlist(1)
+        with pytest.raises(StoreUnavailable):
+            down.current_week()
+
+
+def test_redis_recovers_after_a_restart_and_uses_the_env_password(tmp_path, monkeypatch):
+    monkeypatch.setenv("DW_REDIS_PASSWORD", "s3cret-test")
+    server = RedisServer(tmp_path, password="s3cret-test").start()
+    try:
+        store = open_store(server.url)
+        assert "s3cret" not in repr(store)
+        publish_week(store, W[0], playlists(5))
+        server.stop()
+        with pytest.raises(StoreUnavailable):
+            store.get_playlist(1)
+        server.start()
+        assert store.get_playlist(1) == expected_tracks(playlists(5), 1)  # same client, reconnected
+        monkeypatch.delenv("DW_REDIS_PASSWORD")
+        with pytest.raises(StoreUnavailable, match="(?i)auth"):
+            open_store(server.url).ping()
+        store.close()
+    finally:
+        server.stop()
+
+
+# ---------------------------------------------------------------- no cluster needed
+
+
+def test_store_urls_are_parsed_and_secrets_stay_out_of_them():
+    assert isinstance(open_store("sqlite:///data/serving.db"), SQLiteStore)
+    assert str(open_store("sqlite:////abs/serving.db").path) == "/abs/serving.db"
+    redis_store = open_store("redis://10.0.0.5:6380/2?prefix=dw_b&timeout_ms=100")
+    assert (redis_store.host, redis_store.port, redis_store.db, redis_store.prefix, redis_store.timeout_s) == (
+        "10.0.0.5", 6380, 2, "dw_b", 0.1)
+    with pytest.raises(ValueError, match="DW_REDIS_PASSWORD"):
+        open_store("redis://:hunter2@10.0.0.5:6380/0")
+    with pytest.raises(ValueError, match="DW_SCYLLA"):
+        open_store("scylla://me:hunter2@10.0.0.5/dw")
+    with pytest.raises(ValueError, match="unknown store URL") as error:
+        open_store("postgres://me:hunter2@db/dw")
+    assert "hunter2" not in str(error.value)
+    with pytest.raises(ValueError, match="unknown option"):
+        open_store("sqlite:///x.db?batch=3")
+
+
+def test_scylla_settings_from_url():
+    settings = ScyllaSettings.from_url("scylla://10.0.0.1,10.0.0.2:9043/dw_prod?replication=dc1:3,dc2:3"
+                                       "&local_dc=dc1&ttl_days=35&consistency=local_quorum&timeout_ms=50")
+    assert settings.hosts == ("10.0.0.1", "10.0.0.2") and settings.port == 9043
+    assert settings.keyspace == "dw_prod" and settings.local_dc == "dc1"
+    assert settings.replication == {"class": "NetworkTopologyStrategy", "dc1": 3, "dc2": 3}
+    assert (settings.ttl_s, settings.consistency, settings.timeout_s) == (35 * 86400, "LOCAL_QUORUM", 0.05)
+    default = ScyllaSettings.from_url("scylla://db1/dw")
+    assert default.replication == {"class": "SimpleStrategy", "replication_factor": 1}
+    assert default.ttl_s == 56 * 86400 and default.port == 9042
+    for bad in ("scylla://db1/dw-prod", "scylla://db1:9042,db2:9043/dw", "scylla://db1/",
+                "scylla://db1/dw?consistency=MOST", "scylla://db1/dw?replication=dc1:x"):
+        with pytest.raises(ValueError):
+            ScyllaSettings.from_url(bad)
+
+
+def test_scylla_statements_are_prepared_with_ttl_and_user_partitions():
+    cql = cql_statements(ScyllaSettings.from_url("scylla://db1/dw_prod?replication=dc1:3"))
+    assert cql["create_keyspace"] == ("CREATE KEYSPACE IF NOT EXISTS dw_prod WITH replication = "
+                                      "{'class': 'NetworkTopologyStrategy', 'dc1': 3}")
+    assert "PRIMARY KEY ((user_id), week, version)" in cql["create_playlists"]
+    assert cql["insert_playlist"].endswith("VALUES (?, ?, ?, ?) USING TTL ?")
+    assert cql["select_playlist"].endswith("WHERE user_id = ? AND week = ? AND version = ?")
+    # Every statement that takes values takes them as bind markers, never formatted in.
+    for name in ("insert_playlist", "select_playlist", "count_range", "insert_week", "select_week",
+                 "delete_week", "set_pointer", "get_pointer"):
+        assert "?" in cql[name] and "'" not in cql[name], name
+
+
+def test_token_ranges_cover_the_ring_exactly():
+    ranges = token_ranges(7)
+    assert ranges[0][0] == -(2**63) and ranges[-1][1] == 2**63 - 1
+    assert all(hi + 1 == next_lo for (_, hi), (next_lo, _) in zip(ranges, ranges[1:], strict=False))
+
+
+def test_scylla_credentials_and_routing_come_from_env_and_config(monkeypatch):
+    from cassandra.policies import TokenAwarePolicy
+
+    store = ScyllaStore.from_url("scylla://db1,db2/dw?local_dc=dc1")
+    monkeypatch.delenv("DW_SCYLLA_USERNAME", raising=False)
+    assert store.cluster_options()["auth_provider"] is None
+    monkeypatch.setenv("DW_SCYLLA_USERNAME", "svc")
+    monkeypatch.setenv("DW_SCYLLA_PASSWORD", "pw")
+    options = store.cluster_options()
+    assert options["auth_provider"].username == "svc"
+    assert options["contact_points"] == ["db1", "db2"]
+    assert all(isinstance(p.load_balancing_policy, TokenAwarePolicy) for p in options["execution_profiles"].values())
+
+
+def test_blob_is_compact_ordered_and_exact():
+    frame = playlists(2)
+    encoded = dict(encode_playlists(frame))
+    assert sorted(encoded) == [1, 2]
+    assert decode_tracks(encoded[2]) == expected_tracks(frame, 2)
+    assert all(len(blob) < 1500 for blob in encoded.values())  # 30 tracks, compressed

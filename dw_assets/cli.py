@@ -81,10 +81,32 @@ def run(lake_dir, week, rebuild_history, store_url):
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     click.echo(report)
+    click.echo(_week_summary(lake_root, week))
     click.echo(
         f"\nbrowse it: DAGSTER_HOME={os.environ['DAGSTER_HOME']} DW_LAKE={lake_root} dagster dev -w workspace.yaml"
     )
 
+
+
+def _week_summary(lake_root: Path, week: str) -> str:
+    """The retrieval evaluation and one user's playlist, as the demo prints them."""
+    from dw_assets.lake.storage import Lake
+
+    lake, lines = Lake(str(lake_root)), []
+    evaluation = lake.uri("gold", "retrieval_evaluation", week)
+    if lake.exists(evaluation):
+        table = lake.read_frame(evaluation)
+        lines += ["", f"retrieval on the discovery holdout of week {week} (recall@k, exact search):",
+                  table.to_string(index=False)]
+    playlists = lake.uri("gold", "ranked_playlists", week)
+    if lake.exists(playlists):
+        frame = lake.read_frame(playlists)
+        heavy = frame.groupby("user_id")["source"].apply(lambda s: (s != "popularity_fallback").sum()).idxmax()
+        sample = frame[frame["user_id"] == heavy][["position", "track_id", "artist_id", "genre", "score", "source",
+                                                   "is_exploration"]]
+        lines += ["", f"sample playlist: user {heavy}, week {week} ({frame['user_id'].nunique():,} users in all)",
+                  sample.to_string(index=False)]
+    return "\n".join(lines)
 
 
 @main.command("export-playlists")

@@ -198,3 +198,82 @@ def test_retrieval_is_evaluated_on_the_discovery_holdout(world):
     assert lake.exists(lake.uri("silver", "interactions", manifest["holdout_week"]))
     assert not lake.exists(lake.uri("models", "two_tower_model", manifest["holdout_week"]))
     assert table.loc["two_tower", "recall"] > table.loc["popularity", "recall"]
+
+
+def test_candidates_are_unheard_source_tagged_and_about_500_per_user(world):
+    _, manifest, lake, _ = world
+    week = manifest["last_training_week"]
+    candidates = _read(lake, "gold", "candidates", week)
+    assert not candidates.duplicated(["user_id", "track_id"]).any()
+    per_user = candidates.groupby("user_id").size()
+    assert per_user.median() == 500
+    heard = pd.concat([_read(lake, "silver", "interactions", w)[["user_id", "track_id"]]
+                       for w in manifest["training_weeks"] if w <= week])
+    overlap = candidates.merge(heard.drop_duplicates(), on=["user_id", "track_id"])
+    assert overlap.empty, f"{len(overlap)} heard tracks among the candidates"
+    sources = candidates["sources"].str.split("|").explode()
+    assert set(sources) == {"two_tower", "item2vec", "audio"}
+    # every tag is backed by that source's rank
+    for source in ("two_tower", "item2vec", "audio"):
+        tagged = candidates["sources"].str.contains(source)
+        assert (candidates.loc[tagged, f"{source}_rank"] > 0).all()
+        assert (candidates.loc[~tagged, f"{source}_rank"] == 0).all()
+
+
+def test_ranker_is_trained_on_last_weeks_candidates_with_a_time_split(world):
+    _, manifest, lake, _ = world
+    week = manifest["last_training_week"]
+    ranker = lake.read_artifact(lake.uri("models", "ranker_model", week))
+    previous = manifest["training_weeks"][manifest["training_weeks"].index(week) - 1]
+    assert ranker.meta["trained_on_week"].startswith(previous)
+    report = ranker.meta["report"]
+    assert report["feature_importance"] and report["train_rows"] > 0
+    assert 0 <= report["validation_ndcg"] <= 1
+
+
+def test_every_user_gets_30_unheard_diverse_tracks(world):
+    _, manifest, lake, _ = world
+    week = manifest["last_training_week"]
+    playlists = _read(lake, "gold", "ranked_playlists", week)
+    profiles = _read(lake, "gold", "user_profiles", week)
+    per_user = playlists.groupby("user_id").size()
+    assert set(per_user.index) == set(profiles["user_id"]) and (per_user == 30).all()
+    assert not playlists.duplicated(["user_id", "track_id"]).any()
+    assert playlists.groupby(["user_id", "artist_id"]).size().max() <= 2
+    heard = pd.concat([_read(lake, "silver", "interactions", w)[["user_id", "track_id"]]
+                       for w in manifest["training_weeks"] if w <= week])
+    assert playlists.merge(heard.drop_duplicates(), on=["user_id", "track_id"]).empty
+    exploration = playlists.groupby("user_id")["is_exploration"].sum()
+    assert exploration.between(0, 3).all() and exploration.gt(0).mean() > 0.5
+    new_users = profiles.loc[profiles["is_new_user"] & profiles["recent_tracks"].map(len).eq(0), "user_id"]
+    assert len(new_users) and playlists[playlists["user_id"].isin(new_users)]["source"].eq("popularity_fallback").all()
+
+
+def test_the_week_is_published_live_served_and_exported(world, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from dw_assets.definitions import default_store_url
+    from dw_assets.serving.api import create_app
+    from dw_assets.serving.stores import open_store
+
+    root, manifest, lake, _ = world
+    week = manifest["last_training_week"]
+    playlists = _read(lake, "gold", "ranked_playlists", week)
+    url = default_store_url(str(root))
+    with open_store(url) as store:
+        assert store.current_week() == week
+        assert store.count_users(week) == playlists["user_id"].nunique()
+    user = int(playlists["user_id"].iloc[0])
+    with TestClient(create_app(url)) as client:
+        body = client.get(f"/v1/users/{user}/discover-weekly").json()
+    expected = playlists[playlists["user_id"] == user].sort_values("position")
+    assert body["week"] == week and [t["track_id"] for t in body["tracks"]] == expected["track_id"].tolist()
+
+    out = tmp_path / "playlists.parquet"
+    done = subprocess.run([sys.executable, "-m", "dw_assets.cli", "export-playlists", "--lake", str(root),
+                           "--week", week, "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    exported = pd.read_parquet(out)
+    assert list(exported.columns) == ["user_id", "position", "track_id", "score", "source", "is_exploration"]
+    assert [str(t) for t in exported.dtypes] == ["int64", "int64", "int64", "float64", "object", "bool"]
+    assert len(exported) == len(playlists) and exported["position"].between(1, 30).all()

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets up a fresh clone: Java 17 for Spark (if missing), a virtualenv, the pinned packages.
+# Sets up a fresh clone: Java 17 for Spark and redis-server for the store tests (if missing),
+# a virtualenv, the pinned packages.
 # Idempotent and quick when nothing changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +9,12 @@ if ! command -v java >/dev/null 2>&1; then
   echo "[setup] java not found: installing openjdk-17-jre-headless" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless >/dev/null
+fi
+
+if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; then
+  echo "[setup] redis-server not found: installing it (the Redis store tests start their own on loopback)" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq redis-server >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
 fi
 
 PYTHON=${PYTHON:-python3.11}

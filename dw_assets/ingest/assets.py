@@ -2,17 +2,14 @@
 
 
 import time
-from collections.abc import Iterator
 
 import pandera.pandas as pa
 from dagster import (
-    AssetCheckResult,
     AssetExecutionContext,
     AssetIn,
     AssetOut,
     Config,
     MetadataValue,
-    Output,
     multi_asset,
 )
 from dagster_pyspark import LazyPySparkResource
@@ -26,28 +23,15 @@ from dw_assets.ingest.profiles import ProfileRules, build_track_stats, build_use
 from dw_assets.ingest.snapshots import track_catalog as read_track_catalog
 from dw_assets.ingest.snapshots import user_directory as read_user_directory
 from dw_assets.ingest.snapshots import user_playlists as read_user_playlists
-from dw_assets.lake.quality import schema_check_result, schema_check_spec, table_schema
+from dw_assets.lake.quality import emit_checked, schema_check_spec, table_schema
 from dw_assets.lake.resources import LAYER_KEY, LakeResource
 from dw_assets.partitions import history_window, weekly_partitions
 
 GROUP = "ingest"
-MAX_CHECK_ROWS = 5_000_000
 
 
 def _meta(layer: str, schema: pa.DataFrameSchema) -> dict:
     return {LAYER_KEY: layer, "dagster/column_schema": table_schema(schema)}
-
-
-def _emit(
-    name: str, frame: DataFrame, schema: pa.DataFrameSchema, metadata: dict, blocking: bool = True
-) -> Iterator[Output | AssetCheckResult]:
-    """Yield the output (written by the lake IO manager) and its Pandera check."""
-    frame = frame.persist()
-    rows = frame.count()
-    yield Output(frame, output_name=name, metadata={"dagster/row_count": rows, **metadata})
-    sample = frame if rows <= MAX_CHECK_ROWS else frame.sample(fraction=MAX_CHECK_ROWS / rows, seed=0)
-    yield schema_check_result(name, sample.toPandas(), schema, blocking=blocking, rows_total=rows)
-    frame.unpersist()
 
 
 def _landing(lake: LakeResource) -> str:
@@ -64,7 +48,7 @@ def _landing(lake: LakeResource) -> str:
 )
 def track_catalog(context: AssetExecutionContext, pyspark: LazyPySparkResource, lake: LakeResource):
     catalog = read_track_catalog(pyspark.spark_session, _landing(lake), context.partition_key)
-    yield from _emit("track_catalog", catalog, schemas.TRACK_CATALOG, {})
+    yield from emit_checked("track_catalog", catalog, schemas.TRACK_CATALOG, {})
 
 
 @multi_asset(
@@ -77,7 +61,7 @@ def track_catalog(context: AssetExecutionContext, pyspark: LazyPySparkResource, 
 )
 def user_directory(context: AssetExecutionContext, pyspark: LazyPySparkResource, lake: LakeResource):
     directory = read_user_directory(pyspark.spark_session, _landing(lake), context.partition_key)
-    yield from _emit("user_directory", directory, schemas.USER_DIRECTORY, {})
+    yield from emit_checked("user_directory", directory, schemas.USER_DIRECTORY, {})
 
 
 @multi_asset(
@@ -90,7 +74,7 @@ def user_directory(context: AssetExecutionContext, pyspark: LazyPySparkResource,
 )
 def user_playlists(context: AssetExecutionContext, pyspark: LazyPySparkResource, lake: LakeResource):
     playlists = read_user_playlists(pyspark.spark_session, _landing(lake), context.partition_key)
-    yield from _emit("user_playlists", playlists, schemas.USER_PLAYLISTS, {})
+    yield from emit_checked("user_playlists", playlists, schemas.USER_PLAYLISTS, {})
 
 
 @multi_asset(
@@ -127,9 +111,9 @@ def raw_play_events(
     quarantined = bronze.quarantined.persist()
     by_reason = {r: 0 for r in QUARANTINE_REASONS}
     by_reason.update({row["reason"]: row["count"] for row in quarantined.groupBy("reason").count().collect()})
-    yield from _emit("raw_play_events", bronze.events, schemas.RAW_PLAY_EVENTS,
+    yield from emit_checked("raw_play_events", bronze.events, schemas.RAW_PLAY_EVENTS,
                      {"landed_files": len(files), "elapsed_s": round(time.perf_counter() - started, 2)})
-    yield from _emit("quarantined_events", quarantined, schemas.QUARANTINED_EVENTS,
+    yield from emit_checked("quarantined_events", quarantined, schemas.QUARANTINED_EVENTS,
                      {"quarantined_by_reason": MetadataValue.json(by_reason)}, blocking=False)
     quarantined.unpersist()
 
@@ -173,7 +157,7 @@ def interactions(
              flagged.groupBy("kind").agg({"*": "count", "events": "sum"})
              .withColumnsRenamed({"count(1)": "count", "sum(events)": "events"}).collect()}
     bronze_rows = raw_play_events.count()
-    yield from _emit("interactions", silver.interactions, schemas.INTERACTIONS, {
+    yield from emit_checked("interactions", silver.interactions, schemas.INTERACTIONS, {
         "bronze_events": bronze_rows,
         "bot_users_removed": kinds.get("bot", (0, 0))[0],
         "bot_events_removed": kinds.get("bot", (0, 0))[1],
@@ -181,7 +165,7 @@ def interactions(
         "hijacked_events_removed": kinds.get("hijacked_session", (0, 0))[1],
         "elapsed_s": round(time.perf_counter() - started, 2),
     })
-    yield from _emit("flagged_activity", flagged, schemas.FLAGGED_ACTIVITY, {}, blocking=False)
+    yield from emit_checked("flagged_activity", flagged, schemas.FLAGGED_ACTIVITY, {}, blocking=False)
     flagged.unpersist()
 
 
@@ -196,7 +180,7 @@ def interactions(
 )
 def track_stats(context: AssetExecutionContext, interactions: DataFrame, track_catalog: DataFrame):
     stats = build_track_stats(interactions, track_catalog, context.partition_key)
-    yield from _emit("track_stats", stats, schemas.TRACK_STATS, {
+    yield from emit_checked("track_stats", stats, schemas.TRACK_STATS, {
         "history_weeks": len(context.asset_partition_keys_for_input("interactions")),
     })
 
@@ -228,7 +212,7 @@ def user_profiles(
 ):
     rules = ProfileRules(recent_tracks=config.recent_tracks, top_artists=config.top_artists)
     profiles = build_user_profiles(interactions, user_directory, track_stats, context.partition_key, rules)
-    yield from _emit("user_profiles", profiles, schemas.USER_PROFILES, {
+    yield from emit_checked("user_profiles", profiles, schemas.USER_PROFILES, {
         "history_weeks": len(context.asset_partition_keys_for_input("interactions")),
     })
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pandas as pd
 import pandera.pandas as pa
-from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, TableColumn, TableSchema
+from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, Output, TableColumn, TableSchema
 from pandera.errors import SchemaErrors
 
 SCHEMA_CHECK = "pandera_schema"
+MAX_CHECK_ROWS = 5_000_000  # larger Spark outputs are checked on a seeded sample
 
 
 def schema_check_spec(asset: str, schema: pa.DataFrameSchema, blocking: bool = True) -> AssetCheckSpec:
@@ -73,3 +75,15 @@ def schema_check_result(
         severity=AssetCheckSeverity.ERROR if blocking else AssetCheckSeverity.WARN,
         metadata=metadata,
     )
+
+
+def emit_checked(
+    name: str, frame: Any, schema: pa.DataFrameSchema, metadata: dict, blocking: bool = True
+) -> Iterator[Output | AssetCheckResult]:
+    """Yield a Spark output (written by the lake IO manager) and its Pandera check on (a sample of) its rows."""
+    frame = frame.persist()
+    rows = frame.count()
+    yield Output(frame, output_name=name, metadata={"dagster/row_count": rows, **metadata})
+    sample = frame if rows <= MAX_CHECK_ROWS else frame.sample(fraction=MAX_CHECK_ROWS / rows, seed=0)
+    yield schema_check_result(name, sample.toPandas(), schema, blocking=blocking, rows_total=rows)
+    frame.unpersist()

@@ -136,7 +136,8 @@ def rank_users(users: pd.DataFrame, models: PlaylistModels, week: str) -> pd.Dat
 
 def fallback_pool(interactions: pd.DataFrame, users: pd.DataFrame, tracks: pd.DataFrame,
                   per_country: int = 300) -> pd.DataFrame:
-    """Popularity by country: the tracks with the most distinct positive listeners in each country.
+    """Popularity by country: the tracks with the most distinct positive listeners in each country,
+    topped up with the global ranking so every country's pool holds ``per_country`` tracks.
 
     interactions: user_id, track_id, is_positive (the week's); users: user_id, country;
     tracks: ``TRACK_TABLE``. Returns ``FALLBACK_COLUMNS``, score = listeners, best first.
@@ -144,6 +145,12 @@ def fallback_pool(interactions: pd.DataFrame, users: pd.DataFrame, tracks: pd.Da
     positive = interactions.loc[interactions["is_positive"].astype(bool), ["user_id", "track_id"]].drop_duplicates()
     by_country = positive.merge(users[["user_id", "country"]], on="user_id")
     counts = by_country.groupby(["country", "track_id"]).size().rename("score").reset_index()
+    # Small countries' pools are topped up with the global ranking (scored below any local count).
+    overall = positive.groupby("track_id").size().rename("score").reset_index()
+    overall = overall.sort_values(["score", "track_id"], ascending=[False, True], kind="stable").head(per_country)
+    overall["score"] = overall["score"] / (overall["score"].max() + 1.0) if len(overall) else overall["score"]
+    top_up = pd.DataFrame({"country": np.sort(users["country"].dropna().unique())}).merge(overall, how="cross")
+    counts = pd.concat([counts, top_up], ignore_index=True).drop_duplicates(["country", "track_id"], keep="first")
     counts = counts.sort_values(["country", "score", "track_id"], ascending=[True, False, True], kind="stable")
     pool = counts.groupby("country", sort=True).head(per_country).merge(tracks, on="track_id")
     pool["score"] = pool["score"].astype(np.float64)

@@ -22,6 +22,7 @@ from pyspark.sql import DataFrame
 
 from dw_assets.embeddings.assets import embedding_versions
 from dw_assets.ingest.spark import load_once, map_user_batches, payload_key
+from dw_assets.lake.quality import emit_checked, schema_check_spec, table_schema
 from dw_assets.lake.resources import LAYER_KEY
 from dw_assets.lake.storage import Artifact, array_bytes, vectors_from
 from dw_assets.partitions import history_window, weekly_partitions
@@ -32,6 +33,7 @@ from dw_assets.retrieval.candidates import (
     CandidateModels,
     generate_candidates,
 )
+from dw_assets.retrieval.schemas import CANDIDATES
 
 RECALL_CHECK = "ann_recall_at_500"
 
@@ -103,7 +105,8 @@ class CandidatesConfig(Config):
 
 
 @multi_asset(
-    outs={"candidates": AssetOut(group_name="retrieval", metadata={LAYER_KEY: "gold"},
+    outs={"candidates": AssetOut(group_name="retrieval",
+                                 metadata={LAYER_KEY: "gold", "dagster/column_schema": table_schema(CANDIDATES)},
                                  description="~500 unheard candidates per user from two-tower ANN, item2vec neighbours "
                                              "of recent tracks and audio neighbours among cold tracks, source-tagged.")},
     ins={
@@ -116,6 +119,7 @@ class CandidatesConfig(Config):
         "interactions": AssetIn(partition_mapping=history_window),
     },
     partitions_def=weekly_partitions,
+    check_specs=[schema_check_spec("candidates", CANDIDATES, blocking=True)],
 )
 def candidates(
     context: AssetExecutionContext,
@@ -140,16 +144,10 @@ def candidates(
     spark = pyspark.spark_session
     users = candidate_users(spark, user_embeddings, user_profiles, interactions)
     blob = models.to_bytes()
-    frame = run_candidates(spark, users, blob, config.settings(threads=1), config.partitions)
-    frame = frame.cache()
-    stats = frame.groupBy("user_id").count().agg(F.count("*").alias("users"), F.sum("count").alias("rows"),
-                                                 F.expr("percentile_approx(count, 0.5)").alias("median")).first()
+    frame = run_candidates(spark, users, blob, config.settings(threads=1), config.partitions).persist()
     by_source = {r["sources"]: r["count"] for r in frame.groupBy("sources").count().collect()}
-    yield Output(frame, output_name="candidates", metadata={
+    yield from emit_checked("candidates", frame, CANDIDATES, {
         "model_version": version,
-        "users": int(stats["users"] or 0),
-        "dagster/row_count": int(stats["rows"] or 0),
-        "median_per_user": int(stats["median"] or 0),
         "cold_pool_tracks": int(pool.sum()),
         "shipped_model_mb": round(len(blob) / 2**20, 1),
         "rows_by_sources": MetadataValue.json(dict(sorted(by_source.items()))),

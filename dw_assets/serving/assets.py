@@ -4,6 +4,8 @@ import time
 
 import pandas as pd
 from dagster import (
+    AssetCheckResult,
+    AssetCheckSpec,
     AssetExecutionContext,
     AssetIn,
     ConfigurableResource,
@@ -39,6 +41,8 @@ def redacted(url: str) -> str:
     group_name="serving",
     partitions_def=weekly_partitions,
     ins={"ranked_playlists": AssetIn()},
+    check_specs=[AssetCheckSpec("served_week_matches_lake", asset="published_playlists",
+                                description="The store holds every user of the week, read back after publishing.")],
     description="ranked_playlists written whole to the serving store, verified, then made live (current_week flip).",
 )
 def published_playlists(
@@ -58,7 +62,10 @@ def published_playlists(
     with playlist_store.open() as store:
         stats = publish_week(store, week, ranked_playlists[list(PLAYLIST_COLUMNS)],
                              keep_weeks=playlist_store.keep_weeks, progress=progress)
-    return MaterializeResult(metadata={
+        stored_users, expected_users = store.count_users(week), int(ranked_playlists["user_id"].nunique())
+    check = AssetCheckResult(check_name="served_week_matches_lake", passed=stored_users == expected_users,
+                             metadata={"stored_users": stored_users, "lake_users": expected_users})
+    return MaterializeResult(check_results=[check], metadata={
         "store": redacted(playlist_store.url),
         "users": stats["users"],
         "dagster/row_count": stats["rows"],

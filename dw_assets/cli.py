@@ -141,5 +141,36 @@ def serve(store_url, host, port, workers):
         raise click.UsageError(str(exc)) from exc
 
 
+
+@main.group()
+def bench() -> None:
+    """Benchmarks (medians of several runs, the quality figure beside each speed figure)."""
+
+
+@bench.command("serving")
+@click.option("--store", "store_url", required=True, help="A scratch store URL: the benchmark publishes to it.")
+@click.option("--users", type=int, default=20_000, show_default=True, help="Synthetic playlists published first.")
+@click.option("--rate", type=float, default=1000.0, show_default=True, help="Requests per second, fixed rate.")
+@click.option("--seconds", type=float, default=15.0, show_default=True)
+@click.option("--runs", type=int, default=3, show_default=True, help="Repetitions; medians are reported.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_serving_command(store_url, users, rate, seconds, runs, as_json):
+    """HTTP API latency at a fixed request rate over a real store (p50/p99 ms, errors)."""
+    import statistics
+
+    from dw_assets.serving.loadtest import bench_serving
+
+    results = [bench_serving(store_url, users=users, rate=rate, seconds=seconds, seed=run) for run in range(runs)]
+    loads = [r["load"] for r in results]
+    summary = {"store": store_url.split("?", 1)[0], "users": users, "rate": rate, "seconds": seconds, "runs": runs,
+               **{f"median_{k}": statistics.median(float(x[k]) for x in loads)
+                  for k in loads[0] if isinstance(loads[0][k], int | float) and not isinstance(loads[0][k], bool)},
+               **{f"median_latency_{q}_ms": statistics.median(x["latency_ms"][q] for x in loads)
+                  for q in ("p50", "p95", "p99", "max")},
+               "max_latency_p99_ms": max(x["latency_ms"]["p99"] for x in loads),
+               "publish_users_per_s": statistics.median(float(r["publish"]["users_per_s"]) for r in results)}
+    click.echo(json.dumps(summary, indent=None if as_json else 2, default=str))
+
+
 if __name__ == "__main__":
     main()

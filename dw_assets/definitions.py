@@ -37,7 +37,7 @@ def default_store_url(lake_root: str) -> str:
     if os.environ.get("DW_STORE_URL"):
         return os.environ["DW_STORE_URL"]
     if lake_root.startswith("s3://"):
-        raise ValueError("a lake on S3 needs a serving store: set DW_STORE_URL (redis://... or scylla://...)")
+        return ""  # no embedded default beside an S3 lake; publishing says to set DW_STORE_URL
     return "sqlite:///" + str(Path(lake_root).resolve() / "serving" / "playlists.db")
 
 

@@ -6,6 +6,8 @@ import os
 
 from dagster import TimeWindowPartitionMapping, WeeklyPartitionsDefinition
 
+from dw_assets.calendar import shift_week
+
 # Partition keys are the Monday that starts a listening week (00:00 UTC). The
 # first week is a deployment setting; the simulator's worlds start here too.
 FIRST_WEEK = os.environ.get("DW_FIRST_WEEK", "2026-01-05")
@@ -25,3 +27,8 @@ previous_week = TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
 earlier_weeks = TimeWindowPartitionMapping(
     start_offset=-HISTORY_WEEKS, end_offset=-1, allow_nonexistent_upstream_partitions=True
 )
+
+
+def history_window_weeks(week: str) -> list[str]:
+    """The weeks of ``week``'s 12-week window that exist as partitions (none before FIRST_WEEK)."""
+    return [k for k in weekly_partitions.get_partition_keys() if shift_week(week, -(HISTORY_WEEKS - 1)) <= k <= week]

@@ -113,7 +113,12 @@ def materialize_week(
     instance = run_instance()
     lake = build_resources(str(lake_root))["lake"].open()
     report = []
-    for earlier in history_weeks(week, known_weeks):
+    previous = shift_week(week, -1)
+    if previous not in (known_weeks or []):
+        raise RunError(f"week {week} has no landed week before it: its ranker learns from week {previous}'s "
+                       "candidates labelled by this week's listening, so start from the second landed week")
+    # Week W-1's models read W-12..W-1, so the history starts a week earlier than W's own window.
+    for earlier in sorted(set(history_weeks(previous, known_weeks)) | set(history_weeks(week, known_weeks))):
         if not rebuild_history and lake.exists(lake.uri("silver", "interactions", earlier)):
             progress(f"week {earlier}: already in the lake, kept")
             continue
@@ -122,8 +127,7 @@ def materialize_week(
         progress(f"week {earlier}: history materialized in {time.perf_counter() - started:.1f}s (run {result.run_id[:8]})")
         report += _summarize(result, earlier)
     # The ranker of week W learns from W-1's candidates, labelled by W's listening.
-    previous = shift_week(week, -1)
-    if previous in (known_weeks or []) and (rebuild_history or not lake.exists(lake.uri("gold", "candidates", previous))):
+    if rebuild_history or not lake.exists(lake.uri("gold", "candidates", previous)):
         started = time.perf_counter()
         selection = AssetSelection.assets(*RANKER_TRAINING_ASSETS).upstream() - AssetSelection.assets(*PER_WEEK_ASSETS)
         result = _run(selection, previous, lake_root, instance, ops)

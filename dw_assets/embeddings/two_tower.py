@@ -206,14 +206,17 @@ class TrainedTwoTower:
 
     @torch.no_grad()
     def user_vectors(self, user_profiles) -> tuple[np.ndarray, np.ndarray]:
-        """(user_ids int64[m], vectors float32[m, dim]) for the profiles' users with a history.
+        """(user_ids int64[m], vectors float32[m, dim]) for the profiles' users with any listening.
 
-        Users without any known history track are omitted (popularity fallback downstream).
+        A user with events but no known positive track gets a vector from genre shares and
+        demographics alone (the tower saw such empty histories in training: a user's first
+        positive). Users without any listening are omitted (popularity-by-country fallback downstream).
         """
         self.model.eval()
         users = profile_user_features(user_profiles, self.features, self.config.history_len)
         ids = user_profiles["user_id"].to_numpy(dtype=np.int64)
-        keep = np.flatnonzero(users.history_length > 0)
+        listened = user_profiles["events"].to_numpy() > 0 if "events" in user_profiles else False
+        keep = np.flatnonzero((users.history_length > 0) | listened)
         vectors = self.model.encode_users(users.take(keep)).cpu().numpy()
         return ids[keep], vectors.astype(np.float32)
 

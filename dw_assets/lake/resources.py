@@ -107,3 +107,10 @@ class LakeIOManager(ConfigurableIOManager):
         columns = (context.definition_metadata or {}).get("columns")
         frames = [lake.read_frame(u, columns=columns) for u in uris]
         return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+
+def require_partitions(lake: Lake, layer: str, asset: str, weeks: list[str], why: str) -> None:
+    """Raise naming the weeks of ``asset`` missing from the lake (a window that silently shrank would mislead)."""
+    missing = [w for w in weeks if not lake.exists(lake.uri(layer, asset, w))]
+    if missing:
+        raise LakeError(f"{asset} is missing for week(s) {', '.join(missing)}: {why}; materialize them first")

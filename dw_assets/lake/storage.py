@@ -133,12 +133,16 @@ class Lake:
     def read_frame(self, uri: str, columns: list[str] | None = None) -> pd.DataFrame:
         """Read one partition directory (every part file in it) into pandas."""
         if self.is_s3:
+            # pandas writes one part file, Spark several (part-00000-<uuid>...): read them all.
             bucket, key = _split_s3(uri)
-            try:
-                body = self.s3_client.get_object(Bucket=bucket, Key=f"{key}/{PART_FILE}")["Body"].read()
-            except Exception as exc:  # botocore raises a generated NoSuchKey class
-                raise LakeError(f"no lake data at {uri}: {exc}") from exc
-            return pq.read_table(io.BytesIO(body), columns=columns).to_pandas()
+            parts = [o["Key"] for page in self.s3_client.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=f"{key}/") for o in page.get("Contents", [])
+                if o["Key"].rsplit("/", 1)[-1].startswith("part-") and o["Key"].endswith(".parquet")]
+            if not parts:
+                raise LakeError(f"no lake data at {uri} (was the upstream partition materialized?)")
+            tables = [pq.read_table(io.BytesIO(self.s3_client.get_object(Bucket=bucket, Key=k)["Body"].read()),
+                                    columns=columns) for k in sorted(parts)]
+            return pa.concat_tables(tables, promote_options="default").to_pandas()
         if not Path(uri).is_dir():
             raise LakeError(f"no lake data at {uri} (was the upstream partition materialized?)")
         return pq.read_table(uri, columns=columns).to_pandas()

@@ -17,13 +17,18 @@ from dagster import (
 from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import DataFrame
 
-from dw_assets.calendar import week_key
 from dw_assets.embeddings.assets import embedding_versions
 from dw_assets.ingest.spark import load_once, map_user_batches, payload_key
-from dw_assets.lake.quality import schema_check_result, schema_check_spec, table_schema
-from dw_assets.lake.resources import LAYER_KEY
+from dw_assets.lake.quality import emit_checked, schema_check_spec, table_schema
+from dw_assets.lake.resources import LAYER_KEY, LakeResource, require_partitions
 from dw_assets.lake.storage import Artifact, vectors_from
-from dw_assets.partitions import earlier_weeks, history_window, previous_week, weekly_partitions
+from dw_assets.partitions import (
+    earlier_weeks,
+    history_window,
+    history_window_weeks,
+    previous_week,
+    weekly_partitions,
+)
 from dw_assets.ranking import features as feature_module
 from dw_assets.ranking import ranker as ranker_module
 from dw_assets.ranking.features import USER_COLUMNS, FeatureContext, build_features, training_examples
@@ -36,9 +41,9 @@ from dw_assets.ranking.playlists import (
     rank_users,
 )
 from dw_assets.ranking.ranker import RankerConfig, TrainedRanker, train_ranker
-from dw_assets.ranking.rerank import RerankConfig, update_posteriors
+from dw_assets.ranking.rerank import FALLBACK_SOURCE, RerankConfig, update_posteriors
 from dw_assets.ranking.schemas import RANKED_PLAYLISTS
-from dw_assets.versioning import model_version
+from dw_assets.versioning import VersionMismatch, model_version, require_same_version
 
 GROUP = "ranking"
 FEATURE_INPUTS = ("user_profiles", "track_stats", "item2vec_embeddings", "audio_embeddings", "user_embeddings",
@@ -72,7 +77,7 @@ def feature_context(user_profiles: pd.DataFrame | None, track_stats: pd.DataFram
                                    description="LightGBM on week W-1's candidates labelled by week W's listening "
                                                "(time split); features as of W-1.")},
     ins={
-        "candidates": AssetIn(partition_mapping=previous_week),
+        "candidates": AssetIn(partition_mapping=previous_week),  # the first week has none: start a week later
         "interactions": AssetIn(metadata={"columns": ["user_id", "track_id", "ts", "is_positive", "saved", "context",
                                                       "position"]}),
         **{name: AssetIn(partition_mapping=previous_week,
@@ -95,6 +100,8 @@ def ranker_model(
 ):
     settings = config.settings()
     previous_version = embedding_versions(user_embeddings=user_embeddings, track_embeddings=track_embeddings)
+    require_same_version({"candidates": _one_version(candidates["model_version"].unique()),
+                          "embeddings": previous_version})
     examples, labels, weights = training_examples(candidates, interactions, rows=settings.training_rows,
                                                   graded=settings.graded_labels,
                                                   min_propensity=settings.min_propensity)
@@ -165,6 +172,7 @@ def ranked_playlists(
     context: AssetExecutionContext,
     config: PlaylistsConfig,
     pyspark: LazyPySparkResource,
+    lake: LakeResource,
     candidates: DataFrame,
     ranker_model: Artifact,
     user_profiles: DataFrame,
@@ -181,6 +189,10 @@ def ranked_playlists(
     started = time.perf_counter()
     spark = pyspark.spark_session
     version = embedding_versions(user_embeddings=user_embeddings, track_embeddings=track_embeddings)
+    require_same_version({"candidates": _one_version([r[0] for r in candidates.select("model_version").distinct()
+                                                      .collect()]), "embeddings": version})
+    require_partitions(lake.open(), "silver", "interactions", history_window_weeks(week),
+                       "heard tracks (never recommended) come from the whole 12-week window")
     rerank = config.rerank()
     tracks = track_stats[list(TRACK_TABLE)].sort_values("track_id").reset_index(drop=True)
     this_week = interactions.where(F.col("ts") >= F.lit(pd.Timestamp(week, tz="UTC")))
@@ -194,7 +206,7 @@ def ranked_playlists(
     )
     posteriors = exploration_posteriors(earlier_playlists, interactions, rerank, week)
     users = playlist_users(spark, user_profiles, user_directory, user_embeddings, interactions, candidates, posteriors)
-    n_users = users.count()
+    n_users = user_profiles.count()
     blob = models.to_bytes()
     key, shipped = payload_key(blob), spark.sparkContext.broadcast(blob)
 
@@ -202,26 +214,38 @@ def ranked_playlists(
         return rank_users(batch, load_once(key, lambda: PlaylistModels.from_bytes(shipped.value)), week)
 
     partitions = max(1, -(-n_users // config.users_per_task))
-    playlists = map_user_batches(users, run_batch, PLAYLIST_SPARK_SCHEMA, partitions).toPandas()
-    playlists = playlists.sort_values(["user_id", "position"], kind="stable").reset_index(drop=True)
-    playlists.insert(0, "week", week)
-    per_user = playlists.groupby("user_id").size()
-    short = int((per_user < rerank.playlist_size).sum()) + int(n_users - len(per_user))
-    yield Output(playlists, output_name="ranked_playlists", metadata={
+    playlists = (map_user_batches(users, run_batch, PLAYLIST_SPARK_SCHEMA, partitions)
+                 .withColumn("week", F.lit(week)).orderBy("user_id", "position").persist())
+    per_user = playlists.groupBy("user_id").agg(
+        F.count("*").alias("slots"), F.sum(F.col("is_exploration").cast("int")).alias("exploration"),
+        F.max((F.col("source") == FALLBACK_SOURCE).cast("int")).alias("fallback"))
+    totals = per_user.agg(F.count("*").alias("users"), F.sum("slots").alias("rows"),
+                          F.sum((F.col("slots") < rerank.playlist_size).cast("int")).alias("short"),
+                          F.sum("exploration").alias("exploration"), F.sum("fallback").alias("fallback")).first()
+    served = int(totals["users"] or 0)
+    elapsed = time.perf_counter() - started
+    yield from emit_checked("ranked_playlists", playlists, RANKED_PLAYLISTS, {
         "model_version": version,
         "ranker_version": ranker_model.model_version,
-        "users": int(len(per_user)),
-        "dagster/row_count": int(len(playlists)),
-        "users_with_short_playlists": short,
-        "exploration_slots": int(playlists["is_exploration"].sum()),
-        "fallback_users": int(playlists.loc[playlists["source"] == "popularity_fallback", "user_id"].nunique()),
+        "users": served,
+        "users_with_short_playlists": int(totals["short"] or 0) + int(n_users - served),
+        "exploration_slots": int(totals["exploration"] or 0),
+        "fallback_users": int(totals["fallback"] or 0),
         "posterior_pairs": int(len(posteriors)),
-        "users_per_s": round(len(per_user) / max(time.perf_counter() - started, 1e-9), 1),
+        "users_per_s": round(served / max(elapsed, 1e-9), 1),
         "shipped_model_mb": round(len(blob) / 2**20, 1),
-        "elapsed_s": round(time.perf_counter() - started, 1),
-        "sample": MetadataValue.md(playlists.head(30).to_markdown(index=False)),
+        "elapsed_s": round(elapsed, 1),
+        "sample": MetadataValue.md(playlists.limit(30).toPandas().to_markdown(index=False)),
     })
-    yield schema_check_result("ranked_playlists", playlists, RANKED_PLAYLISTS, blocking=True)
+    shipped.unpersist()
+
+
+def _one_version(versions) -> str:
+    """The single model version of a table's rows (raises if it holds several or none)."""
+    versions = sorted(set(versions))
+    if len(versions) != 1:
+        raise VersionMismatch(f"expected one model_version in the candidates, found {versions or 'none'}")
+    return versions[0]
 
 
 def exploration_posteriors(earlier_playlists: pd.DataFrame, interactions: DataFrame, rerank: RerankConfig,
@@ -233,8 +257,11 @@ def exploration_posteriors(earlier_playlists: pd.DataFrame, interactions: DataFr
         return pd.DataFrame({"user_id": pd.Series(dtype=np.int64), "genre": pd.Series(dtype=str),
                              "alpha": pd.Series(dtype=float), "beta": pd.Series(dtype=float)})
     explored = interactions.sparkSession.createDataFrame(slots[["user_id"]].drop_duplicates())
-    outcomes = (interactions.join(explored, "user_id").select("user_id", "track_id", "ts", "is_positive").toPandas())
-    outcomes["week"] = [week_key(t) for t in pd.to_datetime(outcomes.pop("ts"), utc=True)]
+    # Spark truncates to the Monday that starts the week: the partition key of the listening week.
+    outcomes = (interactions.join(explored, "user_id")
+                .select("user_id", "track_id", "is_positive",
+                        F.date_format(F.date_trunc("week", "ts"), "yyyy-MM-dd").alias("week"))
+                .toPandas())
     return update_posteriors(slots, outcomes, rerank, as_of_week=week)
 
 

@@ -23,9 +23,9 @@ from pyspark.sql import DataFrame
 from dw_assets.embeddings.assets import embedding_versions
 from dw_assets.ingest.spark import load_once, map_user_batches, payload_key
 from dw_assets.lake.quality import emit_checked, schema_check_spec, table_schema
-from dw_assets.lake.resources import LAYER_KEY
+from dw_assets.lake.resources import LAYER_KEY, LakeResource, require_partitions
 from dw_assets.lake.storage import Artifact, array_bytes, vectors_from
-from dw_assets.partitions import history_window, weekly_partitions
+from dw_assets.partitions import history_window, history_window_weeks, weekly_partitions
 from dw_assets.retrieval.ann import AnnConfig, AnnIndex, build_index, measure
 from dw_assets.retrieval.candidates import (
     CANDIDATE_SPARK_SCHEMA,
@@ -125,6 +125,7 @@ def candidates(
     context: AssetExecutionContext,
     config: CandidatesConfig,
     pyspark: LazyPySparkResource,
+    lake: LakeResource,
     faiss_index: Artifact,
     user_embeddings: Artifact,
     item2vec_embeddings: Artifact,
@@ -134,6 +135,8 @@ def candidates(
     interactions: DataFrame,
 ):
     version = embedding_versions(faiss_index=faiss_index, user_embeddings=user_embeddings)
+    require_partitions(lake.open(), "silver", "interactions", history_window_weeks(context.partition_key),
+                       "the heard-track filter reads the whole 12-week window")
     started = time.perf_counter()
     audio_ids, audio_vectors = vectors_from(audio_embeddings)
     cold = track_stats.loc[track_stats["is_cold"] | track_stats["is_new_release"], "track_id"].to_numpy(np.int64)
@@ -144,7 +147,8 @@ def candidates(
     spark = pyspark.spark_session
     users = candidate_users(spark, user_embeddings, user_profiles, interactions)
     blob = models.to_bytes()
-    frame = run_candidates(spark, users, blob, config.settings(threads=1), config.partitions).persist()
+    frame = run_candidates(spark, users, blob, config.settings(threads=1), config.partitions)
+    frame = frame.withColumn("model_version", F.lit(version)).persist()
     by_source = {r["sources"]: r["count"] for r in frame.groupBy("sources").count().collect()}
     yield from emit_checked("candidates", frame, CANDIDATES, {
         "model_version": version,

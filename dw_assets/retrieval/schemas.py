@@ -18,6 +18,7 @@ CANDIDATES = pa.DataFrameSchema(
         "two_tower_score": Column("float32", nullable=True),
         "item2vec_score": Column("float32", nullable=True),
         "audio_score": Column("float32", nullable=True),
+        "model_version": Column(str),  # the embeddings' version: later assets refuse another one
     },
     strict=True,
     unique=["user_id", "track_id"],

@@ -29,6 +29,8 @@ class PlaylistStoreResource(ConfigurableResource):
     keep_weeks: int = 4
 
     def open(self) -> PlaylistStore:
+        if not self.url:
+            raise ValueError("no serving store configured: set DW_STORE_URL (sqlite:///..., redis://..., scylla://...)")
         return open_store(self.url)
 
 

@@ -275,6 +275,13 @@ class _Pool:
         return added
 
 
+def _open_pool(source: tuple, heard: np.ndarray, playlist: _Playlist, config: RerankConfig) -> _Pool:
+    """A pool over one table's slice for one user; opened now, it starts from the list's current state."""
+    table, a, b, track, artist, genre, score = source
+    allowed = ~np.isin(track[a:b], heard) if heard.size else np.ones(b - a, dtype=bool)
+    return _Pool(table, a, track[a:b], artist[a:b], genre[a:b], score[a:b], allowed, playlist, config)
+
+
 def exploration_positions(n_exploration: int, length: int) -> np.ndarray:
     """1-based positions of ``n_exploration`` slots spread over a list of ``length``: int64[n]."""
     if n_exploration == 0:
@@ -450,13 +457,14 @@ def rerank_batch(scored: pd.DataFrame, users: pd.DataFrame, posteriors: pd.DataF
         else:  # no candidates (no history): the country's popular tracks are the whole pool
             sources = [country_pool]
 
-        for index, (table, a, b, track, artist, genre, score) in enumerate(sources):
-            allowed = ~np.isin(track[a:b], heard) if heard.size else np.ones(b - a, dtype=bool)
-            pool = _Pool(table, a, track[a:b], artist[a:b], genre[a:b], score[a:b], allowed, playlist, config)
-            if index == 0:
-                pool.fill(size - n_exploration)
-                pool.explore(n_exploration, shares[u], alpha, beta, rng)
-            pool.fill(size - len(playlist))
+        first = _open_pool(sources[0], heard, playlist, config)
+        first.fill(size - n_exploration)
+        left = n_exploration - first.explore(n_exploration, shares[u], alpha, beta, rng)
+        if left and len(sources) > 1:
+            # The candidates hold no little-heard genre (a narrow taste): explore the country's popular tracks.
+            _open_pool(sources[1], heard, playlist, config).explore(left, shares[u], alpha, beta, rng)
+        for source in sources:
+            _open_pool(source, heard, playlist, config).fill(size - len(playlist))
             if len(playlist) == size:
                 break
 

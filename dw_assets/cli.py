@@ -163,8 +163,9 @@ def bench_serving_command(store_url, users, rate, seconds, runs, as_json):
     results = [bench_serving(store_url, users=users, rate=rate, seconds=seconds, seed=run) for run in range(runs)]
     loads = [r["load"] for r in results]
     summary = {"store": store_url.split("?", 1)[0], "users": users, "rate": rate, "seconds": seconds, "runs": runs,
+               "connections": loads[0]["connections"], "unknown_fraction": loads[0]["unknown_fraction"],
                **{f"median_{k}": statistics.median(float(x[k]) for x in loads)
-                  for k in loads[0] if isinstance(loads[0][k], int | float) and not isinstance(loads[0][k], bool)},
+                  for k in ("achieved_rps", "errors", "server_cpu_pct", "client_cpu_pct")},
                **{f"median_latency_{q}_ms": statistics.median(x["latency_ms"][q] for x in loads)
                   for q in ("p50", "p95", "p99", "max")},
                "max_latency_p99_ms": max(x["latency_ms"]["p99"] for x in loads),

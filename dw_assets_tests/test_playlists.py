@@ -42,3 +42,40 @@ def test_candidate_arrays_explode_back_to_rows_aligned_per_user():
     assert rows["two_tower_rank"].dtype == np.int32 and rows["audio_score"].dtype == np.float32
     posteriors = user_posteriors(users)
     assert posteriors.values.tolist() == [[5, "rock", 2.0, 1.0]]
+
+
+def test_a_heard_window_with_a_missing_week_is_refused_by_name(tmp_path):
+    import pytest
+
+    from dw_assets.lake.resources import require_partitions
+    from dw_assets.lake.storage import Lake, LakeError
+
+    lake = Lake(str(tmp_path))
+    frame = pd.DataFrame({"user_id": [1], "track_id": [2]})
+    for week in ("2026-01-05", "2026-01-19"):
+        lake.write_frame(frame, lake.uri("silver", "interactions", week))
+    require_partitions(lake, "silver", "interactions", ["2026-01-05", "2026-01-19"], "heard tracks")
+    with pytest.raises(LakeError, match="2026-01-12"):
+        require_partitions(lake, "silver", "interactions", ["2026-01-05", "2026-01-12", "2026-01-19"], "heard tracks")
+
+
+def test_candidates_of_two_model_versions_are_refused():
+    import pytest
+
+    from dw_assets.ranking.assets import _one_version
+    from dw_assets.versioning import VersionMismatch
+
+    assert _one_version(["2026-01-05-abc", "2026-01-05-abc"]) == "2026-01-05-abc"
+    with pytest.raises(VersionMismatch):
+        _one_version(["2026-01-05-abc", "2026-01-05-def"])
+    with pytest.raises(VersionMismatch):
+        _one_version([])
+
+
+def test_the_first_landed_week_is_refused_with_a_reason(tmp_path):
+    import pytest
+
+    from dw_assets.automation.runner import RunError, materialize_week
+
+    with pytest.raises(RunError, match="no landed week before it"):
+        materialize_week(tmp_path, "2026-01-05", ["2026-01-05", "2026-01-12"], progress=lambda m: None)

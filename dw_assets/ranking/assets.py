@@ -41,8 +41,9 @@ from dw_assets.ranking.playlists import (
     rank_users,
 )
 from dw_assets.ranking.ranker import RankerConfig, TrainedRanker, train_ranker
-from dw_assets.ranking.rerank import FALLBACK_SOURCE, RerankConfig, update_posteriors
+from dw_assets.ranking.rerank import FALLBACK_SOURCE, RerankConfig, empty_posteriors, update_posteriors
 from dw_assets.ranking.schemas import RANKED_PLAYLISTS
+from dw_assets.retrieval.assets import heard_tracks
 from dw_assets.versioning import VersionMismatch, model_version, require_same_version
 
 GROUP = "ranking"
@@ -254,8 +255,7 @@ def exploration_posteriors(earlier_playlists: pd.DataFrame, interactions: DataFr
     slots = earlier_playlists.loc[earlier_playlists["is_exploration"].astype(bool),
                                   ["week", "user_id", "track_id", "genre"]] if len(earlier_playlists) else None
     if slots is None or slots.empty:
-        return pd.DataFrame({"user_id": pd.Series(dtype=np.int64), "genre": pd.Series(dtype=str),
-                             "alpha": pd.Series(dtype=float), "beta": pd.Series(dtype=float)})
+        return empty_posteriors()
     explored = interactions.sparkSession.createDataFrame(slots[["user_id"]].drop_duplicates())
     # Spark truncates to the Monday that starts the week: the partition key of the listening week.
     outcomes = (interactions.join(explored, "user_id")
@@ -272,7 +272,7 @@ def playlist_users(spark, user_profiles: DataFrame, user_directory: pd.DataFrame
     user_vectors = spark.createDataFrame(pd.DataFrame({"user_id": ids, "user_vector": list(vectors)}),
                                          "user_id long, user_vector array<float>")
     country = spark.createDataFrame(user_directory[["user_id", "country"]], "user_id long, country string")
-    heard = interactions.groupBy("user_id").agg(F.collect_set("track_id").alias("heard"))
+    heard = heard_tracks(interactions)
     # Arrays of one struct list, sorted by track: the candidate columns stay aligned.
     packed = candidates.groupBy("user_id").agg(F.sort_array(F.collect_list(F.struct(*CANDIDATE_ARRAYS))).alias("c"))
     packed = packed.select("user_id", *[F.col(f"c.{c}").alias(f"c_{c}") for c in CANDIDATE_ARRAYS])

@@ -141,13 +141,7 @@ class UserInputs:
         ``user_vector`` column of the frame (array per row, null for users without one).
         ``genres``: str[g], the context's sorted genre vocabulary.
         """
-        missing = [c for c in USER_COLUMNS if c not in users.columns]
-        if missing:
-            raise ValueError(f"user frame lacks columns {missing}")
-        users = users.sort_values("user_id", kind="stable")
-        user_ids = users["user_id"].to_numpy(np.int64)
-        if len(user_ids) > 1 and not (np.diff(user_ids) > 0).all():
-            raise ValueError("user frame has duplicate user ids")
+        users, user_ids = _sorted_by_id(users, "user_id", USER_COLUMNS, "user frame")
         level = users["history_level"].map(HISTORY_LEVELS).to_numpy(np.float32)
         scalars = np.column_stack([
             level,
@@ -204,6 +198,18 @@ class UserInputs:
             vectors=None if self.vectors is None else self.vectors[rows],
             has_vector=None if self.has_vector is None else self.has_vector[rows],
         )
+
+
+def _sorted_by_id(frame: pd.DataFrame, key: str, columns: list[str], what: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """``frame`` sorted by ``key`` and its ids int64[n]; raises if columns are missing or ids repeat."""
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{what} lacks columns {missing}")
+    frame = frame.sort_values(key, kind="stable")
+    ids = frame[key].to_numpy(np.int64)
+    if len(ids) > 1 and not (np.diff(ids) > 0).all():
+        raise ValueError(f"{what} has duplicate {key.removesuffix('_id')} ids")
+    return frame, ids
 
 
 def _ragged(series: pd.Series, value_type: pa.DataType | None) -> tuple[np.ndarray, pa.Array]:
@@ -285,13 +291,7 @@ class FeatureContext:
         ``user_profiles`` None (and ``two_tower_users`` None): a track-only context, for batches
         that bring their users' profiles with them.
         """
-        missing = [c for c in TRACK_COLUMNS if c not in track_stats.columns]
-        if missing:
-            raise ValueError(f"track_stats lacks columns {missing}")
-        stats = track_stats.sort_values("track_id", kind="stable")
-        track_ids = stats["track_id"].to_numpy(np.int64)
-        if len(track_ids) > 1 and not (np.diff(track_ids) > 0).all():
-            raise ValueError("track_stats has duplicate track ids")
+        stats, track_ids = _sorted_by_id(track_stats, "track_id", TRACK_COLUMNS, "track_stats")
         genres = np.array(sorted(stats["genre"].dropna().unique().tolist()), dtype=str)
         track_artist = stats["artist_id"].to_numpy(np.int64)
         if len(track_artist) and (track_artist.min() < 0 or track_artist.max() >= MAX_KEY_PART):

@@ -19,7 +19,7 @@ import pandas as pd
 
 from dw_assets.ranking.features import FeatureContext, build_features
 from dw_assets.ranking.ranker import TrainedRanker
-from dw_assets.ranking.rerank import RerankConfig, rerank_batch
+from dw_assets.ranking.rerank import RerankConfig, empty_posteriors, rerank_batch
 
 # Candidate columns carried per user as arrays (``c_track_id`` ...).
 CANDIDATE_ARRAYS = ("track_id", "sources", "two_tower_rank", "item2vec_rank", "audio_rank",
@@ -77,15 +77,20 @@ def _parquet(frame: pd.DataFrame) -> bytes:
     return buffer.getvalue()
 
 
-def explode_candidates(users: pd.DataFrame) -> pd.DataFrame:
-    """The batch's candidates as rows: user_id + ``CANDIDATE_ARRAYS`` columns (users without any: none)."""
-    lengths = users["c_track_id"].map(lambda a: 0 if a is None else len(a)).to_numpy(np.int64)
+def _explode(users: pd.DataFrame, prefix: str, columns: tuple[str, ...]) -> pd.DataFrame:
+    """Per-user arrays ``<prefix><column>`` as rows: user_id + ``columns`` (null or empty arrays: no rows)."""
+    lengths = users[f"{prefix}{columns[0]}"].map(lambda a: 0 if a is None else len(a)).to_numpy(np.int64)
     has = lengths > 0
     frame = {"user_id": np.repeat(users["user_id"].to_numpy(np.int64), lengths)}
-    for column in CANDIDATE_ARRAYS:
-        parts = users.loc[has, f"c_{column}"].tolist()
+    for column in columns:
+        parts = users.loc[has, f"{prefix}{column}"].tolist()
         frame[column] = np.concatenate(parts) if parts else np.zeros(0)
-    out = pd.DataFrame(frame)
+    return pd.DataFrame(frame)
+
+
+def explode_candidates(users: pd.DataFrame) -> pd.DataFrame:
+    """The batch's candidates as rows: user_id + ``CANDIDATE_ARRAYS`` columns (users without any: none)."""
+    out = _explode(users, "c_", CANDIDATE_ARRAYS)
     for column in ("two_tower_rank", "item2vec_rank", "audio_rank"):
         out[column] = out[column].astype(np.int32)
     for column in ("two_tower_score", "item2vec_score", "audio_score"):
@@ -97,15 +102,8 @@ def explode_candidates(users: pd.DataFrame) -> pd.DataFrame:
 def user_posteriors(users: pd.DataFrame) -> pd.DataFrame:
     """The batch's exploration posteriors as rows: user_id, genre, alpha, beta."""
     if "p_genre" not in users.columns:
-        return pd.DataFrame({"user_id": pd.Series(dtype=np.int64), "genre": pd.Series(dtype=str),
-                             "alpha": pd.Series(dtype=float), "beta": pd.Series(dtype=float)})
-    lengths = users["p_genre"].map(lambda a: 0 if a is None else len(a)).to_numpy(np.int64)
-    has = lengths > 0
-    frame = {"user_id": np.repeat(users["user_id"].to_numpy(np.int64), lengths)}
-    for column in POSTERIOR_ARRAYS:
-        parts = users.loc[has, f"p_{column}"].tolist()
-        frame[column] = np.concatenate(parts) if parts else np.zeros(0)
-    return pd.DataFrame(frame)
+        return empty_posteriors()
+    return _explode(users, "p_", POSTERIOR_ARRAYS)
 
 
 def rank_users(users: pd.DataFrame, models: PlaylistModels, week: str) -> pd.DataFrame:
@@ -154,5 +152,4 @@ def fallback_pool(interactions: pd.DataFrame, users: pd.DataFrame, tracks: pd.Da
     counts = counts.sort_values(["country", "score", "track_id"], ascending=[True, False, True], kind="stable")
     pool = counts.groupby("country", sort=True).head(per_country).merge(tracks, on="track_id")
     pool["score"] = pool["score"].astype(np.float64)
-    return pool.sort_values(["country", "score", "track_id"], ascending=[True, False, True],
-                            kind="stable")[list(FALLBACK_COLUMNS)].reset_index(drop=True)
+    return pool[list(FALLBACK_COLUMNS)].reset_index(drop=True)  # an inner merge keeps the left (sorted) order

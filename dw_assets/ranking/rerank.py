@@ -502,6 +502,12 @@ def rerank_batch(scored: pd.DataFrame, users: pd.DataFrame, posteriors: pd.DataF
 # --------------------------------------------------------------------------- posteriors
 
 
+def empty_posteriors() -> pd.DataFrame:
+    """No (user, genre) evidence yet: every user is at the prior."""
+    return pd.DataFrame({"user_id": pd.Series(dtype=np.int64), "genre": pd.Series(dtype=object),
+                         "alpha": pd.Series(dtype=np.float64), "beta": pd.Series(dtype=np.float64)})
+
+
 def update_posteriors(past_exploration: pd.DataFrame, outcomes: pd.DataFrame, config: RerankConfig,
                       as_of_week: str | None = None) -> pd.DataFrame:  # fmt: skip
     """Beta posteriors of each (user, genre) exploration success rate, recomputed from a window.
@@ -521,8 +527,7 @@ def update_posteriors(past_exploration: pd.DataFrame, outcomes: pd.DataFrame, co
     Returns user_id int64, genre str, alpha float64, beta float64 for every (user, genre) with
     evidence; everyone else is at the prior (``prior_alpha``, ``prior_beta``).
     """
-    empty = pd.DataFrame({"user_id": pd.Series(dtype=np.int64), "genre": pd.Series(dtype=object),
-                          "alpha": pd.Series(dtype=np.float64), "beta": pd.Series(dtype=np.float64)})  # fmt: skip
+    empty = empty_posteriors()
     if past_exploration.empty or outcomes.empty:
         return empty
     slots = past_exploration[["week", "user_id", "track_id", "genre"]].drop_duplicates(["week", "user_id", "track_id"])

@@ -168,8 +168,13 @@ def candidate_users(spark, user_embeddings: Artifact, user_profiles: pd.DataFram
     profile["user_vector"] = [vectors[by_id[u]].tolist() if u in by_id else None for u in profile["user_id"].tolist()]
     profile = profile[profile["user_vector"].notna() | profile["recent_tracks"].map(len).gt(0)]
     users = spark.createDataFrame(profile, "user_id long, recent_tracks array<long>, user_vector array<float>")
-    heard = interactions.groupBy("user_id").agg(F.collect_set("track_id").alias("heard"))
+    heard = heard_tracks(interactions)
     return users.join(heard, "user_id", "left").withColumn("heard", F.coalesce("heard", F.array().cast("array<long>")))
+
+
+def heard_tracks(interactions: DataFrame) -> DataFrame:
+    """user_id, heard: every track each user played in the window (never recommended back)."""
+    return interactions.groupBy("user_id").agg(F.collect_set("track_id").alias("heard"))
 
 
 def run_candidates(spark, users: DataFrame, models_blob: bytes, settings: CandidateConfig, partitions: int) -> DataFrame:

@@ -52,14 +52,14 @@ def published_playlists(
 ) -> MaterializeResult:
     week = context.partition_key
     started = time.perf_counter()
-    last_logged = [0.0]
-    written = [0]
+    last_logged, written = 0.0, 0
 
     def progress(users: int) -> None:
-        written[0] += users
-        if time.perf_counter() - last_logged[0] > 10:
-            last_logged[0] = time.perf_counter()
-            context.log.info(f"published {written[0]:,} users of week {week}")
+        nonlocal last_logged, written
+        written += users
+        if time.perf_counter() - last_logged > 10:
+            last_logged = time.perf_counter()
+            context.log.info(f"published {written:,} users of week {week}")
 
     with playlist_store.open() as store:
         stats = publish_week(store, week, ranked_playlists[list(PLAYLIST_COLUMNS)],

@@ -142,6 +142,123 @@ def serve(store_url, host, port, workers):
 
 
 
+@main.command()
+@click.option("--lake", "lake_dir", required=True, type=click.Path(file_okay=False), help="Lake root (holds landing/).")
+@click.option("--week", default=None, help="Week key; default: the manifest's last training week.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (week, holdout_week, systems, ...).")
+@click.option("--refresh", is_flag=True, help="Re-materialize the evaluation even if the lake has it.")
+def evaluate(lake_dir, week, as_json, refresh):
+    """Every system side by side on WEEK's discovery holdout (materializes the evaluation assets if needed)."""
+    from dw_assets.automation.runner import RunError, evaluate_week
+    from dw_assets.evaluation.systems import evaluation_json, quality_targets
+    from dw_assets.lake.storage import Lake
+
+    lake_root, manifest = _lake_and_manifest(lake_dir)
+    week = week or manifest.get("last_training_week")
+    if week is None:
+        raise click.UsageError("no manifest in the lake: pass --week")
+    try:
+        evaluate_week(lake_root, week, manifest.get("weeks"), refresh=refresh, progress=_echo_step)
+    except RunError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    lake = Lake(str(lake_root))
+    table = lake.read_frame(lake.uri("gold", "offline_evaluation", week))
+    if as_json:
+        click.echo(json.dumps(evaluation_json(table)))
+        return
+    click.echo(_evaluation_text(lake, table, quality_targets(table), week))
+
+
+def _lake_and_manifest(lake_dir: str) -> tuple[Path, dict]:
+    lake_root = Path(lake_dir).resolve()
+    manifest_path = lake_root / "landing" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    os.environ.setdefault("DAGSTER_HOME", str(lake_root / "dagster_home"))
+    return lake_root, manifest
+
+
+def _evaluation_text(lake, table, targets, week: str) -> str:
+    from dw_assets.evaluation.assets import REPORT_COLUMNS
+
+    overall = table[table["segment"] == "all"].set_index("system")
+    pipeline = table[table["system"] == "pipeline"].set_index("segment")
+    columns = [c for c in REPORT_COLUMNS if c in overall.columns]
+    first = table.iloc[0]
+    lines = [f"offline evaluation of week {week} on the discovery holdout of {first['holdout_week']} "
+             f"({int(overall.at['pipeline', 'users']):,} users with holdout positives)",
+             overall[["users", *columns]].to_string(float_format=lambda v: f"{v:.4f}"),
+             "", "pipeline by user segment:",
+             pipeline[["users", "ndcg@30", "recall@30", "hit_rate@30", "popularity_lift", "cold_share"]].to_string(
+                 float_format=lambda v: f"{v:.4f}"),
+             "", f"retrieval recall@500 {first['retrieval_recall@500']:.4f}, "
+                 f"ANN recall@500 vs exact {first['ann_recall@500']:.4f}",
+             "", "quality targets:", targets.to_string(index=False, float_format=lambda v: f"{v:.4f}")]
+    report = lake.uri("reports", "evaluation_report", week)
+    if lake.exists(report):
+        lines += ["", f"report: {report}/report.html"]
+    return "\n".join(lines)
+
+
+@main.command()
+@click.option("--lake", "lake_dir", required=True, type=click.Path(file_okay=False), help="Lake root (holds landing/).")
+@click.option("--week", default=None, help="Week key; default: the manifest's last training week.")
+@click.option("--experiment", default="discover-weekly", show_default=True, help="Salts the user split.")
+@click.option("--treatment-share", type=float, default=0.05, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the simulated listeners.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+def ab(lake_dir, week, experiment, treatment_share, seed, as_json):
+    """Simulated A/B test: last week's models (control) vs this week's (treatment), played by the simulator."""
+    from dagster import AssetSelection
+
+    from dw_assets.automation.runner import RunError, evaluate_week, has_simulator_truth
+
+    lake_root, manifest = _lake_and_manifest(lake_dir)
+    week = week or manifest.get("last_training_week")
+    if week is None:
+        raise click.UsageError("no manifest in the lake: pass --week")
+    if not 0 < treatment_share < 1:
+        raise click.UsageError(f"--treatment-share must be in (0, 1), got {treatment_share}")
+    if not has_simulator_truth(lake_root):
+        raise click.UsageError(f"{lake_root}/simulator/ not found: the simulated A/B needs a world from `dw simulate`")
+    ops = {"simulated_ab_test": {"config": {"experiment": experiment, "treatment_share": treatment_share,
+                                             "seed": seed}}}
+    selection = (AssetSelection.assets("simulated_ab_test").upstream()
+                 & AssetSelection.groups("evaluation")) - AssetSelection.assets("retrieval_evaluation")
+    try:
+        evaluate_week(lake_root, week, manifest.get("weeks"), refresh=True, progress=_echo_step, ops=ops,
+                      selection=_missing_then(lake_root, week, selection))
+    except RunError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
+
+    record = DagsterInstance.get().fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey("simulated_ab_test"), asset_partitions=[week]), limit=1).records[0]
+    summary = record.asset_materialization.metadata["summary"].value
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    import pandas as pd
+
+    click.echo(f"simulated A/B, week {week}: experiment {summary['experiment']!r}, users {summary['users']}")
+    click.echo(pd.DataFrame(summary["arms"]).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    click.echo(pd.DataFrame(summary["effects"]).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    click.echo(f"verdict: {summary['verdict']} - {summary['reason']}")
+
+
+def _missing_then(lake_root: Path, week: str, selection):
+    """The A/B alone when the control arm is in the lake already, else the control arm first."""
+    from dagster import AssetSelection
+
+    from dw_assets.lake.storage import Lake
+
+    lake = Lake(str(lake_root))
+    if lake.exists(lake.uri("gold", "last_week_playlists", week)):
+        return AssetSelection.assets("simulated_ab_test")
+    return selection
+
+
 @main.group()
 def bench() -> None:
     """Benchmarks (medians of several runs, the quality figure beside each speed figure)."""

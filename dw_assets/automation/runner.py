@@ -141,9 +141,45 @@ def materialize_week(
         result = _run(AssetSelection.assets(*PER_WEEK_ASSETS), holdout, lake_root, instance)
         progress(f"week {holdout}: holdout ingested for evaluation in {time.perf_counter() - started:.1f}s")
         report += _summarize(result, holdout)
-    selection = AssetSelection.all() if evaluable else AssetSelection.all() - AssetSelection.groups("evaluation")
+    selection = AssetSelection.all() - AssetSelection.groups("evaluation")
+    if evaluable:
+        selection = selection | evaluation_selection(lake_root)
     started = time.perf_counter()
     result = _run(selection, week, lake_root, instance, ops, store_url)
     progress(f"week {week}: all assets materialized in {time.perf_counter() - started:.1f}s (run {result.run_id[:8]})")
     report += _summarize(result, week)
     return "materialized:\n" + "\n".join(report)
+
+
+def has_simulator_truth(lake_root: Path | str) -> bool:
+    """Only a simulated world (``dw simulate``) has hidden listeners to play the A/B arms."""
+    return not str(lake_root).startswith("s3://") and (Path(lake_root) / "simulator").is_dir()
+
+
+def evaluation_selection(lake_root: Path | str) -> AssetSelection:
+    """The evaluation group (and the monitoring its report shows); the simulated A/B only where the simulator's truth is."""
+    selection = AssetSelection.groups("evaluation", "monitoring")
+    return selection if has_simulator_truth(lake_root) else selection - AssetSelection.assets("simulated_ab_test")
+
+
+def evaluate_week(lake_root: Path, week: str, known_weeks: list[str] | None, refresh: bool = False,
+                  progress: Callable[[str], None] = print, ops: dict | None = None,
+                  selection: AssetSelection | None = None) -> None:
+    """Materialize ``week``'s evaluation assets (once; ``refresh`` re-runs them) after ``dw run`` built the week."""
+    lake = build_resources(str(lake_root))["lake"].open()
+    holdout = shift_week(week, 1)
+    if not lake.exists(lake.uri("gold", "ranked_playlists", week)):
+        raise RunError(f"week {week} has no playlists in {lake_root}: run `dw run --lake {lake_root} --week {week}` "
+                       "first")
+    if not lake.exists(lake.uri("silver", "interactions", holdout)):
+        if holdout not in (known_weeks or []):
+            raise RunError(f"week {week} cannot be evaluated yet: its holdout week {holdout} has not landed")
+        result = _run(AssetSelection.assets(*PER_WEEK_ASSETS), holdout, lake_root, run_instance())
+        progress(f"week {holdout}: holdout ingested for evaluation (run {result.run_id[:8]})")
+    selection = selection or evaluation_selection(lake_root)
+    if not refresh and lake.exists(lake.uri("gold", "offline_evaluation", week)) and selection == evaluation_selection(
+            lake_root):
+        return
+    started = time.perf_counter()
+    result = _run(selection, week, lake_root, run_instance(), ops)
+    progress(f"week {week}: evaluation materialized in {time.perf_counter() - started:.1f}s (run {result.run_id[:8]})")

@@ -1,29 +1,81 @@
-"""Retrieval quality on the discovery holdout: two-tower vs ``implicit`` ALS vs popularity."""
+"""The weekly evaluation: retrieval recall, last week's models on this week's users, the offline
+comparison of every system on the discovery holdout, the simulated A/B test and drift monitoring."""
 
+import base64
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetDep,
     AssetExecutionContext,
     AssetIn,
+    AssetKey,
     AssetOut,
+    AssetRecordsFilter,
     Config,
     MetadataValue,
     Output,
     TimeWindowPartitionMapping,
     multi_asset,
 )
+from dagster_pyspark import LazyPySparkResource
 from pandera.pandas import Check, Column
+from pyspark.sql import DataFrame
 
-from dw_assets.calendar import week_bounds
-from dw_assets.evaluation.baselines import AlsConfig, als_top_k, embedding_top_k, popularity_top_k
+from dw_assets.calendar import shift_week, week_bounds
+from dw_assets.embeddings.assets import embedding_versions
+from dw_assets.embeddings.two_tower import TrainedTwoTower
+from dw_assets.evaluation.ab import ABConfig, ab_frame, play_arms, summarize_ab
+from dw_assets.evaluation.baselines import (
+    AlsConfig,
+    ItemCfConfig,
+    als_top_k,
+    embedding_top_k,
+    popularity_top_k,
+)
 from dw_assets.evaluation.holdout import discovery_holdout, recall_at_k
-from dw_assets.lake.quality import schema_check_result, schema_check_spec, table_schema
-from dw_assets.lake.resources import LAYER_KEY
-from dw_assets.lake.storage import Artifact, vectors_from
-from dw_assets.partitions import HISTORY_WEEKS, weekly_partitions
+from dw_assets.evaluation.metrics import metric_keys
+from dw_assets.evaluation.monitoring import (
+    batch_window_sla,
+    feature_drift,
+    prediction_drift,
+    summarize,
+    volume_anomaly,
+)
+from dw_assets.evaluation.report import render_report
+from dw_assets.evaluation.systems import (
+    LIST_COLUMNS,
+    SYSTEMS,
+    baseline_lists,
+    compare_systems,
+    evaluation_json,
+    holdout_truth,
+    quality_targets,
+    split_holdout,
+    track_table,
+)
+from dw_assets.lake.quality import emit_checked, schema_check_result, schema_check_spec, table_schema
+from dw_assets.lake.resources import LAYER_KEY, LakeResource
+from dw_assets.lake.storage import Artifact, Lake, vectors_artifact, vectors_from
+from dw_assets.partitions import (
+    HISTORY_WEEKS,
+    earlier_weeks,
+    history_window,
+    history_window_weeks,
+    previous_week,
+    weekly_partitions,
+)
+from dw_assets.ranking.assets import PlaylistsConfig, build_playlists
+from dw_assets.ranking.ranker import TrainedRanker
+from dw_assets.ranking.schemas import RANKED_PLAYLISTS
+from dw_assets.retrieval.assets import CandidatesConfig, candidate_models, candidate_users, run_candidates
+from dw_assets.simulate import load_truth
 
 EVAL_COLUMNS = ["user_id", "track_id", "ts", "is_positive", "weight"]
 RETRIEVAL_EVALUATION = pa.DataFrameSchema(
@@ -121,4 +173,419 @@ def retrieval_evaluation(
     yield schema_check_result("retrieval_evaluation", table, RETRIEVAL_EVALUATION, blocking=False)
 
 
-evaluation_assets = [retrieval_evaluation]
+
+
+# -- last week's models on this week's users: the A/B control and the "last_week" baseline ---------------
+
+
+
+@multi_asset(
+    outs={"last_week_playlists": AssetOut(
+        group_name="evaluation", metadata={LAYER_KEY: "gold", "dagster/column_schema": table_schema(RANKED_PLAYLISTS)},
+        description="Week W-1's models (two-tower, item2vec, audio, FAISS, and its ranker when W-1 has one) applied "
+                    "to week W's users through the same funnel: the A/B control arm and the last_week baseline.")},
+    ins={
+        **{name: AssetIn(partition_mapping=previous_week, dagster_type=Artifact)
+           for name in ("two_tower_model", "faiss_index", "item2vec_embeddings", "audio_embeddings",
+                        "track_embeddings")},
+        "ranker_model": AssetIn(dagster_type=Artifact),  # this week's: stands in when W-1 has no ranker
+        "user_profiles": AssetIn(),
+        "user_directory": AssetIn(metadata={"columns": ["user_id", "country"]}),
+        "track_stats": AssetIn(),
+        "interactions": AssetIn(partition_mapping=history_window),
+        "earlier_playlists": AssetIn(key="ranked_playlists", partition_mapping=earlier_weeks,
+                                     metadata={"columns": ["week", "user_id", "track_id", "genre", "is_exploration"],
+                                               "may_be_empty": True}),
+    },
+    partitions_def=weekly_partitions,
+    check_specs=[schema_check_spec("last_week_playlists", RANKED_PLAYLISTS, blocking=False)],
+)
+def last_week_playlists(
+    context: AssetExecutionContext,
+    config: PlaylistsConfig,
+    pyspark: LazyPySparkResource,
+    lake: LakeResource,
+    two_tower_model: Artifact,
+    faiss_index: Artifact,
+    item2vec_embeddings: Artifact,
+    audio_embeddings: Artifact,
+    track_embeddings: Artifact,
+    ranker_model: Artifact,
+    user_profiles: DataFrame,
+    user_directory: pd.DataFrame,
+    track_stats: pd.DataFrame,
+    interactions: DataFrame,
+    earlier_playlists: pd.DataFrame,
+):
+    week = context.partition_key
+    spark = pyspark.spark_session
+    version = embedding_versions(two_tower_model=two_tower_model, faiss_index=faiss_index,
+                                 track_embeddings=track_embeddings)
+    started = time.perf_counter()
+    # Last week's user tower on this week's histories: vectors in last week's space.
+    profiles = user_profiles.toPandas()
+    tower = TrainedTwoTower.from_bytes(two_tower_model.files["two_tower.bin"])
+    users = vectors_artifact(*tower.user_vectors(profiles), {"model_version": version})
+    models = candidate_models(faiss_index, item2vec_embeddings, audio_embeddings, track_stats, version)
+    candidate_frame = run_candidates(spark, candidate_users(spark, users, profiles, interactions), models.to_bytes(),
+                                     CandidatesConfig().settings(threads=1), CandidatesConfig().partitions).persist()
+    ranker, ranker_week = last_week_ranker(lake.open(), week, ranker_model)
+    playlists, stats = build_playlists(spark, week, config, candidate_frame, ranker, user_profiles, user_directory,
+                                       track_stats, item2vec_embeddings, audio_embeddings, users, track_embeddings,
+                                       interactions, earlier_playlists)
+    yield from emit_checked("last_week_playlists", playlists, RANKED_PLAYLISTS, {
+        "model_version": version, "ranker_from_week": ranker_week, **stats,
+        "elapsed_s": round(time.perf_counter() - started, 1),
+    }, blocking=False)
+    candidate_frame.unpersist()
+
+
+def last_week_ranker(lake: Lake, week: str, this_week: Artifact) -> tuple[TrainedRanker, str]:
+    """Week W-1's ranker when the lake has it; else this week's (W-1 was the first week with candidates)."""
+    previous = shift_week(week, -1)
+    uri = lake.uri("models", "ranker_model", previous)
+    artifact, used = (lake.read_artifact(uri), previous) if lake.exists(uri) else (this_week, week)
+    return TrainedRanker.from_bytes(artifact.files["ranker.bin"]), used
+
+
+# -- the offline comparison ---------------------------------------------------------------------------
+
+OFFLINE_EVALUATION = pa.DataFrameSchema(
+    {
+        "week": Column(str),
+        "holdout_week": Column(str),
+        "system": Column(str, Check.isin(list(SYSTEMS))),
+        "segment": Column(str),
+        "users": Column("int64", Check.ge(0)),
+        **{key: Column(float, nullable=True) for key in metric_keys(30)},
+    },
+    strict=False,
+    unique=["system", "segment"],
+    name="offline_evaluation",
+)
+PLAYLIST_COLUMNS = ["user_id", "position", "track_id", "ranker_score", "source", "is_exploration", "genre"]
+PROFILE_COLUMNS = ["user_id", "genre_share", "mean_popularity_percentile", "history_level", "is_new_user"]
+
+
+class OfflineEvaluationConfig(Config):
+    k: int = 30
+    als_factors: int = AlsConfig.factors
+    als_iterations: int = AlsConfig.iterations
+    item_cf_neighbours: int = ItemCfConfig.neighbours
+    seed: int = AlsConfig.seed
+
+
+@multi_asset(
+    outs={"offline_evaluation": AssetOut(
+        group_name="evaluation",
+        metadata={LAYER_KEY: "gold", "dagster/column_schema": table_schema(OFFLINE_EVALUATION)},
+        description="Every system side by side on the discovery holdout (DESIGN §6): precision/recall/NDCG/hit "
+                    "rate/MAP@30, coverage, diversity, novelty, popularity lift, calibration, cold tracks; by "
+                    "user segment. Writes the week's HTML report to LAKE/reports/.")},
+    ins={
+        "ranked_playlists": AssetIn(metadata={"columns": PLAYLIST_COLUMNS}),
+        "last_week_playlists": AssetIn(metadata={"columns": PLAYLIST_COLUMNS}),
+        "interactions": AssetIn(partition_mapping=history_and_next_week, metadata={"columns": EVAL_COLUMNS}),
+        "user_embeddings": AssetIn(dagster_type=Artifact),
+        "track_embeddings": AssetIn(dagster_type=Artifact),
+        "faiss_index": AssetIn(dagster_type=Artifact),
+        "track_stats": AssetIn(),
+        "user_profiles": AssetIn(metadata={"columns": PROFILE_COLUMNS}),
+        "retrieval_evaluation": AssetIn(),
+    },
+    partitions_def=weekly_partitions,
+    check_specs=[schema_check_spec("offline_evaluation", OFFLINE_EVALUATION, blocking=False)],
+)
+def offline_evaluation(
+    context: AssetExecutionContext,
+    config: OfflineEvaluationConfig,
+    ranked_playlists: pd.DataFrame,
+    last_week_playlists: pd.DataFrame,
+    interactions: pd.DataFrame,
+    user_embeddings: Artifact,
+    track_embeddings: Artifact,
+    faiss_index: Artifact,
+    track_stats: pd.DataFrame,
+    user_profiles: pd.DataFrame,
+    retrieval_evaluation: pd.DataFrame,
+):
+    week = context.partition_key
+    _, holdout_start = week_bounds(week)
+    holdout_week = shift_week(week, 1)
+    history, holdout = split_holdout(interactions, holdout_start)
+    if holdout.empty:
+        raise ValueError(f"no interactions for week {holdout_week}: materialize it before evaluating week {week}")
+    started = time.perf_counter()
+    truth = holdout_truth(history, holdout)
+    tracks = track_table(track_stats)
+    profiles = user_profiles.copy()
+    lists = {"pipeline": ranked_playlists}
+    lists.update(baseline_lists(history, truth["user_id"].unique(), vectors_from(user_embeddings),
+                                vectors_from(track_embeddings), config.k,
+                                AlsConfig(factors=config.als_factors, iterations=config.als_iterations,
+                                          seed=config.seed),
+                                ItemCfConfig(neighbours=config.item_cf_neighbours)))
+    lists["last_week"] = last_week_playlists
+    table = compare_systems(lists, truth, tracks, profiles, k=config.k, vectors=vectors_from(track_embeddings))
+    table.insert(0, "holdout_week", holdout_week)
+    table.insert(0, "week", week)
+    table["users"] = table["users"].astype("int64")
+    table["retrieval_recall@500"] = float(retrieval_evaluation.set_index("system")["recall"].get("two_tower", np.nan))
+    table["ann_recall@500"] = float(faiss_index.meta.get("recall@500", np.nan))
+    summary = evaluation_json(table, config.k)
+    targets = quality_targets(table, config.k)
+    overall = table[table["segment"] == "all"].set_index("system")
+    key_numbers = overall[[c for c in REPORT_COLUMNS if c in overall]]
+    yield Output(table, output_name="offline_evaluation", metadata={
+        "holdout_users": int(truth["user_id"].nunique()),
+        "holdout_positives": len(truth),
+        **{f"ndcg@{config.k}_{s}": float(v) for s, v in overall[f"ndcg@{config.k}"].items()},
+        "retrieval_recall@500": float(table["retrieval_recall@500"].iloc[0]),
+        "ann_recall@500": float(table["ann_recall@500"].iloc[0]),
+        "summary": MetadataValue.json(summary),
+        "systems": MetadataValue.md(key_numbers.round(4).to_markdown()),
+        "targets": MetadataValue.md(targets.to_markdown(index=False)),
+        "elapsed_s": round(time.perf_counter() - started, 1),
+    })
+    yield schema_check_result("offline_evaluation", table, OFFLINE_EVALUATION, blocking=False)
+
+
+# -- the simulated A/B test ----------------------------------------------------------------------------
+
+
+class AbTestConfig(Config):
+    experiment: str = ABConfig.experiment
+    treatment_share: float = ABConfig.treatment_share
+    confidence: float = ABConfig.confidence
+    seed: int = ABConfig.seed
+
+    def settings(self) -> ABConfig:
+        return ABConfig(experiment=self.experiment, treatment_share=self.treatment_share,
+                        confidence=self.confidence, seed=self.seed)
+
+
+@multi_asset(
+    outs={"simulated_ab_test": AssetOut(
+        group_name="evaluation", metadata={LAYER_KEY: "gold"},
+        description="Users split by a hash of (experiment, user id): control gets last week's models' playlist, "
+                    "treatment this week's; the simulator's hidden listeners play them in week W+1. Per-arm save "
+                    "rate, plays > 30 s and skip rate with confidence intervals, and a verdict.")},
+    ins={"ranked_playlists": AssetIn(metadata={"columns": LIST_COLUMNS}),
+         "last_week_playlists": AssetIn(metadata={"columns": LIST_COLUMNS})},
+    partitions_def=weekly_partitions,
+)
+def simulated_ab_test(context: AssetExecutionContext, config: AbTestConfig, lake: LakeResource,
+                      ranked_playlists: pd.DataFrame, last_week_playlists: pd.DataFrame):
+    week = context.partition_key
+    truth = simulator_truth(lake.open())
+    settings = config.settings()
+    per_user = play_arms(truth, control=last_week_playlists, treatment=ranked_playlists, week=shift_week(week, 1),
+                         config=settings)
+    summary = summarize_ab(per_user, settings)
+    arms = ab_frame(summary)
+    yield Output(arms.assign(week=week), output_name="simulated_ab_test", metadata={
+        "verdict": summary["verdict"],
+        "reason": summary["reason"],
+        "users": MetadataValue.json(summary["users"]),
+        "treatment_share_observed": float(summary["treatment_share_observed"]),
+        "arms": MetadataValue.md(arms.round(4).to_markdown(index=False)),
+        "effects": MetadataValue.md(pd.DataFrame(summary["effects"]).round(4).to_markdown(index=False)),
+        "summary": MetadataValue.json(summary),
+    })
+
+
+def simulator_truth(lake: Lake):
+    """The simulated world's hidden listeners (LAKE/simulator/): only a simulated world has them."""
+    if lake.is_s3 or not (Path(lake.root) / "simulator").is_dir():
+        raise FileNotFoundError(
+            f"the simulated A/B test needs the simulator's ground truth under {lake.root}/simulator/ "
+            "(written by `dw simulate`); a real deployment runs the experiment live instead")
+    return load_truth(lake.root)
+
+
+# -- drift, volume and batch-window monitoring -----------------------------------------------------------
+
+MONITORING_CHECKS = {
+    "prediction_drift": "PSI of the ranker score distribution vs last week's playlists.",
+    "feature_drift": "PSI and KS of the user-embedding norm distribution vs last week's model.",
+    "events_volume": "Clean events this week vs the trailing mean of the history window.",
+    "active_users_volume": "Active users this week vs the trailing mean.",
+    "new_tracks_volume": "Tracks released this week vs the trailing mean.",
+    "batch_window_sla": "Projected 500M-user batch inference time from the measured users/s per core.",
+}
+
+
+class MonitoringConfig(Config):
+    psi_warn: float = 0.1
+    psi_error: float = 0.25
+    volume_max_change: float = 0.5
+    target_users: int = 500_000_000
+    cluster_cores: int = 4096
+    window_hours: float = 24.0
+
+
+@multi_asset(
+    outs={"model_monitoring": AssetOut(
+        group_name="monitoring", metadata={LAYER_KEY: "gold"},
+        description="This week's drift, volume and batch-window checks (severity per check); needs no holdout.")},
+    ins={"ranked_playlists": AssetIn(metadata={"columns": ["user_id", "ranker_score"]}),
+         "user_embeddings": AssetIn(dagster_type=Artifact),
+         "interactions": AssetIn(partition_mapping=history_window, metadata={"columns": ["user_id", "ts"]}),
+         "track_catalog": AssetIn(metadata={"columns": ["track_id", "release_date"]})},
+    partitions_def=weekly_partitions,
+    check_specs=[AssetCheckSpec(name, asset="model_monitoring", description=text, blocking=False)
+                 for name, text in MONITORING_CHECKS.items()],
+)
+def model_monitoring(context: AssetExecutionContext, config: MonitoringConfig, lake: LakeResource,
+                     ranked_playlists: pd.DataFrame, user_embeddings: Artifact, interactions: pd.DataFrame,
+                     track_catalog: pd.DataFrame):
+    week = context.partition_key
+    previous = shift_week(week, -1)
+    store = lake.open()
+    last_scores, last_norms = np.zeros(0), np.zeros(0)
+    if store.exists(store.uri("gold", "ranked_playlists", previous)):
+        last_scores = store.read_frame(store.uri("gold", "ranked_playlists", previous), columns=["ranker_score"])[
+            "ranker_score"].dropna().to_numpy()
+    if store.exists(store.uri("models", "user_embeddings", previous)):
+        last_norms = np.linalg.norm(vectors_from(store.read_artifact(store.uri("models", "user_embeddings",
+                                                                               previous)))[1], axis=1)
+    _, vectors = vectors_from(user_embeddings)
+    weeks = weekly_volumes(interactions, track_catalog, history_window_weeks(week))
+    trailing = weeks[weeks["week"] < week]
+    now = weeks[weeks["week"] == week].iloc[0]
+    outcomes = [
+        prediction_drift(ranked_playlists["ranker_score"].dropna().to_numpy(), last_scores, config.psi_warn,
+                         config.psi_error),
+        feature_drift(np.linalg.norm(vectors, axis=1), last_norms, config.psi_warn, config.psi_error),
+        *[volume_anomaly(column, float(now[column]), trailing[column].astype(float).tolist(), config.volume_max_change)
+          for column in ("events", "active_users", "new_tracks")],
+        batch_window_sla(*batch_throughput(context.instance, week), target_users=config.target_users,
+                         cluster_cores=config.cluster_cores, window_hours=config.window_hours),
+    ]
+    table = summarize(outcomes)
+    yield Output(table.assign(week=week), output_name="model_monitoring", metadata={
+        "checks": MetadataValue.md(table.to_markdown(index=False)),
+        "volumes": MetadataValue.md(weeks.to_markdown(index=False)),
+    })
+    for outcome in outcomes:
+        yield AssetCheckResult(
+            asset_key="model_monitoring", check_name=outcome.name, passed=outcome.passed,
+            severity=AssetCheckSeverity.ERROR if outcome.severity == "ERROR" else AssetCheckSeverity.WARN,
+            description=outcome.description,
+            metadata={"value": outcome.value, "threshold": outcome.threshold, **outcome.metadata})
+
+
+def weekly_volumes(interactions: pd.DataFrame, catalog: pd.DataFrame, weeks: list[str]) -> pd.DataFrame:
+    """week, events, active_users, new_tracks for each week of the window (zeros where nothing landed)."""
+    week_of = interactions["ts"].dt.tz_convert("UTC").dt.tz_localize(None).dt.to_period("W-SUN").dt.start_time
+    per_week = interactions.assign(week=week_of.dt.strftime("%Y-%m-%d")).groupby("week").agg(
+        events=("user_id", "size"), active_users=("user_id", "nunique"))
+    release = pd.to_datetime(catalog["release_date"]).dt.to_period("W-SUN").dt.start_time.dt.strftime("%Y-%m-%d")
+    new_tracks = release.value_counts()
+    frame = pd.DataFrame({"week": weeks})
+    frame["events"] = frame["week"].map(per_week["events"]).fillna(0).astype("int64")
+    frame["active_users"] = frame["week"].map(per_week["active_users"]).fillna(0).astype("int64")
+    frame["new_tracks"] = frame["week"].map(new_tracks).fillna(0).astype("int64")
+    return frame
+
+
+def batch_throughput(instance, week: str) -> tuple[float, int]:
+    """(users/s, Spark cores) of this week's batch inference: candidates plus playlists, from their metadata."""
+    seconds, users, cores = 0.0, 0, 1
+    for asset in ("candidates", "ranked_playlists"):
+        records = instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[week]), limit=1).records
+        if not records:
+            continue
+        metadata = records[0].asset_materialization.metadata
+        seconds += float(getattr(metadata.get("elapsed_s"), "value", 0.0) or 0.0)
+        if asset == "ranked_playlists":
+            users = int(getattr(metadata.get("users"), "value", 0) or 0)
+            cores = int(getattr(metadata.get("spark_cores"), "value", 1) or 1)
+    return (users / seconds if seconds > 0 else 0.0), cores
+
+
+# -- the weekly report -----------------------------------------------------------------------------------
+
+
+@multi_asset(
+    outs={"evaluation_report": AssetOut(
+        group_name="evaluation", metadata={LAYER_KEY: "reports"}, dagster_type=Artifact,
+        description="The week's HTML report (LAKE/reports/evaluation_report/week=W/report.html): systems side by "
+                    "side, segments, metric trends, popularity and genre mix, cold tracks, A/B arms, checks.")},
+    ins={"offline_evaluation": AssetIn(),
+         "ranked_playlists": AssetIn(metadata={"columns": ["user_id", "track_id", "genre"]}),
+         "track_stats": AssetIn(metadata={"columns": ["track_id", "artist_id", "genre", "plays",
+                                                      "popularity_percentile", "is_cold"]}),
+         "user_profiles": AssetIn(metadata={"columns": ["user_id", "genre_share", "history_level",
+                                                        "mean_popularity_percentile"]}),
+         "model_monitoring": AssetIn()},
+    deps=[AssetDep("simulated_ab_test")],  # read when it ran: only a simulated world has one
+    partitions_def=weekly_partitions,
+)
+def evaluation_report(context: AssetExecutionContext, lake: LakeResource, offline_evaluation: pd.DataFrame,
+                      ranked_playlists: pd.DataFrame, track_stats: pd.DataFrame,
+                      user_profiles: pd.DataFrame, model_monitoring: pd.DataFrame):
+    week = context.partition_key
+    store = lake.open()
+    table = offline_evaluation
+    overall = table[table["segment"] == "all"].set_index("system")
+    # Earlier weeks' evaluations for the trend plot: read when there (one asset cannot be two inputs).
+    earlier = [store.read_frame(store.uri("gold", "offline_evaluation", w)) for w in history_window_weeks(week)
+               if w < week and store.exists(store.uri("gold", "offline_evaluation", w))]
+    trends = pd.concat([*earlier, table], ignore_index=True)
+    ab_uri = store.uri("gold", "simulated_ab_test", week)
+    ab = None
+    if store.exists(ab_uri):
+        run = context.instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=AssetKey("simulated_ab_test"), asset_partitions=[week]), limit=1).records
+        summary = run[0].asset_materialization.metadata.get("summary") if run else None
+        ab = {"arms": store.read_frame(ab_uri), **(summary.value if summary is not None else {})}
+    tracks = track_table(track_stats)
+    html, main_plot = render_report(
+        week, overall, table[table["system"] == "pipeline"].set_index("segment"), trends[trends["segment"] == "all"],
+        popularity_distributions(ranked_playlists, user_profiles, tracks),
+        genre_mix(ranked_playlists, user_profiles, 4),
+        overall.reset_index()[["system", "cold_share", "cold_hit_rate"]], ab, model_monitoring)
+    targets = quality_targets(table)
+    key_numbers = overall[[c for c in REPORT_COLUMNS if c in overall]].round(4)
+    uri = store.uri("reports", "evaluation_report", week)
+    yield Output(
+        Artifact(files={"report.html": html.encode(), "main.png": main_plot}, meta={"week": week}),
+        output_name="evaluation_report",
+        metadata={
+            "report": MetadataValue.path(f"{uri}/report.html"),
+            "systems": MetadataValue.md(key_numbers.to_markdown()),
+            "targets": MetadataValue.md(targets.to_markdown(index=False)),
+            "ab_verdict": (ab or {}).get("verdict", "no simulated A/B this week"),
+            "main_plot": MetadataValue.md(f"![week {week}](data:image/png;base64,{base64.b64encode(main_plot).decode()})"),
+        })
+
+
+REPORT_COLUMNS = ("ndcg@30", "recall@30", "precision@30", "hit_rate@30", "map@30", "coverage", "novelty",
+                  "popularity_lift", "calibration_kl", "max_tracks_per_artist", "cold_share", "cold_hit_rate")
+
+
+def popularity_distributions(playlists: pd.DataFrame, profiles: pd.DataFrame, tracks: pd.DataFrame) -> dict:
+    """Popularity percentiles of the recommended slots and of the users' own listening (per-user means)."""
+    pct = tracks.set_index("track_id")["popularity_percentile"]
+    return {"recommended": pct.reindex(playlists["track_id"]).dropna().to_numpy(),
+            "history": profiles["mean_popularity_percentile"].dropna().to_numpy(np.float64)}
+
+
+def genre_mix(playlists: pd.DataFrame, profiles: pd.DataFrame, users: int) -> pd.DataFrame:
+    """history_share vs playlist_share per genre for the first ``users`` heavy listeners (by id)."""
+    heavy = profiles.loc[profiles["history_level"] == "heavy", "user_id"].sort_values().head(users)
+    rows = []
+    for user in heavy:
+        shares = profiles.loc[profiles["user_id"] == user, "genre_share"].iloc[0]
+        history_share = {g["genre"]: float(g["share"]) for g in shares} if shares is not None else {}
+        mine = playlists.loc[playlists["user_id"] == user, "genre"].value_counts(normalize=True)
+        for genre in sorted(set(history_share) | set(mine.index)):
+            rows.append({"user_id": int(user), "genre": genre, "history_share": history_share.get(genre, 0.0),
+                         "playlist_share": float(mine.get(genre, 0.0))})
+    return pd.DataFrame(rows, columns=["user_id", "genre", "history_share", "playlist_share"])
+
+
+evaluation_assets = [retrieval_evaluation, last_week_playlists, offline_evaluation, simulated_ab_test, model_monitoring,
+                     evaluation_report]

@@ -1,7 +1,8 @@
-"""Retrieval baselines on the same training data: global popularity and ``implicit`` ALS."""
+"""Baselines on the same training data: global popularity, item-item cosine CF and ``implicit`` ALS."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,16 +44,65 @@ def heard_matrix(interactions: pd.DataFrame, users: np.ndarray, tracks: np.ndarr
     return sp.csr_matrix((data, (rows[keep], cols[keep])), shape=(len(users), len(tracks)))
 
 
+@dataclass(frozen=True)
+class ItemCfConfig:
+    neighbours: int = 100  # similar items kept per item
+
+
 def als_top_k(interactions: pd.DataFrame, k: int, config: AlsConfig) -> tuple[np.ndarray, np.ndarray]:
     """(user_ids int64[n], top int64[n, k]) from ``implicit`` ALS, already-heard tracks excluded."""
     from implicit.als import AlternatingLeastSquares
-    from threadpoolctl import threadpool_limits
 
-    users, tracks, matrix = _user_items(interactions)
     model = AlternatingLeastSquares(
         factors=config.factors, regularization=config.regularization, alpha=config.alpha,
         iterations=config.iterations, random_state=config.seed,
     )
+    return _implicit_top_k(model, interactions, k)
+
+
+def item_cf_top_k(interactions: pd.DataFrame, k: int, config: ItemCfConfig | None = None,
+                  batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """(user_ids int64[n], top int64[n, k]) from item-item cosine CF, every heard track excluded.
+
+    Similarities are ``implicit``'s cosine over the users' positive weights, ``neighbours`` per item;
+    a user's score for a track sums its similarity to each of the user's positive tracks times the
+    user's weight for it.
+    """
+    from implicit.nearest_neighbours import CosineRecommender
+    from implicit.utils import ParameterWarning
+    from threadpoolctl import threadpool_limits
+
+    users, tracks, matrix = _user_items(interactions)
+    model = CosineRecommender(K=(config or ItemCfConfig()).neighbours)
+    with threadpool_limits(1, "blas"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=ParameterWarning)  # implicit converts its own transpose
+        model.fit(matrix, show_progress=False)
+    similarity = model.similarity.tocsr()
+    heard = heard_matrix(interactions, users, tracks)
+    top = np.full((len(users), k), -1, dtype=np.int64)
+    for start in range(0, len(users), batch):
+        scores = (matrix[start : start + batch] @ similarity).toarray()
+        scores[heard[start : start + batch].nonzero()] = -np.inf
+        top[start : start + batch] = _top_columns(scores, tracks, k)
+    return users, top
+
+
+def _top_columns(scores: np.ndarray, columns: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the ids of the k highest finite, positive scores in descending order (-1 padded)."""
+    k_eff = min(k, scores.shape[1])
+    best = np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff]
+    best_scores = np.take_along_axis(scores, best, 1)
+    order = np.argsort(-best_scores, axis=1, kind="stable")
+    best, best_scores = np.take_along_axis(best, order, 1), np.take_along_axis(best_scores, order, 1)
+    out = np.full((scores.shape[0], k), -1, dtype=np.int64)
+    out[:, :k_eff] = np.where(best_scores > 0, columns[best], -1)
+    return out
+
+
+def _implicit_top_k(model, interactions: pd.DataFrame, k: int) -> tuple[np.ndarray, np.ndarray]:
+    from threadpoolctl import threadpool_limits
+
+    users, tracks, matrix = _user_items(interactions)
     # implicit warns (and slows down) when BLAS runs its own threads beside its own.
     with threadpool_limits(1, "blas"):
         model.fit(matrix, show_progress=False)
@@ -95,3 +145,14 @@ def embedding_top_k(
         ranked = np.take_along_axis(best, np.argsort(-np.take_along_axis(scores, best, 1), axis=1), 1)
         top[start : start + batch, :k_eff] = track_ids[ranked]
     return top
+
+
+def top_k_frame(user_ids: np.ndarray, top: np.ndarray) -> pd.DataFrame:
+    """A top-k matrix as list rows: user_id, position (1-based), track_id; -1 padding dropped."""
+    k = top.shape[1] if top.ndim == 2 else 0
+    frame = pd.DataFrame({
+        "user_id": np.repeat(np.asarray(user_ids, np.int64), k),
+        "position": np.tile(np.arange(1, k + 1, dtype=np.int64), len(user_ids)),
+        "track_id": top.reshape(-1).astype(np.int64),
+    })
+    return frame[frame["track_id"] >= 0].reset_index(drop=True)

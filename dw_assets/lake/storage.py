@@ -26,7 +26,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-LAYERS = ("bronze", "silver", "gold", "models")
+LAYERS = ("bronze", "silver", "gold", "models", "reports")
 PART_FILE = "part-00000.parquet"
 
 

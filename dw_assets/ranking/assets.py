@@ -187,13 +187,37 @@ def ranked_playlists(
     earlier_playlists: pd.DataFrame,
 ):
     week = context.partition_key
-    started = time.perf_counter()
-    spark = pyspark.spark_session
     version = embedding_versions(user_embeddings=user_embeddings, track_embeddings=track_embeddings)
-    require_same_version({"candidates": _one_version([r[0] for r in candidates.select("model_version").distinct()
-                                                      .collect()]), "embeddings": version})
+    require_same_version({"candidates": candidate_version(candidates), "embeddings": version})
     require_partitions(lake.open(), "silver", "interactions", history_window_weeks(week),
                        "heard tracks (never recommended) come from the whole 12-week window")
+    playlists, stats = build_playlists(
+        pyspark.spark_session, week, config, candidates,
+        TrainedRanker.from_bytes(ranker_model.files["ranker.bin"]), user_profiles, user_directory, track_stats,
+        item2vec_embeddings, audio_embeddings, user_embeddings, track_embeddings, interactions, earlier_playlists)
+    yield from emit_checked("ranked_playlists", playlists, RANKED_PLAYLISTS, {
+        "model_version": version, "ranker_version": ranker_model.model_version, **stats,
+        "sample": MetadataValue.md(playlists.limit(30).toPandas().to_markdown(index=False)),
+    })
+
+
+def candidate_version(candidates: DataFrame) -> str:
+    """The one model version a Spark candidates table was built with."""
+    return _one_version([r[0] for r in candidates.select("model_version").distinct().collect()])
+
+
+def build_playlists(
+    spark, week: str, config: PlaylistsConfig, candidates: DataFrame, ranker: TrainedRanker,
+    user_profiles: DataFrame, user_directory: pd.DataFrame, track_stats: pd.DataFrame, item2vec_embeddings: Artifact,
+    audio_embeddings: Artifact, user_embeddings: Artifact, track_embeddings: Artifact, interactions: DataFrame,
+    earlier_playlists: pd.DataFrame,
+) -> tuple[DataFrame, dict]:
+    """Every user's playlist for ``week`` on Spark (persisted), and run statistics for metadata.
+
+    The embeddings, ranker and candidates are one model set: this week's for ``ranked_playlists``,
+    last week's for the evaluation's control arm.
+    """
+    started = time.perf_counter()
     rerank = config.rerank()
     tracks = track_stats[list(TRACK_TABLE)].sort_values("track_id").reset_index(drop=True)
     this_week = interactions.where(F.col("ts") >= F.lit(pd.Timestamp(week, tz="UTC")))
@@ -202,8 +226,7 @@ def ranked_playlists(
     models = PlaylistModels(
         context=feature_context(None, track_stats, item2vec_embeddings, audio_embeddings, None,
                                 track_embeddings).without_users(),
-        ranker=TrainedRanker.from_bytes(ranker_model.files["ranker.bin"]),
-        tracks=tracks, fallback=fallback, rerank=rerank,
+        ranker=ranker, tracks=tracks, fallback=fallback, rerank=rerank,
     )
     posteriors = exploration_posteriors(earlier_playlists, interactions, rerank, week)
     users = playlist_users(spark, user_profiles, user_directory, user_embeddings, interactions, candidates, posteriors)
@@ -223,22 +246,20 @@ def ranked_playlists(
     totals = per_user.agg(F.count("*").alias("users"), F.sum("slots").alias("rows"),
                           F.sum((F.col("slots") < rerank.playlist_size).cast("int")).alias("short"),
                           F.sum("exploration").alias("exploration"), F.sum("fallback").alias("fallback")).first()
+    shipped.unpersist()
     served = int(totals["users"] or 0)
     elapsed = time.perf_counter() - started
-    yield from emit_checked("ranked_playlists", playlists, RANKED_PLAYLISTS, {
-        "model_version": version,
-        "ranker_version": ranker_model.model_version,
+    return playlists, {
         "users": served,
         "users_with_short_playlists": int(totals["short"] or 0) + int(n_users - served),
         "exploration_slots": int(totals["exploration"] or 0),
         "fallback_users": int(totals["fallback"] or 0),
         "posterior_pairs": int(len(posteriors)),
         "users_per_s": round(served / max(elapsed, 1e-9), 1),
+        "spark_cores": int(spark.sparkContext.defaultParallelism),
         "shipped_model_mb": round(len(blob) / 2**20, 1),
         "elapsed_s": round(elapsed, 1),
-        "sample": MetadataValue.md(playlists.limit(30).toPandas().to_markdown(index=False)),
-    })
-    shipped.unpersist()
+    }
 
 
 def _one_version(versions) -> str:

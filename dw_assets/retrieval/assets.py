@@ -138,12 +138,7 @@ def candidates(
     require_partitions(lake.open(), "silver", "interactions", history_window_weeks(context.partition_key),
                        "the heard-track filter reads the whole 12-week window")
     started = time.perf_counter()
-    audio_ids, audio_vectors = vectors_from(audio_embeddings)
-    cold = track_stats.loc[track_stats["is_cold"] | track_stats["is_new_release"], "track_id"].to_numpy(np.int64)
-    pool = np.isin(audio_ids, cold)
-    models = CandidateModels.build(AnnIndex.from_bytes(faiss_index.files["index.bin"]),
-                                   *vectors_from(item2vec_embeddings), audio_ids[pool], audio_vectors[pool],
-                                   model_version=version)
+    models = candidate_models(faiss_index, item2vec_embeddings, audio_embeddings, track_stats, version)
     spark = pyspark.spark_session
     users = candidate_users(spark, user_embeddings, user_profiles, interactions)
     blob = models.to_bytes()
@@ -152,11 +147,22 @@ def candidates(
     by_source = {r["sources"]: r["count"] for r in frame.groupBy("sources").count().collect()}
     yield from emit_checked("candidates", frame, CANDIDATES, {
         "model_version": version,
-        "cold_pool_tracks": int(pool.sum()),
+        "cold_pool_tracks": len(models.audio_ids),
         "shipped_model_mb": round(len(blob) / 2**20, 1),
         "rows_by_sources": MetadataValue.json(dict(sorted(by_source.items()))),
         "elapsed_s": round(time.perf_counter() - started, 1),
     })
+
+
+def candidate_models(faiss_index: Artifact, item2vec_embeddings: Artifact, audio_embeddings: Artifact,
+                     track_stats: pd.DataFrame, version: str) -> CandidateModels:
+    """The candidate sources of one model set; the audio source searches cold and new-release tracks only."""
+    audio_ids, audio_vectors = vectors_from(audio_embeddings)
+    cold = track_stats.loc[track_stats["is_cold"] | track_stats["is_new_release"], "track_id"].to_numpy(np.int64)
+    pool = np.isin(audio_ids, cold)
+    return CandidateModels.build(AnnIndex.from_bytes(faiss_index.files["index.bin"]),
+                                 *vectors_from(item2vec_embeddings), audio_ids[pool], audio_vectors[pool],
+                                 model_version=version)
 
 
 def candidate_users(spark, user_embeddings: Artifact, user_profiles: pd.DataFrame, interactions: DataFrame) -> DataFrame:

@@ -1,0 +1,74 @@
+"""The evaluation's baselines and tables: item-item CF, top-k lists, the JSON contract and the targets."""
+
+import numpy as np
+import pandas as pd
+
+from dw_assets.evaluation.baselines import item_cf_top_k, top_k_frame
+from dw_assets.evaluation.metrics import metric_keys
+from dw_assets.evaluation.systems import SYSTEMS, evaluation_json, holdout_truth, quality_targets
+
+CONTRACT_KEYS = {"precision@30", "recall@30", "ndcg@30", "hit_rate@30", "map@30", "coverage", "ild", "novelty",
+                 "popularity_lift", "calibration_kl", "max_tracks_per_artist", "cold_share", "cold_hit_rate"}
+
+
+def _plays(pairs: list[tuple[int, int]], weight: float = 1.0) -> pd.DataFrame:
+    return pd.DataFrame({"user_id": [u for u, _ in pairs], "track_id": [t for _, t in pairs],
+                         "weight": weight, "is_positive": weight > 0})
+
+
+def test_item_cf_recommends_what_similar_listeners_liked_and_never_what_was_heard():
+    # Tracks 10 and 11 are liked together by users 1-4; user 5 liked 10 only and skipped 12.
+    liked = [(u, t) for u in (1, 2, 3, 4) for t in (10, 11)] + [(u, 12) for u in (6, 7)] + [(5, 10)]
+    history = pd.concat([_plays(liked), _plays([(5, 12)], weight=-1.0)], ignore_index=True)
+    users, top = item_cf_top_k(history, k=3)
+    row = top[list(users).index(5)]
+    assert row[0] == 11  # the co-liked track first
+    assert 10 not in row and 12 not in row  # heard (liked or skipped) tracks are never proposed
+    assert set(row[row >= 0]) <= {11}  # 12 shares no listener with 10: cosine 0, not recommended
+
+
+def test_top_k_frames_drop_padding_and_number_positions_from_one():
+    frame = top_k_frame(np.array([7, 8]), np.array([[3, 4, -1], [5, -1, -1]]))
+    assert frame.to_dict("list") == {"user_id": [7, 7, 8], "position": [1, 2, 1], "track_id": [3, 4, 5]}
+
+
+def test_holdout_truth_keeps_only_new_positives():
+    history = pd.DataFrame({"user_id": [1, 1], "track_id": [10, 11], "is_positive": [True, False]})
+    holdout = pd.DataFrame({"user_id": [1, 1, 1, 2], "track_id": [10, 11, 12, 12],
+                            "is_positive": [True, True, True, False]})
+    truth = holdout_truth(history, holdout)
+    assert truth.to_dict("list") == {"user_id": [1], "track_id": [12]}  # 10, 11 heard; user 2 did not like 12
+
+
+def _table(ndcg: dict[str, float]) -> pd.DataFrame:
+    rows = []
+    for system in SYSTEMS:
+        row = {"week": "2026-02-23", "holdout_week": "2026-03-02", "system": system, "segment": "all", "users": 100,
+               "retrieval_recall@500": 0.55, "ann_recall@500": 1.0}
+        row.update({key: 0.1 for key in metric_keys(30)})
+        row.update({"ndcg@30": ndcg.get(system, 0.01), "popularity_lift": 0.9, "max_tracks_per_artist": 2.0,
+                    "calibration_kl": 0.05 if system == "pipeline" else 0.2, "cold_share": 0.06,
+                    "cold_hit_rate": float("nan") if system == "als" else 0.01})
+        rows.append(row)
+    rows.append({**rows[0], "segment": "heavy", "ndcg@30": 0.9})
+    return pd.DataFrame(rows)
+
+
+def test_evaluation_json_keeps_the_contract_names():
+    summary = evaluation_json(_table({"pipeline": 0.05}))
+    assert set(summary) == {"week", "holdout_week", "systems", "retrieval_recall@500", "ann_recall@500"}
+    assert set(summary["systems"]) == set(SYSTEMS)
+    for metrics in summary["systems"].values():
+        assert CONTRACT_KEYS <= set(metrics)
+    assert summary["systems"]["pipeline"]["ndcg@30"] == 0.05  # the "all" segment, not "heavy"
+    assert summary["systems"]["als"]["cold_hit_rate"] is None  # NaN becomes null: valid JSON
+    assert summary["week"] == "2026-02-23" and summary["holdout_week"] == "2026-03-02"
+
+
+def test_quality_targets_report_each_target_met_or_missed():
+    targets = quality_targets(_table({"pipeline": 0.05, "als": 0.045, "popularity": 0.02})).set_index("target")
+    assert not targets.at["pipeline NDCG vs ALS", "met"]  # 1.11x < 1.25x
+    assert targets.at["pipeline NDCG vs popularity", "met"]  # 2.5x
+    assert abs(targets.at["pipeline NDCG vs ALS", "value"] - 0.05 / 0.045) < 1e-9
+    assert targets.at["calibration KL vs retrieval", "met"]
+    assert targets.at["max tracks per artist", "met"] and targets.at["cold-track share of slots", "met"]

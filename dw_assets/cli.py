@@ -89,15 +89,20 @@ def run(lake_dir, week, rebuild_history, store_url):
 
 
 def _week_summary(lake_root: Path, week: str) -> str:
-    """The retrieval evaluation and one user's playlist, as the demo prints them."""
+    """The week's evaluation (when its holdout had landed) and one user's playlist, as the demo prints them."""
+    from dw_assets.evaluation.systems import quality_targets
     from dw_assets.lake.storage import Lake
 
     lake, lines = Lake(str(lake_root)), []
-    evaluation = lake.uri("gold", "retrieval_evaluation", week)
+    evaluation = lake.uri("gold", "offline_evaluation", week)
     if lake.exists(evaluation):
         table = lake.read_frame(evaluation)
-        lines += ["", f"retrieval on the discovery holdout of week {week} (recall@k, exact search):",
-                  table.to_string(index=False)]
+        lines += ["", _evaluation_text(lake, table, quality_targets(table), week)]
+    ab_test = lake.uri("gold", "simulated_ab_test", week)
+    if lake.exists(ab_test):
+        arms = lake.read_frame(ab_test)
+        lines += ["", "simulated A/B (control: last week's models, treatment: this week's):",
+                  arms.drop(columns="week").to_string(index=False, float_format=lambda v: f"{v:.4f}")]
     playlists = lake.uri("gold", "ranked_playlists", week)
     if lake.exists(playlists):
         frame = lake.read_frame(playlists)

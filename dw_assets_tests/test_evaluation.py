@@ -59,7 +59,7 @@ def test_evaluation_json_keeps_the_contract_names():
     assert set(summary) == {"week", "holdout_week", "systems", "retrieval_recall@500", "ann_recall@500"}
     assert set(summary["systems"]) == set(SYSTEMS)
     for metrics in summary["systems"].values():
-        assert CONTRACT_KEYS <= set(metrics)
+        assert set(metrics) >= CONTRACT_KEYS
     assert summary["systems"]["pipeline"]["ndcg@30"] == 0.05  # the "all" segment, not "heavy"
     assert summary["systems"]["als"]["cold_hit_rate"] is None  # NaN becomes null: valid JSON
     assert summary["week"] == "2026-02-23" and summary["holdout_week"] == "2026-03-02"

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from dagster import AssetKey, DagsterInstance
+from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
 from dw_assets.automation.runner import PER_WEEK_ASSETS, _run, materialize_week
 from dw_assets.definitions import defs
@@ -277,3 +277,110 @@ def test_the_week_is_published_live_served_and_exported(world, tmp_path):
     assert list(exported.columns) == ["user_id", "position", "track_id", "score", "source", "is_exploration"]
     assert [str(t) for t in exported.dtypes] == ["int64", "int64", "int64", "float64", "object", "bool"]
     assert len(exported) == len(playlists) and exported["position"].between(1, 30).all()
+
+
+def test_last_weeks_models_serve_this_weeks_users_as_the_control_arm(world):
+    _, manifest, lake, _ = world
+    week = manifest["last_training_week"]
+    control = _read(lake, "gold", "last_week_playlists", week)
+    treatment = _read(lake, "gold", "ranked_playlists", week)
+    assert set(control["user_id"]) == set(treatment["user_id"])
+    assert (control.groupby("user_id").size() == 30).all()
+    assert not control.duplicated(["user_id", "track_id"]).any()
+    # different models pick different tracks for the same users
+    overlap = control.merge(treatment, on=["user_id", "track_id"])
+    assert 0 < len(overlap) < 0.9 * len(control)
+
+
+def test_offline_evaluation_compares_every_system_and_keeps_the_json_contract(world):
+    from click.testing import CliRunner
+
+    from dw_assets.cli import main
+    from dw_assets.evaluation.systems import SYSTEMS
+
+    root, manifest, lake, _ = world
+    week = manifest["last_training_week"]
+    table = _read(lake, "gold", "offline_evaluation", week)
+    assert set(table["system"]) == set(SYSTEMS)
+    assert set(table.loc[table["system"] == "pipeline", "segment"]) >= {"all", "light", "medium", "heavy", "new"}
+    result = CliRunner().invoke(main, ["evaluate", "--lake", str(root), "--week", week, "--json"])
+    assert result.exit_code == 0, result.output[-2000:]
+    summary = json.loads(result.stdout)
+    assert summary["week"] == week and summary["holdout_week"] == manifest["holdout_week"]
+    assert set(summary["systems"]) == set(SYSTEMS)
+    for metrics in summary["systems"].values():
+        assert {"precision@30", "recall@30", "ndcg@30", "hit_rate@30", "map@30", "coverage", "ild", "novelty",
+                "popularity_lift", "calibration_kl", "max_tracks_per_artist", "cold_share",
+                "cold_hit_rate"} <= set(metrics)
+        assert 0 <= metrics["ndcg@30"] <= 1 and 0 <= metrics["hit_rate@30"] <= 1
+    pipeline = summary["systems"]["pipeline"]
+    assert pipeline["ndcg@30"] > summary["systems"]["popularity"]["ndcg@30"]
+    assert pipeline["max_tracks_per_artist"] <= 2
+    assert 0 < summary["retrieval_recall@500"] <= 1 and summary["ann_recall@500"] >= 0.95
+    text = CliRunner().invoke(main, ["evaluate", "--lake", str(root), "--week", week])
+    assert "quality targets" in text.stdout and "item_cf" in text.stdout
+    report = Path(lake.uri("reports", "evaluation_report", week)) / "report.html"
+    html = report.read_text()
+    assert week in html and "data:image/png;base64," in html and "last_week" in html
+
+
+def test_simulated_ab_test_splits_users_by_hash_and_gives_a_verdict(world):
+    from dw_assets.evaluation.ab import assign_arms
+
+    _, manifest, lake, _ = world
+    week = manifest["last_training_week"]
+    arms = _read(lake, "gold", "simulated_ab_test", week)
+    assert set(arms["arm"]) == {"control", "treatment"}
+    record = DagsterInstance.get().fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey("simulated_ab_test"), asset_partitions=[week]), limit=1).records[0]
+    summary = record.asset_materialization.metadata["summary"].value
+    users = np.sort(_read(lake, "gold", "ranked_playlists", week)["user_id"].unique())
+    treated = assign_arms(users, "discover-weekly", 0.05)
+    assert summary["users"] == {"control": int((~treated).sum()), "treatment": int(treated.sum())}
+    assert summary["verdict"] in {"ship", "do not ship", "inconclusive"} and summary["reason"]
+
+
+def test_monitoring_runs_every_check_with_a_severity(world):
+    from dw_assets.evaluation.assets import MONITORING_CHECKS
+
+    _, manifest, lake, _ = world
+    week = manifest["last_training_week"]
+    table = _read(lake, "gold", "model_monitoring", week).set_index("name")
+    assert set(table.index) == set(MONITORING_CHECKS)
+    assert set(table["severity"]) <= {"WARN", "ERROR"}
+    assert table.at["batch_window_sla", "value"] > 0  # projected hours for 500M users from the measured rate
+    assert table.at["events_volume", "passed"]  # the simulator lands a steady week
+
+
+def test_a_degraded_model_is_caught_by_offline_metrics_and_drift(world):
+    import torch
+
+    from dw_assets.embeddings.two_tower import TrainedTwoTower
+    from dw_assets.evaluation.baselines import embedding_top_k, top_k_frame
+    from dw_assets.evaluation.metrics import evaluate_lists
+    from dw_assets.evaluation.monitoring import embedding_statistic, feature_drift
+    from dw_assets.evaluation.systems import holdout_truth, track_table
+
+    _, manifest, lake, _ = world
+    week = manifest["last_training_week"]
+    history = pd.concat([_read(lake, "silver", "interactions", w) for w in manifest["training_weeks"] if w <= week])
+    truth = holdout_truth(history, _read(lake, "silver", "interactions", manifest["holdout_week"]))
+    tracks, profiles = track_table(_read(lake, "gold", "track_stats", week)), _read(lake, "gold", "user_profiles", week)
+    tower = TrainedTwoTower.from_bytes(lake.read_artifact(lake.uri("models", "two_tower_model", week))
+                                       .files["two_tower.bin"])
+
+    def judged(model: TrainedTwoTower) -> tuple[float, np.ndarray]:
+        user_ids, user_vectors = model.user_vectors(profiles)
+        top = embedding_top_k(user_vectors, *model.track_vectors(), user_ids, history, 30)
+        return evaluate_lists(top_k_frame(user_ids, top), truth, tracks, profiles)["ndcg@30"], user_vectors
+
+    good_ndcg, good_vectors = judged(tower)
+    torch.manual_seed(0)  # a broken training run: every layer back to its initial weights
+    for layer in tower.model.modules():
+        if layer is not tower.model and hasattr(layer, "reset_parameters"):
+            layer.reset_parameters()
+    bad_ndcg, bad_vectors = judged(tower)
+    assert bad_ndcg < 0.3 * good_ndcg, (good_ndcg, bad_ndcg)
+    label, good_stat = embedding_statistic(good_vectors)
+    drift = feature_drift(embedding_statistic(bad_vectors)[1], good_stat, label=label)
+    assert not drift.passed and drift.severity == "ERROR", drift.description

@@ -43,6 +43,7 @@ from dw_assets.evaluation.holdout import discovery_holdout, recall_at_k
 from dw_assets.evaluation.metrics import metric_keys
 from dw_assets.evaluation.monitoring import (
     batch_window_sla,
+    embedding_statistic,
     feature_drift,
     prediction_drift,
     summarize,
@@ -447,16 +448,16 @@ def model_monitoring(context: AssetExecutionContext, config: MonitoringConfig, l
         last_scores = store.read_frame(store.uri("gold", "ranked_playlists", previous), columns=["ranker_score"])[
             "ranker_score"].dropna().to_numpy()
     if store.exists(store.uri("models", "user_embeddings", previous)):
-        last_norms = np.linalg.norm(vectors_from(store.read_artifact(store.uri("models", "user_embeddings",
-                                                                               previous)))[1], axis=1)
-    _, vectors = vectors_from(user_embeddings)
+        _, last_norms = embedding_statistic(vectors_from(store.read_artifact(
+            store.uri("models", "user_embeddings", previous)))[1])
+    label, norms = embedding_statistic(vectors_from(user_embeddings)[1])
     weeks = weekly_volumes(interactions, track_catalog, history_window_weeks(week))
     trailing = weeks[weeks["week"] < week]
     now = weeks[weeks["week"] == week].iloc[0]
     outcomes = [
         prediction_drift(ranked_playlists["ranker_score"].dropna().to_numpy(), last_scores, config.psi_warn,
                          config.psi_error),
-        feature_drift(np.linalg.norm(vectors, axis=1), last_norms, config.psi_warn, config.psi_error),
+        feature_drift(norms, last_norms, config.psi_warn, config.psi_error, label=label),
         *[volume_anomaly(column, float(now[column]), trailing[column].astype(float).tolist(), config.volume_max_change)
           for column in ("events", "active_users", "new_tracks")],
         batch_window_sla(*batch_throughput(context.instance, week), target_users=config.target_users,
@@ -567,10 +568,11 @@ REPORT_COLUMNS = ("ndcg@30", "recall@30", "precision@30", "hit_rate@30", "map@30
 
 
 def popularity_distributions(playlists: pd.DataFrame, profiles: pd.DataFrame, tracks: pd.DataFrame) -> dict:
-    """Popularity percentiles of the recommended slots and of the users' own listening (per-user means)."""
+    """Per user: mean popularity percentile of the playlist, and of the user's own listening (like for like)."""
     pct = tracks.set_index("track_id")["popularity_percentile"]
-    return {"recommended": pct.reindex(playlists["track_id"]).dropna().to_numpy(),
-            "history": profiles["mean_popularity_percentile"].dropna().to_numpy(np.float64)}
+    recommended = playlists.assign(pct=pct.reindex(playlists["track_id"]).to_numpy()).groupby("user_id")["pct"].mean()
+    listened = profiles.loc[profiles["history_level"] != "none", "mean_popularity_percentile"]
+    return {"recommended": recommended.dropna().to_numpy(np.float64), "history": listened.dropna().to_numpy(np.float64)}
 
 
 def genre_mix(playlists: pd.DataFrame, profiles: pd.DataFrame, users: int) -> pd.DataFrame:

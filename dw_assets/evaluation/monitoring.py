@@ -143,7 +143,7 @@ def _norms(values) -> tuple[np.ndarray, int]:
 
 
 def feature_drift(norms_now: np.ndarray, norms_last_week: np.ndarray, warn: float = 0.1,
-                  error: float = 0.25, ks_alpha: float = 0.01) -> CheckOutcome:
+                  error: float = 0.25, ks_alpha: float = 0.01, label: str = "user-embedding norm") -> CheckOutcome:
     """Drift of the user-embedding L2 norm distribution, this week vs last week.
 
     norms_*: float[n_users] norms, or float[n_users, dim] user vectors (norms taken per row);
@@ -154,7 +154,7 @@ def feature_drift(norms_now: np.ndarray, norms_last_week: np.ndarray, warn: floa
     the norm distribution and fails ERROR. Passes with a note when last week has no users.
     """
     (norms_now, dropped_now), (norms_last_week, dropped_last) = _norms(norms_now), _norms(norms_last_week)
-    name, label = "feature_drift", "user-embedding norm"
+    name = "feature_drift"
     if norms_last_week.size == 0:
         return CheckOutcome(name, True, "WARN", 0.0, warn,
                             f"{label} PSI not computed: no user embeddings last week (first week)",
@@ -176,6 +176,26 @@ def feature_drift(norms_now: np.ndarray, norms_last_week: np.ndarray, warn: floa
         "mean_norm_now": float(norms_now.mean()), "mean_norm_last_week": float(norms_last_week.mean()),
         "std_norm_now": float(norms_now.std()), "std_norm_last_week": float(norms_last_week.std()),
     })
+
+
+def embedding_statistic(vectors: np.ndarray) -> tuple[str, np.ndarray]:
+    """(label, float[n_users]) the per-user statistic whose distribution the feature-drift check watches.
+
+    The L2 norm when norms vary; the two-tower normalizes its outputs (every norm is 1), so then each
+    user's cosine to the week's mean user direction: rotation-invariant, so comparable across two
+    separately trained models, and it moves when a tower collapses (every user alike) or scatters.
+    """
+    vectors = np.asarray(vectors, dtype=np.float64)
+    if vectors.ndim != 2 or len(vectors) == 0:
+        return "user-embedding norm", np.zeros(0)
+    norms = np.linalg.norm(vectors, axis=1)
+    if norms.std() > 1e-3 * max(float(norms.mean()), 1e-12):
+        return "user-embedding norm", norms
+    centroid = vectors.mean(axis=0)
+    length = np.linalg.norm(centroid)
+    if length == 0:
+        return "user-embedding cosine to the mean user", np.zeros(len(vectors))
+    return "user-embedding cosine to the mean user", vectors @ (centroid / length) / np.maximum(norms, 1e-12)
 
 
 def volume_anomaly(name: str, value: float, trailing: list[float], max_ratio_change: float = 0.5,

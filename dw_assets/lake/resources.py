@@ -73,7 +73,8 @@ class LakeIOManager(ConfigurableIOManager):
             lake.write_frame(obj, uri)
         elif isinstance(obj, Artifact):
             lake.write_artifact(obj, uri)
-            context.add_output_metadata({"model_version": obj.model_version})
+            if "model_version" in obj.meta:  # models carry one; a report does not
+                context.add_output_metadata({"model_version": obj.model_version})
         elif _is_spark(obj):
             lake.write_spark(obj, uri)
         else:

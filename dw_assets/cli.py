@@ -103,6 +103,9 @@ def _week_summary(lake_root: Path, week: str) -> str:
         arms = lake.read_frame(ab_test)
         lines += ["", "simulated A/B (control: last week's models, treatment: this week's):",
                   arms.drop(columns="week").to_string(index=False, float_format=lambda v: f"{v:.4f}")]
+        summary = _ab_summary(week)
+        if summary:
+            lines.append(f"verdict: {summary['verdict']} - {summary['reason']}")
     playlists = lake.uri("gold", "ranked_playlists", week)
     if lake.exists(playlists):
         frame = lake.read_frame(playlists)
@@ -236,11 +239,7 @@ def ab(lake_dir, week, experiment, treatment_share, seed, as_json):
     except RunError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
-    from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
-
-    record = DagsterInstance.get().fetch_materializations(
-        AssetRecordsFilter(asset_key=AssetKey("simulated_ab_test"), asset_partitions=[week]), limit=1).records[0]
-    summary = record.asset_materialization.metadata["summary"].value
+    summary = _ab_summary(week)
     if as_json:
         click.echo(json.dumps(summary))
         return
@@ -250,6 +249,15 @@ def ab(lake_dir, week, experiment, treatment_share, seed, as_json):
     click.echo(pd.DataFrame(summary["arms"]).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     click.echo(pd.DataFrame(summary["effects"]).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     click.echo(f"verdict: {summary['verdict']} - {summary['reason']}")
+
+
+def _ab_summary(week: str) -> dict | None:
+    """The latest simulated A/B summary of ``week`` recorded in DAGSTER_HOME."""
+    from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
+
+    records = DagsterInstance.get().fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey("simulated_ab_test"), asset_partitions=[week]), limit=1).records
+    return records[0].asset_materialization.metadata["summary"].value if records else None
 
 
 def _missing_then(lake_root: Path, week: str, selection):

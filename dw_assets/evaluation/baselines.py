@@ -52,11 +52,13 @@ class ItemCfConfig:
 def als_top_k(interactions: pd.DataFrame, k: int, config: AlsConfig) -> tuple[np.ndarray, np.ndarray]:
     """(user_ids int64[n], top int64[n, k]) from ``implicit`` ALS, already-heard tracks excluded."""
     from implicit.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
 
-    model = AlternatingLeastSquares(
-        factors=config.factors, regularization=config.regularization, alpha=config.alpha,
-        iterations=config.iterations, random_state=config.seed,
-    )
+    with threadpool_limits(1, "blas"):  # implicit checks the BLAS threads when the model is made
+        model = AlternatingLeastSquares(
+            factors=config.factors, regularization=config.regularization, alpha=config.alpha,
+            iterations=config.iterations, random_state=config.seed,
+        )
     return _implicit_top_k(model, interactions, k)
 
 

@@ -43,7 +43,7 @@ def test_every_weekly_table_has_a_layer_and_a_schema_check():
         if node["group"] == "serving":  # lives in the serving store, checked against the lake
             assert node["layer"] is None and node["checks"], name
             continue
-        assert node["layer"] in {"bronze", "silver", "gold", "models"}, name
-        if node["layer"] != "models":  # model artifacts are versioned files, not tables
+        assert node["layer"] in {"bronze", "silver", "gold", "models", "reports"}, name
+        if node["layer"] not in ("models", "reports"):  # model artifacts and reports are files, not tables
             assert any(check.startswith("pandera_schema") for check in node["checks"]), name
         assert node["partitions"] == "WeeklyPartitionsDefinition", name

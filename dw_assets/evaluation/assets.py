@@ -264,6 +264,31 @@ OFFLINE_EVALUATION = pa.DataFrameSchema(
     unique=["system", "segment"],
     name="offline_evaluation",
 )
+AB_ARMS = pa.DataFrameSchema(
+    {
+        "arm": Column(str, Check.isin(["control", "treatment"])),
+        "metric": Column(str),
+        "users": Column("int64", Check.ge(0)),
+        "mean": Column(float, nullable=True),
+        "ci_low": Column(float, nullable=True),
+        "ci_high": Column(float, nullable=True),
+        "week": Column(str),
+    },
+    strict=True, unique=["arm", "metric"], name="simulated_ab_test",
+)
+MONITORING = pa.DataFrameSchema(
+    {
+        "name": Column(str, unique=True),
+        "status": Column(str, Check.isin(["PASS", "WARN", "ERROR"])),
+        "passed": Column(bool),
+        "severity": Column(str, Check.isin(["WARN", "ERROR"])),
+        "value": Column(float, nullable=True),
+        "threshold": Column(float, nullable=True),
+        "description": Column(str),
+        "week": Column(str),
+    },
+    strict=True, name="model_monitoring",
+)
 PLAYLIST_COLUMNS = ["user_id", "position", "track_id", "ranker_score", "source", "is_exploration", "genre"]
 PROFILE_COLUMNS = ["user_id", "genre_share", "mean_popularity_percentile", "history_level", "is_new_user"]
 
@@ -367,13 +392,14 @@ class AbTestConfig(Config):
 
 @multi_asset(
     outs={"simulated_ab_test": AssetOut(
-        group_name="evaluation", metadata={LAYER_KEY: "gold"},
+        group_name="evaluation", metadata={LAYER_KEY: "gold", "dagster/column_schema": table_schema(AB_ARMS)},
         description="Users split by a hash of (experiment, user id): control gets last week's models' playlist, "
                     "treatment this week's; the simulator's hidden listeners play them in week W+1. Per-arm save "
                     "rate, plays > 30 s and skip rate with confidence intervals, and a verdict.")},
     ins={"ranked_playlists": AssetIn(metadata={"columns": LIST_COLUMNS}),
          "last_week_playlists": AssetIn(metadata={"columns": LIST_COLUMNS})},
     partitions_def=weekly_partitions,
+    check_specs=[schema_check_spec("simulated_ab_test", AB_ARMS, blocking=False)],
 )
 def simulated_ab_test(context: AssetExecutionContext, config: AbTestConfig, lake: LakeResource,
                       ranked_playlists: pd.DataFrame, last_week_playlists: pd.DataFrame):
@@ -383,8 +409,9 @@ def simulated_ab_test(context: AssetExecutionContext, config: AbTestConfig, lake
     per_user = play_arms(truth, control=last_week_playlists, treatment=ranked_playlists, week=shift_week(week, 1),
                          config=settings)
     summary = summarize_ab(per_user, settings)
-    arms = ab_frame(summary)
-    yield Output(arms.assign(week=week), output_name="simulated_ab_test", metadata={
+    arms = ab_frame(summary).assign(week=week)
+    arms = arms.astype({"users": "int64", "mean": float, "ci_low": float, "ci_high": float})  # None -> NaN
+    yield Output(arms, output_name="simulated_ab_test", metadata={
         "verdict": summary["verdict"],
         "reason": summary["reason"],
         "users": MetadataValue.json(summary["users"]),
@@ -393,6 +420,7 @@ def simulated_ab_test(context: AssetExecutionContext, config: AbTestConfig, lake
         "effects": MetadataValue.md(pd.DataFrame(summary["effects"]).round(4).to_markdown(index=False)),
         "summary": MetadataValue.json(summary),
     })
+    yield schema_check_result("simulated_ab_test", arms, AB_ARMS, blocking=False)
 
 
 def simulator_truth(lake: Lake):
@@ -427,7 +455,7 @@ class MonitoringConfig(Config):
 
 @multi_asset(
     outs={"model_monitoring": AssetOut(
-        group_name="monitoring", metadata={LAYER_KEY: "gold"},
+        group_name="monitoring", metadata={LAYER_KEY: "gold", "dagster/column_schema": table_schema(MONITORING)},
         description="This week's drift, volume and batch-window checks (severity per check); needs no holdout.")},
     ins={"ranked_playlists": AssetIn(metadata={"columns": ["user_id", "ranker_score"]}),
          "user_embeddings": AssetIn(dagster_type=Artifact),
@@ -435,7 +463,8 @@ class MonitoringConfig(Config):
          "track_catalog": AssetIn(metadata={"columns": ["track_id", "release_date"]})},
     partitions_def=weekly_partitions,
     check_specs=[AssetCheckSpec(name, asset="model_monitoring", description=text, blocking=False)
-                 for name, text in MONITORING_CHECKS.items()],
+                 for name, text in MONITORING_CHECKS.items()]
+    + [schema_check_spec("model_monitoring", MONITORING, blocking=False)],
 )
 def model_monitoring(context: AssetExecutionContext, config: MonitoringConfig, lake: LakeResource,
                      ranked_playlists: pd.DataFrame, user_embeddings: Artifact, interactions: pd.DataFrame,
@@ -463,8 +492,8 @@ def model_monitoring(context: AssetExecutionContext, config: MonitoringConfig, l
         batch_window_sla(*batch_throughput(context.instance, week), target_users=config.target_users,
                          cluster_cores=config.cluster_cores, window_hours=config.window_hours),
     ]
-    table = summarize(outcomes)
-    yield Output(table.assign(week=week), output_name="model_monitoring", metadata={
+    table = summarize(outcomes).assign(week=week)
+    yield Output(table, output_name="model_monitoring", metadata={
         "checks": MetadataValue.md(table.to_markdown(index=False)),
         "volumes": MetadataValue.md(weeks.to_markdown(index=False)),
     })
@@ -474,6 +503,7 @@ def model_monitoring(context: AssetExecutionContext, config: MonitoringConfig, l
             severity=AssetCheckSeverity.ERROR if outcome.severity == "ERROR" else AssetCheckSeverity.WARN,
             description=outcome.description,
             metadata={"value": outcome.value, "threshold": outcome.threshold, **outcome.metadata})
+    yield schema_check_result("model_monitoring", table, MONITORING, blocking=False)
 
 
 def weekly_volumes(interactions: pd.DataFrame, catalog: pd.DataFrame, weeks: list[str]) -> pd.DataFrame:

@@ -72,3 +72,21 @@ def test_quality_targets_report_each_target_met_or_missed():
     assert abs(targets.at["pipeline NDCG vs ALS", "value"] - 0.05 / 0.045) < 1e-9
     assert targets.at["calibration KL vs retrieval", "met"]
     assert targets.at["max tracks per artist", "met"] and targets.at["cold-track share of slots", "met"]
+
+
+def test_exact_top_k_never_returns_a_heard_track_whatever_the_user_order():
+    from dw_assets.evaluation.baselines import embedding_top_k
+
+    rng = np.random.default_rng(3)
+    tracks = np.arange(100, 160, dtype=np.int64)
+    users = np.array([9, 2, 7, 4, 1], dtype=np.int64)  # embedding ids come in any order
+    heard = _plays([(int(u), int(t)) for u in users for t in rng.choice(tracks, 20, replace=False)])
+    user_vectors = rng.normal(size=(len(users), 8)).astype(np.float32)
+    track_vectors = rng.normal(size=(len(tracks), 8)).astype(np.float32)
+    top = embedding_top_k(user_vectors, tracks, track_vectors, users, heard, k=10)
+    for row, user in enumerate(users):
+        listened = set(heard.loc[heard["user_id"] == user, "track_id"])
+        assert not listened & set(top[row].tolist()), user
+        scores = track_vectors @ user_vectors[row]
+        best = [int(t) for t in tracks[np.argsort(-scores)] if t not in listened][:10]
+        assert top[row].tolist() == best  # each row is that user's own exact top-k

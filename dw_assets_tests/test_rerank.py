@@ -318,3 +318,53 @@ def test_config_rejects_impossible_settings():
     with pytest.raises(ValueError, match="Monday"):
         rerank_batch(pd.DataFrame(), pd.DataFrame({"user_id": []}), NO_POSTERIORS, pd.DataFrame(),
                      RerankConfig(), "2026-01-27")  # fmt: skip
+
+
+def test_cold_slots_go_to_the_best_scored_cold_candidates_at_the_end():
+    world = World(n_users=40, seed=5)
+    rng = np.random.default_rng(5)
+    world.scored = world.scored.assign(is_cold=rng.random(len(world.scored)) < 0.05)
+    # relevance only, so "best" is plain score order (with MMR/calibration on, it is their greedy gain)
+    config = RerankConfig(exploration_slots=0, cold_slots=2, mmr_lambda=1.0, calibration_lambda=0.0)
+    playlists = world.rerank(config).merge(world.scored[["user_id", "track_id", "is_cold"]],
+                                           on=["user_id", "track_id"])
+    for user_id, playlist in playlists.groupby("user_id"):
+        cold = playlist[playlist["is_cold"]].sort_values("position")
+        assert len(cold) >= 2 and cold["position"].tail(2).tolist() == [29, 30], user_id
+        # the last two slots hold the best-scored cold candidates the list did not already have
+        others = playlist[playlist["position"] <= 28]
+        pool = world.scored.query("user_id == @user_id and is_cold")
+        pool = pool[~pool["track_id"].isin(others["track_id"])
+                    & ~pool["artist_id"].isin(others["artist_id"].value_counts().loc[lambda c: c >= 2].index)]
+        assert set(cold["track_id"].tail(2)) == set(pool.nlargest(2, "score")["track_id"]), user_id
+    natural = world.rerank(RerankConfig(exploration_slots=0, cold_slots=0, mmr_lambda=1.0,
+                                        calibration_lambda=0.0)).merge(
+        world.scored[["user_id", "track_id", "is_cold"]], on=["user_id", "track_id"])
+    assert playlists["is_cold"].mean() > natural["is_cold"].mean()
+
+
+def test_exploration_reaches_into_the_country_pool_only_when_configured():
+    world = World(n_users=30, seed=6)
+    familiar = GENRES[:4]  # every candidate is in a genre the user hears a lot; the pool has all genres
+    world.scored = world.scored[world.scored["genre"].isin(familiar)].reset_index(drop=True)
+    world.users["genre_share"] = [[{"genre": g, "share": 0.25} for g in familiar]] * len(world.users)
+    closed = world.rerank(RerankConfig(calibration_lambda=0.0))
+    assert closed["is_exploration"].sum() == 0 and (closed.groupby("user_id").size() == 30).all()
+    opened = world.rerank(RerankConfig(calibration_lambda=0.0, explore_country_pool=True))
+    explored = opened[opened["is_exploration"]]
+    assert explored.groupby("user_id").size().between(2, 3).all() and explored["user_id"].nunique() == 30
+    assert (explored["source"] == FALLBACK_SOURCE).all() and not explored["genre"].isin(familiar).any()
+
+
+def test_the_list_order_adds_a_two_tower_prior_to_the_ranker_log_probability():
+    from dw_assets.ranking.playlists import list_score
+
+    probability = np.array([0.5, 0.4, 0.4, 0.0])
+    features = pd.DataFrame({"two_tower_score": [0.0, 2.0, np.nan, 1.0]})
+    assert np.allclose(list_score(probability, features, 0.0), np.log(np.clip(probability, 1e-6, 1)))
+    score = list_score(probability, features, 0.2)
+    assert score[1] > score[0]  # a likelier encounter outranks a slightly better taste match
+    assert score[2] == pytest.approx(np.log(0.4))  # no two-tower score, no prior
+    assert np.isfinite(score).all()
+    with pytest.raises(ValueError, match="cold_slots"):
+        RerankConfig(cold_slots=28)

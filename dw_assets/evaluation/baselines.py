@@ -32,7 +32,10 @@ def _user_items(interactions: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, sp.
 
 
 def heard_matrix(interactions: pd.DataFrame, users: np.ndarray, tracks: np.ndarray) -> sp.csr_matrix:
-    """1 where the user played the track at all (to exclude already-heard tracks)."""
+    """1 where the user played the track at all (to exclude already-heard tracks); users and tracks sorted."""
+    for name, ids in (("users", users), ("tracks", tracks)):
+        if len(ids) > 1 and (np.diff(ids) <= 0).any():
+            raise ValueError(f"heard_matrix needs unique {name} in ascending order")
     frame = interactions[["user_id", "track_id"]].drop_duplicates()
     rows = np.searchsorted(users, frame["user_id"].to_numpy(np.int64))
     cols = np.searchsorted(tracks, frame["track_id"].to_numpy(np.int64))
@@ -136,7 +139,11 @@ def embedding_top_k(
     """Exact inner-product top-k per user with already-heard tracks excluded: int64[n, k]."""
     order = np.argsort(track_ids)
     track_ids, track_vectors = track_ids[order], track_vectors[order]
-    heard = heard_matrix(interactions, np.asarray(user_ids, np.int64), track_ids).tocsr()
+    # heard_matrix looks users up by binary search: it needs them sorted (embedding ids are not).
+    user_ids = np.asarray(user_ids, np.int64)
+    by_user = np.argsort(user_ids, kind="stable")
+    heard = heard_matrix(interactions, user_ids[by_user], track_ids).tocsr()
+    user_vectors = np.asarray(user_vectors)[by_user]
     top = np.full((len(user_ids), k), -1, dtype=np.int64)
     k_eff = min(k, len(track_ids))
     for start in range(0, len(user_ids), batch):
@@ -145,7 +152,7 @@ def embedding_top_k(
         scores[block.nonzero()] = -np.inf
         best = np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff]
         ranked = np.take_along_axis(best, np.argsort(-np.take_along_axis(scores, best, 1), axis=1), 1)
-        top[start : start + batch, :k_eff] = track_ids[ranked]
+        top[by_user[start : start + batch], :k_eff] = track_ids[ranked]
     return top
 
 

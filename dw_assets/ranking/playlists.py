@@ -25,7 +25,7 @@ from dw_assets.ranking.rerank import RerankConfig, empty_posteriors, rerank_batc
 CANDIDATE_ARRAYS = ("track_id", "sources", "two_tower_rank", "item2vec_rank", "audio_rank",
                     "two_tower_score", "item2vec_score", "audio_score")
 POSTERIOR_ARRAYS = ("genre", "alpha", "beta")  # ``p_genre`` ...: the user's exploration posteriors
-TRACK_TABLE = ("track_id", "artist_id", "genre", "popularity_percentile")
+TRACK_TABLE = ("track_id", "artist_id", "genre", "popularity_percentile", "is_cold")
 FALLBACK_COLUMNS = ("country", "track_id", "artist_id", "genre", "score", "popularity_percentile")
 PLAYLIST_SPARK_SCHEMA = ("user_id long, position short, track_id long, score float, source string, "
                          "is_exploration boolean, artist_id long, genre string, ranker_score float")
@@ -112,13 +112,15 @@ def rank_users(users: pd.DataFrame, models: PlaylistModels, week: str) -> pd.Dat
     users: one row per user: user_profiles columns (features.USER_COLUMNS), country, heard
     (list of int64), user_vector (float[dim] or null), ``c_*`` candidate arrays (empty or null
     for users without candidates: they get the popularity fallback), optional ``p_*`` posteriors.
-    ``ranker_score`` is the LightGBM probability of a positive listen (NaN for fallback rows).
+    ``ranker_score`` is the LightGBM probability of a positive listen (NaN for fallback rows);
+    ``score`` the order the re-ranker started from (``list_score``).
     """
     candidates = explode_candidates(users)
     profiles = users.drop(columns=[c for c in users.columns if c.startswith(("c_", "p_"))])
     features = build_features(candidates, models.context, users=profiles)
-    scores = models.ranker.predict(features) if len(candidates) else np.zeros(0, np.float32)
-    scored = candidates[["user_id", "track_id", "sources"]].assign(score=scores).merge(
+    probability = models.ranker.predict(features) if len(candidates) else np.zeros(0, np.float32)
+    scored = candidates[["user_id", "track_id", "sources"]].assign(
+        score=list_score(probability, features, models.rerank.two_tower_prior), probability=probability).merge(
         models.tracks, on="track_id", how="left", validate="many_to_one")
     unknown = scored["artist_id"].isna()
     if unknown.any():  # a candidate outside the week's catalog cannot be described or served
@@ -126,10 +128,23 @@ def rank_users(users: pd.DataFrame, models: PlaylistModels, week: str) -> pd.Dat
     scored["artist_id"] = scored["artist_id"].astype(np.int64)
     playlists = rerank_batch(scored, profiles[["user_id", "country", "genre_share", "heard"]],
                              user_posteriors(users), models.fallback, models.rerank, week)
-    model_score = scored.set_index(["user_id", "track_id"])["score"]
+    model_score = scored.set_index(["user_id", "track_id"])["probability"]
     keys = pd.MultiIndex.from_arrays([playlists["user_id"], playlists["track_id"]])
     playlists["ranker_score"] = model_score.reindex(keys).to_numpy(np.float32)
     return playlists
+
+
+def list_score(probability: np.ndarray, features: pd.DataFrame, two_tower_prior: float) -> np.ndarray:
+    """The order the re-ranker starts from: log P(positive) + prior x two-tower inner product.
+
+    The ranker is trained on candidates the user heard, so it learns taste given exposure; the
+    two-tower score says how likely the user is to come across the track at all. A track without
+    a two-tower score (no user vector) gets no prior.
+    """
+    log_p = np.log(np.clip(np.asarray(probability, np.float64), 1e-6, 1.0))
+    if two_tower_prior == 0 or "two_tower_score" not in features:
+        return log_p
+    return log_p + two_tower_prior * np.nan_to_num(features["two_tower_score"].to_numpy(np.float64), nan=0.0)
 
 
 def fallback_pool(interactions: pd.DataFrame, users: pd.DataFrame, tracks: pd.DataFrame,

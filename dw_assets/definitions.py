@@ -53,4 +53,5 @@ def build_resources(lake_root: str | None = None, store_url: str | None = None) 
     }
 
 
-defs = Definitions(assets=ALL_ASSETS, jobs=[weekly_job], resources=build_resources())
+# In-process for every run, the UI's "Materialize" button included: one Spark session (JVM) per run.
+defs = Definitions(assets=ALL_ASSETS, jobs=[weekly_job], resources=build_resources(), executor=in_process_executor)

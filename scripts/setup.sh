@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Sets up a fresh clone: Java 17 for Spark and redis-server for the store tests (if missing),
-# a virtualenv, the pinned packages.
+# Sets up a fresh clone: Java 17 for Spark, redis-server for the store tests and Debian's chromium
+# for the UI test (if missing), a virtualenv, the pinned packages.
 # Idempotent and quick when nothing changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,13 @@ if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; 
   echo "[setup] redis-server not found: installing it (the Redis store tests start their own on loopback)" >&2
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y -qq redis-server >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
+fi
+
+# The UI test drives this browser through Playwright; Playwright's own browser downloads are never used.
+if ! command -v chromium >/dev/null 2>&1 && [ ! -x /usr/bin/chromium ]; then
+  echo "[setup] chromium not found: installing it (the UI test loads the asset graph in headless chromium)" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 fi
 
 PYTHON=${PYTHON:-python3.11}

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from dw_assets.automation.backfill import backfill_command
+
 
 def _echo_step(message: str) -> None:
     click.echo(f"[{time.strftime('%H:%M:%S')}] {message}", err=True)
@@ -219,7 +221,8 @@ def ab(lake_dir, week, experiment, treatment_share, seed, as_json):
     """Simulated A/B test: last week's models (control) vs this week's (treatment), played by the simulator."""
     from dagster import AssetSelection
 
-    from dw_assets.automation.runner import RunError, evaluate_week, has_simulator_truth
+    from dw_assets.automation.runner import RunError, evaluate_week
+    from dw_assets.automation.schedules import has_simulator_truth
 
     lake_root, manifest = _lake_and_manifest(lake_dir)
     week = week or manifest.get("last_training_week")
@@ -301,6 +304,9 @@ def bench_serving_command(store_url, users, rate, seconds, runs, as_json):
                "max_latency_p99_ms": max(x["latency_ms"]["p99"] for x in loads),
                "publish_users_per_s": statistics.median(float(r["publish"]["users_per_s"]) for r in results)}
     click.echo(json.dumps(summary, indent=None if as_json else 2, default=str))
+
+
+main.add_command(backfill_command)
 
 
 if __name__ == "__main__":

@@ -5,15 +5,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
+from dagster import Definitions, in_process_executor
 from dagster_pyspark import LazyPySparkResource
 
+from dw_assets.automation.schedules import jobs, schedules
+from dw_assets.automation.sensors import audio_upload_sensor
 from dw_assets.embeddings.assets import embedding_assets
+from dw_assets.embeddings.incremental_assets import incremental_assets
 from dw_assets.evaluation.assets import evaluation_assets
 from dw_assets.ingest.assets import ingest_assets
 from dw_assets.ingest.spark import settings_from_env, use_this_interpreter
 from dw_assets.lake.resources import LakeIOManager, LakeResource
-from dw_assets.partitions import weekly_partitions
 from dw_assets.ranking.assets import ranking_assets
 from dw_assets.retrieval.assets import retrieval_assets
 from dw_assets.serving.assets import PlaylistStoreResource, serving_assets
@@ -21,16 +23,6 @@ from dw_assets.serving.assets import PlaylistStoreResource, serving_assets
 use_this_interpreter()
 
 ALL_ASSETS = [*ingest_assets, *embedding_assets, *retrieval_assets, *ranking_assets, *serving_assets, *evaluation_assets]
-
-# One process per run: every Spark asset shares one local Spark session (JVM).
-weekly_job = define_asset_job(
-    "weekly_discover_job",
-    selection=AssetSelection.all(),
-    partitions_def=weekly_partitions,
-    executor_def=in_process_executor,
-    description="Everything the week needs, from landed logs to published playlists.",
-)
-
 
 def default_store_url(lake_root: str) -> str:
     """``DW_STORE_URL``, else an embedded SQLite file beside a local lake."""
@@ -54,4 +46,6 @@ def build_resources(lake_root: str | None = None, store_url: str | None = None) 
 
 
 # In-process for every run, the UI's "Materialize" button included: one Spark session (JVM) per run.
-defs = Definitions(assets=ALL_ASSETS, jobs=[weekly_job], resources=build_resources(), executor=in_process_executor)
+# The upload sensor's asset is partitioned by upload date, not by week: outside the weekly jobs.
+defs = Definitions(assets=[*ALL_ASSETS, *incremental_assets], jobs=jobs, schedules=schedules,
+                   sensors=[audio_upload_sensor], resources=build_resources(), executor=in_process_executor)

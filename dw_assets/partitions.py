@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from dagster import TimeWindowPartitionMapping, WeeklyPartitionsDefinition
+from dagster import BackfillPolicy, TimeWindowPartitionMapping, WeeklyPartitionsDefinition
 
 from dw_assets.calendar import shift_week
 
@@ -27,6 +27,13 @@ previous_week = TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
 earlier_weeks = TimeWindowPartitionMapping(
     start_offset=-HISTORY_WEEKS, end_offset=-1, allow_nonexistent_upstream_partitions=True
 )
+
+# Backfills run one week per run. Not single_run: the assets read `context.partition_key` (one
+# week) and write one week per output. And a week needs the week before it (ranker_model reads
+# week W-1's candidates, ranked_playlists earlier weeks' playlists), so a failed week is retried
+# alone before the next. Every weekly asset has this policy: Dagster never runs assets with
+# different policies together.
+ONE_WEEK_PER_RUN = BackfillPolicy.multi_run(max_partitions_per_run=1)
 
 
 def history_window_weeks(week: str) -> list[str]:

@@ -322,3 +322,24 @@ def test_users_with_no_vector_and_no_seed_tracks_get_no_rows(world, candidates):
     out = generate_candidates(nobody, world["models"], CONFIG)
     assert out.empty and list(out.columns) == list(CANDIDATE_COLUMNS)
     assert generate_candidates(world["users"].head(0), world["models"], CONFIG).empty
+
+
+def test_tracks_uploaded_since_the_weekly_index_are_found_through_the_delta(world):
+    from dw_assets.retrieval.delta import DeltaIndex
+
+    users = world["users"].head(5)
+    base = world["models"]
+    # One new track per user, pointing exactly where that user's vector points: its best match.
+    new_ids = np.arange(5, dtype=np.int64) + 10**9
+    vectors = np.stack([np.asarray(v, np.float32) * 10.0 for v in users["user_vector"]])
+    models = CandidateModels.from_bytes(base.to_bytes())
+    models.two_tower_delta = DeltaIndex(new_ids, vectors, base.model_version)
+    shipped = CandidateModels.from_bytes(models.to_bytes())  # the delta travels to the executors
+    assert shipped.two_tower_delta is not None and shipped.two_tower_delta.ids.tolist() == new_ids.tolist()
+    found = generate_candidates(users, shipped, CONFIG)
+    for user, new_id, vector in zip(users["user_id"], new_ids, users["user_vector"], strict=True):
+        mine = found[(found["user_id"] == user) & (found["track_id"] == new_id)]
+        assert len(mine) == 1 and 1 <= mine["two_tower_rank"].iat[0] <= len(new_ids), user  # above every old track
+        assert mine["two_tower_score"].iat[0] == pytest.approx(10.0 * float(np.dot(vector, vector)), rel=1e-4)
+    without = generate_candidates(users, base, CONFIG)
+    assert not without["track_id"].isin(new_ids).any()

@@ -46,4 +46,6 @@ def test_every_weekly_table_has_a_layer_and_a_schema_check():
         assert node["layer"] in {"bronze", "silver", "gold", "models", "reports"}, name
         if node["layer"] not in ("models", "reports"):  # model artifacts and reports are files, not tables
             assert any(check.startswith("pandera_schema") for check in node["checks"]), name
-        assert node["partitions"] == "WeeklyPartitionsDefinition", name
+        # every asset is weekly but the upload sensor's, partitioned by upload date
+        expected = "DynamicPartitionsDefinition" if name == "new_track_vectors" else "WeeklyPartitionsDefinition"
+        assert node["partitions"] == expected, name

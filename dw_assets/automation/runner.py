@@ -9,6 +9,7 @@ from pathlib import Path
 
 from dagster import AssetCheckSeverity, AssetSelection, DagsterInstance, ExecuteInProcessResult, materialize
 
+from dw_assets.automation.schedules import evaluation_selection
 from dw_assets.calendar import shift_week
 from dw_assets.definitions import ALL_ASSETS, build_resources
 from dw_assets.partitions import HISTORY_WEEKS
@@ -37,7 +38,9 @@ def run_instance() -> DagsterInstance:
     Path(home).mkdir(parents=True, exist_ok=True)
     settings = Path(home) / "dagster.yaml"
     if not settings.exists():
-        settings.write_text("telemetry:\n  enabled: false\n")
+        # One weekly run at a time, oldest first (a UI backfill's week W needs W-1's candidates; one JVM).
+        settings.write_text("telemetry:\n  enabled: false\nrun_queue:\n  tag_concurrency_limits:\n"
+                            "    - key: dw/weekly_batch\n      limit: 1\n")
     return DagsterInstance.get()
 
 
@@ -155,17 +158,6 @@ def materialize_week(
     progress(f"week {week}: all assets materialized in {time.perf_counter() - started:.1f}s (run {result.run_id[:8]})")
     report += _summarize(result, week)
     return "materialized:\n" + "\n".join(report)
-
-
-def has_simulator_truth(lake_root: Path | str) -> bool:
-    """Only a simulated world (``dw simulate``) has hidden listeners to play the A/B arms."""
-    return not str(lake_root).startswith("s3://") and (Path(lake_root) / "simulator").is_dir()
-
-
-def evaluation_selection(lake_root: Path | str) -> AssetSelection:
-    """The evaluation group (and the monitoring its report shows); the simulated A/B only where the simulator's truth is."""
-    selection = AssetSelection.groups("evaluation", "monitoring")
-    return selection if has_simulator_truth(lake_root) else selection - AssetSelection.assets("simulated_ab_test")
 
 
 def evaluate_week(lake_root: Path, week: str, known_weeks: list[str] | None, refresh: bool = False,

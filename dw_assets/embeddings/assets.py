@@ -38,7 +38,7 @@ from dw_assets.embeddings.two_tower import (
 )
 from dw_assets.lake.resources import LAYER_KEY, LakeResource
 from dw_assets.lake.storage import Artifact, vectors_artifact, vectors_from
-from dw_assets.partitions import history_window, weekly_partitions
+from dw_assets.partitions import ONE_WEEK_PER_RUN, history_window, weekly_partitions
 from dw_assets.versioning import model_version, require_same_version
 
 GROUP = "embeddings"
@@ -71,6 +71,7 @@ class Item2VecAssetConfig(Config):
         "interactions": AssetIn(partition_mapping=history_window, metadata={"columns": SESSION_COLUMNS}),
     },
     partitions_def=weekly_partitions,
+    backfill_policy=ONE_WEEK_PER_RUN,
 )
 def item2vec_embeddings(
     context: AssetExecutionContext, config: Item2VecAssetConfig, user_playlists: pd.DataFrame, interactions: pd.DataFrame
@@ -98,6 +99,7 @@ class AudioAssetConfig(Config):
     outs={"audio_embeddings": _out("Audio CNN on log-mel spectrograms, trained to land in the item2vec space; a vector for every track with audio.")},
     ins={"track_catalog": AssetIn(), "item2vec_embeddings": AssetIn(dagster_type=Artifact)},
     partitions_def=weekly_partitions,
+    backfill_policy=ONE_WEEK_PER_RUN,
     check_specs=[AssetCheckSpec("audio_files_readable", asset="audio_embeddings",
                                 description="Corrupt, truncated, empty or silent clips are reported and skipped.")],
 )
@@ -166,6 +168,7 @@ class TwoTowerAssetConfig(Config):
         "audio_embeddings": AssetIn(dagster_type=Artifact),
     },
     partitions_def=weekly_partitions,
+    backfill_policy=ONE_WEEK_PER_RUN,
 )
 def two_tower_model(
     context: AssetExecutionContext,
@@ -202,6 +205,7 @@ class TrackEmbeddingsConfig(Config):
     },
     ins={"two_tower_model": AssetIn(dagster_type=Artifact), "user_profiles": AssetIn(), "track_stats": AssetIn()},
     partitions_def=weekly_partitions,
+    backfill_policy=ONE_WEEK_PER_RUN,
 )
 def tower_embeddings(
     context: AssetExecutionContext,

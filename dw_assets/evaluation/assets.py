@@ -66,6 +66,7 @@ from dw_assets.lake.resources import LAYER_KEY, LakeResource
 from dw_assets.lake.storage import Artifact, Lake, vectors_artifact, vectors_from
 from dw_assets.partitions import (
     HISTORY_WEEKS,
+    ONE_WEEK_PER_RUN,
     earlier_weeks,
     history_window,
     history_window_weeks,
@@ -122,6 +123,7 @@ def _row(system: str, k: int, result: dict, cold: dict, seconds: float) -> dict:
         "track_stats": AssetIn(),
     },
     partitions_def=weekly_partitions,
+    backfill_policy=ONE_WEEK_PER_RUN,
     check_specs=[schema_check_spec("retrieval_evaluation", RETRIEVAL_EVALUATION, blocking=False)],
 )
 def retrieval_evaluation(
@@ -199,6 +201,7 @@ def retrieval_evaluation(
                                                "may_be_empty": True}),
     },
     partitions_def=weekly_partitions,
+    backfill_policy=ONE_WEEK_PER_RUN,
     check_specs=[schema_check_spec("last_week_playlists", RANKED_PLAYLISTS, blocking=False)],
 )
 def last_week_playlists(
@@ -320,6 +323,7 @@ class OfflineEvaluationConfig(Config):
         "retrieval_evaluation": AssetIn(),
     },
     partitions_def=weekly_partitions,
+    backfill_policy=ONE_WEEK_PER_RUN,
     check_specs=[schema_check_spec("offline_evaluation", OFFLINE_EVALUATION, blocking=False)],
 )
 def offline_evaluation(
@@ -399,6 +403,7 @@ class AbTestConfig(Config):
     ins={"ranked_playlists": AssetIn(metadata={"columns": LIST_COLUMNS}),
          "last_week_playlists": AssetIn(metadata={"columns": LIST_COLUMNS})},
     partitions_def=weekly_partitions,
+    backfill_policy=ONE_WEEK_PER_RUN,
     check_specs=[schema_check_spec("simulated_ab_test", AB_ARMS, blocking=False)],
 )
 def simulated_ab_test(context: AssetExecutionContext, config: AbTestConfig, lake: LakeResource,
@@ -462,6 +467,7 @@ class MonitoringConfig(Config):
          "interactions": AssetIn(partition_mapping=history_window, metadata={"columns": ["user_id", "ts"]}),
          "track_catalog": AssetIn(metadata={"columns": ["track_id", "release_date"]})},
     partitions_def=weekly_partitions,
+    backfill_policy=ONE_WEEK_PER_RUN,
     check_specs=[AssetCheckSpec(name, asset="model_monitoring", description=text, blocking=False)
                  for name, text in MONITORING_CHECKS.items()]
     + [schema_check_spec("model_monitoring", MONITORING, blocking=False)],
@@ -553,6 +559,7 @@ def batch_throughput(instance, week: str) -> tuple[float, int]:
          "model_monitoring": AssetIn()},
     deps=[AssetDep("simulated_ab_test")],  # read when it ran: only a simulated world has one
     partitions_def=weekly_partitions,
+    backfill_policy=ONE_WEEK_PER_RUN,
 )
 def evaluation_report(context: AssetExecutionContext, lake: LakeResource, offline_evaluation: pd.DataFrame,
                       ranked_playlists: pd.DataFrame, track_stats: pd.DataFrame,

@@ -25,7 +25,7 @@ from dw_assets.ingest.snapshots import user_directory as read_user_directory
 from dw_assets.ingest.snapshots import user_playlists as read_user_playlists
 from dw_assets.lake.quality import emit_checked, schema_check_spec, table_schema
 from dw_assets.lake.resources import LAYER_KEY, LakeResource
-from dw_assets.partitions import history_window, weekly_partitions
+from dw_assets.partitions import ONE_WEEK_PER_RUN, history_window, weekly_partitions
 
 GROUP = "ingest"
 
@@ -44,6 +44,7 @@ def _landing(lake: LakeResource) -> str:
                                   description="Tracks released by the end of the week (new releases are cold: audio, no plays)."),
     },
     partitions_def=weekly_partitions,
+    backfill_policy=ONE_WEEK_PER_RUN,
     check_specs=[schema_check_spec("track_catalog", schemas.TRACK_CATALOG)],
 )
 def track_catalog(context: AssetExecutionContext, pyspark: LazyPySparkResource, lake: LakeResource):
@@ -57,6 +58,7 @@ def track_catalog(context: AssetExecutionContext, pyspark: LazyPySparkResource, 
                                    description="Users signed up by the end of the week, with country and birth year."),
     },
     partitions_def=weekly_partitions,
+    backfill_policy=ONE_WEEK_PER_RUN,
     check_specs=[schema_check_spec("user_directory", schemas.USER_DIRECTORY)],
 )
 def user_directory(context: AssetExecutionContext, pyspark: LazyPySparkResource, lake: LakeResource):
@@ -70,6 +72,7 @@ def user_directory(context: AssetExecutionContext, pyspark: LazyPySparkResource,
                                    description="Snapshot of user playlists at the end of the week (the item2vec corpus)."),
     },
     partitions_def=weekly_partitions,
+    backfill_policy=ONE_WEEK_PER_RUN,
     check_specs=[schema_check_spec("user_playlists", schemas.USER_PLAYLISTS)],
 )
 def user_playlists(context: AssetExecutionContext, pyspark: LazyPySparkResource, lake: LakeResource):
@@ -89,6 +92,7 @@ def user_playlists(context: AssetExecutionContext, pyspark: LazyPySparkResource,
         "track_catalog": AssetIn(),
     },
     partitions_def=weekly_partitions,
+    backfill_policy=ONE_WEEK_PER_RUN,
     check_specs=[
         schema_check_spec("raw_play_events", schemas.RAW_PLAY_EVENTS),
         schema_check_spec("quarantined_events", schemas.QUARANTINED_EVENTS, blocking=False),
@@ -142,6 +146,7 @@ class InteractionsConfig(Config):
     },
     ins={"raw_play_events": AssetIn(), "track_catalog": AssetIn()},
     partitions_def=weekly_partitions,
+    backfill_policy=ONE_WEEK_PER_RUN,
     check_specs=[
         schema_check_spec("interactions", schemas.INTERACTIONS),
         schema_check_spec("flagged_activity", schemas.FLAGGED_ACTIVITY, blocking=False),
@@ -176,6 +181,7 @@ def interactions(
     },
     ins={"interactions": AssetIn(partition_mapping=history_window), "track_catalog": AssetIn()},
     partitions_def=weekly_partitions,
+    backfill_policy=ONE_WEEK_PER_RUN,
     check_specs=[schema_check_spec("track_stats", schemas.TRACK_STATS)],
 )
 def track_stats(context: AssetExecutionContext, interactions: DataFrame, track_catalog: DataFrame):
@@ -201,6 +207,7 @@ class UserProfilesConfig(Config):
         "track_stats": AssetIn(),
     },
     partitions_def=weekly_partitions,
+    backfill_policy=ONE_WEEK_PER_RUN,
     check_specs=[schema_check_spec("user_profiles", schemas.USER_PROFILES)],
 )
 def user_profiles(

@@ -23,6 +23,7 @@ from dw_assets.lake.quality import emit_checked, schema_check_spec, table_schema
 from dw_assets.lake.resources import LAYER_KEY, LakeResource, require_partitions
 from dw_assets.lake.storage import Artifact, vectors_from
 from dw_assets.partitions import (
+    ONE_WEEK_PER_RUN,
     earlier_weeks,
     history_window,
     history_window_weeks,
@@ -86,6 +87,7 @@ def feature_context(user_profiles: pd.DataFrame | None, track_stats: pd.DataFram
            for name in FEATURE_INPUTS},
     },
     partitions_def=weekly_partitions,
+    backfill_policy=ONE_WEEK_PER_RUN,
 )
 def ranker_model(
     context: AssetExecutionContext,
@@ -167,6 +169,7 @@ class PlaylistsConfig(Config):
                                                "may_be_empty": True}),
     },
     partitions_def=weekly_partitions,
+    backfill_policy=ONE_WEEK_PER_RUN,
     check_specs=[schema_check_spec("ranked_playlists", RANKED_PLAYLISTS, blocking=True)],
 )
 def ranked_playlists(

@@ -20,12 +20,14 @@ from dagster import (
 from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import DataFrame
 
+from dw_assets.automation.sensors import AUDIO_UPLOADS
 from dw_assets.embeddings.assets import embedding_versions
+from dw_assets.embeddings.incremental_assets import delta_index, load_new_track_vectors
 from dw_assets.ingest.spark import load_once, map_user_batches, payload_key
 from dw_assets.lake.quality import emit_checked, schema_check_spec, table_schema
 from dw_assets.lake.resources import LAYER_KEY, LakeResource, require_partitions
 from dw_assets.lake.storage import Artifact, array_bytes, vectors_from
-from dw_assets.partitions import history_window, history_window_weeks, weekly_partitions
+from dw_assets.partitions import ONE_WEEK_PER_RUN, history_window, history_window_weeks, weekly_partitions
 from dw_assets.retrieval.ann import AnnConfig, AnnIndex, build_index, measure
 from dw_assets.retrieval.candidates import (
     CANDIDATE_SPARK_SCHEMA,
@@ -59,6 +61,7 @@ class FaissIndexConfig(Config):
                                   description="Inner-product ANN index over track_embeddings; exact below a size threshold.")},
     ins={"track_embeddings": AssetIn(dagster_type=Artifact), "user_embeddings": AssetIn(dagster_type=Artifact)},
     partitions_def=weekly_partitions,
+    backfill_policy=ONE_WEEK_PER_RUN,
     check_specs=[AssetCheckSpec(RECALL_CHECK, asset="faiss_index", blocking=True,
                                 description="recall@500 vs exact search on a sample of real user vectors ≥ min_recall.")],
 )
@@ -119,6 +122,7 @@ class CandidatesConfig(Config):
         "interactions": AssetIn(partition_mapping=history_window),
     },
     partitions_def=weekly_partitions,
+    backfill_policy=ONE_WEEK_PER_RUN,
     check_specs=[schema_check_spec("candidates", CANDIDATES, blocking=True)],
 )
 def candidates(
@@ -139,6 +143,10 @@ def candidates(
                        "the heard-track filter reads the whole 12-week window")
     started = time.perf_counter()
     models = candidate_models(faiss_index, item2vec_embeddings, audio_embeddings, track_stats, version)
+    # Tracks uploaded since this week's models were built (the audio-upload sensor): searched beside the index.
+    index = models.two_tower
+    models.two_tower_delta = delta_index(load_new_track_vectors(
+        lake.open(), context.instance.get_dynamic_partitions(AUDIO_UPLOADS), version), index.dim) or None
     spark = pyspark.spark_session
     users = candidate_users(spark, user_embeddings, user_profiles, interactions)
     blob = models.to_bytes()
@@ -148,6 +156,7 @@ def candidates(
     yield from emit_checked("candidates", frame, CANDIDATES, {
         "model_version": version,
         "cold_pool_tracks": len(models.audio_ids),
+        "uploaded_tracks_searched": len(models.two_tower_delta) if models.two_tower_delta is not None else 0,
         "shipped_model_mb": round(len(blob) / 2**20, 1),
         "rows_by_sources": MetadataValue.json(dict(sorted(by_source.items()))),
         "elapsed_s": round(time.perf_counter() - started, 1),

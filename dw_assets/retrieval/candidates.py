@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from dw_assets.retrieval.ann import AnnConfig, AnnIndex, build_index
+from dw_assets.retrieval.delta import DeltaIndex, search_with_delta
 
 SOURCES = ("two_tower", "item2vec", "audio")
 TWO_TOWER, ITEM2VEC, AUDIO = range(3)
@@ -122,6 +123,7 @@ class CandidateModels:
         audio_vectors: np.ndarray,
         audio_index: AnnIndex,
         model_version: str = "",
+        two_tower_delta: DeltaIndex | None = None,
     ) -> None:
         self.two_tower = two_tower
         self.item2vec_ids = item2vec_ids
@@ -133,6 +135,9 @@ class CandidateModels:
         self.audio_vectors = audio_vectors
         self.audio_index = audio_index
         self.model_version = model_version
+        # Tracks uploaded since the weekly index (the audio-upload sensor's new_track_vectors): searched
+        # beside it, so they are candidates before next week's models know them.
+        self.two_tower_delta = two_tower_delta if two_tower_delta is not None and len(two_tower_delta) else None
 
     @classmethod
     def build(
@@ -213,6 +218,10 @@ class CandidateModels:
             "audio_ids": self.audio_ids,
             "audio_vectors": self.audio_vectors,
         }
+        if self.two_tower_delta is not None:
+            arrays["delta_ids"] = self.two_tower_delta.ids
+            arrays["delta_vectors"] = self.two_tower_delta.vectors
+            meta["delta_version"] = self.two_tower_delta.model_version
         for name, index in (("item2vec_index", self.item2vec_index), ("audio_index", self.audio_index)):
             meta[f"{name}_config"] = dataclasses.asdict(index.config)
             meta[f"{name}_kind"] = index.kind
@@ -229,6 +238,9 @@ class CandidateModels:
             meta = json.loads(arrays["meta"].tobytes())
             loaded = {name: arrays[name] for name in arrays.files if name not in ("meta", "two_tower")}
             two_tower = AnnIndex.from_bytes(arrays["two_tower"].tobytes(), use_gpu=use_gpu)
+        delta = None
+        if "delta_ids" in loaded:
+            delta = DeltaIndex(loaded.pop("delta_ids"), loaded.pop("delta_vectors"), meta.get("delta_version", ""))
         for name, vectors in (
             ("item2vec_index", loaded["item2vec_vectors"]),
             ("audio_index", loaded["audio_vectors"]),
@@ -240,7 +252,7 @@ class CandidateModels:
                 loaded[name] = build_index(np.arange(len(vectors)), vectors, config)
             else:
                 loaded[name] = AnnIndex.from_bytes(loaded[name].tobytes(), use_gpu=use_gpu)
-        return cls(two_tower, model_version=meta["model_version"], **loaded)
+        return cls(two_tower, model_version=meta["model_version"], two_tower_delta=delta, **loaded)
 
 
 def generate_candidates(
@@ -270,7 +282,8 @@ def _candidates_for(users: pd.DataFrame, models: CandidateModels, config: Candid
     batch = _UserBatch.parse(users, models, config)
     n_users = len(batch.user_ids)
     quotas = config.quotas
-    sizes = [len(models.two_tower), len(models.item2vec_ids), len(models.audio_ids)]  # SOURCES order
+    delta = len(models.two_tower_delta) if models.two_tower_delta is not None else 0
+    sizes = [len(models.two_tower) + delta, len(models.item2vec_ids), len(models.audio_ids)]  # SOURCES order
     caps = np.minimum(sizes, config.max_fetch)  # most a source returns per user (per seed for item2vec)
     applicable = np.zeros((3, n_users), dtype=bool)
     applicable[TWO_TOWER] = batch.has_vector
@@ -414,7 +427,7 @@ def _two_tower_hits(
     batch: _UserBatch, models: CandidateModels, rows: np.ndarray, k: np.ndarray
 ) -> _SourceHits:
     """Top ``k`` (int64[len(rows)]) tracks by user·track inner product for each user row, in one search."""
-    scores, tracks = _search(models.two_tower, batch.vectors[rows], int(k.max()))
+    scores, tracks = _search(models.two_tower, batch.vectors[rows], int(k.max()), models.two_tower_delta)
     return _from_lists(batch, rows, k, tracks, scores)
 
 
@@ -557,12 +570,14 @@ def _candidate_frame(
     return pd.DataFrame(columns, columns=list(CANDIDATE_COLUMNS))
 
 
-def _search(index: AnnIndex, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """``index.search``, never with a lone query: faiss splits one query's scan across threads with
-    differently rounded kernels, so a user alone in a batch would score differently."""
+def _search(index: AnnIndex, queries: np.ndarray, k: int,
+            delta: DeltaIndex | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``index.search`` (with the delta of new uploads beside it, if any), never with a lone query:
+    faiss splits one query's scan across threads with differently rounded kernels, so a user alone
+    in a batch would score differently."""
     if len(queries) != 1:
-        return index.search(queries, k)
-    scores, labels = index.search(np.repeat(queries, 2, axis=0), k)
+        return search_with_delta(index, delta, queries, k)
+    scores, labels = search_with_delta(index, delta, np.repeat(queries, 2, axis=0), k)
     return scores[:1], labels[:1]
 
 

@@ -14,7 +14,7 @@ from dagster import (
     asset,
 )
 
-from dw_assets.partitions import weekly_partitions
+from dw_assets.partitions import ONE_WEEK_PER_RUN, weekly_partitions
 from dw_assets.serving.publish import publish_week
 from dw_assets.serving.stores import PLAYLIST_COLUMNS, PlaylistStore, open_store
 
@@ -42,6 +42,7 @@ def redacted(url: str) -> str:
 @asset(
     group_name="serving",
     partitions_def=weekly_partitions,
+    backfill_policy=ONE_WEEK_PER_RUN,
     ins={"ranked_playlists": AssetIn()},
     check_specs=[AssetCheckSpec("served_week_matches_lake", asset="published_playlists",
                                 description="The store holds every user of the week, read back after publishing.")],

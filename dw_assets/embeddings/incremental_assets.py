@@ -1,0 +1,178 @@
+"""``new_track_vectors``: the tracks of one upload day, embedded and warm-started between weekly runs.
+
+Partitioned by ``audio_uploads`` (one dynamic partition per upload-date folder, added by
+``audio_upload_sensor``). It extends the newest weekly model set in the lake — the week whose
+``audio_embeddings``, ``two_tower_model`` and ``faiss_index`` all exist — read through the lake, not
+as Dagster inputs, because the partitions differ (an upload day has no weekly partition of its own,
+and the live index is the newest week's, whatever the upload date).
+
+Artifact (layer ``models``, ``models/new_track_vectors/week=<upload_date>/``): ``ids.npy`` int64[m],
+``vectors.npy`` float32[m, dim] two-tower item vectors (the faiss_index space), ``audio_vectors.npy``
+float32[m, d_audio] audio CNN vectors (the item2vec space, for the audio candidate source);
+``meta.json`` carries the extended week's ``model_version`` (so it only ever merges with that week's
+index), ``models_week``, the audio model's version, the unusable clips and counts.
+An unusable clip (corrupt, truncated, empty, silent, ...) is reported in metadata and by the
+``upload_clips_readable`` check (warn); it never fails the run.
+"""
+
+
+import datetime as dt
+import io
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetOut,
+    BackfillPolicy,
+    Config,
+    MetadataValue,
+    Output,
+    multi_asset,
+)
+
+from dw_assets.automation.sensors import audio_uploads
+from dw_assets.automation.uploads import fetch_clips, list_upload_folder
+from dw_assets.calendar import shift_week, week_key
+from dw_assets.embeddings import incremental
+from dw_assets.embeddings.audio import AudioModel
+from dw_assets.embeddings.two_tower import TrainedTwoTower, TwoTowerConfig
+from dw_assets.lake.resources import LAYER_KEY, LakeResource
+from dw_assets.lake.storage import Artifact, Lake, LakeError, array_bytes, array_from_bytes, vectors_artifact
+from dw_assets.partitions import FIRST_WEEK
+from dw_assets.retrieval.delta import DeltaIndex
+
+ASSET = "new_track_vectors"
+CHECK = "upload_clips_readable"
+AUDIO_VECTORS_FILE = "audio_vectors.npy"
+# What a week must have in the lake to be extended: the CNN, the two-tower, and the live index.
+WEEKLY_MODELS = ("audio_embeddings", "two_tower_model", "faiss_index")
+
+
+class NewTrackVectorsConfig(Config):
+    cold_neighbours: int = TwoTowerConfig.cold_neighbours  # anchors per warm start, as the weekly rule
+    clip_seconds: float | None = None  # None: the weekly model's setting, else the day's median clip length
+
+
+def latest_model_week(lake: Lake, upload_date: str | None = None) -> str:
+    """The newest week whose ``WEEKLY_MODELS`` are all in the lake (checked newest first, stops at the first).
+
+    Weeks from today's (or ``upload_date``'s, if later) back to ``FIRST_WEEK``.
+    """
+    newest = max(dt.datetime.now(dt.UTC).date(), dt.date.fromisoformat(upload_date) if upload_date else dt.date.min)
+    week = week_key(newest)
+    while week >= FIRST_WEEK:
+        if all(lake.exists(lake.uri("models", name, week)) for name in WEEKLY_MODELS):
+            return week
+        week = shift_week(week, -1)
+    raise LakeError(f"no week in {lake.root} has {', '.join(WEEKLY_MODELS)}: run the weekly models first")
+
+
+def landing_catalog(lake: Lake, track_ids: Iterable[int]) -> pd.DataFrame | None:
+    """track_id, artist_id, genre rows of ``track_ids`` in the landed catalog (DESIGN §7); None when no
+    catalog has landed. Uploads often precede their catalog row: the warm start then uses audio alone.
+    """
+    columns = ["track_id", "artist_id", "genre"]
+    wanted = [("track_id", "in", sorted(int(t) for t in track_ids))]
+    if not lake.is_s3:
+        path = Path(lake.landing) / "catalog" / "tracks.parquet"
+        return pd.read_parquet(path, columns=columns, filters=wanted) if path.exists() else None
+    from botocore.exceptions import ClientError
+
+    bucket, _, key = f"{lake.landing}/catalog/tracks.parquet".removeprefix("s3://").partition("/")
+    try:
+        body = lake.s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return None
+        raise
+    return pd.read_parquet(io.BytesIO(body), columns=columns, filters=wanted)
+
+
+@multi_asset(
+    outs={ASSET: AssetOut(group_name="uploads", metadata={LAYER_KEY: "models"}, dagster_type=Artifact,
+                          description="One upload day's new tracks: audio CNN vectors and two-tower vectors "
+                                      "warm-started from audio neighbours, searched beside the weekly index.")},
+    partitions_def=audio_uploads,
+    backfill_policy=BackfillPolicy.multi_run(1),  # one upload day per run: the asset reads its partition key
+    check_specs=[AssetCheckSpec(CHECK, asset=ASSET,
+                                description="Corrupt, truncated, empty or silent uploads are reported and skipped.")],
+)
+def new_track_vectors(context: AssetExecutionContext, config: NewTrackVectorsConfig, lake: LakeResource):
+    started = time.perf_counter()
+    upload_date = context.partition_key
+    opened = lake.open()
+    week = latest_model_week(opened, upload_date)
+    audio = opened.read_artifact(opened.uri("models", "audio_embeddings", week))
+    tower = opened.read_artifact(opened.uri("models", "two_tower_model", week))
+    trained = TrainedTwoTower.from_bytes(tower.files["two_tower.bin"])
+    uploads = list_upload_folder(opened.landing, upload_date, opened.s3_client)
+    with tempfile.TemporaryDirectory(prefix="dw-uploads-") as scratch:
+        clips = fetch_clips(uploads, Path(scratch), opened.s3_client)
+        result = incremental.new_track_vectors(
+            clips, AudioModel.from_bytes(audio.files["model.pt"]), trained, config.cold_neighbours,
+            landing_catalog(opened, clips), config.clip_seconds)
+    located = {u.track_id: u.location for u in uploads}  # report S3 clips by their key, not the scratch copy
+    problems = result.problems.assign(path=result.problems["track_id"].map(located))
+    meta = {"model_version": tower.model_version, "models_week": week, "audio_model_version": audio.model_version,
+            "upload_date": upload_date, "problems": problems.to_dict("records"),
+            "already_indexed": result.already_indexed.tolist(), **result.stats}
+    yield Output(
+        vectors_artifact(result.track_ids, result.item_vectors, meta,
+                         **{AUDIO_VECTORS_FILE: array_bytes(result.audio_vectors)}),
+        output_name=ASSET,
+        metadata={"model_version": tower.model_version, "models_week": week, "upload_date": upload_date,
+                  **{k: v for k, v in result.stats.items() if np.isscalar(v) and np.isfinite(v)},
+                  "elapsed_s": round(time.perf_counter() - started, 1)},
+    )
+    by_problem = problems["problem"].value_counts().to_dict()
+    yield AssetCheckResult(
+        asset_key=ASSET, check_name=CHECK, passed=not by_problem, severity=AssetCheckSeverity.WARN,
+        metadata={"skipped_by_problem": MetadataValue.json(by_problem), "uploads": len(uploads),
+                  "skipped": MetadataValue.md(problems.head(50).to_markdown(index=False)) if by_problem else "none"},
+    )
+
+
+def load_new_track_vectors(lake: Lake, upload_dates: Iterable[str], model_version: str) -> list[Artifact]:
+    """The ``new_track_vectors`` partitions of ``upload_dates`` that extend ``model_version``, oldest first.
+
+    upload_dates: e.g. ``instance.get_dynamic_partitions("audio_uploads")``. Partitions computed with
+    another week's models are left out (their vectors live in another two-tower space).
+    """
+    found = []
+    for date in sorted(set(upload_dates)):
+        uri = lake.uri("models", ASSET, date)
+        if lake.exists(uri):
+            artifact = lake.read_artifact(uri)
+            if artifact.model_version == model_version:
+                found.append(artifact)
+    return found
+
+
+def delta_index(artifacts: list[Artifact], dim: int) -> DeltaIndex:
+    """One exact index over the new tracks of ``artifacts`` (oldest first: a later upload's vector wins)."""
+    parts = [DeltaIndex(array_from_bytes(a.files["ids.npy"]), array_from_bytes(a.files["vectors.npy"]),
+                        a.model_version) for a in artifacts]
+    return DeltaIndex.combine(parts, dim=dim)
+
+
+def new_audio_vectors(artifacts: list[Artifact], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(track ids int64[m], audio vectors float32[m, dim]) of the new tracks, for the audio candidate pool
+    (``dim``: the audio_embeddings width); a track uploaded twice keeps its latest vector."""
+    if not artifacts:
+        return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
+    ids = np.concatenate([array_from_bytes(a.files["ids.npy"]) for a in artifacts])
+    vectors = np.concatenate([array_from_bytes(a.files[AUDIO_VECTORS_FILE]) for a in artifacts])
+    _, last = np.unique(ids[::-1], return_index=True)
+    keep = np.sort(len(ids) - 1 - last)
+    return ids[keep], vectors[keep]
+
+
+incremental_assets = [new_track_vectors]

@@ -11,6 +11,8 @@ from pathlib import Path
 import click
 
 from dw_assets.automation.backfill import backfill_command
+from dw_assets.bench.ann_bench import ann_command
+from dw_assets.bench.stages import stages_command
 
 
 def _echo_step(message: str) -> None:
@@ -307,6 +309,8 @@ def bench_serving_command(store_url, users, rate, seconds, runs, as_json):
 
 
 main.add_command(backfill_command)
+bench.add_command(stages_command)
+bench.add_command(ann_command)
 
 
 if __name__ == "__main__":

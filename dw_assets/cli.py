@@ -12,6 +12,7 @@ import click
 
 from dw_assets.automation.backfill import backfill_command
 from dw_assets.bench.ann_bench import ann_command
+from dw_assets.bench.inference import inference_command
 from dw_assets.bench.stages import stages_command
 
 
@@ -311,6 +312,7 @@ def bench_serving_command(store_url, users, rate, seconds, runs, as_json):
 main.add_command(backfill_command)
 bench.add_command(stages_command)
 bench.add_command(ann_command)
+bench.add_command(inference_command)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from dw_assets.retrieval.ann import (
     gpu_available,
     measure,
     recall_at_k,
+    tune_search,
 )
 
 N, DIM, QUERIES, K = 20_000, 32, 300, 100
@@ -179,3 +180,18 @@ def test_requiring_a_gpu_without_one_fails_loudly():
     vectors = clustered_vectors(100, DIM, clusters=2, seed=7)
     with pytest.raises(RuntimeError, match="GPU"):
         build_index(np.arange(100), vectors, AnnConfig(kind="flat", use_gpu="always"))
+
+
+def test_tuning_picks_the_cheapest_effort_that_reaches_the_recall_target(catalog):
+    ids, vectors, queries = catalog
+    index = build_index(ids, vectors, CONFIGS["ivf_flat"])
+    tuned = tune_search(index, vectors, ids, queries[:40], K, min_recall=0.9)
+    assert tuned["tuned"] and index.config.nprobe == tuned["nprobe"]
+    assert tuned[f"recall@{K}"] >= 0.9
+    assert recall_at_k(index, vectors, ids, queries[:40], K) == pytest.approx(tuned[f"recall@{K}"], abs=1e-4)
+    cheaper = [step for step in tuned["tried"] if step < tuned["nprobe"]]
+    assert all(tuned["tried"][step] < 0.9 for step in cheaper)  # nothing cheaper was good enough
+    # An impossible target keeps the most thorough setting (every list scanned: exact).
+    assert tune_search(index, vectors, ids, queries[:40], K, min_recall=1.01)["nprobe"] == index.nlist
+    assert tune_search(build_index(ids, vectors, AnnConfig(kind="flat")), vectors, ids, queries, K, 0.9) == {
+        "kind": "flat", "tuned": False}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import zipfile
 from dataclasses import asdict, dataclass
 
@@ -106,19 +107,23 @@ def user_posteriors(users: pd.DataFrame) -> pd.DataFrame:
     return _explode(users, "p_", POSTERIOR_ARRAYS)
 
 
-def rank_users(users: pd.DataFrame, models: PlaylistModels, week: str) -> pd.DataFrame:
+def rank_users(users: pd.DataFrame, models: PlaylistModels, week: str, timings: dict | None = None) -> pd.DataFrame:
     """Playlists for a batch of users: one row per slot (``PLAYLIST_SPARK_SCHEMA`` columns).
 
     users: one row per user: user_profiles columns (features.USER_COLUMNS), country, heard
     (list of int64), user_vector (float[dim] or null), ``c_*`` candidate arrays (empty or null
     for users without candidates: they get the popularity fallback), optional ``p_*`` posteriors.
     ``ranker_score`` is the LightGBM probability of a positive listen (NaN for fallback rows);
-    ``score`` the order the re-ranker started from (``list_score``).
+    ``score`` the order the re-ranker started from (``list_score``). ``timings``: when given, the
+    seconds of each step (features, predict, rerank) are added to it (for ``dw bench inference``).
     """
+    clock = _StepClock(timings)
     candidates = explode_candidates(users)
     profiles = users.drop(columns=[c for c in users.columns if c.startswith(("c_", "p_"))])
     features = build_features(candidates, models.context, users=profiles)
-    probability = models.ranker.predict(features) if len(candidates) else np.zeros(0, np.float32)
+    clock.lap("features")
+    probability = models.ranker.predict(features, engine="auto") if len(candidates) else np.zeros(0, np.float32)
+    clock.lap("predict")
     scored = candidates[["user_id", "track_id", "sources"]].assign(
         score=list_score(probability, features, models.rerank.two_tower_prior), probability=probability).merge(
         models.tracks, on="track_id", how="left", validate="many_to_one")
@@ -131,7 +136,22 @@ def rank_users(users: pd.DataFrame, models: PlaylistModels, week: str) -> pd.Dat
     model_score = scored.set_index(["user_id", "track_id"])["probability"]
     keys = pd.MultiIndex.from_arrays([playlists["user_id"], playlists["track_id"]])
     playlists["ranker_score"] = model_score.reindex(keys).to_numpy(np.float32)
+    clock.lap("rerank")
     return playlists
+
+
+class _StepClock:
+    """Adds the seconds since the last lap to ``timings[step]``; does nothing without a dict."""
+
+    def __init__(self, timings: dict | None) -> None:
+        self.timings = timings
+        self.last = time.perf_counter()
+
+    def lap(self, step: str) -> None:
+        if self.timings is not None:
+            now = time.perf_counter()
+            self.timings[step] = self.timings.get(step, 0.0) + now - self.last
+            self.last = now
 
 
 def list_score(probability: np.ndarray, features: pd.DataFrame, two_tower_prior: float) -> np.ndarray:

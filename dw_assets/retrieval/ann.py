@@ -403,6 +403,37 @@ def _recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean(hits))
 
 
+NPROBE_STEPS = (4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+EF_STEPS = (500, 800, 1200, 2000, 3000)
+
+
+def tune_search(index: AnnIndex, vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int,
+                min_recall: float) -> dict:
+    """Set the cheapest search effort (IVF ``nprobe``, HNSW ``efSearch``) whose recall@k on ``queries``
+    reaches ``min_recall``; exact indexes are left alone.
+
+    Efforts are tried cheapest first (``NPROBE_STEPS`` up to nlist, ``EF_STEPS``); when none
+    reaches the target the largest is kept. queries: a sample of real user vectors (float32[q, dim]),
+    apart from any sample the recall is later reported on. Returns kind, the chosen setting, its
+    recall and each tried step's recall.
+    """
+    if index.kind not in ("ivf_flat", "ivf_pq", "hnsw"):
+        return {"kind": index.kind, "tuned": False}
+    _, truth = exact_search(vectors, ids, queries, k)
+    if index.kind == "hnsw":
+        name, steps = "ef_search", [e for e in EF_STEPS if e >= k] or [k]
+    else:
+        name, steps = "nprobe", [p for p in NPROBE_STEPS if p < index.nlist] + [index.nlist]
+    tried = {}
+    for step in steps:
+        index.set_search_params(**{name: step})
+        recall = _recall(index.search(queries, k)[1], truth)
+        tried[step] = round(recall, 4)
+        if recall >= min_recall:
+            break
+    return {"kind": index.kind, "tuned": True, name: step, f"recall@{k}": tried[step], "tried": tried}
+
+
 def measure(index: AnnIndex, vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) -> dict:
     """Recall against exact search and search speed, each speed number beside its recall.
 

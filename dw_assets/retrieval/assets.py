@@ -28,7 +28,7 @@ from dw_assets.lake.quality import emit_checked, schema_check_spec, table_schema
 from dw_assets.lake.resources import LAYER_KEY, LakeResource, require_partitions
 from dw_assets.lake.storage import Artifact, array_bytes, vectors_from
 from dw_assets.partitions import ONE_WEEK_PER_RUN, history_window, history_window_weeks, weekly_partitions
-from dw_assets.retrieval.ann import AnnConfig, AnnIndex, build_index, measure
+from dw_assets.retrieval.ann import AnnConfig, AnnIndex, build_index, measure, tune_search
 from dw_assets.retrieval.candidates import (
     CANDIDATE_SPARK_SCHEMA,
     CandidateConfig,
@@ -49,6 +49,8 @@ class FaissIndexConfig(Config):
     recall_k: int = 500
     recall_sample_users: int = 2_000
     min_recall: float = 0.95
+    # Approximate indexes: the cheapest nprobe / efSearch reaching tune_recall on a second user sample.
+    tune_recall: float = 0.97
     seed: int = AnnConfig.seed
 
     def settings(self) -> AnnConfig:
@@ -74,12 +76,17 @@ def faiss_index(context: AssetExecutionContext, config: FaissIndexConfig, track_
     index = build_index(track_ids, track_vectors, config.settings())
     build_s = time.perf_counter() - started
     rng = np.random.default_rng(config.seed)
-    sample = user_vectors[rng.choice(len(user_vectors), size=min(config.recall_sample_users, len(user_vectors)),
-                                     replace=False)]
+    drawn = rng.permutation(len(user_vectors))
+    sample = user_vectors[drawn[:config.recall_sample_users]]
+    # Tuned on other users than the check's, so the checked recall is not the tuned one.
+    tuning = tune_search(index, track_vectors, track_ids,
+                         user_vectors[drawn[config.recall_sample_users:2 * config.recall_sample_users]],
+                         config.recall_k, config.tune_recall) if len(drawn) > config.recall_sample_users else {}
     quality = measure(index, track_vectors, track_ids, sample, config.recall_k)
     recall = float(quality[f"recall@{config.recall_k}"])
     meta = {"model_version": version, "kind": index.kind, "on_gpu": index.on_gpu, "build_s": round(build_s, 2),
-            **{k: v for k, v in quality.items() if np.isscalar(v)}}
+            **{k: v for k, v in quality.items() if np.isscalar(v)},
+            **{f"tuned_{k}": v for k, v in tuning.items() if k in ("nprobe", "ef_search")}}
     yield Output(
         Artifact(files={"index.bin": index.to_bytes(), "ids.npy": array_bytes(track_ids)}, meta=meta),
         output_name="faiss_index",

@@ -17,6 +17,8 @@ def week_start(key: str) -> dt.datetime:
     """Monday 00:00 UTC of week ``key``; raises ValueError if key is not a Monday."""
     try:
         day = dt.date.fromisoformat(key)
+        if day.isoformat() != key:  # one spelling per week key (3.11 also parses 20260105, 2026-W02-1)
+            raise ValueError(key)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"week key must be an ISO date like 2026-01-05, got {key!r}") from exc
     if day.weekday() != 0:

@@ -1,4 +1,5 @@
-"""The read-only playlist API over real stores (SQLite, a real redis-server), through FastAPI's TestClient."""
+"""The read-only playlist API over real stores (SQLite, a real redis-server), through FastAPI's TestClient,
+and the fixed-rate load generator against a real uvicorn process. Hardening: test_serving_security.py."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from fastapi.testclient import TestClient
 from dw_assets.calendar import week_range
 from dw_assets.serving import open_store, publish_week
 from dw_assets.serving.api import create_app
-from dw_assets.serving.loadtest import synthetic_playlists
+from dw_assets.serving.loadtest import run_load, synthetic_playlists
 from dw_assets_tests.redis_server import RedisServer, delete_prefix, redis_for_tests, with_options
 
 W = week_range("2026-01-05", 3)
@@ -133,3 +134,19 @@ def test_redis_outage_is_503_and_the_api_recovers_when_redis_is_back(tmp_path):
             assert after.status_code == 200 and after.json() == before.json()
     finally:
         server.stop()
+
+
+def test_fixed_rate_load_against_a_real_server_has_no_errors(tmp_path):
+    url = f"sqlite:///{tmp_path}/playlists.db"
+    playlists = synthetic_playlists(200, seed=3)
+    with open_store(url) as store:
+        publish_week(store, W[0], playlists)
+    # A few seconds at a low rate: the benchmark's machinery end to end (60 s at 1000/s is `dw bench serving`).
+    load = run_load(url, playlists["user_id"].unique(), rate=100, seconds=2, connections=4, warmup_s=0.5,
+                    unknown_fraction=0.1)
+    assert load["errors"] == 0
+    assert load["requests"] == 200 and sum(load["status_counts"].values()) == 200
+    assert set(load["status_counts"]) == {"200", "404"} and load["status_counts"]["404"] > 0  # the unknown ids
+    assert load["achieved_rps"] > 0 and load["rate_limit_rps"] >= 2 * 100
+    assert 0 < load["latency_ms"]["p50"] <= load["latency_ms"]["p99"] <= load["latency_ms"]["max"]
+    assert load["service_ms"]["p50"] <= load["latency_ms"]["p50"] + 1e-9  # latency counts from the schedule

@@ -287,13 +287,18 @@ class _Pool:
 
 
 def _open_pool(source: tuple, heard: np.ndarray, playlist: _Playlist, config: RerankConfig,
-               only: np.ndarray | None = None) -> _Pool:
+               only: np.ndarray | None = None, unheard: np.ndarray | None = None) -> _Pool:
     """A pool over one table's slice for one user; opened now, it starts from the list's current state.
 
-    only: bool over the whole table (e.g. cold tracks), restricting the pool further.
+    only: bool over the whole table (e.g. cold tracks), restricting the pool further. unheard:
+    bool over the whole table when already known (the candidates' heard filter is computed once
+    per batch), else the slice is checked against ``heard`` here.
     """
     table, a, b, track, artist, genre, score = source
-    allowed = ~np.isin(track[a:b], heard) if heard.size else np.ones(b - a, dtype=bool)
+    if unheard is not None:
+        allowed = unheard[a:b].copy()
+    else:
+        allowed = ~np.isin(track[a:b], heard) if heard.size else np.ones(b - a, dtype=bool)
     if only is not None:
         allowed &= only[a:b]
     return _Pool(table, a, track[a:b], artist[a:b], genre[a:b], score[a:b], allowed, playlist, config)
@@ -323,6 +328,21 @@ def user_rng(config: RerankConfig, user_id: int, week: str) -> np.random.Generat
 
 
 # --------------------------------------------------------------------------- batch
+
+
+def _unheard(cand_user: np.ndarray, cand_track: np.ndarray, user_ids: np.ndarray,
+             heard_by_user: list[np.ndarray]) -> np.ndarray:
+    """bool[n]: candidate rows whose track is not in their user's heard list, for the whole batch at once.
+
+    cand_user: int64[n] (each in ``user_ids``, ascending); heard_by_user[i]: the heard tracks of user_ids[i].
+    (row, track) pairs pack into one int64 key: track ids below 2**40, as in candidate generation.
+    """
+    lengths = np.fromiter((len(h) for h in heard_by_user), dtype=np.int64, count=len(heard_by_user))
+    if not lengths.sum() or not len(cand_user):
+        return np.ones(len(cand_user), dtype=bool)
+    heard_keys = np.repeat(np.arange(len(user_ids), dtype=np.int64), lengths) << 40 | np.concatenate(heard_by_user)
+    cand_keys = np.searchsorted(user_ids, cand_user).astype(np.int64) << 40 | cand_track
+    return ~np.isin(cand_keys, heard_keys)
 
 
 def _factorize(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -453,6 +473,9 @@ def rerank_batch(scored: pd.DataFrame, users: pd.DataFrame, posteriors: pd.DataF
 
     countries = users["country"].astype(str).to_numpy(object)
     heard_lists = users["heard"] if "heard" in users else pd.Series([[]] * len(users))
+    heard_by_user = [np.asarray(listed if isinstance(listed, list | tuple | np.ndarray) else [], dtype=np.int64)
+                     for listed in heard_lists.tolist()]
+    cand_unheard = _unheard(cand_user, cand_track, user_ids, heard_by_user)
     low, high = config.exploration_range
     size = config.playlist_size
 
@@ -462,8 +485,7 @@ def rerank_batch(scored: pd.DataFrame, users: pd.DataFrame, posteriors: pd.DataF
     for u, user_id in enumerate(user_ids):
         rng = user_rng(config, user_id, week)
         n_exploration = int(rng.integers(low, high + 1)) if high > low else low
-        listed = heard_lists.iat[u]
-        heard = np.asarray(listed if isinstance(listed, list | tuple | np.ndarray) else [], dtype=np.int64)
+        heard = heard_by_user[u]
         playlist = _Playlist(shares[u], config)
         alpha = np.full(n_genres, config.prior_alpha)
         beta = np.full(n_genres, config.prior_beta)
@@ -479,18 +501,19 @@ def rerank_batch(scored: pd.DataFrame, users: pd.DataFrame, posteriors: pd.DataF
             sources = [country_pool]
 
         cold = config.cold_slots if len(sources) > 1 else 0
-        first = _open_pool(sources[0], heard, playlist, config)
+        known = [cand_unheard if source[0] == _CANDIDATES else None for source in sources]
+        first = _open_pool(sources[0], heard, playlist, config, unheard=known[0])
         first.fill(size - n_exploration - cold)
         left = n_exploration - first.explore(n_exploration, shares[u], alpha, beta, rng)
         if left and len(sources) > 1 and config.explore_country_pool:
             # The candidates hold no little-heard genre (a narrow taste): explore the country's popular tracks.
             _open_pool(sources[1], heard, playlist, config).explore(left, shares[u], alpha, beta, rng)
         if cold:  # tracks nobody has played yet: only the audio model vouches for them
-            _open_pool(sources[0], heard, playlist, config, only=cand_cold).fill(cold)
-        for source in sources:
-            _open_pool(source, heard, playlist, config).fill(size - len(playlist))
+            _open_pool(sources[0], heard, playlist, config, only=cand_cold, unheard=known[0]).fill(cold)
+        for source, unheard in zip(sources, known, strict=True):
             if len(playlist) == size:
                 break
+            _open_pool(source, heard, playlist, config, unheard=unheard).fill(size - len(playlist))
 
         out_user.extend([int(user_id)] * len(playlist))
         out_position.extend(range(1, len(playlist) + 1))

@@ -30,6 +30,7 @@ from typing import IO
 import numpy as np
 import pandas as pd
 
+from dw_assets.serving.api import DEFAULT_RATE_LIMIT_RPS, RATE_LIMIT_RPS_ENV
 from dw_assets.serving.publish import publish_week
 from dw_assets.serving.stores import MAX_POSITION, open_store
 
@@ -81,14 +82,16 @@ def _tree_cpu_s(pid: int) -> float:
     return total
 
 
-def start_api(store_url: str, port: int, workers: int = 1, log: IO[bytes] | None = None) -> subprocess.Popen:
+def start_api(store_url: str, port: int, workers: int = 1, log: IO[bytes] | None = None,
+              env: dict[str, str] | None = None) -> subprocess.Popen:
     """The API under uvicorn on 127.0.0.1:``port`` in a subprocess (call wait_ready next).
-    log: a file for the server's stderr (a file, not a pipe: a chatty server never blocks)."""
-    env = {**os.environ, "DW_STORE_URL": store_url}
+    log: a file for the server's stderr (a file, not a pipe: a chatty server never blocks).
+    env: extra environment for the server (``DW_RATE_LIMIT_RPS`` ...) over this process's."""
+    env = {**os.environ, **(env or {}), "DW_STORE_URL": store_url}
     return subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "dw_assets.serving.api:app_from_env", "--factory",
          "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
-         "--log-level", "warning", "--no-access-log"],
+         "--log-level", "warning", "--no-access-log", "--no-server-header"],
         env=env, stdout=subprocess.DEVNULL, stderr=log if log is not None else subprocess.DEVNULL)
 
 
@@ -175,15 +178,18 @@ def _percentiles(seconds: np.ndarray) -> dict[str, float]:
 
 def run_load(store_url: str, user_ids, rate: float = 1000.0, seconds: float = 10.0, connections: int = 32, *,
              unknown_fraction: float = 0.05, workers: int = 1, warmup_s: float = 2.0, seed: int = 0,
-             timeout_s: float = 5.0) -> dict:
+             timeout_s: float = 5.0, rate_limit_rps: float | None = None) -> dict:
     """Drive a fresh API process over ``store_url`` at ``rate`` GET/s for ``seconds`` (after
     ``warmup_s`` not measured) and report what a client saw.
 
     user_ids: int64[n] ids with a playlist in the live week; ``unknown_fraction`` of the requests
-    ask for ids above all of them (404s). Returns: requests, achieved_rps, latency_ms and service_ms
-    percentiles (p50, p95, p99, p99_9, max), status_counts ({"200": n, "404": m, "transport_error": k}),
-    errors (every non-200/404), server_cpu_pct and client_cpu_pct (percent of one core over the run),
-    and the settings.
+    ask for ids above all of them (404s). rate_limit_rps: the server's per-client limit (all load
+    comes from one address); default: ``DW_RATE_LIMIT_RPS`` when set, else the API default raised
+    to twice ``rate``, so the benchmark measures serving with the limiter on, not the limiter
+    refusing it. Returns: requests, achieved_rps, latency_ms and service_ms percentiles (p50, p95,
+    p99, p99_9, max), status_counts ({"200": n, "404": m, "429": ..., "transport_error": k}),
+    errors (every non-200/404), server_cpu_pct and client_cpu_pct (percent of one core over the
+    run), and the settings.
     """
     rng = np.random.default_rng(seed)
     user_ids = np.asarray(user_ids, dtype=np.int64)
@@ -193,9 +199,11 @@ def run_load(store_url: str, user_ids, rate: float = 1000.0, seconds: float = 10
     ids[unknown] = int(user_ids.max()) + 1 + rng.integers(0, 10**9, int(unknown.sum()))
     requests = [b"GET /v1/users/%d/discover-weekly HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % i for i in ids.tolist()]
 
+    if rate_limit_rps is None:
+        rate_limit_rps = float(os.environ.get(RATE_LIMIT_RPS_ENV) or max(DEFAULT_RATE_LIMIT_RPS, 2 * rate))
     port = free_port()
     with tempfile.TemporaryFile() as log:
-        server = start_api(store_url, port, workers, log)
+        server = start_api(store_url, port, workers, log, env={RATE_LIMIT_RPS_ENV: str(rate_limit_rps)})
         try:
             wait_ready(server, port, log=log)
             server_cpu, client_cpu, wall = _tree_cpu_s(server.pid), time.process_time(), time.perf_counter()
@@ -224,7 +232,7 @@ def run_load(store_url: str, user_ids, rate: float = 1000.0, seconds: float = 10
     codes = Counter("transport_error" if s == 0 else str(int(s)) for s in status[measured])
     return {
         "store": store_url.split("://", 1)[0], "rate": rate, "seconds": seconds, "connections": connections,
-        "workers": workers, "unknown_fraction": unknown_fraction,
+        "workers": workers, "unknown_fraction": unknown_fraction, "rate_limit_rps": rate_limit_rps,
         "requests": int(measured.sum()),
         "achieved_rps": round(int((status[measured] > 0).sum()) / window, 1),
         "latency_ms": _percentiles(latency[measured]),

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from dw_assets.automation.backfill import backfill_command
+from dw_assets.bench.aggregate import all_command
 from dw_assets.bench.ann_bench import ann_command
 from dw_assets.bench.inference import inference_command
 from dw_assets.bench.stages import stages_command
@@ -313,6 +314,7 @@ main.add_command(backfill_command)
 bench.add_command(stages_command)
 bench.add_command(ann_command)
 bench.add_command(inference_command)
+bench.add_command(all_command)
 
 
 if __name__ == "__main__":

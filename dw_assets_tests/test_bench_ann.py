@@ -92,3 +92,23 @@ def test_cli_prints_one_json_object():
     assert [row["kind"] for row in summary["rows"]] == ["flat", "ivf_flat", "ivf_flat"]
     assert [row["search"] for row in summary["rows"][1:]] == [{"nprobe": 4}, {"nprobe": 16}]
     assert set(summary["target_met_at"]) == {"3000"}
+
+
+def test_bench_all_writes_one_document_with_the_machine_and_each_section(tmp_path):
+    from dw_assets.bench.aggregate import all_command, targets
+
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(all_command, ["--runs", "1", "--ann-tracks", "3000", "--skip", "stages",
+                                              "--skip", "inference", "--skip", "serving", "--workdir",
+                                              str(tmp_path), "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(out.read_text())
+    assert document == json.loads(result.output.strip().splitlines()[-1])
+    assert document["machine"]["cpu_count"] >= 1 and "faiss_gpu" in document["machine"]
+    assert {row["kind"] for row in document["ann"]} == {"flat", "ivf_flat", "ivf_pq", "hnsw"}
+    assert "stages" not in document and "inference" not in document
+    assert document["targets"] == []  # no 1M-track section ran: nothing to judge
+    # At 1M tracks a target row carries the measured figure beside the verdict.
+    judged = targets({"inference": [{"catalog_tracks": 1_000_000, "users_per_s_per_core": 300.0,
+                                     "ann_recall@500": 0.97, "meets_target": True}]})
+    assert judged == [{"target": judged[0]["target"], "measured": "300.0 users/s/core at recall 0.97", "met": True}]

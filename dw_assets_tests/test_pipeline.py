@@ -352,6 +352,33 @@ def test_monitoring_runs_every_check_with_a_severity(world):
     assert table.at["events_volume", "passed"]  # the simulator lands a steady week
 
 
+def test_batch_inference_bench_runs_the_production_code_on_a_padded_catalog(world, tmp_path):
+    from dw_assets.bench.inference import bench_inference, load_week, pad_catalog
+
+    root, manifest, lake, _ = world
+    week = manifest["last_training_week"]
+    models = load_week(str(root), week)
+    stats, ids, vectors = pad_catalog(models, 6_000, seed=7)
+    real = len(models.track_ids)
+    assert len(ids) == len(np.unique(ids)) == 6_000
+    assert len(stats) == len(models.track_stats) + 6_000 - real
+    np.testing.assert_allclose(np.linalg.norm(vectors[real:], axis=1),
+                               np.linalg.norm(vectors[:real], axis=1).mean(), rtol=0.05)
+    padded = stats.iloc[len(models.track_stats):]
+    assert not padded["is_cold"].any() and padded["genre"].isin(models.track_stats["genre"]).all()
+
+    row = bench_inference(str(root), week, tracks=6_000, users=120, runs=2, workdir=tmp_path, tune_recall=0.95)
+    assert row["catalog_tracks"] == 6_000 and row["users"] == 120 and row["runs"] == 2
+    assert row["ann_kind"] == "ivf_flat" and row["ann_tuning"]["tuned"]
+    assert row["ann_recall@500"] >= 0.9  # tuned to 0.95 on other users, reported on the timed ones
+    assert row["valid_playlist_share"] == 1.0  # every user got 30 unique unheard tracks, artist cap kept
+    assert 300 <= row["candidates_per_user"] <= 500
+    assert row["users_per_s_per_core"] > 0 and set(row["step_seconds"]) == {
+        "candidates", "pack", "features", "predict", "rerank"}
+    json.dumps(row)  # plain JSON types
+    assert list(tmp_path.glob("ann-*.bin"))  # the index is cached for the next run
+
+
 def test_a_degraded_model_is_caught_by_offline_metrics_and_drift(world):
     import torch
 

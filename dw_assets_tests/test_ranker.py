@@ -349,6 +349,22 @@ def test_ranker_is_deterministic_and_round_trips_through_bytes():
         loaded.predict(features.drop(columns=["genre_share"]))
 
 
+def test_compiled_trees_score_like_lightgbm_and_are_cached_per_machine(tmp_path, monkeypatch):
+    monkeypatch.setenv("DW_COMPILE_CACHE", str(tmp_path))
+    features, labels, user_ids = _signal_week()
+    ranker = train_ranker(features, labels, user_ids, FAST)
+    booster = ranker.predict(features, engine="lightgbm")
+    compiled = ranker.predict(features, engine="compiled")
+    np.testing.assert_allclose(compiled, booster, rtol=1e-6, atol=1e-7)
+    assert np.array_equal(np.argsort(-compiled, kind="stable"), np.argsort(-booster, kind="stable"))
+    assert len(list((tmp_path / "dw_compiled_trees").glob("*.o"))) == 1  # compiled once, then cached
+    again = TrainedRanker.from_bytes(ranker.to_bytes())  # a new process's model: loads the cached object file
+    np.testing.assert_array_equal(again.predict(features, engine="auto"), compiled)
+    assert len(list((tmp_path / "dw_compiled_trees").glob("*.o"))) == 1
+    with pytest.raises(ValueError, match="engine"):
+        ranker.predict(features, engine="treelite")
+
+
 def test_training_cost_is_bounded_by_user_cap_and_negative_sampling():
     features, labels, user_ids = _signal_week()
     config = replace(FAST, max_training_users=50, negatives_per_user=5)

@@ -9,7 +9,8 @@ A clip is unusable for one of these reasons (``AUDIO_PROBLEMS``), checked in thi
     not_mono            more than one channel (the landing contract says mono)
     wrong_sample_rate   a rate other than the expected one (reported and skipped, not resampled:
                         the landing contract fixes the rate, so a different one is an upstream bug)
-    silent              RMS below ``silence_rms`` (full scale = 1.0)
+    silent              RMS around the mean below ``silence_rms`` (full scale = 1.0): all zeros,
+                        hiss, or a flat line at a constant (DC) level
 """
 
 from __future__ import annotations
@@ -106,9 +107,11 @@ def diagnose_clip(
     if rate != sample_rate:
         return None, "wrong_sample_rate", f"{rate} Hz, expected {sample_rate} Hz"
     samples = _pcm_to_float(frames, width)
-    rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
+    # A constant offset (DC) is inaudible: a flat line at any level is silence.
+    centred = samples.astype(np.float64) - float(np.mean(samples, dtype=np.float64))
+    rms = float(np.sqrt(np.mean(np.square(centred))))
     if rms < silence_rms:
-        return None, "silent", f"rms {rms:.2e} below {silence_rms:.0e}"
+        return None, "silent", f"rms {rms:.2e} (DC removed) below {silence_rms:.0e}"
     return samples, None, ""
 
 

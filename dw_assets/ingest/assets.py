@@ -80,6 +80,11 @@ def user_playlists(context: AssetExecutionContext, pyspark: LazyPySparkResource,
     yield from emit_checked("user_playlists", playlists, schemas.USER_PLAYLISTS, {})
 
 
+class RawPlayEventsConfig(Config):
+    # A week without a single landed line is an upstream outage until someone says otherwise.
+    allow_empty_week: bool = False
+
+
 @multi_asset(
     outs={
         "raw_play_events": AssetOut(group_name=GROUP, metadata=_meta("bronze", schemas.RAW_PLAY_EVENTS),
@@ -100,6 +105,7 @@ def user_playlists(context: AssetExecutionContext, pyspark: LazyPySparkResource,
 )
 def raw_play_events(
     context: AssetExecutionContext,
+    config: RawPlayEventsConfig,
     pyspark: LazyPySparkResource,
     lake: LakeResource,
     user_directory: DataFrame,
@@ -108,18 +114,22 @@ def raw_play_events(
     started = time.perf_counter()
     week = context.partition_key
     files = landed_event_files(_landing(lake), week)
-    if not files:
-        context.log.warning(f"week {week} landed no event files: bronze will be empty")
     bronze = build_bronze(pyspark.spark_session, files, week, user_directory.select("user_id"),
-                          track_catalog.select("track_id"))
+                          track_catalog.select("track_id"), allow_empty_week=config.allow_empty_week)
+    if bronze.landing.extra_fields:
+        context.log.warning(f"week {week}: lines carry fields beyond the contract (events kept, fields "
+                            f"ignored): {bronze.landing.extra_fields}")
     quarantined = bronze.quarantined.persist()
     by_reason = {r: 0 for r in QUARANTINE_REASONS}
     by_reason.update({row["reason"]: row["count"] for row in quarantined.groupBy("reason").count().collect()})
     yield from emit_checked("raw_play_events", bronze.events, schemas.RAW_PLAY_EVENTS,
-                     {"landed_files": len(files), "elapsed_s": round(time.perf_counter() - started, 2)})
+                     {"landed_files": len(files), "landed_lines": bronze.landing.lines,
+                      "unexpected_fields": MetadataValue.json(bronze.landing.extra_fields),
+                      "elapsed_s": round(time.perf_counter() - started, 2)})
     yield from emit_checked("quarantined_events", quarantined, schemas.QUARANTINED_EVENTS,
                      {"quarantined_by_reason": MetadataValue.json(by_reason)}, blocking=False)
     quarantined.unpersist()
+    bronze.release()
 
 
 class InteractionsConfig(Config):

@@ -78,6 +78,11 @@ def run(lake_dir, week, rebuild_history, store_url):
         raise click.UsageError(f"{manifest_path} not found: pass --week or run `dw simulate --out {lake_dir}` first")
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     week = week or manifest["last_training_week"]
+    if store_url:
+        from dw_assets.serving.stores import redact_url, url_has_credentials
+
+        if url_has_credentials(store_url):  # credentials come from the environment, never the command line
+            raise click.UsageError(f"--store {redact_url(store_url)}: put credentials in the environment, not the URL")
     os.environ.setdefault("DAGSTER_HOME", str(lake_root / "dagster_home"))
     _echo_step(f"DAGSTER_HOME={os.environ['DAGSTER_HOME']}")
     try:

@@ -341,3 +341,98 @@ def test_blob_is_compact_ordered_and_exact():
     assert sorted(encoded) == [1, 2]
     assert decode_tracks(encoded[2]) == expected_tracks(frame, 2)
     assert all(len(blob) < 1500 for blob in encoded.values())  # 30 tracks, compressed
+
+
+# ---------------------------------------------------------------- retention (#8)
+
+
+def test_retention_comes_from_the_store_url_and_drops_old_weeks_physically(store, tmp_path):
+    """``?keep_weeks=N`` on the URL sets the retention publish_week applies; an explicit argument wins."""
+    url_kept = open_store(_with_keep_weeks(store, 2))
+    try:
+        assert url_kept.keep_weeks == 2
+        for i in range(5):
+            stats = publish_week(url_kept, W[i], playlists(10, seed=i))
+        assert stats["keep_weeks"] == 2 and url_kept.weeks() == W[3:5]
+        assert stored_values(url_kept) in (20, None)  # dropped weeks' values are deleted, not just hidden
+        assert url_kept.get_playlist(1, W[2]) is None and url_kept.get_playlist(1) == expected_tracks(
+            playlists(10, seed=4), 1)
+        stats = publish_week(url_kept, W[5], playlists(10, seed=5), keep_weeks=3)  # the argument wins
+        assert stats["keep_weeks"] == 3 and url_kept.weeks() == W[3:6]
+    finally:
+        url_kept.close()
+
+
+def _with_keep_weeks(store, weeks: int) -> str:
+    if isinstance(store, SQLiteStore):
+        return f"sqlite:///{store.path}?batch_users={BATCH}&keep_weeks={weeks}"
+    if isinstance(store, RedisStore):
+        return f"redis://{store.host}:{store.port}/{store.db}?prefix={store.prefix}&keep_weeks={weeks}"
+    return f"scylla://{SCYLLA_HOSTS}/dw_test?replication=1&keep_weeks={weeks}"
+
+
+def test_a_ttl_shorter_than_the_retention_is_refused_before_anything_is_written(redis_url, tmp_path):
+    """Redis ``ttl_days`` (a safety-net expiry) must outlive the kept weeks, else kept weeks would lose users."""
+    prefix = f"dwttl-{uuid.uuid4().hex[:8]}"
+    short = open_store(with_options(redis_url, prefix=prefix, ttl_days=14, keep_weeks=4))
+    try:
+        with pytest.raises(ValueError, match="ttl_days or lower keep_weeks"):
+            publish_week(short, W[0], playlists(5))
+        assert short.weeks() == [] and stored_values(short) == 0
+        publish_week(short, W[0], playlists(5), keep_weeks=1)  # two weeks of TTL cover one kept week
+        ttl = short._client("read").ttl(f"{prefix}:pl:{W[0]}:{short._fetch_registry().versions[W[0]]}:1")
+        assert 13 * 86400 < ttl <= 14 * 86400
+    finally:
+        short.close()
+        delete_prefix(redis_url, prefix)
+
+
+def test_scylla_row_ttl_follows_the_retention_and_a_conflict_is_refused_without_a_cluster():
+    assert ScyllaSettings.from_url("scylla://db1/dw").ttl_s == 8 * 7 * 86400  # 4 kept weeks + 4
+    assert ScyllaSettings.from_url("scylla://db1/dw?keep_weeks=10").ttl_s == 14 * 7 * 86400
+    assert ScyllaSettings.from_url("scylla://db1/dw?keep_weeks=10&ttl_days=90").ttl_s == 90 * 86400
+    with pytest.raises(ValueError, match="keep_weeks must be at least 1"):
+        ScyllaSettings.from_url("scylla://db1/dw?keep_weeks=0")
+    # Refused before connecting: nothing listens on this port, yet the error is about the TTL.
+    unreachable = open_store(f"scylla://127.0.0.1:{free_port()}/dw_test?ttl_days=14&keep_weeks=4")
+    with pytest.raises(ValueError, match="ttl_days or lower keep_weeks"):
+        publish_week(unreachable, W[0], playlists(5))
+    with pytest.raises(ValueError, match="ttl_days or lower keep_weeks"):
+        publish_week(open_store(f"scylla://127.0.0.1:{free_port()}/dw_test?ttl_days=35"), W[0], playlists(5),
+                     keep_weeks=8)
+
+
+def test_the_publish_asset_takes_the_retention_from_run_config_or_the_store_url(tmp_path):
+    """published_playlists through Dagster: run config ``keep_weeks`` > resource > URL ``keep_weeks`` > 4."""
+    from dagster import AssetSelection, materialize
+
+    from dw_assets.definitions import ALL_ASSETS, build_resources
+    from dw_assets.lake.storage import Lake
+    from dw_assets.serving.assets import PlaylistStoreResource
+
+    lake = Lake(str(tmp_path / "lake"))
+    for i, week in enumerate(W[:5]):
+        lake.write_frame(playlists(6, seed=i), lake.uri("gold", "ranked_playlists", week))
+    url = f"sqlite:///{tmp_path}/serving.db?keep_weeks=3"
+
+    def publish(week: str, keep_weeks: int | None = None, resource_keep: int | None = None):
+        resources = build_resources(lake.root, url)
+        if resource_keep is not None:
+            resources["playlist_store"] = PlaylistStoreResource(url=url, keep_weeks=resource_keep)
+        config = {"ops": {"published_playlists": {"config": {"keep_weeks": keep_weeks}}}} if keep_weeks else None
+        result = materialize(ALL_ASSETS, selection=AssetSelection.assets("published_playlists"), partition_key=week,
+                             resources=resources, run_config=config)
+        assert result.success
+        return result.asset_materializations_for_node("published_playlists")[0].metadata
+
+    for week in W[:4]:
+        metadata = publish(week)  # the URL's keep_weeks=3
+    assert metadata["keep_weeks"].value == 3 and metadata["dropped_weeks"].value == [W[0]]
+    with open_store(url) as store:
+        assert store.weeks() == W[1:4]
+    metadata = publish(W[4], resource_keep=4)
+    assert metadata["keep_weeks"].value == 4
+    metadata = publish(W[4], keep_weeks=1)
+    assert metadata["keep_weeks"].value == 1 and metadata["dropped_weeks"].value == W[1:4]
+    with open_store(url) as store:
+        assert store.weeks() == [W[4]] and store.current_week() == W[4]

@@ -120,7 +120,8 @@ def materialize_week(
     ``ops``: Dagster run config per asset, e.g. ``{"audio_embeddings": {"config": {"epochs": 5}}}``.
     """
     instance = run_instance()
-    lake = build_resources(str(lake_root))["lake"].open()
+    # Builds the store resource too: a store URL carrying credentials is refused before any run.
+    lake = build_resources(str(lake_root), store_url)["lake"].open()
     report = []
     previous = shift_week(week, -1)
     if previous not in (known_weeks or []):

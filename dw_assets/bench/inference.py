@@ -196,12 +196,13 @@ def _valid_playlists(playlists: pd.DataFrame, users: pd.DataFrame, size: int, ma
 
 def bench_inference(lake_root: str, week: str, tracks: int, users: int, runs: int, workdir: Path, seed: int = 7,
                     users_per_task: int = 2_000, ann: AnnConfig = DEFAULT_ANN, noise: float = 0.5,
-                    tune_recall: float = TUNE_RECALL, profile: Path | None = None) -> dict:
+                    tune_recall: float = TUNE_RECALL, profile: Path | None = None, engine: str = "auto") -> dict:
     """Median users/s per core over ``runs`` passes of the same sampled users; one result row.
 
     Row: unit, users_per_s_per_core (median; min/max), seconds per step (median), ann kind and
     recall@500, valid_playlist_share, candidates_per_user, catalog sizes, peak_rss_mb, runs, per_run.
-    ``profile``: write a pyinstrument HTML profile of one extra pass there.
+    ``profile``: write a pyinstrument HTML profile of one extra pass there. ``engine``: the ranker's
+    tree evaluation (auto | compiled | lightgbm), to measure the compiled trees against LightGBM.
     """
     if runs < 1 or users < 1 or tracks < 1:
         raise click.BadParameter("runs, users and tracks must be >= 1")
@@ -231,7 +232,8 @@ def bench_inference(lake_root: str, week: str, tracks: int, users: int, runs: in
         context=FeatureContext.build(None, stats, models.item2vec, models.audio, None, (ids, vectors)),
         ranker=models.ranker, tracks=tracks_table,
         fallback=fallback_pool(models.this_week, models.directory, tracks_table), rerank=rerank)
-    models.ranker.compiled()  # an executor compiles the week's trees once (cached), before its first task
+    if engine != "lightgbm":
+        models.ranker.compiled(required=engine == "compiled")  # an executor compiles the week's trees once (cached), before its first task
     candidate_config = CandidateConfig(faiss_threads=1)
 
     def one_pass() -> tuple[dict, pd.DataFrame, pd.DataFrame]:
@@ -243,7 +245,8 @@ def bench_inference(lake_root: str, week: str, tracks: int, users: int, runs: in
             t1 = time.perf_counter()
             packed = pack_candidates(sample, candidates)
             timings = {"candidates": t1 - t0, "pack": time.perf_counter() - t1}
-            playlists = pd.concat([rank_users(packed.iloc[i:i + users_per_task], playlist_models, week, timings)
+            playlists = pd.concat([rank_users(packed.iloc[i:i + users_per_task], playlist_models, week, timings,
+                                                     engine)
                                    for i in range(0, len(packed), users_per_task)], ignore_index=True)
         return timings, candidates, playlists
 
@@ -286,7 +289,7 @@ def bench_inference(lake_root: str, week: str, tracks: int, users: int, runs: in
         "candidates_per_user": round(len(candidates) / len(sample), 1),
         "users": len(sample), "catalog_tracks": int(len(ids)), "real_tracks": int(len(models.track_ids)),
         "item2vec_tracks": int(len(models.item2vec[0])), "week": week, "lake": str(lake_root),
-        "users_per_task": users_per_task, "threads": 1, "setup_s": round(setup_s, 1),
+        "users_per_task": users_per_task, "threads": 1, "ranker_engine": engine, "setup_s": round(setup_s, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "runs": runs, "per_run": per_run,
     }
@@ -343,16 +346,18 @@ def last_materialized_week(lake_root: str) -> str:
 @click.option("--tune-recall", default=TUNE_RECALL, show_default=True,
               help="Tune nprobe / efSearch to this recall@500 on other users first (0: keep --nprobe/--ef-search).")
 @click.option("--nprobe", default=256, show_default=True, help="ivf_flat lists scanned (before tuning).")
+@click.option("--engine", type=click.Choice(["auto", "compiled", "lightgbm"]), default="auto", show_default=True,
+              help="Ranker trees: compiled by lleaves, or LightGBM's own predict.")
 @click.option("--seed", default=7, show_default=True)
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("data/bench/inference"), show_default=True)
 @click.option("--profile", type=click.Path(path_type=Path), default=None, help="Write a pyinstrument HTML profile.")
 @click.option("--json", "as_json", is_flag=True)
-def inference_command(lake_root, week, tracks, users, runs, users_per_task, ef_search, kind, tune_recall, nprobe, seed,
-                      workdir, profile, as_json):
+def inference_command(lake_root, week, tracks, users, runs, users_per_task, ef_search, kind, tune_recall, nprobe,
+                      engine, seed, workdir, profile, as_json):
     """End-to-end batch inference users/s per core at a padded catalog (default 1M tracks)."""
     ann = dataclasses.replace(DEFAULT_ANN, kind=kind, ef_search=ef_search, nprobe=nprobe, seed=seed)
     row = bench_inference(lake_root, week or last_materialized_week(lake_root), tracks, users, runs, workdir, seed,
-                          users_per_task, ann, tune_recall=tune_recall, profile=profile)
+                          users_per_task, ann, tune_recall=tune_recall, profile=profile, engine=engine)
     click.echo(json.dumps(row, indent=2) if as_json else format_row(row))
 
 

@@ -2,7 +2,9 @@
 
 Local vs production is one setting: ``DW_LAKE`` (or ``dw run --lake``) is a
 directory or an ``s3://bucket/prefix``; S3 credentials come from the
-environment only (boto3's usual ``AWS_*`` variables), never from config files.
+environment only (boto3's usual ``AWS_*`` variables), never from config files:
+a lake root or endpoint URL carrying ``user:password@`` is refused without
+being repeated, since resource config is recorded with every run.
 """
 
 
@@ -28,6 +30,15 @@ class LakeResource(ConfigurableResource):
         default_factory=lambda: os.environ.get("DW_S3_ENDPOINT_URL"),
         description="S3-compatible endpoint (MinIO, moto); None means AWS.",
     )
+
+    def __init__(self, **data: Any):
+        super().__init__(**data)
+        for name in ("root", "s3_endpoint_url"):
+            value = getattr(self, name)
+            # Any "@" after the scheme counts: an unencoded "/" in a secret would hide it from urlsplit.
+            if isinstance(value, str) and "@" in value.partition("://")[2]:
+                raise LakeError(f"the lake's {name} carries credentials: remove them and set AWS_ACCESS_KEY_ID / "
+                                "AWS_SECRET_ACCESS_KEY (or an AWS profile / role) instead")
 
     def open(self) -> Lake:
         client = None

@@ -3,18 +3,35 @@
 Layout (DESIGN §3): ``<root>/<layer>/<asset>/week=<key>/part-*.parquet`` beside
 ``<root>/landing/``. The root is a local directory or ``s3://bucket/prefix``.
 
-Local writes go to a hidden temp directory that is renamed into place, so a
-crash never leaves a half-written partition visible and a re-write replaces the
-partition whole. On S3 a partition of a pandas table is one object, and a single
-PUT is atomic. No Dagster import here: the IO manager and the tests share it.
+Crash safety (a writer killed at any instant, SIGKILL included):
+
+- Local: every file of a partition is written into a hidden sibling directory
+  (``.week=<key>.tmp-<id>``), fsynced, then swapped into place in one
+  ``renameat2(RENAME_EXCHANGE)`` (Linux; elsewhere two renames, where a crash
+  between them shows no partition rather than a partial one). Readers see the
+  previous partition or the new one, never a mix, and never a partial file.
+  Leftover hidden directories of a killed writer are removed by the next write
+  of that partition; readers never look at hidden names (Spark and pyarrow skip
+  ``.``/``_`` prefixes).
+- S3 has no rename, so completeness is marked and checked: a pandas partition is
+  one object (``part-00000.parquet``, a single atomic PUT); a Spark partition is
+  complete once Spark's ``_SUCCESS`` marker exists; an artifact once its
+  ``meta.json`` (written last, removed first when it is replaced) exists.
+  Readers and ``exists`` ignore anything else, so a killed writer's objects are
+  invisible and the next write replaces them.
+
+No Dagster import here: the IO manager and the tests share it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import io
 import json
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -31,6 +48,7 @@ PART_FILE = "part-00000.parquet"
 
 
 META_FILE = "meta.json"
+SUCCESS_FILE = "_SUCCESS"  # Spark's job-commit marker: a Spark partition is complete once it exists
 
 
 class LakeError(RuntimeError):
@@ -115,6 +133,34 @@ class Lake:
         base = f"{self.root}/{layer}/{asset}"
         return f"{base}/week={week}" if week else base
 
+    # -- S3 completeness -----------------------------------------------------
+
+    def _s3_names(self, uri: str) -> tuple[str, str, list[str]]:
+        """(bucket, key prefix, object names directly under the partition)."""
+        bucket, key = _split_s3(uri)
+        names = [o["Key"][len(key) + 1:] for page in self.s3_client.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=f"{key}/") for o in page.get("Contents", [])]
+        return bucket, key, [n for n in names if n and "/" not in n]
+
+    def _s3_delete(self, bucket: str, key: str, names: Iterable[str]) -> None:
+        names = sorted(names)
+        for start in range(0, len(names), 1000):
+            self.s3_client.delete_objects(Bucket=bucket, Delete={
+                "Objects": [{"Key": f"{key}/{n}"} for n in names[start:start + 1000]], "Quiet": True})
+
+    @staticmethod
+    def _complete_parts(names: list[str]) -> list[str] | None:
+        """The part files a reader may use, or None while the partition is absent or incomplete.
+
+        Spark output counts once ``_SUCCESS`` exists; otherwise only the single-object pandas
+        part (a killed Spark writer's parts, or parts a pandas rewrite has not deleted yet, are ignored).
+        """
+        if SUCCESS_FILE in names:
+            return sorted(n for n in names if n.startswith("part-") and n.endswith(".parquet"))
+        if PART_FILE in names:
+            return [PART_FILE]
+        return None
+
     # -- pandas tables -------------------------------------------------------
 
     def write_frame(self, frame: pd.DataFrame, uri: str) -> int:
@@ -123,8 +169,11 @@ class Lake:
         if self.is_s3:
             buffer = io.BytesIO()
             pq.write_table(table, buffer)
-            bucket, key = _split_s3(uri)
+            bucket, key, names = self._s3_names(uri)
+            if SUCCESS_FILE in names:  # Spark output here: make it incomplete before the new part appears
+                self._s3_delete(bucket, key, [SUCCESS_FILE])
             self.s3_client.put_object(Bucket=bucket, Key=f"{key}/{PART_FILE}", Body=buffer.getvalue())
+            self._s3_delete(bucket, key, [n for n in names if n not in (PART_FILE, SUCCESS_FILE)])
             return buffer.tell()
         with _StagedDir(Path(uri)) as tmp:
             pq.write_table(table, tmp / PART_FILE)
@@ -133,25 +182,23 @@ class Lake:
     def read_frame(self, uri: str, columns: list[str] | None = None) -> pd.DataFrame:
         """Read one partition directory (every part file in it) into pandas."""
         if self.is_s3:
-            # pandas writes one part file, Spark several (part-00000-<uuid>...): read them all.
-            bucket, key = _split_s3(uri)
-            parts = [o["Key"] for page in self.s3_client.get_paginator("list_objects_v2").paginate(
-                Bucket=bucket, Prefix=f"{key}/") for o in page.get("Contents", [])
-                if o["Key"].rsplit("/", 1)[-1].startswith("part-") and o["Key"].endswith(".parquet")]
+            # pandas writes one part file, Spark several (part-00000-<uuid>...) and _SUCCESS.
+            bucket, key, names = self._s3_names(uri)
+            parts = self._complete_parts(names)
             if not parts:
                 raise LakeError(f"no lake data at {uri} (was the upstream partition materialized?)")
-            tables = [pq.read_table(io.BytesIO(self.s3_client.get_object(Bucket=bucket, Key=k)["Body"].read()),
-                                    columns=columns) for k in sorted(parts)]
+            tables = [pq.read_table(io.BytesIO(self.s3_client.get_object(Bucket=bucket, Key=f"{key}/{n}")["Body"].read()),
+                                    columns=columns) for n in parts]
             return pa.concat_tables(tables, promote_options="default").to_pandas()
         if not Path(uri).is_dir():
             raise LakeError(f"no lake data at {uri} (was the upstream partition materialized?)")
         return pq.read_table(uri, columns=columns).to_pandas()
 
     def exists(self, uri: str) -> bool:
+        """Whether a complete partition (table or artifact) is at ``uri``."""
         if self.is_s3:
-            bucket, key = _split_s3(uri)
-            listing = self.s3_client.list_objects_v2(Bucket=bucket, Prefix=f"{key}/", MaxKeys=1)
-            return listing.get("KeyCount", 0) > 0
+            names = self._s3_names(uri)[2]
+            return META_FILE in names or self._complete_parts(names) is not None
         return Path(uri).is_dir()
 
     # -- model artifacts -----------------------------------------------------
@@ -159,8 +206,15 @@ class Lake:
     def write_artifact(self, artifact: Artifact, uri: str) -> int:
         """Replace the artifact at ``uri``; returns bytes written."""
         meta = json.dumps(artifact.meta, indent=2, sort_keys=True, default=str).encode()
+        if META_FILE in artifact.files:
+            raise LakeError(f"an artifact file may not be called {META_FILE} ({uri})")
         if self.is_s3:
-            bucket, key = _split_s3(uri)
+            bucket, key, names = self._s3_names(uri)
+            # Invisible first (no meta.json), then the files, then meta.json: a killed writer
+            # leaves no artifact rather than new files under the old meta.
+            if META_FILE in names:
+                self._s3_delete(bucket, key, [META_FILE])
+            self._s3_delete(bucket, key, [n for n in names if n != META_FILE and n not in artifact.files])
             for name, data in sorted(artifact.files.items()):
                 self.s3_client.put_object(Bucket=bucket, Key=f"{key}/{name}", Body=data)
             self.s3_client.put_object(Bucket=bucket, Key=f"{key}/{META_FILE}", Body=meta)
@@ -173,16 +227,13 @@ class Lake:
 
     def read_artifact(self, uri: str) -> Artifact:
         if self.is_s3:
-            bucket, key = _split_s3(uri)
-            try:
-                meta = json.loads(self.s3_client.get_object(Bucket=bucket, Key=f"{key}/{META_FILE}")["Body"].read())
-            except Exception as exc:  # botocore raises a generated NoSuchKey class
-                raise LakeError(f"no artifact at {uri}: {exc}") from exc
-            listing = self.s3_client.list_objects_v2(Bucket=bucket, Prefix=f"{key}/")
-            names = [o["Key"].rsplit("/", 1)[1] for o in listing.get("Contents", [])]
+            bucket, key, names = self._s3_names(uri)
+            if META_FILE not in names:
+                raise LakeError(f"no artifact at {uri} (was the upstream partition materialized?)")
+            meta = json.loads(self.s3_client.get_object(Bucket=bucket, Key=f"{key}/{META_FILE}")["Body"].read())
             files = {
                 n: self.s3_client.get_object(Bucket=bucket, Key=f"{key}/{n}")["Body"].read()
-                for n in names if n != META_FILE
+                for n in sorted(names) if n != META_FILE
             }
             return Artifact(files=files, meta=meta)
         folder = Path(uri)
@@ -197,21 +248,35 @@ class Lake:
         """Replace the partition at ``uri`` with a Spark DataFrame.
 
         On S3 the cluster writes ``s3a://`` directly (needs hadoop-aws on the
-        cluster's classpath); locally it writes a temp directory and renames it.
+        cluster's classpath); the partition counts as written once Spark's
+        ``_SUCCESS`` marker exists (a pandas part left from an earlier write is
+        deleted first). Locally Spark writes a hidden temp directory that
+        replaces the partition in one rename.
         """
         if self.is_s3:
+            bucket, key, names = self._s3_names(uri)
+            if PART_FILE in names:
+                self._s3_delete(bucket, key, [PART_FILE])
             frame.write.mode("overwrite").parquet(uri.replace("s3://", "s3a://", 1))
             return
         with _StagedDir(Path(uri)) as tmp:
             # Spark insists on creating the directory itself.
             tmp.rmdir()
-            frame.write.parquet(str(tmp))
+            frame.write.parquet(str(tmp))  # returns only once the job committed
 
     def read_spark(self, spark: Any, uris: Iterable[str]) -> Any:
-        paths = [u.replace("s3://", "s3a://", 1) for u in uris]
-        missing = [u for u in paths if not self.is_s3 and not Path(u).is_dir()]
-        if missing:
-            raise LakeError(f"no lake data at {', '.join(missing)} (was the upstream partition materialized?)")
+        paths = []
+        for uri in uris:
+            if self.is_s3:
+                parts = self._complete_parts(self._s3_names(uri)[2])
+                if not parts:
+                    raise LakeError(f"no lake data at {uri} (was the upstream partition materialized?)")
+                base = uri.replace("s3://", "s3a://", 1)
+                paths.append(base if parts != [PART_FILE] else f"{base}/{PART_FILE}")
+            elif not Path(uri).is_dir():
+                raise LakeError(f"no lake data at {uri} (was the upstream partition materialized?)")
+            else:
+                paths.append(uri)
         return spark.read.parquet(*paths)
 
 
@@ -232,21 +297,81 @@ class _StagedDir:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
+        _fsync_tree(self.tmp)  # the data is on disk before the rename makes it visible
         replace_dir(self.tmp, self.final)
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
-    """Move ``tmp`` to ``final``, replacing what was there; never leaves a mix of both."""
+    """Move ``tmp`` to ``final``, replacing what was there; never leaves a mix of both.
+
+    Where the kernel can swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``),
+    a reader sees the old directory or the new one at every instant; elsewhere the old one
+    is renamed aside first, so a crash in between leaves no partition (never a partial one)
+    until the next write.
+    """
     if final.exists():
-        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:12]}"
-        os.rename(final, old)
-        os.rename(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+        if _exchange(tmp, final):
+            shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old partition
+        else:
+            old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:12]}"
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, final)
+    _fsync_dir(final.parent)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _renameat2() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.renameat2  # glibc >= 2.28
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_RENAMEAT2 = _renameat2()
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap paths ``a`` and ``b``; False where it could not be done (the platform or file
+    system lacks RENAME_EXCHANGE, or refused it): the swap is all or nothing, so the caller falls back."""
+    if _RENAMEAT2 is None:
+        return False
+    return _RENAMEAT2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0
+
+
+def _fsync_tree(folder: Path) -> None:
+    """fsync every file under ``folder`` and the directories themselves (best effort:
+    some file systems refuse fsync on directories)."""
+    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if path.is_file() and not path.is_symlink():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+        elif path.is_dir():
+            _fsync_dir(path)
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _remove_stale_siblings(final: Path) -> None:
-    """Temp dirs left by a crashed writer of this partition are garbage."""
+    """Temp dirs left by a killed writer of this partition are garbage."""
     for stale in final.parent.glob(f".{final.name}.*-*"):
         shutil.rmtree(stale, ignore_errors=True)

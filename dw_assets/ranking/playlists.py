@@ -107,7 +107,8 @@ def user_posteriors(users: pd.DataFrame) -> pd.DataFrame:
     return _explode(users, "p_", POSTERIOR_ARRAYS)
 
 
-def rank_users(users: pd.DataFrame, models: PlaylistModels, week: str, timings: dict | None = None) -> pd.DataFrame:
+def rank_users(users: pd.DataFrame, models: PlaylistModels, week: str, timings: dict | None = None,
+               engine: str = "auto") -> pd.DataFrame:
     """Playlists for a batch of users: one row per slot (``PLAYLIST_SPARK_SCHEMA`` columns).
 
     users: one row per user: user_profiles columns (features.USER_COLUMNS), country, heard
@@ -116,13 +117,14 @@ def rank_users(users: pd.DataFrame, models: PlaylistModels, week: str, timings: 
     ``ranker_score`` is the LightGBM probability of a positive listen (NaN for fallback rows);
     ``score`` the order the re-ranker started from (``list_score``). ``timings``: when given, the
     seconds of each step (features, predict, rerank) are added to it (for ``dw bench inference``).
+    ``engine``: how the trees are evaluated (``TrainedRanker.predict``; auto = compiled when lleaves is there).
     """
     clock = _StepClock(timings)
     candidates = explode_candidates(users)
     profiles = users.drop(columns=[c for c in users.columns if c.startswith(("c_", "p_"))])
     features = build_features(candidates, models.context, users=profiles)
     clock.lap("features")
-    probability = models.ranker.predict(features, engine="auto") if len(candidates) else np.zeros(0, np.float32)
+    probability = models.ranker.predict(features, engine=engine) if len(candidates) else np.zeros(0, np.float32)
     clock.lap("predict")
     scored = candidates[["user_id", "track_id", "sources"]].assign(
         score=list_score(probability, features, models.rerank.two_tower_prior), probability=probability).merge(

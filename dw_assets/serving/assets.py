@@ -1,6 +1,16 @@
-"""Publishing the week's playlists to the serving store; the week goes live only when whole and verified."""
+"""Publishing the week's playlists to the serving store; the week goes live only when whole and verified.
+
+Retention (weeks the store keeps, the live one always included), first set wins: the asset's run
+config ``keep_weeks`` (launchpad: ``ops: {published_playlists: {config: {keep_weeks: 8}}}``), the
+resource's ``keep_weeks``, the store URL's ``?keep_weeks=N``, else 4.
+
+Credentials come from the environment only (``DW_REDIS_PASSWORD``, ``DW_SCYLLA_USERNAME`` /
+``DW_SCYLLA_PASSWORD``, boto3's ``AWS_*``): a store URL carrying one is refused before any run
+starts, with a message that does not repeat it, and metadata shows ``redact_url(url)``.
+"""
 
 import time
+from typing import Any
 
 import pandas as pd
 from dagster import (
@@ -8,25 +18,47 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetIn,
+    Config,
     ConfigurableResource,
     MaterializeResult,
     MetadataValue,
     asset,
 )
+from pydantic import Field
 
 from dw_assets.partitions import ONE_WEEK_PER_RUN, weekly_partitions
 from dw_assets.serving.publish import publish_week
-from dw_assets.serving.stores import PLAYLIST_COLUMNS, PlaylistStore, open_store
+from dw_assets.serving.stores import (
+    PLAYLIST_COLUMNS,
+    PlaylistStore,
+    open_store,
+    redact_url,
+    url_has_credentials,
+)
+
+
+def refuse_credentials(url: Any) -> None:
+    """ValueError (not repeating the URL) if a store URL carries a user or password."""
+    if isinstance(url, str) and url_has_credentials(url):  # an EnvVar is checked with its value at run time
+        raise ValueError("the serving store URL carries credentials: remove them from the URL and set "
+                         "DW_REDIS_PASSWORD (Redis) or DW_SCYLLA_USERNAME / DW_SCYLLA_PASSWORD (Scylla) instead")
 
 
 class PlaylistStoreResource(ConfigurableResource):
     """The serving store: ``sqlite:///path.db``, ``redis://host:port/db`` or ``scylla://h1,h2/keyspace``.
 
-    Credentials never go in the URL; the stores read them from the environment.
+    Credentials never go in the URL (refused); the stores read them from the environment.
     """
 
-    url: str
-    keep_weeks: int = 4
+    url: str = Field(description="Store URL without credentials; options as query parameters "
+                                 "(e.g. ?keep_weeks=8). Secrets come from DW_REDIS_PASSWORD / DW_SCYLLA_*.")
+    keep_weeks: int | None = Field(default=None, description="Weeks the store keeps (overrides the URL's "
+                                                             "keep_weeks; default 4).")
+
+    def __init__(self, **data: Any):
+        # Before pydantic sees the value: its validation errors would echo the URL, password included.
+        refuse_credentials(data.get("url"))
+        super().__init__(**data)
 
     def open(self) -> PlaylistStore:
         if not self.url:
@@ -34,9 +66,10 @@ class PlaylistStoreResource(ConfigurableResource):
         return open_store(self.url)
 
 
-def redacted(url: str) -> str:
-    """The URL without its query string (which may name hosts' options, never credentials)."""
-    return url.split("?", 1)[0]
+class PublishConfig(Config):
+    keep_weeks: int | None = Field(default=None, description="Weeks the store keeps after this publish (the "
+                                                             "newest ones plus the live week). None: the "
+                                                             "resource's, else the store URL's, else 4.")
 
 
 @asset(
@@ -49,7 +82,8 @@ def redacted(url: str) -> str:
     description="ranked_playlists written whole to the serving store, verified, then made live (current_week flip).",
 )
 def published_playlists(
-    context: AssetExecutionContext, playlist_store: PlaylistStoreResource, ranked_playlists: pd.DataFrame
+    context: AssetExecutionContext, config: PublishConfig, playlist_store: PlaylistStoreResource,
+    ranked_playlists: pd.DataFrame,
 ) -> MaterializeResult:
     week = context.partition_key
     started = time.perf_counter()
@@ -63,18 +97,20 @@ def published_playlists(
             context.log.info(f"published {written:,} users of week {week}")
 
     with playlist_store.open() as store:
+        keep_weeks = config.keep_weeks if config.keep_weeks is not None else playlist_store.keep_weeks
         stats = publish_week(store, week, ranked_playlists[list(PLAYLIST_COLUMNS)],
-                             keep_weeks=playlist_store.keep_weeks, progress=progress)
+                             keep_weeks=keep_weeks, progress=progress)
         stored_users, expected_users = store.count_users(week), int(ranked_playlists["user_id"].nunique())
     check = AssetCheckResult(check_name="served_week_matches_lake", passed=stored_users == expected_users,
                              metadata={"stored_users": stored_users, "lake_users": expected_users})
     return MaterializeResult(check_results=[check], metadata={
-        "store": redacted(playlist_store.url),
+        "store": redact_url(playlist_store.url),
         "users": stats["users"],
         "dagster/row_count": stats["rows"],
         "live": stats["live"],
         "live_week": stats["live_week"] or "",
         "users_per_s": round(float(stats["users_per_s"]), 1),
+        "keep_weeks": stats["keep_weeks"],
         "kept_weeks": MetadataValue.json(stats["kept_weeks"]),
         "dropped_weeks": MetadataValue.json(stats["dropped_weeks"]),
         "elapsed_s": round(time.perf_counter() - started, 1),

@@ -20,7 +20,18 @@ URLs (``open_store``), all connecting lazily on first use:
 - ``scylla://host1,host2[:port]/keyspace``; credentials only from ``DW_SCYLLA_USERNAME`` /
   ``DW_SCYLLA_PASSWORD``.
 
-Query parameters tune a store (e.g. ``?timeout_ms=250&batch_users=2000``); see each class.
+Query parameters tune a store (e.g. ``?timeout_ms=250&batch_users=2000``); see each class. Every
+store takes ``keep_weeks=N``: the written weeks publishing keeps (the newest N plus the live one;
+``publish_week`` drops the rest). A store whose values expire (Redis ``ttl_days``, Scylla's row TTL)
+refuses a retention longer than the expiry allows (``check_retention``).
+
+Crash safety: a publisher killed at any instant leaves the registered weeks and the pointer as they
+were; what it had written is unreferenced garbage that the next ``write_week`` reclaims (SQLite and
+Redis list in-flight and superseded versions in a ``writes``/``writing`` set in the same atomic step
+that registers a week; Scylla leaves them to the row TTL).
+
+Credentials never appear in URLs (refused), reprs, error messages or metadata; ``redact_url`` is what
+may be shown of a URL.
 """
 
 from __future__ import annotations
@@ -52,6 +63,7 @@ TRACK_FIELDS = ("position", "track_id", "score", "source", "is_exploration", "ar
 PLAYLIST_COLUMNS = ("user_id", *TRACK_FIELDS)
 MAX_POSITION = 30
 MAX_USER_ID = 2**63 - 1  # user ids are int64
+WEEK_S = 7 * 86400
 _ZLIB_LEVEL = 6  # level 1 saves ~10 us per user at publish for 12 % more bytes
 CURRENT_WEEK = "current_week"  # the pointer's name
 
@@ -167,8 +179,13 @@ def _options(query: str, allowed: dict[str, Callable[[str], Any]], url_for_error
     options = {}
     for key, value in parse_qsl(query, keep_blank_values=True):
         if key not in allowed:
-            raise ValueError(f"unknown option {key!r} in store URL {url_for_errors!r}; known: {sorted(allowed)}")
-        options[key] = allowed[key](value)
+            raise ValueError(f"unknown option {key!r} in store URL {redact_url(url_for_errors)!r}; "
+                             f"known: {sorted(allowed)}")
+        try:
+            options[key] = allowed[key](value)
+        except ValueError as exc:
+            raise ValueError(f"bad value for option {key!r} in store URL {redact_url(url_for_errors)!r}: "
+                             f"{exc if key in _PUBLIC_OPTIONS else 'not valid'}") from None
     return options
 
 
@@ -176,9 +193,47 @@ def _seconds_from_ms(value: str) -> float:
     return float(value) / 1000.0
 
 
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    return url.replace(parts.netloc, parts.netloc.split("@")[-1]) if "@" in parts.netloc else url
+# Query options that are never secret (their values may be shown); any other key's value is masked.
+_PUBLIC_OPTIONS = frozenset({
+    "prefix", "timeout_ms", "batch_users", "ttl_days", "registry_cache_ms", "keep_weeks", "replication",
+    "local_dc", "consistency", "concurrency", "count_splits"})
+
+
+def url_has_credentials(url: str) -> bool:
+    """Whether a store URL carries a user or password (``scheme://user:pass@host``), judged loosely:
+    any ``@`` before the query counts, so an unencoded ``/`` in a password cannot hide it. SQLite URLs
+    name a file and carry none."""
+    scheme, sep, rest = url.partition("://")
+    return bool(sep) and scheme.lower() != "sqlite" and "@" in rest.partition("?")[0]
+
+
+def redact_url(url: str) -> str:
+    """``url`` safe to log or store in metadata: a password becomes ``***`` (``redis://:***@host``),
+    and so does the value of any query parameter that is not a known, public store option.
+
+    Parsed loosely on purpose (no ``urlsplit``): everything up to the last ``@`` before the query is
+    userinfo, even where a malformed password holds ``/`` or ``#``.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "***" if "@" in url else url
+    main, _, query = rest.partition("?")
+    if "@" in main and scheme.lower() != "sqlite":
+        userinfo, _, hosts = main.rpartition("@")
+        user, has_password, _ = userinfo.partition(":")
+        # user:password -> user:***; a bare userinfo may itself be a token (redis://TOKEN@host) -> ***
+        main = f"{user}:***@{hosts}" if has_password and "/" not in user else f"***@{hosts}"
+    query = "&".join(
+        f"{key}={value if key in _PUBLIC_OPTIONS else '***'}" if has_value else key
+        for key, has_value, value in (item.partition("=") for item in query.split("&") if item))
+    return f"{scheme}://{main}" + (f"?{query}" if query else "")
+
+
+def _check_keep_weeks(value: str) -> int:
+    weeks = int(value)
+    if weeks < 1:
+        raise ValueError("keep_weeks must be at least 1")
+    return weeks
 
 
 # --------------------------------------------------------------------------- interface
@@ -208,6 +263,23 @@ class PlaylistStore(abc.ABC):
 
     scheme: ClassVar[str]
     local_reads: ClassVar[bool] = False  # reads are in-process and take microseconds (no network)
+    keep_weeks: int | None = None  # the URL's ``keep_weeks`` (None: the publisher's default)
+
+    def row_ttl_s(self) -> int | None:
+        """Seconds after which a written value expires by itself (None: never; retention drops weeks)."""
+        return None
+
+    def check_retention(self, keep_weeks: int) -> None:
+        """ValueError if values expire before ``keep_weeks`` kept weeks would be dropped: a kept (or
+        live) week must not lose users to expiry. Needs (keep_weeks + 1) weeks of TTL: the newest week
+        is published a week after the previous one, and one missed publish is tolerated."""
+        if keep_weeks < 1:
+            raise ValueError("keep_weeks must be at least 1")
+        ttl = self.row_ttl_s()
+        if ttl is not None and ttl < (keep_weeks + 1) * WEEK_S:
+            raise ValueError(f"{self!r} expires values after {ttl / 86400:g} days, shorter than keeping "
+                             f"{keep_weeks} weeks needs ({(keep_weeks + 1) * 7} days): raise ttl_days or "
+                             "lower keep_weeks")
 
     @abc.abstractmethod
     def write_week(self, week: str, playlists: pd.DataFrame, progress: Progress | None = None) -> int:
@@ -367,7 +439,9 @@ class SQLiteStore(PlaylistStore):
 
     Readers use one connection per thread and resolve pointer, version and playlist in one indexed
     query (one consistent snapshot, no cache). URL options: ``timeout_ms`` (readers' busy timeout,
-    default 250), ``batch_users`` (users per write transaction, default 2000).
+    default 250), ``batch_users`` (users per write transaction, default 2000), ``keep_weeks``.
+    Every step of a write is a transaction, so a killed publisher leaves committed batches of an
+    unregistered version, listed in ``writes``; the next write deletes them.
     """
 
     scheme = "sqlite"
@@ -394,8 +468,9 @@ class SQLiteStore(PlaylistStore):
     )
 
     def __init__(self, path: str | Path, *, timeout_s: float = 0.25, batch_users: int = 2000,
-                 write_timeout_s: float = 30.0):
+                 write_timeout_s: float = 30.0, keep_weeks: int | None = None):
         self.path = Path(path)
+        self.keep_weeks = keep_weeks
         self.timeout_s = timeout_s
         self.batch_users = batch_users
         self.write_timeout_s = write_timeout_s
@@ -411,8 +486,9 @@ class SQLiteStore(PlaylistStore):
         parts = urlsplit(url)
         path = url[len("sqlite:///"):].split("?", 1)[0]
         if not url.startswith("sqlite:///") or not path or path == ":memory:":
-            raise ValueError(f"SQLite store URL must look like sqlite:///path.db, got {url!r}")
-        options = _options(parts.query, {"timeout_ms": _seconds_from_ms, "batch_users": int}, url)
+            raise ValueError(f"SQLite store URL must look like sqlite:///path.db, got {redact_url(url)!r}")
+        options = _options(parts.query, {"timeout_ms": _seconds_from_ms, "batch_users": int,
+                                         "keep_weeks": _check_keep_weeks}, url)
         if "timeout_ms" in options:
             options["timeout_s"] = options.pop("timeout_ms")
         return cls(path, **options)
@@ -503,10 +579,7 @@ class SQLiteStore(PlaylistStore):
         version = new_version()
         users = 0
         with self._writing() as db:
-            # Leftovers of earlier failed writes (any week) are unreachable; reclaim their space.
-            for stale in db.execute("SELECT week, version FROM writes").fetchall():
-                self._transaction(db, [("DELETE FROM playlists WHERE week = ? AND version = ?", stale),
-                                       ("DELETE FROM writes WHERE week = ? AND version = ?", stale)])
+            self._reclaim(db)
             started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
             self._transaction(db, [("INSERT INTO writes (week, version, started_at) VALUES (?, ?, ?)",
                                     (week, version, started_at))])
@@ -524,14 +597,26 @@ class SQLiteStore(PlaylistStore):
                     progress(len(batch))
             old = db.execute("SELECT version FROM weeks WHERE week = ?", (week,)).fetchall()
             written_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+            # Registering the new version and listing the superseded one as garbage is one commit,
+            # so a kill after it leaves the old rows for the next write to reclaim, not orphaned.
             self._transaction(db, [
                 ("INSERT OR REPLACE INTO weeks (week, version, users, written_at) VALUES (?, ?, ?, ?)",
                  (week, version, users, written_at)),
                 ("DELETE FROM writes WHERE week = ? AND version = ?", (week, version)),
+                *[("INSERT OR IGNORE INTO writes (week, version, started_at) VALUES (?, ?, ?)",
+                   (week, row[0], written_at)) for row in old if row[0] != version],
             ])
-            if old:
-                self._transaction(db, [("DELETE FROM playlists WHERE week = ? AND version = ?", (week, old[0][0]))])
+            self._reclaim(db)
         return users
+
+    def _reclaim(self, db: Any) -> None:
+        """Delete the rows of versions listed in ``writes`` (killed writes, superseded versions);
+        a registered version is never touched."""
+        for stale in db.execute("SELECT week, version FROM writes").fetchall():
+            registered = db.execute("SELECT 1 FROM weeks WHERE week = ? AND version = ?", stale).fetchall()
+            self._transaction(db, [
+                *([] if registered else [("DELETE FROM playlists WHERE week = ? AND version = ?", stale)]),
+                ("DELETE FROM writes WHERE week = ? AND version = ?", stale)])
 
     def count_users(self, week: str) -> int:
         check_week(week)
@@ -616,12 +701,14 @@ class RedisStore(RegistryCachedStore):
     - ``{prefix}:weeks`` hash: week -> {"version", "users", "written_at"} (the registry)
     - ``{prefix}:pl:{week}:{version}:{user_id}`` -> tracks JSON (the hot key)
     - ``{prefix}:users:{week}:{version}`` set of user ids (exact counts; targeted deletes)
-    - ``{prefix}:writing`` set of ``week/version`` being written (a crashed write stays listed;
-      the next write reclaims it)
+    - ``{prefix}:writing`` set of ``week/version`` being written or superseded (a killed write
+      stays listed; so does a superseded or dropped version until its keys are deleted; the next
+      write reclaims every one that is not registered)
 
-    Each write batch is one MULTI/EXEC, so the user set and the keys never disagree. URL options:
+    Each write batch is one MULTI/EXEC, so the user set and the keys never disagree; registering a
+    week and listing the version it supersedes as garbage is one MULTI/EXEC too. URL options:
     ``prefix``, ``timeout_ms`` (reads, default 250), ``batch_users`` (default 1000), ``ttl_days``
-    (safety-net expiry on playlist keys, default none: retention drops old weeks),
+    (safety-net expiry on playlist keys, default none: retention drops old weeks), ``keep_weeks``,
     ``registry_cache_ms`` (default 1000). Password from ``DW_REDIS_PASSWORD`` only.
     """
 
@@ -629,8 +716,10 @@ class RedisStore(RegistryCachedStore):
 
     def __init__(self, host: str = "127.0.0.1", port: int = 6379, db: int = 0, *, prefix: str = "dw",
                  timeout_s: float = 0.25, batch_users: int = 1000, ttl_s: int | None = None,
-                 registry_cache_s: float = 1.0, ssl: bool = False, write_timeout_s: float = 30.0):
+                 registry_cache_s: float = 1.0, ssl: bool = False, write_timeout_s: float = 30.0,
+                 keep_weeks: int | None = None):
         super().__init__(registry_cache_s)
+        self.keep_weeks = keep_weeks
         if not re.fullmatch(r"[A-Za-z0-9_.:\-]+", prefix):
             raise ValueError(f"Redis key prefix {prefix!r} must be letters, digits, _ . : -")
         self.host, self.port, self.db, self.prefix = host, port, db, prefix
@@ -643,13 +732,14 @@ class RedisStore(RegistryCachedStore):
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
         parts = urlsplit(url)
-        if parts.password is not None or parts.username:
+        if url_has_credentials(url):
             raise ValueError("put the Redis password in DW_REDIS_PASSWORD, not in the store URL")
         db_path = parts.path.strip("/")
         if db_path and not db_path.isdigit():
-            raise ValueError(f"Redis database must be a number, got {db_path!r} in {url!r}")
+            raise ValueError(f"Redis database must be a number, got {db_path!r} in {redact_url(url)!r}")
         options = _options(parts.query, {"prefix": str, "timeout_ms": _seconds_from_ms, "batch_users": int,
-                                         "ttl_days": float, "registry_cache_ms": _seconds_from_ms}, url)
+                                         "ttl_days": float, "registry_cache_ms": _seconds_from_ms,
+                                         "keep_weeks": _check_keep_weeks}, url)
         if "timeout_ms" in options:
             options["timeout_s"] = options.pop("timeout_ms")
         if "ttl_days" in options:
@@ -661,6 +751,9 @@ class RedisStore(RegistryCachedStore):
 
     def __repr__(self) -> str:
         return f"RedisStore({self.host}:{self.port}/{self.db}, prefix={self.prefix!r})"
+
+    def row_ttl_s(self) -> int | None:
+        return self.ttl_s
 
     # connections ---------------------------------------------------------
     def _client(self, role: str) -> Any:
@@ -751,6 +844,17 @@ class RedisStore(RegistryCachedStore):
         client.unlink(members)
 
     # contract ------------------------------------------------------------
+    def _reclaim(self, client: Any) -> None:
+        """Delete every version listed in ``writing`` that is not registered (killed writes,
+        superseded and dropped versions), then unlist it."""
+        registered = {(week.decode(), orjson.loads(entry)["version"])
+                      for week, entry in client.hgetall(self._key("weeks")).items()}
+        for stale in client.smembers(self._key("writing")):
+            week, _, version = stale.decode().partition("/")
+            if (week, version) not in registered:
+                self._delete_version(week, version)
+            client.srem(self._key("writing"), stale)
+
     def write_week(self, week: str, playlists: pd.DataFrame, progress: Progress | None = None) -> int:
         check_week(week)
         validate_playlists(playlists)
@@ -760,9 +864,7 @@ class RedisStore(RegistryCachedStore):
         users = 0
         with self._errors():
             client = self._client("write")
-            for stale in client.smembers(writing):  # leftovers of failed writes, any week
-                self._delete_version(*stale.decode().split("/"))
-                client.srem(writing, stale)
+            self._reclaim(client)
             client.sadd(writing, this_write)
             for batch in iter_user_batches(playlists, self.batch_users):
                 pipe = client.pipeline(transaction=True)
@@ -779,10 +881,11 @@ class RedisStore(RegistryCachedStore):
             pipe = client.pipeline(transaction=True)
             pipe.hset(self._key("weeks"), week, orjson.dumps(entry))
             pipe.srem(writing, this_write)
+            if old is not None:  # superseded: garbage from this instant, deleted just below or by the next write
+                pipe.sadd(writing, f"{week}/{orjson.loads(old)['version']}")
             pipe.execute()
             self._invalidate()
-            if old is not None:
-                self._delete_version(week, orjson.loads(old)["version"])
+            self._reclaim(client)
         return users
 
     def count_users(self, week: str) -> int:
@@ -810,17 +913,14 @@ class RedisStore(RegistryCachedStore):
             if current is not None and current.decode() == week:
                 raise StoreError(f"week {week} is live; make another week live before dropping it")
             entry = client.hget(self._key("weeks"), week)
-            client.hdel(self._key("weeks"), week)  # unreachable first, then reclaim
-            self._invalidate()
-            writes = [w for w in (w.decode() for w in client.smembers(self._key("writing")))
-                      if w.startswith(f"{week}/")]
-            versions = [w.split("/")[1] for w in writes]
+            # Unreachable and listed as garbage in one step, then reclaimed.
+            pipe = client.pipeline(transaction=True)
+            pipe.hdel(self._key("weeks"), week)
             if entry is not None:
-                versions.append(orjson.loads(entry)["version"])
-            for version in versions:
-                self._delete_version(week, version)
-            if writes:
-                client.srem(self._key("writing"), *writes)
+                pipe.sadd(self._key("writing"), f"{week}/{orjson.loads(entry)['version']}")
+            pipe.execute()
+            self._invalidate()
+            self._reclaim(client)
 
     def ping(self) -> None:
         with self._errors():
@@ -848,8 +948,10 @@ class ScyllaSettings:
 
     URL options: ``replication`` (``dc1:3,dc2:3`` -> NetworkTopologyStrategy; a bare number ->
     SimpleStrategy with that factor; default ``1``), ``local_dc`` (for DC-aware routing),
-    ``consistency`` (default LOCAL_QUORUM), ``ttl_days`` (row TTL, default 56 = 8 weeks: beyond
-    the 4-week retention and a few missed publishes), ``timeout_ms`` (reads, default 250),
+    ``consistency`` (default LOCAL_QUORUM), ``keep_weeks`` (retention), ``ttl_days`` (row TTL,
+    default keep_weeks + 4 weeks, i.e. 56 days = 8 weeks for the default 4-week retention: beyond
+    it and a few missed publishes; publishing refuses a TTL shorter than keep_weeks + 1 weeks, since
+    rows of a kept week would expire), ``timeout_ms`` (reads, default 250),
     ``batch_users`` (default 5000), ``concurrency`` (in-flight writes, default 128),
     ``count_splits`` (token ranges scanned in parallel by count_users, default 256),
     ``registry_cache_ms`` (default 1000).
@@ -870,6 +972,7 @@ class ScyllaSettings:
     concurrency: int = 128
     count_splits: int = 256
     registry_cache_s: float = 1.0
+    keep_weeks: int | None = None
 
     def __post_init__(self) -> None:
         if not _CQL_IDENTIFIER.fullmatch(self.keyspace):
@@ -885,13 +988,13 @@ class ScyllaSettings:
     @classmethod
     def from_url(cls, url: str) -> ScyllaSettings:
         parts = urlsplit(url)
-        if parts.username or parts.password:
+        if url_has_credentials(url):
             raise ValueError("put Scylla credentials in DW_SCYLLA_USERNAME / DW_SCYLLA_PASSWORD, not in the URL")
         hosts, ports = [], set()
         for item in parts.netloc.split(","):
             host, _, port = item.strip().partition(":")
             if not host:
-                raise ValueError(f"empty host in Scylla URL {url!r}")
+                raise ValueError(f"empty host in Scylla URL {redact_url(url)!r}")
             hosts.append(host)
             ports.add(int(port) if port else None)
         explicit = ports - {None}
@@ -899,15 +1002,17 @@ class ScyllaSettings:
             raise ValueError(f"all Scylla hosts must share one port, got {sorted(explicit)}")
         keyspace = parts.path.strip("/")
         if not keyspace:
-            raise ValueError(f"Scylla URL needs a keyspace: scylla://host1,host2/keyspace, got {url!r}")
+            raise ValueError(f"Scylla URL needs a keyspace: scylla://host1,host2/keyspace, got {redact_url(url)!r}")
         options = _options(parts.query, {
             "replication": str, "local_dc": str, "consistency": str.upper, "ttl_days": float,
             "timeout_ms": _seconds_from_ms, "batch_users": int, "concurrency": int, "count_splits": int,
-            "registry_cache_ms": _seconds_from_ms}, url)
+            "registry_cache_ms": _seconds_from_ms, "keep_weeks": _check_keep_weeks}, url)
         if "replication" in options:
             options["replication"] = parse_replication(options["replication"])
         if "ttl_days" in options:
             options["ttl_s"] = int(options.pop("ttl_days") * 86400)
+        elif "keep_weeks" in options:  # rows outlive the retention by 4 weeks, as the default does
+            options["ttl_s"] = (options["keep_weeks"] + 4) * WEEK_S
         if "timeout_ms" in options:
             options["timeout_s"] = options.pop("timeout_ms")
         if "registry_cache_ms" in options:
@@ -980,6 +1085,7 @@ class ScyllaStore(RegistryCachedStore):
     def __init__(self, settings: ScyllaSettings):
         super().__init__(settings.registry_cache_s)
         self.settings = settings
+        self.keep_weeks = settings.keep_weeks
         self.statements = cql_statements(settings)
         self._cluster: Any = None
         self._session: Any = None
@@ -992,6 +1098,9 @@ class ScyllaStore(RegistryCachedStore):
 
     def __repr__(self) -> str:
         return f"ScyllaStore({','.join(self.settings.hosts)}/{self.settings.keyspace})"
+
+    def row_ttl_s(self) -> int | None:
+        return self.settings.ttl_s
 
     def cluster_options(self) -> dict[str, Any]:
         """Keyword arguments for ``cassandra.cluster.Cluster`` (no connection made)."""
@@ -1159,6 +1268,6 @@ def open_store(url: str) -> PlaylistStore:
     reconnect after failures."""
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme not in _STORES:
-        raise ValueError(f"unknown store URL {_redact(url)!r}: expected sqlite:///path.db, "
+        raise ValueError(f"unknown store URL {redact_url(url)!r}: expected sqlite:///path.db, "
                          "redis://host:port/db or scylla://host1,host2/keyspace")
     return _STORES[scheme].from_url(url)

@@ -14,6 +14,7 @@ from dw_assets.automation.backfill import backfill_command
 from dw_assets.bench.aggregate import all_command
 from dw_assets.bench.ann_bench import ann_command
 from dw_assets.bench.inference import inference_command
+from dw_assets.bench.projection import project_command
 from dw_assets.bench.stages import stages_command
 
 
@@ -320,6 +321,7 @@ bench.add_command(stages_command)
 bench.add_command(ann_command)
 bench.add_command(inference_command)
 bench.add_command(all_command)
+bench.add_command(project_command)
 
 
 if __name__ == "__main__":

@@ -112,3 +112,27 @@ def test_bench_all_writes_one_document_with_the_machine_and_each_section(tmp_pat
     judged = targets({"inference": [{"catalog_tracks": 1_000_000, "users_per_s_per_core": 300.0,
                                      "ann_recall@500": 0.97, "meets_target": True}]})
     assert judged == [{"target": judged[0]["target"], "measured": "300.0 users/s/core at recall 0.97", "met": True}]
+
+
+def test_projection_scales_measured_rates_and_fits_the_ann_cost():
+    from dw_assets.bench.projection import DEFAULT_VOLUMES, fit_sqrt, project
+
+    a, b = fit_sqrt([(n, 0.001 + 2e-6 * n**0.5) for n in (1e5, 3e5, 1e6)])
+    assert a == pytest.approx(0.001) and b == pytest.approx(2e-6)
+    document = {
+        "stages": [{"stage": "ingest", "throughput": 1000.0, "cores": 2},
+                   {"stage": "two_tower", "throughput": 8000.0, "cores": 2}],
+        "inference": [{"catalog_tracks": n, "users_per_s_per_core": 1 / (0.001 + 2e-6 * n**0.5), "dim": 64}
+                      for n in (1e5, 3e5, 1e6)],
+    }
+    small = project(document, users=1e6, tracks=1e8, window_hours=24, volumes=DEFAULT_VOLUMES)
+    large = project(document, users=2e6, tracks=1e8, window_hours=24, volumes=DEFAULT_VOLUMES)
+    rows = {r["stage"].split(" ")[0]: r for r in small["rows"]}
+    # Ingest is per core already; two-tower's rate is per process and is divided by its cores.
+    assert rows["Spark"]["core_hours"] == pytest.approx(1e6 * 18.4 / 1000 / 3600)
+    assert rows["two-tower"]["rate"] == pytest.approx(4000.0)
+    assert rows["batch"]["rate"] == pytest.approx(1 / (0.001 + 2e-6 * 1e4))  # extrapolated to 100M tracks
+    assert rows["batch"]["memory_gb"] == pytest.approx(1e8 * (64 * 4 + 8) / 1e9)
+    assert rows["publish"]["core_hours"] == pytest.approx(1e6 * 3 / 12_500 / 3600)
+    for before, after in zip(small["rows"], large["rows"], strict=True):
+        assert after["core_hours"] == pytest.approx(2 * before["core_hours"])  # every per-user stage is linear

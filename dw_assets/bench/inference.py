@@ -287,7 +287,7 @@ def bench_inference(lake_root: str, week: str, tracks: int, users: int, runs: in
         "valid_playlist_share": round(_valid_playlists(playlists, sample, rerank.playlist_size,
                                                        rerank.max_per_artist), 4),
         "candidates_per_user": round(len(candidates) / len(sample), 1),
-        "users": len(sample), "catalog_tracks": int(len(ids)), "real_tracks": int(len(models.track_ids)),
+        "users": len(sample), "catalog_tracks": int(len(ids)), "dim": int(vectors.shape[1]), "real_tracks": int(len(models.track_ids)),
         "item2vec_tracks": int(len(models.item2vec[0])), "week": week, "lake": str(lake_root),
         "users_per_task": users_per_task, "threads": 1, "ranker_engine": engine, "setup_s": round(setup_s, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

@@ -56,7 +56,9 @@ def _out(description: str) -> AssetOut:
 class Item2VecAssetConfig(Config):
     dim: int = Item2VecConfig.dim
     window: int = Item2VecConfig.window
-    epochs: int = Item2VecConfig.epochs
+    # 6, not the library's 10: on `small` (week 2026-02-23) top-10 neighbours share the query's genre
+    # 99.38 % at both, hidden-style cosine 0.295 vs 0.303, in ~40 % of the time (the demo's largest step).
+    epochs: int = 6
     min_count: int = Item2VecConfig.min_count
     seed: int = Item2VecConfig.seed
 

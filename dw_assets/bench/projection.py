@@ -86,6 +86,16 @@ def project(document: dict, users: float, tracks: float, window_hours: float, vo
             "total_core_hours_in_window": sum(r["core_hours"] for r in rows if "daily" not in r["note"])}
 
 
+def merge_documents(documents: list[dict]) -> dict:
+    """One document from several: stages by name (later files win), inference rows by catalog size (likewise)."""
+    stages: dict[str, dict] = {}
+    inference: dict[int, dict] = {}
+    for document in documents:
+        stages.update({row["stage"]: row for row in document.get("stages", [])})
+        inference.update({row["catalog_tracks"]: row for row in document.get("inference", [])})
+    return {"stages": list(stages.values()), "inference": [inference[n] for n in sorted(inference)]}
+
+
 def format_projection(result: dict) -> str:
     lines = [f"{result['users']:.3g} users x {result['tracks']:.3g} tracks, {result['window_hours']:.0f} h window",
              f"{'stage':<55} {'work':>10} {'rate':>22} {'core-h':>9} {'cores':>7}  source"]
@@ -114,8 +124,9 @@ DEFAULT_VOLUMES = {
 
 
 @click.command("project")
-@click.option("--bench", "bench_file", type=click.Path(exists=True, path_type=Path), required=True,
-              help="JSON written by `dw bench all --out`.")
+@click.option("--bench", "bench_files", type=click.Path(exists=True, path_type=Path), required=True, multiple=True,
+              help="JSON of `dw bench all --out` or `dw bench stages --json`; repeat it: a later file's stages "
+                   "replace an earlier file's stages of the same name.")
 @click.option("--users", type=float, default=500e6, show_default=True)
 @click.option("--tracks", type=float, default=100e6, show_default=True)
 @click.option("--window-hours", type=float, default=24.0, show_default=True)
@@ -123,9 +134,11 @@ DEFAULT_VOLUMES = {
               show_default=True)
 @click.option("--new-tracks-per-week", type=float, default=DEFAULT_VOLUMES["new_tracks_per_week"], show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def project_command(bench_file, users, tracks, window_hours, events_per_user_week, new_tracks_per_week, as_json):
+def project_command(bench_files, users, tracks, window_hours, events_per_user_week, new_tracks_per_week, as_json):
     """Project the weekly batch to full scale from a `dw bench all` document (cores, hours, memory per stage)."""
     volumes = {**DEFAULT_VOLUMES, "events_per_user_week": events_per_user_week,
                "new_tracks_per_week": new_tracks_per_week}
-    result = project(json.loads(bench_file.read_text()), users, tracks, window_hours, volumes)
+    result = project(merge_documents([json.loads(f.read_text()) for f in bench_files]), users, tracks,
+                     window_hours, volumes)
+    result["bench_files"] = [str(f) for f in bench_files]
     click.echo(json.dumps(result, indent=2) if as_json else format_projection(result))

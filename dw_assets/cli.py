@@ -13,6 +13,7 @@ import click
 from dw_assets.automation.backfill import backfill_command
 from dw_assets.bench.aggregate import all_command
 from dw_assets.bench.ann_bench import ann_command
+from dw_assets.bench.demo import demo_command
 from dw_assets.bench.inference import inference_command
 from dw_assets.bench.projection import project_command
 from dw_assets.bench.stages import stages_command
@@ -322,6 +323,7 @@ bench.add_command(ann_command)
 bench.add_command(inference_command)
 bench.add_command(all_command)
 bench.add_command(project_command)
+bench.add_command(demo_command)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,101 @@
+"""``dw bench demo``: the README's demo (simulate + ``dw run``) timed from scratch, with its peak memory.
+
+Memory is the proportional set size (PSS) summed over the whole process tree — the ``dw run``
+driver, the Spark JVM and Spark's Python workers — sampled every ``interval_s`` from
+``/proc/<pid>/smaps_rollup``. PSS splits pages shared between processes (forked Spark workers
+share most of theirs), so the sum is the memory the demo really holds; summed RSS, also
+reported, counts shared pages once per process. The processes at the peak are listed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+TARGET_MINUTES = 15.0
+TARGET_PEAK_GB = 8.0
+
+
+def _children() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    return children
+
+
+def tree_memory(root: int) -> list[dict]:
+    """rss and pss (bytes) and the command line of ``root`` and every descendant still alive."""
+    children, todo, rows = _children(), [root], []
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, []))
+        try:
+            fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+                          if line.startswith(("Rss:", "Pss:")))
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError):
+            continue
+        rows.append({"pid": pid, "rss": int(fields["Rss"].split()[0]) * 1024,
+                     "pss": int(fields["Pss"].split()[0]) * 1024, "command": command.strip()[:120]})
+    return rows
+
+
+def run_sampled(command: list[str], env: dict, log: Path, interval_s: float = 1.0) -> dict:
+    """Run ``command``, sampling its process tree; wall seconds, peak summed PSS / RSS and the peak's processes."""
+    started = time.perf_counter()
+    with open(log, "w") as out:
+        child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+        peak_pss = peak_rss = 0
+        at_peak: list[dict] = []
+        while child.poll() is None:
+            rows = tree_memory(child.pid)
+            pss, rss = sum(r["pss"] for r in rows), sum(r["rss"] for r in rows)
+            peak_rss = max(peak_rss, rss)
+            if pss > peak_pss:
+                peak_pss, at_peak = pss, sorted(rows, key=lambda r: -r["pss"])[:6]
+            time.sleep(interval_s)
+    return {"returncode": child.returncode, "wall_s": round(time.perf_counter() - started, 1),
+            "peak_pss_gb": round(peak_pss / 2**30, 2), "peak_rss_gb": round(peak_rss / 2**30, 2),
+            "at_peak": [{**r, "rss_gb": round(r["rss"] / 2**30, 2), "pss_gb": round(r["pss"] / 2**30, 2)}
+                        for r in at_peak]}
+
+
+@click.command("demo")
+@click.option("--preset", default="small", show_default=True)
+@click.option("--out", "lake", type=click.Path(path_type=Path), default=Path("data/bench/demo"), show_default=True,
+              help="Scratch lake, emptied first.")
+@click.option("--driver-memory", default=None, help="DW_SPARK_DRIVER_MEMORY for the run (default: the project's).")
+@click.option("--json", "as_json", is_flag=True)
+def demo_command(preset, lake, driver_memory, as_json):
+    """Time the demo (simulate + dw run) from scratch with its peak memory, against the #7 targets."""
+    shutil.rmtree(lake, ignore_errors=True)
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable)
+    if driver_memory:
+        env["DW_SPARK_DRIVER_MEMORY"] = driver_memory
+    dw = str(Path(sys.executable).with_name("dw"))
+    script = f"{dw} simulate --out {lake} --preset {preset} && {dw} run --lake {lake}"
+    lake.parent.mkdir(parents=True, exist_ok=True)
+    result = run_sampled(["bash", "-c", script], env, lake.parent / f"{lake.name}.log")
+    result.update({"preset": preset, "driver_memory": driver_memory or "default", "load_avg_end": os.getloadavg(),
+                   "meets_time": result["wall_s"] <= TARGET_MINUTES * 60,
+                   "meets_memory": result["peak_pss_gb"] <= TARGET_PEAK_GB})
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(f"demo ({preset}): {result['wall_s'] / 60:.1f} min (target ≤ {TARGET_MINUTES:.0f}), peak "
+               f"{result['peak_pss_gb']} GB PSS / {result['peak_rss_gb']} GB RSS (target ≤ {TARGET_PEAK_GB:.0f} GB), "
+               f"exit {result['returncode']}")
+    for row in result["at_peak"]:
+        click.echo(f"  {row['pss_gb']:>6} GB  {row['command']}")

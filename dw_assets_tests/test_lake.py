@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pandas as pd
@@ -73,19 +72,6 @@ def test_history_window_loads_the_weeks_that_exist(tmp_path):
     assert result.success
     total = lake.open().read_frame(lake.open().uri("gold", "window_total", "2026-01-12"))
     assert total.to_dict("records") == [{"weeks": 2, "total": 12}]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
 
 
 def test_the_same_io_manager_writes_and_reads_s3(s3_endpoint, monkeypatch):

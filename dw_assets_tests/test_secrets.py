@@ -12,7 +12,6 @@ refused without repeating it.
 from __future__ import annotations
 
 import logging
-import socket
 import sys
 from pathlib import Path
 
@@ -35,19 +34,6 @@ SCYLLA_PASSWORD = "PLANTED-SCYLLA-SECRET-42"
 SECRETS = (AWS_SECRET, REDIS_PASSWORD, SCYLLA_PASSWORD)
 BUCKET = "dw-secrets"
 LOGGERS = ("botocore", "boto3", "urllib3", "s3transfer", "redis", "cassandra", "dw_assets", "dagster")
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
 
 
 @pytest.fixture(scope="module")

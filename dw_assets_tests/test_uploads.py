@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -68,19 +67,6 @@ def test_ticks_list_only_the_cursor_folder_and_newer_ones(tmp_path):
     after = scan_uploads(str(landing), grown.cursor)
     assert after.uploads == [] and after.listed_folders == ["2026-01-04"]
     assert [u.track_id for u in list_upload_folder(str(landing), "2026-01-03")] == [31, 32, 33]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
 
 
 def test_s3_listing_starts_after_the_cursor_folder(s3_endpoint, monkeypatch, tmp_path):

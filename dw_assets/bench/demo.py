@@ -19,37 +19,10 @@ from pathlib import Path
 
 import click
 
+from dw_assets.bench.stages import tree_memory
+
 TARGET_MINUTES = 15.0
 TARGET_PEAK_GB = 8.0
-
-
-def _children() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    return children
-
-
-def tree_memory(root: int) -> list[dict]:
-    """rss and pss (bytes) and the command line of ``root`` and every descendant still alive."""
-    children, todo, rows = _children(), [root], []
-    while todo:
-        pid = todo.pop()
-        todo.extend(children.get(pid, []))
-        try:
-            fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
-                          if line.startswith(("Rss:", "Pss:")))
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, ValueError):
-            continue
-        rows.append({"pid": pid, "rss": int(fields["Rss"].split()[0]) * 1024,
-                     "pss": int(fields["Pss"].split()[0]) * 1024, "command": command.strip()[:120]})
-    return rows
 
 
 def run_sampled(command: list[str], env: dict, log: Path, interval_s: float = 1.0) -> dict:

@@ -32,7 +32,6 @@ import time
 from pathlib import Path
 
 import click
-import faiss
 import numpy as np
 import pandas as pd
 
@@ -48,7 +47,7 @@ from dw_assets.ranking.playlists import (
 )
 from dw_assets.ranking.ranker import TrainedRanker
 from dw_assets.ranking.rerank import RerankConfig
-from dw_assets.retrieval.ann import AnnConfig, AnnIndex, _recall, build_index, exact_search, tune_search
+from dw_assets.retrieval.ann import AnnConfig, AnnIndex, build_index, measure, tune_search
 from dw_assets.retrieval.candidates import CandidateConfig, CandidateModels, generate_candidates
 
 TARGET_USERS_PER_S_PER_CORE = 250.0
@@ -172,9 +171,8 @@ def sample_users(models: WeekModels, n: int, seed: int) -> pd.DataFrame:
 def pack_candidates(users: pd.DataFrame, candidates: pd.DataFrame) -> pd.DataFrame:
     """Each user's candidates as ``c_*`` arrays sorted by track id — what ``playlist_users`` builds in Spark."""
     ordered = candidates.sort_values(["user_id", "track_id"], kind="stable")
-    user_ids = users["user_id"].to_numpy(np.int64)
-    starts = np.searchsorted(ordered["user_id"].to_numpy(np.int64), user_ids, side="left")
-    ends = np.searchsorted(ordered["user_id"].to_numpy(np.int64), user_ids, side="right")
+    owners, user_ids = ordered["user_id"].to_numpy(np.int64), users["user_id"].to_numpy(np.int64)
+    starts, ends = np.searchsorted(owners, user_ids, side="left"), np.searchsorted(owners, user_ids, side="right")
     packed = users.copy()
     for column in CANDIDATE_ARRAYS:
         values = ordered[column].to_numpy()
@@ -237,17 +235,15 @@ def bench_inference(lake_root: str, week: str, tracks: int, users: int, runs: in
     candidate_config = CandidateConfig(faiss_threads=1)
 
     def one_pass() -> tuple[dict, pd.DataFrame, pd.DataFrame]:
-        timings: dict[str, float] = {}
-        with _one_thread():
-            t0 = time.perf_counter()
-            candidates = generate_candidates(sample[["user_id", "user_vector", "recent_tracks", "heard"]],
-                                             candidate_models, candidate_config)
-            t1 = time.perf_counter()
-            packed = pack_candidates(sample, candidates)
-            timings = {"candidates": t1 - t0, "pack": time.perf_counter() - t1}
-            playlists = pd.concat([rank_users(packed.iloc[i:i + users_per_task], playlist_models, week, timings,
-                                                     engine)
-                                   for i in range(0, len(packed), users_per_task)], ignore_index=True)
+        # One core: candidate_config holds faiss to one thread, the ranker predicts on one.
+        t0 = time.perf_counter()
+        candidates = generate_candidates(sample[["user_id", "user_vector", "recent_tracks", "heard"]],
+                                         candidate_models, candidate_config)
+        t1 = time.perf_counter()
+        packed = pack_candidates(sample, candidates)
+        timings = {"candidates": t1 - t0, "pack": time.perf_counter() - t1}
+        playlists = pd.concat([rank_users(packed.iloc[i:i + users_per_task], playlist_models, week, timings, engine)
+                               for i in range(0, len(packed), users_per_task)], ignore_index=True)
         return timings, candidates, playlists
 
     per_run = []
@@ -268,12 +264,9 @@ def bench_inference(lake_root: str, week: str, tracks: int, users: int, runs: in
 
     # Quality beside the speed: the ANN the candidates ran on, and the playlists they became.
     queries = np.stack(sample["user_vector"].to_list()).astype(np.float32)
-    with _one_thread(threads=0):
-        _, found = index.search(queries, 500)
-        _, truth = exact_search(vectors, ids, queries, 500)
+    recall = measure(index, vectors, ids, queries, 500)["recall@500"]
     rates = [r["users_per_s_per_core"] for r in per_run]
     median = statistics.median(rates)
-    recall = round(float(_recall(found, truth)), 4)
     return {
         "stage": "batch_inference", "unit": "users/s/core",
         "users_per_s_per_core": median, "users_per_s_per_core_min": min(rates), "users_per_s_per_core_max": max(rates),
@@ -293,21 +286,6 @@ def bench_inference(lake_root: str, week: str, tracks: int, users: int, runs: in
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "runs": runs, "per_run": per_run,
     }
-
-
-class _one_thread:
-    """faiss (OpenMP) held to ``threads`` threads inside the block (0: leave faiss's default)."""
-
-    def __init__(self, threads: int = 1) -> None:
-        self.threads = threads
-
-    def __enter__(self) -> None:
-        self.before = faiss.omp_get_max_threads()
-        if self.threads:
-            faiss.omp_set_num_threads(self.threads)
-
-    def __exit__(self, *exc) -> None:
-        faiss.omp_set_num_threads(self.before)
 
 
 def format_row(row: dict) -> str:

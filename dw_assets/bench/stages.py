@@ -155,28 +155,40 @@ def _measure(spec: dict) -> dict:
 
 def _tree_rss_bytes(root: int) -> int:
     """Summed resident set of ``root`` and all its descendants (Linux /proc; 0 elsewhere)."""
+    return sum(row["rss"] for row in tree_memory(root))
+
+
+def _children() -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
-    proc = Path("/proc")
     try:
-        entries = [p for p in proc.iterdir() if p.name.isdigit()]
-    except OSError:
-        return 0
+        entries = list(Path("/proc").iterdir())
+    except OSError:  # no /proc: not Linux
+        return children
     for entry in entries:
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    total, todo, page = 0, [root], os.sysconf("SC_PAGE_SIZE")
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    return children
+
+
+def tree_memory(root: int) -> list[dict]:
+    """rss and pss (bytes) and the command line of ``root`` and every descendant still alive."""
+    children, todo, rows = _children(), [root], []
     while todo:
         pid = todo.pop()
         todo.extend(children.get(pid, []))
         try:
-            total += int((proc / str(pid) / "statm").read_text().split()[1]) * page
-        except (OSError, IndexError, ValueError):
+            fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+                          if line.startswith(("Rss:", "Pss:")))
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError):
             continue
-    return total
+        rows.append({"pid": pid, "rss": int(fields["Rss"].split()[0]) * 1024,
+                     "pss": int(fields["Pss"].split()[0]) * 1024, "command": command.strip()[:120]})
+    return rows
 
 
 def _child_main(spec_path: str, result_path: str) -> None:

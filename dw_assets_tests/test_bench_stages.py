@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -81,9 +82,15 @@ def test_demo_bench_samples_the_memory_of_the_whole_process_tree(tmp_path):
     from dw_assets.bench.demo import run_sampled
 
     # A parent that forks a child holding ~300 MB: the peak must see the child, not just the parent.
-    script = ("import subprocess, sys; subprocess.run([sys.executable, '-c', "
+    script = ("import subprocess, sys; print('step: holding', flush=True); subprocess.run([sys.executable, '-c', "
               "'import time; b = bytearray(300 * 2**20); b[::4096] = b\"x\" * len(b[::4096]); time.sleep(3)'])")
-    result = run_sampled([sys.executable, "-c", script], dict(os.environ), tmp_path / "log.txt", interval_s=0.2)
+    timeline = tmp_path / "timeline.csv"
+    result = run_sampled([sys.executable, "-c", script], dict(os.environ), tmp_path / "log.txt", interval_s=0.2,
+                         timeline=timeline)
     assert result["returncode"] == 0 and result["wall_s"] >= 3
     assert 0.28 <= result["peak_pss_gb"] <= result["peak_rss_gb"] + 1e-9
     assert len(result["at_peak"]) == 2 and all(row["command"] for row in result["at_peak"])
+    assert result["step_at_peak"] == "step: holding"
+    rows = list(csv.DictReader(timeline.open()))
+    assert len(rows) >= 10 and max(float(r["driver_gb"]) for r in rows) >= 0.28
+    assert all(float(r["jvm_gb"]) == 0 for r in rows)

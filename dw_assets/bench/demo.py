@@ -50,7 +50,7 @@ def run_sampled(command: list[str], env: dict, log: Path, interval_s: float = 1.
     and the log line the run was at, to tell which step a peak belongs to.
     """
     started = time.perf_counter()
-    trace = open(timeline, "w") if timeline else None
+    trace = open(timeline, "w") if timeline else None  # noqa: SIM115 -- closed below, after the child exits
     if trace:
         trace.write("t_s,total_gb,jvm_gb,driver_gb,spark_python_gb,spark_python_processes,step\n")
     with open(log, "w") as out:

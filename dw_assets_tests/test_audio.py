@@ -129,6 +129,15 @@ def test_every_broken_clip_from_the_landing_zone_is_reported_and_skipped(tiny_wo
     assert (np.sqrt(np.mean(batch.waves**2, axis=1)) > 0.01).all()
 
 
+def test_spectrograms_stream_from_the_clips_as_read(batch, config, mels):
+    # 16-bit clips stay int16 until a chunk is turned into floats: the same spectrograms, a fraction of the memory.
+    assert {clip.dtype for clip in batch.clips} == {np.dtype(np.int16)}
+    assert sum(clip.nbytes for clip in batch.clips) <= batch.waves.nbytes // 2
+    assert torch.equal(log_mel(batch, config, chunk_clips=7), mels)
+    blocks = list(batch.wave_chunks(7))
+    assert [len(b) for b in blocks[:-1]] == [7] * (len(blocks) - 1) and np.array_equal(np.vstack(blocks), batch.waves)
+
+
 def test_contract_violations_are_reported_not_raised(tmp_path):
     tone = _tone(440.0)
     files = {

@@ -7,7 +7,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from dagster import AssetCheckSeverity, AssetSelection, DagsterInstance, ExecuteInProcessResult, materialize
+from dagster import (
+    AssetCheckSeverity,
+    AssetSelection,
+    DagsterInstance,
+    Definitions,
+    JobDefinition,
+    JobExecutionResult,
+    build_reconstructable_job,
+    define_asset_job,
+    execute_job,
+    in_process_executor,
+)
 
 from dw_assets.automation.schedules import evaluation_selection
 from dw_assets.calendar import shift_week
@@ -50,19 +61,27 @@ def history_weeks(week: str, known_weeks: list[str] | None) -> list[str]:
     return [k for k in (known_weeks or []) if first <= k < week]
 
 
+RUN_JOB = "dw_run"
+
+
+def run_job(lake_root: str, store_url: str | None) -> JobDefinition:
+    """Every weekly asset on one lake and store, in process: the job ``dw run`` executes selections of."""
+    defs = Definitions(assets=ALL_ASSETS, jobs=[define_asset_job(RUN_JOB)],
+                       resources=build_resources(lake_root, store_url), executor=in_process_executor)
+    return defs.resolve_job_def(RUN_JOB)
+
+
 def _run(
     selection: AssetSelection | None, week: str, lake_root: Path, instance: DagsterInstance, ops: dict | None = None,
     store_url: str | None = None,
-) -> ExecuteInProcessResult:
-    result = materialize(
-        ALL_ASSETS,
-        selection=selection,
-        partition_key=week,
-        resources=build_resources(str(lake_root), store_url),
-        instance=instance,
-        run_config={**QUIET, "ops": ops or {}},
-        raise_on_error=False,
-    )
+) -> JobExecutionResult:
+    # execute_job, not materialize(): an in-process materialize() keeps every step's output in
+    # memory until the run ends (models, frames: ~2 GB on `small`); this drops each once stored.
+    job = build_reconstructable_job("dw_assets.automation.runner", "run_job",
+                                    reconstructable_args=(str(lake_root), store_url))
+    keys = (selection or AssetSelection.all()).resolve(run_job(str(lake_root), store_url).asset_layer.asset_graph)
+    result = execute_job(job, instance, run_config={**QUIET, "ops": ops or {}}, tags={"dagster/partition": week},
+                         asset_selection=sorted(keys), raise_on_error=False)
     failed_checks = [
         f"{e.asset_key.to_user_string()}:{e.check_name} {_evidence(e.metadata)}"
         for e in result.get_asset_check_evaluations()
@@ -84,7 +103,7 @@ def _evidence(metadata) -> str:
     return f"\n{getattr(sample, 'value', sample)}\n" if sample is not None else ""
 
 
-def _summarize(result: ExecuteInProcessResult, week: str) -> list[str]:
+def _summarize(result: JobExecutionResult, week: str) -> list[str]:
     order = ("pass", "warn", "alert", "FAIL")
     checks: dict[str, str] = {}
     for e in result.get_asset_check_evaluations():  # the worst check of each asset

@@ -433,7 +433,7 @@ def _train_audio(spec: dict, epochs: int):
     known = set(catalog["track_id"].tolist())
     clips = landed_audio(Path(spec["world"]) / "landing")
     batch = load_clips({t: p for t, p in clips.items() if t in known}, settings)
-    mels = log_mel(batch.waves, settings)
+    mels = log_mel(batch, settings)
     genres = dict(zip(catalog["track_id"], catalog["genre"], strict=True))
     model = train_audio_model(mels, batch.track_ids, (targets["ids"], targets["vectors"]), genres, settings)
     return model, mels, batch.track_ids

@@ -105,23 +105,30 @@ def mel_filterbank(config: AudioConfig) -> torch.Tensor:
     return torch.from_numpy(weights.astype(np.float32))
 
 
-def log_mel(waves: np.ndarray | torch.Tensor, config: AudioConfig, chunk_clips: int = 1024) -> torch.Tensor:
+def log_mel(waves: np.ndarray | torch.Tensor | AudioBatch, config: AudioConfig, chunk_clips: int = 1024) -> torch.Tensor:
     """Log-mel power spectrograms: float32[n, n_mels, frames] on the CPU, frames = 1 + samples // hop_length.
 
-    waves: float32[n, samples] in [-1, 1]. Natural log of mel power (+ ``LOG_FLOOR``); computed
-    ``chunk_clips`` at a time on ``device()`` so the complex STFT never holds the whole batch.
+    waves: float32[n, samples] in [-1, 1], or an ``AudioBatch`` (its clips turned into floats a
+    chunk at a time, so the float waveforms of a whole catalog are never held at once). Natural log
+    of mel power (+ ``LOG_FLOOR``); computed ``chunk_clips`` at a time on ``device()`` so the
+    complex STFT never holds the whole batch.
     """
-    waves = torch.as_tensor(waves, dtype=torch.float32)
-    if waves.ndim != 2:
-        raise ValueError(f"waves must be [n, samples], got shape {tuple(waves.shape)}")
+    if isinstance(waves, AudioBatch):
+        n, samples, blocks = len(waves.clips), waves.length, waves.wave_chunks(chunk_clips)
+    else:
+        waves = torch.as_tensor(waves, dtype=torch.float32)
+        if waves.ndim != 2:
+            raise ValueError(f"waves must be [n, samples], got shape {tuple(waves.shape)}")
+        n, samples = waves.shape
+        blocks = (waves[lo : lo + chunk_clips] for lo in range(0, n, chunk_clips))
     dev = device()
     window = torch.hann_window(config.n_fft, periodic=True, device=dev)
     filters = mel_filterbank(config).to(dev)
-    frames = 1 + waves.shape[1] // config.hop_length
-    out = torch.empty((waves.shape[0], config.n_mels, frames), dtype=torch.float32)
-    for lo in range(0, waves.shape[0], chunk_clips):
+    out = torch.empty((n, config.n_mels, 1 + samples // config.hop_length), dtype=torch.float32)
+    lo = 0
+    for block in blocks:
         spec = torch.stft(
-            waves[lo : lo + chunk_clips].to(dev),
+            torch.as_tensor(block).to(dev),
             n_fft=config.n_fft,
             hop_length=config.hop_length,
             window=window,
@@ -130,7 +137,8 @@ def log_mel(waves: np.ndarray | torch.Tensor, config: AudioConfig, chunk_clips: 
             return_complex=True,
         )
         power = spec.real.square() + spec.imag.square()  # [chunk, n_fft // 2 + 1, frames]
-        out[lo : lo + chunk_clips] = torch.log(torch.matmul(filters, power) + LOG_FLOOR).cpu()
+        out[lo : lo + len(block)] = torch.log(torch.matmul(filters, power) + LOG_FLOOR).cpu()
+        lo += len(block)
     return out
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import io
 import wave
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from struct import error as StructError
@@ -40,13 +40,42 @@ DEFAULT_SILENCE_RMS = 1e-4
 class AudioBatch:
     """The readable clips of a set of tracks, cut or looped to one length.
 
-    track_ids: int64[n], sorted; waves: float32[n, samples] in [-1, 1], row i is track_ids[i];
+    track_ids: int64[n], sorted; ``waves``: float32[n, length] in [-1, 1], row i is track_ids[i];
     problems: one row per skipped file (track_id int64, path str, problem in AUDIO_PROBLEMS, detail str).
+    The clips are kept as read (16-bit PCM stays int16, half the bytes of float32) and turned into
+    float rows on demand: ``wave_chunks`` feeds the spectrogram without the whole float matrix.
     """
 
     track_ids: np.ndarray
-    waves: np.ndarray
+    clips: list[np.ndarray]
+    length: int
     problems: pd.DataFrame
+
+    @property
+    def waves(self) -> np.ndarray:
+        """float32[n, length]: every clip at once (small batches; big ones use ``wave_chunks``)."""
+        return next(self.wave_chunks(max(len(self.clips), 1)), np.zeros((0, self.length), np.float32))
+
+    def wave_chunks(self, rows: int) -> Iterator[np.ndarray]:
+        """float32[≤ rows, length] blocks of consecutive clips, in ``track_ids`` order."""
+        for lo in range(0, len(self.clips), rows):
+            block = self.clips[lo : lo + rows]
+            waves = np.empty((len(block), self.length), np.float32)
+            for row, clip in enumerate(block):
+                waves[row] = _as_float(fit_length(clip, self.length))
+            yield waves
+
+
+def _as_float(samples: np.ndarray) -> np.ndarray:
+    """Samples as read (int16 16-bit PCM, else float32) → float32 in [-1, 1]."""
+    return samples.astype(np.float32) / 32768.0 if samples.dtype == np.int16 else samples
+
+
+def _pcm_samples(frames: bytes, sample_width: int) -> np.ndarray:
+    """Little-endian PCM bytes → int16 samples for 16-bit PCM (scaled by ``_as_float``), else float32 in [-1, 1]."""
+    if sample_width == 2:
+        return np.frombuffer(frames, "<i2")
+    return _pcm_to_float(frames, sample_width)
 
 
 def _pcm_to_float(frames: bytes, sample_width: int) -> np.ndarray:
@@ -54,7 +83,7 @@ def _pcm_to_float(frames: bytes, sample_width: int) -> np.ndarray:
     if sample_width == 1:  # 8-bit WAV is unsigned
         return (np.frombuffer(frames, np.uint8).astype(np.float32) - 128.0) / 128.0
     if sample_width == 2:
-        return np.frombuffer(frames, "<i2").astype(np.float32) / 32768.0
+        return _as_float(np.frombuffer(frames, "<i2"))
     if sample_width == 3:
         raw = np.frombuffer(frames, np.uint8).reshape(-1, 3)
         # Place the 3 bytes in the top of an int32 so the sign comes along, then scale back down.
@@ -79,6 +108,14 @@ def diagnose_clip(
     path: str | Path, sample_rate: int, silence_rms: float = DEFAULT_SILENCE_RMS
 ) -> tuple[np.ndarray | None, str | None, str]:
     """Like ``read_clip`` but also returns a detail string ("" for a good clip)."""
+    samples, problem, detail = _diagnose(path, sample_rate, silence_rms)
+    return (None if samples is None else _as_float(samples)), problem, detail
+
+
+def _diagnose(
+    path: str | Path, sample_rate: int, silence_rms: float = DEFAULT_SILENCE_RMS
+) -> tuple[np.ndarray | None, str | None, str]:
+    """``diagnose_clip`` with the samples as read (``_pcm_samples``)."""
     try:
         data = Path(path).read_bytes()
     except OSError as error:
@@ -106,9 +143,10 @@ def diagnose_clip(
         return None, "not_mono", f"{channels} channels"
     if rate != sample_rate:
         return None, "wrong_sample_rate", f"{rate} Hz, expected {sample_rate} Hz"
-    samples = _pcm_to_float(frames, width)
+    samples = _pcm_samples(frames, width)
     # A constant offset (DC) is inaudible: a flat line at any level is silence.
-    centred = samples.astype(np.float64) - float(np.mean(samples, dtype=np.float64))
+    level = _as_float(samples).astype(np.float64)
+    centred = level - float(np.mean(level))
     rms = float(np.sqrt(np.mean(np.square(centred))))
     if rms < silence_rms:
         return None, "silent", f"rms {rms:.2e} (DC removed) below {silence_rms:.0e}"
@@ -138,7 +176,7 @@ def load_clips(paths: Mapping[int, str | Path], config: AudioConfig) -> AudioBat
     good: list[np.ndarray] = []
     problems: list[tuple[int, str, str, str]] = []
     for track_id in sorted(paths):
-        samples, problem, detail = diagnose_clip(paths[track_id], config.sample_rate, config.silence_rms)
+        samples, problem, detail = _diagnose(paths[track_id], config.sample_rate, config.silence_rms)
         if samples is None:
             problems.append((int(track_id), str(paths[track_id]), problem, detail))
         else:
@@ -150,14 +188,12 @@ def load_clips(paths: Mapping[int, str | Path], config: AudioConfig) -> AudioBat
         length = int(np.median([len(s) for s in good]))
     else:
         length = 0
-    waves = np.zeros((len(good), length), np.float32)
-    for row, samples in enumerate(good):
-        waves[row] = fit_length(samples, length)
     frame = pd.DataFrame(problems, columns=PROBLEM_COLUMNS).astype(
         {"track_id": "int64", "path": "object", "problem": "object", "detail": "object"}
     )
     return AudioBatch(
         track_ids=np.asarray(good_ids, dtype=np.int64),
-        waves=waves,
+        clips=good,
+        length=length,
         problems=frame,
     )

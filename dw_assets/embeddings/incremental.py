@@ -103,7 +103,7 @@ def embed_clips(
     d = model.network.embedding_head.out_features
     if len(batch.track_ids) == 0:
         return batch.track_ids, np.zeros((0, d), np.float32), batch.problems
-    return batch.track_ids, model.embed(log_mel(batch.waves, settings)), batch.problems
+    return batch.track_ids, model.embed(log_mel(batch, settings)), batch.problems
 
 
 def already_indexed(trained: TrainedTwoTower, track_ids: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ def use_this_interpreter() -> None:
 class SparkSettings:
     master: str = "local[*]"
     shuffle_partitions: int = 8  # small worlds on 2 cores: Spark's 200 default is mostly overhead
-    driver_memory: str = "6g"
+    driver_memory: str = "2g"  # local mode: the JVM grows to whatever it is given; `small` needs ~2 GB
     arrow_batch_rows: int = 20_000
 
     def as_conf(self) -> dict[str, str]:
@@ -51,9 +51,10 @@ def settings_from_env() -> SparkSettings:
     )
 
 
-# Executors keep the last few shipped models, so each Python worker loads a model once per run.
+# A Python worker keeps the last shipped model set, so it loads each once per job. One, not a few:
+# each set is hundreds of MB unpacked, and a job uses one set (the next job replaces it).
 _LOADED: dict[str, object] = {}
-_LOADED_MAX = 4
+_LOADED_MAX = 1
 
 
 def load_once(key: str, load: Callable[[], object]) -> object:
@@ -86,19 +87,34 @@ def whole_groups(batches: Iterable[pd.DataFrame], key: str) -> Iterator[pd.DataF
         yield carry.reset_index(drop=True)
 
 
+def key_chunks(frame: pd.DataFrame, key: str, max_rows: int) -> Iterator[pd.DataFrame]:
+    """``frame`` (sorted by ``key``) in slices of about ``max_rows`` rows that never split a ``key``'s rows."""
+    values = frame[key].to_numpy()
+    start = 0
+    while start < len(frame):
+        stop = min(start + max_rows, len(frame))
+        while stop < len(frame) and values[stop] == values[stop - 1]:
+            stop += 1
+        yield frame.iloc[start:stop].reset_index(drop=True)
+        start = stop
+
+
 def map_user_batches(frame, run_batch: Callable[[pd.DataFrame], pd.DataFrame], schema: str,
-                     partitions: int, key: str = "user_id"):
+                     partitions: int, key: str = "user_id", max_rows: int = 500):
     """Spark frame -> Spark frame through ``run_batch`` (a pure pandas function), each ``key``'s rows together.
 
     The frame is hash-partitioned and sorted by ``key``, so one call sees all
     of a user's rows; ``run_batch`` must be a module-level function or a
     closure over small values (ship big models with a broadcast and ``load_once``).
+    A call gets about ``max_rows`` input rows: one row per user carries ~500 candidates, so
+    this bounds a Python worker's working set (2,000 users took ~1 GB) without slowing it.
     """
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for group in whole_groups(batches, key):
-            out = run_batch(group)
-            if len(out):
-                yield out
+            for chunk in key_chunks(group, key, max_rows):
+                out = run_batch(chunk)
+                if len(out):
+                    yield out
 
     return frame.repartition(partitions, key).sortWithinPartitions(key).mapInPandas(run, schema)
 

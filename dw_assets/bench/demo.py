@@ -61,18 +61,21 @@ def run_sampled(command: list[str], env: dict, log: Path, interval_s: float = 1.
         while child.poll() is None:
             rows = tree_memory(child.pid)
             pss, rss = sum(r["pss"] for r in rows), sum(r["rss"] for r in rows)
+            step = last_line(log)
             peak_rss = max(peak_rss, rss)
             if pss > peak_pss:
-                peak_pss, at_peak, step_at_peak = pss, sorted(rows, key=lambda r: -r["pss"])[:6], last_line(log)
+                peak_pss, at_peak, step_at_peak = pss, sorted(rows, key=lambda r: -r["pss"])[:6], step
             if trace:
                 kinds = {"jvm": 0, "driver": 0, "spark_python": 0}
+                workers = 0
                 for r in rows:
-                    kinds[process_kind(r["command"])] += r["pss"]
-                workers = sum(process_kind(r["command"]) == "spark_python" for r in rows)
-                step = last_line(log).replace('"', "'")
+                    kind = process_kind(r["command"])
+                    kinds[kind] += r["pss"]
+                    workers += kind == "spark_python"
+                quoted = step.replace('"', "'")
                 trace.write(f"{time.perf_counter() - started:.0f},{pss / 2**30:.2f},{kinds['jvm'] / 2**30:.2f},"
                             f"{kinds['driver'] / 2**30:.2f},{kinds['spark_python'] / 2**30:.2f},{workers},"
-                            f"\"{step}\"\n")
+                            f"\"{quoted}\"\n")
                 trace.flush()
             time.sleep(interval_s)
     if trace:

@@ -72,18 +72,11 @@ def _as_float(samples: np.ndarray) -> np.ndarray:
 
 
 def _pcm_samples(frames: bytes, sample_width: int) -> np.ndarray:
-    """Little-endian PCM bytes → int16 samples for 16-bit PCM (scaled by ``_as_float``), else float32 in [-1, 1]."""
-    if sample_width == 2:
-        return np.frombuffer(frames, "<i2")
-    return _pcm_to_float(frames, sample_width)
-
-
-def _pcm_to_float(frames: bytes, sample_width: int) -> np.ndarray:
-    """Little-endian PCM bytes → float32 samples in [-1, 1]."""
+    """Little-endian PCM bytes → int16 samples for 16-bit PCM (``_as_float`` scales them), else float32 in [-1, 1]."""
     if sample_width == 1:  # 8-bit WAV is unsigned
         return (np.frombuffer(frames, np.uint8).astype(np.float32) - 128.0) / 128.0
     if sample_width == 2:
-        return _as_float(np.frombuffer(frames, "<i2"))
+        return np.frombuffer(frames, "<i2")
     if sample_width == 3:
         raw = np.frombuffer(frames, np.uint8).reshape(-1, 3)
         # Place the 3 bytes in the top of an int32 so the sign comes along, then scale back down.

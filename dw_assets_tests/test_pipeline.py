@@ -52,6 +52,28 @@ def test_every_asset_of_the_last_week_is_materialized_and_checked(world):
     assert week in materialized
 
 
+def test_this_weeks_item2vec_trains_in_its_own_run_alongside_last_weeks_models(world):
+    _, manifest, _, report = world
+    week = manifest["last_training_week"]
+    instance = DagsterInstance.get()
+
+    def first_run(asset: str, partition: str):
+        records = instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[partition]), limit=100, ascending=True
+        ).records
+        return instance.get_run_record_by_id(records[0].run_id)
+
+    alongside = first_run("item2vec_embeddings", week)
+    previous_week = first_run("candidates", manifest["weeks"][manifest["weeks"].index(week) - 1])
+    this_week = first_run("ranked_playlists", week)
+    assert alongside.dagster_run.asset_selection == {AssetKey("item2vec_embeddings")}
+    assert alongside.dagster_run.run_id not in (previous_week.dagster_run.run_id, this_week.dagster_run.run_id)
+    # really concurrent: it started before week W-1's run ended, and W's run did not train item2vec again
+    assert alongside.start_time < previous_week.end_time
+    assert AssetKey("item2vec_embeddings") not in this_week.dagster_run.asset_selection
+    assert f"{'item2vec_embeddings':<22} {week}" in report
+
+
 def test_quarantine_accounts_for_every_malformed_line_exactly(world):
     _, manifest, lake, _ = world
     for week in manifest["training_weeks"]:

@@ -90,3 +90,17 @@ def test_exact_top_k_never_returns_a_heard_track_whatever_the_user_order():
         scores = track_vectors @ user_vectors[row]
         best = [int(t) for t in tracks[np.argsort(-scores)] if t not in listened][:10]
         assert top[row].tolist() == best  # each row is that user's own exact top-k
+
+
+def test_cold_truth_keeps_each_users_cold_positives_in_order_and_drops_users_without_any():
+    from dw_assets.evaluation.assets import _only
+
+    rng = np.random.default_rng(3)
+    truth = {int(u): rng.choice(200, size=int(rng.integers(0, 9)), replace=False).astype(np.int64) for u in range(300)}
+    cold = rng.choice(200, size=40, replace=False).astype(np.int64)
+    expected = {u: t[np.isin(t, cold)] for u, t in truth.items()}
+    expected = {u: t for u, t in expected.items() if len(t)}
+    got = _only(truth, cold)
+    assert list(got) == list(expected) and 0 < len(got) < len(truth)
+    assert all(np.array_equal(got[u], expected[u]) for u in expected)
+    assert _only({}, cold) == {} and _only(truth, np.empty(0, np.int64)) == {}

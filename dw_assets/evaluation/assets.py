@@ -107,6 +107,16 @@ class RetrievalEvaluationConfig(Config):
     seed: int = AlsConfig.seed
 
 
+def _only(truth: dict[int, np.ndarray], tracks: np.ndarray) -> dict[int, np.ndarray]:
+    """Each user's truth restricted to ``tracks``; users left with none are dropped (one isin for all users)."""
+    if not truth:
+        return {}
+    kept = np.isin(np.concatenate(list(truth.values())), tracks)
+    cuts = np.cumsum([len(t) for t in truth.values()])[:-1]
+    pieces = zip(truth.items(), np.split(kept, cuts), strict=True)
+    return {u: t[keep] for (u, t), keep in pieces if keep.any()}
+
+
 def _row(system: str, k: int, result: dict, cold: dict, seconds: float) -> dict:
     return {"system": system, "k": k, "recall": result["recall"], "cold_recall": cold["recall"] if cold["users"] else None,
             "users": result["users"], "hits": result["hits"], "seconds": round(seconds, 2)}
@@ -140,9 +150,7 @@ def retrieval_evaluation(
     if holdout.empty:
         raise ValueError(f"no interactions for the week after {context.partition_key}: materialize it before evaluating")
     truth = discovery_holdout(holdout, history)
-    cold_ids = set(track_stats.loc[track_stats["is_cold"], "track_id"].tolist())
-    cold_truth = {u: t[np.isin(t, list(cold_ids))] for u, t in truth.items()}
-    cold_truth = {u: t for u, t in cold_truth.items() if len(t)}
+    cold_truth = _only(truth, track_stats.loc[track_stats["is_cold"], "track_id"].to_numpy(np.int64))
     rows = []
 
     started = time.perf_counter()

@@ -158,7 +158,9 @@ def bronze(spark, landed):
     tables = build_bronze(spark, files, WEEK, _directory(spark).select("user_id"), _catalog(spark).select("track_id"))
     events, quarantined = as_checked(tables.events.toPandas()), tables.quarantined.toPandas()
     yield tables, events, quarantined
+    assert tables._parsed.is_cached and tables._ranked.is_cached  # parsed once, split once
     tables.release()
+    assert not tables._parsed.is_cached and not tables._ranked.is_cached
 
 
 # ---------------------------------------------------------------- line-level kinds, one week

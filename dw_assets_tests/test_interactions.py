@@ -42,7 +42,11 @@ def silver(spark):
         [(t, 100 + t, "rock", 200_000) for t in range(10, 50)], "track_id long, artist_id long, genre string, duration_ms long"
     )
     tables = build_interactions(events, catalog, WEEK, InteractionRules())
-    return tables.interactions.toPandas(), tables.flagged.toPandas()
+    assert tables._sessions.is_cached  # read by both outputs: computed once
+    frames = tables.interactions.toPandas(), tables.flagged.toPandas()
+    tables.release()
+    assert not tables._sessions.is_cached
+    return frames
 
 
 def test_client_replays_are_deduplicated(silver):

@@ -182,6 +182,7 @@ def interactions(
     })
     yield from emit_checked("flagged_activity", flagged, schemas.FLAGGED_ACTIVITY, {}, blocking=False)
     flagged.unpersist()
+    silver.release()
 
 
 @multi_asset(

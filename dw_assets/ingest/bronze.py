@@ -51,10 +51,12 @@ class BronzeTables:
     quarantined: DataFrame
     landing: LandingProfile
     _parsed: DataFrame | None = field(default=None, repr=False)
+    _ranked: DataFrame | None = field(default=None, repr=False)
 
     def release(self) -> None:
-        if self._parsed is not None:
-            self._parsed.unpersist()
+        for cached in (self._ranked, self._parsed):
+            if cached is not None:
+                cached.unpersist()
 
 
 def landed_event_files(landing: str, week: str) -> list[str]:
@@ -167,7 +169,7 @@ def build_bronze(
         "reject_detail",
         F.when(F.col("reject_reason") == "duplicate_event_id", F.concat(F.lit("event_id="), F.col("event_id")))
         .otherwise(F.col("reject_detail")),
-    )
+    ).persist(StorageLevel.MEMORY_AND_DISK)  # both outputs split it: the joins and the window run once
     events = ranked.where(F.col("reject_reason").isNull()).select(*REQUIRED_FIELDS)
     quarantined = ranked.where(F.col("reject_reason").isNotNull()).select(
         F.col("reject_reason").alias("reason"),
@@ -175,4 +177,4 @@ def build_bronze(
         "event_id",
         "raw",
     )
-    return BronzeTables(events=events, quarantined=quarantined, landing=landing, _parsed=parsed)
+    return BronzeTables(events=events, quarantined=quarantined, landing=landing, _parsed=parsed, _ranked=ranked)

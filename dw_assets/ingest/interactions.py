@@ -17,8 +17,9 @@ removed and listed in ``flagged_activity`` with the evidence.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
@@ -56,8 +57,16 @@ FLAGGED_COLUMNS = ["user_id", "session_id", "kind", "events", "detail"]
 
 @dataclass
 class SilverTables:
+    """The week's interactions and flagged activity (lazy). Both read the sessionized events, cached
+    once; ``release()`` frees them when done."""
+
     interactions: DataFrame
     flagged: DataFrame
+    _sessions: DataFrame | None = field(default=None, repr=False)
+
+    def release(self) -> None:
+        if self._sessions is not None:
+            self._sessions.unpersist()
 
 
 def _in_royalty_band(rules: InteractionRules) -> Column:
@@ -96,7 +105,8 @@ def build_interactions(events: DataFrame, catalog: DataFrame, week: str, rules: 
     # Client retries re-send an event with a new id: keep one copy per content.
     content = [c for c in REQUIRED_FIELDS if c != "event_id"]
     deduped = events.groupBy(*content).agg(F.min("event_id").alias("event_id"))
-    sessions = sessionize(deduped, week, rules.session_gap_s)
+    # Cached: the dedup and the per-user window are the costly shuffles, and both outputs read them.
+    sessions = sessionize(deduped, week, rules.session_gap_s).persist(StorageLevel.MEMORY_AND_DISK)
 
     users = _pattern_stats(sessions, ["user_id"], rules)
     bots = users.where(
@@ -143,4 +153,5 @@ def build_interactions(events: DataFrame, catalog: DataFrame, week: str, rules: 
         .withColumn("weight", weight)
         .select(*INTERACTION_COLUMNS)
     )
-    return SilverTables(interactions=interactions, flagged=flagged_bots.unionByName(flagged_sessions))
+    return SilverTables(interactions=interactions, flagged=flagged_bots.unionByName(flagged_sessions),
+                        _sessions=sessions)

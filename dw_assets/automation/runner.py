@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -105,16 +105,9 @@ def _run(
 
 def _run_apart(names: tuple[str, ...], week: str, lake_root: str, ops: dict | None,
                store_url: str | None) -> tuple[str, list[str]]:
-    """``_run`` in a process of its own (spawned by ``_start_apart``): its run id and summary lines."""
+    """``_run`` in a process of its own (spawned by ``materialize_week``): its run id and summary lines."""
     result = _run(AssetSelection.assets(*names), week, Path(lake_root), run_instance(), ops, store_url)
     return result.run_id, _summarize(result, week)
-
-
-def _start_apart(names: tuple[str, ...], week: str, lake_root: Path, ops: dict | None,
-                 store_url: str | None) -> tuple[ProcessPoolExecutor, Future]:
-    # spawn, not fork: this process holds a JVM gateway and Dagster's threads.
-    pool = ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"))
-    return pool, pool.submit(_run_apart, names, week, str(lake_root), ops, store_url)
 
 
 def _evidence(metadata) -> str:
@@ -161,6 +154,13 @@ def materialize_week(
     # Builds the store resource too: a store URL carrying credentials is refused before any run.
     lake = build_resources(str(lake_root), store_url)["lake"].open()
     report = []
+
+    def ingest(target: str, what: str) -> None:
+        started = time.perf_counter()
+        result = _run(AssetSelection.assets(*PER_WEEK_ASSETS), target, lake_root, instance)
+        progress(f"week {target}: {what} in {time.perf_counter() - started:.1f}s (run {result.run_id[:8]})")
+        report.extend(_summarize(result, target))
+
     previous = shift_week(week, -1)
     if previous not in (known_weeks or []):
         raise RunError(f"week {week} has no landed week before it: its ranker learns from week {previous}'s "
@@ -170,21 +170,16 @@ def materialize_week(
         if not rebuild_history and lake.exists(lake.uri("silver", "interactions", earlier)):
             progress(f"week {earlier}: already in the lake, kept")
             continue
-        started = time.perf_counter()
-        result = _run(AssetSelection.assets(*PER_WEEK_ASSETS), earlier, lake_root, instance)
-        progress(f"week {earlier}: history materialized in {time.perf_counter() - started:.1f}s (run {result.run_id[:8]})")
-        report += _summarize(result, earlier)
+        ingest(earlier, "history materialized")
     # The ranker of week W learns from W-1's candidates, labelled by W's listening.
     built_ahead: tuple[str, ...] = ()
     if rebuild_history or not lake.exists(lake.uri("gold", "candidates", previous)):
         # Week W's own history first, so W's item2vec can train in a second process alongside W-1's models.
+        ingest(week, "ingested")
         started = time.perf_counter()
-        result = _run(AssetSelection.assets(*PER_WEEK_ASSETS), week, lake_root, instance)
-        progress(f"week {week}: ingested in {time.perf_counter() - started:.1f}s (run {result.run_id[:8]})")
-        report += _summarize(result, week)
-        started = time.perf_counter()
-        pool, alongside = _start_apart(ALONGSIDE_ASSETS, week, lake_root, ops, store_url)
-        with pool:
+        # spawn, not fork: this process holds a JVM gateway and Dagster's threads.
+        with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+            alongside = pool.submit(_run_apart, ALONGSIDE_ASSETS, week, str(lake_root), ops, store_url)
             selection = (AssetSelection.assets(*RANKER_TRAINING_ASSETS).upstream()
                          - AssetSelection.assets(*PER_WEEK_ASSETS))
             result = _run(selection, previous, lake_root, instance, ops)
@@ -198,10 +193,7 @@ def materialize_week(
     holdout = shift_week(week, 1)
     evaluable = holdout in (known_weeks or [])
     if evaluable and (rebuild_history or not lake.exists(lake.uri("silver", "interactions", holdout))):
-        started = time.perf_counter()
-        result = _run(AssetSelection.assets(*PER_WEEK_ASSETS), holdout, lake_root, instance)
-        progress(f"week {holdout}: holdout ingested for evaluation in {time.perf_counter() - started:.1f}s")
-        report += _summarize(result, holdout)
+        ingest(holdout, "holdout ingested for evaluation")
     selection = AssetSelection.all() - AssetSelection.groups("evaluation") - AssetSelection.assets(*built_ahead)
     if evaluable:
         selection = selection | evaluation_selection(lake_root)

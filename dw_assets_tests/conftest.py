@@ -54,3 +54,12 @@ def s3_endpoint():
     server.start()
     yield f"http://127.0.0.1:{port}"
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def cassandra_hosts() -> str:
+    """``host:port`` of a real Cassandra node: DW_SCYLLA_HOSTS, else the project's own
+    (``scripts/cassandra.sh start``, idempotent). Unreachable -> the test fails, never skips."""
+    from dw_assets_tests import cassandra_node
+
+    return cassandra_node.hosts()

@@ -1,13 +1,12 @@
 """The PlaylistStore contract, run against every reachable store, plus publishing and encoding.
 
-SQLite and a real redis-server always run (the test starts redis-server itself, or uses
-DW_REDIS_URL); ScyllaDB runs when DW_SCYLLA_HOSTS names a cluster (keyspace ``dw_test``).
-The Scylla parts that need no cluster (URL, CQL, token ranges, credentials) always run.
+SQLite, a real redis-server (the test starts it, or uses DW_REDIS_URL) and a real Apache Cassandra
+5.0 node (``scripts/cassandra.sh``, or the cluster DW_SCYLLA_HOSTS names) always run: every contract
+test runs on all three, in a keyspace of its own per module. A node that cannot be reached fails.
 """
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -28,11 +27,11 @@ from dw_assets.serving.stores import (
     encode_playlists,
     token_ranges,
 )
+from dw_assets_tests import cassandra_node
 from dw_assets_tests.redis_server import RedisServer, delete_prefix, free_port, redis_for_tests, with_options
 
 W = week_range("2026-01-05", 7)
-SCYLLA_HOSTS = os.environ.get("DW_SCYLLA_HOSTS")
-STORES = ["sqlite", "redis"] + (["scylla"] if SCYLLA_HOSTS else [])
+STORES = ["sqlite", "redis", "scylla"]
 BATCH = 8  # users per write batch, so a 20-user week is written in several batches
 
 
@@ -46,6 +45,14 @@ def expected_tracks(frame: pd.DataFrame, user_id: int) -> list[dict]:
     return [{"position": int(r.position), "track_id": int(r.track_id), "score": float(r.score), "source": r.source,
              "is_exploration": bool(r.is_exploration), "artist_id": int(r.artist_id), "genre": r.genre}
             for r in rows.itertuples()]
+
+
+@pytest.fixture(scope="module")
+def scylla_base(cassandra_hosts):
+    """``scylla://HOST:PORT/KEYSPACE`` of a keyspace made for this module, dropped afterwards."""
+    url = f"scylla://{cassandra_hosts}/{cassandra_node.fresh_keyspace()}"
+    yield url
+    cassandra_node.drop_keyspace(url)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +80,7 @@ def store(request, tmp_path):
         prefix = f"dwtest-{uuid.uuid4().hex[:8]}"
         url = with_options(request.getfixturevalue("redis_url"), prefix=prefix, batch_users=BATCH)
     else:
-        url = f"scylla://{SCYLLA_HOSTS}/dw_test?replication=1&batch_users={BATCH}"
+        url = f"{request.getfixturevalue('scylla_base')}?replication=1&batch_users={BATCH}"
     opened = open_store(url)
     if kind == "scylla":
         _reset_scylla(opened)
@@ -368,7 +375,7 @@ def _with_keep_weeks(store, weeks: int) -> str:
         return f"sqlite:///{store.path}?batch_users={BATCH}&keep_weeks={weeks}"
     if isinstance(store, RedisStore):
         return f"redis://{store.host}:{store.port}/{store.db}?prefix={store.prefix}&keep_weeks={weeks}"
-    return f"scylla://{SCYLLA_HOSTS}/dw_test?replication=1&keep_weeks={weeks}"
+    return f"scylla://{store.settings.hosts[0]}:{store.settings.port}/{store.settings.keyspace}?replication=1&keep_weeks={weeks}"
 
 
 def test_a_ttl_shorter_than_the_retention_is_refused_before_anything_is_written(redis_url, tmp_path):

@@ -37,7 +37,8 @@ if [ ! -f "$stamp" ]; then
   # This machine's pip config lists local indexes that may be empty: drop those warnings.
   quiet() { "$@" 2> >(grep -v -e "is ignored: it is neither" -e BuildBackendWarning >&2); }
   quiet .venv/bin/python -m pip install -q --upgrade pip
-  # torch==2.13.0 is the CPU wheel on local disk (pip's find-links); constraints pin the rest.
+  # torch==2.13.0: a local CPU wheel (2.13.0+cpu) where pip's find-links has one, else the CUDA build from
+  # PyPI with its nvidia-* wheels (runs on the CPU too); constraints pin those and everything else.
   quiet .venv/bin/python -m pip install -q -c constraints.txt -e '.[dev]'
   rm -f .venv/.installed-*
   touch "$stamp"

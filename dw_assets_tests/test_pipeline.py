@@ -301,6 +301,51 @@ def test_the_week_is_published_live_served_and_exported(world, tmp_path):
     assert len(exported) == len(playlists) and exported["position"].between(1, 30).all()
 
 
+def test_the_week_publishes_to_cassandra_the_same_twice_and_serves_the_export(world, tmp_path, cassandra_hosts):
+    """The publish step of ``dw run --store scylla://…`` against the real node: two runs of the same week
+    leave identical rows, and the API over Cassandra serves exactly what ``dw export-playlists`` exports."""
+    from dagster import AssetSelection
+    from fastapi.testclient import TestClient
+
+    from dw_assets.serving.api import create_app
+    from dw_assets.serving.stores import decode_tracks, open_store
+    from dw_assets_tests import cassandra_node
+
+    root, manifest, _, _ = world
+    week = manifest["last_training_week"]
+    url = f"scylla://{cassandra_hosts}/{cassandra_node.fresh_keyspace('dwrun')}"
+    publish = AssetSelection.assets("published_playlists")
+
+    def stored_rows() -> dict[int, list[dict]]:
+        with open_store(url) as store:
+            assert store.current_week() == week
+            version = store._fetch_registry().versions[week]
+            rows = store._connected().execute(
+                f"SELECT user_id, week, version, tracks FROM {store.settings.keyspace}.playlists", timeout=60)
+            return {row.user_id: decode_tracks(row.tracks) for row in rows if (row.week, row.version) == (week, version)}
+
+    try:
+        _run(publish, week, root, DagsterInstance.get(), store_url=url)
+        first = stored_rows()
+        _run(publish, week, root, DagsterInstance.get(), store_url=url)
+        assert stored_rows() == first
+
+        out = tmp_path / "playlists.parquet"
+        done = subprocess.run([sys.executable, "-m", "dw_assets.cli", "export-playlists", "--lake", str(root),
+                               "--week", week, "--out", str(out)], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        exported = pd.read_parquet(out)
+        assert sorted(first) == sorted(exported["user_id"].unique())
+        fields = ["position", "track_id", "score", "source", "is_exploration"]
+        with TestClient(create_app(url)) as client:
+            for user, expected in exported.groupby("user_id"):
+                body = client.get(f"/v1/users/{user}/discover-weekly").json()
+                assert body["week"] == week
+                assert [[t[f] for f in fields] for t in body["tracks"]] == expected[fields].values.tolist()
+    finally:
+        cassandra_node.drop_keyspace(url)
+
+
 def test_last_weeks_models_serve_this_weeks_users_as_the_control_arm(world):
     _, manifest, lake, _ = world
     week = manifest["last_training_week"]

@@ -19,7 +19,8 @@ from dw_assets.calendar import week_range
 from dw_assets.serving import open_store, publish_week
 from dw_assets.serving.api import RateLimiter, app_from_env, create_app
 from dw_assets.serving.loadtest import free_port, start_api, synthetic_playlists, wait_ready
-from dw_assets.serving.stores import RedisStore
+from dw_assets.serving.stores import RedisStore, ScyllaStore
+from dw_assets_tests import cassandra_node
 from dw_assets_tests.redis_server import delete_prefix, redis_for_tests, with_options
 
 W = week_range("2026-01-05", 3)
@@ -100,7 +101,7 @@ HOSTILE = ["1 OR 1=1", "1; DROP TABLE playlists", "'; DROP TABLE playlists;--", 
            "\r\nFLUSHALL\r\n", "1\r\nFLUSHALL", "1' OR '1'='1", "1/**/OR/**/1=1", "$(rm -rf /)", "%00", "dw:pl:*"]
 
 
-@pytest.fixture(scope="module", params=["sqlite", "redis"])
+@pytest.fixture(scope="module", params=["sqlite", "redis", "scylla"])
 def hostile_target(request, tmp_path_factory):
     """(store URL, a way to snapshot the raw store) for a store with two published weeks."""
     if request.param == "sqlite":
@@ -114,6 +115,22 @@ def hostile_target(request, tmp_path_factory):
                 return tuple((table, db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]) for table in tables)
 
         yield url, snapshot
+        return
+    if request.param == "scylla":
+        url = published(f"scylla://{request.getfixturevalue('cassandra_hosts')}/{cassandra_node.fresh_keyspace('dwsec')}")
+        store = ScyllaStore.from_url(url)
+        keyspace = store.settings.keyspace
+
+        def snapshot() -> tuple:
+            session = store._connected()
+            tables = sorted(row.table_name for row in session.execute(
+                "SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s", (keyspace,)))
+            return tuple((table, sorted(tuple(row) for row in session.execute(f"SELECT * FROM {keyspace}.{table}")))
+                         for table in tables)
+
+        yield url, snapshot
+        store.close()
+        cassandra_node.drop_keyspace(url)
         return
     with redis_for_tests(tmp_path_factory.mktemp("redis")) as server_url:
         prefix = f"dwsec-{uuid.uuid4().hex[:8]}"

@@ -8,6 +8,7 @@ test runs on all three, in a keyspace of its own per module. A node that cannot 
 from __future__ import annotations
 
 import sqlite3
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -443,3 +444,81 @@ def test_the_publish_asset_takes_the_retention_from_run_config_or_the_store_url(
     assert metadata["keep_weeks"].value == 1 and metadata["dropped_weeks"].value == W[1:4]
     with open_store(url) as store:
         assert store.weeks() == [W[4]] and store.current_week() == W[4]
+
+
+# ---------------------------------------------------------------- Cassandra: TTL, restart, bad input
+
+
+def test_cassandra_rows_carry_the_ttl_of_the_retention(scylla_base):
+    """Every playlist row is written with the URL's TTL (keep_weeks + 4 weeks by default), so the
+    rows of dropped and superseded versions expire by themselves."""
+    with open_store(f"{scylla_base}?keep_weeks=2") as store:
+        _reset_scylla(store)
+        publish_week(store, W[0], playlists(5))
+        version = store._fetch_registry().versions[W[0]]
+        rows = store._connected().execute(
+            f"SELECT TTL(tracks) FROM {store.settings.keyspace}.playlists WHERE user_id = %s AND week = %s "
+            "AND version = %s", (3, W[0], version)).all()
+    assert len(rows) == 1 and 6 * 7 * 86400 - 120 < rows[0][0] <= 6 * 7 * 86400
+
+
+def test_cassandra_creates_the_keyspace_with_the_urls_replication(cassandra_hosts):
+    url = f"scylla://{cassandra_hosts}/{cassandra_node.fresh_keyspace('dwrepl')}?replication=datacenter1:1"
+    try:
+        with open_store(url) as store:
+            publish_week(store, W[0], playlists(3))
+            row = store._connected().execute(
+                "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = %s",
+                (store.settings.keyspace,)).one()
+            assert row.replication["class"].endswith("NetworkTopologyStrategy")
+            assert row.replication["datacenter1"] == "1"
+            assert store.get_playlist(2) == expected_tracks(playlists(3), 2)
+    finally:
+        cassandra_node.drop_keyspace(url)
+
+
+def test_cassandra_bad_urls_name_the_setting_and_publish_nothing(cassandra_hosts):
+    with pytest.raises(ValueError, match="needs a keyspace"):
+        open_store(f"scylla://{cassandra_hosts}")
+    with pytest.raises(ValueError, match="CQL identifier"):
+        open_store(f"scylla://{cassandra_hosts}/dw-prod")
+    with pytest.raises(ValueError, match="unknown option 'replicas'"):
+        open_store(f"scylla://{cassandra_hosts}/dw?replicas=3")
+    # A replication naming a data centre the cluster does not have: refused by the node, nothing written.
+    keyspace = cassandra_node.fresh_keyspace("dwbad")
+    with open_store(f"scylla://{cassandra_hosts}/{keyspace}?replication=nowhere:3") as store, \
+            pytest.raises(StoreError, match="(?i)nowhere|datacenter|replication"):
+        publish_week(store, W[0], playlists(3))
+    with open_store(f"scylla://{cassandra_hosts}/{cassandra_node.fresh_keyspace('dwcheck')}") as other:
+        assert other._connected().execute(
+            "SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = %s", (keyspace,)).all() == []
+        cassandra_node.drop_keyspace(f"scylla://{cassandra_hosts}/{other.settings.keyspace}")
+
+
+def test_cassandra_store_reconnects_after_the_node_restarts(scylla_base):
+    """The same store object serves again once the node is back (the driver reconnects)."""
+    if not cassandra_node.managed():
+        pytest.skip("DW_SCYLLA_HOSTS names a cluster the tests do not run; restarting it is not theirs to do")
+    frame = playlists(5)
+    store = open_store(scylla_base)
+    try:
+        _reset_scylla(store)
+        publish_week(store, W[0], frame)
+        cassandra_node.stop_node()
+        with pytest.raises(StoreUnavailable):
+            store.ping()
+        cassandra_node.start_node()
+        deadline = time.monotonic() + 60
+        while True:  # the driver's reconnection runs on its own schedule
+            try:
+                store.ping()
+                break
+            except StoreUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+        store._invalidate()
+        assert store.get_playlist(4) == expected_tracks(frame, 4)
+        assert store.current_week() == W[0]
+    finally:
+        store.close()

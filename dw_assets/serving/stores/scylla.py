@@ -230,17 +230,23 @@ class ScyllaStore(RegistryCachedStore):
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
-        from cassandra import DriverException
+        """Driver and server errors as StoreError (a refused statement or schema: retrying will not
+        help) or StoreUnavailable (down, timeouts, overload: retry later)."""
+        from cassandra import DriverException, RequestValidationException
         from cassandra.cluster import NoHostAvailable
+        from cassandra.protocol import ConfigurationException, ErrorMessage
+        from cassandra.protocol import RequestValidationException as RefusedMessage
 
         try:
             yield
-        except (NoHostAvailable, DriverException, OSError) as exc:
-            from cassandra import InvalidRequest
-
-            if isinstance(exc, InvalidRequest):
+        except (NoHostAvailable, DriverException, ErrorMessage, OSError) as exc:
+            if isinstance(exc, ConfigurationException):  # e.g. a replication naming an unknown data centre
+                raise StoreError(f"Scylla refused keyspace {self.settings.keyspace!r} with replication "
+                                 f"{self.settings.replication} (the store URL's ?replication=): {exc}") from exc
+            if isinstance(exc, (RequestValidationException, RefusedMessage)):
                 raise StoreError(f"Scylla rejected a statement: {exc}") from exc
-            raise StoreUnavailable(f"Scylla at {','.join(self.settings.hosts)} is unavailable: {exc}") from exc
+            raise StoreUnavailable(f"Scylla at {','.join(self.settings.hosts)}:{self.settings.port} is "
+                                   f"unavailable: {exc}") from exc
 
     def _connected(self) -> Any:
         """The session, connecting (and creating keyspace/tables if missing) on first use.

@@ -7,8 +7,14 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
+
+# hadoop-aws + the AWS SDK bundle for s3a://, fetched by scripts/spark-jars.sh (versions pinned in
+# scripts/spark-jars/pom.xml); DW_SPARK_JARS_DIR points elsewhere (e.g. a cluster image's folder).
+SPARK_JARS_DIR = Path(__file__).resolve().parents[2] / ".cache" / "spark-jars"
+SPARK_JARS_SCRIPT = "scripts/spark-jars.sh"
 
 
 def use_this_interpreter() -> None:
@@ -17,15 +23,44 @@ def use_this_interpreter() -> None:
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 
 
+def pyspark_hadoop_version() -> str | None:
+    """The Hadoop version inside the installed pyspark (its ``hadoop-client-api-<version>.jar``)."""
+    import pyspark
+
+    found = sorted((Path(pyspark.__file__).parent / "jars").glob("hadoop-client-api-*.jar"))
+    return found[0].stem.removeprefix("hadoop-client-api-") if found else None
+
+
+def s3a_jars(folder: str | Path | None = None) -> tuple[list[str], str | None]:
+    """(the jars of ``folder`` for s3a://, None) when it holds a complete fetch of hadoop-aws for pyspark's
+    Hadoop; else ([], why not, naming the command that fixes it)."""
+    folder = Path(folder or os.environ.get("DW_SPARK_JARS_DIR") or SPARK_JARS_DIR)
+    jars = sorted(str(p) for p in folder.glob("*.jar"))
+    aws = [Path(j).stem.removeprefix("hadoop-aws-") for j in jars if Path(j).name.startswith("hadoop-aws-")]
+    complete = any(folder.glob(".complete-*")) and any(Path(j).name.startswith("bundle-") for j in jars)
+    if not aws or not complete:
+        return [], f"{folder} does not hold hadoop-aws and the AWS SDK bundle: run {SPARK_JARS_SCRIPT}"
+    hadoop = pyspark_hadoop_version()
+    if hadoop and aws != [hadoop]:
+        return [], (f"{folder} holds hadoop-aws {', '.join(aws)} but pyspark bundles Hadoop {hadoop}: set "
+                    f"hadoop.version (and awssdk.version) in scripts/spark-jars/pom.xml, then run {SPARK_JARS_SCRIPT}")
+    return jars, None
+
+
 @dataclass(frozen=True)
 class SparkSettings:
     master: str = "local[*]"
     shuffle_partitions: int = 8  # small worlds on 2 cores: Spark's 200 default is mostly overhead
     driver_memory: str = "2g"  # local mode: the JVM grows to whatever it is given; `small` needs ~2 GB
     arrow_batch_rows: int = 20_000
+    jars_dir: str | None = None  # the s3a:// jars' folder; None: DW_SPARK_JARS_DIR, else SPARK_JARS_DIR
 
     def as_conf(self) -> dict[str, str]:
+        """The session's start-up conf. The s3a:// jars are added whenever they are there (a session is
+        started once per process, before anyone knows whether it will meet an S3 path); without them a
+        local lake works as before and an S3 one fails with the command to fetch them (``lake/s3.py``)."""
         return {
+            **self._jars_conf(),
             "spark.master": self.master,
             "spark.app.name": "dw_assets",
             "spark.driver.memory": self.driver_memory,
@@ -39,15 +74,29 @@ class SparkSettings:
             "spark.log.level": "ERROR",
             # Deterministic output file names and counts across re-runs.
             "spark.sql.adaptive.coalescePartitions.enabled": "false",
+            # A Spark partition on S3 counts once the committer's _SUCCESS marker exists (lake/storage.py;
+            # why not the magic committer: lake/s3.py). Hadoop's default, pinned because readers rely on it.
+            "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "true",
         }
+
+    def _jars_conf(self) -> dict[str, str]:
+        jars, _ = s3a_jars(self.jars_dir)
+        if not jars:
+            return {}
+        if self.master.startswith("local"):
+            # One JVM: the driver's classpath is the executors'. spark.jars would copy the ~690 MB bundle
+            # into every session's scratch directory first (~5 s a start here).
+            return {"spark.driver.extraClassPath": os.pathsep.join(jars)}
+        return {"spark.jars": ",".join(jars)}  # a cluster: shipped to every executor
 
 
 def settings_from_env() -> SparkSettings:
-    """``DW_SPARK_MASTER`` points the same code at a cluster."""
+    """``DW_SPARK_MASTER`` points the same code at a cluster; ``DW_SPARK_JARS_DIR`` at other s3a:// jars."""
     return SparkSettings(
         master=os.environ.get("DW_SPARK_MASTER", SparkSettings.master),
         shuffle_partitions=int(os.environ.get("DW_SPARK_SHUFFLE_PARTITIONS", SparkSettings.shuffle_partitions)),
         driver_memory=os.environ.get("DW_SPARK_DRIVER_MEMORY", SparkSettings.driver_memory),
+        jars_dir=os.environ.get("DW_SPARK_JARS_DIR") or None,
     )
 
 

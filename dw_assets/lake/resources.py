@@ -16,7 +16,8 @@ from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, O
 from dagster_pyspark import LazyPySparkResource
 from pydantic import Field
 
-from dw_assets.lake.storage import Artifact, Lake, LakeError
+from dw_assets.lake.landing_fs import LandingFS
+from dw_assets.lake.storage import Artifact, Lake, LakeError, open_lake
 
 LAYER_KEY = "dw/layer"
 DEFAULT_LAKE = "data/demo"
@@ -41,12 +42,13 @@ class LakeResource(ConfigurableResource):
                                 "AWS_SECRET_ACCESS_KEY (or an AWS profile / role) instead")
 
     def open(self) -> Lake:
-        client = None
-        if self.root.startswith("s3://"):
-            from dagster_aws.s3 import S3Resource
+        return open_lake(self.root, self.s3_endpoint_url)
 
-            client = S3Resource(endpoint_url=self.s3_endpoint_url).get_client()
-        return Lake(self.root, s3_client=client)
+    def landing(self) -> LandingFS:
+        """The landing zone under the root; on S3 the bucket is checked first (one clear error if unusable)."""
+        lake = self.open()
+        lake.verify()
+        return lake.landing_fs()
 
 
 def _layer(metadata: Any, what: str) -> str:
@@ -79,6 +81,7 @@ class LakeIOManager(ConfigurableIOManager):
         layer = _layer(context.definition_metadata, f"asset {context.asset_key.to_user_string()}")
         key = context.partition_key if context.has_partition_key else None
         lake = self.lake.open()
+        lake.verify()  # an unusable S3 bucket fails here with the setting to fix, once per process
         uri = lake.uri(layer, context.asset_key.path[-1], key)
         if isinstance(obj, pd.DataFrame):
             lake.write_frame(obj, uri)
@@ -96,6 +99,7 @@ class LakeIOManager(ConfigurableIOManager):
         upstream = context.upstream_output
         layer = _layer(upstream.definition_metadata if upstream else None, f"input {context.asset_key.to_user_string()}")
         lake = self.lake.open()
+        lake.verify()
         keys: list[str | None] = list(context.asset_partition_keys) if context.has_asset_partitions else [None]
         uris = [lake.uri(layer, context.asset_key.path[-1], k) for k in keys]
         # AssetIn(metadata={"may_be_empty": True}): a window with no partition yet (the start of

@@ -102,17 +102,32 @@ def _split_s3(uri: str) -> tuple[str, str]:
     return bucket, key.strip("/")
 
 
+def open_lake(root: str, endpoint_url: str | None = None) -> Lake:
+    """The lake at ``root`` (a directory or ``s3://bucket/prefix``); on S3 with a client and settings built
+    from the environment (``lake/s3.py``), ``endpoint_url`` overriding ``DW_S3_ENDPOINT_URL``."""
+    if not str(root).startswith("s3://"):
+        return Lake(str(root))
+    from dw_assets.lake.s3 import S3Settings
+
+    settings = S3Settings.from_env(endpoint_url)
+    return Lake(str(root), s3_client=settings.client(), s3=settings)
+
+
 @dataclass
 class Lake:
-    """One lake root. ``s3_client`` is a boto3 client, needed only for ``s3://`` roots."""
+    """One lake root. ``s3_client`` is a boto3 client, needed only for ``s3://`` roots; ``s3`` the
+    ``S3Settings`` Spark uses for them (default: the environment's). ``open_lake`` builds both."""
 
     root: str
     s3_client: Any = field(default=None, repr=False)
+    s3: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.root = self.root.rstrip("/")
         if self.root.startswith("file://"):
             self.root = self.root.removeprefix("file://")
+        if self.root.startswith(("s3a://", "s3n://")):
+            raise LakeError(f"lake root {self.root}: write it as s3://bucket/prefix (Spark's s3a:// is derived)")
         if not self.is_s3:
             self.root = str(Path(self.root).expanduser().resolve())
         elif self.s3_client is None:
@@ -125,6 +140,25 @@ class Lake:
     @property
     def landing(self) -> str:
         return f"{self.root}/landing"
+
+    def landing_fs(self) -> Any:
+        """The landing zone under this root, read with the lake's S3 client and settings (``LandingFS``)."""
+        from dw_assets.lake.landing_fs import LandingFS
+
+        return LandingFS(self.landing, s3_client=self.s3_client, s3=self.s3)
+
+    def verify(self) -> None:
+        """On S3: raise one ``S3ConfigError`` naming the setting to fix (credentials, endpoint, bucket) unless
+        the bucket can be used. Checked once per process and bucket; a local lake needs nothing."""
+        if self.is_s3:
+            from dw_assets.lake.s3 import S3Settings, verify_bucket
+
+            verify_bucket(self.root, self.s3 or S3Settings.from_env(), self.s3_client)
+
+    def _spark_uri(self, spark: Any, uri: str) -> str:
+        from dw_assets.lake.s3 import S3Settings, use_s3a
+
+        return use_s3a(spark, uri, self.s3 or S3Settings.from_env())
 
     def uri(self, layer: str, asset: str, week: str | None = None) -> str:
         """Directory of one asset partition (or of an unpartitioned asset)."""
@@ -247,17 +281,19 @@ class Lake:
     def write_spark(self, frame: Any, uri: str) -> None:
         """Replace the partition at ``uri`` with a Spark DataFrame.
 
-        On S3 the cluster writes ``s3a://`` directly (needs hadoop-aws on the
-        cluster's classpath); the partition counts as written once Spark's
-        ``_SUCCESS`` marker exists (a pandas part left from an earlier write is
-        deleted first). Locally Spark writes a hidden temp directory that
-        replaces the partition in one rename.
+        On S3 Spark writes ``s3a://`` directly (hadoop-aws from ``scripts/spark-jars.sh``, settings from
+        ``lake/s3.py``) through Hadoop's file committer; the partition counts as written once its
+        ``_SUCCESS`` marker exists (the completeness rule above, chosen over the S3A magic committer:
+        see ``lake/s3.py``). A pandas part left from an earlier write is deleted first, and the
+        overwrite removes the old ``_SUCCESS`` before any new part appears. Locally Spark writes a
+        hidden temp directory that replaces the partition in one rename.
         """
         if self.is_s3:
+            target = self._spark_uri(frame.sparkSession, uri)
             bucket, key, names = self._s3_names(uri)
             if PART_FILE in names:
                 self._s3_delete(bucket, key, [PART_FILE])
-            frame.write.mode("overwrite").parquet(uri.replace("s3://", "s3a://", 1))
+            frame.write.mode("overwrite").parquet(target)
             return
         with _StagedDir(Path(uri)) as tmp:
             # Spark insists on creating the directory itself.
@@ -271,7 +307,7 @@ class Lake:
                 parts = self._complete_parts(self._s3_names(uri)[2])
                 if not parts:
                     raise LakeError(f"no lake data at {uri} (was the upstream partition materialized?)")
-                base = uri.replace("s3://", "s3a://", 1)
+                base = self._spark_uri(spark, uri)
                 paths.append(base if parts != [PART_FILE] else f"{base}/{PART_FILE}")
             elif not Path(uri).is_dir():
                 raise LakeError(f"no lake data at {uri} (was the upstream partition materialized?)")

@@ -3,7 +3,7 @@ BIN := .venv/bin
 DEMO := data/demo
 export PYSPARK_PYTHON := $(CURDIR)/$(BIN)/python
 
-.PHONY: setup demo test lint ui
+.PHONY: setup demo test lint ui cassandra
 
 setup:
 	@scripts/setup.sh
@@ -25,3 +25,7 @@ lint: setup
 ## Browse the demo's runs, assets, partitions and checks at http://127.0.0.1:3000
 ui: setup
 	DAGSTER_HOME=$(CURDIR)/$(DEMO)/dagster_home DW_LAKE=$(CURDIR)/$(DEMO) $(BIN)/dagster dev -w workspace.yaml
+
+## Start the project's single-node Cassandra 5.0 on 127.0.0.1:9042 (scripts/cassandra.sh; also stop|status).
+cassandra:
+	@scripts/cassandra.sh start

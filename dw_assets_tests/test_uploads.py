@@ -18,7 +18,7 @@ from dagster import (
 )
 
 from dw_assets.automation.sensors import AUDIO_UPLOADS, NEW_TRACK_VECTORS, audio_upload_sensor
-from dw_assets.automation.uploads import UploadCursor, fetch_clips, list_upload_folder, scan_uploads
+from dw_assets.automation.uploads import UploadCursor, list_upload_folder, scan_uploads
 from dw_assets.lake.resources import LakeResource
 from dw_assets.retrieval.ann import AnnConfig, build_index, clustered_vectors, exact_search
 from dw_assets.retrieval.delta import DeltaIndex, search_with_delta
@@ -69,7 +69,7 @@ def test_ticks_list_only_the_cursor_folder_and_newer_ones(tmp_path):
     assert [u.track_id for u in list_upload_folder(str(landing), "2026-01-03")] == [31, 32, 33]
 
 
-def test_s3_listing_starts_after_the_cursor_folder(s3_endpoint, monkeypatch, tmp_path):
+def test_s3_listing_starts_after_the_cursor_folder(s3_endpoint, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
@@ -94,8 +94,11 @@ def test_s3_listing_starts_after_the_cursor_folder(s3_endpoint, monkeypatch, tmp
     assert grown.listed_folders == ["2026-01-02", "2026-01-03"] and grown.ignored == ["2026-01-03/notes.txt"]
     assert scan_uploads(lake.landing, grown.cursor, client).uploads == []
 
-    clips = fetch_clips(grown.uploads, tmp_path, client)
-    assert clips[31].read_bytes() == WAV + b"31.wav" and clips[31].is_relative_to(tmp_path)
+    clip = next(u for u in grown.uploads if u.track_id == 31)
+    assert clip.location == "s3://dw-uploads/prod/landing/audio/2026-01-03/31.wav"
+    assert lake.landing_fs().read_location(clip.location) == WAV + b"31.wav"
+    with pytest.raises(FileNotFoundError):
+        lake.landing_fs().read_location("s3://dw-uploads/prod/landing/audio/2026-01-03/99.wav")
 
 
 def test_the_sensor_adds_a_partition_and_requests_a_run_per_upload_day(tmp_path):

@@ -60,9 +60,8 @@ def upload_run_requests(scan: UploadScan) -> list[RunRequest]:
                 "new_track_vectors run, so new tracks are searchable before the weekly run.",
 )
 def audio_upload_sensor(context: SensorEvaluationContext, lake: LakeResource):
-    opened = lake.open()
     cursor = UploadCursor.from_json(context.cursor)
-    scan = scan_uploads(opened.landing, cursor, opened.s3_client)
+    scan = scan_uploads(lake.landing(), cursor)
     if scan.ignored:
         context.log.info(f"ignored {len(scan.ignored)} non-clip names, e.g. {scan.ignored[:3]}")
     if not scan.uploads:

@@ -117,9 +117,10 @@ def audio_embeddings(
     settings = AudioConfig(embedding_dim=target_vectors.shape[1], epochs=config.epochs,
                            max_warm_tracks=config.max_warm_tracks, seed=config.seed)
     _, week_end = week_bounds(context.partition_key)
-    clips = landed_audio(lake.open().landing, until=week_end.date())
+    landing = lake.landing()
+    clips = landed_audio(landing, until=week_end.date())
     catalog_ids = set(track_catalog["track_id"].tolist())
-    batch = load_clips({t: p for t, p in clips.items() if t in catalog_ids}, settings)
+    batch = load_clips({t: p for t, p in clips.items() if t in catalog_ids}, settings, read=landing.read_location)
     mels = log_mel(batch, settings)
     batch.clips.clear()  # training reads the spectrograms only: drop the raw clips (~1 GB on `small`)
     genres = dict(zip(track_catalog["track_id"], track_catalog["genre"], strict=True))

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import io
 import wave
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from struct import error as StructError
@@ -34,6 +35,7 @@ AUDIO_PROBLEMS = (
 )  # fmt: skip
 PROBLEM_COLUMNS = ["track_id", "path", "problem", "detail"]
 DEFAULT_SILENCE_RMS = 1e-4
+READ_THREADS, READ_CHUNK = 16, 256  # clips fetched through a custom reader (S3): requests in flight, bytes held
 
 
 @dataclass
@@ -105,14 +107,26 @@ def diagnose_clip(
     return (None if samples is None else _as_float(samples)), problem, detail
 
 
-def _diagnose(
-    path: str | Path, sample_rate: int, silence_rms: float = DEFAULT_SILENCE_RMS
-) -> tuple[np.ndarray | None, str | None, str]:
-    """``diagnose_clip`` with the samples as read (``_pcm_samples``)."""
+def _read_file(path: str | Path) -> bytes:
+    return Path(path).read_bytes()
+
+
+def _fetch(read: Callable[[str | Path], bytes], location: str | Path) -> bytes | OSError:
     try:
-        data = Path(path).read_bytes()
+        return read(location)
     except OSError as error:
-        return None, "unreadable", f"{type(error).__name__}: {error.strerror or error}"
+        return error
+
+
+def _diagnose(
+    path: str | Path, sample_rate: int, silence_rms: float = DEFAULT_SILENCE_RMS, data: bytes | OSError | None = None,
+) -> tuple[np.ndarray | None, str | None, str]:
+    """``diagnose_clip`` with the samples as read (``_pcm_samples``); ``data``: the file's bytes (or the
+    error reading them) when already fetched, else the local file at ``path`` is read."""
+    if data is None:
+        data = _fetch(_read_file, path)
+    if isinstance(data, OSError):
+        return None, "unreadable", f"{type(data).__name__}: {data.strerror or data}"
     if not data:
         return None, "empty", "0 bytes"
     try:
@@ -158,18 +172,33 @@ def fit_length(samples: np.ndarray, length: int) -> np.ndarray:
     return np.resize(samples, length)
 
 
-def load_clips(paths: Mapping[int, str | Path], config: AudioConfig) -> AudioBatch:
+def _read_all(locations: list[str | Path], read: Callable[[str | Path], bytes] | None) -> Iterator[bytes | OSError]:
+    """Each location's bytes (or the OSError reading it), in order. A custom ``read`` (an object store)
+    is latency-bound: READ_THREADS requests in flight, READ_CHUNK clips' bytes held at most."""
+    if read is None:
+        yield from (_fetch(_read_file, location) for location in locations)
+        return
+    with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+        for lo in range(0, len(locations), READ_CHUNK):
+            yield from pool.map(lambda location: _fetch(read, location), locations[lo : lo + READ_CHUNK])
+
+
+def load_clips(
+    paths: Mapping[int, str | Path], config: AudioConfig, read: Callable[[str | Path], bytes] | None = None
+) -> AudioBatch:
     """Read every track's clip; skip and report the unusable ones.
 
-    paths: track_id → WAV path; uses ``config.sample_rate``, ``clip_seconds`` and ``silence_rms``.
+    paths: track_id → WAV location; uses ``config.sample_rate``, ``clip_seconds`` and ``silence_rms``.
+    read: location → bytes (``LandingFS.read_location`` for an S3 landing zone); None reads local files.
     Clip length: ``config.clip_seconds`` if set, else the median length of the readable clips;
     longer clips are centre-cropped, shorter ones looped.
     """
     good_ids: list[int] = []
     good: list[np.ndarray] = []
     problems: list[tuple[int, str, str, str]] = []
-    for track_id in sorted(paths):
-        samples, problem, detail = _diagnose(paths[track_id], config.sample_rate, config.silence_rms)
+    ids = sorted(paths)
+    for track_id, data in zip(ids, _read_all([paths[t] for t in ids], read), strict=True):
+        samples, problem, detail = _diagnose(paths[track_id], config.sample_rate, config.silence_rms, data)
         if samples is None:
             problems.append((int(track_id), str(paths[track_id]), problem, detail))
         else:

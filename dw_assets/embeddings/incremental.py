@@ -30,7 +30,7 @@ get vectors.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,7 +88,8 @@ class NewTrackVectors:
 
 
 def embed_clips(
-    clips: Mapping[int, str | Path], model: AudioModel, clip_seconds: float | None = None
+    clips: Mapping[int, str | Path], model: AudioModel, clip_seconds: float | None = None,
+    read: Callable[[str | Path], bytes] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """(track_ids int64[n], unit audio vectors float32[n, d], problems) for the readable clips.
 
@@ -99,7 +100,7 @@ def embed_clips(
     settings = model.config
     if clip_seconds is not None:
         settings = dataclasses.replace(settings, clip_seconds=clip_seconds)
-    batch = load_clips(dict(clips), settings)
+    batch = load_clips(dict(clips), settings, read)
     d = model.network.embedding_head.out_features
     if len(batch.track_ids) == 0:
         return batch.track_ids, np.zeros((0, d), np.float32), batch.problems
@@ -248,10 +249,11 @@ def new_track_vectors(
     k: int,
     catalog: pd.DataFrame | None = None,
     clip_seconds: float | None = None,
+    read: Callable[[str | Path], bytes] | None = None,
 ) -> NewTrackVectors:
     """Embed a batch of uploaded clips and warm-start their two-tower vectors.
 
-    clips: track_id → local WAV path. audio_model / trained: the weekly audio CNN and two-tower model
+    clips: track_id → WAV location, read by ``read`` (``LandingFS.read_location``; None: local files). audio_model / trained: the weekly audio CNN and two-tower model
     of one week (the same week's, so the audio space matches the model's inputs). k: anchors per
     warm start (``TwoTowerConfig.cold_neighbours``). catalog: optional track_id, artist_id, genre rows
     for the uploads. Unusable clips land in ``problems``; they never raise.
@@ -259,7 +261,7 @@ def new_track_vectors(
     ids = np.array(sorted(int(t) for t in clips), dtype=np.int64)
     served = already_indexed(trained, ids)
     wanted = {int(t): clips[int(t)] for t in ids[~served]}
-    track_ids, audio_vectors, problems = embed_clips(wanted, audio_model, clip_seconds)
+    track_ids, audio_vectors, problems = embed_clips(wanted, audio_model, clip_seconds, read)
     artist_ids, genres = catalog_metadata(catalog, track_ids)
     warm = warm_start_from_audio(trained, track_ids, audio_vectors, k, artist_ids, genres)
     problems = problems.reindex(columns=PROBLEM_COLUMNS)

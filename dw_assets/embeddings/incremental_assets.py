@@ -18,10 +18,8 @@ An unusable clip (corrupt, truncated, empty, silent, ...) is reported in metadat
 
 import datetime as dt
 import io
-import tempfile
 import time
 from collections.abc import Iterable
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -39,11 +37,12 @@ from dagster import (
 )
 
 from dw_assets.automation.sensors import audio_uploads
-from dw_assets.automation.uploads import fetch_clips, list_upload_folder
+from dw_assets.automation.uploads import list_upload_folder
 from dw_assets.calendar import shift_week, week_key
 from dw_assets.embeddings import incremental
 from dw_assets.embeddings.audio import AudioModel
 from dw_assets.embeddings.two_tower import TrainedTwoTower, TwoTowerConfig
+from dw_assets.lake.landing_fs import LandingFS
 from dw_assets.lake.resources import LAYER_KEY, LakeResource
 from dw_assets.lake.storage import Artifact, Lake, LakeError, array_bytes, array_from_bytes, vectors_artifact
 from dw_assets.partitions import FIRST_WEEK
@@ -54,6 +53,7 @@ CHECK = "upload_clips_readable"
 AUDIO_VECTORS_FILE = "audio_vectors.npy"
 # What a week must have in the lake to be extended: the CNN, the two-tower, and the live index.
 WEEKLY_MODELS = ("audio_embeddings", "two_tower_model", "faiss_index")
+CATALOG_FILE = "catalog/tracks.parquet"
 
 
 class NewTrackVectorsConfig(Config):
@@ -75,25 +75,16 @@ def latest_model_week(lake: Lake, upload_date: str | None = None) -> str:
     raise LakeError(f"no week in {lake.root} has {', '.join(WEEKLY_MODELS)}: run the weekly models first")
 
 
-def landing_catalog(lake: Lake, track_ids: Iterable[int]) -> pd.DataFrame | None:
-    """track_id, artist_id, genre rows of ``track_ids`` in the landed catalog (DESIGN §7); None when no
-    catalog has landed. Uploads often precede their catalog row: the warm start then uses audio alone.
+def landing_catalog(landing: LandingFS, track_ids: Iterable[int]) -> pd.DataFrame | None:
+    """track_id, artist_id, genre rows of ``track_ids`` in the landed catalog (``catalog/tracks.parquet``);
+    None when no catalog has landed. Uploads often precede their catalog row: the warm start then uses audio alone.
     """
-    columns = ["track_id", "artist_id", "genre"]
-    wanted = [("track_id", "in", sorted(int(t) for t in track_ids))]
-    if not lake.is_s3:
-        path = Path(lake.landing) / "catalog" / "tracks.parquet"
-        return pd.read_parquet(path, columns=columns, filters=wanted) if path.exists() else None
-    from botocore.exceptions import ClientError
-
-    bucket, _, key = f"{lake.landing}/catalog/tracks.parquet".removeprefix("s3://").partition("/")
     try:
-        body = lake.s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
-    except ClientError as error:
-        if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-            return None
-        raise
-    return pd.read_parquet(io.BytesIO(body), columns=columns, filters=wanted)
+        data = landing.read_bytes(CATALOG_FILE)
+    except FileNotFoundError:
+        return None
+    wanted = [("track_id", "in", sorted(int(t) for t in track_ids))]
+    return pd.read_parquet(io.BytesIO(data), columns=["track_id", "artist_id", "genre"], filters=wanted)
 
 
 @multi_asset(
@@ -113,14 +104,13 @@ def new_track_vectors(context: AssetExecutionContext, config: NewTrackVectorsCon
     audio = opened.read_artifact(opened.uri("models", "audio_embeddings", week))
     tower = opened.read_artifact(opened.uri("models", "two_tower_model", week))
     trained = TrainedTwoTower.from_bytes(tower.files["two_tower.bin"])
-    uploads = list_upload_folder(opened.landing, upload_date, opened.s3_client)
-    with tempfile.TemporaryDirectory(prefix="dw-uploads-") as scratch:
-        clips = fetch_clips(uploads, Path(scratch), opened.s3_client)
-        result = incremental.new_track_vectors(
-            clips, AudioModel.from_bytes(audio.files["model.pt"]), trained, config.cold_neighbours,
-            landing_catalog(opened, clips), config.clip_seconds)
-    located = {u.track_id: u.location for u in uploads}  # report S3 clips by their key, not the scratch copy
-    problems = result.problems.assign(path=result.problems["track_id"].map(located))
+    landing = lake.landing()
+    uploads = list_upload_folder(landing, upload_date)
+    clips = {u.track_id: u.location for u in uploads}  # one folder: one clip per track
+    result = incremental.new_track_vectors(
+        clips, AudioModel.from_bytes(audio.files["model.pt"]), trained, config.cold_neighbours,
+        landing_catalog(landing, clips), config.clip_seconds, read=landing.read_location)
+    problems = result.problems
     meta = {"model_version": tower.model_version, "models_week": week, "audio_model_version": audio.model_version,
             "upload_date": upload_date, "problems": problems.to_dict("records"),
             "already_indexed": result.already_indexed.tolist(), **result.stats}

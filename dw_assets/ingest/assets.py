@@ -23,6 +23,7 @@ from dw_assets.ingest.profiles import ProfileRules, build_track_stats, build_use
 from dw_assets.ingest.snapshots import track_catalog as read_track_catalog
 from dw_assets.ingest.snapshots import user_directory as read_user_directory
 from dw_assets.ingest.snapshots import user_playlists as read_user_playlists
+from dw_assets.lake.landing_fs import LandingFS
 from dw_assets.lake.quality import emit_checked, schema_check_spec, table_schema
 from dw_assets.lake.resources import LAYER_KEY, LakeResource
 from dw_assets.partitions import ONE_WEEK_PER_RUN, history_window, weekly_partitions
@@ -34,8 +35,8 @@ def _meta(layer: str, schema: pa.DataFrameSchema) -> dict:
     return {LAYER_KEY: layer, "dagster/column_schema": table_schema(schema)}
 
 
-def _landing(lake: LakeResource) -> str:
-    return lake.open().landing
+def _landing(lake: LakeResource) -> LandingFS:
+    return lake.landing()
 
 
 @multi_asset(
@@ -113,7 +114,8 @@ def raw_play_events(
 ):
     started = time.perf_counter()
     week = context.partition_key
-    files = landed_event_files(_landing(lake), week)
+    landing = _landing(lake)
+    files = landing.spark_uris(pyspark.spark_session, landed_event_files(landing, week))
     bronze = build_bronze(pyspark.spark_session, files, week, user_directory.select("user_id"),
                           track_catalog.select("track_id"), allow_empty_week=config.allow_empty_week)
     if bronze.landing.extra_fields:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession, Window
@@ -28,6 +27,7 @@ from dw_assets.ingest.events import (
     parse_event_batches,
     schema_drift,
 )
+from dw_assets.lake.landing_fs import LandingFS, as_landing
 
 __all__ = [
     "BronzeTables", "EmptyWeekError", "LandingError", "SchemaDriftError", "build_bronze",
@@ -59,11 +59,14 @@ class BronzeTables:
                 cached.unpersist()
 
 
-def landed_event_files(landing: str, week: str) -> list[str]:
-    folder = Path(landing) / "events" / f"week={week}"
-    if not folder.is_dir():
-        raise LandingError(f"no landed events for week {week}: {folder} does not exist")
-    return sorted(str(p) for p in folder.glob("*.jsonl"))
+def landed_event_files(landing: LandingFS | str, week: str) -> list[str]:
+    """Locations of the week's ``*.jsonl`` files (local paths or ``s3://`` URIs; Spark reads them
+    through ``LandingFS.spark_uris``)."""
+    landing = as_landing(landing)
+    folder = f"events/week={week}"
+    if not landing.exists(folder):
+        raise LandingError(f"no landed events for week {week}: {landing.location(folder)} does not exist")
+    return landing.list_files(folder, suffix=".jsonl")
 
 
 def profile_landing(parsed: DataFrame) -> LandingProfile:

@@ -8,25 +8,25 @@ audio, no plays yet).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from dw_assets.calendar import week_bounds
 from dw_assets.ingest.bronze import LandingError
+from dw_assets.lake.landing_fs import LandingFS, as_landing
 
 
-def _require(path: Path, what: str) -> str:
-    if not path.exists():
-        raise LandingError(f"missing {what}: {path} does not exist")
-    return str(path)
+def _require(spark: SparkSession, landing: LandingFS, relative: str, what: str) -> str:
+    """What Spark reads for a landed file or folder (``s3a://`` on S3), or a ``LandingError`` naming it."""
+    if not landing.exists(relative):
+        raise LandingError(f"missing {what}: {landing.location(relative)} does not exist")
+    return landing.spark_uris(spark, [landing.location(relative)])[0]
 
 
-def track_catalog(spark: SparkSession, landing: str, week: str) -> DataFrame:
+def track_catalog(spark: SparkSession, landing: LandingFS | str, week: str) -> DataFrame:
     """Tracks released by the Monday after ``week``, with release week and age."""
     _, end = week_bounds(week)
-    tracks = spark.read.parquet(_require(Path(landing) / "catalog" / "tracks.parquet", "track catalog"))
+    tracks = spark.read.parquet(_require(spark, as_landing(landing), "catalog/tracks.parquet", "track catalog"))
     end_date = F.lit(end.date())
     return (
         tracks.where(F.col("release_date") <= end_date)
@@ -36,10 +36,10 @@ def track_catalog(spark: SparkSession, landing: str, week: str) -> DataFrame:
     )
 
 
-def user_directory(spark: SparkSession, landing: str, week: str) -> DataFrame:
+def user_directory(spark: SparkSession, landing: LandingFS | str, week: str) -> DataFrame:
     """Users who had signed up before the end of ``week``."""
     start, end = week_bounds(week)
-    users = spark.read.parquet(_require(Path(landing) / "users" / "users.parquet", "user directory"))
+    users = spark.read.parquet(_require(spark, as_landing(landing), "users/users.parquet", "user directory"))
     return (
         users.where(F.col("signup_date") < F.lit(end.date()))
         .withColumn("is_new_user", F.col("signup_date") >= F.lit(start.date()))
@@ -47,9 +47,9 @@ def user_directory(spark: SparkSession, landing: str, week: str) -> DataFrame:
     )
 
 
-def user_playlists(spark: SparkSession, landing: str, week: str) -> DataFrame:
+def user_playlists(spark: SparkSession, landing: LandingFS | str, week: str) -> DataFrame:
     """The week's snapshot of user playlists (``playlist_id, user_id, track_id, pos``)."""
-    folder = _require(Path(landing) / "playlists" / f"week={week}", f"playlist snapshot for week {week}")
+    folder = _require(spark, as_landing(landing), f"playlists/week={week}", f"playlist snapshot for week {week}")
     return spark.read.parquet(folder).select(
         F.col("playlist_id").cast("long"),
         F.col("user_id").cast("long"),

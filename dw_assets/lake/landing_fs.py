@@ -183,3 +183,8 @@ def _walk_local(folder: Path, prefix: str, start_after: str | None) -> Iterator[
             yield from _walk_local(folder / name, path, start_after)
         elif not start_after or path > start_after:
             yield path
+
+
+def as_landing(landing: LandingFS | str | Path, s3_client: Any = None) -> LandingFS:
+    """A ``LandingFS`` from a landing root (a directory, ``s3://…``) or one already opened."""
+    return landing if isinstance(landing, LandingFS) else LandingFS(str(landing), s3_client=s3_client)

@@ -37,15 +37,16 @@ start=$(date +%s)
 mkdir -p "$(dirname "$out")"
 tmp=$(mktemp -d "$(dirname "$out")/.spark-jars.tmp-XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
-mvn -q -B -Dstyle.color=never -f "$pom" -Dmaven.repo.local="$PWD/$repo" dependency:build-classpath \
-    -Dmdep.includeScope=runtime -Dmdep.outputFile="$PWD/$tmp/classpath.txt" >&2
+# Maven's log is shown only when it fails.
+mvn -B -f "$pom" -Dmaven.repo.local="$PWD/$repo" dependency:build-classpath -Dmdep.includeScope=runtime \
+    -Dmdep.outputFile="$PWD/$tmp/classpath.txt" > "$tmp/mvn.log" 2>&1 || { cat "$tmp/mvn.log" >&2; exit 1; }
 # Maven writes the classpath without a final newline.
 tr ':' '\n' < "$tmp/classpath.txt" | while read -r jar || [ -n "$jar" ]; do
   [ -n "$jar" ] || continue
   # A hard link, not a copy: the bundle alone is ~690 MB and Maven's repository keeps it too.
   ln -f "$jar" "$tmp/" 2>/dev/null || cp "$jar" "$tmp/"
 done
-rm "$tmp/classpath.txt"
+rm "$tmp/classpath.txt" "$tmp/mvn.log"
 for want in "hadoop-aws-$pinned.jar" "bundle-$(sed -n 's:.*<awssdk.version>\(.*\)</awssdk.version>.*:\1:p' "$pom").jar"; do
   [ -f "$tmp/$want" ] || { echo "[spark-jars] Maven did not resolve $want" >&2; exit 1; }
 done

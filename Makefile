@@ -13,10 +13,11 @@ demo: setup
 	$(BIN)/dw simulate --out $(DEMO) --preset small
 	$(BIN)/dw run --lake $(DEMO)
 
-## Set up and run the whole test suite (what CI runs).
+## Set up, start the single-node Cassandra the store tests use, and run the whole test suite (what CI runs).
 test: setup
 	$(BIN)/ruff check dw_assets dw_assets_tests
 	$(BIN)/dagster definitions validate -w workspace.yaml
+	@scripts/cassandra.sh start
 	$(BIN)/python -m pytest
 
 lint: setup

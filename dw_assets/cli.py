@@ -29,7 +29,9 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="World root; writes OUT/landing/.")
+@click.option("--out", "out_dir", required=True,
+              help="World root; writes OUT/landing/ (and the hidden truth OUT/simulator/). s3://bucket/prefix: "
+                   "the landing zone is uploaded there, the truth is not kept (the simulated A/B needs a local world).")
 @click.option("--preset", type=click.Choice(["tiny", "small", "large"]), default="small", show_default=True)
 @click.option("--seed", type=int, default=None, help="Random seed (default: the preset's).")
 @click.option("--users", type=int, default=None, help="Users at the start (overrides the preset).")
@@ -51,12 +53,29 @@ def simulate(out_dir, preset, seed, users, tracks, weeks, new_tracks_per_week, b
     except (TypeError, ValueError) as exc:
         raise click.UsageError(str(exc)) from exc
     started = time.perf_counter()
-    manifest = run_simulation(config, out_dir, progress=_echo_step)
+    if out_dir.startswith("s3://"):
+        import tempfile
+
+        from dw_assets.lake.storage import LakeError, open_lake, resolve_lake_root
+
+        try:
+            lake = open_lake(resolve_lake_root(out_dir))
+            lake.verify()  # before simulating: a missing bucket or credentials fail in a second, not after the world
+            with tempfile.TemporaryDirectory(prefix="dw-simulate-") as scratch:
+                manifest = run_simulation(config, scratch, progress=_echo_step)
+                files = lake.landing_fs().upload_dir(Path(scratch) / "landing")
+        except LakeError as exc:
+            raise click.ClickException(str(exc)) from exc
+        _echo_step(f"uploaded {files:,} landing files to {lake.landing}")
+        where = lake.landing
+    else:
+        manifest = run_simulation(config, out_dir, progress=_echo_step)
+        where = f"{Path(out_dir).resolve()}/landing"
     elapsed = time.perf_counter() - started
     lines = sum(manifest["counts"]["lines"].values())
     bad = sum(sum(kinds.values()) for kinds in manifest["malformed_events"].values())
     click.echo(
-        f"world written to {Path(out_dir).resolve()}/landing in {elapsed:.1f}s: "
+        f"world written to {where} in {elapsed:.1f}s: "
         f"{manifest['counts']['users']:,} users, {manifest['counts']['tracks']:,} tracks, "
         f"{lines:,} event lines ({bad:,} malformed), weeks {manifest['training_weeks'][0]}..{manifest['last_training_week']} "
         f"+ holdout {manifest['holdout_week']}"
@@ -64,7 +83,7 @@ def simulate(out_dir, preset, seed, users, tracks, weeks, new_tracks_per_week, b
 
 
 @main.command()
-@click.option("--lake", "lake_dir", required=True, type=click.Path(file_okay=False), help="Lake root (holds landing/).")
+@click.option("--lake", "lake_dir", required=True, help="Lake root (holds landing/): a directory or s3://bucket/prefix.")
 @click.option("--week", default=None, help="Week key (Monday, YYYY-MM-DD); default: the manifest's last training week.")
 @click.option("--rebuild-history", is_flag=True, help="Re-materialize earlier weeks even if they are in the lake.")
 @click.option("--store", "store_url", default=None,
@@ -73,24 +92,23 @@ def simulate(out_dir, preset, seed, users, tracks, weeks, new_tracks_per_week, b
 def run(lake_dir, week, rebuild_history, store_url):
     """Materialize the weekly asset graph for WEEK through Dagster (runs are recorded in DAGSTER_HOME)."""
     from dw_assets.automation.runner import RunError, materialize_week
+    from dw_assets.lake.storage import LakeError
 
-    lake_root = Path(lake_dir).resolve()
-    manifest_path = lake_root / "landing" / "manifest.json"
-    if not manifest_path.exists() and week is None:
-        raise click.UsageError(f"{manifest_path} not found: pass --week or run `dw simulate --out {lake_dir}` first")
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    lake_root, manifest = _lake_and_manifest(lake_dir)
+    if not manifest and week is None:
+        raise click.UsageError(f"{lake_root}/landing/manifest.json not found: pass --week or run "
+                               f"`dw simulate --out {lake_dir}` first")
     week = week or manifest["last_training_week"]
     if store_url:
         from dw_assets.serving.stores import redact_url, url_has_credentials
 
         if url_has_credentials(store_url):  # credentials come from the environment, never the command line
             raise click.UsageError(f"--store {redact_url(store_url)}: put credentials in the environment, not the URL")
-    os.environ.setdefault("DAGSTER_HOME", str(lake_root / "dagster_home"))
     _echo_step(f"DAGSTER_HOME={os.environ['DAGSTER_HOME']}")
     try:
         report = materialize_week(lake_root, week, manifest.get("weeks"), rebuild_history, progress=_echo_step,
                                   store_url=store_url)
-    except RunError as exc:
+    except (RunError, LakeError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     click.echo(report)
@@ -101,12 +119,12 @@ def run(lake_dir, week, rebuild_history, store_url):
 
 
 
-def _week_summary(lake_root: Path, week: str) -> str:
+def _week_summary(lake_root: str, week: str) -> str:
     """The week's evaluation (when its holdout had landed) and one user's playlist, as the demo prints them."""
     from dw_assets.evaluation.systems import quality_targets
-    from dw_assets.lake.storage import Lake
+    from dw_assets.lake.storage import open_lake
 
-    lake, lines = Lake(str(lake_root)), []
+    lake, lines = open_lake(lake_root), []
     evaluation = lake.uri("gold", "offline_evaluation", week)
     if lake.exists(evaluation):
         table = lake.read_frame(evaluation)
@@ -136,11 +154,13 @@ def _week_summary(lake_root: Path, week: str) -> str:
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False), help="Parquet file to write.")
 def export_playlists(lake_dir, week, out_file):
     """Write WEEK's playlists as Parquet: user_id, position, track_id, score, source, is_exploration."""
-    from dw_assets.lake.storage import Lake, LakeError
+    from dw_assets.lake.storage import LakeError, open_lake, resolve_lake_root
     from dw_assets.serving.export import export_playlists as export
 
     try:
-        rows = export(Lake(lake_dir), week, Path(out_file))
+        lake = open_lake(resolve_lake_root(lake_dir))
+        lake.verify()
+        rows = export(lake, week, Path(out_file))
     except (LakeError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"wrote {rows:,} rows to {out_file}")
@@ -164,7 +184,7 @@ def serve(store_url, host, port, workers):
 
 
 @main.command()
-@click.option("--lake", "lake_dir", required=True, type=click.Path(file_okay=False), help="Lake root (holds landing/).")
+@click.option("--lake", "lake_dir", required=True, help="Lake root (holds landing/): a directory or s3://bucket/prefix.")
 @click.option("--week", default=None, help="Week key; default: the manifest's last training week.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (week, holdout_week, systems, ...).")
 @click.option("--refresh", is_flag=True, help="Re-materialize the evaluation even if the lake has it.")
@@ -172,7 +192,7 @@ def evaluate(lake_dir, week, as_json, refresh):
     """Every system side by side on WEEK's discovery holdout (materializes the evaluation assets if needed)."""
     from dw_assets.automation.runner import RunError, evaluate_week
     from dw_assets.evaluation.systems import evaluation_json, quality_targets
-    from dw_assets.lake.storage import Lake
+    from dw_assets.lake.storage import open_lake
 
     lake_root, manifest = _lake_and_manifest(lake_dir)
     week = week or manifest.get("last_training_week")
@@ -183,7 +203,7 @@ def evaluate(lake_dir, week, as_json, refresh):
     except RunError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
-    lake = Lake(str(lake_root))
+    lake = open_lake(lake_root)
     table = lake.read_frame(lake.uri("gold", "offline_evaluation", week))
     if as_json:
         click.echo(json.dumps(evaluation_json(table)))
@@ -191,12 +211,25 @@ def evaluate(lake_dir, week, as_json, refresh):
     click.echo(_evaluation_text(lake, table, quality_targets(table), week))
 
 
-def _lake_and_manifest(lake_dir: str) -> tuple[Path, dict]:
-    lake_root = Path(lake_dir).resolve()
-    manifest_path = lake_root / "landing" / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    os.environ.setdefault("DAGSTER_HOME", str(lake_root / "dagster_home"))
-    return lake_root, manifest
+def _lake_and_manifest(lake_dir: str) -> tuple[str, dict]:
+    """The lake root (a directory made absolute, or ``s3://…`` checked: one clear error for a missing
+    bucket or credentials), its landing manifest ({} if none), and ``DAGSTER_HOME`` (default: beside a
+    local lake; an S3 lake needs it set, since the instance never lives in the bucket)."""
+    from dw_assets.lake.landing_fs import read_manifest
+    from dw_assets.lake.storage import LakeError, open_lake, resolve_lake_root
+
+    try:
+        lake = open_lake(resolve_lake_root(lake_dir))
+        lake.verify()
+        manifest = read_manifest(lake.landing_fs())
+    except LakeError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not os.environ.get("DAGSTER_HOME"):
+        if lake.is_s3:
+            raise click.UsageError(f"set DAGSTER_HOME for the S3 lake {lake.root}: Dagster records its runs in a "
+                                   "local directory (or a Postgres instance, docs/operations.md), never in the bucket")
+        os.environ["DAGSTER_HOME"] = f"{lake.root}/dagster_home"
+    return lake.root, manifest
 
 
 def _evaluation_text(lake, table, targets, week: str) -> str:
@@ -222,7 +255,7 @@ def _evaluation_text(lake, table, targets, week: str) -> str:
 
 
 @main.command()
-@click.option("--lake", "lake_dir", required=True, type=click.Path(file_okay=False), help="Lake root (holds landing/).")
+@click.option("--lake", "lake_dir", required=True, help="Lake root (holds landing/ and the simulator's simulator/).")
 @click.option("--week", default=None, help="Week key; default: the manifest's last training week.")
 @click.option("--experiment", default="discover-weekly", show_default=True, help="Salts the user split.")
 @click.option("--treatment-share", type=float, default=0.05, show_default=True)
@@ -274,13 +307,13 @@ def _ab_summary(week: str) -> dict | None:
     return records[0].asset_materialization.metadata["summary"].value if records else None
 
 
-def _missing_then(lake_root: Path, week: str, selection):
+def _missing_then(lake_root: str, week: str, selection):
     """The A/B alone when the control arm is in the lake already, else the control arm first."""
     from dagster import AssetSelection
 
-    from dw_assets.lake.storage import Lake
+    from dw_assets.lake.storage import open_lake
 
-    lake = Lake(str(lake_root))
+    lake = open_lake(lake_root)
     if lake.exists(lake.uri("gold", "last_week_playlists", week)):
         return AssetSelection.assets("simulated_ab_test")
     return selection

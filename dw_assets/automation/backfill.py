@@ -14,7 +14,6 @@ registering the command keeps ``dw --help`` and ``dw simulate`` instant.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -44,18 +43,21 @@ class WeekOutcome:
     report: str
 
 
-def landed_weeks(lake_root: Path) -> list[str]:
-    """Week keys in the landing zone, oldest first: the manifest's weeks (a simulated world),
-    else the ``landing/events/week=<key>/`` folders."""
-    manifest = lake_root / "landing" / "manifest.json"
-    if manifest.exists():
-        return sorted(json.loads(manifest.read_text())["weeks"])
-    events = lake_root / "landing" / "events"
-    return sorted(p.name.removeprefix("week=") for p in events.glob("week=*") if p.is_dir()) if events.is_dir() else []
+def landed_weeks(lake_root: Path | str) -> list[str]:
+    """Week keys in the landing zone (a directory or ``s3://``), oldest first: the manifest's weeks (a
+    simulated world), else the ``landing/events/week=<key>/`` folders."""
+    from dw_assets.lake.landing_fs import read_manifest
+    from dw_assets.lake.storage import open_lake
+
+    landing = open_lake(str(lake_root)).landing_fs()
+    manifest = read_manifest(landing)
+    if manifest:
+        return sorted(manifest["weeks"])
+    return sorted(name.removeprefix("week=") for name in landing.list_folders("events") if name.startswith("week="))
 
 
 def backfill_weeks(
-    lake_root: Path,
+    lake_root: Path | str,
     first_week: str,
     last_week: str,
     landed: list[str] | None = None,
@@ -141,7 +143,7 @@ def _describe(outcome: WeekOutcome) -> str:
 
 
 @click.command("backfill")
-@click.option("--lake", "lake_dir", required=True, type=click.Path(file_okay=False), help="Lake root (holds landing/).")
+@click.option("--lake", "lake_dir", required=True, help="Lake root (holds landing/): a directory or s3://bucket/prefix.")
 @click.option("--from", "first_week", required=True, help="First week key to build (Monday, YYYY-MM-DD).")
 @click.option("--to", "last_week", required=True, help="Last week key to build, inclusive.")
 @click.option("--store", "store_url", default=None,
@@ -156,15 +158,15 @@ def backfill_command(lake_dir, first_week, last_week, store_url, evaluate):
     before it). The backfill stops at the first failing week; --from that week resumes it.
     """
     from dw_assets.automation.runner import RunError
-    from dw_assets.cli import _echo_step
+    from dw_assets.cli import _echo_step, _lake_and_manifest
+    from dw_assets.lake.storage import LakeError
 
-    lake_root = Path(lake_dir).resolve()
-    os.environ.setdefault("DAGSTER_HOME", str(lake_root / "dagster_home"))
+    lake_root, _ = _lake_and_manifest(lake_dir)
     _echo_step(f"DAGSTER_HOME={os.environ['DAGSTER_HOME']}")
     try:
         outcomes = backfill_weeks(lake_root, first_week, last_week, store_url=store_url, evaluate=evaluate,
                                   progress=_echo_step)
-    except RunError as exc:
+    except (RunError, LakeError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     for outcome in outcomes:

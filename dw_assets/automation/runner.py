@@ -77,7 +77,7 @@ def run_job(lake_root: str, store_url: str | None) -> JobDefinition:
 
 
 def _run(
-    selection: AssetSelection | None, week: str, lake_root: Path, instance: DagsterInstance, ops: dict | None = None,
+    selection: AssetSelection | None, week: str, lake_root: Path | str, instance: DagsterInstance, ops: dict | None = None,
     store_url: str | None = None,
 ) -> JobExecutionResult:
     # execute_job, not materialize(): an in-process materialize() keeps every step's output in
@@ -106,7 +106,7 @@ def _run(
 def _run_apart(names: tuple[str, ...], week: str, lake_root: str, ops: dict | None,
                store_url: str | None) -> tuple[str, list[str]]:
     """``_run`` in a process of its own (spawned by ``materialize_week``): its run id and summary lines."""
-    result = _run(AssetSelection.assets(*names), week, Path(lake_root), run_instance(), ops, store_url)
+    result = _run(AssetSelection.assets(*names), week, lake_root, run_instance(), ops, store_url)
     return result.run_id, _summarize(result, week)
 
 
@@ -134,7 +134,7 @@ def _summarize(result: JobExecutionResult, week: str) -> list[str]:
 
 
 def materialize_week(
-    lake_root: Path,
+    lake_root: Path | str,
     week: str,
     known_weeks: list[str] | None,
     rebuild_history: bool = False,
@@ -144,6 +144,9 @@ def materialize_week(
 ) -> str:
     """Materialize the history window's per-week assets (when missing), then all of ``week``.
 
+    ``lake_root``: a directory or ``s3://bucket/prefix`` (landing zone under it); an S3 lake is checked
+    first (``Lake.verify``) and nothing falls back to a local folder.
+
     ``known_weeks``: the landed weeks. When the week after ``week`` is among them
     (a replayed past week, or the simulator's holdout) it is ingested too and the
     evaluation assets run; otherwise they are left for next week.
@@ -152,7 +155,12 @@ def materialize_week(
     """
     instance = run_instance()
     # Builds the store resource too: a store URL carrying credentials is refused before any run.
-    lake = build_resources(str(lake_root), store_url)["lake"].open()
+    resources = build_resources(str(lake_root), store_url)
+    lake = resources["lake"].open()
+    lake.verify()  # an S3 lake's bucket, endpoint and credentials: one clear error before any run
+    if not resources["playlist_store"].url:
+        raise RunError(f"no serving store for the lake {lake.root} (an S3 lake has no embedded store beside it): "
+                       "pass --store or set DW_STORE_URL")
     report = []
 
     def ingest(target: str, what: str) -> None:
@@ -204,11 +212,12 @@ def materialize_week(
     return "materialized:\n" + "\n".join(report)
 
 
-def evaluate_week(lake_root: Path, week: str, known_weeks: list[str] | None, refresh: bool = False,
+def evaluate_week(lake_root: Path | str, week: str, known_weeks: list[str] | None, refresh: bool = False,
                   progress: Callable[[str], None] = print, ops: dict | None = None,
                   selection: AssetSelection | None = None) -> None:
     """Materialize ``week``'s evaluation assets (once; ``refresh`` re-runs them) after ``dw run`` built the week."""
     lake = build_resources(str(lake_root))["lake"].open()
+    lake.verify()
     holdout = shift_week(week, 1)
     if not lake.exists(lake.uri("gold", "ranked_playlists", week)):
         raise RunError(f"week {week} has no playlists in {lake_root}: run `dw run --lake {lake_root} --week {week}` "

@@ -12,6 +12,7 @@ No Dagster import here.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -188,3 +189,11 @@ def _walk_local(folder: Path, prefix: str, start_after: str | None) -> Iterator[
 def as_landing(landing: LandingFS | str | Path, s3_client: Any = None) -> LandingFS:
     """A ``LandingFS`` from a landing root (a directory, ``s3://…``) or one already opened."""
     return landing if isinstance(landing, LandingFS) else LandingFS(str(landing), s3_client=s3_client)
+
+
+MANIFEST_FILE = "manifest.json"
+
+
+def read_manifest(landing: LandingFS) -> dict:
+    """The landing zone's ``manifest.json`` (a simulated world's weeks and counts), {} when there is none."""
+    return json.loads(landing.read_bytes(MANIFEST_FILE)) if landing.is_file(MANIFEST_FILE) else {}

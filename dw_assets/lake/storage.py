@@ -102,6 +102,19 @@ def _split_s3(uri: str) -> tuple[str, str]:
     return bucket, key.strip("/")
 
 
+def resolve_lake_root(value: str | Path) -> str:
+    """A lake root as given on a command line: ``s3://bucket/prefix`` kept as it is, a directory made
+    absolute. Anything else with a scheme is refused rather than taken for a local folder name."""
+    value = str(value).strip()
+    if value.startswith("s3://"):
+        if not value.removeprefix("s3://").split("/", 1)[0]:
+            raise LakeError(f"lake root {value!r} names no bucket: use s3://bucket/prefix")
+        return value.rstrip("/")
+    if "://" in value and not value.startswith("file://"):
+        raise LakeError(f"lake root {value!r}: expected a directory or s3://bucket/prefix")
+    return str(Path(value.removeprefix("file://")).expanduser().resolve())
+
+
 def open_lake(root: str, endpoint_url: str | None = None) -> Lake:
     """The lake at ``root`` (a directory or ``s3://bucket/prefix``); on S3 with a client and settings built
     from the environment (``lake/s3.py``), ``endpoint_url`` overriding ``DW_S3_ENDPOINT_URL``."""

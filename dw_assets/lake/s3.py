@@ -90,6 +90,7 @@ class S3Settings:
         import boto3
         from botocore.config import Config
 
+        _require_key_pair(self)  # boto3 would refuse half a key pair with a less helpful message
         region = self.region or (CUSTOM_ENDPOINT_REGION if self.endpoint_url else None)
         return boto3.session.Session().client(
             "s3", endpoint_url=self.endpoint_url, region_name=region,
@@ -177,9 +178,8 @@ def verify_bucket(uri: str, settings: S3Settings, client: Any) -> None:
 
 # ------------------------------------------------------------------ Spark (s3a://)
 
-# Per Spark JVM: the per-bucket options last set, so a change (another endpoint or key) is noticed.
-_APPLIED: dict[tuple[int, str], dict[str, str]] = {}
-_S3A_LOADABLE: dict[int, bool] = {}
+# Per bucket, the option names last set (to unset those a later setting drops, e.g. a session token).
+_SET_NAMES: dict[str, set[str]] = {}
 
 
 def use_s3a(spark: Any, uri: str, settings: S3Settings) -> str:
@@ -187,16 +187,13 @@ def use_s3a(spark: Any, uri: str, settings: S3Settings) -> str:
 
     The options go on the running session's Hadoop configuration (Spark copies it into every job).
     Hadoop caches one FileSystem per bucket for the JVM's life, built from the options seen when it
-    was first used: when a bucket's options change, its cached FileSystem is closed so the next
-    access builds one with the new options.
+    was first used: when a bucket's options change (another endpoint or key), its cached FileSystem
+    is closed so the next access builds one with the new options.
     """
     if not uri.startswith(("s3://", "s3a://")):
         return uri
     jvm = spark.sparkContext._jvm
-    session = id(jvm)
-    if session not in _S3A_LOADABLE:
-        _S3A_LOADABLE[session] = bool(jvm.org.apache.spark.util.Utils.classIsLoadable(S3A_FILESYSTEM))
-    if not _S3A_LOADABLE[session]:
+    if not jvm.org.apache.spark.util.Utils.classIsLoadable(S3A_FILESYSTEM):
         from dw_assets.ingest.spark import SPARK_JARS_SCRIPT, s3a_jars
 
         _, why = s3a_jars()
@@ -207,16 +204,13 @@ def use_s3a(spark: Any, uri: str, settings: S3Settings) -> str:
             "the jars are added when the Spark session starts")
     bucket, _ = split_s3(uri)
     options = settings.s3a_options(bucket)
-    applied = _APPLIED.get((session, bucket))
-    if applied != options:
-        hadoop = spark.sparkContext._jsc.hadoopConfiguration()
-        for name in applied or {}:
-            if name not in options:
-                hadoop.unset(name)
+    hadoop = spark.sparkContext._jsc.hadoopConfiguration()
+    stale = _SET_NAMES.get(bucket, set()) - set(options)
+    if stale or any(hadoop.get(name) != value for name, value in options.items()):
+        for name in stale:
+            hadoop.unset(name)
         for name, value in options.items():
             hadoop.set(name, value)
-        if applied is not None:
-            uri_type = jvm.java.net.URI
-            jvm.org.apache.hadoop.fs.FileSystem.get(uri_type.create(f"s3a://{bucket}/"), hadoop).close()
-        _APPLIED[(session, bucket)] = options
+        jvm.org.apache.hadoop.fs.FileSystem.get(jvm.java.net.URI.create(f"s3a://{bucket}/"), hadoop).close()
+        _SET_NAMES[bucket] = set(options)
     return to_s3a(uri)

@@ -1,0 +1,233 @@
+"""The lake and the landing zone on S3 (moto's server on loopback): Spark through s3a://, one landing file
+system, one clear error for an unusable bucket, and the tiny world end to end giving the local run's playlists."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from dw_assets.cli import main
+from dw_assets.ingest.spark import SparkSettings, s3a_jars
+from dw_assets.lake.landing_fs import LandingFS, read_manifest
+from dw_assets.lake.s3 import S3ConfigError, S3Settings, use_s3a
+from dw_assets.lake.storage import LakeError, open_lake, resolve_lake_root
+
+# test_pipeline's world fixture runs the tiny world with these; its local lake is the reference when it ran first.
+QUICK = {"audio_embeddings": {"config": {"epochs": 12}}, "two_tower_model": {"config": {"epochs": 4}}}
+AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
+           "AWS_PROFILE", "DW_S3_ENDPOINT_URL")
+
+
+@pytest.fixture
+def aws(monkeypatch, s3_endpoint):
+    """moto's credentials and endpoint in the environment (as a deployment sets them)."""
+    for name in AWS_ENV:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1", "DW_S3_ENDPOINT_URL": s3_endpoint}.items():
+        monkeypatch.setenv(name, value)
+    return s3_endpoint
+
+
+def _bucket(name: str) -> str:
+    S3Settings.from_env().client().create_bucket(Bucket=name)
+    return name
+
+
+# ------------------------------------------------------------------ settings
+
+
+def test_s3a_options_come_from_the_environment(monkeypatch):
+    for name in AWS_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DW_S3_ENDPOINT_URL", "http://127.0.0.1:9000/")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAPLANTED")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "planted-secret")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    settings = S3Settings.from_env()
+    assert settings.s3a_options("dw-lake") == {
+        "fs.s3a.bucket.dw-lake.endpoint": "http://127.0.0.1:9000",
+        "fs.s3a.bucket.dw-lake.path.style.access": "true",
+        "fs.s3a.bucket.dw-lake.connection.ssl.enabled": "false",
+        "fs.s3a.bucket.dw-lake.endpoint.region": "eu-west-1",
+        "fs.s3a.bucket.dw-lake.access.key": "AKIAPLANTED",
+        "fs.s3a.bucket.dw-lake.secret.key": "planted-secret",
+        "fs.s3a.bucket.dw-lake.aws.credentials.provider": "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider",
+    }
+    assert "planted" not in repr(settings) and "AKIA" not in repr(settings)
+
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "planted-token")
+    monkeypatch.setenv("DW_S3_ENDPOINT_URL", "https://minio.internal")
+    monkeypatch.delenv("AWS_REGION")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-west-2")
+    options = S3Settings.from_env().s3a_options("b")
+    assert options["fs.s3a.bucket.b.connection.ssl.enabled"] == "true"
+    assert options["fs.s3a.bucket.b.endpoint.region"] == "us-west-2"
+    assert options["fs.s3a.bucket.b.session.token"] == "planted-token"
+    assert options["fs.s3a.bucket.b.aws.credentials.provider"].endswith("TemporaryAWSCredentialsProvider")
+
+    # AWS itself, keys from the instance role: only what S3A cannot work out alone.
+    for name in AWS_ENV:
+        monkeypatch.delenv(name, raising=False)
+    assert S3Settings.from_env().s3a_options("b") == {}
+    monkeypatch.setenv("DW_S3_ENDPOINT_URL", "http://key:secret@127.0.0.1:9000")
+    with pytest.raises(S3ConfigError, match="carries credentials") as refused:
+        S3Settings.from_env()
+    assert "secret" not in str(refused.value).replace("carries credentials", "")
+
+
+def test_the_session_gets_the_fetched_jars_and_a_clear_error_without_them(tmp_path, monkeypatch):
+    monkeypatch.delenv("DW_SPARK_JARS_DIR", raising=False)
+    jars, why = s3a_jars()
+    assert why is None, why  # scripts/spark-jars.sh has run (the set-up calls it)
+    assert {Path(j).name.split("-")[0] for j in jars} >= {"hadoop", "bundle"}
+    assert SparkSettings(master="local[2]").as_conf()["spark.driver.extraClassPath"].split(":") == jars
+    assert SparkSettings(master="spark://cluster:7077").as_conf()["spark.jars"].split(",") == jars
+
+    empty = SparkSettings(jars_dir=str(tmp_path))
+    assert not {"spark.jars", "spark.driver.extraClassPath"} & set(empty.as_conf())  # a local lake still works
+    assert "scripts/spark-jars.sh" in s3a_jars(tmp_path)[1]
+    for jar in ("hadoop-aws-3.3.4.jar", "bundle-2.0.0.jar", ".complete-0"):
+        (tmp_path / jar).write_bytes(b"")
+    assert "pyspark bundles Hadoop" in s3a_jars(tmp_path)[1]
+
+    utils = SimpleNamespace(classIsLoadable=lambda name: False)  # a session started without the jars
+    no_s3a = SimpleNamespace(sparkContext=SimpleNamespace(_jvm=SimpleNamespace(
+        org=SimpleNamespace(apache=SimpleNamespace(spark=SimpleNamespace(util=SimpleNamespace(Utils=utils)))))))
+    with pytest.raises(S3ConfigError, match="scripts/spark-jars.sh"):
+        use_s3a(no_s3a, "s3://dw-lake/prod/silver/x", S3Settings())
+    assert use_s3a(no_s3a, "/data/lake/silver/x", S3Settings()) == "/data/lake/silver/x"
+
+
+# ------------------------------------------------------------------ one clear error, nothing local
+
+
+def test_a_missing_bucket_or_missing_credentials_fail_once_naming_the_setting(aws, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(S3ConfigError, match=r"bucket 'dw-nowhere' .* does not exist at DW_S3_ENDPOINT_URL=http"):
+        open_lake("s3://dw-nowhere/prod").verify()
+
+    # dw run never turns s3://… into a local folder: the error comes before any run, nothing is written here.
+    result = CliRunner().invoke(main, ["run", "--lake", "s3://dw-nowhere/prod", "--week", "2026-01-12"])
+    assert result.exit_code != 0 and "does not exist" in result.output and "DW_S3_ENDPOINT_URL" in result.output
+    result = CliRunner().invoke(main, ["export-playlists", "--lake", "s3://dw-nowhere/prod", "--week", "2026-01-12",
+                                       "--out", str(tmp_path / "x.parquet")])
+    assert result.exit_code != 0 and "does not exist" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+    _bucket("dw-no-keys")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    with pytest.raises(S3ConfigError, match="AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not"):
+        open_lake("s3://dw-no-keys/prod").verify()
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    # nothing else to find either: no shared files, no instance metadata
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(S3ConfigError, match="no AWS credentials .* set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"):
+        open_lake("s3://dw-no-keys/prod").verify()
+    result = CliRunner().invoke(main, ["run", "--lake", "s3://dw-no-keys/prod", "--week", "2026-01-12"])
+    assert result.exit_code != 0 and "AWS_ACCESS_KEY_ID" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+    for bad in ("s3a://dw-lake/prod", "gs://dw-lake/prod", "s3:///prod"):
+        with pytest.raises(LakeError):
+            resolve_lake_root(bad)
+
+
+# ------------------------------------------------------------------ the landing zone
+
+
+def _tree(root: Path) -> None:
+    for relative, data in {
+        "manifest.json": b'{"weeks": ["2026-01-05"]}',
+        "events/week=2026-01-05/part-0.jsonl": b'{"a": 1}\n',
+        "events/week=2026-01-05/part-1.jsonl": b'{"a": 2}\n',
+        "events/week=2026-01-05/_notes.txt": b"not an event file",
+        "audio/2026-01-04/7.wav": b"RIFF7",
+        "audio/2026-01-05/8.wav": b"RIFF8",
+        "audio/2026-01-05/sub/9.wav": b"RIFF9",
+        "audio/2026-01-06/10.wav": b"RIFF10",
+    }.items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_bytes(data)
+
+
+def test_the_landing_layer_lists_and_reads_local_and_s3_alike(aws, tmp_path):
+    _tree(tmp_path / "landing")
+    local = LandingFS(str(tmp_path / "landing"))
+    remote = LandingFS(f"s3://{_bucket('dw-landing')}/world/landing")
+    assert remote.upload_dir(tmp_path / "landing") == 8
+
+    def relative(fs: LandingFS, locations: list[str]) -> list[str]:
+        return [loc.removeprefix(fs.root + "/") for loc in locations]
+
+    for fs in (local, remote):
+        assert relative(fs, fs.list_files("events/week=2026-01-05", suffix=".jsonl")) == [
+            "events/week=2026-01-05/part-0.jsonl", "events/week=2026-01-05/part-1.jsonl"]
+        assert fs.list_folders("audio") == ["2026-01-04", "2026-01-05", "2026-01-06"]
+        assert fs.list_folders("nothing-here") == [] and fs.list_files("nothing-here") == []
+        assert list(fs.iter_files("audio", start_after="2026-01-05")) == [
+            "2026-01-05/8.wav", "2026-01-05/sub/9.wav", "2026-01-06/10.wav"]
+        assert fs.exists("events/week=2026-01-05") and fs.exists("manifest.json") and not fs.exists("events/week=2")
+        assert fs.is_file("manifest.json") and not fs.is_file("events")
+        assert fs.read_bytes("audio/2026-01-06/10.wav") == b"RIFF10"
+        assert read_manifest(fs) == {"weeks": ["2026-01-05"]}
+        with pytest.raises(FileNotFoundError):
+            fs.read_bytes("audio/2026-01-06/11.wav")
+    assert remote.location("audio/2026-01-04/7.wav") == "s3://dw-landing/world/landing/audio/2026-01-04/7.wav"
+
+
+# ------------------------------------------------------------------ the tiny world end to end
+
+
+def _export(lake_root: str, week: str, out: Path) -> pd.DataFrame:
+    result = CliRunner().invoke(main, ["export-playlists", "--lake", lake_root, "--week", week, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return pd.read_parquet(out)
+
+
+def test_the_tiny_world_on_s3_gives_the_playlists_of_the_local_run(tiny_world, spark, aws, tmp_path, monkeypatch):
+    """Landing zone and lake both in the bucket (Spark through s3a://, pandas and artifacts through boto3,
+    audio clips read from S3); the exported playlists equal the same world's local run."""
+    from dw_assets.automation.runner import materialize_week
+
+    monkeypatch.chdir(tmp_path)  # anything written "locally" by mistake would show up here
+    manifest = json.loads((tiny_world / "landing" / "manifest.json").read_text())
+    week = manifest["last_training_week"]
+    local = open_lake(str(tiny_world))
+    if not local.exists(local.uri("gold", "ranked_playlists", week)):  # test_pipeline did not run first
+        materialize_week(tiny_world, week, manifest["weeks"], progress=lambda m: None, ops=QUICK)
+
+    root = f"s3://{_bucket('dw-tiny')}/world"
+    lake = open_lake(root)
+    started = time.perf_counter()
+    uploaded = lake.landing_fs().upload_dir(tiny_world / "landing")
+    assert read_manifest(lake.landing_fs()) == manifest
+    upload_s = time.perf_counter() - started
+    materialize_week(root, week, manifest["weeks"], progress=lambda m: None, ops=QUICK,
+                     store_url=f"sqlite:///{tmp_path / 'store' / 'playlists.db'}")
+    print(f"uploaded {uploaded} landing files in {upload_s:.1f}s; S3 run {time.perf_counter() - started:.0f}s")
+
+    # Spark wrote through s3a:// with its committer's marker; pandas and artifacts went through boto3.
+    for layer, asset in (("bronze", "raw_play_events"), ("silver", "interactions"), ("gold", "candidates"),
+                         ("gold", "ranked_playlists")):
+        bucket, key, names = lake._s3_names(lake.uri(layer, asset, week))
+        assert "_SUCCESS" in names and any(n.startswith("part-") for n in names), (asset, names)
+    audio = lake.read_artifact(lake.uri("models", "audio_embeddings", week))
+    assert audio.meta["rows"] > 0 and audio.meta["problems"]  # the world's broken clips, reported by S3 key
+    assert all(p["path"].startswith(f"{root}/landing/audio/") for p in audio.meta["problems"])
+    # same models (their versions digest config, code and inputs), then the same playlists
+    for name in ("item2vec_embeddings", "audio_embeddings", "two_tower_model", "ranker_model"):
+        assert lake.read_artifact(lake.uri("models", name, week)).model_version == \
+            local.read_artifact(local.uri("models", name, week)).model_version, name
+    on_s3 = _export(root, week, tmp_path / "s3.parquet")
+    pd.testing.assert_frame_equal(on_s3, _export(str(tiny_world), week, tmp_path / "local.parquet"))
+    assert len(on_s3) > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["local.parquet", "s3.parquet", "store"]

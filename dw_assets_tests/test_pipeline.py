@@ -322,7 +322,8 @@ def test_the_week_publishes_to_cassandra_the_same_twice_and_serves_the_export(wo
             version = store._fetch_registry().versions[week]
             rows = store._connected().execute(
                 f"SELECT user_id, week, version, tracks FROM {store.settings.keyspace}.playlists", timeout=60)
-            return {row.user_id: decode_tracks(row.tracks) for row in rows if (row.week, row.version) == (week, version)}
+            return {user: decode_tracks(blob) for user, row_week, row_version, blob in rows
+                    if (row_week, row_version) == (week, version)}
 
     try:
         _run(publish, week, root, DagsterInstance.get(), store_url=url)

@@ -123,7 +123,7 @@ def hostile_target(request, tmp_path_factory):
 
         def snapshot() -> tuple:
             session = store._connected()
-            tables = sorted(row.table_name for row in session.execute(
+            tables = sorted(row[0] for row in session.execute(
                 "SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s", (keyspace,)))
             return tuple((table, sorted(tuple(row) for row in session.execute(f"SELECT * FROM {keyspace}.{table}")))
                          for table in tables)

@@ -470,8 +470,8 @@ def test_cassandra_creates_the_keyspace_with_the_urls_replication(cassandra_host
             row = store._connected().execute(
                 "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = %s",
                 (store.settings.keyspace,)).one()
-            assert row.replication["class"].endswith("NetworkTopologyStrategy")
-            assert row.replication["datacenter1"] == "1"
+            replication = row[0]
+            assert replication["class"].endswith("NetworkTopologyStrategy") and replication["datacenter1"] == "1"
             assert store.get_playlist(2) == expected_tracks(playlists(3), 2)
     finally:
         cassandra_node.drop_keyspace(url)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Sets up a fresh clone: Java 17 for Spark, redis-server for the store tests and Debian's chromium
-# for the UI test (if missing), a virtualenv, the pinned packages.
+# Sets up a fresh clone: Java 17 for Spark and Cassandra, redis-server for the store tests and Debian's chromium
+# for the UI test (if missing), a virtualenv with the pinned packages, Spark's pinned S3 jars.
 # Idempotent and quick when nothing changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,3 +44,7 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
   echo "[setup] installed in $(( $(date +%s) - start ))s" >&2
 fi
+
+# Spark's s3a:// jars (hadoop-aws + the AWS SDK bundle, pinned) from Maven Central into .cache/spark-jars;
+# a no-op once there. Cassandra's jars are resolved the same way by `scripts/cassandra.sh start`.
+scripts/spark-jars.sh

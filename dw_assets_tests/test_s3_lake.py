@@ -119,6 +119,8 @@ def test_a_missing_bucket_or_missing_credentials_fail_once_naming_the_setting(aw
     result = CliRunner().invoke(main, ["export-playlists", "--lake", "s3://dw-nowhere/prod", "--week", "2026-01-12",
                                        "--out", str(tmp_path / "x.parquet")])
     assert result.exit_code != 0 and "does not exist" in result.output
+    result = CliRunner().invoke(main, ["simulate", "--preset", "tiny", "--out", "s3://dw-nowhere/world"])
+    assert result.exit_code != 0 and "does not exist" in result.output  # checked before simulating
     assert list(tmp_path.iterdir()) == []
 
     _bucket("dw-no-keys")
@@ -182,6 +184,15 @@ def test_the_landing_layer_lists_and_reads_local_and_s3_alike(aws, tmp_path):
         with pytest.raises(FileNotFoundError):
             fs.read_bytes("audio/2026-01-06/11.wav")
     assert remote.location("audio/2026-01-04/7.wav") == "s3://dw-landing/world/landing/audio/2026-01-04/7.wav"
+
+    # dw simulate --out s3://… lands a world in the bucket (simulated in a scratch directory, then uploaded)
+    result = CliRunner().invoke(main, ["simulate", "--preset", "tiny", "--users", "200", "--tracks", "300",
+                                       "--weeks", "2", "--out", "s3://dw-landing/small-world"])
+    assert result.exit_code == 0, result.output
+    world = open_lake("s3://dw-landing/small-world").landing_fs()
+    assert world.list_folders("") == ["audio", "catalog", "events", "playlists", "users"]
+    assert read_manifest(world)["weeks"] == ["2026-01-05", "2026-01-12", "2026-01-19"]
+    assert world.list_files("events/week=2026-01-05", suffix=".jsonl")
 
 
 # ------------------------------------------------------------------ the tiny world end to end

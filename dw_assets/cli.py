@@ -82,6 +82,23 @@ def simulate(out_dir, preset, seed, users, tracks, weeks, new_tracks_per_week, b
     )
 
 
+def _check_store(store_url: str) -> None:
+    """Refuse a store URL that is malformed, carries credentials or cannot be reached before anything is
+    built: one error naming the setting, and nothing published."""
+    from dw_assets.serving.stores import StoreError, open_store, redact_url, url_has_credentials
+
+    shown = redact_url(store_url)
+    if url_has_credentials(store_url):  # credentials come from the environment, never the command line
+        raise click.UsageError(f"--store {shown}: put credentials in the environment, not the URL")
+    try:
+        with open_store(store_url) as store:
+            store.ping()
+    except ValueError as exc:
+        raise click.UsageError(f"--store / DW_STORE_URL {shown}: {exc}") from None
+    except StoreError as exc:
+        raise click.UsageError(f"--store / DW_STORE_URL {shown}: {exc}; nothing was built or published") from None
+
+
 @main.command()
 @click.option("--lake", "lake_dir", required=True, help="Lake root (holds landing/): a directory or s3://bucket/prefix.")
 @click.option("--week", default=None, help="Week key (Monday, YYYY-MM-DD); default: the manifest's last training week.")
@@ -99,11 +116,8 @@ def run(lake_dir, week, rebuild_history, store_url):
         raise click.UsageError(f"{lake_root}/landing/manifest.json not found: pass --week or run "
                                f"`dw simulate --out {lake_dir}` first")
     week = week or manifest["last_training_week"]
-    if store_url:
-        from dw_assets.serving.stores import redact_url, url_has_credentials
-
-        if url_has_credentials(store_url):  # credentials come from the environment, never the command line
-            raise click.UsageError(f"--store {redact_url(store_url)}: put credentials in the environment, not the URL")
+    if store_url or os.environ.get("DW_STORE_URL"):
+        _check_store(store_url or os.environ["DW_STORE_URL"])
     _echo_step(f"DAGSTER_HOME={os.environ['DAGSTER_HOME']}")
     try:
         report = materialize_week(lake_root, week, manifest.get("weeks"), rebuild_history, progress=_echo_step,

@@ -522,3 +522,27 @@ def test_cassandra_store_reconnects_after_the_node_restarts(scylla_base):
         assert store.current_week() == W[0]
     finally:
         store.close()
+
+
+def test_dw_run_refuses_a_bad_or_unreachable_store_before_building_anything(cassandra_hosts, tmp_path):
+    """One error naming the setting; no run, nothing in the lake, nothing published."""
+    from click.testing import CliRunner
+
+    from dw_assets.cli import main
+
+    keyspace = cassandra_node.fresh_keyspace("dwpre")
+    cases = {
+        f"scylla://127.0.0.1:{free_port()}/dw": "unavailable",
+        f"scylla://{cassandra_hosts}": "needs a keyspace",
+        f"scylla://{cassandra_hosts}/{keyspace}?replication=nowhere:3": "replication",
+        f"scylla://{cassandra_hosts}/{keyspace}?replicas=3": "unknown option 'replicas'",
+        "mysql://127.0.0.1/dw": "unknown store URL",
+    }
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    for url, reason in cases.items():
+        result = CliRunner().invoke(main, ["run", "--lake", str(lake), "--week", W[0], "--store", url],
+                                    env={"DAGSTER_HOME": str(tmp_path / "home")})
+        assert result.exit_code == 2, (url, result.output)
+        assert "--store / DW_STORE_URL" in result.output and reason in result.output, result.output
+    assert list(lake.iterdir()) == [] and not (tmp_path / "home").exists()

@@ -4,6 +4,7 @@ system, one clear error for an unusable bucket, and the tiny world end to end gi
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -204,12 +205,15 @@ def _export(lake_root: str, week: str, out: Path) -> pd.DataFrame:
     return pd.read_parquet(out)
 
 
-def test_the_tiny_world_on_s3_gives_the_playlists_of_the_local_run(tiny_world, spark, aws, tmp_path, monkeypatch):
+def test_the_tiny_world_on_s3_gives_the_playlists_of_the_local_run(tiny_world, spark, aws, tmp_path, monkeypatch,
+                                                                   capfd):
     """Landing zone and lake both in the bucket (Spark through s3a://, pandas and artifacts through boto3,
     audio clips read from S3); the exported playlists equal the same world's local run."""
     from dw_assets.automation.runner import materialize_week
 
     monkeypatch.chdir(tmp_path)  # anything written "locally" by mistake would show up here
+    secret = "dw-s3-planted-secret-7f3a9c"  # moto takes any key: this one must never be logged or stored
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
     manifest = json.loads((tiny_world / "landing" / "manifest.json").read_text())
     week = manifest["last_training_week"]
     local = open_lake(str(tiny_world))
@@ -242,3 +246,7 @@ def test_the_tiny_world_on_s3_gives_the_playlists_of_the_local_run(tiny_world, s
     pd.testing.assert_frame_equal(on_s3, _export(str(tiny_world), week, tmp_path / "local.parquet"))
     assert len(on_s3) > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["local.parquet", "s3.parquet", "store"]
+    captured = capfd.readouterr()
+    assert secret not in captured.out + captured.err
+    home = Path(os.environ["DAGSTER_HOME"])  # run records, event logs, compute logs
+    assert not [p for p in home.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -138,6 +139,15 @@ def test_a_missing_bucket_or_missing_credentials_fail_once_naming_the_setting(aw
     result = CliRunner().invoke(main, ["run", "--lake", "s3://dw-no-keys/prod", "--week", "2026-01-12"])
     assert result.exit_code != 0 and "AWS_ACCESS_KEY_ID" in result.output
     assert list(tmp_path.iterdir()) == []
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    monkeypatch.setenv("DW_S3_ENDPOINT_URL", closed)
+    with pytest.raises(S3ConfigError, match=f"cannot reach the S3 endpoint .*DW_S3_ENDPOINT_URL={closed}"):
+        open_lake("s3://dw-no-keys/prod").verify()
 
     for bad in ("s3a://dw-lake/prod", "gs://dw-lake/prod", "s3:///prod"):
         with pytest.raises(LakeError):

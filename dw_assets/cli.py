@@ -1,4 +1,4 @@
-"""The ``dw`` command line (DESIGN §7)."""
+"""The ``dw`` command line (its contract: docs/contracts.md)."""
 
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ def truth(world):
 def _defects(
     line: str, start: dt.datetime, end: dt.datetime, users: set, tracks: set, seen: set
 ) -> list[str]:
-    """Every contract violation of one landed line (an independent, strict reading of DESIGN §7)."""
+    """Every contract violation of one landed line (an independent, strict reading of the landing-zone contract, docs/contracts.md)."""
     try:
         rec = json.loads(line)
     except ValueError:

@@ -5,7 +5,7 @@ partitions' zone). Week ``W`` runs Monday 00:00 UTC to the next Monday 00:00 UTC
 landed logs are complete only when it has closed.
 
 When the weekly batch runs. The product runs a 24-hour batch every Sunday and serves the
-result on Monday (DESIGN). On a Sunday the week in progress still has that day to go, so
+result on Monday. On a Sunday the week in progress still has that day to go, so
 it cannot be built: ``weekly_discover_schedule`` fires every Sunday at 00:00 UTC (the start
 of the batch window) and builds the week that closed most recently, i.e. the one that
 ended the Monday before (Dagster's partitioned schedule targets the last complete

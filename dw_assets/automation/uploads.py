@@ -1,6 +1,6 @@
 """New audio uploads in the landing zone, found with a cursor instead of rescanning history.
 
-Layout (DESIGN §7): ``<landing>/audio/<upload_date>/<track_id>.wav``, ``upload_date`` = ``YYYY-MM-DD``
+Layout (the landing-zone contract, docs/contracts.md): ``<landing>/audio/<upload_date>/<track_id>.wav``, ``upload_date`` = ``YYYY-MM-DD``
 (UTC day the clip landed), on a local disk or under an S3 prefix. Names that are not a date folder /
 ``<digits>.wav`` (temp files, ``.part`` uploads, manifests) are not uploads and are ignored.
 

@@ -316,7 +316,7 @@ class OfflineEvaluationConfig(Config):
     outs={"offline_evaluation": AssetOut(
         group_name="evaluation",
         metadata={LAYER_KEY: "gold", "dagster/column_schema": table_schema(OFFLINE_EVALUATION)},
-        description="Every system side by side on the discovery holdout (DESIGN §6): precision/recall/NDCG/hit "
+        description="Every system side by side on the discovery holdout (docs/evaluation.md): precision/recall/NDCG/hit "
                     "rate/MAP@30, coverage, diversity, novelty, popularity lift, calibration, cold tracks; by "
                     "user segment. Writes the week's HTML report to LAKE/reports/.")},
     ins={

@@ -1,4 +1,4 @@
-"""The discovery holdout (DESIGN §6) and recall of top-k lists against it."""
+"""The discovery holdout (docs/evaluation.md) and recall of top-k lists against it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Offline metrics of top-k recommendation lists against the discovery holdout (DESIGN §6).
+"""Offline metrics of top-k recommendation lists against the discovery holdout (docs/evaluation.md).
 
 One system's lists (``recs``: user_id, position 1..k, track_id) are scored against the
 discovery-holdout positives (``truth``: user_id, track_id -- liked in week W+1, never played up

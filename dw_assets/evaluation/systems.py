@@ -1,4 +1,4 @@
-"""The systems the weekly evaluation compares, and the tables ``dw evaluate`` prints (DESIGN §6).
+"""The systems the weekly evaluation compares, and the tables ``dw evaluate`` prints (docs/evaluation.md).
 
 Every system gets the same users, the same heard-track exclusion (the whole history window)
 and the same 30 slots; all are scored against the discovery holdout of the week after.

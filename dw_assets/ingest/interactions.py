@@ -2,7 +2,7 @@
 
 Labels and weights (the graded signal the models train on):
 
-    is_positive  ms_played > 30 s or saved                      (DESIGN §2)
+    is_positive  ms_played > 30 s or saved
     weight       early skip  (< 10 s)                  -1.0     strong negative
                  short skip  (10–30 s)                 -0.3     weak negative
                  late skip   (> 30 s, < 80 % played)   +0.5     soft positive

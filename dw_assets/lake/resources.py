@@ -24,7 +24,7 @@ DEFAULT_LAKE = "data/demo"
 
 
 class LakeResource(ConfigurableResource):
-    """The lake root; ``landing/`` is read from under the same root (DESIGN §7)."""
+    """The lake root; ``landing/`` is read from under the same root (docs/contracts.md)."""
 
     root: str = Field(default_factory=lambda: os.environ.get("DW_LAKE", DEFAULT_LAKE))
     s3_endpoint_url: str | None = Field(

@@ -1,6 +1,6 @@
 """Where lake data lives and how it is written: atomically, one directory per partition.
 
-Layout (DESIGN §3): ``<root>/<layer>/<asset>/week=<key>/part-*.parquet`` beside
+Layout (docs/contracts.md): ``<root>/<layer>/<asset>/week=<key>/part-*.parquet`` beside
 ``<root>/landing/``. The root is a local directory or ``s3://bucket/prefix``.
 
 Crash safety (a writer killed at any instant, SIGKILL included):

@@ -1,6 +1,6 @@
 """The LightGBM ranker: scores each user's candidates so the best 30 can be picked.
 
-Training data (DESIGN §2, time split, never random): week W-1's candidates, featurized by
+Training data (time split, never random): week W-1's candidates, featurized by
 :func:`dw_assets.ranking.features.build_features` with week W-1's inputs, labelled by week W's
 positive interactions (:func:`~dw_assets.ranking.features.training_examples`). The trained model
 then scores week W's candidates through the same feature function.
@@ -227,7 +227,7 @@ def user_hash_unit(user_ids: np.ndarray, salt: int) -> np.ndarray:
 
 
 def ndcg_at_k(scores: np.ndarray, labels: np.ndarray, user_ids: np.ndarray, k: int = 30) -> float:
-    """Mean NDCG@k with binary gain over users with at least one positive (DESIGN §6).
+    """Mean NDCG@k with binary gain over users with at least one positive (docs/evaluation.md).
 
     scores: float[n] (NaN ranks last); labels: int[n] (> 0 = relevant); user_ids: int64[n].
     Ties keep row order.

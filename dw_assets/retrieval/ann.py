@@ -1,7 +1,7 @@
 """Approximate nearest-neighbour search over track embeddings with FAISS, by inner product.
 
 Inner product is the two-tower training metric, so retrieval scores are the model's
-logits. The index type follows catalog size (DESIGN §2): exact ``IndexFlatIP`` below
+logits. The index type follows catalog size: exact ``IndexFlatIP`` below
 ``exact_below`` tracks, an approximate index above (IVF-Flat by default; IVF-PQ with an
 exact re-rank of its candidates, or HNSW, by config). FAISS labels are row positions;
 ``AnnIndex.ids`` maps them to int64 track ids, so the caller never sees FAISS labels.

@@ -1,6 +1,6 @@
 """Candidate generation: ~500 unheard tracks per user from three retrieval sources, each tagged with its sources.
 
-Sources (DESIGN §2):
+Sources:
 
 - ``two_tower``: inner-product ANN over the two-tower track embeddings, queried with the user vector.
 - ``item2vec``: cosine neighbours (item2vec space) of the user's ``seed_tracks`` most recent positive

@@ -1,4 +1,4 @@
-"""``dw export-playlists``: a week's playlists in the exported file contract (DESIGN §7)."""
+"""``dw export-playlists``: a week's playlists in the exported file contract (docs/contracts.md)."""
 
 from __future__ import annotations
 

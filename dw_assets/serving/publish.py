@@ -1,6 +1,6 @@
 """Publishing a week of playlists: write it all, verify it, flip ``current_week``, keep N weeks.
 
-The order is the consistency contract of DESIGN §4: readers follow the ``current_week`` pointer,
+The order is the store's consistency contract: readers follow the ``current_week`` pointer,
 which moves only after the whole week is written and verified, so a failed or partial publish
 leaves last week live. Re-publishing a week replaces it (same inputs -> same stored playlists).
 

@@ -277,6 +277,7 @@ jvm_opts() {
     -XX:+ExitOnOutOfMemoryError
     -XX:+UseG1GC -XX:+ParallelRefProcEnabled -XX:MaxTenuringThreshold=1
     -XX:G1RSetUpdatingPauseTimePercent=5 -XX:MaxGCPauseMillis=300 -XX:InitiatingHeapOccupancyPercent=70
+    "-Xlog:gc:file=$LOGS/gc.log:time,uptime:filecount=3,filesize=10M"
     -Djava.net.preferIPv4Stack=true
     -Djdk.attach.allowAttachSelf=true
     --add-exports java.base/jdk.internal.misc=ALL-UNNAMED

@@ -12,6 +12,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+import orjson
 import pandas as pd
 import pytest
 
@@ -546,3 +547,50 @@ def test_dw_run_refuses_a_bad_or_unreachable_store_before_building_anything(cass
         assert result.exit_code == 2, (url, result.output)
         assert "--store / DW_STORE_URL" in result.output and reason in result.output, result.output
     assert list(lake.iterdir()) == [] and not (tmp_path / "home").exists()
+
+
+@pytest.mark.parametrize("kind", ["redis", "scylla"])
+def test_async_reads_see_a_flip_after_a_miss_and_share_one_refresh(kind, request):
+    """The API's path: a reader with a cached registry finds a week made live by another process on
+    its first miss, and a burst of misses re-reads the registry once, not once per request."""
+    import asyncio
+
+    if kind == "redis":
+        prefix = f"dwasync-{uuid.uuid4().hex[:8]}"
+        url = with_options(request.getfixturevalue("redis_url"), prefix=prefix)
+    else:
+        url = request.getfixturevalue("scylla_base")
+    writer, reader = open_store(url), open_store(url)
+    if kind == "scylla":
+        _reset_scylla(writer)
+    old, new = playlists(5, seed=0), playlists(5, seed=1, first_user_id=101)
+    publish_week(writer, W[0], old)
+    refreshes = 0
+    fetch = reader._afetch_registry
+
+    async def counted():
+        nonlocal refreshes
+        refreshes += 1
+        await asyncio.sleep(0.05)  # a slow store: the burst below arrives while the refresh is in flight
+        return await fetch()
+
+    reader._afetch_registry = counted
+
+    async def scenario():
+        assert (await reader.aget_playlist_json(3))[0] == W[0]
+        publish_week(writer, W[1], new)  # another process makes week 1 live
+        await asyncio.sleep(0.1)  # the reader's registry is now older than a miss tolerates
+        before = refreshes
+        found = await asyncio.gather(*(reader.aget_playlist_json(user) for user in [101, 102, 103, 104, 105, 999]))
+        return before, found
+
+    try:
+        before, found = asyncio.run(scenario())
+        assert refreshes - before == 1
+        assert [f and f[0] for f in found] == [W[1]] * 5 + [None]
+        assert orjson.loads(found[0][1]) == expected_tracks(new, 101)
+    finally:
+        writer.close()
+        reader.close()
+        if kind == "redis":
+            delete_prefix(url, prefix)

@@ -228,6 +228,7 @@ class RegistryCachedStore(PlaylistStore):
     def __init__(self, registry_cache_s: float = 1.0):
         self.registry_cache_s = registry_cache_s
         self._registry: Registry | None = None
+        self._refreshing: tuple[asyncio.AbstractEventLoop, asyncio.Task] | None = None
 
     @abc.abstractmethod
     def _fetch_registry(self) -> Registry: ...
@@ -258,16 +259,34 @@ class RegistryCachedStore(PlaylistStore):
     async def _aread_blob(self, week: str, version: str, user_id: int) -> bytes | None:
         return await asyncio.to_thread(self._read_blob, week, version, user_id)
 
+    async def _afetch_registry(self) -> Registry:
+        return await asyncio.to_thread(self._fetch_registry)
+
+    async def _arefresh(self) -> Registry:
+        """The registry re-read once for every request of this event loop that asks meanwhile: a
+        burst of misses (unknown users) costs one refresh, not one each."""
+        loop = asyncio.get_running_loop()
+        pending = self._refreshing
+        if pending is None or pending[0] is not loop or pending[1].done():
+            pending = self._refreshing = (loop, loop.create_task(self._afetch_registry()))
+        registry = await asyncio.shield(pending[1])
+        self._registry = registry
+        return registry
+
     async def aget_playlist_json(self, user_id: int, week: str | None = None) -> tuple[str, bytes] | None:
-        """The hot path without a thread hop: one async key read while the cached registry is
-        fresh; registry refreshes (about once a second) and misses take the sync path in a thread."""
+        """get_playlist_json for asyncio servers, with no thread hop where the store reads
+        asynchronously: one async key read while the cached registry is fresh; refreshes (about once a
+        second, and on a miss against a registry older than ``_REFRESH_AFTER_S``) are shared."""
         registry = self._registry
         if registry is None or time.monotonic() - registry.fetched_at > self.registry_cache_s:
-            return await asyncio.to_thread(self.get_playlist_json, user_id, week)
+            registry = await self._arefresh()
         key = registry.resolve(week)
         blob = None if key is None else await self._aread_blob(key[0], key[1], user_id)
         if blob is None and time.monotonic() - registry.fetched_at > self._REFRESH_AFTER_S:
-            return await asyncio.to_thread(self.get_playlist_json, user_id, week)
+            fresh = await self._arefresh()
+            fresh_key = fresh.resolve(week)
+            if fresh_key is not None and fresh_key != key:
+                key, blob = fresh_key, await self._aread_blob(fresh_key[0], fresh_key[1], user_id)
         return None if blob is None else (key[0], tracks_json(blob))
 
     def current_week(self) -> str | None:

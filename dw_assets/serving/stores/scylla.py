@@ -293,7 +293,9 @@ class ScyllaStore(RegistryCachedStore):
         rows = self._execute("select_playlist", (user_id, week, version))
         return bytes(rows[0][0]) if rows else None
 
-    async def _aread_blob(self, week: str, version: str, user_id: int) -> bytes | None:
+    async def _aexecute(self, name: str, params: tuple = ()) -> list:
+        """A prepared statement's rows (first page) without blocking the event loop or a thread:
+        the driver's I/O thread hands the result back to the loop."""
         session = self._session if self._session is not None else await asyncio.to_thread(self._connected)
         loop = asyncio.get_running_loop()
         done: asyncio.Future = loop.create_future()
@@ -303,11 +305,19 @@ class ScyllaStore(RegistryCachedStore):
                 getattr(done, method)(value)
 
         with self._errors():
-            response = session.execute_async(self._prepared["select_playlist"], (user_id, week, version))
+            response = session.execute_async(self._prepared[name], params)
             response.add_callbacks(lambda rows: loop.call_soon_threadsafe(settle, "set_result", rows),
                                    lambda exc: loop.call_soon_threadsafe(settle, "set_exception", exc))
-            rows = await done
+            return await done
+
+    async def _aread_blob(self, week: str, version: str, user_id: int) -> bytes | None:
+        rows = await self._aexecute("select_playlist", (user_id, week, version))
         return bytes(rows[0][0]) if rows else None
+
+    async def _afetch_registry(self) -> Registry:
+        current, versions = await asyncio.gather(self._aexecute("get_pointer", (CURRENT_WEEK,)),
+                                                 self._aexecute("select_weeks"))
+        return Registry(current[0][0] if current else None, dict(versions))
 
     def write_week(self, week: str, playlists: pd.DataFrame, progress: Progress | None = None) -> int:
         from cassandra.concurrent import execute_concurrent_with_args

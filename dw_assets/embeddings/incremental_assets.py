@@ -79,12 +79,14 @@ def landing_catalog(landing: LandingFS, track_ids: Iterable[int]) -> pd.DataFram
     """track_id, artist_id, genre rows of ``track_ids`` in the landed catalog (``catalog/tracks.parquet``);
     None when no catalog has landed. Uploads often precede their catalog row: the warm start then uses audio alone.
     """
+    wanted = [("track_id", "in", sorted(int(t) for t in track_ids))]
     try:
-        data = landing.read_bytes(CATALOG_FILE)
+        # Locally pyarrow reads only the row groups that can hold the wanted ids (the catalog is ~GBs at
+        # 100 M tracks); on S3 the object is fetched whole, as before.
+        source = io.BytesIO(landing.read_bytes(CATALOG_FILE)) if landing.is_s3 else landing.location(CATALOG_FILE)
+        return pd.read_parquet(source, columns=["track_id", "artist_id", "genre"], filters=wanted)
     except FileNotFoundError:
         return None
-    wanted = [("track_id", "in", sorted(int(t) for t in track_ids))]
-    return pd.read_parquet(io.BytesIO(data), columns=["track_id", "artist_id", "genre"], filters=wanted)
 
 
 @multi_asset(

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dw_assets.lake.s3 import S3Settings, split_s3, use_s3a
+from dw_assets.lake.s3 import NOT_FOUND_CODES, S3Settings, error_code, use_s3a
+from dw_assets.lake.storage import split_s3
 
 
 @dataclass
@@ -106,8 +107,8 @@ class LandingFS:
         try:
             return self.s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
         except ClientError as error:
-            code = str(error.response.get("Error", {}).get("Code", ""))
-            if code in ("404", "NoSuchKey", "NotFound"):
+            code = error_code(error)
+            if code in NOT_FOUND_CODES:
                 raise FileNotFoundError(f"no such object: {location}") from None
             if code in ("403", "AccessDenied"):
                 raise PermissionError(f"access denied: {location}") from None
@@ -146,7 +147,7 @@ class LandingFS:
         try:
             self.s3_client.head_object(Bucket=bucket, Key=key)
         except ClientError as error:
-            if str(error.response.get("Error", {}).get("Code", "")) in ("404", "NoSuchKey", "NotFound"):
+            if error_code(error) in NOT_FOUND_CODES:
                 return False
             raise
         return True

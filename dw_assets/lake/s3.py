@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from dw_assets.lake.storage import LakeError
+from dw_assets.lake.storage import LakeError, split_s3
 
 ENDPOINT_ENV = "DW_S3_ENDPOINT_URL"
 # Path-style requests need a region to sign with; S3-compatible servers accept any.
@@ -40,10 +40,13 @@ class S3ConfigError(LakeError):
     """The S3 lake cannot be used as configured; the message names the setting to fix."""
 
 
-def split_s3(uri: str) -> tuple[str, str]:
-    """``s3://bucket/key/prefix`` → (bucket, ``key/prefix`` without surrounding slashes)."""
-    bucket, _, key = uri.removeprefix("s3://").removeprefix("s3a://").partition("/")
-    return bucket, key.strip("/")
+# The codes S3 and S3-compatible servers answer for a missing object (a missing bucket adds NoSuchBucket).
+NOT_FOUND_CODES = ("404", "NoSuchKey", "NotFound")
+
+
+def error_code(error: Any) -> str:
+    """The S3 error code of a botocore ``ClientError`` (``"404"``, ``"AccessDenied"``, …)."""
+    return str(error.response.get("Error", {}).get("Code", ""))
 
 
 def to_s3a(uri: str) -> str:
@@ -164,8 +167,8 @@ def verify_bucket(uri: str, settings: S3Settings, client: Any) -> None:
     except EndpointConnectionError:
         raise S3ConfigError(f"cannot reach the S3 endpoint for {uri} ({settings.where}): check {ENDPOINT_ENV}") from None
     except ClientError as error:
-        code = str(error.response.get("Error", {}).get("Code", ""))
-        if code in ("404", "NoSuchBucket", "NotFound"):
+        code = error_code(error)
+        if code in (*NOT_FOUND_CODES, "NoSuchBucket"):
             raise S3ConfigError(f"bucket {bucket!r} of the S3 lake {uri} does not exist at {settings.where}: create "
                                 f"it, or fix the lake root / {ENDPOINT_ENV}") from None
         if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):

@@ -97,8 +97,9 @@ def vectors_from(artifact: Artifact) -> tuple[np.ndarray, np.ndarray]:
     return array_from_bytes(artifact.files["ids.npy"]), array_from_bytes(artifact.files["vectors.npy"])
 
 
-def _split_s3(uri: str) -> tuple[str, str]:
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
+def split_s3(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key/prefix`` (or ``s3a://``) → (bucket, ``key/prefix`` without surrounding slashes)."""
+    bucket, _, key = uri.removeprefix("s3://").removeprefix("s3a://").partition("/")
     return bucket, key.strip("/")
 
 
@@ -107,7 +108,7 @@ def resolve_lake_root(value: str | Path) -> str:
     absolute. Anything else with a scheme is refused rather than taken for a local folder name."""
     value = str(value).strip()
     if value.startswith("s3://"):
-        if not value.removeprefix("s3://").split("/", 1)[0]:
+        if not split_s3(value)[0]:
             raise LakeError(f"lake root {value!r} names no bucket: use s3://bucket/prefix")
         return value.rstrip("/")
     if "://" in value and not value.startswith("file://"):
@@ -184,7 +185,7 @@ class Lake:
 
     def _s3_names(self, uri: str) -> tuple[str, str, list[str]]:
         """(bucket, key prefix, object names directly under the partition)."""
-        bucket, key = _split_s3(uri)
+        bucket, key = split_s3(uri)
         names = [o["Key"][len(key) + 1:] for page in self.s3_client.get_paginator("list_objects_v2").paginate(
             Bucket=bucket, Prefix=f"{key}/") for o in page.get("Contents", [])]
         return bucket, key, [n for n in names if n and "/" not in n]

@@ -1,0 +1,78 @@
+"""The driver guard: user- and event-scale tables never land whole on the driver.
+
+At 500 M users the driver can hold models, bounded samples and aggregates, nothing that grows
+with users or events. A shortcut that collects such a table still works on a small world, so
+the rule is enforced by a setting rather than by size: with ``DW_DRIVER_ROW_LIMIT=N`` every
+driver-side materialization of a user- or event-scale table (``USER_SCALE``) larger than N rows
+raises ``DriverRowLimitExceeded`` naming the asset and the row count, whatever the world's size.
+Bounded samples obey it too: a sample capped at ``cap`` rows takes ``bounded(cap)`` =
+min(cap, N). Track-scale tables (catalog, track statistics, track vectors: 100 M rows at the
+target, held per track by design) are exempt. Unset (the default) the guard only counts.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pandas as pd
+
+ROW_LIMIT_ENV = "DW_DRIVER_ROW_LIMIT"
+
+# Tables whose rows grow with users or events. Track-scale tables are deliberately absent.
+USER_SCALE = frozenset({
+    "user_directory", "user_playlists", "raw_play_events", "quarantined_events", "interactions",
+    "flagged_activity", "sessions", "user_profiles", "candidates", "ranked_playlists",
+    "last_week_playlists", "earlier_playlists", "user_embeddings", "retrieval_evaluation",
+    "offline_evaluation", "published_playlists", "ranker_rows",
+})
+
+
+class DriverRowLimitExceeded(RuntimeError):
+    """A user- or event-scale table (or a sample of one) would be materialized on the driver."""
+
+
+def row_limit() -> int | None:
+    """``DW_DRIVER_ROW_LIMIT`` as a positive int, or None when unset/empty."""
+    raw = os.environ.get(ROW_LIMIT_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{ROW_LIMIT_ENV} must be a positive integer, got {raw!r}") from None
+    if value < 1:
+        raise ValueError(f"{ROW_LIMIT_ENV} must be a positive integer, got {raw!r}")
+    return value
+
+
+def is_user_scale(asset: str) -> bool:
+    return asset in USER_SCALE
+
+
+def check_driver_rows(asset: str, rows: int) -> None:
+    """Raise when ``rows`` rows of the user/event-scale ``asset`` exceed the limit (no-op for others)."""
+    limit = row_limit()
+    if limit is not None and rows > limit and is_user_scale(asset):
+        raise DriverRowLimitExceeded(
+            f"{asset}: {rows} rows would be materialized on the driver, above {ROW_LIMIT_ENV}={limit}; "
+            "a user- or event-scale table must stay in Spark (or be sampled with a cap)")
+
+
+def bounded(cap: int) -> int:
+    """A sample cap as the guard allows it: min(cap, DW_DRIVER_ROW_LIMIT)."""
+    limit = row_limit()
+    return cap if limit is None else min(cap, limit)
+
+
+def to_driver(frame: Any, asset: str) -> pd.DataFrame:
+    """``frame.toPandas()`` for a Spark DataFrame of ``asset``, refused above the limit for
+    user/event-scale assets. Reads at most limit + 1 rows before refusing, then counts them all
+    so the error gives the real size."""
+    limit = row_limit()
+    if limit is None or not is_user_scale(asset):
+        return frame.toPandas()
+    head = frame.limit(limit + 1).toPandas()
+    if len(head) > limit:
+        check_driver_rows(asset, frame.count())
+    return head

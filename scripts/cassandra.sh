@@ -14,6 +14,8 @@
 #   DW_CASSANDRA_PORT          CQL native port (default 9042)
 #   DW_CASSANDRA_STORAGE_PORT  internode port, loopback only (default 7000)
 #   DW_CASSANDRA_HEAP          JVM heap, -Xms = -Xmx (default 1G)
+#   DW_CASSANDRA_GC            g1 (default, Cassandra's) or zgc (sub-ms pauses: lower read p99, more CPU)
+#   DW_CASSANDRA_JVM_EXTRA     more JVM options, appended (e.g. -XX:MaxGCPauseMillis=20)
 #   DW_CASSANDRA_M2            Maven local repository (default <checkout>/.cache/m2)
 #   DW_CASSANDRA_PYTHON        python with the `cassandra` driver for the CQL probe (default <checkout>/.venv/bin/python)
 #   DW_CASSANDRA_TIMEOUT       seconds `start` waits for CQL (default 180)
@@ -28,6 +30,7 @@ HOST=127.0.0.1
 PORT=${DW_CASSANDRA_PORT:-9042}
 STORAGE_PORT=${DW_CASSANDRA_STORAGE_PORT:-7000}
 HEAP=${DW_CASSANDRA_HEAP:-1G}
+GC=${DW_CASSANDRA_GC:-g1}
 PY=${DW_CASSANDRA_PYTHON:-$ROOT/.venv/bin/python}
 TIMEOUT=${DW_CASSANDRA_TIMEOUT:-180}
 
@@ -268,6 +271,14 @@ EOF
 # the system properties bin/cassandra and cassandra-env.sh set. No JMX port is opened.
 jvm_opts() {
   local jamm
+  case "$GC" in
+    # Cassandra 5.0's jvm17-server.options default.
+    g1) GC_OPTS=(-XX:+UseG1GC -XX:+ParallelRefProcEnabled -XX:MaxTenuringThreshold=1
+                 -XX:G1RSetUpdatingPauseTimePercent=5 -XX:MaxGCPauseMillis=300 -XX:InitiatingHeapOccupancyPercent=70) ;;
+    # Its commented ZGC alternative: sub-millisecond pauses, for read latency (docs/scale.md).
+    zgc) GC_OPTS=(-XX:+UseZGC) ;;
+    *) die "DW_CASSANDRA_GC must be g1 or zgc, got '$GC'" ;;
+  esac
   jamm=$(find "$LIB" -maxdepth 1 -name 'jamm-*.jar' | head -n1)
   [ -n "$jamm" ] || die "no jamm jar in $LIB (Cassandra needs it as -javaagent)"
   JVM_OPTS=(
@@ -275,8 +286,8 @@ jvm_opts() {
     -ea -da:net.openhft...
     -XX:+UseThreadPriorities -XX:+UseTLAB -XX:+ResizeTLAB -XX:+PerfDisableSharedMem
     -XX:+ExitOnOutOfMemoryError
-    -XX:+UseG1GC -XX:+ParallelRefProcEnabled -XX:MaxTenuringThreshold=1
-    -XX:G1RSetUpdatingPauseTimePercent=5 -XX:MaxGCPauseMillis=300 -XX:InitiatingHeapOccupancyPercent=70
+    "${GC_OPTS[@]}"
+    ${DW_CASSANDRA_JVM_EXTRA:-}
     "-Xlog:gc:file=$LOGS/gc.log:time,uptime:filecount=3,filesize=10M"
     -Djava.net.preferIPv4Stack=true
     -Djdk.attach.allowAttachSelf=true

@@ -16,9 +16,12 @@ import pandas as pd
 from dw_assets.serving.stores.codec import (
     WEEK_S,
     Progress,
+    check_week,
     decode_tracks,
     encode_playlists,
+    iter_user_batches,
     tracks_json,
+    validate_playlists,
 )
 
 CURRENT_WEEK = "current_week"  # the pointer's name
@@ -140,7 +143,8 @@ class PlaylistStore(abc.ABC):
                              f"{keep_weeks} weeks needs ({(keep_weeks + 1) * 7} days): raise ttl_days or "
                              "lower keep_weeks")
 
-    @abc.abstractmethod
+    batch_users: int = 1000  # users per write batch (one transaction / pipeline / concurrent burst)
+
     def write_week(self, week: str, playlists: pd.DataFrame, progress: Progress | None = None) -> int:
         """Write every user's playlist of ``week``; returns users written.
 
@@ -148,7 +152,44 @@ class PlaylistStore(abc.ABC):
         after each batch with the users it wrote (plugs into ``tqdm.update``; raising from it aborts
         the write). The new version is registered only once all batches are written, so readers
         never see a partial week. Rewriting a week replaces it. Does not touch ``current_week``.
+
+        The three steps (``begin_write``, ``write_users``, ``commit_write``) are public so that a
+        Spark publish runs the middle one on the executors (``serving.publish``).
         """
+        check_week(week)
+        validate_playlists(playlists)
+        version = self.begin_write(week)
+        users = self.write_users(week, version, playlists, progress)
+        self.commit_write(week, version, users)
+        return users
+
+    @abc.abstractmethod
+    def begin_write(self, week: str) -> str:
+        """Start writing a new version of ``week``: reclaim what earlier writes left, list the new
+        version as in flight (a crash leaves it for the next write to reclaim); returns the version."""
+
+    @abc.abstractmethod
+    def write_encoded(self, week: str, version: str, batch: list[tuple[int, bytes]]) -> None:
+        """Write one batch of encoded users ((user_id, value) from ``encode_playlists``) into an
+        unregistered ``version`` of ``week``: one transaction (SQLite, Redis) or one concurrent burst
+        (Scylla). Idempotent: writing a user again writes the same key with the same value, so a
+        retried Spark task is harmless."""
+
+    @abc.abstractmethod
+    def commit_write(self, week: str, version: str, users: int) -> None:
+        """Register ``version`` as ``week``'s complete version (one atomic write) and reclaim the
+        version it replaces. Call once every user is written."""
+
+    def write_users(self, week: str, version: str, playlists: pd.DataFrame, progress: Progress | None = None) -> int:
+        """Encode and write ``playlists`` (each user's rows all in this frame) in batches of
+        ``batch_users`` into ``version``; ``progress(n)`` after each batch. Returns users written."""
+        users = 0
+        for batch in iter_user_batches(playlists, self.batch_users):
+            self.write_encoded(week, version, batch)
+            users += len(batch)
+            if progress is not None:
+                progress(len(batch))
+        return users
 
     @abc.abstractmethod
     def count_users(self, week: str) -> int:

@@ -13,15 +13,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
-import pandas as pd
 
-from dw_assets.serving.stores.codec import (
-    Progress,
-    check_week,
-    iter_user_batches,
-    new_version,
-    validate_playlists,
-)
+from dw_assets.serving.stores.codec import check_week, new_version
 from dw_assets.serving.stores.contract import (
     CURRENT_WEEK,
     Registry,
@@ -67,6 +60,10 @@ class RedisStore(RegistryCachedStore):
         self.host, self.port, self.db, self.prefix = host, port, db, prefix
         self.timeout_s, self.batch_users, self.ttl_s = timeout_s, batch_users, ttl_s
         self.ssl, self.write_timeout_s = ssl, write_timeout_s
+        # What a copy needs to reconnect (pickled for Spark executors; no client, no password).
+        self._settings = {"host": host, "port": port, "db": db, "prefix": prefix, "timeout_s": timeout_s,
+                          "batch_users": batch_users, "ttl_s": ttl_s, "registry_cache_s": registry_cache_s,
+                          "ssl": ssl, "write_timeout_s": write_timeout_s, "keep_weeks": keep_weeks}
         self._clients: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._async_client: tuple[Any, Any] | None = None  # (event loop, redis.asyncio client)
@@ -90,6 +87,11 @@ class RedisStore(RegistryCachedStore):
             options["registry_cache_s"] = options.pop("registry_cache_ms")
         return cls(parts.hostname or "127.0.0.1", parts.port or 6379, int(db_path or 0),
                    ssl=parts.scheme == "rediss", **options)
+
+    def __reduce__(self) -> tuple:
+        """Pickles as its settings: the copy (e.g. on a Spark executor) opens its own connections and
+        reads DW_REDIS_PASSWORD from its own environment."""
+        return _reopen, (self._settings,)
 
     def __repr__(self) -> str:
         return f"RedisStore({self.host}:{self.port}/{self.db}, prefix={self.prefix!r})"
@@ -197,38 +199,40 @@ class RedisStore(RegistryCachedStore):
                 self._delete_version(week, version)
             client.srem(self._key("writing"), stale)
 
-    def write_week(self, week: str, playlists: pd.DataFrame, progress: Progress | None = None) -> int:
+    def begin_write(self, week: str) -> str:
         check_week(week)
-        validate_playlists(playlists)
         version = new_version()
-        writing, this_write = self._key("writing"), f"{week}/{version}"
-        users_key = self._key("users", week, version)
-        users = 0
         with self._errors():
             client = self._client("write")
             self._reclaim(client)
-            client.sadd(writing, this_write)
-            for batch in iter_user_batches(playlists, self.batch_users):
-                pipe = client.pipeline(transaction=True)
-                pipe.sadd(users_key, *(user for user, _ in batch))
-                for user, blob in batch:
-                    pipe.set(self._key("pl", week, version, user), blob, ex=self.ttl_s)
-                pipe.execute()
-                users += len(batch)
-                if progress is not None:
-                    progress(len(batch))
+            client.sadd(self._key("writing"), f"{week}/{version}")
+        return version
+
+    def write_encoded(self, week: str, version: str, batch: list[tuple[int, bytes]]) -> None:
+        if not batch:
+            return
+        with self._errors():
+            pipe = self._client("write").pipeline(transaction=True)
+            pipe.sadd(self._key("users", week, version), *(user for user, _ in batch))
+            for user, blob in batch:
+                pipe.set(self._key("pl", week, version, user), blob, ex=self.ttl_s)
+            pipe.execute()
+
+    def commit_write(self, week: str, version: str, users: int) -> None:
+        writing = self._key("writing")
+        with self._errors():
+            client = self._client("write")
             old = client.hget(self._key("weeks"), week)
             entry = {"version": version, "users": users,
                      "written_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
             pipe = client.pipeline(transaction=True)
             pipe.hset(self._key("weeks"), week, orjson.dumps(entry))
-            pipe.srem(writing, this_write)
+            pipe.srem(writing, f"{week}/{version}")
             if old is not None:  # superseded: garbage from this instant, deleted just below or by the next write
                 pipe.sadd(writing, f"{week}/{orjson.loads(old)['version']}")
             pipe.execute()
             self._invalidate()
             self._reclaim(client)
-        return users
 
     def count_users(self, week: str) -> int:
         check_week(week)
@@ -275,3 +279,7 @@ class RedisStore(RegistryCachedStore):
             with contextlib.suppress(Exception):
                 client.close()
         self._invalidate()
+
+
+def _reopen(settings: dict) -> RedisStore:
+    return RedisStore(**settings)

@@ -16,16 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import pandas as pd
-
-from dw_assets.serving.stores.codec import (
-    WEEK_S,
-    Progress,
-    check_week,
-    iter_user_batches,
-    new_version,
-    validate_playlists,
-)
+from dw_assets.serving.stores.codec import WEEK_S, check_week, new_version
 from dw_assets.serving.stores.contract import (
     CURRENT_WEEK,
     Registry,
@@ -198,6 +189,15 @@ class ScyllaStore(RegistryCachedStore):
     def from_url(cls, url: str) -> ScyllaStore:
         return cls(ScyllaSettings.from_url(url))
 
+    def __reduce__(self) -> tuple:
+        """Pickles as its settings: the copy (e.g. on a Spark executor) opens its own session and
+        reads DW_SCYLLA_USERNAME / DW_SCYLLA_PASSWORD from its own environment."""
+        return ScyllaStore, (self.settings,)
+
+    @property
+    def batch_users(self) -> int:  # type: ignore[override]
+        return self.settings.batch_users
+
     def __repr__(self) -> str:
         return f"ScyllaStore({','.join(self.settings.hosts)}/{self.settings.keyspace})"
 
@@ -319,25 +319,24 @@ class ScyllaStore(RegistryCachedStore):
                                                  self._aexecute("select_weeks"))
         return Registry(current[0][0] if current else None, dict(versions))
 
-    def write_week(self, week: str, playlists: pd.DataFrame, progress: Progress | None = None) -> int:
+    def begin_write(self, week: str) -> str:
+        check_week(week)
+        self._connected()  # creates the keyspace and tables before any executor writes
+        return new_version()  # a killed write's rows are unreachable and expire with their TTL
+
+    def write_encoded(self, week: str, version: str, batch: list[tuple[int, bytes]]) -> None:
         from cassandra.concurrent import execute_concurrent_with_args
 
-        check_week(week)
-        validate_playlists(playlists)
         session = self._connected()
-        version, ttl, users = new_version(), self.settings.ttl_s, 0
-        for batch in iter_user_batches(playlists, self.settings.batch_users):
-            with self._errors():
-                execute_concurrent_with_args(
-                    session, self._prepared["insert_playlist"],
-                    [(user, week, version, blob, ttl) for user, blob in batch],
-                    concurrency=self.settings.concurrency, raise_on_first_error=True, execution_profile="write")
-            users += len(batch)
-            if progress is not None:
-                progress(len(batch))
+        with self._errors():
+            execute_concurrent_with_args(
+                session, self._prepared["insert_playlist"],
+                [(user, week, version, blob, self.settings.ttl_s) for user, blob in batch],
+                concurrency=self.settings.concurrency, raise_on_first_error=True, execution_profile="write")
+
+    def commit_write(self, week: str, version: str, users: int) -> None:
         self._execute("insert_week", (week, version, users, dt.datetime.now(dt.UTC)), profile="write")
         self._invalidate()
-        return users
 
     def count_users(self, week: str) -> int:
         from cassandra.concurrent import execute_concurrent_with_args

@@ -11,16 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import pandas as pd
-
-from dw_assets.serving.stores.codec import (
-    Progress,
-    check_week,
-    iter_user_batches,
-    new_version,
-    tracks_json,
-    validate_playlists,
-)
+from dw_assets.serving.stores.codec import check_week, new_version, tracks_json
 from dw_assets.serving.stores.contract import (
     CURRENT_WEEK,
     PlaylistStore,
@@ -185,28 +176,29 @@ class SQLiteStore(PlaylistStore):
             raise
 
     # contract ------------------------------------------------------------
-    def write_week(self, week: str, playlists: pd.DataFrame, progress: Progress | None = None) -> int:
+    def begin_write(self, week: str) -> str:
         check_week(week)
-        validate_playlists(playlists)
         version = new_version()
-        users = 0
         with self._writing() as db:
             self._reclaim(db)
             started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
             self._transaction(db, [("INSERT INTO writes (week, version, started_at) VALUES (?, ?, ?)",
                                     (week, version, started_at))])
-            for batch in iter_user_batches(playlists, self.batch_users):
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    db.executemany("INSERT INTO playlists (week, version, user_id, tracks) VALUES (?, ?, ?, ?)",
-                                   [(week, version, user, blob) for user, blob in batch])
-                    db.execute("COMMIT")
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                users += len(batch)
-                if progress is not None:
-                    progress(len(batch))
+        return version
+
+    def write_encoded(self, week: str, version: str, batch: list[tuple[int, bytes]]) -> None:
+        with self._writing() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany("INSERT OR REPLACE INTO playlists (week, version, user_id, tracks) VALUES (?, ?, ?, ?)",
+                               [(week, version, user, blob) for user, blob in batch])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def commit_write(self, week: str, version: str, users: int) -> None:
+        with self._writing() as db:
             old = db.execute("SELECT version FROM weeks WHERE week = ?", (week,)).fetchall()
             written_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
             # Registering the new version and listing the superseded one as garbage is one commit,
@@ -219,7 +211,6 @@ class SQLiteStore(PlaylistStore):
                    (week, row[0], written_at)) for row in old if row[0] != version],
             ])
             self._reclaim(db)
-        return users
 
     def _reclaim(self, db: Any) -> None:
         """Delete the rows of versions listed in ``writes`` (killed writes, superseded versions);

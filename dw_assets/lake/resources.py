@@ -8,14 +8,18 @@ being repeated, since resource config is recorded with every run.
 """
 
 
+import io
 import os
 from typing import Any
 
 import pandas as pd
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, OutputContext
 from dagster_pyspark import LazyPySparkResource
 from pydantic import Field
 
+from dw_assets.lake import driver_guard
 from dw_assets.lake.landing_fs import LandingFS
 from dw_assets.lake.storage import Artifact, Lake, LakeError, open_lake
 
@@ -84,8 +88,12 @@ class LakeIOManager(ConfigurableIOManager):
         lake.verify()  # an unusable S3 bucket fails here with the setting to fix, once per process
         uri = lake.uri(layer, context.asset_key.path[-1], key)
         if isinstance(obj, pd.DataFrame):
+            # The asset built this table as pandas: it was on the driver whole.
+            _guard(context.asset_key.path[-1], len(obj), f"returned as pandas by {_step(context)}")
             lake.write_frame(obj, uri)
         elif isinstance(obj, Artifact):
+            if "rows" in obj.meta:  # vectors (vectors_artifact): user_embeddings' are one row per user
+                _guard(context.asset_key.path[-1], int(obj.meta["rows"]), f"built on the driver by {_step(context)}")
             lake.write_artifact(obj, uri)
             if "model_version" in obj.meta:  # models carry one; a report does not
                 context.add_output_metadata({"model_version": obj.model_version})
@@ -116,13 +124,81 @@ class LakeIOManager(ConfigurableIOManager):
         if wanted is Artifact:
             if len(uris) != 1:
                 raise LakeError(f"an artifact input reads one partition, got {len(uris)} for {context.asset_key.to_user_string()}")
-            return lake.read_artifact(uris[0])
+            artifact = lake.read_artifact(uris[0])
+            if "rows" in artifact.meta:
+                _guard(context.asset_key.path[-1], int(artifact.meta["rows"]), f"loaded by {_step(context)}")
+            return artifact
         if _is_spark(wanted):
             return lake.read_spark(self.pyspark.spark_session, uris)
+        name = context.asset_key.path[-1]
+        if driver_guard.row_limit() is not None and driver_guard.is_user_scale(name):
+            # Refused before reading: the row counts are in the Parquet footers.
+            _guard(name, sum(parquet_rows(lake, u) for u in uris), f"read as pandas by {_step(context)}")
         # AssetIn(metadata={"columns": [...]}) reads only those columns.
         columns = (context.definition_metadata or {}).get("columns")
         frames = [lake.read_frame(u, columns=columns) for u in uris]
         return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+
+def _step(context: InputContext | OutputContext) -> str:
+    try:
+        return context.step_context.step.key
+    except Exception:  # a context built outside a run (direct IO manager calls) has no step
+        return "a step"
+
+
+def _guard(asset: str, rows: int, how: str) -> None:
+    """``driver_guard.check_driver_rows``, the error also saying which step put the table on the driver."""
+    try:
+        driver_guard.check_driver_rows(asset, rows)
+    except driver_guard.DriverRowLimitExceeded as exc:
+        raise driver_guard.DriverRowLimitExceeded(f"{exc} ({how})") from None
+
+
+class _S3Range(io.RawIOBase):
+    """A read-only, seekable S3 object read by ranged GETs: pyarrow reads a Parquet footer through it."""
+
+    def __init__(self, client: Any, bucket: str, key: str) -> None:
+        self.client, self.bucket, self.key, self.pos = client, bucket, key, 0
+        self.size = client.head_object(Bucket=bucket, Key=key)["ContentLength"]
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self.pos = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence] + offset
+        return self.pos
+
+    def read(self, size: int = -1) -> bytes:
+        end = self.size if size is None or size < 0 else min(self.size, self.pos + size)
+        if end <= self.pos:
+            return b""
+        body = self.client.get_object(Bucket=self.bucket, Key=self.key, Range=f"bytes={self.pos}-{end - 1}")["Body"]
+        data = body.read()
+        self.pos += len(data)
+        return data
+
+
+def parquet_rows(lake: Lake, uri: str) -> int:
+    """Rows of the table partition at ``uri`` from its Parquet footers alone (no row is read).
+
+    What ``Lake.read_frame`` would read: every part file locally, the complete parts on S3 (a few KB
+    of footer per part file, by ranged GETs)."""
+    if lake.is_s3:
+        bucket, key, names = lake._s3_names(uri)
+        parts = lake._complete_parts(names)
+        if not parts:
+            raise LakeError(f"no lake data at {uri} (was the upstream partition materialized?)")
+        return sum(pq.read_metadata(_S3Range(lake.s3_client, bucket, f"{key}/{n}")).num_rows for n in parts)
+    if not os.path.isdir(uri):
+        raise LakeError(f"no lake data at {uri} (was the upstream partition materialized?)")
+    return ds.dataset(uri, format="parquet").count_rows()
 
 
 def require_partitions(lake: Lake, layer: str, asset: str, weeks: list[str], why: str) -> None:

@@ -1,18 +1,23 @@
 """Pandera contracts for every lake table of the ingest domain.
 
 Checked as Dagster asset checks on each materialized partition (see
-``dw_assets/lake/quality.py``); the ones that guard downstream assets block.
+``dw_assets/lake/quality.py``); the ones that guard downstream assets block. A Spark table is
+checked on every row in Spark: each custom check below is registered with its Spark equivalent.
 """
 
 from __future__ import annotations
 
 import pandera.pandas as pa
 from pandera.pandas import Check, Column
+from pyspark.sql import functions as F
 
 from dw_assets.ingest.events import MAX_MS_PLAYED, QUARANTINE_REASONS, REASON_END_VALUES
+from dw_assets.lake.spark_checks import register_spark_check
 
 _ID = Check.ge(0)
 _TS = "datetime64[ns, UTC]"
+_IS_COLD = "is_cold iff no plays"
+_RECENT_TRACKS = "at most 50 recent tracks"
 
 RAW_PLAY_EVENTS = pa.DataFrameSchema(
     {
@@ -138,7 +143,7 @@ TRACK_STATS = pa.DataFrameSchema(
         "is_cold": Column(bool),
     },
     strict=True,
-    checks=[Check(lambda f: (f["is_cold"] == (f["plays"] == 0)).all(), error="is_cold iff no plays")],
+    checks=[Check(lambda f: (f["is_cold"] == (f["plays"] == 0)).all(), error=_IS_COLD)],
     name="track_stats",
 )
 
@@ -154,7 +159,7 @@ USER_PROFILES = pa.DataFrameSchema(
         "weeks_active": Column("int64", Check.ge(0)),
         "last_active": Column(_TS, nullable=True),
         "history_level": Column(str, Check.isin(["none", "light", "medium", "heavy"])),
-        "recent_tracks": Column(object, Check(lambda s: s.map(len) <= 50, element_wise=False)),
+        "recent_tracks": Column(object, Check(lambda s: s.map(len) <= 50, error=_RECENT_TRACKS)),
         "recent_age_days": Column(object),
         "genre_share": Column(object),
         "top_artists": Column(object),
@@ -163,3 +168,8 @@ USER_PROFILES = pa.DataFrameSchema(
     strict=True,
     name="user_profiles",
 )
+
+# The custom checks above as Spark row predicates (true where a row fails), run on every row.
+register_spark_check("track_stats", _IS_COLD,
+                     lambda f: ~F.coalesce(F.col("is_cold") == (F.col("plays") == 0), F.lit(False)))
+register_spark_check("user_profiles", _RECENT_TRACKS, lambda f: F.size("recent_tracks") > 50, column="recent_tracks")

@@ -3,7 +3,7 @@ BIN := .venv/bin
 DEMO := data/demo
 export PYSPARK_PYTHON := $(CURDIR)/$(BIN)/python
 
-.PHONY: setup demo test lint ui cassandra
+.PHONY: setup demo test lint ui cassandra spark-cluster
 
 setup:
 	@scripts/setup.sh
@@ -30,3 +30,8 @@ ui: setup
 ## Start the project's single-node Cassandra 5.0 on 127.0.0.1:9042 (scripts/cassandra.sh; also stop|status).
 cassandra:
 	@scripts/cassandra.sh start
+
+## Start a Spark standalone cluster on loopback from the pinned pyspark: master spark://127.0.0.1:7077, two 1-core
+## workers (scripts/spark-cluster.sh; also stop|status). Run on it: DW_SPARK_MASTER=spark://127.0.0.1:7077 dw run ...
+spark-cluster: setup
+	@scripts/spark-cluster.sh start

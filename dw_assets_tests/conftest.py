@@ -42,6 +42,25 @@ def tiny_world(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_world_run(tiny_world, spark) -> Path:
+    """``tiny_world`` with its last training week materialized in local mode (this process's session) with
+    the tests' quick model settings, as test_pipeline's ``world`` builds it: the reference other engines'
+    runs must match. Built once, only if no earlier test built it."""
+    import json
+
+    from dw_assets.automation.runner import materialize_week
+    from dw_assets.lake.storage import open_lake
+    from dw_assets_tests.test_s3_lake import QUICK
+
+    manifest = json.loads((tiny_world / "landing" / "manifest.json").read_text())
+    week = manifest["last_training_week"]
+    lake = open_lake(str(tiny_world))
+    if not lake.exists(lake.uri("gold", "ranked_playlists", week)):
+        materialize_week(tiny_world, week, manifest["weeks"], progress=lambda m: None, ops=QUICK)
+    return tiny_world
+
+
 @pytest.fixture(scope="module")
 def s3_endpoint():
     """A moto S3 server on a free loopback port, one per test module (real HTTP, boto3 talks to it)."""
@@ -63,3 +82,16 @@ def cassandra_hosts() -> str:
     from dw_assets_tests import cassandra_node
 
     return cassandra_node.hosts()
+
+
+@pytest.fixture(scope="session")
+def spark_cluster():
+    """``spark://127.0.0.1:7077``: a real Spark standalone cluster (``scripts/spark-cluster.sh``), one master
+    and two 1-core workers. Started if needed and stopped at the end when this session started it;
+    one that cannot start fails the test, never skips it."""
+    from dw_assets_tests import spark_cluster
+
+    was_running = spark_cluster.running()
+    yield spark_cluster.start()
+    if not was_running:
+        spark_cluster.stop()

@@ -17,9 +17,36 @@ SPARK_JARS_DIR = Path(__file__).resolve().parents[2] / ".cache" / "spark-jars"
 SPARK_JARS_SCRIPT = "scripts/spark-jars.sh"
 
 
+PYTHON_ARCHIVE_ENV = "DW_SPARK_PYTHON_ARCHIVE"
+
+
+def python_archive(value: str | None = None) -> tuple[str, str] | None:
+    """``DW_SPARK_PYTHON_ARCHIVE`` (``path/or/url.tar.gz#alias``, a packed venv) as (archive, alias), or None.
+
+    Spark unpacks the archive into every executor's working folder as ``./<alias>``; the alias
+    defaults to ``env`` when the value has no ``#``."""
+    raw = (os.environ.get(PYTHON_ARCHIVE_ENV, "") if value is None else value).strip()
+    if not raw:
+        return None
+    archive, _, alias = raw.partition("#")
+    alias = alias or "env"
+    if not archive or "/" in alias or alias in (".", ".."):
+        raise ValueError(f"{PYTHON_ARCHIVE_ENV} must be `archive.tar.gz#alias` (alias: a plain folder name), got {raw!r}")
+    return archive, alias
+
+
 def use_this_interpreter() -> None:
-    """Spark's Python workers must run the interpreter that has our packages."""
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    """Spark's Python workers must run the interpreter that has our packages.
+
+    On one host (local mode, or a standalone cluster on this machine) that is this venv's python.
+    With ``DW_SPARK_PYTHON_ARCHIVE`` the executors run the packed venv Spark unpacks beside them
+    instead: pyspark takes the executors' interpreter from ``PYSPARK_PYTHON`` alone (not from the
+    session conf), so it is set here, before any session starts."""
+    packed = python_archive()
+    if packed:
+        os.environ["PYSPARK_PYTHON"] = f"./{packed[1]}/bin/python"
+    else:
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 
 
@@ -54,12 +81,28 @@ class SparkSettings:
     driver_memory: str = "2g"  # local mode: the JVM grows to whatever it is given; `small` needs ~2 GB
     arrow_batch_rows: int = 20_000
     jars_dir: str | None = None  # the s3a:// jars' folder; None: DW_SPARK_JARS_DIR, else SPARK_JARS_DIR
+    # A cluster's driver holds models, bounded samples and aggregates only (lake/driver_guard.py), so it
+    # can stay small whatever the world's size; a collect above this cap fails instead of swapping it.
+    driver_max_result_size: str | None = None  # None: Spark's 1g
+    executor_memory: str | None = None  # per executor JVM (a cluster only); None: Spark's 1g
+    executor_cores: int | None = None  # per executor (a cluster only); None: all of a standalone worker's
+    # Cores this application may hold (a cluster only). `dw run` trains item2vec in a second process, a second
+    # application, alongside the first: on a standalone cluster the first takes every core unless capped.
+    cores_max: int | None = None
+    python_archive: str | None = None  # `packed-venv.tar.gz#alias` shipped to executors (a cluster only)
+    # The s3a:// jars are at the same path on every executor host (this host's standalone cluster, or an
+    # image that bakes them in): put on the classpath there instead of shipped (~690 MB per executor).
+    jars_shared: bool = False
+
+    @property
+    def is_local(self) -> bool:
+        return self.master.startswith("local")
 
     def as_conf(self) -> dict[str, str]:
         """The session's start-up conf. The s3a:// jars are added whenever they are there (a session is
         started once per process, before anyone knows whether it will meet an S3 path); without them a
         local lake works as before and an S3 one fails with the command to fetch them (``lake/s3.py``)."""
-        return {
+        conf = {
             **self._jars_conf(),
             "spark.master": self.master,
             "spark.app.name": "dw_assets",
@@ -72,31 +115,85 @@ class SparkSettings:
             "spark.ui.enabled": "false",
             "spark.ui.showConsoleProgress": "false",
             "spark.log.level": "ERROR",
-            # Deterministic output file names and counts across re-runs.
+            # Adaptive execution (Spark's default, pinned): joins and skew adapt to the data's size...
+            "spark.sql.adaptive.enabled": "true",
+            # ...but without coalescing, so output file names and counts stay the same across re-runs.
             "spark.sql.adaptive.coalescePartitions.enabled": "false",
             # A Spark partition on S3 counts once the committer's _SUCCESS marker exists (lake/storage.py;
             # why not the magic committer: lake/s3.py). Hadoop's default, pinned because readers rely on it.
             "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "true",
         }
+        if self.driver_max_result_size:
+            conf["spark.driver.maxResultSize"] = self.driver_max_result_size
+        if not self.is_local:
+            conf.update(self._cluster_conf())
+        return conf
+
+    def _cluster_conf(self) -> dict[str, str]:
+        """Executors in their own JVMs and Python workers: their size, and the Python they run."""
+        conf = {}
+        if self.executor_memory:
+            conf["spark.executor.memory"] = self.executor_memory
+        if self.executor_cores:
+            conf["spark.executor.cores"] = str(self.executor_cores)
+        if self.cores_max:
+            conf["spark.cores.max"] = str(self.cores_max)
+        packed = python_archive(self.python_archive or "")
+        if packed:
+            # Unpacked as ./<alias> in every executor's working folder. pyspark's executors follow
+            # PYSPARK_PYTHON (use_this_interpreter sets it); spark-submit'ted apps read the conf.
+            archive, alias = packed
+            conf["spark.archives"] = f"{archive}#{alias}"
+            conf["spark.pyspark.python"] = f"./{alias}/bin/python"
+        return conf
 
     def _jars_conf(self) -> dict[str, str]:
         jars, _ = s3a_jars(self.jars_dir)
         if not jars:
             return {}
-        if self.master.startswith("local"):
+        if self.is_local:
             # One JVM: the driver's classpath is the executors'. spark.jars would copy the ~690 MB bundle
             # into every session's scratch directory first (~5 s a start here).
             return {"spark.driver.extraClassPath": os.pathsep.join(jars)}
+        if self.jars_shared:
+            classpath = os.pathsep.join(jars)
+            return {"spark.driver.extraClassPath": classpath, "spark.executor.extraClassPath": classpath}
         return {"spark.jars": ",".join(jars)}  # a cluster: shipped to every executor
 
 
+def _optional_int(name: str) -> int | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a positive integer, got {raw!r}") from None
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {raw!r}")
+    return value
+
+
 def settings_from_env() -> SparkSettings:
-    """``DW_SPARK_MASTER`` points the same code at a cluster; ``DW_SPARK_JARS_DIR`` at other s3a:// jars."""
+    """``DW_SPARK_MASTER`` points the same code at a cluster; ``DW_SPARK_JARS_DIR`` at other s3a:// jars.
+
+    For a cluster (docs/operations.md): ``DW_SPARK_DRIVER_MEMORY``, ``DW_SPARK_DRIVER_MAX_RESULT_SIZE``,
+    ``DW_SPARK_EXECUTOR_MEMORY``, ``DW_SPARK_EXECUTOR_CORES``, ``DW_SPARK_CORES_MAX``, ``DW_SPARK_PYTHON_ARCHIVE``
+    (a packed venv, ``venv.tar.gz#env``) and ``DW_SPARK_JARS_SHARED=1`` (the s3a:// jars are at the
+    same path on every host)."""
+    archive = os.environ.get(PYTHON_ARCHIVE_ENV, "").strip() or None
+    python_archive(archive or "")  # a malformed value fails here, naming the setting
     return SparkSettings(
         master=os.environ.get("DW_SPARK_MASTER", SparkSettings.master),
         shuffle_partitions=int(os.environ.get("DW_SPARK_SHUFFLE_PARTITIONS", SparkSettings.shuffle_partitions)),
         driver_memory=os.environ.get("DW_SPARK_DRIVER_MEMORY", SparkSettings.driver_memory),
         jars_dir=os.environ.get("DW_SPARK_JARS_DIR") or None,
+        driver_max_result_size=os.environ.get("DW_SPARK_DRIVER_MAX_RESULT_SIZE", "").strip() or None,
+        executor_memory=os.environ.get("DW_SPARK_EXECUTOR_MEMORY", "").strip() or None,
+        executor_cores=_optional_int("DW_SPARK_EXECUTOR_CORES"),
+        cores_max=_optional_int("DW_SPARK_CORES_MAX"),
+        python_archive=archive,
+        jars_shared=os.environ.get("DW_SPARK_JARS_SHARED", "").strip().lower() in ("1", "true", "yes"),
     )
 
 

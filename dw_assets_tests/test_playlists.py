@@ -62,7 +62,7 @@ def test_a_heard_window_with_a_missing_week_is_refused_by_name(tmp_path):
 def test_candidates_of_two_model_versions_are_refused():
     import pytest
 
-    from dw_assets.ranking.assets import _one_version
+    from dw_assets.ranking.batch import one_version as _one_version
     from dw_assets.versioning import VersionMismatch
 
     assert _one_version(["2026-01-05-abc", "2026-01-05-abc"]) == "2026-01-05-abc"

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
+import pyspark.sql.functions as F
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -61,6 +62,7 @@ from dw_assets.evaluation.systems import (
     split_holdout,
     track_table,
 )
+from dw_assets.lake.driver_guard import bounded
 from dw_assets.lake.quality import emit_checked, schema_check_result, schema_check_spec, table_schema
 from dw_assets.lake.resources import LAYER_KEY, LakeResource
 from dw_assets.lake.storage import Artifact, Lake, vectors_artifact, vectors_from
@@ -73,7 +75,15 @@ from dw_assets.partitions import (
     previous_week,
     weekly_partitions,
 )
-from dw_assets.ranking.assets import PlaylistsConfig, build_playlists
+from dw_assets.ranking.assets import PlaylistsConfig
+from dw_assets.ranking.batch import (
+    STORED_ORDER,
+    build_playlists,
+    sample_users,
+    stored_order,
+    track_context,
+    user_vector_table,
+)
 from dw_assets.ranking.ranker import TrainedRanker
 from dw_assets.ranking.schemas import RANKED_PLAYLISTS
 from dw_assets.retrieval.assets import CandidatesConfig, candidate_models, candidate_users, run_candidates
@@ -224,10 +234,10 @@ def last_week_playlists(
     track_embeddings: Artifact,
     ranker_model: Artifact,
     user_profiles: DataFrame,
-    user_directory: pd.DataFrame,
+    user_directory: DataFrame,
     track_stats: pd.DataFrame,
     interactions: DataFrame,
-    earlier_playlists: pd.DataFrame,
+    earlier_playlists: DataFrame,
 ):
     week = context.partition_key
     spark = pyspark.spark_session
@@ -242,9 +252,11 @@ def last_week_playlists(
     candidate_frame = run_candidates(spark, candidate_users(spark, users, profiles, interactions), models.to_bytes(),
                                      CandidatesConfig().settings(threads=1), CandidatesConfig().partitions).persist()
     ranker, ranker_week = last_week_ranker(lake.open(), week, ranker_model)
-    playlists, stats = build_playlists(spark, week, config, candidate_frame, ranker, user_profiles, user_directory,
-                                       track_stats, item2vec_embeddings, audio_embeddings, users, track_embeddings,
-                                       interactions, earlier_playlists)
+    playlists, stats = build_playlists(
+        spark, week, config.settings(), candidate_frame, ranker, user_profiles, user_directory, track_stats,
+        track_context(track_stats, item2vec_embeddings, audio_embeddings, track_embeddings),
+        user_vector_table(spark, users), interactions,
+        None if isinstance(earlier_playlists, pd.DataFrame) and earlier_playlists.empty else earlier_playlists)
     yield from emit_checked("last_week_playlists", playlists, RANKED_PLAYLISTS, {
         "model_version": version, "ranker_from_week": ranker_week, **stats,
         "elapsed_s": round(time.perf_counter() - started, 1),
@@ -458,6 +470,8 @@ MONITORING_CHECKS = {
 
 
 class MonitoringConfig(Config):
+    sample_users: int = 250_000  # users whose scores the drift reads (seeded hash): the demo's are all
+    seed: int = 7
     psi_warn: float = 0.1
     psi_error: float = 0.25
     volume_max_change: float = 0.5
@@ -481,15 +495,19 @@ class MonitoringConfig(Config):
     + [schema_check_spec("model_monitoring", MONITORING, blocking=False)],
 )
 def model_monitoring(context: AssetExecutionContext, config: MonitoringConfig, lake: LakeResource,
-                     ranked_playlists: pd.DataFrame, user_embeddings: Artifact, interactions: pd.DataFrame,
-                     track_catalog: pd.DataFrame):
+                     pyspark: LazyPySparkResource, ranked_playlists: DataFrame, user_embeddings: Artifact,
+                     interactions: DataFrame, track_catalog: pd.DataFrame):
+    """Sizes at the target: the window's interactions (240 G rows) are counted on Spark (one row per
+    week comes back); score drift reads the ranker scores of ``sample_users`` users drawn by seeded
+    hash (30 scores each), this week's and last week's."""
     week = context.partition_key
     previous = shift_week(week, -1)
     store = lake.open()
+    spark = pyspark.spark_session
     last_scores, last_norms = np.zeros(0), np.zeros(0)
     if store.exists(store.uri("gold", "ranked_playlists", previous)):
-        last_scores = store.read_frame(store.uri("gold", "ranked_playlists", previous), columns=["ranker_score"])[
-            "ranker_score"].dropna().to_numpy()
+        last_week = store.read_spark(spark, [store.uri("gold", "ranked_playlists", previous)])
+        last_scores = sampled_scores(last_week, config.sample_users, config.seed)
     if store.exists(store.uri("models", "user_embeddings", previous)):
         _, last_norms = embedding_statistic(vectors_from(store.read_artifact(
             store.uri("models", "user_embeddings", previous)))[1])
@@ -498,8 +516,8 @@ def model_monitoring(context: AssetExecutionContext, config: MonitoringConfig, l
     trailing = weeks[weeks["week"] < week]
     now = weeks[weeks["week"] == week].iloc[0]
     outcomes = [
-        prediction_drift(ranked_playlists["ranker_score"].dropna().to_numpy(), last_scores, config.psi_warn,
-                         config.psi_error),
+        prediction_drift(sampled_scores(ranked_playlists, config.sample_users, config.seed), last_scores,
+                         config.psi_warn, config.psi_error),
         feature_drift(norms, last_norms, config.psi_warn, config.psi_error, label=label),
         *[volume_anomaly(column, float(now[column]), trailing[column].astype(float).tolist(), config.volume_max_change)
           for column in ("events", "active_users", "new_tracks")],
@@ -520,11 +538,23 @@ def model_monitoring(context: AssetExecutionContext, config: MonitoringConfig, l
     yield schema_check_result("model_monitoring", table, MONITORING, blocking=False)
 
 
-def weekly_volumes(interactions: pd.DataFrame, catalog: pd.DataFrame, weeks: list[str]) -> pd.DataFrame:
-    """week, events, active_users, new_tracks for each week of the window (zeros where nothing landed)."""
-    week_of = interactions["ts"].dt.tz_convert("UTC").dt.tz_localize(None).dt.to_period("W-SUN").dt.start_time
-    per_week = interactions.assign(week=week_of.dt.strftime("%Y-%m-%d")).groupby("week").agg(
-        events=("user_id", "size"), active_users=("user_id", "nunique"))
+def sampled_scores(playlists: DataFrame, users: int, seed: int) -> np.ndarray:
+    """The non-null ranker scores of at most ``users`` users (lowest seeded hash first), in the stored
+    order: every user's when there are no more (the demo)."""
+    frame = stored_order(playlists).select("user_id", "ranker_score", *STORED_ORDER)
+    chosen = sample_users(frame, bounded(users), seed)
+    if chosen is not None:
+        frame = frame.join(chosen, "user_id", "left_semi")
+    scores = frame.where(F.col("ranker_score").isNotNull()).orderBy(*STORED_ORDER).select("ranker_score")
+    return np.asarray([r[0] for r in scores.collect()], dtype=np.float32)
+
+
+def weekly_volumes(interactions: DataFrame, catalog: pd.DataFrame, weeks: list[str]) -> pd.DataFrame:
+    """week, events, active_users, new_tracks for each week of the window (zeros where nothing landed);
+    the interactions are counted on Spark, one row per week comes back."""
+    per_week = (interactions.groupBy(F.date_format(F.date_trunc("week", "ts"), "yyyy-MM-dd").alias("week"))
+                .agg(F.count("*").alias("events"), F.countDistinct("user_id").alias("active_users"))
+                .toPandas().set_index("week"))
     release = pd.to_datetime(catalog["release_date"]).dt.to_period("W-SUN").dt.start_time.dt.strftime("%Y-%m-%d")
     new_tracks = release.value_counts()
     frame = pd.DataFrame({"week": weeks})

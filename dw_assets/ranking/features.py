@@ -603,8 +603,15 @@ def position_propensity(
         week = (pd.to_datetime(logged["ts"], utc=True) - FIRST_MONDAY).dt.days.to_numpy() // 7
     lists = logged[["user_id", "position"]].assign(week=week).drop_duplicates()
     counts = np.bincount(lists["position"].to_numpy(np.int64) - 1, minlength=list_size).astype(np.float64)
+    return propensity_from_counts(counts, min_propensity)
+
+
+def propensity_from_counts(counts: np.ndarray, min_propensity: float = 0.05) -> np.ndarray:
+    """The propensity of :func:`position_propensity` from its (user, week) list counts per position
+    (float64[list_size]; also counted on Spark by ``ranking.batch.spark_position_propensity``)."""
+    counts = np.asarray(counts, dtype=np.float64)
     if counts[0] == 0:
-        return np.ones(list_size)
+        return np.ones(len(counts))
     reached = np.minimum.accumulate(np.minimum(counts / counts[0], 1.0))
     return np.clip(reached, min_propensity, 1.0)
 
@@ -674,6 +681,7 @@ def training_examples(
     rows: str = "exposed",
     graded: bool = False,
     min_propensity: float = 0.05,
+    propensity: np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, pd.Series, pd.Series]:
     """Week W-1's candidates as training examples labelled by week W: (candidates, labels, weights).
 
@@ -683,13 +691,15 @@ def training_examples(
     rows="all": every candidate, unheard ones as negatives; positives seen only in the legacy list
     weigh 1 / examination propensity of their position (no ``list_position``: it would only mark
     the played rows). This learns P(heard and positive), mostly exposure (see ranker.py).
-    The candidates keep their index; featurize them with week W-1's context.
+    The candidates keep their index; featurize them with week W-1's context. ``propensity``: rows="all"'s
+    position propensity when counted elsewhere (on Spark, over every user, when the candidates are a sample).
     """
     if rows not in TRAINING_ROWS:
         raise ValueError(f"rows must be one of {TRAINING_ROWS}, got {rows!r}")
     labels = training_labels(candidates_prev, interactions_next, graded=graded)
     if rows == "all":
-        propensity = position_propensity(interactions_next, min_propensity=min_propensity)
+        if propensity is None:
+            propensity = position_propensity(interactions_next, min_propensity=min_propensity)
         return candidates_prev, labels, position_weights(candidates_prev, interactions_next, propensity)
     exposure = observed_exposure(candidates_prev, interactions_next)
     heard = exposure["exposed"].to_numpy()

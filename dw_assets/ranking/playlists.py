@@ -176,15 +176,25 @@ def fallback_pool(interactions: pd.DataFrame, users: pd.DataFrame, tracks: pd.Da
 
     interactions: user_id, track_id, is_positive (the week's); users: user_id, country;
     tracks: ``TRACK_TABLE``. Returns ``FALLBACK_COLUMNS``, score = listeners, best first.
+    In pandas (tests, benches); the weekly run counts on Spark (``ranking.batch.spark_fallback_pool``).
     """
     positive = interactions.loc[interactions["is_positive"].astype(bool), ["user_id", "track_id"]].drop_duplicates()
     by_country = positive.merge(users[["user_id", "country"]], on="user_id")
     counts = by_country.groupby(["country", "track_id"]).size().rename("score").reset_index()
-    # Small countries' pools are topped up with the global ranking (scored below any local count).
     overall = positive.groupby("track_id").size().rename("score").reset_index()
+    return pool_from_counts(counts, overall, users["country"], tracks, per_country)
+
+
+def pool_from_counts(counts: pd.DataFrame, overall: pd.DataFrame, countries: pd.Series, tracks: pd.DataFrame,
+                     per_country: int = 300) -> pd.DataFrame:
+    """The fallback pool from listener counts: ``counts`` country, track_id, score (distinct positive
+    listeners in the country; only each country's best ``per_country`` are needed), ``overall``
+    track_id, score (all countries; only the best ``per_country`` are needed), ``countries`` every
+    user's country (nulls ignored). Both count tables are per track, so they fit on the driver."""
+    # Small countries' pools are topped up with the global ranking (scored below any local count).
     overall = overall.sort_values(["score", "track_id"], ascending=[False, True], kind="stable").head(per_country)
     overall["score"] = overall["score"] / (overall["score"].max() + 1.0) if len(overall) else overall["score"]
-    top_up = pd.DataFrame({"country": np.sort(users["country"].dropna().unique())}).merge(overall, how="cross")
+    top_up = pd.DataFrame({"country": np.sort(countries.dropna().unique())}).merge(overall, how="cross")
     counts = pd.concat([counts, top_up], ignore_index=True).drop_duplicates(["country", "track_id"], keep="first")
     counts = counts.sort_values(["country", "score", "track_id"], ascending=[True, False, True], kind="stable")
     pool = counts.groupby("country", sort=True).head(per_country).merge(tracks, on="track_id")

@@ -91,6 +91,10 @@ class RankerConfig:
     ndcg_k: int = 30  # the playlist length: metric cut-off and LambdaRank truncation
     validation_fraction: float = 0.2  # share of users (seeded hash) held out for early stopping
     max_training_users: int | None = 200_000  # cap on training users (lowest seeded hash first)
+    # What comes to the driver (ranking.batch.training_sample): users drawn in Spark by a seeded hash
+    # (covers the demo's 24 k users and `large`'s 232 k: the whole week) and the rows they bring.
+    sample_users: int = 250_000
+    sample_rows: int = 10_000_000  # candidate + play rows of the sampled users (~1.5 GB of features)
     negatives_per_user: int | None = 200  # negatives kept per training user (seeded); None keeps all
     baseline_feature: str = "two_tower_score"  # retrieval order the report compares with
     seed: int = 7
@@ -107,6 +111,9 @@ class RankerConfig:
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
         for name in ("num_leaves", "n_estimators", "early_stopping_rounds", "min_child_samples", "ndcg_k"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("sample_users", "sample_rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("max_training_users", "negatives_per_user"):

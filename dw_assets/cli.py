@@ -16,6 +16,7 @@ from dw_assets.bench.ann_bench import ann_command
 from dw_assets.bench.demo import demo_command
 from dw_assets.bench.inference import inference_command
 from dw_assets.bench.projection import project_command
+from dw_assets.bench.scale import scale_command
 from dw_assets.bench.stages import stages_command
 
 
@@ -371,6 +372,7 @@ bench.add_command(inference_command)
 bench.add_command(all_command)
 bench.add_command(project_command)
 bench.add_command(demo_command)
+bench.add_command(scale_command)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from dagster import (
     Output,
     multi_asset,
 )
+from pyspark.sql import DataFrame
 
 from dw_assets.calendar import week_bounds
 from dw_assets.embeddings import audio as audio_model
@@ -23,8 +24,7 @@ from dw_assets.embeddings import audio_io, item2vec, two_tower
 from dw_assets.embeddings.audio import AudioConfig, load_clips, log_mel, train_audio_model
 from dw_assets.embeddings.item2vec import (
     Item2VecConfig,
-    playlist_sentences,
-    session_sentences,
+    sampled_sentences,
     train_item2vec,
 )
 from dw_assets.embeddings.landing import landed_audio
@@ -34,8 +34,11 @@ from dw_assets.embeddings.two_tower import (
     build_examples,
     build_features,
     train_two_tower,
+    training_sample,
     warm_start_cold_tracks,
 )
+from dw_assets.embeddings.user_tower import sorted_vectors, user_embeddings_frame
+from dw_assets.lake.driver_guard import to_driver
 from dw_assets.lake.resources import LAYER_KEY, LakeResource
 from dw_assets.lake.storage import Artifact, vectors_artifact, vectors_from
 from dw_assets.partitions import ONE_WEEK_PER_RUN, history_window, weekly_partitions
@@ -43,10 +46,6 @@ from dw_assets.versioning import model_version, require_same_version
 
 GROUP = "embeddings"
 MODELS = {LAYER_KEY: "models"}
-SESSION_COLUMNS = ["session_id", "ts", "track_id", "is_positive"]
-TRAINING_COLUMNS = [
-    "user_id", "track_id", "ts", "is_positive", "is_early_skip", "weight", "session_id", "genre", "artist_id",
-]
 
 
 def _out(description: str) -> AssetOut:
@@ -60,33 +59,36 @@ class Item2VecAssetConfig(Config):
     # 99.38 % at both, hidden-style cosine 0.295 vs 0.303, in ~40 % of the time (the demo's largest step).
     epochs: int = 6
     min_count: int = Item2VecConfig.min_count
+    max_sessions: int = Item2VecConfig.max_sessions
+    max_playlists: int = Item2VecConfig.max_playlists
     seed: int = Item2VecConfig.seed
 
     def settings(self) -> Item2VecConfig:
-        return Item2VecConfig(dim=self.dim, window=self.window, epochs=self.epochs, min_count=self.min_count, seed=self.seed)
+        return Item2VecConfig(dim=self.dim, window=self.window, epochs=self.epochs, min_count=self.min_count,
+                              max_sessions=self.max_sessions, max_playlists=self.max_playlists, seed=self.seed)
 
 
 @multi_asset(
-    outs={"item2vec_embeddings": _out("Skip-gram track vectors from playlists and 12 weeks of listening sessions.")},
-    ins={
-        "user_playlists": AssetIn(),
-        "interactions": AssetIn(partition_mapping=history_window, metadata={"columns": SESSION_COLUMNS}),
-    },
+    outs={"item2vec_embeddings": _out("Skip-gram track vectors from a seeded sample of playlists and 12 weeks of "
+                                      "listening sessions (caps in Item2VecConfig).")},
+    ins={"user_playlists": AssetIn(), "interactions": AssetIn(partition_mapping=history_window)},
     partitions_def=weekly_partitions,
     backfill_policy=ONE_WEEK_PER_RUN,
 )
 def item2vec_embeddings(
-    context: AssetExecutionContext, config: Item2VecAssetConfig, user_playlists: pd.DataFrame, interactions: pd.DataFrame
+    context: AssetExecutionContext, config: Item2VecAssetConfig, user_playlists: DataFrame, interactions: DataFrame
 ):
+    """Spark groups and samples the sentences (``item2vec.sampled_sentences``); the driver trains on the sample."""
     settings = config.settings()
-    sentences = playlist_sentences(user_playlists, settings) + session_sentences(interactions, settings)
+    sentences, sampled = sampled_sentences(user_playlists, interactions, settings)
     result = train_item2vec(sentences, settings)
     version = model_version(context.partition_key, [settings], [item2vec])
-    meta = {"model_version": version, **result.stats}
+    meta = {"model_version": version, **result.stats, **sampled}
     yield Output(
         vectors_artifact(result.track_ids, result.vectors, meta),
         output_name="item2vec_embeddings",
-        metadata={"model_version": version, "tracks": len(result), **{k: v for k, v in result.stats.items() if np.isscalar(v)}},
+        metadata={"model_version": version, "tracks": len(result), **sampled,
+                  **{k: v for k, v in result.stats.items() if np.isscalar(v)}},
     )
 
 
@@ -156,19 +158,22 @@ class TwoTowerAssetConfig(Config):
     logq_correction: bool = TwoTowerConfig.logq_correction
     hard_negatives_per_example: int = TwoTowerConfig.hard_negatives_per_example
     max_examples: int | None = 1_000_000
+    max_training_users: int = TwoTowerConfig.max_training_users
+    max_training_interactions: int = TwoTowerConfig.max_training_interactions
     seed: int = TwoTowerConfig.seed
 
     def settings(self) -> TwoTowerConfig:
         return TwoTowerConfig(dim=self.dim, epochs=self.epochs, batch_size=self.batch_size,
                               logq_correction=self.logq_correction,
                               hard_negatives_per_example=self.hard_negatives_per_example,
-                              max_examples=self.max_examples, seed=self.seed)
+                              max_examples=self.max_examples, max_training_users=self.max_training_users,
+                              max_training_interactions=self.max_training_interactions, seed=self.seed)
 
 
 @multi_asset(
     outs={"two_tower_model": _out("User tower x item tower, sampled softmax with in-batch + hard negatives and logQ correction.")},
     ins={
-        "interactions": AssetIn(partition_mapping=history_window, metadata={"columns": TRAINING_COLUMNS}),
+        "interactions": AssetIn(partition_mapping=history_window),
         "user_profiles": AssetIn(),
         "track_stats": AssetIn(),
         "audio_embeddings": AssetIn(dagster_type=Artifact),
@@ -179,17 +184,21 @@ class TwoTowerAssetConfig(Config):
 def two_tower_model(
     context: AssetExecutionContext,
     config: TwoTowerAssetConfig,
-    interactions: pd.DataFrame,
-    user_profiles: pd.DataFrame,
+    interactions: DataFrame,
+    user_profiles: DataFrame,
     track_stats: pd.DataFrame,
     audio_embeddings: Artifact,
 ):
+    """Trains on a seeded sample of users drawn in Spark (``two_tower.training_sample``); the model file
+    holds vocabularies, per-track inputs and weights, no user."""
     settings = config.settings()
     audio_ids, audio_vectors = vectors_from(audio_embeddings)
-    features = build_features(interactions, user_profiles, track_stats, audio_ids, audio_vectors,
-                              context.partition_key, settings)
-    examples = build_examples(interactions, features, settings)
+    sample = training_sample(interactions, user_profiles, settings)
+    features = build_features(sample.interactions, sample.profiles, track_stats, audio_ids, audio_vectors,
+                              context.partition_key, settings, countries=sample.countries)
+    examples = build_examples(sample.interactions, features, settings)
     trained = train_two_tower(features, examples, settings)
+    trained.report["sample"] = sample.stats
     version = model_version(context.partition_key, [settings], [two_tower], [audio_embeddings.model_version])
     report = trained.report
     yield Output(
@@ -207,7 +216,7 @@ class TrackEmbeddingsConfig(Config):
 @multi_asset(
     outs={
         "track_embeddings": _out("Item-tower vector of every catalog track; cold tracks warm-started from audio neighbours."),
-        "user_embeddings": _out("User-tower vector of every user with history."),
+        "user_embeddings": _out("User-tower vector of every user with history, computed on the Spark executors."),
     },
     ins={"two_tower_model": AssetIn(dagster_type=Artifact), "user_profiles": AssetIn(), "track_stats": AssetIn()},
     partitions_def=weekly_partitions,
@@ -217,15 +226,20 @@ def tower_embeddings(
     context: AssetExecutionContext,
     config: TrackEmbeddingsConfig,
     two_tower_model: Artifact,
-    user_profiles: pd.DataFrame,
+    user_profiles: DataFrame,
     track_stats: pd.DataFrame,
 ):
-    trained = TrainedTwoTower.from_bytes(two_tower_model.files["two_tower.bin"])
+    """Item tower on the driver (per track, 100 M rows at the target); user tower in ``mapInPandas``
+    (``user_tower.user_embeddings_frame``)."""
+    model_bytes = two_tower_model.files["two_tower.bin"]
+    trained = TrainedTwoTower.from_bytes(model_bytes)
     cold = track_stats.loc[track_stats["is_cold"], "track_id"].to_numpy(np.int64)
     cold_stats = warm_start_cold_tracks(trained, cold, config.cold_neighbours)
     version = two_tower_model.model_version
     track_ids, track_vectors = trained.track_vectors()
-    user_ids, user_vectors = trained.user_vectors(user_profiles)
+    # Still an Artifact for its consumers (ranking, evaluation): collected under the driver guard.
+    user_ids, user_vectors = sorted_vectors(to_driver(user_embeddings_frame(user_profiles, model_bytes),
+                                                      "user_embeddings"))
     norms = np.linalg.norm(user_vectors, axis=1) if len(user_vectors) else np.zeros(0)
     yield Output(
         vectors_artifact(track_ids, track_vectors, {"model_version": version, "cold_start": cold_stats}),

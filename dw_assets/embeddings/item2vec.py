@@ -34,9 +34,15 @@ class Item2VecConfig:
     workers: int = 1  # more than one thread makes gensim non-deterministic
     min_sentence_len: int = 2  # a single track has no context
     max_sentence_len: int = 200  # longer playlists/sessions are cut into chunks
+    # Training samples drawn in Spark by seeded hash (``sampled_sentences``); both cover the `small` demo
+    # (~0.5 M sessions with a positive in 12 weeks, ~50 k playlists), so its vectors are the full-data ones.
+    # At 500 M users the window holds ~10 G sessions: the cap, not the users, sets the driver's corpus.
+    max_sessions: int = 4_000_000
+    max_playlists: int = 1_000_000
 
     def __post_init__(self) -> None:
-        for name in ("dim", "window", "negative", "epochs", "min_count", "workers", "min_sentence_len"):
+        for name in ("dim", "window", "negative", "epochs", "min_count", "workers", "min_sentence_len",
+                     "max_sessions", "max_playlists"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_sentence_len < self.min_sentence_len:
@@ -104,6 +110,27 @@ def session_sentences(interactions: pd.DataFrame, config: Item2VecConfig = DEFAU
     repeat = np.zeros(len(tracks), dtype=bool)
     repeat[1:] = (sessions[1:] == sessions[:-1]) & (tracks[1:] == tracks[:-1])
     return _split_sentences(sessions[~repeat], tracks[~repeat], config)
+
+
+def sampled_sentences(playlists, interactions, config: Item2VecConfig = DEFAULT_CONFIG) -> tuple[list[list[str]], dict]:
+    """Sentences of a seeded-hash sample of playlists and sessions, both Spark DataFrames (user- and
+    event-scale: they never come to the driver whole).
+
+    Spark groups each playlist's tracks by ``pos`` and each session's positive plays by ``ts`` (ties by
+    track id), then keeps the ``max_playlists`` / ``max_sessions`` groups with the smallest seeded hash;
+    only those arrays reach the driver, where ``playlist_sentences`` / ``session_sentences`` apply the
+    same rules as on pandas input. Returns (sentences, counts of what was sampled).
+    """
+    from dw_assets.embeddings.samples import explode_groups, sampled_groups
+
+    lists = sampled_groups(playlists, "playlist_id", ["pos"], "track_id", config.max_playlists, config.seed)
+    plays = interactions.where("is_positive").select("session_id", "ts", "track_id")
+    sessions = sampled_groups(plays, "session_id", ["ts"], "track_id", config.max_sessions, config.seed)
+    # Position in the time-ordered group stands in for ts: session_sentences only needs the order.
+    session_rows = explode_groups(sessions, "session_id", "track_id", position="ts").assign(is_positive=True)
+    sentences = (playlist_sentences(explode_groups(lists, "playlist_id", "track_id"), config)
+                 + session_sentences(session_rows, config))
+    return sentences, {"sampled_playlists": len(lists), "sampled_sessions": len(sessions)}
 
 
 def _split_sentences(groups: np.ndarray, tracks: np.ndarray, config: Item2VecConfig) -> list[list[str]]:

@@ -51,6 +51,7 @@ from dw_assets.embeddings.two_tower_data import (
     most_recent,
     profile_user_features,
     sampling_probability,
+    training_sample,
 )
 
 __all__ = [
@@ -65,6 +66,7 @@ __all__ = [
     "device",
     "retrieve",
     "train_two_tower",
+    "training_sample",
     "warm_start_cold_tracks",
 ]
 
@@ -75,7 +77,7 @@ BIRTH_DIM = 4
 INIT_STD = 0.01  # small id init: an id row that never trains stays near neutral
 SCORE_CHUNK_USERS = 1024
 VECTOR_CHUNK = 65_536
-USER_CHUNK = 4096
+USER_CHUNK = 1024  # users per user-tower call, padded to this many (see encode_users)
 FIXED_ZIP_TIME = (2020, 1, 1, 0, 0, 0)
 
 
@@ -174,13 +176,28 @@ class TwoTowerModel(nn.Module):
         return F.normalize(self.user_mlp(x), dim=-1)
 
     def encode_users(self, users: UserFeatures) -> torch.Tensor:
-        """float32[n, dim] user vectors, computed in chunks (the history gather is [chunk, L, d_audio])."""
+        """float32[n, dim] user vectors, computed in chunks (the history gather is [chunk, L, d_audio]).
+
+        Every chunk is padded to ``USER_CHUNK`` rows: BLAS picks its kernel by the matrix shape and rounds
+        differently for a few rows than for many, so a fixed shape makes a user's vector the same whatever
+        batch it arrives in (a Spark partition, the evaluation's control arm, one user)."""
         dev = self.track_id.weight.device
-        parts = [
-            self.user_vectors(*(torch.as_tensor(a[s : s + USER_CHUNK], device=dev) for a in _user_arrays(users)))
-            for s in range(0, len(users), USER_CHUNK)
-        ]
+        parts = []
+        for s in range(0, len(users), USER_CHUNK):
+            chunk = [_pad_rows(a[s : s + USER_CHUNK], USER_CHUNK) for a in _user_arrays(users)]
+            n = min(USER_CHUNK, len(users) - s)
+            parts.append(self.user_vectors(*(torch.as_tensor(a, device=dev) for a in chunk))[:n])
         return torch.cat(parts) if parts else torch.zeros(0, self.user_mlp[-1].out_features, device=dev)
+
+
+def _pad_rows(values: np.ndarray, rows: int) -> np.ndarray:
+    """``values`` with zero rows appended up to ``rows`` (a padded user has an empty history: -1 tracks)."""
+    if len(values) == rows:
+        return values
+    pad = np.zeros((rows - len(values), *values.shape[1:]), dtype=values.dtype)
+    if values.ndim == 2 and values.dtype == np.int64:
+        pad -= 1  # history rows: -1 is padding
+    return np.concatenate([values, pad])
 
 
 def _user_arrays(users: UserFeatures) -> tuple[np.ndarray, ...]:

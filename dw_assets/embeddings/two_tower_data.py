@@ -50,13 +50,19 @@ class TwoTowerConfig:
     history_window_days: int = 1  # a training positive sees history from before its window (day) only
     restore_best_epoch: bool = True  # keep the weights of the epoch with the best validation recall
     max_examples: int | None = None  # keep the most recent N training examples
+    # The training sample, drawn in Spark by seeded user hash (``samples.sample_keys``): whole users' 12-week
+    # histories, at most this many users and interaction rows. Both cover the `small` demo (24 k users,
+    # ~5 M rows); at 500 M users they bound the driver at ~1 GB of rows however many users there are.
+    max_training_users: int = 2_000_000
+    max_training_interactions: int = 20_000_000
     seed: int = 7
     cold_neighbours: int = 10
     recall_k: int = 500
 
     def __post_init__(self) -> None:
         for name in ("dim", "id_dim", "hidden", "history_len", "batch_size", "epochs", "validation_days",
-                     "history_window_days", "cold_neighbours", "recall_k"):
+                     "history_window_days", "cold_neighbours", "recall_k", "max_training_users",
+                     "max_training_interactions"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.temperature <= 0 or self.recency_half_life_days <= 0:
@@ -108,9 +114,11 @@ class FeatureSpace:
     artist_ids: np.ndarray  # int64[n_artists], [0] = -1 (unseen artist)
     genres: list[str]  # [0] = "" (unknown)
     countries: list[str]  # [0] = "" (unknown)
-    user_ids: np.ndarray  # int64[n_users], sorted: users of user_profiles
-    users: UserFeatures  # their features as of the end of week W
     window_end_ms: int  # end of week W, ms since epoch UTC
+    # Training only, never serialized: the profiles of the sampled users (country and birth band of the
+    # examples' states). Inference computes user inputs from user_profiles rows (``profile_user_features``).
+    user_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # int64[n_users], sorted
+    users: UserFeatures | None = None
 
     @property
     def n_tracks(self) -> int:
@@ -124,13 +132,13 @@ class FeatureSpace:
         return _rows(self.user_ids, user_ids)
 
     def to_arrays(self) -> tuple[dict, dict]:
-        """(numpy arrays, JSON-able metadata) for serialization."""
+        """(numpy arrays, JSON-able metadata) for serialization: vocabularies and per-track inputs, no user."""
         arrays, meta = {}, {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "users":
-                arrays.update({f"users.{k.name}": getattr(value, k.name) for k in fields(UserFeatures)})
-            elif isinstance(value, np.ndarray):
+            if f.name in USER_FIELDS:
+                continue
+            if isinstance(value, np.ndarray):
                 arrays[f.name] = value
             else:
                 meta[f.name] = value
@@ -138,9 +146,11 @@ class FeatureSpace:
 
     @classmethod
     def from_arrays(cls, arrays: dict, meta: dict) -> FeatureSpace:
-        users = UserFeatures(**{k.name: arrays[f"users.{k.name}"] for k in fields(UserFeatures)})
-        plain = {k: v for k, v in arrays.items() if not k.startswith("users.")}
-        return cls(users=users, **plain, **meta)
+        plain = {k: v for k, v in arrays.items() if k not in USER_FIELDS and not k.startswith("users.")}
+        return cls(**plain, **{k: v for k, v in meta.items() if k not in USER_FIELDS})
+
+
+USER_FIELDS = ("user_ids", "users")  # FeatureSpace fields that are training-only (per user, not shipped)
 
 
 @dataclass
@@ -242,13 +252,16 @@ def build_features(
     audio_vectors: np.ndarray,
     week: str,
     config: TwoTowerConfig,
+    countries: list | None = None,
 ) -> FeatureSpace:
     """Vocabularies and features for week ``week`` (the window's last week).
 
     ``track_stats`` defines the catalog (every track, cold ones included);
     ``audio_ids: int64[n_a]``, ``audio_vectors: float32[n_a, d_audio]`` the audio
     CNN output (tracks without a vector get zeros and the missing flag);
-    ``user_profiles`` the users and their history as of the end of ``week``.
+    ``user_profiles`` the (sampled) users of ``interactions``: their country and
+    birth band enter the examples; ``countries`` the country vocabulary of every
+    user (Spark's distinct countries; None: those of ``user_profiles``).
     ``interactions`` only extends the vocabularies: a played track missing
     from the catalog is added so no play is lost.
     """
@@ -285,7 +298,9 @@ def build_features(
     missing[at[ok]] = False
 
     profiles = user_profiles.sort_values("user_id").drop_duplicates("user_id").reset_index(drop=True)
-    countries, _ = _vocab(profiles["country"].tolist() if "country" in profiles else [], "")
+    if countries is None:
+        countries = profiles["country"].tolist() if "country" in profiles else []
+    countries, _ = _vocab(countries, "")
     space = FeatureSpace(
         week=week,
         track_ids=track_ids,
@@ -570,3 +585,39 @@ def build_examples(interactions: pd.DataFrame, features: FeatureSpace, config: T
         stats=stats,
     )
 
+
+
+TRAINING_COLUMNS = ["user_id", "track_id", "ts", "is_positive", "is_early_skip", "weight", "session_id", "genre",
+                    "artist_id"]
+PROFILE_COLUMNS = ["user_id", "country", "birth_year", "recent_tracks", "recent_age_days", "genre_share", "events"]
+
+
+@dataclass
+class TrainingSample:
+    """What the driver holds to train: the sampled users' interactions and profiles, the country vocabulary."""
+
+    interactions: pd.DataFrame  # TRAINING_COLUMNS, sorted by (user_id, ts, track_id, session_id)
+    profiles: pd.DataFrame  # the sampled users' user_profiles rows, sorted by user_id
+    countries: list  # distinct countries of every profile (a vocabulary: ~200 values)
+    stats: dict = field(default_factory=dict)
+
+
+def training_sample(interactions, user_profiles, config: TwoTowerConfig) -> TrainingSample:
+    """The two-tower's training data from Spark frames (the 12-week window's interactions, week W's
+    profiles): whole histories of at most ``max_training_users`` users and ``max_training_interactions``
+    rows, drawn by seeded user hash in Spark (``samples.sample_keys``). At 500 M users only the caps and
+    the country vocabulary reach the driver. Rows are sorted so the examples never depend on partitioning.
+    """
+    from dw_assets.embeddings.samples import rows_of, sample_keys
+
+    users = sample_keys(interactions, "user_id", config.max_training_users, config.max_training_interactions,
+                        config.seed)
+    columns = [c for c in TRAINING_COLUMNS if c in interactions.columns]
+    rows = rows_of(interactions, "user_id", users, columns)
+    rows = rows.sort_values(["user_id", "ts", "track_id", "session_id"], kind="mergesort").reset_index(drop=True)
+    profile_columns = [c for c in PROFILE_COLUMNS if c in user_profiles.columns]
+    profiles = rows_of(user_profiles, "user_id", users, profile_columns).sort_values("user_id", kind="mergesort")
+    countries = ([r[0] for r in user_profiles.select("country").distinct().collect()]
+                 if "country" in user_profiles.columns else [])
+    stats = {"sampled_users": len(users), "sampled_interactions": len(rows)}
+    return TrainingSample(rows, profiles.reset_index(drop=True), countries, stats)

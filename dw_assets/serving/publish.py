@@ -12,18 +12,78 @@ superseded version are reclaimed, nothing is duplicated), made live, and old wee
 
 Retention: ``keep_weeks`` weeks are kept (the newest written ones, plus the live one). It is the
 argument when given, else the store URL's ``keep_weeks`` option, else ``DEFAULT_KEEP_WEEKS``.
+
+Two ways in, one contract. ``publish_week`` takes the week as pandas (tests, benchmarks, small
+tools) or as a Spark DataFrame (the ``published_playlists`` asset). With Spark, the week never
+comes to the driver; sizes at the target (500 M users x 30 tracks = 15 B rows, ~1 kB per stored
+user):
+
+1. ``spark_playlist_counts``: one scan of the week checks the rules of ``validate_playlists`` that
+   hold row by row (nulls, positions, ids, finite scores) and counts rows and distinct users
+   (exact; a shuffle of 500 M user ids, partially aggregated). Two numbers reach the driver.
+2. The driver starts a new version (``begin_write``: reclaim earlier leftovers, list the version as
+   in flight). The week is hash-partitioned by user (about ``rows_per_partition`` rows a task:
+   10,000 tasks at the target) and sorted by (user, position) inside each partition.
+3. Redis and Cassandra/Scylla (``writes_from_executors``): each task writes its users with the
+   store's batched writer (``write_users``: Redis pipelines, concurrent prepared inserts) through one
+   connection per Python worker, opened from the store's settings (a store pickles as its settings,
+   never a client or a secret: executors read ``DW_REDIS_PASSWORD`` / ``DW_SCYLLA_*`` from their own
+   environment). A task checks its users' rows (no two tracks at one position) before writing them
+   and returns (users, rows) written; Spark sums them, so the driver gets two numbers. A retried
+   or speculative task rewrites the same keys with the same values. SQLite, a file on the driver's
+   disk, is written by the driver: executors encode each user's value, and the driver receives
+   (user_id, value) rows in ascending user order through ``toLocalIterator`` (one partition at a
+   time) and commits them in batches. At the target that is 500 GB through one process at
+   SQLite's few thousand users a second (days): SQLite is the demo's store, not a production one.
+4. The sums must equal step 1's counts, else the version is never registered (StoreError). Then
+   ``commit_write`` registers it (one atomic write), and ``verify_week`` checks the store's own
+   user count and reads back a sample of users: the ``sample_users`` users with the lowest seeded
+   hash of their id (``spark_verification_sample``: a top-k in Spark, at most
+   sample_users x 30 rows collected, within ``DW_DRIVER_ROW_LIMIT``).
+5. Flip and retention as for pandas.
+
+``fail_after_users`` (a simulated crash) counts per writer: per Spark task on the executor path,
+per publish on the driver path. A failed task fails the job; the version stays unregistered and
+listed as in flight, so last week stays live and the next write reclaims it (Redis; Scylla rows
+expire with their TTL). Tasks Spark cancels stop within ``spark.python.task.killTimeout`` (2 s).
 """
 
 from __future__ import annotations
 
+import math
+import pickle
+import re
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from dw_assets.serving.stores import PlaylistStore, Progress, check_week, validate_playlists
+from dw_assets.lake.driver_guard import bounded, to_driver
+from dw_assets.serving.stores import (
+    MAX_POSITION,
+    PLAYLIST_COLUMNS,
+    PlaylistStore,
+    Progress,
+    StoreError,
+    StoreUnavailable,
+    check_week,
+    encode_playlists,
+    validate_playlists,
+)
 
 DEFAULT_KEEP_WEEKS = 4
+ASSET = "published_playlists"  # the name the driver guard knows this table by
+
+
+@dataclass(frozen=True)
+class PublishSettings:
+    """How a Spark DataFrame is published (sizes at the target in the module docstring)."""
+
+    rows_per_partition: int = 1_500_000  # ~50,000 users a writer task; at least one task per core
+    sample_seed: int = 20  # salt of the hash that picks the verification sample
 
 
 def retention_weeks(store: PlaylistStore, keep_weeks: int | None = None) -> int:
@@ -61,41 +121,59 @@ def _abort_after(limit: int, progress: Progress | None) -> Progress:
     return update
 
 
-def publish_week(store: PlaylistStore, week: str, playlists: pd.DataFrame, keep_weeks: int | None = None,
+def _is_spark(frame: Any) -> bool:
+    return type(frame).__module__.startswith("pyspark.sql")
+
+
+def publish_week(store: PlaylistStore, week: str, playlists: Any, keep_weeks: int | None = None,
                  fail_after_users: int | None = None, *, make_live: bool | None = None,
-                 sample_users: int = 64, progress: Progress | None = None) -> dict:
+                 sample_users: int = 64, progress: Progress | None = None,
+                 settings: PublishSettings = PublishSettings()) -> dict:
     """Write ``week``'s playlists to ``store``, verify, make the week live, apply retention.
 
-    playlists: one row per (user_id, position) with the PLAYLIST_COLUMNS of ``stores``.
+    playlists: one row per (user_id, position) with the PLAYLIST_COLUMNS of ``stores``, as pandas
+        or as a Spark DataFrame (written from the executors for Redis and Scylla; the module
+        docstring has the steps and their sizes).
     keep_weeks: written weeks to keep (the newest ones); the live week is never dropped. None: the
         store URL's ``keep_weeks``, else DEFAULT_KEEP_WEEKS. Refused (ValueError, before anything is
         written) when the store's values expire sooner than that retention needs.
     fail_after_users: raise InjectedFailure once that many users are written (after a write
-        batch commits, before the week is registered): the previous week stays live.
+        batch commits, before the week is registered): the previous week stays live. On the
+        executor path each Spark task counts its own users.
     make_live: None (default) flips the pointer unless a newer week is already live, so
         re-running an old partition never rolls serving back; True forces the flip (rollback);
         False only writes and verifies.
-    progress: called with the users written by each batch (e.g. ``tqdm.update``).
+    sample_users: users read back and compared after writing.
+    progress: called with the users written by each batch (e.g. ``tqdm.update``); on the executor
+        path once, with every user, when the writers are done.
 
-    Returns stats: week, users, rows, seconds, write_seconds, verify_seconds, users_per_s (write
-    throughput), live (whether this publish flipped the pointer to ``week``), live_week, keep_weeks,
+    Returns stats: week, users (written), expected_users (distinct users in ``playlists``), rows,
+    seconds, write_seconds, verify_seconds, users_per_s (write throughput), writers ("executors" or
+    "driver"), live (whether this publish flipped the pointer to ``week``), live_week, keep_weeks,
     kept_weeks, dropped_weeks.
     """
     check_week(week)
     keep_weeks = retention_weeks(store, keep_weeks)
     store.check_retention(keep_weeks)
-    validate_playlists(playlists)
-    if playlists.empty:
-        raise ValueError(f"no playlists to publish for week {week}: refusing to make an empty week live")
     started = time.perf_counter()
-    users = int(playlists["user_id"].nunique())
-    if fail_after_users is not None:
-        progress = _abort_after(fail_after_users, progress)
-
-    written = store.write_week(week, playlists, progress=progress)
-    write_seconds = time.perf_counter() - started
-    verify_started = time.perf_counter()
-    store.verify_week(week, users, verification_sample(playlists, sample_users))
+    if _is_spark(playlists):
+        written, expected_users, rows, writers = _write_spark(store, week, playlists, fail_after_users, progress,
+                                                              settings)
+        write_seconds = time.perf_counter() - started
+        verify_started = time.perf_counter()
+        sample = spark_verification_sample(playlists, sample_users, settings.sample_seed)
+    else:
+        validate_playlists(playlists)
+        if playlists.empty:
+            raise ValueError(f"no playlists to publish for week {week}: refusing to make an empty week live")
+        expected_users, rows, writers = int(playlists["user_id"].nunique()), len(playlists), "driver"
+        if fail_after_users is not None:
+            progress = _abort_after(fail_after_users, progress)
+        written = store.write_week(week, playlists, progress=progress)
+        write_seconds = time.perf_counter() - started
+        verify_started = time.perf_counter()
+        sample = verification_sample(playlists, sample_users)
+    store.verify_week(week, expected_users, sample)
     verify_seconds = time.perf_counter() - verify_started
 
     live = store.current_week()
@@ -112,10 +190,188 @@ def publish_week(store: PlaylistStore, week: str, playlists: pd.DataFrame, keep_
 
     seconds = time.perf_counter() - started
     return {
-        "week": week, "users": written, "rows": len(playlists), "seconds": round(seconds, 3),
-        "write_seconds": round(write_seconds, 3), "verify_seconds": round(verify_seconds, 3),
+        "week": week, "users": written, "expected_users": expected_users, "rows": rows,
+        "seconds": round(seconds, 3), "write_seconds": round(write_seconds, 3),
+        "verify_seconds": round(verify_seconds, 3),
         "users_per_s": round(written / write_seconds, 1) if write_seconds > 0 else float("inf"),
-        "live": bool(flip), "live_week": live, "keep_weeks": keep_weeks,
+        "writers": writers, "live": bool(flip), "live_week": live, "keep_weeks": keep_weeks,
         "kept_weeks": sorted(w for w in kept if w is not None),
         "dropped_weeks": dropped,
     }
+
+
+# ---------------------------------------------------------------- Spark
+
+
+def spark_playlist_counts(frame: Any) -> tuple[int, int]:
+    """(rows, distinct users) of a Spark week, after checking in Spark the row-wise rules of
+    ``validate_playlists`` (ValueError with the same messages). One scan; two numbers collected.
+    The per-user rule (one track per position) is checked by the writers, on whole users."""
+    from pyspark.sql import functions as F
+
+    missing = [c for c in PLAYLIST_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"playlists lack columns {missing}")
+    flag = lambda condition, name: F.sum(condition.cast("long")).alias(name)  # noqa: E731
+    row = frame.agg(
+        F.count(F.lit(1)).alias("rows"), F.countDistinct("user_id").alias("users"),
+        *[flag(F.col(c).isNull(), f"null_{c}") for c in PLAYLIST_COLUMNS],
+        flag((F.col("position") < 1) | (F.col("position") > MAX_POSITION), "bad_position"),
+        flag(F.col("user_id") < 0, "negative_user"),
+        flag(F.isnan("score") | (F.abs("score") == F.lit(float("inf"))), "bad_score"),
+    ).first().asDict()
+    bad = {name: int(value or 0) for name, value in row.items() if name not in ("rows", "users")}
+    nulls = [c for c in PLAYLIST_COLUMNS if bad[f"null_{c}"]]
+    if nulls:
+        raise ValueError(f"playlists have nulls in {nulls}")
+    if bad["bad_position"]:
+        raise ValueError(f"positions must be in 1..{MAX_POSITION}")
+    if bad["negative_user"]:
+        raise ValueError("user ids must be non-negative")
+    if bad["bad_score"]:
+        raise ValueError("scores must be finite")
+    return int(row["rows"]), int(row["users"])
+
+
+def spark_verification_sample(frame: Any, users: int = 64, seed: int = PublishSettings.sample_seed) -> pd.DataFrame:
+    """The rows of the ``users`` users with the lowest seeded hash of their id (deterministic: the
+    same week always checks the same users, whatever its partitioning). Drawn in Spark as a top-k;
+    at most ``bounded(users * 30)`` rows reach the driver (DW_DRIVER_ROW_LIMIT caps it)."""
+    from pyspark.sql import functions as F
+
+    n = max(1, bounded(users * MAX_POSITION) // MAX_POSITION)
+    key = F.xxhash64(F.lit(seed), F.col("user_id"))
+    # A user has at most 30 rows, so the n * 30 lowest-hash rows hold the n lowest-hash users.
+    head = to_driver(frame.select("user_id", key.alias("h")).orderBy("h", "user_id").limit(n * MAX_POSITION), ASSET)
+    ids = [int(u) for u in head["user_id"].drop_duplicates().head(n)]
+    if not ids:
+        return pd.DataFrame(columns=list(PLAYLIST_COLUMNS))
+    return to_driver(frame.select(*PLAYLIST_COLUMNS).where(F.col("user_id").isin(ids)), ASSET)
+
+
+def _write_spark(store: PlaylistStore, week: str, frame: Any, fail_after_users: int | None,
+                 progress: Progress | None, settings: PublishSettings) -> tuple[int, int, int, str]:
+    """Steps 1-4 of the module docstring: (users written, distinct users, rows, writers)."""
+    from pyspark.sql import functions as F
+
+    frame = frame.select(*PLAYLIST_COLUMNS)
+    rows, users = spark_playlist_counts(frame)
+    if rows == 0:
+        raise ValueError(f"no playlists to publish for week {week}: refusing to make an empty week live")
+    partitions = max(frame.sparkSession.sparkContext.defaultParallelism,
+                     math.ceil(rows / settings.rows_per_partition))
+    version = store.begin_write(week)
+    if store.writes_from_executors:
+        by_user = frame.repartition(partitions, "user_id").sortWithinPartitions("user_id", "position")
+        totals = by_user.mapInPandas(_partition_writer(store, week, version, fail_after_users), "users long, rows long")
+        try:
+            done = totals.agg(F.sum("users").alias("users"), F.sum("rows").alias("rows")).first()
+        except Exception as exc:  # a task's failure reaches the driver as a Spark error wrapping its traceback
+            _reraise(exc)
+        written, written_rows = int(done["users"] or 0), int(done["rows"] or 0)
+        if progress is not None:
+            progress(written)
+        writers = "executors"
+    else:
+        written, written_rows = _write_from_driver(store, week, version, frame, partitions, fail_after_users, progress)
+        writers = "driver"
+    if (written, written_rows) != (users, rows):
+        raise StoreError(f"week {week}: the writers wrote {written} users / {written_rows} rows, the week has "
+                         f"{users} users / {rows} rows; the version is not registered")
+    store.commit_write(week, version, written)
+    return written, users, rows, writers
+
+
+def _whole_users(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    from dw_assets.ingest.spark import whole_groups
+
+    for group in whole_groups(batches, "user_id"):
+        validate_playlists(group)  # whole users: this is where two tracks at one position are caught
+        yield group
+
+
+# One store per Python worker, reused by the tasks it runs: one connection (Redis) or session
+# (Scylla) per worker process, not one per task. Keyed by the pickled settings.
+_WORKER_STORE: dict[bytes, PlaylistStore] = {}
+
+
+def _worker_store(store: PlaylistStore) -> PlaylistStore:
+    key = pickle.dumps(store)
+    if key not in _WORKER_STORE:
+        for old in _WORKER_STORE.values():
+            old.close()
+        _WORKER_STORE.clear()
+        _WORKER_STORE[key] = store
+    return _WORKER_STORE[key]
+
+
+def _partition_writer(store: PlaylistStore, week: str, version: str,
+                      fail_after_users: int | None) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """The task that writes one partition's users (sorted by user) and returns (users, rows)."""
+    def write(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        target = _worker_store(store)
+        check = None if fail_after_users is None else _abort_after(fail_after_users, None)
+        users = rows = 0
+        for group in _whole_users(batches):
+            users += target.write_users(week, version, group, check)
+            rows += len(group)
+        yield pd.DataFrame({"users": [users], "rows": [rows]})
+
+    return write
+
+
+def _encode_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """(user_id, stored value, rows) per user: the encoding runs on the executors."""
+    for group in _whole_users(batches):
+        encoded = encode_playlists(group)  # ascending user_id, as groupby's sorted counts
+        yield pd.DataFrame({"user_id": [u for u, _ in encoded], "tracks": [b for _, b in encoded],
+                            "rows": group.groupby("user_id", sort=True).size().to_numpy(np.int64)})
+
+
+def _write_from_driver(store: PlaylistStore, week: str, version: str, frame: Any, partitions: int,
+                       fail_after_users: int | None, progress: Progress | None) -> tuple[int, int]:
+    """SQLite: encoded values stream to the driver in ascending user order, one partition at a
+    time, and are committed in batches of ``store.batch_users``. Returns (users, rows)."""
+    by_user = frame.repartitionByRange(partitions, "user_id").sortWithinPartitions("user_id", "position")
+    encoded = by_user.mapInPandas(_encode_partition, "user_id long, tracks binary, rows long")
+    if fail_after_users is not None:
+        progress = _abort_after(fail_after_users, progress)
+    users = rows = 0
+    batch: list[tuple[int, bytes]] = []
+
+    def flush() -> None:
+        nonlocal users, batch
+        store.write_encoded(week, version, batch)
+        users += len(batch)
+        if progress is not None:
+            progress(len(batch))
+        batch = []
+
+    try:
+        for row in encoded.toLocalIterator(prefetchPartitions=True):
+            batch.append((int(row["user_id"]), bytes(row["tracks"])))
+            rows += int(row["rows"])
+            if len(batch) >= store.batch_users:
+                flush()
+    except (InjectedFailure, StoreError):
+        raise
+    except Exception as exc:
+        _reraise(exc)
+    if batch:
+        flush()
+    return users, rows
+
+
+_RAISED = {"InjectedFailure": InjectedFailure, "StoreUnavailable": StoreUnavailable, "StoreError": StoreError,
+           "ValueError": ValueError}
+_RAISED_LINE = re.compile(r"^(?:[\w.]+\.)?(InjectedFailure|StoreUnavailable|StoreError|ValueError): (.*)$")
+
+
+def _reraise(exc: Exception) -> None:
+    """Raise an executor's InjectedFailure / StoreError / StoreUnavailable / ValueError as that
+    exception on the driver (the last one its traceback names); any other error unchanged."""
+    for line in reversed(str(exc).splitlines()):
+        match = _RAISED_LINE.match(line.strip())
+        if match:
+            raise _RAISED[match.group(1)](match.group(2)) from exc
+    raise exc

@@ -125,6 +125,8 @@ class PlaylistStore(abc.ABC):
 
     scheme: ClassVar[str]
     local_reads: ClassVar[bool] = False  # reads are in-process and take microseconds (no network)
+    # A Spark publish writes from the executors (a network store every host reaches); else from the driver.
+    writes_from_executors: ClassVar[bool] = False
     keep_weeks: int | None = None  # the URL's ``keep_weeks`` (None: the publisher's default)
 
     def row_ttl_s(self) -> int | None:

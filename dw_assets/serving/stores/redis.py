@@ -48,6 +48,7 @@ class RedisStore(RegistryCachedStore):
     """
 
     scheme = "redis"
+    writes_from_executors = True
 
     def __init__(self, host: str = "127.0.0.1", port: int = 6379, db: int = 0, *, prefix: str = "dw",
                  timeout_s: float = 0.25, batch_users: int = 1000, ttl_s: int | None = None,

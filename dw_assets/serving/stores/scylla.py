@@ -174,6 +174,7 @@ class ScyllaStore(RegistryCachedStore):
     """
 
     scheme = "scylla"
+    writes_from_executors = True
 
     def __init__(self, settings: ScyllaSettings):
         super().__init__(settings.registry_cache_s)

@@ -1,0 +1,148 @@
+"""Bounded training samples drawn in Spark, and the user tower on Spark executors (issue #20).
+
+The tiny world's interactions and profiles (built in pandas by ``test_two_tower``'s helpers) go into
+Spark; what the Spark paths hand the driver must equal the whole-table pandas paths when the caps
+cover the data, stay within the caps (and ``DW_DRIVER_ROW_LIMIT``) otherwise, and never depend on
+how the frames are partitioned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import zipfile
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dw_assets.embeddings.item2vec import (
+    Item2VecConfig,
+    playlist_sentences,
+    sampled_sentences,
+    session_sentences,
+)
+from dw_assets.embeddings.two_tower import TrainedTwoTower, build_examples, build_features, train_two_tower
+from dw_assets.embeddings.two_tower_data import PROFILE_COLUMNS, TRAINING_COLUMNS, training_sample
+from dw_assets.embeddings.user_tower import sorted_vectors, user_embeddings_frame
+from dw_assets.lake.driver_guard import ROW_LIMIT_ENV
+from dw_assets_tests.test_two_tower import CONFIG, gold_tables, silver_interactions
+
+SMALL = dataclasses.replace(CONFIG, epochs=1)
+
+
+@pytest.fixture(scope="module")
+def world(tiny_world, spark):
+    landing = tiny_world / "landing"
+    manifest = json.loads((landing / "manifest.json").read_text())
+    week = manifest["last_training_week"]
+    interactions = silver_interactions(landing, manifest["training_weeks"])
+    # A session per user and day stands in for silver's 30-minute sessionization.
+    interactions["session_id"] = interactions["user_id"].astype(str) + "-" + interactions["ts"].dt.strftime("%Y%m%d")
+    track_stats, profiles = gold_tables(landing, interactions, week)
+    profiles = profiles.assign(events=profiles["user_id"].map(interactions.groupby("user_id").size()).fillna(0))
+    spark_interactions = spark.createDataFrame(interactions[TRAINING_COLUMNS]).repartition(3)
+    profile_columns = [c for c in PROFILE_COLUMNS if c in profiles.columns]
+    spark_profiles = spark.createDataFrame(
+        profiles[profile_columns],
+        "user_id long, country string, birth_year int, recent_tracks array<long>, recent_age_days array<double>, "
+        "genre_share array<struct<genre:string,share:double>>, events double").repartition(2)
+    rng = np.random.default_rng(0)
+    tracks = track_stats["track_id"].to_numpy(np.int64)
+    audio = (tracks, rng.standard_normal((len(tracks), 8)).astype(np.float32))
+    return dict(week=week, interactions=interactions, profiles=profiles, track_stats=track_stats, audio=audio,
+                spark_interactions=spark_interactions, spark_profiles=spark_profiles)
+
+
+def _playlists(spark, world):
+    """Playlists stood in for by every user's positives in time order (a playlist per user)."""
+    frame = world["interactions"].loc[world["interactions"]["is_positive"], ["user_id", "track_id"]]
+    frame = frame.rename(columns={"user_id": "playlist_id"}).assign(pos=lambda f: f.groupby("playlist_id").cumcount())
+    return frame, spark.createDataFrame(frame).repartition(2)
+
+
+def test_item2vec_sample_equals_the_whole_corpus_when_the_caps_cover_it(spark, world):
+    playlists, spark_playlists = _playlists(spark, world)
+    config = Item2VecConfig()
+    sentences, stats = sampled_sentences(spark_playlists, world["spark_interactions"], config)
+    whole = playlist_sentences(playlists, config) + session_sentences(world["interactions"], config)
+    assert sorted(sentences) == sorted(whole) and len(sentences) == len(whole)
+    assert stats["sampled_sessions"] >= len(session_sentences(world["interactions"], config))
+
+
+def test_item2vec_sample_is_capped_seeded_and_independent_of_partitioning(spark, world, monkeypatch):
+    _, spark_playlists = _playlists(spark, world)
+    config = Item2VecConfig(max_sessions=40, max_playlists=5)
+    first, stats = sampled_sentences(spark_playlists, world["spark_interactions"], config)
+    again, _ = sampled_sentences(spark_playlists.repartition(5), world["spark_interactions"].repartition(7), config)
+    assert first == again
+    assert stats == {"sampled_playlists": 5, "sampled_sessions": 40}
+    other, _ = sampled_sentences(spark_playlists, world["spark_interactions"], dataclasses.replace(config, seed=8))
+    assert other != first
+    monkeypatch.setenv(ROW_LIMIT_ENV, "3")  # the driver guard caps every sample too
+    _, guarded = sampled_sentences(spark_playlists, world["spark_interactions"], config)
+    assert guarded == {"sampled_playlists": 3, "sampled_sessions": 3}
+
+
+def test_two_tower_sample_gives_the_whole_data_examples_when_the_caps_cover_it(world):
+    sample = training_sample(world["spark_interactions"], world["spark_profiles"], SMALL)
+    assert sample.stats == {"sampled_users": world["interactions"]["user_id"].nunique(),
+                            "sampled_interactions": len(world["interactions"])}
+    whole = build_features(world["interactions"], world["profiles"], world["track_stats"], *world["audio"],
+                           world["week"], SMALL)
+    sampled = build_features(sample.interactions, sample.profiles, world["track_stats"], *world["audio"],
+                             world["week"], SMALL, countries=sample.countries)
+    assert sampled.countries == whole.countries
+    ordered = world["interactions"].sort_values(["user_id", "ts", "track_id", "session_id"], kind="mergesort")
+    a, b = build_examples(ordered, whole, SMALL), build_examples(sample.interactions, sampled, SMALL)
+    assert a.stats == b.stats
+    for part in ("train", "validation"):
+        for name in ("user", "track", "ts_ms", "state"):
+            np.testing.assert_array_equal(getattr(getattr(a, part), name), getattr(getattr(b, part), name))
+    np.testing.assert_array_equal(a.states.country, b.states.country)
+    np.testing.assert_array_equal(a.states.history, b.states.history)
+
+
+def test_two_tower_sample_keeps_whole_users_within_both_caps(world):
+    capped = dataclasses.replace(SMALL, max_training_users=50, max_training_interactions=2_000)
+    sample = training_sample(world["spark_interactions"], world["spark_profiles"].repartition(4), capped)
+    users = sample.interactions["user_id"].unique()
+    assert 0 < len(users) <= 50 and len(sample.interactions) <= 2_000
+    per_user = world["interactions"].groupby("user_id").size()
+    assert sample.interactions.groupby("user_id").size().equals(per_user.loc[np.sort(users)])  # whole histories
+    assert set(sample.profiles["user_id"]) <= set(users)
+    again = training_sample(world["spark_interactions"].repartition(6), world["spark_profiles"], capped)
+    pd.testing.assert_frame_equal(again.interactions, sample.interactions)
+
+
+@pytest.fixture(scope="module")
+def model(world) -> TrainedTwoTower:
+    sample = training_sample(world["spark_interactions"], world["spark_profiles"], SMALL)
+    features = build_features(sample.interactions, sample.profiles, world["track_stats"], *world["audio"],
+                              world["week"], SMALL, countries=sample.countries)
+    return train_two_tower(features, build_examples(sample.interactions, features, SMALL), SMALL)
+
+
+def test_the_model_file_holds_no_user(model):
+    data = model.to_bytes()
+    with zipfile.ZipFile(io.BytesIO(data)) as zf, zipfile.ZipFile(io.BytesIO(zf.read("features.npz"))) as npz:
+        names = npz.namelist()
+        meta = json.loads(zf.read("meta.json"))
+    assert not [n for n in names if n.startswith("users.") or n.startswith("user_ids")]
+    assert "user_ids" not in meta["features"] and "users" not in meta["features"]
+    loaded = TrainedTwoTower.from_bytes(data)
+    assert len(loaded.features.user_ids) == 0 and loaded.features.countries == model.features.countries
+
+
+def test_user_tower_on_spark_equals_the_driver_function_bit_for_bit(world, model):
+    ids, vectors = model.user_vectors(world["profiles"])
+    data = model.to_bytes()
+    for profiles in (world["spark_profiles"], world["spark_profiles"].repartition(7)):
+        got_ids, got = sorted_vectors(user_embeddings_frame(profiles, data).toPandas())
+        order = np.argsort(ids, kind="stable")
+        np.testing.assert_array_equal(got_ids, ids[order])
+        np.testing.assert_array_equal(got, vectors[order])
+    one = model.user_vectors(world["profiles"].iloc[:1])  # a batch of one user: the same vector
+    if len(one[0]):
+        np.testing.assert_array_equal(one[1][0], vectors[np.flatnonzero(ids == one[0][0])[0]])

@@ -106,7 +106,14 @@ class CandidatesConfig(Config):
     item2vec_quota: int = CandidateConfig.item2vec_quota
     audio_quota: int = CandidateConfig.audio_quota
     seed_tracks: int = CandidateConfig.seed_tracks
-    partitions: int = 8  # Spark tasks; each worker loads the shipped models once
+    # Spark tasks scale with the users: ceil(users / users_per_partition), at least ``partitions`` (the demo
+    # worlds' 8, so their files, and the ranker that reads them in stored order, are unchanged). 500 M users:
+    # 25 k tasks of 20 k users; a task's Python worker loads the shipped models once (load_once).
+    users_per_partition: int = 20_000
+    partitions: int = 8  # the floor
+
+    def partitions_for(self, users: int) -> int:
+        return candidate_partitions(users, self.users_per_partition, self.partitions)
 
     def settings(self, threads: int) -> CandidateConfig:
         return CandidateConfig(total=self.total, two_tower_quota=self.two_tower_quota,
@@ -155,9 +162,12 @@ def candidates(
     models.two_tower_delta = delta_index(load_new_track_vectors(
         lake.open(), context.instance.get_dynamic_partitions(AUDIO_UPLOADS), version), index.dim) or None
     spark = pyspark.spark_session
-    users = candidate_users(spark, user_embeddings, user_profiles, interactions)
+    base = vector_users(spark, user_embeddings, user_profiles)
+    n_users = base.count()  # before the 12-week heard join: the count only needs the users
+    users = with_heard(base, interactions)
     blob = models.to_bytes()
-    frame = run_candidates(spark, users, blob, config.settings(threads=1), config.partitions)
+    partitions = config.partitions_for(n_users)
+    frame = run_candidates(spark, users, blob, config.settings(threads=1), partitions)
     frame = frame.withColumn("model_version", F.lit(version)).persist()
     by_source = {r["sources"]: r["count"] for r in frame.groupBy("sources").count().collect()}
     yield from emit_checked("candidates", frame, CANDIDATES, {
@@ -165,6 +175,8 @@ def candidates(
         "cold_pool_tracks": len(models.audio_ids),
         "uploaded_tracks_searched": len(models.two_tower_delta) if models.two_tower_delta is not None else 0,
         "shipped_model_mb": round(len(blob) / 2**20, 1),
+        "users": n_users,
+        "spark_partitions": partitions,
         "rows_by_sources": MetadataValue.json(dict(sorted(by_source.items()))),
         "elapsed_s": round(time.perf_counter() - started, 1),
     })
@@ -183,13 +195,23 @@ def candidate_models(faiss_index: Artifact, item2vec_embeddings: Artifact, audio
 
 def candidate_users(spark, user_embeddings: Artifact, user_profiles: pd.DataFrame, interactions: DataFrame) -> DataFrame:
     """One row per user: user_id, user_vector (null without one), recent_tracks, heard (12-week window)."""
+    return with_heard(vector_users(spark, user_embeddings, user_profiles), interactions)
+
+
+def vector_users(spark, user_embeddings: Artifact, user_profiles: pd.DataFrame) -> DataFrame:
+    """user_id, recent_tracks, user_vector for users with a vector or recent tracks (``candidate_users``
+    without the heard tracks)."""
     ids, vectors = vectors_from(user_embeddings)
     profile = user_profiles[["user_id", "recent_tracks"]].copy()
     profile["recent_tracks"] = profile["recent_tracks"].map(lambda t: [int(x) for x in t] if t is not None else [])
     by_id = dict(zip(ids.tolist(), range(len(ids)), strict=True))
     profile["user_vector"] = [vectors[by_id[u]].tolist() if u in by_id else None for u in profile["user_id"].tolist()]
     profile = profile[profile["user_vector"].notna() | profile["recent_tracks"].map(len).gt(0)]
-    users = spark.createDataFrame(profile, "user_id long, recent_tracks array<long>, user_vector array<float>")
+    return spark.createDataFrame(profile, "user_id long, recent_tracks array<long>, user_vector array<float>")
+
+
+def with_heard(users: DataFrame, interactions: DataFrame) -> DataFrame:
+    """``users`` with ``heard``: every track the user played in the 12-week window (empty when none)."""
     heard = heard_tracks(interactions)
     return users.join(heard, "user_id", "left").withColumn("heard", F.coalesce("heard", F.array().cast("array<long>")))
 
@@ -199,8 +221,18 @@ def heard_tracks(interactions: DataFrame) -> DataFrame:
     return interactions.groupBy("user_id").agg(F.collect_set("track_id").alias("heard"))
 
 
+def candidate_partitions(users: int, users_per_partition: int, min_partitions: int = 1) -> int:
+    """Spark partitions for ``users`` users: ceil(users / users_per_partition), at least ``min_partitions``."""
+    if users_per_partition < 1 or min_partitions < 1:
+        raise ValueError("users_per_partition and min_partitions must be >= 1")
+    return max(min_partitions, -(-users // users_per_partition))
+
+
 def run_candidates(spark, users: DataFrame, models_blob: bytes, settings: CandidateConfig, partitions: int) -> DataFrame:
-    """``generate_candidates`` over every user on Spark, the models broadcast once per executor."""
+    """``generate_candidates`` over every user on Spark, the models broadcast once per executor.
+
+    Deterministic layout: users are hash-partitioned into ``partitions`` (a function of the user count and
+    the config), sorted by user_id within a partition, each user's rows in merge order (best first)."""
     key, shipped = payload_key(models_blob), spark.sparkContext.broadcast(models_blob)
 
     def run_batch(batch: pd.DataFrame) -> pd.DataFrame:

@@ -46,6 +46,10 @@ class FaissIndexConfig(Config):
     nprobe: int = AnnConfig.nprobe
     ef_search: int = AnnConfig.ef_search
     use_gpu: str = AnnConfig.use_gpu
+    # IVF at scale: nlist lists (None: ~4 sqrt(n); 40 k at 100 M tracks), trained on a seeded sample of at most
+    # train_sample track vectors (faiss wants >= 39 per list: raise it with nlist), never on the whole catalog.
+    nlist: int | None = AnnConfig.nlist
+    train_sample: int = AnnConfig.train_sample
     recall_k: int = 500
     recall_sample_users: int = 2_000
     min_recall: float = 0.95
@@ -55,7 +59,8 @@ class FaissIndexConfig(Config):
 
     def settings(self) -> AnnConfig:
         return AnnConfig(kind=self.kind, exact_below=self.exact_below, nprobe=self.nprobe,
-                         ef_search=self.ef_search, use_gpu=self.use_gpu, seed=self.seed)
+                         ef_search=self.ef_search, use_gpu=self.use_gpu, nlist=self.nlist,
+                         train_sample=self.train_sample, seed=self.seed)
 
 
 @multi_asset(

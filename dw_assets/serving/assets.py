@@ -12,7 +12,6 @@ starts, with a message that does not repeat it, and metadata shows ``redact_url(
 import time
 from typing import Any
 
-import pandas as pd
 from dagster import (
     AssetCheckResult,
     AssetCheckSpec,
@@ -25,6 +24,7 @@ from dagster import (
     asset,
 )
 from pydantic import Field
+from pyspark.sql import DataFrame
 
 from dw_assets.partitions import ONE_WEEK_PER_RUN, weekly_partitions
 from dw_assets.serving.publish import publish_week
@@ -83,8 +83,11 @@ class PublishConfig(Config):
 )
 def published_playlists(
     context: AssetExecutionContext, config: PublishConfig, playlist_store: PlaylistStoreResource,
-    ranked_playlists: pd.DataFrame,
+    ranked_playlists: DataFrame,
 ) -> MaterializeResult:
+    """The week stays in Spark: Redis and Cassandra/Scylla are written from the executors, SQLite
+    by the driver from a stream of encoded users; the driver holds counts and a 64-user sample
+    (``serving/publish.py`` has the steps and their sizes at 500 M users)."""
     week = context.partition_key
     started = time.perf_counter()
     last_logged, written = 0.0, 0
@@ -98,9 +101,9 @@ def published_playlists(
 
     with playlist_store.open() as store:
         keep_weeks = config.keep_weeks if config.keep_weeks is not None else playlist_store.keep_weeks
-        stats = publish_week(store, week, ranked_playlists[list(PLAYLIST_COLUMNS)],
+        stats = publish_week(store, week, ranked_playlists.select(*PLAYLIST_COLUMNS),
                              keep_weeks=keep_weeks, progress=progress)
-        stored_users, expected_users = store.count_users(week), int(ranked_playlists["user_id"].nunique())
+        stored_users, expected_users = store.count_users(week), stats["expected_users"]
     check = AssetCheckResult(check_name="served_week_matches_lake", passed=stored_users == expected_users,
                              metadata={"stored_users": stored_users, "lake_users": expected_users})
     return MaterializeResult(check_results=[check], metadata={
@@ -110,6 +113,7 @@ def published_playlists(
         "live": stats["live"],
         "live_week": stats["live_week"] or "",
         "users_per_s": round(float(stats["users_per_s"]), 1),
+        "writers": stats["writers"],
         "keep_weeks": stats["keep_weeks"],
         "kept_weeks": MetadataValue.json(stats["kept_weeks"]),
         "dropped_weeks": MetadataValue.json(stats["dropped_weeks"]),

@@ -258,10 +258,11 @@ def _write_spark(store: PlaylistStore, week: str, frame: Any, fail_after_users: 
     rows, users = spark_playlist_counts(frame)
     if rows == 0:
         raise ValueError(f"no playlists to publish for week {week}: refusing to make an empty week live")
-    partitions = max(frame.sparkSession.sparkContext.defaultParallelism,
-                     math.ceil(rows / settings.rows_per_partition))
+    partitions = math.ceil(rows / settings.rows_per_partition)
     version = store.begin_write(week)
     if store.writes_from_executors:
+        # At least one writer task per core: the store's round trips overlap.
+        partitions = max(partitions, frame.sparkSession.sparkContext.defaultParallelism)
         by_user = frame.repartition(partitions, "user_id").sortWithinPartitions("user_id", "position")
         totals = by_user.mapInPandas(_partition_writer(store, week, version, fail_after_users), "users long, rows long")
         try:

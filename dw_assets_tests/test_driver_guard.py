@@ -60,6 +60,22 @@ def test_user_scale_tables_are_refused_above_the_limit_and_track_scale_ones_are_
     assert driver_guard.bounded(5_000) == 200 and driver_guard.bounded(50) == 50
 
 
+def test_an_audit_records_every_table_over_the_limit_and_goes_on(limit, monkeypatch, tmp_path):
+    import json
+
+    report = tmp_path / "guard.jsonl"
+    monkeypatch.setenv(driver_guard.REPORT_ENV, str(report))
+    limit("200")
+    driver_guard.check_driver_rows("sessions", 5_000)
+    driver_guard.check_driver_rows("user_profiles", 300, where="read as pandas by ranked_playlists")
+    driver_guard.check_driver_rows("track_stats", 10**6)  # exempt: not recorded
+    driver_guard.check_driver_rows("sessions", 200)  # at the limit: not recorded
+    entries = [json.loads(line) for line in report.read_text().splitlines()]
+    assert [(e["asset"], e["rows"], e["limit"]) for e in entries] == [("sessions", 5_000, 200), ("user_profiles", 300, 200)]
+    assert entries[0]["where"].startswith("dw_assets_tests/test_driver_guard.py:")  # the calling line
+    assert entries[1]["where"] == "read as pandas by ranked_playlists"
+
+
 def test_to_driver_refuses_with_the_real_count_and_passes_small_or_exempt_frames(limit, spark):
     frame = spark.range(0, 1_000).withColumnRenamed("id", "user_id")
     limit("200")

@@ -8,16 +8,23 @@ raises ``DriverRowLimitExceeded`` naming the asset and the row count, whatever t
 Bounded samples obey it too: a sample capped at ``cap`` rows takes ``bounded(cap)`` =
 min(cap, N). Track-scale tables (catalog, track statistics, track vectors: 100 M rows at the
 target, held per track by design) are exempt. Unset (the default) the guard only counts.
+
+An audit lists every shortcut in one run instead of stopping at the first: with
+``DW_DRIVER_GUARD_REPORT=path.jsonl`` as well, a table over the limit is appended to that file
+(asset, rows, limit, the calling line) and the run goes on with the whole table.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import traceback
 from typing import Any
 
 import pandas as pd
 
 ROW_LIMIT_ENV = "DW_DRIVER_ROW_LIMIT"
+REPORT_ENV = "DW_DRIVER_GUARD_REPORT"
 
 # Tables whose rows grow with users or events. Track-scale tables are deliberately absent.
 USER_SCALE = frozenset({
@@ -50,13 +57,32 @@ def is_user_scale(asset: str) -> bool:
     return asset in USER_SCALE
 
 
-def check_driver_rows(asset: str, rows: int) -> None:
-    """Raise when ``rows`` rows of the user/event-scale ``asset`` exceed the limit (no-op for others)."""
+def _caller() -> str:
+    """The innermost project line outside the guard itself (and the lake IO manager, which names its step)."""
+    for frame in reversed(traceback.extract_stack()[:-2]):
+        path = frame.filename.replace(os.sep, "/")
+        package = next((p for p in ("/dw_assets/", "/dw_assets_tests/") if p in path), None)
+        if package and not path.endswith(("/lake/driver_guard.py", "/lake/resources.py")):
+            return f"{path[path.rindex(package) + 1:]}:{frame.lineno} {frame.name}"
+    return "-"
+
+
+def check_driver_rows(asset: str, rows: int, where: str | None = None) -> None:
+    """Raise when ``rows`` rows of the user/event-scale ``asset`` exceed the limit (no-op for others);
+    under an audit (``DW_DRIVER_GUARD_REPORT``) record it instead. ``where``: what put it on the driver."""
     limit = row_limit()
-    if limit is not None and rows > limit and is_user_scale(asset):
-        raise DriverRowLimitExceeded(
-            f"{asset}: {rows} rows would be materialized on the driver, above {ROW_LIMIT_ENV}={limit}; "
-            "a user- or event-scale table must stay in Spark (or be sampled with a cap)")
+    if limit is None or rows <= limit or not is_user_scale(asset):
+        return
+    report = os.environ.get(REPORT_ENV, "").strip()
+    if report:
+        entry = {"asset": asset, "rows": rows, "limit": limit, "where": where or _caller(), "pid": os.getpid()}
+        with open(report, "a") as out:
+            out.write(json.dumps(entry) + "\n")
+        return
+    raise DriverRowLimitExceeded(
+        f"{asset}: {rows} rows would be materialized on the driver, above {ROW_LIMIT_ENV}={limit}; "
+        "a user- or event-scale table must stay in Spark (or be sampled with a cap)"
+        + (f" ({where})" if where else ""))
 
 
 def bounded(cap: int) -> int:
@@ -75,4 +101,5 @@ def to_driver(frame: Any, asset: str) -> pd.DataFrame:
     head = frame.limit(limit + 1).toPandas()
     if len(head) > limit:
         check_driver_rows(asset, frame.count())
+        return frame.toPandas()  # an audit goes on with the whole table, as the run without a limit would
     return head

@@ -149,10 +149,7 @@ def _step(context: InputContext | OutputContext) -> str:
 
 def _guard(asset: str, rows: int, how: str) -> None:
     """``driver_guard.check_driver_rows``, the error also saying which step put the table on the driver."""
-    try:
-        driver_guard.check_driver_rows(asset, rows)
-    except driver_guard.DriverRowLimitExceeded as exc:
-        raise driver_guard.DriverRowLimitExceeded(f"{exc} ({how})") from None
+    driver_guard.check_driver_rows(asset, rows, where=how)
 
 
 class _S3Range(io.RawIOBase):

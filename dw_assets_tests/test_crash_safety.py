@@ -177,6 +177,37 @@ elif scenario == "publish":
         setattr(store, point, before)
     frame = synthetic_playlists(spec["users"], seed=spec["seed"])
     publish_week(store, spec["week"], frame, keep_weeks=spec.get("keep_weeks"), progress=progress)
+elif scenario == "publish_spark":  # the executor path: a Spark task hangs once it has written its first users
+    import time
+    from dw_assets.ingest.spark import SparkSettings, use_this_interpreter
+    from dw_assets.serving import open_store, publish_week
+    from dw_assets.serving import publish as publishing
+    from dw_assets.serving.loadtest import synthetic_playlists
+    from pyspark.sql import SparkSession
+
+    use_this_interpreter()
+    builder = SparkSession.builder
+    settings = SparkSettings(master="local[1]", shuffle_partitions=1, driver_memory="1g", arrow_batch_rows=64)
+    for key, value in settings.as_conf().items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    real_writer = publishing._partition_writer
+
+    def hanging_writer(*args):
+        write = real_writer(*args)
+        def run(batches):
+            def first_batch_then_hang():
+                batches_left = iter(batches)
+                yield next(batches_left)
+                time.sleep(3600)  # the users of the first batch are written: the parent kills us here
+                yield from batches_left
+            return write(first_batch_then_hang())
+        return run
+
+    publishing._partition_writer = hanging_writer
+    frame = spark.createDataFrame(synthetic_playlists(spec["users"], seed=spec["seed"]))
+    print("WRITING", flush=True)
+    publish_week(open_store(spec["url"]), spec["week"], frame)
 else:
     raise SystemExit("unknown scenario " + scenario)
 print("DONE", flush=True)
@@ -520,3 +551,33 @@ def test_a_publish_killed_before_retention_keeps_the_new_week_live_and_the_rerun
     assert final["current"] == W[2] and final["weeks"] == {W[1]: tracks_of(frames[1]), W[2]: tracks_of(frames[2])}
     assert final["stored"] == 2 * USERS
 
+
+
+def test_a_publish_killed_while_spark_executors_write_leaves_last_week_live(redis_url, spark, tmp_path):
+    """The executor path (#20): the driver, its JVM and the Python worker writing to Redis are
+    killed once the worker has written its first users; then a re-run from Spark in-process."""
+    prefix = f"dwcrash-{uuid.uuid4().hex[:8]}"
+    url = with_options(redis_url, prefix=prefix, batch_users=BATCH)
+    live, new = synthetic_playlists(USERS, seed=0), synthetic_playlists(USERS, seed=1)
+    try:
+        with open_store(url) as store:
+            publish_week(store, W[0], live)
+            client = store._client("read")
+
+            def executor_wrote(lines: list[str]) -> bool:
+                return "WRITING" in lines and any(
+                    client.scard(key) for key in client.scan_iter(f"{prefix}:users:{W[1]}:*"))
+
+            kill_child({"scenario": "publish_spark", "url": url, "week": W[1], "users": USERS, "seed": 1},
+                       tmp_path, ready=executor_wrote, timeout_s=300)
+            after = store_contents(store)
+            assert after["current"] == W[0] and after["weeks"] == {W[0]: tracks_of(live)}
+            assert USERS < after["stored"] < 2 * USERS  # some of week 1 written, none of it reachable
+            stats = publish_week(store, W[1], spark.createDataFrame(new).repartition(2))  # the re-run
+            assert stats["writers"] == "executors" and stats["live"]
+            final = store_contents(store)
+        assert final["current"] == W[1]
+        assert final["weeks"] == {W[0]: tracks_of(live), W[1]: tracks_of(new)}
+        assert final["stored"] == 2 * USERS  # the killed write's values were reclaimed
+    finally:
+        delete_prefix(url, prefix)

@@ -13,13 +13,14 @@ from dagster import (
     multi_asset,
 )
 from dagster_pyspark import LazyPySparkResource
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 
 from dw_assets.ingest import schemas
 from dw_assets.ingest.bronze import build_bronze, landed_event_files
 from dw_assets.ingest.events import QUARANTINE_REASONS
 from dw_assets.ingest.interactions import InteractionRules, build_interactions
-from dw_assets.ingest.profiles import ProfileRules, build_track_stats, build_user_profiles
+from dw_assets.ingest.profiles import ProfileRules, build_track_stats, build_user_profiles, track_counts
 from dw_assets.ingest.snapshots import track_catalog as read_track_catalog
 from dw_assets.ingest.snapshots import user_directory as read_user_directory
 from dw_assets.ingest.snapshots import user_playlists as read_user_playlists
@@ -198,10 +199,13 @@ def interactions(
     check_specs=[schema_check_spec("track_stats", schemas.TRACK_STATS)],
 )
 def track_stats(context: AssetExecutionContext, interactions: DataFrame, track_catalog: DataFrame):
-    stats = build_track_stats(interactions, track_catalog, context.partition_key)
+    # Cached: the percentile's histogram and the output both read the 12-week aggregate.
+    counts = track_counts(interactions, context.partition_key).persist(StorageLevel.MEMORY_AND_DISK)
+    stats = build_track_stats(interactions, track_catalog, context.partition_key, counts=counts)
     yield from emit_checked("track_stats", stats, schemas.TRACK_STATS, {
         "history_weeks": len(context.asset_partition_keys_for_input("interactions")),
     })
+    counts.unpersist()
 
 
 class UserProfilesConfig(Config):

@@ -30,14 +30,14 @@ USER_PROFILE_COLUMNS = [
 ]
 
 
-def build_track_stats(interactions: DataFrame, catalog: DataFrame, week: str) -> DataFrame:
-    """One row per catalog track (cold tracks included, with zero plays), in listeners order.
+def track_counts(interactions: DataFrame, week: str) -> DataFrame:
+    """Per-track plays, listeners, positives, saves and rates over the window's interactions.
 
-    Size at the target: 12 weeks of interactions (~10^11 rows) aggregated per track into 100 M
-    rows, all in Spark; the driver holds the per-listener-count table of ``popularity_percentiles``.
+    Size at the target: 12 weeks of interactions (~10^11 rows) aggregated into <= 100 M rows,
+    in Spark (the costly part of ``build_track_stats``: cache it when passing it in).
     """
     start, _ = week_bounds(week)
-    counts = interactions.groupBy("track_id").agg(
+    return interactions.groupBy("track_id").agg(
         F.count("*").alias("plays"),
         F.countDistinct("user_id").alias("listeners"),
         F.sum(F.col("is_positive").cast("long")).alias("positives"),
@@ -47,11 +47,23 @@ def build_track_stats(interactions: DataFrame, catalog: DataFrame, week: str) ->
         F.avg(F.col("is_skip").cast("double")).alias("skip_rate"),
         F.avg(F.col("saved").cast("double")).alias("save_rate"),
     )
+
+
+def build_track_stats(interactions: DataFrame, catalog: DataFrame, week: str,
+                      counts: DataFrame | None = None) -> DataFrame:
+    """One row per catalog track (cold tracks included, with zero plays), in listeners order.
+
+    ``counts``: ``track_counts(interactions, week)`` when the caller cached it; the percentile's
+    histogram and the output both read it (computed here otherwise, then twice).
+    Size at the target: 100 M rows, in Spark; the driver holds the histogram of listener counts
+    (``popularity_percentiles``, <= ~10^6 rows).
+    """
+    counts = track_counts(interactions, week) if counts is None else counts
     zeros = {c: 0 for c in ("plays", "listeners", "positives", "saves", "plays_last_week")}
     stats = catalog.join(counts, "track_id", "left").fillna(zeros)
     # Ties (e.g. all cold tracks) share a percentile, so it does not depend on row order.
     percentiles = popularity_percentiles(stats)
-    # Written in listeners order (then track id): the order the global window used to give.
+    # Written in listeners order, ties by track id: the order the demo's track_stats always had.
     return (
         stats.join(percentiles, "listeners", "left")
         .withColumn("is_cold", F.col("plays") == 0)
@@ -64,21 +76,26 @@ def popularity_percentiles(stats: DataFrame) -> DataFrame:
     """``(listeners, popularity_percentile)``: Spark's ``percent_rank`` over ``listeners``, exactly,
     without a window that moves every track to one partition.
 
-    percent_rank = (rank - 1) / (n - 1) with rank - 1 = the number of tracks with fewer listeners,
-    so it is a function of the listener count alone: the tracks per distinct count are counted in
-    Spark and the driver takes the cumulative sum over the distinct counts. Those are few: k
-    distinct counts need at least 0 + 1 + ... + (k - 1) ~ k^2/2 (user, track) pairs, so at the
-    target (~5 * 10^11 pairs in 12 weeks, 100 M tracks) k <= ~10^6, about 16 MB on the driver.
-    The same int64 -> double division as Spark's, so the values are identical to ``percent_rank``.
+    percent_rank = (rank - 1) / (n - 1), and rank - 1 = the number of tracks with fewer listeners,
+    so it is a function of the listener count alone: Spark counts the tracks per distinct listener
+    count (a histogram), the driver takes the running sum over the distinct counts. Those are few:
+    k distinct counts need at least 0 + 1 + ... + (k - 1) ~ k^2/2 (user, track) pairs, so at the
+    target (~5 * 10^11 pairs in 12 weeks, 100 M tracks) k <= ~10^6 rows (~16 MB). The division is
+    Spark's (long -> double), so the values are identical to ``percent_rank``'s.
     """
-    per_count = sorted((row["listeners"], row["count"]) for row in stats.groupBy("listeners").count().collect())
-    n = sum(count for _, count in per_count)
+    histogram = sorted((row["listeners"], row["_tracks"]) for row in
+                       stats.groupBy("listeners").agg(F.count(F.lit(1)).alias("_tracks")).collect())
+    n = sum(tracks for _, tracks in histogram)
     rows, smaller = [], 0
-    for listeners, count in per_count:
-        rows.append((listeners, float(smaller) / float(n - 1) if n > 1 else 0.0))
-        smaller += count
-    spark = stats.sparkSession
-    return spark.createDataFrame(rows, "listeners long, popularity_percentile double")
+    for listeners, tracks in histogram:
+        rows.append((listeners, smaller))
+        smaller += tracks
+    ranks = stats.sparkSession.createDataFrame(rows, "listeners long, _smaller long")
+    return ranks.select(
+        "listeners",
+        (F.col("_smaller").cast("double") / F.lit(n - 1).cast("double") if n > 1 else F.lit(0.0))
+        .alias("popularity_percentile"),
+    )
 
 
 def build_user_profiles(

@@ -186,3 +186,23 @@ def test_row_counts_come_from_the_footers_on_s3_too(monkeypatch, s3_endpoint):
     uri = lake.uri("gold", "user_profiles", "2026-01-05")
     lake.write_frame(pd.DataFrame({"user_id": range(321), "name": ["x" * 50] * 321}), uri)
     assert parquet_rows(lake, uri) == 321
+
+
+def test_an_empty_window_reads_as_an_empty_table_of_the_annotated_kind(tmp_path, spark):
+    """A Spark-typed input with no partition yet (the start of history) is an empty Spark frame, typed by
+    the input's "schema" metadata; a pandas one an empty pandas frame with the named columns."""
+    from pyspark.sql import DataFrame
+
+    manager = LakeIOManager(lake=LakeResource(root=str(tmp_path)), pyspark=LazyPySparkResource(spark_config={}))
+
+    def load(python_type, metadata):
+        with _upstream("ranked_playlists") as upstream, build_input_context(
+                asset_key=AssetKey("ranked_playlists"), upstream_output=upstream, definition_metadata=metadata,
+                dagster_type=resolve_dagster_type(python_type)) as context:
+            return manager.load_input(context)
+
+    typed = load(DataFrame, {"may_be_empty": True, "columns": ["user_id", "week"], "schema": "user_id long, week string"})
+    assert isinstance(typed, DataFrame) and typed.isEmpty() and typed.dtypes == [("user_id", "bigint"), ("week", "string")]
+    assert load(DataFrame, {"may_be_empty": True, "columns": ["user_id"]}).dtypes == [("user_id", "string")]
+    frame = load(pd.DataFrame, {"may_be_empty": True, "columns": ["user_id", "week"]})
+    assert isinstance(frame, pd.DataFrame) and frame.empty and list(frame.columns) == ["user_id", "week"]

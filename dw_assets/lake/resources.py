@@ -111,11 +111,16 @@ class LakeIOManager(ConfigurableIOManager):
         keys: list[str | None] = list(context.asset_partition_keys) if context.has_asset_partitions else [None]
         uris = [lake.uri(layer, context.asset_key.path[-1], k) for k in keys]
         # AssetIn(metadata={"may_be_empty": True}): a window with no partition yet (the start of
-        # history, a self-dependency's first week) reads as an empty table.
-        if (context.definition_metadata or {}).get("may_be_empty"):
+        # history, a self-dependency's first week) reads as an empty table: a Spark one for an input
+        # annotated as such, typed by metadata "schema" (a DDL string) or else string "columns".
+        metadata = context.definition_metadata or {}
+        if metadata.get("may_be_empty"):
             uris = [u for u in uris if lake.exists(u)]
             if not uris:
-                return pd.DataFrame(columns=(context.definition_metadata or {}).get("columns") or [])
+                if _is_spark(getattr(context.dagster_type, "typing_type", None)):
+                    schema = metadata.get("schema") or ", ".join(f"`{c}` string" for c in metadata.get("columns") or [])
+                    return self.pyspark.spark_session.createDataFrame([], schema)
+                return pd.DataFrame(columns=metadata.get("columns") or [])
         if len(uris) > 1:
             uris = [u for u in uris if lake.exists(u)]
             if not uris:

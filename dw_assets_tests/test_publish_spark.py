@@ -172,19 +172,19 @@ def test_the_verification_sample_is_a_seeded_hash_draw_independent_of_partitioni
 
 
 def test_a_wrong_count_from_the_writers_is_never_registered(spark, tmp_path, redis_url):
-    """If the executors wrote fewer users than the week holds, the version stays unregistered."""
+    """If the executors wrote fewer rows than the week holds, the version stays unregistered."""
     from dw_assets.serving import publish
 
     prefix = f"dwspark-{uuid.uuid4().hex[:8]}"
     url = with_options(redis_url, prefix=prefix, batch_users=BATCH)
     _, week = week_frame(spark)
-    real = publish.spark_playlist_counts
+    real = publish.spark_playlist_rows
     try:
-        publish.spark_playlist_counts = lambda frame: (lambda rows, users: (rows, users + 1))(*real(frame))
+        publish.spark_playlist_rows = lambda frame: real(frame) + 1
         with open_store(url) as store, pytest.raises(StoreError, match="not registered"):
             publish_week(store, W[0], week)
         with open_store(url) as store:
             assert store.weeks() == [] and store.current_week() is None
     finally:
-        publish.spark_playlist_counts = real
+        publish.spark_playlist_rows = real
         delete_prefix(url, prefix)

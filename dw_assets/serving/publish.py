@@ -18,9 +18,9 @@ tools) or as a Spark DataFrame (the ``published_playlists`` asset). With Spark, 
 comes to the driver; sizes at the target (500 M users x 30 tracks = 15 B rows, ~1 kB per stored
 user):
 
-1. ``spark_playlist_counts``: one scan of the week checks the rules of ``validate_playlists`` that
-   hold row by row (nulls, positions, ids, finite scores) and counts rows and distinct users
-   (exact; a shuffle of 500 M user ids, partially aggregated). Two numbers reach the driver.
+1. ``spark_playlist_rows``: one scan of the week (no shuffle) checks the rules of
+   ``validate_playlists`` that hold row by row (nulls, positions, ids, finite scores) and counts
+   its rows. A handful of numbers reach the driver.
 2. The driver starts a new version (``begin_write``: reclaim earlier leftovers, list the version as
    in flight). The week is hash-partitioned by user (about ``rows_per_partition`` rows a task:
    10,000 tasks at the target) and sorted by (user, position) inside each partition.
@@ -29,13 +29,15 @@ user):
    connection per Python worker, opened from the store's settings (a store pickles as its settings,
    never a client or a secret: executors read ``DW_REDIS_PASSWORD`` / ``DW_SCYLLA_*`` from their own
    environment). A task checks its users' rows (no two tracks at one position) before writing them
-   and returns (users, rows) written; Spark sums them, so the driver gets two numbers. A retried
+   and returns (users, rows) written; Spark sums them, so the driver gets two numbers. A user's
+   rows are all in one task, so the sum of users is the week's exact distinct count (no
+   ``countDistinct`` shuffle). A retried
    or speculative task rewrites the same keys with the same values. SQLite, a file on the driver's
    disk, is written by the driver: executors encode each user's value, and the driver receives
    (user_id, value) rows in ascending user order through ``toLocalIterator`` (one partition at a
    time) and commits them in batches. At the target that is 500 GB through one process at
    SQLite's few thousand users a second (days): SQLite is the demo's store, not a production one.
-4. The sums must equal step 1's counts, else the version is never registered (StoreError). Then
+4. The rows written must equal step 1's count, else the version is never registered (StoreError). Then
    ``commit_write`` registers it (one atomic write), and ``verify_week`` checks the store's own
    user count and reads back a sample of users: the ``sample_users`` users with the lowest seeded
    hash of their id (``spark_verification_sample``: a top-k in Spark, at most
@@ -203,10 +205,10 @@ def publish_week(store: PlaylistStore, week: str, playlists: Any, keep_weeks: in
 # ---------------------------------------------------------------- Spark
 
 
-def spark_playlist_counts(frame: Any) -> tuple[int, int]:
-    """(rows, distinct users) of a Spark week, after checking in Spark the row-wise rules of
-    ``validate_playlists`` (ValueError with the same messages). One scan; two numbers collected.
-    The per-user rule (one track per position) is checked by the writers, on whole users."""
+def spark_playlist_rows(frame: Any) -> int:
+    """The rows of a Spark week, after checking in Spark the row-wise rules of ``validate_playlists``
+    (ValueError with the same messages). One scan, no shuffle; one row of counts collected. The
+    per-user rule (one track per position) is checked by the writers, on whole users."""
     from pyspark.sql import functions as F
 
     missing = [c for c in PLAYLIST_COLUMNS if c not in frame.columns]
@@ -214,13 +216,13 @@ def spark_playlist_counts(frame: Any) -> tuple[int, int]:
         raise ValueError(f"playlists lack columns {missing}")
     flag = lambda condition, name: F.sum(condition.cast("long")).alias(name)  # noqa: E731
     row = frame.agg(
-        F.count(F.lit(1)).alias("rows"), F.countDistinct("user_id").alias("users"),
+        F.count(F.lit(1)).alias("rows"),
         *[flag(F.col(c).isNull(), f"null_{c}") for c in PLAYLIST_COLUMNS],
         flag((F.col("position") < 1) | (F.col("position") > MAX_POSITION), "bad_position"),
         flag(F.col("user_id") < 0, "negative_user"),
         flag(F.isnan("score") | (F.abs("score") == F.lit(float("inf"))), "bad_score"),
     ).first().asDict()
-    bad = {name: int(value or 0) for name, value in row.items() if name not in ("rows", "users")}
+    bad = {name: int(value or 0) for name, value in row.items() if name != "rows"}
     nulls = [c for c in PLAYLIST_COLUMNS if bad[f"null_{c}"]]
     if nulls:
         raise ValueError(f"playlists have nulls in {nulls}")
@@ -230,7 +232,7 @@ def spark_playlist_counts(frame: Any) -> tuple[int, int]:
         raise ValueError("user ids must be non-negative")
     if bad["bad_score"]:
         raise ValueError("scores must be finite")
-    return int(row["rows"]), int(row["users"])
+    return int(row["rows"])
 
 
 def spark_verification_sample(frame: Any, users: int = 64, seed: int = PublishSettings.sample_seed) -> pd.DataFrame:
@@ -251,11 +253,11 @@ def spark_verification_sample(frame: Any, users: int = 64, seed: int = PublishSe
 
 def _write_spark(store: PlaylistStore, week: str, frame: Any, fail_after_users: int | None,
                  progress: Progress | None, settings: PublishSettings) -> tuple[int, int, int, str]:
-    """Steps 1-4 of the module docstring: (users written, distinct users, rows, writers)."""
+    """Steps 1-4 of the module docstring: (users written, users in the week, rows, writers)."""
     from pyspark.sql import functions as F
 
     frame = frame.select(*PLAYLIST_COLUMNS)
-    rows, users = spark_playlist_counts(frame)
+    rows = spark_playlist_rows(frame)
     if rows == 0:
         raise ValueError(f"no playlists to publish for week {week}: refusing to make an empty week live")
     partitions = math.ceil(rows / settings.rows_per_partition)
@@ -276,11 +278,11 @@ def _write_spark(store: PlaylistStore, week: str, frame: Any, fail_after_users: 
     else:
         written, written_rows = _write_from_driver(store, week, version, frame, partitions, fail_after_users, progress)
         writers = "driver"
-    if (written, written_rows) != (users, rows):
-        raise StoreError(f"week {week}: the writers wrote {written} users / {written_rows} rows, the week has "
-                         f"{users} users / {rows} rows; the version is not registered")
+    if written_rows != rows:
+        raise StoreError(f"week {week}: the writers wrote {written_rows} rows, the week has {rows}; "
+                         "the version is not registered")
     store.commit_write(week, version, written)
-    return written, users, rows, writers
+    return written, written, rows, writers
 
 
 def _whole_users(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:

@@ -14,7 +14,10 @@ Readers resolve ``current_week`` -> registered version -> the user's value, so a
 write is never visible, rewriting a week replaces it as a whole (users absent from the rewrite
 disappear, nothing is duplicated), and the previous version is deleted afterwards (Scylla: left to
 the row TTL). ``set_current_week`` is the single pointer flip that makes a written week live.
-One publisher at a time per store; any number of readers.
+One publisher at a time per store; any number of readers. ``write_week`` is three public steps,
+``begin_write`` (driver) -> ``write_users`` / ``write_encoded`` (anywhere that reaches the store:
+Spark executors for Redis and Scylla, whose store objects pickle as their settings) ->
+``commit_write`` (driver), so that ``serving.publish`` writes a Spark week from the executors.
 
 URLs (``open_store``), all connecting lazily on first use:
 

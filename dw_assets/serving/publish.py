@@ -31,8 +31,8 @@ user):
    environment). A task checks its users' rows (no two tracks at one position) before writing them
    and returns (users, rows) written; Spark sums them, so the driver gets two numbers. A user's
    rows are all in one task, so the sum of users is the week's exact distinct count (no
-   ``countDistinct`` shuffle). A retried
-   or speculative task rewrites the same keys with the same values. SQLite, a file on the driver's
+   ``countDistinct`` shuffle). A retried or speculative task rewrites the same keys with the same
+   values. SQLite, a file on the driver's
    disk, is written by the driver: executors encode each user's value, and the driver receives
    (user_id, value) rows in ascending user order through ``toLocalIterator`` (one partition at a
    time) and commits them in batches. At the target that is 500 GB through one process at
@@ -43,6 +43,12 @@ user):
    hash of their id (``spark_verification_sample``: a top-k in Spark, at most
    sample_users x 30 rows collected, within ``DW_DRIVER_ROW_LIMIT``).
 5. Flip and retention as for pandas.
+
+Measured (10,000 users = 300,000 rows, Spark local[2] on the shared 2-core box under a load
+average of ~11, warm second run): Redis 3,150 users/s from one process vs 970 from the executors,
+Cassandra 1,260 vs 780. On one small host the shuffle, sort and Arrow hand-off cost more than two
+writer tasks gain; what the executor path buys is that the writers run on every executor host
+with nothing user-scale on the driver (the single-process writer would need ~29 h at 5k users/s).
 
 ``fail_after_users`` (a simulated crash) counts per writer: per Spark task on the executor path,
 per publish on the driver path. A failed task fails the job; the version stays unregistered and

@@ -57,14 +57,18 @@ def is_user_scale(asset: str) -> bool:
     return asset in USER_SCALE
 
 
-def _caller() -> str:
-    """The innermost project line outside the guard itself (and the lake IO manager, which names its step)."""
+def _caller(depth: int = 3) -> str:
+    """The innermost project lines outside the guard itself (and the lake IO manager, which names its step),
+    innermost first: the shortcut and who called it."""
+    lines = []
     for frame in reversed(traceback.extract_stack()[:-2]):
         path = frame.filename.replace(os.sep, "/")
         package = next((p for p in ("/dw_assets/", "/dw_assets_tests/") if p in path), None)
         if package and not path.endswith(("/lake/driver_guard.py", "/lake/resources.py")):
-            return f"{path[path.rindex(package) + 1:]}:{frame.lineno} {frame.name}"
-    return "-"
+            lines.append(f"{path[path.rindex(package) + 1:]}:{frame.lineno} {frame.name}")
+            if len(lines) == depth:
+                break
+    return " <- ".join(lines) or "-"
 
 
 def check_driver_rows(asset: str, rows: int, where: str | None = None) -> None:

@@ -94,6 +94,9 @@ def test_nulls_dtypes_and_columns_follow_the_schema(events):
     assert check_spark(events.withColumn("position", F.col("position").cast("long")), schemas.RAW_PLAY_EVENTS).passed
     _only(_both(events.withColumn("user_id", F.col("user_id").cast("int")), schemas.RAW_PLAY_EVENTS),
           "dtype('int64')", 1)
+    # a column of another type fails its dtype; its range check is not run on values it cannot compare
+    _only(check_spark(events.withColumn("ms_played", F.col("ms_played").cast("string")), schemas.RAW_PLAY_EVENTS),
+          "dtype('int64')", 1)
     _only(_both(events.withColumn("extra", F.lit(1)), schemas.RAW_PLAY_EVENTS), "column_in_schema", 1)
     _only(_both(events.drop("platform"), schemas.RAW_PLAY_EVENTS), "column_in_dataframe", 1)
 

@@ -182,6 +182,8 @@ def _check_rule(schema: pa.DataFrameSchema, column: str | None, check: pa.Check,
     label = check.error or check.name
     custom = _custom(schema, column, check)
     if custom is None:
+        if value is None:
+            raise UntranslatedCheck(f"schema {schema.name!r}: built-in check {label!r} on the whole frame")
         return _Rule(column, label, fails=value.isNotNull() & _builtin_fails(check, value))
     rule = custom(frame)
     if isinstance(rule, Column):
@@ -189,6 +191,13 @@ def _check_rule(schema: pa.DataFrameSchema, column: str | None, check: pa.Check,
         gate = value.isNotNull() if value is not None else F.lit(True)
         return _Rule(column, label, fails=gate & F.coalesce(rule, F.lit(False)), case=case)
     return _Rule(column, label, failing=lambda _frame, groups=rule: groups)
+
+
+def _translatable(schema: pa.DataFrameSchema, column: str, checks: list[pa.Check]) -> None:
+    """Raise ``UntranslatedCheck`` for a check of ``column`` that could not run in Spark (no row read)."""
+    for check in checks:
+        if _custom(schema, column, check) is None:
+            _builtin_fails(check, F.col(column))
 
 
 def _duplicates(keys: list[str]) -> Callable[[DataFrame], DataFrame]:
@@ -219,17 +228,17 @@ def plan(frame: DataFrame, schema: pa.DataFrameSchema) -> tuple[list[Failure], l
         if name not in types:
             if column.required:
                 structural.append(Failure(None, "column_in_dataframe", 1, [name]))
-            for check in column.checks:  # not run without the column (as in pandera), but translatable
-                _custom(schema, name, check)
+            _translatable(schema, name, column.checks)  # not run without the column (as in pandera)
             continue
         expected = str(column.dtype)
-        if column.dtype is not None and not _dtype_ok(expected, types[name], column.coerce):
-            structural.append(Failure(name, f"dtype('{expected}')", 1, [types[name].simpleString()]))
         value = _value(name, types[name])
         if not column.nullable:
             rules.append(_Rule(name, "not_nullable", fails=value.isNull(), case=F.lit("null")))
-        for check in column.checks:
-            rules.append(_check_rule(schema, name, check, frame, value))
+        if column.dtype is not None and not _dtype_ok(expected, types[name], column.coerce):
+            structural.append(Failure(name, f"dtype('{expected}')", 1, [types[name].simpleString()]))
+            _translatable(schema, name, column.checks)  # already failed; values of another type may not compare
+        else:
+            rules.extend(_check_rule(schema, name, check, frame, value) for check in column.checks)
         if column.unique:
             rules.append(_Rule(name, "field_uniqueness", failing=_duplicates([name])))
     if schema.unique:

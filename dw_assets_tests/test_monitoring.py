@@ -286,7 +286,7 @@ def test_report_is_deterministic():
 def test_weekly_volumes_are_counted_on_spark_per_monday_week(spark):
     from dw_assets.evaluation.assets import weekly_volumes
 
-    ts = pd.to_datetime(["2026-01-05 10:00", "2026-01-11 23:59", "2026-01-12 00:00", "2026-01-13"], utc=True)
+    ts = pd.to_datetime(["2026-01-05 10:00", "2026-01-11 23:59", "2026-01-12 00:00", "2026-01-13 00:00"], utc=True)
     interactions = spark.createDataFrame(pd.DataFrame({"user_id": [1, 1, 2, 3], "ts": ts}))
     catalog = pd.DataFrame({"track_id": [1, 2], "release_date": ["2026-01-06", "2026-01-19"]})
     frame = weekly_volumes(interactions, catalog, ["2026-01-05", "2026-01-12", "2026-01-19"])

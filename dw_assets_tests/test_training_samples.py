@@ -15,6 +15,7 @@ import zipfile
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from dw_assets.embeddings.item2vec import (
@@ -146,3 +147,57 @@ def test_user_tower_on_spark_equals_the_driver_function_bit_for_bit(world, model
     one = model.user_vectors(world["profiles"].iloc[:1])  # a batch of one user: the same vector
     if len(one[0]):
         np.testing.assert_array_equal(one[1][0], vectors[np.flatnonzero(ids == one[0][0])[0]])
+
+
+def test_user_embeddings_table_round_trips_parquet_sorted_with_its_version(world, model, tmp_path, monkeypatch):
+    """The asset's table: written from Spark as Parquet, sorted by user_id, bit-identical vectors; the
+    consumers' helpers join in Spark and bring back only the users asked for (bounded samples)."""
+    from pyspark.sql import functions as F
+
+    from dw_assets.embeddings.assets import embedding_versions
+    from dw_assets.embeddings.user_tower import (
+        sampled_vectors,
+        table_version,
+        user_embeddings_table,
+        vectors_of,
+    )
+    from dw_assets.lake.driver_guard import DriverRowLimitExceeded
+    from dw_assets.lake.storage import vectors_artifact
+    from dw_assets.versioning import VersionMismatch
+
+    ids, vectors = model.user_vectors(world["profiles"])
+    order = np.argsort(ids, kind="stable")
+    ids, vectors = ids[order], vectors[order]
+    table = user_embeddings_table(user_embeddings_frame(world["spark_profiles"].repartition(5), model.to_bytes()), "v1")
+    table.write.parquet(str(tmp_path / "user_embeddings"))
+    spark = world["spark_profiles"].sparkSession
+    stored = spark.read.parquet(str(tmp_path / "user_embeddings"))
+    assert stored.schema.simpleString() == "struct<user_id:bigint,user_vector:array<float>,model_version:string>"
+    written = pq.read_table(tmp_path / "user_embeddings").to_pandas()  # part files in name order
+    assert written["user_id"].is_monotonic_increasing  # the files' order: sorted by user_id
+    np.testing.assert_array_equal(written["user_id"].to_numpy(np.int64), ids)
+    np.testing.assert_array_equal(np.stack(written["user_vector"].to_numpy()), vectors)
+
+    assert table_version(stored) == "v1"
+    track = vectors_artifact(np.arange(2), np.zeros((2, 2), np.float32), {"model_version": "v1"})
+    assert embedding_versions(track_embeddings=track, user_embeddings=stored) == "v1"
+    with pytest.raises(VersionMismatch, match="user_embeddings=v2"):
+        embedding_versions(track_embeddings=track, user_embeddings=stored.withColumn("model_version", F.lit("v2")))
+
+    some = ids[::3][::-1]  # any order, ids unknown to the table ignored
+    got_ids, got = vectors_of(stored, np.concatenate([some, [-5]]))
+    np.testing.assert_array_equal(got_ids, np.sort(some))
+    np.testing.assert_array_equal(got, vectors[np.searchsorted(ids, np.sort(some))])
+
+    all_ids, _ = sampled_vectors(stored, 10 * len(ids), seed=7)  # a cap above the users: all of them
+    assert sorted(all_ids.tolist()) == ids.tolist()
+    drawn, drawn_vectors = sampled_vectors(stored.repartition(3), 5, seed=7)
+    np.testing.assert_array_equal(drawn, all_ids[:5])  # hash order: a smaller cap is a prefix, any partitioning
+    np.testing.assert_array_equal(drawn_vectors, vectors[np.searchsorted(ids, drawn)])
+    assert not np.array_equal(sampled_vectors(stored, 5, seed=8)[0], drawn)  # the seed picks the sample
+
+    monkeypatch.setenv(ROW_LIMIT_ENV, "3")
+    assert len(sampled_vectors(stored, 5, seed=7)[0]) == 3  # bounded by the guard
+    with pytest.raises(DriverRowLimitExceeded, match="user_embeddings"):
+        vectors_of(stored)
+

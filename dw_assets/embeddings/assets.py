@@ -37,7 +37,7 @@ from dw_assets.embeddings.two_tower import (
     training_sample,
     warm_start_cold_tracks,
 )
-from dw_assets.embeddings.user_tower import sorted_vectors, user_embeddings_frame
+from dw_assets.embeddings.user_tower import sorted_vectors, table_version, user_embeddings_frame
 from dw_assets.lake.driver_guard import to_driver
 from dw_assets.lake.resources import LAYER_KEY, LakeResource
 from dw_assets.lake.storage import Artifact, vectors_artifact, vectors_from
@@ -255,9 +255,11 @@ def tower_embeddings(
     )
 
 
-def embedding_versions(**artifacts: Artifact) -> str:
-    """The shared model version of artifacts that must agree (raises naming the odd ones)."""
-    return require_same_version({name: a.model_version for name, a in artifacts.items()})
+def embedding_versions(**artifacts: Artifact | DataFrame) -> str:
+    """The shared model version of artifacts (and Spark tables with a ``model_version`` column, such as
+    ``user_embeddings``) that must agree (raises naming the odd ones)."""
+    return require_same_version({name: table_version(a) if isinstance(a, DataFrame) else a.model_version
+                                 for name, a in artifacts.items()})
 
 
 embedding_assets = [item2vec_embeddings, audio_embeddings, two_tower_model, tower_embeddings]

@@ -55,3 +55,83 @@ def sorted_vectors(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 def with_norm(frame: DataFrame) -> DataFrame:
     """The frame with a ``norm`` column (L2 norm of ``vector``), for aggregate checks in Spark."""
     return frame.withColumn("norm", F.sqrt(F.aggregate("vector", F.lit(0.0), lambda acc, x: acc + x * x)))
+
+
+# ---------------------------------------------------------------------------- the user_embeddings table
+
+USER_EMBEDDINGS_SCHEMA = "user_id long, user_vector array<float>, model_version string"
+HASH_BITS = 53  # a double holds 53 bits exactly: the hash as a number in [0, 1)
+
+
+def user_embeddings_table(vectors: DataFrame, version: str) -> DataFrame:
+    """The ``user_embeddings`` asset from a ``user_embeddings_frame``: user_id, user_vector, model_version
+    (one value: the consumers' consistency check reads it), sorted by user_id (a range-partitioned sort).
+    500 M rows at the target, written from the executors. Persist ``vectors`` first: the sort's sampling
+    pass would run the tower once more."""
+    return (vectors.select("user_id", F.col("vector").alias("user_vector"), F.lit(version).alias("model_version"))
+            .orderBy("user_id"))
+
+
+def table_version(user_embeddings: DataFrame) -> str:
+    """The one model version of a ``user_embeddings`` table (a distinct over one dictionary-encoded column)."""
+    from dw_assets.versioning import VersionMismatch
+
+    versions = sorted(r[0] for r in user_embeddings.select("model_version").distinct().collect())
+    if len(versions) != 1:
+        raise VersionMismatch(f"expected one model_version in user_embeddings, found {versions or 'none'}")
+    return versions[0]
+
+
+def hash_order(column: str, seed: int):
+    """A seeded number in [0, 1) per value of ``column`` (xxhash64 of the value and the seed): the same on
+    every executor and run, whatever the partitioning."""
+    mask = (1 << HASH_BITS) - 1
+    return F.xxhash64(F.col(column), F.lit(int(seed))).bitwiseAND(F.lit(mask)) / float(1 << HASH_BITS)
+
+
+def sampled_vectors(user_embeddings: DataFrame, cap: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, float32[n, dim]) of the ``bounded(cap)`` users with the lowest seeded hash, in hash order
+    (a prefix of the order is a smaller sample). A top-k on the executors; only the sample comes back."""
+    from dw_assets.lake.driver_guard import bounded, to_driver
+
+    drawn = (user_embeddings.select("user_id", "user_vector", hash_order("user_id", seed).alias("_h"))
+             .orderBy("_h", "user_id").limit(bounded(cap)))
+    return _as_arrays(to_driver(drawn, "user_embeddings"))
+
+
+def vectors_of(user_embeddings: DataFrame, users: np.ndarray | DataFrame | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(ids ascending, float32[n, dim]) of ``users`` (ids on the driver, or a Spark frame with user_id),
+    joined in Spark so only their vectors come back; every user's when None (refused above the driver
+    guard's limit). ``users`` must be a bounded sample."""
+    from dw_assets.lake.driver_guard import to_driver
+
+    frame = user_embeddings.select("user_id", "user_vector")
+    if users is not None:
+        if not isinstance(users, DataFrame):
+            ids = pd.DataFrame({"user_id": np.unique(np.asarray(users, np.int64))})
+            users = frame.sparkSession.createDataFrame(ids, "user_id long")
+        frame = frame.join(users.select(F.col("user_id").cast("long")).distinct(), "user_id", "left_semi")
+    return _as_arrays(to_driver(frame.orderBy("user_id"), "user_embeddings"))
+
+
+def _as_arrays(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    ids = frame["user_id"].to_numpy(np.int64)
+    vectors = (np.stack(frame["user_vector"].to_numpy()).astype(np.float32) if len(frame)
+               else np.zeros((0, 0), np.float32))
+    return ids, vectors
+
+
+def read_user_embeddings(lake, week: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """(ids ascending, float32[n, dim], model_version) of a week's stored table, on the driver: for tests,
+    benchmarks and tools on small worlds (refused above ``DW_DRIVER_ROW_LIMIT``)."""
+    from dw_assets.lake.driver_guard import check_driver_rows
+
+    frame = lake.read_frame(lake.uri("models", "user_embeddings", week))
+    check_driver_rows("user_embeddings", len(frame), "read_user_embeddings")
+    versions = frame["model_version"].unique().tolist()
+    if len(versions) != 1:
+        from dw_assets.versioning import VersionMismatch
+
+        raise VersionMismatch(f"expected one model_version in user_embeddings, found {sorted(versions)}")
+    ids, vectors = _as_arrays(frame.sort_values("user_id", kind="mergesort"))
+    return ids, vectors, versions[0]

@@ -188,3 +188,30 @@ def test_a_wrong_count_from_the_writers_is_never_registered(spark, tmp_path, red
     finally:
         publish.spark_playlist_rows = real
         delete_prefix(url, prefix)
+
+
+def test_the_publish_asset_writes_cassandra_from_the_executors_the_same_twice(tmp_path, cassandra_hosts, spark):
+    """published_playlists through Dagster on a lake partition: written from the executors, and two
+    runs of the week store byte-identical values (those the pandas publisher stores)."""
+    from dagster import AssetSelection, materialize
+
+    from dw_assets.definitions import ALL_ASSETS, build_resources
+    from dw_assets.lake.storage import Lake
+
+    lake = Lake(str(tmp_path / "lake"))
+    frame = synthetic_playlists(USERS, seed=4).sample(frac=1.0, random_state=4)
+    lake.write_frame(frame, lake.uri("gold", "ranked_playlists", W[0]))
+    url = f"scylla://{cassandra_hosts}/{cassandra_node.fresh_keyspace('dwasset')}"
+    try:
+        stored = []
+        for _ in range(2):
+            result = materialize(ALL_ASSETS, selection=AssetSelection.assets("published_playlists"),
+                                 partition_key=W[0], resources=build_resources(lake.root, url))
+            metadata = result.asset_materializations_for_node("published_playlists")[0].metadata
+            assert result.success and metadata["writers"].value == "executors"
+            with open_store(url) as store:
+                assert store.current_week() == W[0]
+                stored.append(_raw_values(store, W[0]))
+        assert stored[0] == stored[1] == dict(encode_playlists(frame))
+    finally:
+        cassandra_node.drop_keyspace(url)

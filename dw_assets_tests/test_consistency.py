@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from dagster import materialize
 
@@ -19,8 +20,9 @@ def _write_embeddings(root, track_version: str, user_version: str) -> Lake:
     users = rng.normal(size=(50, 16)).astype(np.float32)
     lake.write_artifact(vectors_artifact(np.arange(300), tracks, {"model_version": track_version}),
                         lake.uri("models", "track_embeddings", WEEK))
-    lake.write_artifact(vectors_artifact(np.arange(50), users, {"model_version": user_version}),
-                        lake.uri("models", "user_embeddings", WEEK))
+    # user_embeddings is a Parquet table (user_id, user_vector, model_version), as the Spark asset writes it
+    lake.write_frame(pd.DataFrame({"user_id": np.arange(50, dtype=np.int64), "user_vector": list(users),
+                                   "model_version": user_version}), lake.uri("models", "user_embeddings", WEEK))
     return lake
 
 

@@ -15,6 +15,7 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
 from dw_assets.automation.runner import PER_WEEK_ASSETS, _run, materialize_week
 from dw_assets.definitions import defs
+from dw_assets.embeddings.user_tower import read_user_embeddings
 from dw_assets.ingest.events import QUARANTINE_REASONS
 from dw_assets.lake.storage import Lake
 
@@ -178,13 +179,13 @@ def test_one_week_of_models_shares_one_version(world):
     _, manifest, lake, _ = world
     week = manifest["last_training_week"]
     versions = {a: lake.read_artifact(lake.uri("models", a, week)).model_version
-                for a in ("two_tower_model", "track_embeddings", "user_embeddings", "faiss_index")}
+                for a in ("two_tower_model", "track_embeddings", "faiss_index")}
+    versions["user_embeddings"] = read_user_embeddings(lake, week)[2]  # a Parquet table with its version column
     assert len(set(versions.values())) == 1 and next(iter(versions.values())).startswith(week)
 
 
 def test_cold_releases_are_retrieved_for_users_whose_taste_matches(world):
     """New releases of the week (audio, no plays) reach the ANN top-k of matching users, not of random ones."""
-    from dw_assets.lake.storage import vectors_from
     from dw_assets.retrieval.ann import AnnIndex
     from dw_assets.simulate import load_truth
 
@@ -192,7 +193,7 @@ def test_cold_releases_are_retrieved_for_users_whose_taste_matches(world):
     week = manifest["last_training_week"]
     truth = load_truth(root)
     index = AnnIndex.from_bytes(lake.read_artifact(lake.uri("models", "faiss_index", week)).files["index.bin"])
-    user_ids, user_vectors = vectors_from(lake.read_artifact(lake.uri("models", "user_embeddings", week)))
+    user_ids, user_vectors, _ = read_user_embeddings(lake, week)
     # the tiny catalog has ~2k tracks: a top-500 would be a quarter of it, so ask for a tenth instead
     k = len(index.ids) // 10
     _, top = index.search(user_vectors, k)

@@ -201,3 +201,33 @@ def test_user_embeddings_table_round_trips_parquet_sorted_with_its_version(world
     with pytest.raises(DriverRowLimitExceeded, match="user_embeddings"):
         vectors_of(stored)
 
+
+def test_candidate_users_join_in_spark_as_the_pandas_path_did(world, model):
+    """``vector_users`` (a Spark join) holds what the pandas path built from a collected artifact."""
+    from dw_assets.embeddings.user_tower import user_embeddings_table
+    from dw_assets.ranking.batch import user_vector_table, user_vectors_of
+    from dw_assets.retrieval.assets import vector_users
+
+    ids, vectors = model.user_vectors(world["profiles"])
+    by_id = dict(zip(ids.tolist(), vectors, strict=True))
+    table = user_embeddings_table(user_embeddings_frame(world["spark_profiles"], model.to_bytes()), "v1")
+    profiles = world["profiles"][["user_id", "recent_tracks"]]
+    expected = {int(u): ([int(x) for x in t] if t is not None else [], by_id.get(int(u)))
+                for u, t in zip(profiles["user_id"], profiles["recent_tracks"], strict=True)}
+    expected = {u: v for u, v in expected.items() if v[1] is not None or v[0]}
+    got = vector_users(table, world["spark_profiles"]).toPandas()
+    assert sorted(got["user_id"].tolist()) == sorted(expected)
+    for row in got.itertuples():
+        tracks, vector = expected[row.user_id]
+        assert list(row.recent_tracks) == tracks
+        if vector is None:
+            assert row.user_vector is None
+        else:
+            np.testing.assert_array_equal(np.asarray(row.user_vector, np.float32), vector)
+
+    spark = world["spark_profiles"].sparkSession
+    assert user_vector_table(spark, table).schema.simpleString() == "struct<user_id:bigint,user_vector:array<float>>"
+    few = np.sort(ids)[:4]
+    got_ids, got_vectors = user_vectors_of(table, few)
+    np.testing.assert_array_equal(got_ids, few)
+    np.testing.assert_array_equal(got_vectors, np.stack([by_id[int(u)] for u in few]))

@@ -19,6 +19,7 @@ from dagster import (
 
 from dw_assets.automation.sensors import AUDIO_UPLOADS, NEW_TRACK_VECTORS, audio_upload_sensor
 from dw_assets.automation.uploads import UploadCursor, list_upload_folder, scan_uploads
+from dw_assets.embeddings.user_tower import read_user_embeddings
 from dw_assets.lake.resources import LakeResource
 from dw_assets.retrieval.ann import AnnConfig, build_index, clustered_vectors, exact_search
 from dw_assets.retrieval.delta import DeltaIndex, search_with_delta
@@ -256,7 +257,6 @@ def test_dropped_clips_become_searchable_through_sensor_run_and_delta(weekly_mod
         new_track_vectors,
     )
     from dw_assets.embeddings.item2vec import Item2VecConfig
-    from dw_assets.lake.storage import vectors_from
     from dw_assets.retrieval.ann import AnnIndex
     from dw_assets.simulate import load_truth
 
@@ -303,7 +303,7 @@ def test_dropped_clips_become_searchable_through_sensor_run_and_delta(weekly_mod
 
     # Users whose hidden taste matches a new track's sound get it in their ANN top-k; random users rarely do.
     truth = load_truth(root)
-    user_ids, user_vectors = vectors_from(lake.read_artifact(lake.uri("models", "user_embeddings", MODELS_WEEK)))
+    user_ids, user_vectors, _ = read_user_embeddings(lake, MODELS_WEEK)
     k = len(main) // 10  # a tenth of the tiny catalog (as the weekly cold-start test)
     _, top = search_with_delta(main, delta, user_vectors, k)
     assert not np.isin(new_ids, main.search(user_vectors, k)[1]).any()  # the weekly index alone never has them

@@ -35,6 +35,7 @@ import click
 import numpy as np
 import pandas as pd
 
+from dw_assets.embeddings.user_tower import read_user_embeddings
 from dw_assets.lake.storage import Lake, vectors_from
 from dw_assets.partitions import history_window_weeks
 from dw_assets.ranking.features import USER_COLUMNS, FeatureContext
@@ -91,7 +92,7 @@ def load_week(lake_root: str, week: str) -> WeekModels:
         return lake.read_artifact(uri)
 
     track_ids, track_vectors = vectors_from(artifact("track_embeddings"))
-    user_ids, user_vectors = vectors_from(artifact("user_embeddings"))
+    user_ids, user_vectors, _ = read_user_embeddings(lake, week)  # a Parquet table; small worlds only
     ranker = TrainedRanker.from_bytes(artifact("ranker_model").files["ranker.bin"])
     item2vec = vectors_from(artifact("item2vec_embeddings"))
     audio = vectors_from(artifact("audio_embeddings"))

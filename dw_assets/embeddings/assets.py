@@ -4,6 +4,7 @@ import time
 
 import numpy as np
 import pandas as pd
+import pyspark.sql.functions as F
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -37,8 +38,12 @@ from dw_assets.embeddings.two_tower import (
     training_sample,
     warm_start_cold_tracks,
 )
-from dw_assets.embeddings.user_tower import sorted_vectors, table_version, user_embeddings_frame
-from dw_assets.lake.driver_guard import to_driver
+from dw_assets.embeddings.user_tower import (
+    table_version,
+    user_embeddings_frame,
+    user_embeddings_table,
+    with_norm,
+)
 from dw_assets.lake.resources import LAYER_KEY, LakeResource
 from dw_assets.lake.storage import Artifact, vectors_artifact, vectors_from
 from dw_assets.partitions import ONE_WEEK_PER_RUN, history_window, weekly_partitions
@@ -216,7 +221,9 @@ class TrackEmbeddingsConfig(Config):
 @multi_asset(
     outs={
         "track_embeddings": _out("Item-tower vector of every catalog track; cold tracks warm-started from audio neighbours."),
-        "user_embeddings": _out("User-tower vector of every user with history, computed on the Spark executors."),
+        "user_embeddings": AssetOut(group_name=GROUP, metadata=MODELS, description=(
+            "User-tower vector of every user with history: a Parquet table (user_id, user_vector, model_version) "
+            "computed and written by the Spark executors, sorted by user_id.")),
     },
     ins={"two_tower_model": AssetIn(dagster_type=Artifact), "user_profiles": AssetIn(), "track_stats": AssetIn()},
     partitions_def=weekly_partitions,
@@ -230,17 +237,17 @@ def tower_embeddings(
     track_stats: pd.DataFrame,
 ):
     """Item tower on the driver (per track, 100 M rows at the target); user tower in ``mapInPandas``
-    (``user_tower.user_embeddings_frame``)."""
+    (``user_tower.user_embeddings_table``): 500 M rows at the target, written as Parquet from the executors."""
     model_bytes = two_tower_model.files["two_tower.bin"]
     trained = TrainedTwoTower.from_bytes(model_bytes)
     cold = track_stats.loc[track_stats["is_cold"], "track_id"].to_numpy(np.int64)
     cold_stats = warm_start_cold_tracks(trained, cold, config.cold_neighbours)
     version = two_tower_model.model_version
     track_ids, track_vectors = trained.track_vectors()
-    # Still an Artifact for its consumers (ranking, evaluation): collected under the driver guard.
-    user_ids, user_vectors = sorted_vectors(to_driver(user_embeddings_frame(user_profiles, model_bytes),
-                                                      "user_embeddings"))
-    norms = np.linalg.norm(user_vectors, axis=1) if len(user_vectors) else np.zeros(0)
+    # 500 M rows at the target: computed and written on the executors, never collected.
+    vectors = user_embeddings_frame(user_profiles, model_bytes).persist()
+    stats = with_norm(vectors).agg(F.count("*").alias("users"),
+                                   F.percentile_approx("norm", 0.5).alias("norm_p50")).first()
     yield Output(
         vectors_artifact(track_ids, track_vectors, {"model_version": version, "cold_start": cold_stats}),
         output_name="track_embeddings",
@@ -248,11 +255,12 @@ def tower_embeddings(
                   **{k if k.startswith("cold") else f"cold_{k}": v for k, v in cold_stats.items() if np.isscalar(v)}},
     )
     yield Output(
-        vectors_artifact(user_ids, user_vectors, {"model_version": version}),
+        user_embeddings_table(vectors, version),
         output_name="user_embeddings",
-        metadata={"model_version": version, "users": len(user_ids),
-                  "norm_p50": float(np.median(norms)) if len(norms) else 0.0},
+        metadata={"model_version": version, "users": int(stats["users"]),
+                  "norm_p50": float(stats["norm_p50"]) if stats["norm_p50"] is not None else 0.0},
     )
+    vectors.unpersist()  # the IO manager has written the table
 
 
 def embedding_versions(**artifacts: Artifact | DataFrame) -> str:

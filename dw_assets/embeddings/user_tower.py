@@ -7,6 +7,11 @@ no user) is broadcast once and unpacked once per Python worker (``ingest.spark.l
 do not depend on the batch a user lands in (``TwoTowerModel.encode_users`` pads to a fixed shape), so
 the partitioning never changes them.
 
+The ``user_embeddings`` asset is this frame as a Parquet table (``user_embeddings_table``: user_id,
+user_vector, model_version, sorted by user_id), written from the executors. Its consumers join it in
+Spark; what comes to the driver is a bounded sample: the users asked for (``vectors_of``) or the
+lowest seeded hashes (``sampled_vectors``), both under the driver guard.
+
 Size at 500 M users: 500 M rows in and out, on the executors; the driver holds the model only.
 """
 

@@ -28,10 +28,11 @@ from dagster import (
 from dagster_pyspark import LazyPySparkResource
 from pandera.pandas import Check, Column
 from pyspark.sql import DataFrame
+from pyspark.sql.utils import AnalysisException
 
 from dw_assets.calendar import shift_week, week_bounds
 from dw_assets.embeddings.assets import embedding_versions
-from dw_assets.embeddings.two_tower import TrainedTwoTower
+from dw_assets.embeddings.user_tower import sampled_vectors, user_embeddings_frame, vectors_of
 from dw_assets.evaluation.ab import ABConfig, ab_frame, play_arms, summarize_ab
 from dw_assets.evaluation.baselines import (
     AlsConfig,
@@ -62,10 +63,10 @@ from dw_assets.evaluation.systems import (
     split_holdout,
     track_table,
 )
-from dw_assets.lake.driver_guard import bounded
+from dw_assets.lake.driver_guard import bounded, check_driver_rows
 from dw_assets.lake.quality import emit_checked, schema_check_result, schema_check_spec, table_schema
 from dw_assets.lake.resources import LAYER_KEY, LakeResource
-from dw_assets.lake.storage import Artifact, Lake, vectors_artifact, vectors_from
+from dw_assets.lake.storage import Artifact, Lake, LakeError, vectors_from
 from dw_assets.partitions import (
     HISTORY_WEEKS,
     ONE_WEEK_PER_RUN,
@@ -139,7 +140,7 @@ def _row(system: str, k: int, result: dict, cold: dict, seconds: float) -> dict:
     ins={
         "interactions": AssetIn(partition_mapping=history_and_next_week, metadata={"columns": EVAL_COLUMNS}),
         "track_embeddings": AssetIn(dagster_type=Artifact),
-        "user_embeddings": AssetIn(dagster_type=Artifact),
+        "user_embeddings": AssetIn(),
         "track_stats": AssetIn(),
     },
     partitions_def=weekly_partitions,
@@ -151,9 +152,11 @@ def retrieval_evaluation(
     config: RetrievalEvaluationConfig,
     interactions: pd.DataFrame,
     track_embeddings: Artifact,
-    user_embeddings: Artifact,
+    user_embeddings: DataFrame,
     track_stats: pd.DataFrame,
 ):
+    """Judged on the holdout's users: only their vectors are joined in Spark and collected (a bounded
+    sample, refused above ``DW_DRIVER_ROW_LIMIT``); the user_embeddings table (500 M rows) stays there."""
     _, holdout_start = week_bounds(context.partition_key)
     in_holdout = interactions["ts"] >= holdout_start
     history, holdout = interactions[~in_holdout], interactions[in_holdout]
@@ -164,7 +167,8 @@ def retrieval_evaluation(
     rows = []
 
     started = time.perf_counter()
-    user_ids, user_vectors = vectors_from(user_embeddings)
+    # Recall only reads the holdout's users: every other user's top-k was computed and dropped.
+    user_ids, user_vectors = vectors_of(user_embeddings, np.fromiter(truth, np.int64, len(truth)))
     track_ids, track_vectors = vectors_from(track_embeddings)
     top = embedding_top_k(user_vectors, track_ids, track_vectors, user_ids, history, config.k)
     rows.append(_row("two_tower", config.k, recall_at_k(user_ids, top, truth), recall_at_k(user_ids, top, cold_truth),
@@ -244,12 +248,11 @@ def last_week_playlists(
     version = embedding_versions(two_tower_model=two_tower_model, faiss_index=faiss_index,
                                  track_embeddings=track_embeddings)
     started = time.perf_counter()
-    # Last week's user tower on this week's histories: vectors in last week's space.
-    profiles = user_profiles.toPandas()
-    tower = TrainedTwoTower.from_bytes(two_tower_model.files["two_tower.bin"])
-    users = vectors_artifact(*tower.user_vectors(profiles), {"model_version": version})
+    # Last week's user tower on this week's histories (vectors in last week's space), on the executors.
+    users = user_embeddings_frame(user_profiles, two_tower_model.files["two_tower.bin"])
+    users = users.select("user_id", F.col("vector").alias("user_vector")).persist()
     models = candidate_models(faiss_index, item2vec_embeddings, audio_embeddings, track_stats, version)
-    candidate_frame = run_candidates(spark, candidate_users(spark, users, profiles, interactions), models.to_bytes(),
+    candidate_frame = run_candidates(spark, candidate_users(users, user_profiles, interactions), models.to_bytes(),
                                      CandidatesConfig().settings(threads=1), CandidatesConfig().partitions).persist()
     ranker, ranker_week = last_week_ranker(lake.open(), week, ranker_model)
     playlists, stats = build_playlists(
@@ -262,6 +265,7 @@ def last_week_playlists(
         "elapsed_s": round(time.perf_counter() - started, 1),
     }, blocking=False)
     candidate_frame.unpersist()
+    users.unpersist()
 
 
 def last_week_ranker(lake: Lake, week: str, this_week: Artifact) -> tuple[TrainedRanker, str]:
@@ -335,7 +339,7 @@ class OfflineEvaluationConfig(Config):
         "ranked_playlists": AssetIn(metadata={"columns": PLAYLIST_COLUMNS}),
         "last_week_playlists": AssetIn(metadata={"columns": PLAYLIST_COLUMNS}),
         "interactions": AssetIn(partition_mapping=history_and_next_week, metadata={"columns": EVAL_COLUMNS}),
-        "user_embeddings": AssetIn(dagster_type=Artifact),
+        "user_embeddings": AssetIn(),
         "track_embeddings": AssetIn(dagster_type=Artifact),
         "faiss_index": AssetIn(dagster_type=Artifact),
         "track_stats": AssetIn(),
@@ -352,7 +356,7 @@ def offline_evaluation(
     ranked_playlists: pd.DataFrame,
     last_week_playlists: pd.DataFrame,
     interactions: pd.DataFrame,
-    user_embeddings: Artifact,
+    user_embeddings: DataFrame,
     track_embeddings: Artifact,
     faiss_index: Artifact,
     track_stats: pd.DataFrame,
@@ -370,7 +374,9 @@ def offline_evaluation(
     tracks = track_table(track_stats)
     profiles = user_profiles.copy()
     lists = {"pipeline": ranked_playlists}
-    lists.update(baseline_lists(history, truth["user_id"].unique(), vectors_from(user_embeddings),
+    holdout_users = truth["user_id"].unique()
+    # Only the holdout users' vectors are joined in Spark and collected (the retrieval list reads no other).
+    lists.update(baseline_lists(history, holdout_users, vectors_of(user_embeddings, holdout_users),
                                 vectors_from(track_embeddings), config.k,
                                 AlsConfig(factors=config.als_factors, iterations=config.als_iterations,
                                           seed=config.seed),
@@ -485,7 +491,7 @@ class MonitoringConfig(Config):
         group_name="monitoring", metadata={LAYER_KEY: "gold", "dagster/column_schema": table_schema(MONITORING)},
         description="This week's drift, volume and batch-window checks (severity per check); needs no holdout.")},
     ins={"ranked_playlists": AssetIn(metadata={"columns": ["user_id", "ranker_score"]}),
-         "user_embeddings": AssetIn(dagster_type=Artifact),
+         "user_embeddings": AssetIn(),
          "interactions": AssetIn(partition_mapping=history_window, metadata={"columns": ["user_id", "ts"]}),
          "track_catalog": AssetIn(metadata={"columns": ["track_id", "release_date"]})},
     partitions_def=weekly_partitions,
@@ -495,7 +501,7 @@ class MonitoringConfig(Config):
     + [schema_check_spec("model_monitoring", MONITORING, blocking=False)],
 )
 def model_monitoring(context: AssetExecutionContext, config: MonitoringConfig, lake: LakeResource,
-                     pyspark: LazyPySparkResource, ranked_playlists: DataFrame, user_embeddings: Artifact,
+                     pyspark: LazyPySparkResource, ranked_playlists: DataFrame, user_embeddings: DataFrame,
                      interactions: DataFrame, track_catalog: pd.DataFrame):
     """Sizes at the target: the window's interactions (240 G rows) are counted on Spark (one row per
     week comes back); score drift reads the ranker scores of ``sample_users`` users drawn by seeded
@@ -509,9 +515,9 @@ def model_monitoring(context: AssetExecutionContext, config: MonitoringConfig, l
         last_week = store.read_spark(spark, [store.uri("gold", "ranked_playlists", previous)])
         last_scores = sampled_scores(last_week, config.sample_users, config.seed)
     if store.exists(store.uri("models", "user_embeddings", previous)):
-        _, last_norms = embedding_statistic(vectors_from(store.read_artifact(
-            store.uri("models", "user_embeddings", previous)))[1])
-    label, norms = embedding_statistic(vectors_from(user_embeddings)[1])
+        _, last_norms = embedding_statistic(previous_user_vectors(store, spark, previous, config.sample_users,
+                                                                  config.seed))
+    label, norms = embedding_statistic(sampled_user_vectors(user_embeddings, config.sample_users, config.seed))
     weeks = weekly_volumes(interactions, track_catalog, history_window_weeks(week))
     trailing = weeks[weeks["week"] < week]
     now = weeks[weeks["week"] == week].iloc[0]
@@ -536,6 +542,28 @@ def model_monitoring(context: AssetExecutionContext, config: MonitoringConfig, l
             description=outcome.description,
             metadata={"value": outcome.value, "threshold": outcome.threshold, **outcome.metadata})
     yield schema_check_result("model_monitoring", table, MONITORING, blocking=False)
+
+
+def sampled_user_vectors(user_embeddings: DataFrame, users: int, seed: int) -> np.ndarray:
+    """The vectors of at most ``users`` users (lowest seeded hash, drawn in Spark), ordered by user id:
+    every user's when there are no more (the demo), so the statistic is the one over all users."""
+    ids, vectors = sampled_vectors(user_embeddings, users, seed)
+    return vectors[np.argsort(ids, kind="stable")]
+
+
+def previous_user_vectors(store: Lake, spark, week: str, users: int, seed: int) -> np.ndarray:
+    """``sampled_user_vectors`` of ``week``'s user_embeddings read from the lake as Spark; a week written
+    before the table existed holds a vectors artifact (one row per user: guarded, sampled the same way)."""
+    uri = store.uri("models", "user_embeddings", week)
+    try:
+        return sampled_user_vectors(store.read_spark(spark, [uri]), users, seed)
+    except (AnalysisException, LakeError):  # no Parquet there
+        artifact = store.read_artifact(uri)
+        check_driver_rows("user_embeddings", int(artifact.meta.get("rows", 0)), "an artifact of an earlier layout")
+        ids, vectors = vectors_from(artifact)
+        return sampled_user_vectors(spark.createDataFrame(
+            pd.DataFrame({"user_id": ids, "user_vector": list(vectors)}), "user_id long, user_vector array<float>"),
+            users, seed)
 
 
 def sampled_scores(playlists: DataFrame, users: int, seed: int) -> np.ndarray:

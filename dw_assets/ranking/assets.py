@@ -75,7 +75,9 @@ class RankerAssetConfig(Config):
         "interactions": AssetIn(metadata={"columns": ["user_id", "track_id", "ts", "is_positive", "saved", "context",
                                                       "position"]}),
         **{name: AssetIn(partition_mapping=previous_week,
-                         **({"dagster_type": Artifact} if name.endswith("_embeddings") else {}))
+                         # user_embeddings is a Spark table (500 M rows at the target); the others artifacts
+                         **({"dagster_type": Artifact} if name.endswith("_embeddings") and name != "user_embeddings"
+                            else {}))
            for name in FEATURE_INPUTS},
     },
     partitions_def=weekly_partitions,
@@ -90,7 +92,7 @@ def ranker_model(
     track_stats: pd.DataFrame,
     item2vec_embeddings: Artifact,
     audio_embeddings: Artifact,
-    user_embeddings: Artifact,
+    user_embeddings: DataFrame,
     track_embeddings: Artifact,
 ):
     """Sizes at the target: candidates 250 G rows, the week's interactions 20 G, profiles 500 M, all read
@@ -163,7 +165,7 @@ class PlaylistsConfig(Config):
         "track_stats": AssetIn(),
         "item2vec_embeddings": AssetIn(dagster_type=Artifact),
         "audio_embeddings": AssetIn(dagster_type=Artifact),
-        "user_embeddings": AssetIn(dagster_type=Artifact),
+        "user_embeddings": AssetIn(),
         "track_embeddings": AssetIn(dagster_type=Artifact),
         "interactions": AssetIn(partition_mapping=history_window),
         # Earlier weeks' playlists: their exploration slots, judged on the week after, update the bandit.
@@ -187,7 +189,7 @@ def ranked_playlists(
     track_stats: pd.DataFrame,
     item2vec_embeddings: Artifact,
     audio_embeddings: Artifact,
-    user_embeddings: Artifact,
+    user_embeddings: DataFrame,
     track_embeddings: Artifact,
     interactions: DataFrame,
     earlier_playlists: DataFrame,

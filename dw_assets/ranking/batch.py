@@ -26,6 +26,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql.utils import AnalysisException
 
 from dw_assets.calendar import week_start
+from dw_assets.embeddings.user_tower import vectors_of
 from dw_assets.ingest.spark import load_once, map_user_batches, payload_key
 from dw_assets.lake.driver_guard import bounded, to_driver
 from dw_assets.lake.storage import Artifact, vectors_from
@@ -160,24 +161,18 @@ def spark_position_propensity(interactions: DataFrame, list_size: int = DISCOVER
 # ---------------------------------------------------------------------------- the week's playlists
 
 
-def user_vectors_of(user_embeddings: Artifact, users: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The two-tower user vectors (ids, float32[n, dim]), of ``users`` only when given.
-
-    The one place the ranking reads user vectors from the embeddings artifact (with
-    :func:`user_vector_table`): the switch to the Parquet table of user vectors happens here.
-    """
-    ids, vectors = vectors_from(user_embeddings)
-    if users is None:
-        return ids, vectors
-    keep = np.isin(ids, users)
-    return ids[keep], vectors[keep]
+def user_vectors_of(user_embeddings: DataFrame, users: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The two-tower user vectors (ids ascending, float32[n, dim]) of ``users`` (a bounded sample: the
+    ranker's), joined in Spark so only theirs reach the driver; every user's when None (refused above
+    ``DW_DRIVER_ROW_LIMIT``). The one place the ranking reads user vectors (with :func:`user_vector_table`)."""
+    return vectors_of(user_embeddings, users)
 
 
-def user_vector_table(spark, user_embeddings: Artifact) -> DataFrame:
-    """user_id, user_vector (500 M rows at the target) as a Spark frame; see :func:`user_vectors_of`."""
-    ids, vectors = user_vectors_of(user_embeddings)
-    return spark.createDataFrame(pd.DataFrame({"user_id": ids, "user_vector": list(vectors)}),
-                                 "user_id long, user_vector array<float>")
+def user_vector_table(spark, user_embeddings: DataFrame) -> DataFrame:
+    """user_id, user_vector (500 M rows at the target): the ``user_embeddings`` table, left in Spark.
+    ``spark`` is unused (kept for the callers)."""
+    return user_embeddings.select(F.col("user_id").cast("long").alias("user_id"),
+                                  F.col("user_vector").cast("array<float>").alias("user_vector"))
 
 
 def track_context(track_stats: pd.DataFrame, item2vec: Artifact, audio: Artifact, tracks: Artifact) -> FeatureContext:

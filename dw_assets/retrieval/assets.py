@@ -23,6 +23,7 @@ from pyspark.sql import DataFrame
 from dw_assets.automation.sensors import AUDIO_UPLOADS
 from dw_assets.embeddings.assets import embedding_versions
 from dw_assets.embeddings.incremental_assets import delta_index, load_new_track_vectors
+from dw_assets.embeddings.user_tower import sampled_vectors
 from dw_assets.ingest.spark import load_once, map_user_batches, payload_key
 from dw_assets.lake.quality import emit_checked, schema_check_spec, table_schema
 from dw_assets.lake.resources import LAYER_KEY, LakeResource, require_partitions
@@ -66,27 +67,27 @@ class FaissIndexConfig(Config):
 @multi_asset(
     outs={"faiss_index": AssetOut(group_name="retrieval", metadata={LAYER_KEY: "models"}, dagster_type=Artifact,
                                   description="Inner-product ANN index over track_embeddings; exact below a size threshold.")},
-    ins={"track_embeddings": AssetIn(dagster_type=Artifact), "user_embeddings": AssetIn(dagster_type=Artifact)},
+    ins={"track_embeddings": AssetIn(dagster_type=Artifact), "user_embeddings": AssetIn()},
     partitions_def=weekly_partitions,
     backfill_policy=ONE_WEEK_PER_RUN,
     check_specs=[AssetCheckSpec(RECALL_CHECK, asset="faiss_index", blocking=True,
                                 description="recall@500 vs exact search on a sample of real user vectors ≥ min_recall.")],
 )
 def faiss_index(context: AssetExecutionContext, config: FaissIndexConfig, track_embeddings: Artifact,
-                user_embeddings: Artifact):
+                user_embeddings: DataFrame):
+    """The index over the catalog (100 M tracks at the target, on the driver); recall is checked and
+    tuned on 2 x ``recall_sample_users`` user vectors drawn in Spark by a seeded hash (500 M rows stay there)."""
     version = embedding_versions(track_embeddings=track_embeddings, user_embeddings=user_embeddings)
     track_ids, track_vectors = vectors_from(track_embeddings)
-    _, user_vectors = vectors_from(user_embeddings)
+    # Lowest seeded hashes first: the first half checks the recall, the second tunes the search.
+    _, user_vectors = sampled_vectors(user_embeddings, 2 * config.recall_sample_users, config.seed)
     started = time.perf_counter()
     index = build_index(track_ids, track_vectors, config.settings())
     build_s = time.perf_counter() - started
-    rng = np.random.default_rng(config.seed)
-    drawn = rng.permutation(len(user_vectors))
-    sample = user_vectors[drawn[:config.recall_sample_users]]
+    sample = user_vectors[:config.recall_sample_users]
     # Tuned on other users than the check's, so the checked recall is not the tuned one.
-    tuning = tune_search(index, track_vectors, track_ids,
-                         user_vectors[drawn[config.recall_sample_users:2 * config.recall_sample_users]],
-                         config.recall_k, config.tune_recall) if len(drawn) > config.recall_sample_users else {}
+    tuning = tune_search(index, track_vectors, track_ids, user_vectors[config.recall_sample_users:],
+                         config.recall_k, config.tune_recall) if len(user_vectors) > config.recall_sample_users else {}
     quality = measure(index, track_vectors, track_ids, sample, config.recall_k)
     recall = float(quality[f"recall@{config.recall_k}"])
     meta = {"model_version": version, "kind": index.kind, "on_gpu": index.on_gpu, "build_s": round(build_s, 2),
@@ -133,7 +134,7 @@ class CandidatesConfig(Config):
                                              "of recent tracks and audio neighbours among cold tracks, source-tagged.")},
     ins={
         "faiss_index": AssetIn(dagster_type=Artifact),
-        "user_embeddings": AssetIn(dagster_type=Artifact),
+        "user_embeddings": AssetIn(),
         "item2vec_embeddings": AssetIn(dagster_type=Artifact),
         "audio_embeddings": AssetIn(dagster_type=Artifact),
         "user_profiles": AssetIn(metadata={"columns": ["user_id", "recent_tracks"]}),
@@ -150,10 +151,10 @@ def candidates(
     pyspark: LazyPySparkResource,
     lake: LakeResource,
     faiss_index: Artifact,
-    user_embeddings: Artifact,
+    user_embeddings: DataFrame,
     item2vec_embeddings: Artifact,
     audio_embeddings: Artifact,
-    user_profiles: pd.DataFrame,
+    user_profiles: DataFrame,
     track_stats: pd.DataFrame,
     interactions: DataFrame,
 ):
@@ -167,7 +168,7 @@ def candidates(
     models.two_tower_delta = delta_index(load_new_track_vectors(
         lake.open(), context.instance.get_dynamic_partitions(AUDIO_UPLOADS), version), index.dim) or None
     spark = pyspark.spark_session
-    base = vector_users(spark, user_embeddings, user_profiles)
+    base = vector_users(user_embeddings, user_profiles)
     n_users = base.count()  # before the 12-week heard join: the count only needs the users
     users = with_heard(base, interactions)
     blob = models.to_bytes()
@@ -198,21 +199,21 @@ def candidate_models(faiss_index: Artifact, item2vec_embeddings: Artifact, audio
                                  model_version=version)
 
 
-def candidate_users(spark, user_embeddings: Artifact, user_profiles: pd.DataFrame, interactions: DataFrame) -> DataFrame:
+def candidate_users(user_embeddings: DataFrame, user_profiles: DataFrame, interactions: DataFrame) -> DataFrame:
     """One row per user: user_id, user_vector (null without one), recent_tracks, heard (12-week window)."""
-    return with_heard(vector_users(spark, user_embeddings, user_profiles), interactions)
+    return with_heard(vector_users(user_embeddings, user_profiles), interactions)
 
 
-def vector_users(spark, user_embeddings: Artifact, user_profiles: pd.DataFrame) -> DataFrame:
+def vector_users(user_embeddings: DataFrame, user_profiles: DataFrame) -> DataFrame:
     """user_id, recent_tracks, user_vector for users with a vector or recent tracks (``candidate_users``
-    without the heard tracks)."""
-    ids, vectors = vectors_from(user_embeddings)
-    profile = user_profiles[["user_id", "recent_tracks"]].copy()
-    profile["recent_tracks"] = profile["recent_tracks"].map(lambda t: [int(x) for x in t] if t is not None else [])
-    by_id = dict(zip(ids.tolist(), range(len(ids)), strict=True))
-    profile["user_vector"] = [vectors[by_id[u]].tolist() if u in by_id else None for u in profile["user_id"].tolist()]
-    profile = profile[profile["user_vector"].notna() | profile["recent_tracks"].map(len).gt(0)]
-    return spark.createDataFrame(profile, "user_id long, recent_tracks array<long>, user_vector array<float>")
+    without the heard tracks): a join on the executors (500 M rows at the target)."""
+    profile = user_profiles.select(
+        F.col("user_id").cast("long").alias("user_id"),
+        F.coalesce(F.col("recent_tracks").cast("array<long>"), F.array().cast("array<long>")).alias("recent_tracks"))
+    vectors = user_embeddings.select(F.col("user_id").cast("long").alias("user_id"),
+                                     F.col("user_vector").cast("array<float>").alias("user_vector"))
+    users = profile.join(vectors, "user_id", "left")
+    return users.where(F.col("user_vector").isNotNull() | (F.size("recent_tracks") > 0))
 
 
 def with_heard(users: DataFrame, interactions: DataFrame) -> DataFrame:

@@ -59,6 +59,7 @@ expire with their TTL). Tasks Spark cancels stop within ``spark.python.task.kill
 from __future__ import annotations
 
 import math
+import os
 import pickle
 import re
 import time
@@ -299,6 +300,9 @@ def _whole_users(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         yield group
 
 
+# Read by the stores from the environment only (never from a URL): forwarded to the writer tasks.
+STORE_CREDENTIALS = ("DW_REDIS_PASSWORD", "DW_SCYLLA_USERNAME", "DW_SCYLLA_PASSWORD")
+
 # One store per Python worker, reused by the tasks it runs: one connection (Redis) or session
 # (Scylla) per worker process, not one per task. Keyed by the pickled settings.
 _WORKER_STORE: dict[bytes, PlaylistStore] = {}
@@ -316,8 +320,14 @@ def _worker_store(store: PlaylistStore) -> PlaylistStore:
 
 def _partition_writer(store: PlaylistStore, week: str, version: str,
                       fail_after_users: int | None) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
-    """The task that writes one partition's users (sorted by user) and returns (users, rows)."""
+    """The task that writes one partition's users (sorted by user) and returns (users, rows).
+
+    The driver's store credentials travel inside the task (never in Spark conf, logs or the event
+    log), so executors need no secret of their own and use the one the driver checked."""
+    credentials = {name: os.environ[name] for name in STORE_CREDENTIALS if os.environ.get(name)}
+
     def write(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        os.environ.update(credentials)
         target = _worker_store(store)
         check = None if fail_after_users is None else _abort_after(fail_after_users, None)
         users = rows = 0

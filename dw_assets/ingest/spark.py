@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from dw_assets.lake.driver_guard import positive_int_env
+
 # hadoop-aws + the AWS SDK bundle for s3a://, fetched by scripts/spark-jars.sh (versions pinned in
 # scripts/spark-jars/pom.xml); DW_SPARK_JARS_DIR points elsewhere (e.g. a cluster image's folder).
 SPARK_JARS_DIR = Path(__file__).resolve().parents[2] / ".cache" / "spark-jars"
@@ -161,19 +163,6 @@ class SparkSettings:
         return {"spark.jars": ",".join(jars)}  # a cluster: shipped to every executor
 
 
-def _optional_int(name: str) -> int | None:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a positive integer, got {raw!r}") from None
-    if value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {raw!r}")
-    return value
-
-
 def settings_from_env() -> SparkSettings:
     """``DW_SPARK_MASTER`` points the same code at a cluster; ``DW_SPARK_JARS_DIR`` at other s3a:// jars.
 
@@ -190,8 +179,8 @@ def settings_from_env() -> SparkSettings:
         jars_dir=os.environ.get("DW_SPARK_JARS_DIR") or None,
         driver_max_result_size=os.environ.get("DW_SPARK_DRIVER_MAX_RESULT_SIZE", "").strip() or None,
         executor_memory=os.environ.get("DW_SPARK_EXECUTOR_MEMORY", "").strip() or None,
-        executor_cores=_optional_int("DW_SPARK_EXECUTOR_CORES"),
-        cores_max=_optional_int("DW_SPARK_CORES_MAX"),
+        executor_cores=positive_int_env("DW_SPARK_EXECUTOR_CORES"),
+        cores_max=positive_int_env("DW_SPARK_CORES_MAX"),
         python_archive=archive,
         jars_shared=os.environ.get("DW_SPARK_JARS_SHARED", "").strip().lower() in ("1", "true", "yes"),
     )

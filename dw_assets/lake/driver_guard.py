@@ -39,18 +39,23 @@ class DriverRowLimitExceeded(RuntimeError):
     """A user- or event-scale table (or a sample of one) would be materialized on the driver."""
 
 
-def row_limit() -> int | None:
-    """``DW_DRIVER_ROW_LIMIT`` as a positive int, or None when unset/empty."""
-    raw = os.environ.get(ROW_LIMIT_ENV, "").strip()
+def positive_int_env(name: str) -> int | None:
+    """The environment variable ``name`` as a positive int, or None when unset/empty."""
+    raw = os.environ.get(name, "").strip()
     if not raw:
         return None
     try:
         value = int(raw)
     except ValueError:
-        raise ValueError(f"{ROW_LIMIT_ENV} must be a positive integer, got {raw!r}") from None
+        raise ValueError(f"{name} must be a positive integer, got {raw!r}") from None
     if value < 1:
-        raise ValueError(f"{ROW_LIMIT_ENV} must be a positive integer, got {raw!r}")
+        raise ValueError(f"{name} must be a positive integer, got {raw!r}")
     return value
+
+
+def row_limit() -> int | None:
+    """``DW_DRIVER_ROW_LIMIT`` as a positive int, or None when unset/empty."""
+    return positive_int_env(ROW_LIMIT_ENV)
 
 
 def is_user_scale(asset: str) -> bool:

@@ -16,9 +16,10 @@ from dw_assets.calendar import week_range
 from dw_assets.serving import InjectedFailure, StoreError, open_store, publish_week
 from dw_assets.serving.loadtest import synthetic_playlists
 from dw_assets.serving.publish import PublishSettings, spark_verification_sample
-from dw_assets.serving.stores import RedisStore, ScyllaStore, SQLiteStore, encode_playlists, tracks_json
+from dw_assets.serving.stores import RedisStore, ScyllaStore, encode_playlists, tracks_json
 from dw_assets_tests import cassandra_node
 from dw_assets_tests.redis_server import delete_prefix, redis_for_tests, with_options
+from dw_assets_tests.test_stores import stored_values
 
 W = week_range("2026-01-05", 4)
 USERS = 60
@@ -67,18 +68,6 @@ def stored_json(store, week: str, users) -> dict[int, bytes]:
 
 def expected_json(frame: pd.DataFrame) -> dict[int, bytes]:
     return {user: tracks_json(blob) for user, blob in encode_playlists(frame)}
-
-
-def stored_values(store) -> int | None:
-    """Playlist values physically stored (every version), where that can be counted."""
-    if isinstance(store, SQLiteStore):
-        import sqlite3
-
-        with sqlite3.connect(store.path) as db:
-            return db.execute("SELECT COUNT(*) FROM playlists").fetchone()[0]
-    if isinstance(store, RedisStore):
-        return sum(1 for _ in store._client("read").scan_iter(f"{store.prefix}:pl:*", count=1000))
-    return None  # Scylla: a failed write's rows are unreachable and expire with their TTL
 
 
 def test_a_spark_week_is_published_from_the_executors_byte_identical_to_the_pandas_publisher(spark, store_url):

@@ -85,9 +85,15 @@ def listen(
     skip = early | short | late
     reason = np.where(skip, FWDBTN, TRACKDONE).astype(np.int8)
     reason[skip & (rng.random(n) < model.backbtn_share)] = BACKBTN
-    p_save = model.save_ceiling / (1.0 + np.exp(-model.save_steepness * (quality - model.save_midpoint)))
+    p_save = save_probability(quality, model)
     saved = ~early & (rng.random(n) < p_save)
     return Outcomes(ms_played=ms.astype(np.int64), reason=reason, saved=saved)
+
+
+def save_probability(quality: np.ndarray, model: ListenerModel = LISTENER) -> np.ndarray:
+    """P(save) of a heard track that is not early-skipped, given its perceived quality: a logistic
+    that reaches half of ``save_ceiling`` at ``save_midpoint``."""
+    return model.save_ceiling / (1.0 + np.exp(-model.save_steepness * (quality - model.save_midpoint)))
 
 
 def end_sessions(

@@ -18,7 +18,7 @@ import pandas as pd
 
 from dw_assets.simulate.anomalies import bot_plays, clear_around, hijacked_plays, replays
 from dw_assets.simulate.audio import AudioWriter, audio_batches, choose_bad_audio
-from dw_assets.simulate.behaviour import Outcomes, listen, reach
+from dw_assets.simulate.behaviour import LISTENER, ListenerModel, Outcomes, listen, reach
 from dw_assets.simulate.catalog import make_catalog, make_genres
 from dw_assets.simulate.config import SimulationConfig, rng_for
 from dw_assets.simulate.discovery import TrackSampler
@@ -257,7 +257,10 @@ def _truth(config, genres, pop, catalog) -> Truth:
     )
 
 
-def respond(truth: Truth, playlists: pd.DataFrame, week: str | None = None, seed: int = 0) -> pd.DataFrame:
+def respond(
+    truth: Truth, playlists: pd.DataFrame, week: str | None = None, seed: int = 0,
+    model: ListenerModel = LISTENER,
+) -> pd.DataFrame:
     """Simulated reaction of users to delivered playlists (for offline A/B tests).
 
     ``playlists``: columns user_id, position (1-based), track_id. Each user
@@ -265,7 +268,10 @@ def respond(truth: Truth, playlists: pd.DataFrame, week: str | None = None, seed
     and reacts to each reached track with the same model as the logs.
     Returns one row per input row, in input order and with its index: user_id, position,
     track_id, played, ms_played (int64), skipped, early_skip, saved,
-    positive (ms_played > 30 s or saved). Deterministic for (input, week, seed).
+    positive (ms_played > 30 s or saved). Deterministic for (input, week, seed, model).
+    ``model``: the listener's parameters; the default is the model the logs were made with, and a
+    perturbed copy (``dataclasses.replace``) asks how a different listener would respond, with
+    the same random draws.
     """
     users = playlists["user_id"].to_numpy(dtype=np.int64)
     position = playlists["position"].to_numpy(dtype=np.int64)
@@ -274,8 +280,8 @@ def respond(truth: Truth, playlists: pd.DataFrame, week: str | None = None, seed
     u, p, t = users[order], position[order], tracks[order]
     rng = rng_for(seed, "respond", zlib.crc32((week or "").encode()))
     t_idx = truth.track_index(t)
-    outcome = listen(truth.affinity(u, t), truth.track_duration_ms[t_idx], p, rng)
-    played = reach(u, p, outcome, rng)
+    outcome = listen(truth.affinity(u, t), truth.track_duration_ms[t_idx], p, rng, model)
+    played = reach(u, p, outcome, rng, model)
     ms = np.where(played, outcome.ms_played, 0).astype(np.int64)
     saved = played & outcome.saved
     result = {

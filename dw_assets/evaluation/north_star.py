@@ -1,0 +1,405 @@
+"""The north star on a simulated world: how many tracks of each system's playlist listeners save.
+
+The world's hidden listeners (``dw_assets.simulate.respond``, the behaviour model behind the logs) play
+every system's 30 tracks top-down; per user we count saves, positive plays (> 30 s or saved), early
+skips among played tracks, slots and saves on cold tracks. Each system is played by several listener
+seeds; a user's value is the mean over the seeds and the interval is the normal approximation of the
+mean of those per-user values (the user is the unit, the seeds only reduce the listener noise inside a
+user). Ratios of two systems (the efficiencies) get a percentile bootstrap over users instead.
+
+Two oracles are built from the hidden truth with the product's hygiene (``playlist_size`` unique
+tracks the user has not heard, at most ``max_per_artist`` per artist):
+
+* the **catalog oracle**: the best unheard tracks of the whole catalog by true affinity;
+* the **candidate oracle**: the best of the user's own candidates by true affinity.
+
+They rank by true affinity because under the listener model a track's expected saves in a given slot
+are a strictly increasing function of its affinity alone (perceived quality = affinity - position
+fatigue + noise; early skips fall and P(save) rises with quality; duration only changes ms played),
+so the top tracks by affinity, best first, are the top tracks by expected saves — exactly, without a
+Monte-Carlo estimate of each track, and the same list under every perturbed listener model.
+
+The pipeline's saves decompose exactly:
+pipeline / catalog oracle = retrieval efficiency (candidate oracle / catalog oracle)
+× ranking efficiency (ranker order / candidate oracle) × re-rank efficiency (pipeline / ranker order).
+
+Popularity bias: tracks are binned by last week's popularity decile (cold tracks their own bin). A
+track a user "would truly like" has an affinity at or above the listener's ``save_midpoint`` (P(save |
+heard) at position 1 without noise reaches half its ceiling there). Per bin, the true-positive rate is
+the share of those (user, track) pairs a system's playlists surface.
+
+Size at the target (500 M users, 100 M tracks): every function here is per user, on a **bounded user
+sample** the evaluation draws in Spark by a seeded hash (``NorthStarConfig.max_users``); the playlists,
+heard tracks and candidates passed in are those users' rows only (sample × 30, × history, × 500). The
+catalog oracle scores the sample against the whole catalog in chunks of ``chunk_users`` users
+(chunk × tracks float32: 512 × 100 M would be 200 GB, so at the target the chunk is a few users, or the
+oracle runs on a catalog sample; on ``small`` 512 × 55 k = 113 MB). Everything else is pandas/numpy on
+the sample.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.stats import norm
+
+from dw_assets.simulate.behaviour import LISTENER, ListenerModel
+from dw_assets.simulate.truth import Truth
+from dw_assets.simulate.world import respond
+
+CATALOG_ORACLE, CANDIDATE_ORACLE = "catalog_oracle", "candidate_oracle"
+PIPELINE, RANKER_ORDER = "pipeline", "ranker_order"
+COLD_BIN = "cold"
+DECILES = tuple(f"d{i}" for i in range(1, 11))  # d1 = least played last week, d10 = most
+PER_USER = ("saves", "positives", "cold_saves", "early_skip_share")  # per-user values, averaged over seeds
+# The issue's keys in the ``dw evaluate --json`` object (pipeline's values, the oracles', the decomposition).
+SUMMARY_KEYS = ("saves_per_user", "cold_saves_per_user", "oracle_saves_per_user", "candidate_oracle_saves_per_user",
+                "retrieval_efficiency", "ranking_efficiency", "rerank_efficiency")
+
+
+@dataclass(frozen=True)
+class NorthStarConfig:
+    seeds: tuple[int, ...] = (0, 1, 2)  # listener seeds; each system is played once per seed
+    playlist_size: int = 30
+    max_per_artist: int = 2
+    confidence: float = 0.95
+    bootstrap: int = 200  # resamples of users for the efficiencies' intervals
+    bootstrap_seed: int = 17
+    max_users: int = 5_000  # the user sample the evaluation draws (seeded hash, in Spark)
+    chunk_users: int = 512  # catalog oracle: users scored against the whole catalog at once
+    oracle_pool: int = 150  # catalog oracle: best tracks per user kept before the artist cap (more if short)
+    save_midpoint_shift: float = 0.05  # robustness: listener models with save_midpoint ± this
+    noise_factor: float = 1.5  # robustness: a listener model with judgement_noise × this
+
+    def __post_init__(self) -> None:
+        if len(self.seeds) < 1 or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct and at least one, got {self.seeds}")
+        if self.playlist_size < 1 or self.max_per_artist < 1 or self.chunk_users < 1 or self.max_users < 1:
+            raise ValueError("playlist_size, max_per_artist, chunk_users and max_users must be >= 1")
+        if not 0.0 < self.confidence < 1.0:
+            raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
+
+
+def listener_models(config: NorthStarConfig = NorthStarConfig(), base: ListenerModel = LISTENER) -> dict[str, ListenerModel]:
+    """The listener models the numbers are reported under: ``base`` and its perturbations."""
+    shift, factor = config.save_midpoint_shift, config.noise_factor
+    return {
+        "base": base,
+        f"save_midpoint+{shift:g}": dataclasses.replace(base, save_midpoint=base.save_midpoint + shift),
+        f"save_midpoint-{shift:g}": dataclasses.replace(base, save_midpoint=base.save_midpoint - shift),
+        f"judgement_noise_x{factor:g}": dataclasses.replace(base, judgement_noise=base.judgement_noise * factor),
+    }
+
+
+# ---------------------------------------------------------------------------- lists with the product's hygiene
+
+
+def hygienic_top_k(scored: pd.DataFrame, k: int = 30, max_per_artist: int = 2) -> pd.DataFrame:
+    """user_id, position, track_id: each user's best ``k`` rows by ``score`` (ties: lower track id),
+    one row per track, at most ``max_per_artist`` per artist. ``scored``: user_id, track_id, artist_id,
+    score, already without the user's heard tracks."""
+    frame = scored.sort_values(["user_id", "score", "track_id"], ascending=[True, False, True], kind="stable")
+    frame = frame.drop_duplicates(["user_id", "track_id"])
+    frame = frame[frame.groupby(["user_id", "artist_id"], sort=False).cumcount() < max_per_artist]
+    position = frame.groupby("user_id", sort=False).cumcount() + 1
+    frame = frame.assign(position=position.astype(np.int64))
+    return frame.loc[frame["position"] <= k, ["user_id", "position", "track_id"]].reset_index(drop=True)
+
+
+def _heard_pairs(heard: pd.DataFrame, catalog_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(user_id, catalog row) of heard tracks that are in the catalog, sorted by user."""
+    users = heard["user_id"].to_numpy(np.int64)
+    tracks = heard["track_id"].to_numpy(np.int64)
+    rows = np.searchsorted(catalog_ids, tracks)
+    inside = (rows < len(catalog_ids)) & (catalog_ids[np.minimum(rows, len(catalog_ids) - 1)] == tracks)
+    order = np.argsort(users[inside], kind="stable")
+    return users[inside][order], rows[inside][order]
+
+
+@dataclass
+class CatalogPass:
+    """What one pass of the sample over the whole catalog yields: the catalog oracle's lists and, per
+    popularity bin, how many (user, unheard track) pairs the users would truly like."""
+
+    oracle: pd.DataFrame  # user_id, position, track_id
+    liked_per_bin: dict[str, int]
+
+
+def catalog_oracle(
+    truth: Truth, users: np.ndarray, heard: pd.DataFrame, catalog: pd.DataFrame,
+    config: NorthStarConfig = NorthStarConfig(), like_threshold: float = LISTENER.save_midpoint,
+) -> CatalogPass:
+    """The best unheard catalog tracks per user by true affinity, with the product's hygiene.
+
+    users: int64[n] (the bounded sample); heard: user_id, track_id (the users' listening up to the
+    week); catalog: track_id, artist_id, popularity, is_cold (``catalog_frame``). Scores
+    ``chunk_users`` users × the catalog at a time (memory: chunk × tracks float32).
+    """
+    catalog = catalog.sort_values("track_id").reset_index(drop=True)
+    ids = catalog["track_id"].to_numpy(np.int64)
+    artists = catalog["artist_id"].to_numpy(np.int64)
+    style = truth.track_style[truth.track_index(ids)]
+    bins = popularity_bins(catalog)
+    bin_codes = pd.Categorical(bins, categories=[*DECILES, COLD_BIN]).codes
+    liked = np.zeros(len(DECILES) + 1, np.int64)
+    users = np.unique(np.asarray(users, np.int64))
+    heard_users, heard_rows = _heard_pairs(heard, ids)
+    pool = min(max(config.oracle_pool, config.playlist_size), len(ids))
+    lists = []
+    for start in range(0, len(users), config.chunk_users):
+        chunk = users[start:start + config.chunk_users]
+        affinity = truth.user_taste[truth.user_index(chunk)] @ style.T  # float32[chunk, tracks]
+        lo, hi = np.searchsorted(heard_users, chunk[0]), np.searchsorted(heard_users, chunk[-1], side="right")
+        owner = np.searchsorted(chunk, heard_users[lo:hi])
+        mine = chunk[np.minimum(owner, len(chunk) - 1)] == heard_users[lo:hi]  # ids between sampled users: others
+        affinity[owner[mine], heard_rows[lo:hi][mine]] = -np.inf
+        likes = affinity >= like_threshold
+        liked += np.bincount(np.broadcast_to(bin_codes, likes.shape)[likes], minlength=len(liked))
+        top = np.argpartition(-affinity, pool - 1, axis=1)[:, :pool] if pool < len(ids) else np.tile(
+            np.arange(len(ids)), (len(chunk), 1))
+        picked = _pick(chunk, top, affinity, ids, artists, config)
+        unheard = np.isfinite(affinity).sum(axis=1)
+        got = picked.groupby("user_id").size().reindex(chunk, fill_value=0).to_numpy()
+        short = (got < config.playlist_size) & (got < unheard)
+        if short.any():  # the artist cap emptied the pool: these users get the whole catalog
+            rows = np.flatnonzero(short)
+            full = np.tile(np.arange(len(ids)), (len(rows), 1))
+            redo = _pick(chunk[rows], full, affinity[rows], ids, artists, config)
+            picked = pd.concat([picked[~picked["user_id"].isin(chunk[rows])], redo], ignore_index=True)
+        lists.append(picked)
+    oracle = pd.concat(lists, ignore_index=True) if lists else _empty_lists()
+    names = [*DECILES, COLD_BIN]
+    return CatalogPass(oracle=oracle.sort_values(["user_id", "position"]).reset_index(drop=True),
+                       liked_per_bin={name: int(liked[i]) for i, name in enumerate(names)})
+
+
+def _pick(chunk: np.ndarray, top: np.ndarray, affinity: np.ndarray, ids: np.ndarray, artists: np.ndarray,
+          config: NorthStarConfig) -> pd.DataFrame:
+    rows = np.repeat(np.arange(len(chunk)), top.shape[1])
+    cols = top.ravel()
+    score = affinity[rows, cols]
+    keep = np.isfinite(score)
+    scored = pd.DataFrame({"user_id": chunk[rows[keep]], "track_id": ids[cols[keep]],
+                           "artist_id": artists[cols[keep]], "score": score[keep]})
+    return hygienic_top_k(scored, config.playlist_size, config.max_per_artist)
+
+
+def candidate_oracle(truth: Truth, candidates: pd.DataFrame, heard: pd.DataFrame, catalog: pd.DataFrame,
+                     config: NorthStarConfig = NorthStarConfig()) -> pd.DataFrame:
+    """The best ``playlist_size`` of each user's own candidates (user_id, track_id) by true affinity,
+    with the product's hygiene; candidates outside the catalog cannot be served and are dropped."""
+    frame = candidates[["user_id", "track_id"]].astype(np.int64).drop_duplicates()
+    frame = frame.merge(catalog[["track_id", "artist_id"]], on="track_id", how="inner")
+    seen = pd.MultiIndex.from_frame(heard[["user_id", "track_id"]].astype(np.int64))
+    frame = frame[~pd.MultiIndex.from_frame(frame[["user_id", "track_id"]]).isin(seen)]
+    frame = frame.assign(score=truth.affinity(frame["user_id"].to_numpy(), frame["track_id"].to_numpy()))
+    return hygienic_top_k(frame, config.playlist_size, config.max_per_artist)
+
+
+def catalog_frame(track_stats: pd.DataFrame, new_tracks=()) -> pd.DataFrame:
+    """track_id, artist_id, popularity (last week's plays), is_cold from the week's ``track_stats``
+    (a per-track table); cold = no plays in the window, or released in the week (``new_tracks``)."""
+    cold = track_stats["is_cold"].to_numpy(bool) | track_stats["track_id"].isin(list(new_tracks)).to_numpy()
+    return pd.DataFrame({
+        "track_id": track_stats["track_id"].to_numpy(np.int64),
+        "artist_id": track_stats["artist_id"].to_numpy(np.int64),
+        "popularity": track_stats["plays_last_week"].to_numpy(np.float64),
+        "is_cold": cold,
+    }).sort_values("track_id").reset_index(drop=True)
+
+
+def popularity_bins(catalog: pd.DataFrame) -> np.ndarray:
+    """Each catalog row's bin: ``cold``, else d1..d10 by last week's plays (rank deciles; ties by track id)."""
+    bins = np.full(len(catalog), COLD_BIN, dtype=object)
+    warm = ~catalog["is_cold"].to_numpy(bool)
+    if warm.any():
+        order = np.lexsort((catalog["track_id"].to_numpy()[warm], catalog["popularity"].to_numpy()[warm]))
+        rank = np.empty(warm.sum(), np.int64)
+        rank[order] = np.arange(warm.sum())
+        bins[warm] = np.asarray(DECILES, dtype=object)[(rank * 10) // warm.sum()]
+    return bins
+
+
+def _empty_lists() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="int64") for c in ("user_id", "position", "track_id")})
+
+
+# ---------------------------------------------------------------------------- the listeners
+
+
+def per_user_outcomes(truth: Truth, playlists: pd.DataFrame, users: np.ndarray, cold: np.ndarray, week: str,
+                      seeds: tuple[int, ...], model: ListenerModel = LISTENER) -> pd.DataFrame:
+    """One row per user of ``users`` (sorted): saves, positives, cold_saves (means over ``seeds``) and
+    early_skip_share (early skips / tracks played, mean over the seeds where the user played any; NaN if
+    none). A user without a list scores 0 (NaN share). ``cold``: int64 ids of the cold tracks."""
+    users = np.unique(np.asarray(users, np.int64))
+    rows = playlists.loc[playlists["user_id"].isin(users), ["user_id", "position", "track_id"]]
+    is_cold = rows["track_id"].isin(cold).to_numpy()
+    sums = {name: np.zeros(len(users)) for name in ("saves", "positives", "cold_saves")}
+    share_sum, share_n = np.zeros(len(users)), np.zeros(len(users))
+    where = np.searchsorted(users, rows["user_id"].to_numpy(np.int64))
+    for seed in seeds:
+        played = respond(truth, rows, week, seed, model)
+        saved = played["saved"].to_numpy()
+        for name, hit in (("saves", saved), ("positives", played["positive"].to_numpy()),
+                          ("cold_saves", saved & is_cold)):
+            sums[name] += np.bincount(where, weights=hit, minlength=len(users))
+        heard = np.bincount(where, weights=played["played"].to_numpy(), minlength=len(users))
+        early = np.bincount(where, weights=played["early_skip"].to_numpy(), minlength=len(users))
+        listened = heard > 0
+        share_sum[listened] += early[listened] / heard[listened]
+        share_n += listened
+    out = pd.DataFrame({"user_id": users, **{name: v / len(seeds) for name, v in sums.items()}})
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["early_skip_share"] = np.where(share_n > 0, share_sum / np.maximum(share_n, 1), np.nan)
+    return out
+
+
+def mean_ci(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): normal approximation of the mean of per-user values (NaNs left out)."""
+    values = np.asarray(values, np.float64)
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return (np.nan, np.nan, np.nan)
+    mean = float(values.mean())
+    half = float(norm.ppf(0.5 + confidence / 2) * values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+    return (mean, mean - half, mean + half)
+
+
+def ratio_ci(top: np.ndarray, bottom: np.ndarray, config: NorthStarConfig) -> tuple[float, float, float]:
+    """(ratio of means, percentile-bootstrap interval over users) of two per-user arrays on the same users."""
+    top, bottom = np.asarray(top, np.float64), np.asarray(bottom, np.float64)
+    if len(top) == 0 or bottom.sum() <= 0:
+        return (np.nan, np.nan, np.nan)
+    ratio = float(top.sum() / bottom.sum())
+    rng = np.random.default_rng(config.bootstrap_seed)
+    draws = rng.integers(0, len(top), size=(config.bootstrap, len(top)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        boot = top[draws].sum(axis=1) / bottom[draws].sum(axis=1)
+    tail = (1.0 - config.confidence) / 2
+    low, high = np.nanquantile(boot, [tail, 1.0 - tail]) if np.isfinite(boot).any() else (np.nan, np.nan)
+    return (ratio, float(low), float(high))
+
+
+# ---------------------------------------------------------------------------- the report
+
+
+def north_star(
+    truth: Truth, playlists: Mapping[str, pd.DataFrame], users: np.ndarray, heard: pd.DataFrame,
+    candidates: pd.DataFrame, catalog: pd.DataFrame, week: str, config: NorthStarConfig = NorthStarConfig(),
+) -> dict:
+    """Simulated saves of every system and both oracles on a bounded user sample, as a JSON-ready dict.
+
+    truth: the world's hidden truth (``load_truth``). playlists: system name → user_id, position,
+    track_id (``pipeline`` and ``ranker_order`` — the ranker's order of the candidates with the hygiene
+    only — are needed for the decomposition; any others, e.g. retrieval, als, item_cf, popularity,
+    last_week, are reported beside). users: int64[n], the sample (≤ ``max_users``). heard: user_id,
+    track_id the users played up to the week. candidates: user_id, track_id of the users' candidates.
+    catalog: ``catalog_frame`` of the week. week: the week the playlists are heard in (the listener
+    draws are salted by it). Keys: the ``SUMMARY_KEYS`` (pipeline under the base listener) with
+    ``*_ci`` intervals, ``systems`` (per system: saves/positives/cold saves per user, early-skip and
+    cold-slot shares, each with an interval), ``popularity_bias`` per system, ``robustness`` (the
+    summary keys and every system's saves per user under each perturbed listener model), ``users``,
+    ``seeds``, ``listener_models``, ``interval``.
+    """
+    users = np.unique(np.asarray(users, np.int64))
+    if len(users) > config.max_users:
+        raise ValueError(f"{len(users)} users: the north star takes a sample of at most {config.max_users}")
+    models = listener_models(config)
+    like = models["base"].save_midpoint
+    found = catalog_oracle(truth, users, heard, catalog, config, like_threshold=like)
+    lists = {**playlists, CATALOG_ORACLE: found.oracle,
+             CANDIDATE_ORACLE: candidate_oracle(truth, candidates, heard, catalog, config)}
+    cold = catalog.loc[catalog["is_cold"], "track_id"].to_numpy(np.int64)
+    result: dict = {"users": int(len(users)), "seeds": list(config.seeds), "interval": (
+        f"{config.confidence:.0%} normal approximation over users of seed-averaged per-user values; "
+        f"efficiencies: percentile bootstrap over users ({config.bootstrap} resamples)")}
+    robustness = {}
+    for name, model in models.items():
+        outcomes = {system: per_user_outcomes(truth, frame, users, cold, week, config.seeds, model)
+                    for system, frame in lists.items()}
+        if name == "base":
+            result.update(_summary(outcomes, config, with_ci=True))
+            result["systems"] = {system: _system(outcomes[system], lists[system], users, cold, config)
+                                 for system in lists}
+        else:
+            robustness[name] = {**_summary(outcomes, config, with_ci=False),
+                                "systems": {s: float(o["saves"].mean()) for s, o in outcomes.items()}}
+    result["robustness"] = robustness
+    result["popularity_bias"] = {system: popularity_bias(truth, frame, users, heard, catalog, found.liked_per_bin, like)
+                                 for system, frame in lists.items()}
+    result["listener_models"] = {name: dataclasses.asdict(model) for name, model in models.items()}
+    return result
+
+
+def _summary(outcomes: dict[str, pd.DataFrame], config: NorthStarConfig, with_ci: bool) -> dict:
+    """The issue's keys: the pipeline's saves, the oracles' and the decomposition's three factors."""
+    def saves(system: str) -> np.ndarray | None:
+        return outcomes[system]["saves"].to_numpy() if system in outcomes else None
+
+    out: dict = {}
+    for key, system, column in (("saves_per_user", PIPELINE, "saves"), ("cold_saves_per_user", PIPELINE, "cold_saves"),
+                                ("oracle_saves_per_user", CATALOG_ORACLE, "saves"),
+                                ("oracle_cold_saves_per_user", CATALOG_ORACLE, "cold_saves"),
+                                ("candidate_oracle_saves_per_user", CANDIDATE_ORACLE, "saves")):
+        value = mean_ci(outcomes[system][column].to_numpy(), config.confidence) if system in outcomes else (np.nan,) * 3
+        out[key] = _plain(value[0])
+        if with_ci:
+            out[f"{key}_ci"] = [_plain(value[1]), _plain(value[2])]
+    for key, top, bottom in (("retrieval_efficiency", CANDIDATE_ORACLE, CATALOG_ORACLE),
+                             ("ranking_efficiency", RANKER_ORDER, CANDIDATE_ORACLE),
+                             ("rerank_efficiency", PIPELINE, RANKER_ORDER),
+                             ("oracle_efficiency", PIPELINE, CATALOG_ORACLE)):
+        a, b = saves(top), saves(bottom)
+        value = ratio_ci(a, b, config) if a is not None and b is not None else (np.nan,) * 3
+        out[key] = _plain(value[0])
+        if with_ci:
+            out[f"{key}_ci"] = [_plain(value[1]), _plain(value[2])]
+    return out
+
+
+def _system(outcome: pd.DataFrame, frame: pd.DataFrame, users: np.ndarray, cold: np.ndarray,
+            config: NorthStarConfig) -> dict:
+    rows = frame[frame["user_id"].isin(users)]
+    out: dict = {"users_with_list": int(rows["user_id"].nunique()), "slots": int(len(rows)),
+                 "cold_slot_share": _plain(rows["track_id"].isin(cold).mean()) if len(rows) else None}
+    for column, key in (("saves", "saves_per_user"), ("positives", "positives_per_user"),
+                        ("cold_saves", "cold_saves_per_user"), ("early_skip_share", "early_skip_share")):
+        mean, low, high = mean_ci(outcome[column].to_numpy(), config.confidence)
+        out[key], out[f"{key}_ci"] = _plain(mean), [_plain(low), _plain(high)]
+    return out
+
+
+def popularity_bias(truth: Truth, playlists: pd.DataFrame, users: np.ndarray, heard: pd.DataFrame,
+                    catalog: pd.DataFrame, liked_per_bin: Mapping[str, int], like_threshold: float) -> dict:
+    """True-positive rate per popularity bin: surfaced liked (user, unheard track) pairs / all liked pairs.
+
+    ``liked_per_bin``: the denominators (``catalog_oracle``'s pass). Returns tpr_by_bin,
+    max_min_tpr_ratio (over the deciles that have liked pairs; the issue's target ≤ 1.5; None when a
+    decile's TPR is 0: unbounded) and cold_tpr_over_median (cold bin / median decile TPR; target ≥ 0.5).
+    """
+    rows = playlists.loc[playlists["user_id"].isin(users), ["user_id", "track_id"]].drop_duplicates()
+    rows = rows.merge(catalog[["track_id"]].assign(bin=popularity_bins(catalog)), on="track_id", how="inner")
+    seen = pd.MultiIndex.from_frame(heard[["user_id", "track_id"]].astype(np.int64))
+    rows = rows[~pd.MultiIndex.from_frame(rows[["user_id", "track_id"]].astype(np.int64)).isin(seen)]
+    liked = truth.affinity(rows["user_id"].to_numpy(), rows["track_id"].to_numpy()) >= like_threshold
+    surfaced = rows.loc[liked, "bin"].value_counts()
+    tpr = {name: (float(surfaced.get(name, 0) / n) if n > 0 else None) for name, n in liked_per_bin.items()}
+    deciles = [tpr[d] for d in DECILES if tpr.get(d) is not None]
+    median = float(np.median(deciles)) if deciles else np.nan
+    return {
+        "tpr_by_bin": tpr,
+        "max_min_tpr_ratio": _plain(max(deciles) / min(deciles)) if deciles and min(deciles) > 0 else None,
+        "cold_tpr_over_median": _plain(tpr[COLD_BIN] / median) if tpr.get(COLD_BIN) is not None and median > 0 else None,
+    }
+
+
+def _plain(value) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return None if np.isnan(value) or np.isinf(value) else value

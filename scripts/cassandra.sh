@@ -26,6 +26,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 POM="$ROOT/scripts/cassandra/pom.xml"
 M2=${DW_CASSANDRA_M2:-$ROOT/.cache/m2}  # shared with scripts/spark-jars.sh
 CHOME=${DW_CASSANDRA_HOME:-$ROOT/.cache/cassandra}
+case $CHOME in /*) ;; *) CHOME=$PWD/$CHOME ;; esac  # the daemon runs from inside it
 HOST=127.0.0.1
 PORT=${DW_CASSANDRA_PORT:-9042}
 STORAGE_PORT=${DW_CASSANDRA_STORAGE_PORT:-7000}

@@ -37,30 +37,51 @@ EXECUTOR_MARK = "CoarseGrainedExecutorBackend"
 FLAT_DRIVER_RATIO = 1.2
 
 
-def executor_pids() -> list[int]:
-    """The executor JVMs running on this host (any cluster's)."""
-    pids = []
+WORKER_MARK = "org.apache.spark.deploy.worker.Worker"
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def executor_pids(master: str | None = None) -> list[int]:
+    """The executor JVMs on this host; with ``master``, only those launched by that cluster's
+    workers (another cluster, e.g. the tests', may share the host)."""
+    pids, workers = [], set()
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if EXECUTOR_MARK.encode() in (entry / "cmdline").read_bytes():
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
+        if not entry.name.isdigit():
+            continue
+        line = _cmdline(int(entry.name))
+        if EXECUTOR_MARK.encode() in line:
+            pids.append(int(entry.name))
+        elif master and WORKER_MARK.encode() in line and master.encode() in line:
+            workers.add(int(entry.name))
+    if master is None:
+        return pids
+    return [pid for pid in pids if _parent(pid) in workers]
 
 
-def sample_memory(driver_pid: int) -> dict[str, int]:
+def _parent(pid: int) -> int:
+    try:
+        return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def sample_memory(driver_pid: int, master: str | None = None) -> dict[str, int]:
     """Resident bytes now: the driver tree (Python / JVM) and all executors with their Python workers."""
     driver = {"python": 0, "jvm": 0}
     for row in tree_memory(driver_pid):
         driver["jvm" if process_kind(row["command"]) == "jvm" else "python"] += row["rss"]
-    executors = sum(row["rss"] for pid in executor_pids() for row in tree_memory(pid))
+    executors = sum(row["rss"] for pid in executor_pids(master) for row in tree_memory(pid))
     return {"driver_python": driver["python"], "driver_jvm": driver["jvm"],
             "driver": driver["python"] + driver["jvm"], "executors": executors}
 
 
-def run_measured(command: list[str], env: dict, log: Path, interval_s: float = 0.5) -> dict:
+def run_measured(command: list[str], env: dict, log: Path, interval_s: float = 0.5, master: str | None = None) -> dict:
     """Run ``command`` to completion; its wall seconds and the peak of each memory figure (MB)."""
     peaks: dict[str, int] = defaultdict(int)
     step_at_driver_peak = ""
@@ -68,7 +89,7 @@ def run_measured(command: list[str], env: dict, log: Path, interval_s: float = 0
     with open(log, "w") as out:
         child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
         while child.poll() is None:
-            now = sample_memory(child.pid)
+            now = sample_memory(child.pid, master)
             if now["driver"] > peaks["driver"]:
                 step_at_driver_peak = last_line(log)
             for key, value in now.items():
@@ -132,7 +153,7 @@ def bench_scale(workdir: Path, base_users: int, factors: list[int], master: str,
         env = dict(os.environ, DAGSTER_HOME=str(home), DW_SPARK_MASTER=master, DW_SPARK_DRIVER_MEMORY=driver_memory,
                    DW_SPARK_DRIVER_MAX_RESULT_SIZE=max_result_size, PYSPARK_PYTHON=sys.executable, **(env_extra or {}))
         progress(f"x{factor}: {users:,} users, week {week}: dw run on {master}")
-        measured = run_measured([dw, "run", "--lake", str(world)], env, world / "run.log")
+        measured = run_measured([dw, "run", "--lake", str(world)], env, world / "run.log", master=master)
         if measured["returncode"]:
             raise click.ClickException(f"dw run at x{factor} failed ({world / 'run.log'}): "
                                        f"{last_line(world / 'run.log')}")

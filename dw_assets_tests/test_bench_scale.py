@@ -1,0 +1,25 @@
+"""``dw bench scale`` counts only its own cluster's executors: the tests' cluster may share the host."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from dw_assets.bench.scale import EXECUTOR_MARK, _parent, executor_pids
+
+
+def test_parent_pid_is_read_from_proc():
+    assert _parent(os.getpid()) == os.getppid()
+    assert _parent(2**22 + 12345) == -1  # gone or never existed
+
+
+def test_executors_of_another_master_are_not_counted():
+    # A process that looks like an executor (its command line carries the mark) under no worker.
+    fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", EXECUTOR_MARK])
+    try:
+        assert fake.pid in executor_pids()
+        assert fake.pid not in executor_pids("spark://127.0.0.1:1")
+    finally:
+        fake.kill()
+        fake.wait()

@@ -1,18 +1,35 @@
-"""``dw export-playlists``: a week's playlists in the exported file contract (docs/contracts.md)."""
+"""``dw export-playlists``: a week's playlists in the exported file contract (docs/contracts.md).
+
+The week is streamed, never held whole: Spark wrote ``ranked_playlists`` sorted by (user_id,
+position) into part files whose names follow that order, so reading the parts one record batch
+at a time yields the file's order, and the rows are written in Parquet row groups of the size a
+one-shot pandas write uses (``ROW_GROUP``), which keeps the file byte-identical to it. Driver
+memory: one row group (1 Mi rows, ~40 MB) whatever the week's size (15 G rows at 500 M users).
+A partition that is not in that order (written by another tool) is sorted in memory instead,
+refused above ``DW_DRIVER_ROW_LIMIT``.
+"""
 
 from __future__ import annotations
 
+import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from dw_assets.calendar import week_start
+from dw_assets.lake.driver_guard import check_driver_rows
 from dw_assets.lake.storage import Lake, LakeError
 
 # The contract other tools read: names and types fixed.
 EXPORT_COLUMNS = {"user_id": np.int64, "position": np.int64, "track_id": np.int64, "score": np.float64,
                   "source": str, "is_exploration": bool}
+ROW_GROUP = 1024 * 1024  # pyarrow's default row group: what ``DataFrame.to_parquet`` writes in one go
+BATCH = 64 * 1024
 
 
 def playlists_for_export(playlists: pd.DataFrame) -> pd.DataFrame:
@@ -21,15 +38,87 @@ def playlists_for_export(playlists: pd.DataFrame) -> pd.DataFrame:
     return frame.sort_values(["user_id", "position"], kind="stable").reset_index(drop=True)
 
 
+class _Unsorted(Exception):
+    """The stored rows are not in (user_id, position) order."""
+
+
+def _batches(lake: Lake, uri: str) -> Iterator[pd.DataFrame]:
+    """The partition's rows as pandas chunks of at most ``BATCH`` rows, part file by part file in name order."""
+    columns = list(EXPORT_COLUMNS)
+    if lake.is_s3:
+        bucket, key, names = lake._s3_names(uri)
+        parts = lake._complete_parts(names)
+        if not parts:
+            raise LakeError(f"no lake data at {uri} (was the upstream partition materialized?)")
+        for name in sorted(parts):  # one part file at a time
+            body = lake.s3_client.get_object(Bucket=bucket, Key=f"{key}/{name}")["Body"].read()
+            for batch in pq.ParquetFile(io.BytesIO(body)).iter_batches(batch_size=BATCH, columns=columns):
+                yield batch.to_pandas()
+        return
+    for path in sorted(ds.dataset(uri, format="parquet").files):
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH, columns=columns):
+            yield batch.to_pandas()
+
+
+def _export_frame(chunk: pd.DataFrame) -> pd.DataFrame:
+    return chunk[list(EXPORT_COLUMNS)].astype(EXPORT_COLUMNS).reset_index(drop=True)
+
+
+def _stream(lake: Lake, uri: str, tmp: Path) -> int:
+    """Write the partition to ``tmp`` in stored order; raises ``_Unsorted`` at the first row out of order."""
+    writer, pending, pending_rows, rows, last = None, [], 0, 0, (-np.inf, -np.inf)
+
+    def flush(tables: list[pa.Table]) -> None:
+        writer.write_table(pa.concat_tables(tables), row_group_size=ROW_GROUP)
+
+    try:
+        for chunk in _batches(lake, uri):
+            if chunk.empty:
+                continue
+            frame = _export_frame(chunk)
+            users, positions = frame["user_id"].to_numpy(), frame["position"].to_numpy()
+            ordered = (users[1:] > users[:-1]) | ((users[1:] == users[:-1]) & (positions[1:] >= positions[:-1]))
+            if not ordered.all() or (int(users[0]), int(positions[0])) < last:
+                raise _Unsorted
+            last = (int(users[-1]), int(positions[-1]))
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema, compression="snappy")
+            pending.append(table)
+            pending_rows += len(frame)
+            rows += len(frame)
+            while pending_rows >= ROW_GROUP:  # full row groups only: the same groups as a one-shot write
+                merged = pa.concat_tables(pending)
+                flush([merged.slice(0, ROW_GROUP)])
+                rest = merged.slice(ROW_GROUP)
+                pending, pending_rows = ([rest] if len(rest) else []), len(rest)
+        if writer is None:  # no rows: the one-shot write of an empty export
+            playlists_for_export(pd.DataFrame({c: pd.Series(dtype=t) for c, t in EXPORT_COLUMNS.items()})) \
+                .to_parquet(tmp, index=False)
+            return 0
+        if pending:
+            flush(pending)
+        return rows
+    finally:
+        if writer is not None:
+            writer.close()
+
+
 def export_playlists(lake: Lake, week: str, out: Path) -> int:
     """Write ``week``'s ranked playlists to ``out`` (Parquet, written to a temp file then renamed); returns rows."""
     week_start(week)
     uri = lake.uri("gold", "ranked_playlists", week)
     if not lake.exists(uri):
         raise LakeError(f"no playlists for week {week} at {uri}: run `dw run --lake ... --week {week}` first")
-    frame = playlists_for_export(lake.read_frame(uri))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    frame.to_parquet(tmp, index=False)
+    try:
+        rows = _stream(lake, uri, tmp)
+    except _Unsorted:
+        stored = lake.read_frame(uri)
+        check_driver_rows("ranked_playlists", len(stored), "export of a partition not stored in (user_id, position) order")
+        frame = playlists_for_export(stored)
+        frame.to_parquet(tmp, index=False)
+        rows = len(frame)
     tmp.replace(out)
-    return len(frame)
+    return rows

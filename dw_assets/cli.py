@@ -10,7 +10,6 @@ from pathlib import Path
 
 import click
 
-from dw_assets.automation.backfill import backfill_command
 from dw_assets.bench.aggregate import all_command
 from dw_assets.bench.ann_bench import ann_command
 from dw_assets.bench.demo import demo_command
@@ -132,6 +131,39 @@ def run(lake_dir, week, rebuild_history, store_url):
         f"\nbrowse it: DAGSTER_HOME={os.environ['DAGSTER_HOME']} DW_LAKE={lake_root} dagster dev -w workspace.yaml"
     )
 
+
+
+@main.command("backfill")
+@click.option("--lake", "lake_dir", required=True, help="Lake root (holds landing/): a directory or s3://bucket/prefix.")
+@click.option("--from", "first_week", required=True, help="First week key to build (Monday, YYYY-MM-DD).")
+@click.option("--to", "last_week", required=True, help="Last week key to build, inclusive.")
+@click.option("--store", "store_url", default=None,
+              help="Serving store URL (sqlite:///path.db, redis://host:port/db, scylla://h1,h2/keyspace); "
+                   "default: $DW_STORE_URL, else LAKE/serving/playlists.db.")
+@click.option("--evaluate/--no-evaluate", default=True, show_default=True,
+              help="Also evaluate each week whose following week has landed.")
+def backfill_command(lake_dir, first_week, last_week, store_url, evaluate):
+    """Materialize weeks FROM..TO through Dagster, oldest first, one week at a time (runs recorded in DAGSTER_HOME).
+
+    The first landed week's playlists come from a stand-in ranker (retrieval order; no week before it
+    to learn from). The backfill stops at the first failing week; --from that week resumes it.
+    """
+    from dw_assets.automation.backfill import backfill_weeks, describe
+    from dw_assets.automation.runner import RunError
+    from dw_assets.lake.storage import LakeError
+
+    lake_root, _ = _lake_and_manifest(lake_dir)
+    _echo_step(f"DAGSTER_HOME={os.environ['DAGSTER_HOME']}")
+    try:
+        outcomes = backfill_weeks(lake_root, first_week, last_week, store_url=store_url, evaluate=evaluate,
+                                  progress=_echo_step)
+    except (RunError, LakeError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    for outcome in outcomes:
+        click.echo(f"week {outcome.week}: {describe(outcome)}\n{outcome.report}")
+    click.echo(f"\nbackfilled {len(outcomes)} week(s) {first_week}..{last_week}; browse them: "
+               f"DAGSTER_HOME={os.environ['DAGSTER_HOME']} DW_LAKE={lake_root} dagster dev -w workspace.yaml")
 
 
 def _week_summary(lake_root: str, week: str) -> str:
@@ -365,7 +397,6 @@ def bench_serving_command(store_url, users, rate, seconds, runs, as_json):
     click.echo(json.dumps(summary, indent=None if as_json else 2, default=str))
 
 
-main.add_command(backfill_command)
 bench.add_command(stages_command)
 bench.add_command(ann_command)
 bench.add_command(inference_command)

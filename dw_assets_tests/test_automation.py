@@ -18,10 +18,11 @@ from dagster import (
     validate_run_config,
 )
 
-from dw_assets.automation.backfill import backfill_command, backfill_weeks
-from dw_assets.automation.runner import RunError
+from dw_assets.automation.backfill import backfill_weeks
+from dw_assets.automation.planner import DISCOVER_JOB, INGEST, RANKER_TRAINING
+from dw_assets.automation.runner import RunError, registered_job, run_selection
 from dw_assets.automation.schedules import (
-    FIRST_WEEK_SELECTION,
+    BACKFILL_TAG,
     WEEKLY_BATCH_TAG,
     evaluation_job,
     weekly_discover_job,
@@ -30,13 +31,13 @@ from dw_assets.automation.schedules import (
     weekly_evaluation_schedule,
 )
 from dw_assets.calendar import shift_week
+from dw_assets.cli import backfill_command
 from dw_assets.definitions import ALL_ASSETS, build_resources
 from dw_assets.lake.storage import Lake
 from dw_assets.partitions import FIRST_WEEK, ONE_WEEK_PER_RUN, weekly_partitions
 from dw_assets.serving.stores import open_store
 
 UTC = dt.UTC
-NOT_IN_FIRST_WEEK = {"ranker_model", "ranked_playlists", "published_playlists", "model_monitoring"}
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,10 @@ def test_the_weekly_schedule_fires_on_sundays_at_midnight_utc():
     (dt.datetime(2026, 1, 25, 0, 0, tzinfo=UTC), "2026-01-12"),
 ])
 def test_the_weekly_schedule_builds_the_last_closed_week(defs, when, week):
-    data = _tick(weekly_discover_schedule, defs, when)
+    with instance_for_test() as instance:  # the history is in: only the week runs
+        _materialized(instance, "interactions", *[k for k in weekly_partitions.get_partition_keys() if k < week])
+        _materialized(instance, "candidates", shift_week(week, -1))
+        data = _tick(weekly_discover_schedule, defs, when, instance)
     [request] = data.run_requests
     assert request.partition_key == week and request.run_key == week
     assert request.asset_selection is None  # the whole job
@@ -86,20 +90,31 @@ def test_the_weekly_schedule_builds_the_last_closed_week(defs, when, week):
 
 
 def test_the_weekly_schedule_skips_while_the_first_week_is_still_open(defs):
-    data = _tick(weekly_discover_schedule, defs, dt.datetime(2026, 1, 11, 0, 0, tzinfo=UTC))
+    with instance_for_test() as instance:
+        data = _tick(weekly_discover_schedule, defs, dt.datetime(2026, 1, 11, 0, 0, tzinfo=UTC), instance)
     assert not data.run_requests and data.skip_message
 
 
-def test_the_first_week_is_built_up_to_its_candidates(defs):
-    data = _tick(weekly_discover_schedule, defs, dt.datetime(2026, 1, 18, 0, 0, tzinfo=UTC))
+def test_the_first_week_is_the_whole_job_with_a_stand_in_ranker(defs):
+    with instance_for_test() as instance:
+        data = _tick(weekly_discover_schedule, defs, dt.datetime(2026, 1, 18, 0, 0, tzinfo=UTC), instance)
     [request] = data.run_requests
-    assert request.partition_key == "2026-01-05"
-    built = _keys(request.asset_selection)
-    assert "candidates" in built and "interactions" in built and "faiss_index" in built
-    assert built.isdisjoint(NOT_IN_FIRST_WEEK)
-    assert "first week of history" in request.tags["dw/scope"]
+    assert request.partition_key == "2026-01-05" and request.asset_selection is None
+    assert "stand-in ranker" in request.tags["dw/stand_in"]
+
+
+def test_the_weekly_schedule_runs_the_history_a_week_lacks_first(defs):
+    with instance_for_test() as instance:  # the schedule was stopped while weeks 2026-01-05 and -12 closed
+        data = _tick(weekly_discover_schedule, defs, dt.datetime(2026, 2, 1, 0, 0, tzinfo=UTC), instance)
+    parts = [(r.partition_key, r.tags["dw/part"]) for r in data.run_requests]
+    assert parts == [("2026-01-05", INGEST), ("2026-01-12", INGEST), ("2026-01-12", RANKER_TRAINING),
+                     ("2026-01-19", "week")]
     job = defs.resolve_job_def("weekly_discover_job")
-    assert built <= _keys(job.asset_layer.executable_asset_keys)
+    for request in data.run_requests[:-1]:
+        assert _keys(request.asset_selection) <= _keys(job.asset_layer.executable_asset_keys)
+    assert "ranker_model" not in _keys(data.run_requests[2].asset_selection)
+    assert "candidates" in _keys(data.run_requests[2].asset_selection)
+    assert len({r.run_key for r in data.run_requests}) == 4
 
 
 def test_the_weekly_job_publishes_the_week_without_its_evaluation(defs):
@@ -161,7 +176,6 @@ def test_every_weekly_asset_backfills_one_week_per_run():
 
 def test_history_windows_resolve_to_the_existing_weeks_at_the_start_of_history(defs):
     graph = defs.resolve_asset_graph()
-    first_week_builds = FIRST_WEEK_SELECTION.resolve(graph)
     lacking = set()
     for offset in range(3):
         week = shift_week(FIRST_WEEK, offset)
@@ -174,13 +188,14 @@ def test_history_windows_resolve_to_the_existing_weeks_at_the_start_of_history(d
                                    False)
                 if not keys and not optional:  # a required input with no week to read
                     lacking.add((offset, key.to_user_string()))
-                    # only what reads week W-1, only in the first week, which does not build it
-                    assert offset == 0 and key not in first_week_builds, (key, parent, week)
+                    # only what reads week W-1, only in the first week, outside the weekly job
+                    assert offset == 0 and key not in weekly_discover_job.selection.resolve(graph), (key, parent, week)
         for model in ("item2vec_embeddings", "two_tower_model"):
             window = graph.get_parent_partition_keys_for_child(week, AssetKey("interactions"), AssetKey(model))
             assert sorted(window.partitions_subset.get_partition_keys()) == [
                 shift_week(FIRST_WEEK, i) for i in range(offset + 1)], (model, week)
-    assert lacking == {(0, "ranker_model"), (0, "last_week_playlists")}
+    # ranker_model reads week W-1 where there is one: the first week gets the stand-in ranker
+    assert lacking == {(0, "last_week_playlists")}
 
 
 def test_a_backfill_refuses_weeks_that_have_not_landed(tmp_path):
@@ -192,13 +207,34 @@ def test_a_backfill_refuses_weeks_that_have_not_landed(tmp_path):
     assert result.exit_code == 1 and "have not landed" in result.output
 
 
+def test_a_failed_week_of_a_ui_backfill_stops_the_weeks_after_it(tmp_path):
+    """The jobs' executor refuses week W when an earlier week of the same backfill failed: nothing of W runs."""
+    weeks = ["2026-01-05", "2026-01-12"]
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+        from dw_assets.automation.runner import run_instance
+
+        instance = run_instance()
+        tags = {BACKFILL_TAG: "bf1"}
+        failed = instance.create_run_for_job(registered_job(DISCOVER_JOB, str(tmp_path), None),
+                                             tags={**tags, "dagster/partition": weeks[0]})
+        instance.report_run_failed(failed)
+        with pytest.raises(RunError, match=f"week {weeks[0]} of this backfill failed"):
+            run_selection(None, weeks[1], tmp_path, instance, job_name=DISCOVER_JOB, tags=tags)
+        assert not instance.get_materialized_partitions(AssetKey("raw_play_events"))
+        instance.dispose()
+
+
 @pytest.fixture(scope="module")
 def backfilled(tmp_path_factory, spark):
-    """A tiny world of three weeks (plus its holdout), backfilled from its first week to its last."""
+    """A tiny world of three weeks (plus its holdout): weeks 1-2 backfilled as the UI's backfill runs them
+    (one run of the whole weekly_discover_job per week, oldest first, with Dagster's backfill tag), then
+    week 3 with `dw backfill` (the planner finds weeks 1-2 in the instance)."""
     from dw_assets.simulate import config_for, simulate
 
     root = tmp_path_factory.mktemp("backfill_world")
     manifest = simulate(config_for("tiny", weeks=3), root)
+    weeks = manifest["training_weeks"]
     # Cheap models: this test is about which weeks get built, not about their quality.
     quick = {"audio_embeddings": {"config": {"epochs": 1, "max_warm_tracks": 300}},
              "two_tower_model": {"config": {"epochs": 1, "max_examples": 20_000}},
@@ -206,40 +242,50 @@ def backfilled(tmp_path_factory, spark):
     messages: list[str] = []
     with pytest.MonkeyPatch.context() as env:  # its own Dagster instance: other modules build the same weeks
         env.setenv("DAGSTER_HOME", str(root / "dagster_home"))
-        outcomes = backfill_weeks(root, manifest["training_weeks"][0], manifest["last_training_week"],
-                                  evaluate=False, ops=quick, progress=messages.append)
-    return root, manifest, outcomes, messages
+        from dw_assets.automation.runner import run_instance
+
+        instance = run_instance()
+        ui_runs = [run_selection(None, week, root, instance, quick, job_name=DISCOVER_JOB,
+                                 tags={BACKFILL_TAG: "ui-backfill"}) for week in weeks[:2]]
+        outcomes = backfill_weeks(root, weeks[2], weeks[2], evaluate=False, ops=quick, progress=messages.append)
+    return root, manifest, ui_runs, outcomes, messages
 
 
-def test_a_backfill_builds_every_week_in_order(backfilled):
-    root, manifest, outcomes, messages = backfilled
+def test_a_ui_backfill_builds_the_first_week_with_a_stand_in_ranker(backfilled):
+    root, manifest, ui_runs, outcomes, messages = backfilled
     weeks = manifest["training_weeks"]
-    assert [o.week for o in outcomes] == weeks
-    assert [o.scope for o in outcomes] == ["candidates", "all", "all"]
-    assert "first week of history" in outcomes[0].reason and not outcomes[1].reason
-    assert any(m.startswith(f"week {weeks[0]} (1/3)") and "up to its candidates" in m for m in messages)
+    assert [r.job_def.name for r in ui_runs] == [DISCOVER_JOB] * 2
+    first = {e.materialization.asset_key.to_user_string(): e.materialization.metadata
+             for e in ui_runs[0].get_asset_materialization_events()}
+    assert first["ranker_model"]["stand_in"].value is True
+    assert "first landed week" in first["ranker_model"]["stand_in_reason"].value
+    assert first["ranked_playlists"]["stand_in_ranker"].value is True
+    second = {e.materialization.asset_key.to_user_string(): e.materialization.metadata
+              for e in ui_runs[1].get_asset_materialization_events()}
+    assert second["ranked_playlists"]["stand_in_ranker"].value is False
+    # dw backfill of week 3 ran only week 3: weeks 1-2 were in the instance
+    assert [o.week for o in outcomes] == weeks[2:] and [o.scope for o in outcomes] == ["all"]
+    assert any(m.startswith(f"week {weeks[2]} (1/1)") for m in messages)
     lake = Lake(str(root))
     for week in weeks:
         for layer, asset in [("bronze", "raw_play_events"), ("bronze", "quarantined_events"),
                              ("silver", "interactions"), ("gold", "track_stats"), ("gold", "user_profiles"),
                              ("models", "item2vec_embeddings"), ("models", "audio_embeddings"),
                              ("models", "two_tower_model"), ("models", "track_embeddings"),
-                             ("models", "faiss_index"), ("gold", "candidates")]:
+                             ("models", "faiss_index"), ("gold", "candidates"), ("models", "ranker_model")]:
             assert lake.exists(lake.uri(layer, asset, week)), (asset, week)
-    # the first week has no ranker and no playlists; the later ones do, 30 tracks per user
-    assert not lake.exists(lake.uri("models", "ranker_model", weeks[0]))
-    assert not lake.exists(lake.uri("gold", "ranked_playlists", weeks[0]))
+        playlists = lake.read_frame(lake.uri("gold", "ranked_playlists", week))
+        assert len(playlists) and playlists.groupby("user_id").size().eq(30).all(), week
+    assert lake.read_artifact(lake.uri("models", "ranker_model", weeks[0])).meta["stand_in"] is True
     for week in weeks[1:]:
         ranker = lake.read_artifact(lake.uri("models", "ranker_model", week))
         assert ranker.meta["trained_on_week"].startswith(shift_week(week, -1))  # W-1's candidates and models
-        playlists = lake.read_frame(lake.uri("gold", "ranked_playlists", week))
-        assert len(playlists) and playlists.groupby("user_id").size().eq(30).all()
     # the holdout week was left alone (no evaluation asked for)
     assert not lake.exists(lake.uri("silver", "interactions", manifest["holdout_week"]))
 
 
 def test_a_backfills_windows_hold_exactly_the_weeks_built_so_far(backfilled):
-    root, manifest, _, _ = backfilled
+    root, manifest, _, _, _ = backfilled
     lake = Lake(str(root))
     weeks = manifest["training_weeks"]
     events = [len(lake.read_frame(lake.uri("silver", "interactions", w), columns=["event_id"])) for w in weeks]
@@ -249,11 +295,15 @@ def test_a_backfills_windows_hold_exactly_the_weeks_built_so_far(backfilled):
 
 
 def test_a_backfill_is_recorded_in_dagster_and_published(backfilled):
-    root, manifest, _, _ = backfilled
+    root, manifest, _, _, _ = backfilled
     weeks = manifest["training_weeks"]
     with DagsterInstance.from_config(str(root / "dagster_home")) as instance:
         assert instance.get_materialized_partitions(AssetKey("candidates")) == set(weeks)
-        assert instance.get_materialized_partitions(AssetKey("ranked_playlists")) == set(weeks[1:])
+        assert instance.get_materialized_partitions(AssetKey("ranked_playlists")) == set(weeks)
+        # every run is a run of a job the code location defines, with the run queue's tag
+        runs = instance.get_runs()
+        assert runs and {r.job_name for r in runs} == {DISCOVER_JOB}
+        assert all(WEEKLY_BATCH_TAG in r.tags for r in runs)
     store = open_store(build_resources(str(root))["playlist_store"].url)
     assert store.current_week() == weeks[-1]
-    assert set(weeks[1:]) <= set(store.weeks())
+    assert set(weeks) <= set(store.weeks())

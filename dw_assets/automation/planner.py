@@ -237,3 +237,17 @@ def evaluations_due(closed_weeks: list[str], materialized: Mapping[str, Collecti
     evaluated = set(materialized.get("offline_evaluation", ()))
     recent = closed_weeks[:-1][-HISTORY_WEEKS:]  # the week after must have closed too
     return [w for w in recent if w in playlists and shift_week(w, 1) in listening and w not in evaluated]
+
+
+def landed_weeks(lake_root: str) -> list[str]:
+    """Week keys in the landing zone (a directory or ``s3://``), oldest first: the manifest's weeks (a
+    simulated world), else the ``landing/events/week=<key>/`` folders. (Reads the landing zone: the
+    input of :func:`plan_weeks`, not part of it.)"""
+    from dw_assets.lake.landing_fs import read_manifest
+    from dw_assets.lake.storage import open_lake
+
+    landing = open_lake(str(lake_root)).landing_fs()
+    manifest = read_manifest(landing)
+    if manifest:
+        return sorted(manifest["weeks"])
+    return sorted(name.removeprefix("week=") for name in landing.list_folders("events") if name.startswith("week="))

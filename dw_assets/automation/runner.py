@@ -1,9 +1,21 @@
-"""Materialize a week (and the history it needs) through Dagster, as ``dw run`` does."""
+"""Execute a plan (``automation/planner.py``) in process, as ``dw run`` and ``dw backfill`` do.
+
+Every run is a run of a job the code location defines (``weekly_discover_job`` or
+``weekly_evaluation_job``, or a part of it: an asset selection of that job), bound to the lake and
+store the command names; it carries the jobs' ``dw/weekly_batch`` tag, so the run queue holds UI runs
+while it runs, and it waits (``DW_QUEUE_WAIT_S``, default 1800 s) while another weekly run is in
+progress, as the queue's limit of one would. Execution options of the same plan: each step runs
+through ``execute_job`` (each output dropped once stored: the in-process memory control), and
+week W's item2vec trains in a second process while week W-1's ranker-training assets build
+(``alongside``).
+"""
 
 from __future__ import annotations
 
+import functools
 import os
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -11,35 +23,48 @@ from pathlib import Path
 
 from dagster import (
     AssetCheckSeverity,
+    AssetKey,
     AssetSelection,
     DagsterInstance,
+    DagsterRunStatus,
     Definitions,
     JobDefinition,
     JobExecutionResult,
+    RunsFilter,
     build_reconstructable_job,
-    define_asset_job,
     execute_job,
-    in_process_executor,
 )
 
-from dw_assets.automation.schedules import evaluation_selection
+from dw_assets.automation.planner import (
+    DISCOVER_JOB,
+    EVALUATION_JOB,
+    INGEST,
+    PER_WEEK_ASSETS,
+    RANKER_TRAINING,
+    WEEK,
+    Plan,
+    Step,
+    plan_weeks,
+)
+from dw_assets.automation.schedules import (
+    WEEKLY_BATCH_TAG,
+    evaluation_job,
+    evaluation_selection,
+    part_selection,
+    weekly_discover_job,
+)
 from dw_assets.calendar import shift_week
 from dw_assets.definitions import ALL_ASSETS, build_resources
 from dw_assets.partitions import HISTORY_WEEKS
 
-# What one week contributes to later weeks' history windows.
-PER_WEEK_ASSETS = (
-    "track_catalog", "user_directory", "user_playlists", "raw_play_events", "quarantined_events",
-    "interactions", "flagged_activity",
-)
-# What week W's ranker reads from week W-1 (built first when missing).
-RANKER_TRAINING_ASSETS = ("candidates", "track_stats", "user_profiles")
 # Trained in a second process while week W-1's models train: single-threaded (gensim with one worker
 # is what makes it deterministic), so on its own it leaves the other core idle (~80 s a week on `small`).
 ALONGSIDE_ASSETS = ("item2vec_embeddings",)
 # Their failed checks are alerts (the summary and the UI show them); they do not fail a run.
 ALERT_ONLY = ("model_monitoring",)
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+PLAN_TAG = "dw/plan"  # the runs of one command's plan (its alongside runs may overlap each other)
+IN_PROGRESS = (DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING)
 
 
 class RunError(RuntimeError):
@@ -66,26 +91,67 @@ def history_weeks(week: str, known_weeks: list[str] | None) -> list[str]:
     return [k for k in (known_weeks or []) if first <= k < week]
 
 
-RUN_JOB = "dw_run"
+@functools.lru_cache(maxsize=16)
+def registered_job(job_name: str, lake_root: str, store_url: str | None) -> JobDefinition:
+    """The code location's job ``job_name`` (same name, selection, tags and executor) bound to the lake at
+    ``lake_root`` and its store: what every run of a plan executes (a part of it by asset selection)."""
+    jobs = [weekly_discover_job, evaluation_job(lake_root)]
+    defs = Definitions(assets=ALL_ASSETS, jobs=jobs, resources=build_resources(lake_root, store_url))
+    return defs.resolve_job_def(job_name)
 
 
-def run_job(lake_root: str, store_url: str | None) -> JobDefinition:
-    """Every weekly asset on one lake and store, in process: the job ``dw run`` executes selections of."""
-    defs = Definitions(assets=ALL_ASSETS, jobs=[define_asset_job(RUN_JOB)],
-                       resources=build_resources(lake_root, store_url), executor=in_process_executor)
-    return defs.resolve_job_def(RUN_JOB)
+def _job_for(keys: set[AssetKey], lake_root: str, store_url: str | None) -> str:
+    for name in (DISCOVER_JOB, EVALUATION_JOB):
+        if keys <= set(registered_job(name, lake_root, store_url).asset_layer.selected_asset_keys):
+            return name
+    raise RunError(f"no weekly job holds all of {sorted(k.to_user_string() for k in keys)}")
 
 
-def _run(
-    selection: AssetSelection | None, week: str, lake_root: Path | str, instance: DagsterInstance, ops: dict | None = None,
-    store_url: str | None = None,
+def _wait_for_the_queue(instance: DagsterInstance, plan_id: str, progress: Callable[[str], None]) -> None:
+    """Wait while a weekly run of another plan (the UI's, another command's) is in progress: the run
+    queue's limit of one weekly run at a time, for runs launched in process."""
+    limit = float(os.environ.get("DW_QUEUE_WAIT_S", "1800"))
+    started, told = time.monotonic(), False
+    while True:
+        busy = [r for r in instance.get_runs(RunsFilter(statuses=list(IN_PROGRESS)))
+                if WEEKLY_BATCH_TAG in r.tags and r.tags.get(PLAN_TAG) != plan_id]
+        if not busy:
+            return
+        if time.monotonic() - started > limit:
+            raise RunError(f"weekly run {busy[0].run_id} ({busy[0].job_name}) is still in progress after "
+                           f"{limit:.0f}s (DW_QUEUE_WAIT_S): one weekly run at a time")
+        if not told:
+            progress(f"waiting for weekly run {busy[0].run_id[:8]} ({busy[0].job_name}) to finish")
+            told = True
+        time.sleep(5)
+
+
+def run_selection(
+    selection: AssetSelection | None, week: str, lake_root: Path | str, instance: DagsterInstance,
+    ops: dict | None = None, store_url: str | None = None, job_name: str | None = None, plan_id: str | None = None,
+    progress: Callable[[str], None] = lambda m: None, tags: dict[str, str] | None = None,
 ) -> JobExecutionResult:
+    """One run of a registered job (``job_name``, default: the one holding the selection) for ``week``:
+    ``selection`` of it (None: the whole job). Raises RunError when it fails or a blocking check fails."""
+    plan_id = plan_id or uuid.uuid4().hex
+    lake_root = str(lake_root)
+    if job_name is None:
+        keys = (selection or AssetSelection.all()).resolve(registered_job(DISCOVER_JOB, lake_root, store_url)
+                                                           .asset_layer.asset_graph)
+        job_name = _job_for(set(keys), lake_root, store_url)
+    job_def = registered_job(job_name, lake_root, store_url)
+    selectable = set(job_def.asset_layer.selected_asset_keys)
+    keys = selectable if selection is None else set(selection.resolve(job_def.asset_layer.asset_graph)) & selectable
+    # Only the ops this run executes take config (Dagster refuses config for ops outside a run).
+    names = {assets.node_def.name for assets in ALL_ASSETS if keys & set(assets.keys)}
+    ops = {name: config for name, config in (ops or {}).items() if name in names}
+    _wait_for_the_queue(instance, plan_id, progress)
     # execute_job, not materialize(): an in-process materialize() keeps every step's output in
     # memory until the run ends (models, frames: ~2 GB on `small`); this drops each once stored.
-    job = build_reconstructable_job("dw_assets.automation.runner", "run_job",
-                                    reconstructable_args=(str(lake_root), store_url))
-    keys = (selection or AssetSelection.all()).resolve(run_job(str(lake_root), store_url).asset_layer.asset_graph)
-    result = execute_job(job, instance, run_config={**QUIET, "ops": ops or {}}, tags={"dagster/partition": week},
+    job = build_reconstructable_job("dw_assets.automation.runner", "registered_job",
+                                    reconstructable_args=(job_name, lake_root, store_url))
+    result = execute_job(job, instance, run_config={**QUIET, "ops": ops},
+                         tags={**job_def.run_tags, "dagster/partition": week, PLAN_TAG: plan_id, **(tags or {})},
                          asset_selection=sorted(keys), raise_on_error=False)
     failed_checks = [
         f"{e.asset_key.to_user_string()}:{e.check_name} {_evidence(e.metadata)}"
@@ -93,8 +159,11 @@ def _run(
         if not e.passed and e.severity == AssetCheckSeverity.ERROR and e.asset_key.to_user_string() not in ALERT_ONLY
     ]
     if not result.success or failed_checks:
-        failures = [str(ev.event_specific_data.error.message).strip()
-                    for ev in result.all_events if ev.is_step_failure and ev.event_specific_data]
+        # Step failures, and errors raised before any step (the executor's stop rule).
+        failures = list(dict.fromkeys(
+            str(error.message).strip() for ev in result.all_events
+            if (ev.is_step_failure or ev.is_run_failure or ev.is_engine_event)
+            and (error := getattr(ev.event_specific_data, "error", None)) is not None))
         raise RunError(
             f"run {result.run_id} for week {week} failed"
             + (f"; failed checks: {', '.join(failed_checks)}" if failed_checks else "")
@@ -103,11 +172,17 @@ def _run(
     return result
 
 
+def _run(selection, week, lake_root, instance, ops=None, store_url=None) -> JobExecutionResult:
+    """``run_selection`` under its former name (tests call it)."""
+    return run_selection(selection, week, lake_root, instance, ops, store_url)
+
+
 def _run_apart(names: tuple[str, ...], week: str, lake_root: str, ops: dict | None,
-               store_url: str | None) -> tuple[str, list[str]]:
-    """``_run`` in a process of its own (spawned by ``materialize_week``): its run id and summary lines."""
-    result = _run(AssetSelection.assets(*names), week, lake_root, run_instance(), ops, store_url)
-    return result.run_id, _summarize(result, week)
+               store_url: str | None, plan_id: str) -> tuple[str, list[str]]:
+    """``run_selection`` in a process of its own (the alongside option): its run id and summary lines."""
+    result = run_selection(AssetSelection.assets(*names), week, lake_root, run_instance(), ops, store_url,
+                           DISCOVER_JOB, plan_id)
+    return result.run_id, summarize(result, week)
 
 
 def _evidence(metadata) -> str:
@@ -115,7 +190,7 @@ def _evidence(metadata) -> str:
     return f"\n{getattr(sample, 'value', sample)}\n" if sample is not None else ""
 
 
-def _summarize(result: JobExecutionResult, week: str) -> list[str]:
+def summarize(result: JobExecutionResult, week: str) -> list[str]:
     order = ("pass", "warn", "alert", "FAIL")
     checks: dict[str, str] = {}
     for e in result.get_asset_check_evaluations():  # the worst check of each asset
@@ -133,6 +208,79 @@ def _summarize(result: JobExecutionResult, week: str) -> list[str]:
     return lines
 
 
+def instance_materialized(instance: DagsterInstance, lake_root: str) -> dict[str, set[str]]:
+    """What the planner needs to know, from the instance and checked against the lake (a week the
+    instance recorded but whose files are gone, e.g. a lake rebuilt under the same DAGSTER_HOME, is
+    missing)."""
+    lake = build_resources(lake_root)["lake"].open()
+    layers = {"interactions": "silver", "candidates": "gold", "ranked_playlists": "gold"}
+    return {name: {w for w in instance.get_materialized_partitions(AssetKey(name))
+                   if lake.exists(lake.uri(layer, name, w))} for name, layer in layers.items()}
+
+
+def execute_plan(
+    plan: Plan, lake_root: Path | str, ops: dict | None = None, store_url: str | None = None,
+    progress: Callable[[str], None] = print, alongside: bool = True,
+    on_week: Callable[[Step, list[str], float], None] | None = None,
+) -> list[str]:
+    """Run ``plan``'s steps in order, each a run of its registered job; the summary lines of every
+    materialized partition. ``alongside``: when a week's step follows week W-1's ranker-training
+    step, ingest W first and train W's item2vec in a second process beside W-1's models.
+    ``on_week``: called after each whole-week step with its summary lines and seconds (backfill
+    outcomes). Raises RunError at the first failed step."""
+    lake_root, instance, plan_id = str(lake_root), run_instance(), uuid.uuid4().hex
+    report: list[str] = []
+    steps = list(plan.steps)
+
+    def run(selection, step: Step, what: str, job: str | None = None) -> list[str]:
+        started = time.perf_counter()
+        result = run_selection(selection, step.week, lake_root, instance, ops, store_url, job or step.job, plan_id,
+                               progress)
+        progress(f"week {step.week}: {what} in {time.perf_counter() - started:.1f}s (run {result.run_id[:8]})")
+        return summarize(result, step.week)
+
+    index, week_started = 0, time.perf_counter()
+    while index < len(steps):
+        step = steps[index]
+        follower = steps[index + 1] if index + 1 < len(steps) else None
+        if (alongside and step.part == RANKER_TRAINING and follower and follower.part == WEEK
+                and follower.week == shift_week(step.week, 1)):
+            week = follower.week
+            lines = run(AssetSelection.assets(*PER_WEEK_ASSETS), Step(DISCOVER_JOB, week, INGEST, ""), "ingested")
+            started = time.perf_counter()
+            # spawn, not fork: this process holds a JVM gateway and Dagster's threads.
+            with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+                apart = pool.submit(_run_apart, ALONGSIDE_ASSETS, week, lake_root, ops, store_url, plan_id)
+                lines += run(part_selection(step), step, "candidates for ranker training built")
+                run_id, more = apart.result()
+            progress(f"week {week}: {', '.join(ALONGSIDE_ASSETS)} trained alongside in "
+                     f"{time.perf_counter() - started:.1f}s (run {run_id[:8]})")
+            rest = weekly_discover_job_selection() - AssetSelection.assets(*PER_WEEK_ASSETS, *ALONGSIDE_ASSETS)
+            lines += more + run(rest, follower, "all assets materialized")
+            report += lines
+            if on_week:
+                on_week(follower, lines, time.perf_counter() - week_started)
+            week_started, index = time.perf_counter(), index + 2
+            continue
+        what = {INGEST: "ingested", RANKER_TRAINING: "candidates for ranker training built",
+                WEEK: "all assets materialized" + (" (stand-in ranker: first landed week)" if step.stand_in else ""),
+                }.get(step.part, "evaluation materialized")
+        selection = evaluation_selection(lake_root) if step.job == EVALUATION_JOB else part_selection(step)
+        lines = run(selection, step, what)
+        report += lines
+        if step.part == WEEK and on_week:
+            on_week(step, lines, time.perf_counter() - week_started)
+            week_started = time.perf_counter()
+        index += 1
+    return report
+
+
+def weekly_discover_job_selection() -> AssetSelection:
+    from dw_assets.automation.schedules import DISCOVER_SELECTION
+
+    return DISCOVER_SELECTION
+
+
 def materialize_week(
     lake_root: Path | str,
     week: str,
@@ -142,73 +290,31 @@ def materialize_week(
     ops: dict | None = None,
     store_url: str | None = None,
 ) -> str:
-    """Materialize the history window's per-week assets (when missing), then all of ``week``.
+    """Plan and run ``week`` (``dw run``): the history it lacks, week W-1's candidates when missing,
+    the week, and its evaluation when the week after it has landed.
 
     ``lake_root``: a directory or ``s3://bucket/prefix`` (landing zone under it); an S3 lake is checked
-    first (``Lake.verify``) and nothing falls back to a local folder.
-
-    ``known_weeks``: the landed weeks. When the week after ``week`` is among them
-    (a replayed past week, or the simulator's holdout) it is ingested too and the
-    evaluation assets run; otherwise they are left for next week.
-
+    first (``Lake.verify``) and nothing falls back to a local folder. ``known_weeks``: the landed
+    weeks (default: read from the landing zone). The first landed week gets the stand-in ranker.
     ``ops``: Dagster run config per asset, e.g. ``{"audio_embeddings": {"config": {"epochs": 5}}}``.
     """
+    from dw_assets.automation.planner import PlanError, landed_weeks
+
+    lake_root = str(lake_root)
     instance = run_instance()
     # Builds the store resource too: a store URL carrying credentials is refused before any run.
-    resources = build_resources(str(lake_root), store_url)
+    resources = build_resources(lake_root, store_url)
     lake = resources["lake"].open()
     lake.verify()  # an S3 lake's bucket, endpoint and credentials: one clear error before any run
     if not resources["playlist_store"].url:
         raise RunError(f"no serving store for the lake {lake.root} (an S3 lake has no embedded store beside it): "
                        "pass --store or set DW_STORE_URL")
-    report = []
-
-    def ingest(target: str, what: str) -> None:
-        started = time.perf_counter()
-        result = _run(AssetSelection.assets(*PER_WEEK_ASSETS), target, lake_root, instance)
-        progress(f"week {target}: {what} in {time.perf_counter() - started:.1f}s (run {result.run_id[:8]})")
-        report.extend(_summarize(result, target))
-
-    previous = shift_week(week, -1)
-    if previous not in (known_weeks or []):
-        raise RunError(f"week {week} has no landed week before it: its ranker learns from week {previous}'s "
-                       "candidates labelled by this week's listening, so start from the second landed week")
-    # Week W-1's models read W-12..W-1, so the history starts a week earlier than W's own window.
-    for earlier in sorted(set(history_weeks(previous, known_weeks)) | set(history_weeks(week, known_weeks))):
-        if not rebuild_history and lake.exists(lake.uri("silver", "interactions", earlier)):
-            progress(f"week {earlier}: already in the lake, kept")
-            continue
-        ingest(earlier, "history materialized")
-    # The ranker of week W learns from W-1's candidates, labelled by W's listening.
-    built_ahead: tuple[str, ...] = ()
-    if rebuild_history or not lake.exists(lake.uri("gold", "candidates", previous)):
-        # Week W's own history first, so W's item2vec can train in a second process alongside W-1's models.
-        ingest(week, "ingested")
-        started = time.perf_counter()
-        # spawn, not fork: this process holds a JVM gateway and Dagster's threads.
-        with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-            alongside = pool.submit(_run_apart, ALONGSIDE_ASSETS, week, str(lake_root), ops, store_url)
-            selection = (AssetSelection.assets(*RANKER_TRAINING_ASSETS).upstream()
-                         - AssetSelection.assets(*PER_WEEK_ASSETS))
-            result = _run(selection, previous, lake_root, instance, ops)
-            progress(f"week {previous}: candidates for ranker training built in {time.perf_counter() - started:.1f}s")
-            report += _summarize(result, previous)
-            run_id, lines = alongside.result()
-        progress(f"week {week}: {', '.join(ALONGSIDE_ASSETS)} trained alongside (run {run_id[:8]})")
-        report += lines
-        built_ahead = PER_WEEK_ASSETS + ALONGSIDE_ASSETS
-    # Week W's evaluation reads W+1's listening; only a replayed past week has it.
-    holdout = shift_week(week, 1)
-    evaluable = holdout in (known_weeks or [])
-    if evaluable and (rebuild_history or not lake.exists(lake.uri("silver", "interactions", holdout))):
-        ingest(holdout, "holdout ingested for evaluation")
-    selection = AssetSelection.all() - AssetSelection.groups("evaluation") - AssetSelection.assets(*built_ahead)
-    if evaluable:
-        selection = selection | evaluation_selection(lake_root)
-    started = time.perf_counter()
-    result = _run(selection, week, lake_root, instance, ops, store_url)
-    progress(f"week {week}: all assets materialized in {time.perf_counter() - started:.1f}s (run {result.run_id[:8]})")
-    report += _summarize(result, week)
+    landed = known_weeks if known_weeks is not None else landed_weeks(lake_root)
+    try:
+        plan = plan_weeks([week], landed, instance_materialized(instance, lake_root), rebuild_history=rebuild_history)
+    except PlanError as exc:
+        raise RunError(str(exc)) from exc
+    report = execute_plan(plan, lake_root, ops, store_url, progress)
     return "materialized:\n" + "\n".join(report)
 
 
@@ -225,12 +331,15 @@ def evaluate_week(lake_root: Path | str, week: str, known_weeks: list[str] | Non
     if not lake.exists(lake.uri("silver", "interactions", holdout)):
         if holdout not in (known_weeks or []):
             raise RunError(f"week {week} cannot be evaluated yet: its holdout week {holdout} has not landed")
-        result = _run(AssetSelection.assets(*PER_WEEK_ASSETS), holdout, lake_root, run_instance())
+        result = run_selection(AssetSelection.assets(*PER_WEEK_ASSETS), holdout, lake_root, run_instance(), job_name=DISCOVER_JOB)
         progress(f"week {holdout}: holdout ingested for evaluation (run {result.run_id[:8]})")
     selection = selection or evaluation_selection(lake_root)
     if not refresh and lake.exists(lake.uri("gold", "offline_evaluation", week)) and selection == evaluation_selection(
             lake_root):
         return
     started = time.perf_counter()
-    result = _run(selection, week, lake_root, run_instance(), ops)
+    result = run_selection(selection, week, lake_root, run_instance(), ops, job_name=EVALUATION_JOB)
     progress(f"week {week}: evaluation materialized in {time.perf_counter() - started:.1f}s (run {result.run_id[:8]})")
+
+
+_summarize = summarize  # former name

@@ -14,29 +14,27 @@ partition). So the run on Sunday 2026-02-08 builds week 2026-01-26 (Mon 26 Jan t
 and its batch absorb late-landing logs (offline plays synced later, delayed uploads). A
 week that closed while the schedule was stopped is not caught up: backfill it.
 
-The first week of history has no week before it, so no ranker (it learns from week
-W-1's candidates labelled by W's listening) and no playlists: its tick builds everything
-up to its candidates, which the next week's ranker trains on.
+The first landed week has no week before it, so no ranker trained on last week: its playlists come
+from a stand-in ranker (retrieval order through the same re-ranking), which ``ranker_model`` and
+``ranked_playlists`` say in their metadata.
 
 Week W's evaluation reads week W+1's listening (the discovery holdout), which the Sunday
 run that builds W+1 ingests. ``weekly_evaluation_schedule`` fires every Monday at 00:00 UTC,
 when the Sunday batch window has ended, and evaluates every recent week whose playlists and
-following week's listening are materialized and that has no evaluation yet: normally the
-week before the one just built (Monday 2026-02-16 evaluates week 2026-01-26, whose holdout
-week 2026-02-02 was built on Sunday 2026-02-15); a week an earlier tick had to skip is
-caught up.
+following week's listening are materialized and that has no evaluation yet
+(``planner.evaluations_due``): normally the week before the one just built; a week an earlier
+tick had to skip is caught up.
 
-A single run is one week: it cannot build week W-1's missing candidates for W's ranker.
-A range of weeks (and a fresh lake) is a backfill. ``dw backfill`` runs the weeks in order,
-builds the first week up to its candidates and stops at a failed week. From the UI, a
-backfill of ``weekly_discover_job`` (its page, "Materialize all...", a range of weeks, or
-``dagster job backfill -j weekly_discover_job --from A --to B``) submits one run of the
-whole job per week, oldest first (``ONE_WEEK_PER_RUN``); every run of both jobs carries
-the ``dw/weekly_batch`` tag, and a run queue limit of one run for that tag makes the weeks
-run one after another in that order. Start such a range at the second landed week: the
-first week's run builds its candidates, then fails at ``ranker_model``. (A backfill
-launched from the asset graph is not a range of weeks: Dagster adds every downstream
-partition, i.e. the next 11 weeks through the history windows and every later week's
+What runs is planned by ``automation/planner.py``, as for ``dw run`` and ``dw backfill``: the Sunday
+tick requests, before the week itself, the runs of the weeks it lacks (history ingests, last week's
+candidates), in order. From the UI, a backfill of ``weekly_discover_job`` (its page, "Materialize
+all...", a range of weeks, or ``dagster job backfill -j weekly_discover_job --from A --to B``)
+submits one run of the whole job per week, oldest first (``ONE_WEEK_PER_RUN``); every run of both
+jobs carries the ``dw/weekly_batch`` tag, and a run queue limit of one run for that tag makes the
+weeks run one after another in that order. The jobs' executor refuses to start a week when an
+earlier week of the same backfill failed (``planner.stopped_by``): a failed week stops the weeks
+after it. (A backfill launched from the asset graph is not a range of weeks: Dagster adds every
+downstream partition, i.e. the next 11 weeks through the history windows and every later week's
 playlists through their self-dependency.)
 """
 
@@ -48,19 +46,35 @@ from dagster import (
     AssetKey,
     AssetSelection,
     DagsterInstance,
+    DagsterRunStatus,
     DefaultScheduleStatus,
+    Executor,
     RunRequest,
+    RunsFilter,
     ScheduleEvaluationContext,
     SkipReason,
     build_schedule_from_partitioned_job,
     define_asset_job,
+    executor,
     in_process_executor,
     schedule,
 )
 
+from dw_assets.automation.planner import (
+    DISCOVER_JOB,
+    EVALUATION_JOB,
+    INGEST,
+    PER_WEEK_ASSETS,
+    RANKER_TRAINING,
+    RANKER_TRAINING_ASSETS,
+    Step,
+    evaluations_due,
+    plan_weeks,
+    stopped_by,
+)
 from dw_assets.calendar import shift_week
 from dw_assets.lake.resources import LakeResource
-from dw_assets.partitions import HISTORY_WEEKS, weekly_partitions
+from dw_assets.partitions import weekly_partitions
 
 SCHEDULE_TIMEZONE = "UTC"
 # On every run of the weekly jobs: a run queue limit of 1 on this tag runs them one at a time, oldest
@@ -70,13 +84,55 @@ WEEKLY_BATCH_TAG = "dw/weekly_batch"
 # Monitoring (drift, volumes, batch window) needs no holdout and runs with the week, as in `dw run`.
 # The "uploads" group (the sensor's new_track_vectors) is partitioned by upload date, not by week.
 DISCOVER_SELECTION = AssetSelection.all() - AssetSelection.groups("evaluation", "uploads")
-# What the first week of history can build: no week before it, so no ranker and nothing downstream.
-FIRST_WEEK_SELECTION = DISCOVER_SELECTION - AssetSelection.assets("ranker_model").downstream()
-FIRST_WEEK_REASON = (
-    "first week of history: its ranker would learn from week {previous}'s candidates labelled by this "
-    "week's listening and week {previous} does not exist, so the week is built up to its candidates "
-    "(next week's ranker trains on them) and has no ranker or playlists"
-)
+# Backfill runs carry this tag (Dagster's); the executor reads the backfill's earlier weeks by it.
+BACKFILL_TAG = "dagster/backfill"
+
+
+def part_selection(step: Step) -> AssetSelection | None:
+    """The assets of ``step``'s job that its part runs; None: the whole job."""
+    if step.part == INGEST:
+        return AssetSelection.assets(*PER_WEEK_ASSETS)
+    if step.part == RANKER_TRAINING:
+        return AssetSelection.assets(*RANKER_TRAINING_ASSETS).upstream() - AssetSelection.assets(*PER_WEEK_ASSETS)
+    return None
+
+
+class _WeekInOrderExecutor(Executor):
+    """The in-process executor, refusing a backfill's week when an earlier week of it failed."""
+
+    def __init__(self, inner: Executor) -> None:
+        self.inner = inner
+
+    @property
+    def retries(self):
+        return self.inner.retries
+
+    @property
+    def step_dependency_config(self):
+        return self.inner.step_dependency_config
+
+    def execute(self, plan_context, execution_plan):
+        run = plan_context.dagster_run
+        week, backfill = run.tags.get("dagster/partition"), run.tags.get(BACKFILL_TAG)
+        if week and backfill:
+            earlier = plan_context.instance.get_runs(RunsFilter(tags={BACKFILL_TAG: backfill}))
+            statuses: dict[str, str] = {}
+            for other in sorted(earlier, key=lambda r: r.run_id):  # any failed run of a week counts
+                key = other.tags.get("dagster/partition")
+                if key and other.run_id != run.run_id and other.status in (
+                        DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED):
+                    statuses[key] = other.status.value
+            reason = stopped_by(week, statuses)
+            if reason:
+                raise RuntimeError(reason)
+        yield from self.inner.execute(plan_context, execution_plan)
+
+
+@executor(name="in_process", config_schema=in_process_executor.config_schema)
+def week_in_order_executor(init_context):
+    """``in_process_executor`` (one process, one Spark session per run) with the stop rule of
+    ``planner.stopped_by``: a failed week of a backfill stops the weeks after it."""
+    return _WeekInOrderExecutor(in_process_executor.executor_creation_fn(init_context))
 
 
 def has_simulator_truth(lake_root: Path | str) -> bool:
@@ -92,13 +148,14 @@ def evaluation_selection(lake_root: Path | str) -> AssetSelection:
 
 # One process per run: every Spark asset of the run shares one local Spark session (JVM).
 weekly_discover_job = define_asset_job(
-    "weekly_discover_job",
+    DISCOVER_JOB,
     selection=DISCOVER_SELECTION,
     partitions_def=weekly_partitions,
-    executor_def=in_process_executor,
+    executor_def=week_in_order_executor,
     tags={WEEKLY_BATCH_TAG: "discover"},
     description="Everything week W publishes, from landed logs to the serving store (not the evaluation, "
-                "which needs week W+1). Week W-1 must already have its candidates (W's ranker trains on them).",
+                "which needs week W+1). Week W-1 must already have its candidates (W's ranker trains on them); "
+                "the first landed week's playlists come from a stand-in ranker (retrieval order).",
 )
 
 
@@ -106,10 +163,10 @@ def evaluation_job(lake_root: Path | str):
     """The weekly evaluation job (an unresolved asset job) for the lake at ``lake_root``: the simulated A/B
     test only in a simulated world."""
     return define_asset_job(
-        "weekly_evaluation_job",
+        EVALUATION_JOB,
         selection=evaluation_selection(lake_root),
         partitions_def=weekly_partitions,
-        executor_def=in_process_executor,
+        executor_def=week_in_order_executor,
         tags={WEEKLY_BATCH_TAG: "evaluation"},
         description="Week W's evaluation on the discovery holdout (week W+1's listening), the simulated A/B "
                     "test, monitoring and the report. Needs W's playlists and W+1's interactions.",
@@ -132,28 +189,39 @@ _last_closed_week = build_schedule_from_partitioned_job(
     job=weekly_discover_job,
     default_status=DefaultScheduleStatus.STOPPED,
     description="Sundays 00:00 UTC: builds and publishes the week that closed most recently (it ended the "
-                "Monday before); the first week of history only up to its candidates.",
+                "Monday before), after the runs of earlier weeks it lacks (planner.plan_weeks).",
 )
 def weekly_discover_schedule(context: ScheduleEvaluationContext):
     request = _last_closed_week(context)
-    if not isinstance(request, RunRequest) or request.partition_key != weekly_partitions.get_first_partition_key():
+    if not isinstance(request, RunRequest):
         return request
-    keys = FIRST_WEEK_SELECTION.resolve(context.repository_def.asset_graph)
-    reason = FIRST_WEEK_REASON.format(previous=shift_week(request.partition_key, -1))
-    return request.with_replaced_attrs(asset_selection=sorted(keys), tags={**request.tags, "dw/scope": reason})
+    week = request.partition_key
+    # Every closed week has landed (six days of slack after a week closes absorb late logs).
+    landed = [k for k in weekly_partitions.get_partition_keys() if k <= week]
+    plan = plan_weeks([week], landed, materialized(context.instance, ("interactions", "candidates")),
+                      evaluate=False)
+    requests = []
+    for step in plan.steps:
+        selection = part_selection(step)
+        tags = {**request.tags, "dw/part": step.part} | ({"dw/stand_in": step.why} if step.stand_in else {})
+        if selection is None:
+            requests.append(request.with_replaced_attrs(tags=tags))
+        else:
+            keys = selection.resolve(context.repository_def.asset_graph)
+            requests.append(RunRequest(run_key=f"{week}/{step.key}", partition_key=step.week, tags=tags,
+                                       asset_selection=sorted(keys)))
+    return requests
+
+
+def materialized(instance: DagsterInstance, assets) -> dict[str, set[str]]:
+    """Asset name -> the weeks the instance has materialized (the planner's view of the instance)."""
+    return {name: set(instance.get_materialized_partitions(AssetKey(name))) for name in assets}
 
 
 def evaluable_weeks(instance: DagsterInstance, closed_weeks: list[str]) -> list[str]:
-    """Weeks of the recent history whose playlists and following week's listening are materialized
-    and that have no offline evaluation yet, oldest first.
-
-    ``closed_weeks``: partition keys of the weeks that have closed, oldest first.
-    """
-    playlists = instance.get_materialized_partitions(AssetKey("ranked_playlists"))
-    listening = instance.get_materialized_partitions(AssetKey("interactions"))
-    evaluated = instance.get_materialized_partitions(AssetKey("offline_evaluation"))
-    recent = closed_weeks[:-1][-HISTORY_WEEKS:]  # the week after must have closed too
-    return [w for w in recent if w in playlists and shift_week(w, 1) in listening and w not in evaluated]
+    """``planner.evaluations_due`` on the instance's materializations."""
+    return evaluations_due(closed_weeks, materialized(
+        instance, ("ranked_playlists", "interactions", "offline_evaluation")))
 
 
 @schedule(

@@ -7,13 +7,17 @@ from dagster import (
     AssetIn,
     AssetOut,
     Config,
+    DagsterType,
     MetadataValue,
     Output,
+    TimeWindowPartitionMapping,
     multi_asset,
 )
 from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import DataFrame
 
+from dw_assets.automation.planner import STAND_IN_REASON, landed_weeks
+from dw_assets.calendar import shift_week
 from dw_assets.embeddings.assets import embedding_versions
 from dw_assets.lake.quality import emit_checked, schema_check_spec, table_schema
 from dw_assets.lake.resources import LAYER_KEY, LakeResource, require_partitions
@@ -23,7 +27,6 @@ from dw_assets.partitions import (
     earlier_weeks,
     history_window,
     history_window_weeks,
-    previous_week,
     weekly_partitions,
 )
 from dw_assets.ranking import features as feature_module
@@ -32,6 +35,8 @@ from dw_assets.ranking.batch import (
     PlaylistSettings,
     build_playlists,
     candidate_version,
+    is_stand_in,
+    stand_in_ranker,
     track_context,
     training_sample,
     user_vector_table,
@@ -46,6 +51,14 @@ from dw_assets.versioning import model_version, require_same_version
 GROUP = "ranking"
 FEATURE_INPUTS = ("user_profiles", "track_stats", "item2vec_embeddings", "audio_embeddings", "user_embeddings",
                   "track_embeddings")
+# Week W-1, none before the first partition: the first landed week gets the stand-in ranker instead.
+PREVIOUS_WEEK_IF_ANY = TimeWindowPartitionMapping(start_offset=-1, end_offset=-1,
+                                                  allow_nonexistent_upstream_partitions=True)
+# Week W-1's artifacts, or the IO manager's empty frame when W-1 has none (the first landed week).
+ARTIFACT_IF_ANY = DagsterType(
+    name="ArtifactIfAny", typing_type=Artifact,
+    type_check_fn=lambda _, value: isinstance(value, Artifact) or (isinstance(value, pd.DataFrame) and value.empty),
+    description="A model artifact, or an empty frame where the week has none.")
 
 
 class RankerAssetConfig(Config):
@@ -71,13 +84,15 @@ class RankerAssetConfig(Config):
                                    description="LightGBM on week W-1's candidates labelled by week W's listening "
                                                "(time split); features as of W-1.")},
     ins={
-        "candidates": AssetIn(partition_mapping=previous_week),  # the first week has none: start a week later
+        # The first landed week has no week W-1: these read as empty and the week gets the stand-in.
+        "candidates": AssetIn(partition_mapping=PREVIOUS_WEEK_IF_ANY,
+                              metadata={"may_be_empty": True, "schema": "user_id long"}),
         "interactions": AssetIn(metadata={"columns": ["user_id", "track_id", "ts", "is_positive", "saved", "context",
                                                       "position"]}),
-        **{name: AssetIn(partition_mapping=previous_week,
+        **{name: AssetIn(partition_mapping=PREVIOUS_WEEK_IF_ANY, metadata={"may_be_empty": True, "schema": "user_id long"},
                          # user_embeddings is a Spark table (500 M rows at the target); the others artifacts
-                         **({"dagster_type": Artifact} if name.endswith("_embeddings") and name != "user_embeddings"
-                            else {}))
+                         **({"dagster_type": ARTIFACT_IF_ANY} if name.endswith("_embeddings")
+                            and name != "user_embeddings" else {}))
            for name in FEATURE_INPUTS},
     },
     partitions_def=weekly_partitions,
@@ -86,6 +101,7 @@ class RankerAssetConfig(Config):
 def ranker_model(
     context: AssetExecutionContext,
     config: RankerAssetConfig,
+    lake: LakeResource,
     candidates: DataFrame,
     interactions: DataFrame,
     user_profiles: DataFrame,
@@ -96,7 +112,24 @@ def ranker_model(
     track_embeddings: Artifact,
 ):
     """Sizes at the target: candidates 250 G rows, the week's interactions 20 G, profiles 500 M, all read
-    on Spark; the driver gets the sampled users' rows (``sample_users`` / ``sample_rows``)."""
+    on Spark; the driver gets the sampled users' rows (``sample_users`` / ``sample_rows``).
+
+    The first landed week (week W-1 has no partition or has not landed) gets the stand-in ranker
+    (``batch.stand_in_ranker``: retrieval order); a week W-1 that has landed but has no candidates
+    (it failed or was never built) fails this week: it would build on a hole."""
+    week, previous = context.partition_key, shift_week(context.partition_key, -1)
+    if not isinstance(item2vec_embeddings, Artifact):  # the IO manager found no week W-1
+        opened = lake.open()
+        if context.asset_partition_keys_for_input("candidates") and previous in landed_weeks(opened.root):
+            raise ValueError(f"week {previous} has landed but has no candidates: week {week}'s ranker learns from "
+                             f"them; build week {previous} first (a failed week stops the weeks after it)")
+        reason = STAND_IN_REASON.format(previous=previous)
+        version = model_version(week, [], [ranker_module], ["stand-in"])
+        yield Output(
+            Artifact(files={"ranker.bin": stand_in_ranker(week, reason).to_bytes()},
+                     meta={"model_version": version, "stand_in": True, "report": {"stand_in": True}}),
+            output_name="ranker_model", metadata={"model_version": version, "stand_in": True, "stand_in_reason": reason})
+        return
     settings = config.settings()
     previous_version = embedding_versions(user_embeddings=user_embeddings, track_embeddings=track_embeddings)
     require_same_version({"candidates": candidate_version(candidates), "embeddings": previous_version})
@@ -202,13 +235,15 @@ def ranked_playlists(
     require_same_version({"candidates": candidate_version(candidates), "embeddings": version})
     require_partitions(lake.open(), "silver", "interactions", history_window_weeks(week),
                        "heard tracks (never recommended) come from the whole 12-week window")
+    ranker = TrainedRanker.from_bytes(ranker_model.files["ranker.bin"])
     playlists, stats = build_playlists(
-        spark, week, config.settings(), candidates, TrainedRanker.from_bytes(ranker_model.files["ranker.bin"]),
+        spark, week, config.settings(), candidates, ranker,
         user_profiles, user_directory, track_stats,
         track_context(track_stats, item2vec_embeddings, audio_embeddings, track_embeddings),
         user_vector_table(spark, user_embeddings), interactions, spark_or_none(earlier_playlists))
     yield from emit_checked("ranked_playlists", playlists, RANKED_PLAYLISTS, {
         "model_version": version, "ranker_version": ranker_model.model_version, **stats,
+        "stand_in_ranker": is_stand_in(ranker),
         "sample": MetadataValue.md(playlists.limit(30).toPandas().to_markdown(index=False)),
     })
 

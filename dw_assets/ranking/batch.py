@@ -33,7 +33,9 @@ from dw_assets.lake.storage import Artifact, vectors_from
 from dw_assets.ranking.features import (
     DISCOVERY_CONTEXT,
     DISCOVERY_LIST_SIZE,
+    FEATURE_NAMES,
     FIRST_MONDAY,
+    SOURCES,
     USER_COLUMNS,
     FeatureContext,
     propensity_from_counts,
@@ -183,6 +185,40 @@ def track_context(track_stats: pd.DataFrame, item2vec: Artifact, audio: Artifact
 
 
 
+# ---------------------------------------------------------------------------- the first week's stand-in
+
+
+class RetrievalOrder:
+    """The stand-in ranker of the first landed week (no week before it to learn from): each candidate's
+    score is 1 / its best rank over the retrieval sources, so the re-ranking starts from retrieval order.
+    Same interface as ``TrainedRanker.predict``; per candidate, no state (nothing to ship)."""
+
+    def predict(self, features: pd.DataFrame, num_threads: int = 1, engine: str = "auto") -> np.ndarray:
+        ranks = features[[f"{source}_rank" for source in SOURCES]].to_numpy(np.float64)
+        best = np.fmin.reduce(ranks, axis=1) if len(ranks) else np.zeros(0)  # NaN: not from that source
+        return np.where(np.isfinite(best) & (best > 0), 1.0 / np.where(best > 0, best, 1.0), 0.0).astype(np.float32)
+
+
+def stand_in_ranker(week: str, reason: str) -> TrainedRanker:
+    """The ``ranker_model`` of a week without a week before it: no trees, ``report["stand_in"]`` set.
+    :func:`build_playlists` scores with :class:`RetrievalOrder` for it (and so does the evaluation's
+    control arm, which goes through the same function)."""
+    return TrainedRanker("", list(FEATURE_NAMES), {"stand_in": True, "stand_in_reason": reason,
+                                                   "stand_in_order": "retrieval", "week": week})
+
+
+def is_stand_in(ranker: TrainedRanker) -> bool:
+    """Whether ``ranker`` is :func:`stand_in_ranker`'s (no trees: scored in retrieval order)."""
+    return bool(ranker.report.get("stand_in"))
+
+
+def _scoring(models: PlaylistModels) -> PlaylistModels:
+    """``models`` with the stand-in's trees-free ranker replaced by :class:`RetrievalOrder`."""
+    if is_stand_in(models.ranker):
+        models.ranker = RetrievalOrder()
+    return models
+
+
 @dataclass(frozen=True)
 class PlaylistSettings:
     rerank: RerankConfig
@@ -216,7 +252,7 @@ def build_playlists(
     key, shipped = payload_key(blob), spark.sparkContext.broadcast(blob)
 
     def run_batch(batch: pd.DataFrame) -> pd.DataFrame:
-        return rank_users(batch, load_once(key, lambda: PlaylistModels.from_bytes(shipped.value)), week)
+        return rank_users(batch, load_once(key, lambda: _scoring(PlaylistModels.from_bytes(shipped.value))), week)
 
     partitions = max(1, -(-n_users // settings.users_per_task))
     playlists = (map_user_batches(users, run_batch, PLAYLIST_SPARK_SCHEMA, partitions)
@@ -240,6 +276,7 @@ def build_playlists(
         "spark_cores": int(spark.sparkContext.defaultParallelism),
         "shipped_model_mb": round(len(blob) / 2**20, 1),
         "elapsed_s": round(elapsed, 1),
+        **({"ranker": "stand-in: retrieval order (first landed week)"} if is_stand_in(ranker) else {}),
     }
 
 

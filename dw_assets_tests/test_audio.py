@@ -24,7 +24,7 @@ from dw_assets.embeddings.audio import (
 from dw_assets.simulate import load_truth
 
 # Cheaper than the defaults (coarser hop, thinner conv blocks, fewer epochs) so the suite stays quick.
-FAST = dict(hop_length=128, channels=(8, 16, 32), epochs=10, batch_size=128)
+FAST = dict(hop_length=128, channels=(8, 16, 32), epochs=10, batch_size=128, threads=1)
 COLD_SHARE = 0.2  # tracks the test keeps away from training entirely
 
 

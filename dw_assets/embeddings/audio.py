@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dw_assets.embeddings.audio_io import AUDIO_PROBLEMS, AudioBatch, diagnose_clip, load_clips, read_clip
+from dw_assets.embeddings.threads import check_threads, torch_threads
 
 __all__ = [
     "AUDIO_PROBLEMS", "AudioBatch", "AudioCNN", "AudioConfig", "AudioModel", "device", "diagnose_clip",
@@ -58,6 +59,9 @@ class AudioConfig:
     max_warm_tracks: int | None = 25_000  # seeded sample of the warm tracks used (cost cap); None: all
     seed: int = 7
     silence_rms: float = 1e-4  # full scale = 1.0
+    # torch intra-op threads for training and embedding (``threads.torch_threads``): fixed, so every process
+    # computes the same floats; 2 = the demo machine's cores (torch's default there). None: the process's.
+    threads: int | None = 2
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.holdout_share < 1.0:
@@ -69,6 +73,7 @@ class AudioConfig:
             raise ValueError("channels must name at least one conv block")
         if self.max_warm_tracks is not None and self.max_warm_tracks < 2:
             raise ValueError("max_warm_tracks must be at least 2 (or None)")
+        check_threads(self.threads)
 
 
 def device() -> torch.device:
@@ -121,6 +126,11 @@ def log_mel(waves: np.ndarray | torch.Tensor | AudioBatch, config: AudioConfig, 
             raise ValueError(f"waves must be [n, samples], got shape {tuple(waves.shape)}")
         n, samples = waves.shape
         blocks = (waves[lo : lo + chunk_clips] for lo in range(0, n, chunk_clips))
+    with torch_threads(config.threads):
+        return _log_mel(blocks, n, samples, config)
+
+
+def _log_mel(blocks, n: int, samples: int, config: AudioConfig) -> torch.Tensor:
     dev = device()
     window = torch.hann_window(config.n_fft, periodic=True, device=dev)
     filters = mel_filterbank(config).to(dev)
@@ -197,11 +207,13 @@ class AudioModel:
 
     def embed(self, mels: torch.Tensor, batch_size: int = 512) -> np.ndarray:
         """Unit-length audio embeddings float32[n, embedding_dim] for log-mel spectrograms [n, n_mels, frames]."""
-        return _predict(self.network, mels, batch_size)[0]
+        with torch_threads(self.config.threads):
+            return _predict(self.network, mels, batch_size)[0]
 
     def predict_genres(self, mels: torch.Tensor, batch_size: int = 512) -> np.ndarray:
         """Most likely genre name per clip: object[n]."""
-        labels = _predict(self.network, mels, batch_size)[1]
+        with torch_threads(self.config.threads):
+            labels = _predict(self.network, mels, batch_size)[1]
         return np.asarray(self.genres, dtype=object)[labels] if self.genres else np.full(len(labels), None)
 
     def to_bytes(self) -> bytes:
@@ -340,7 +352,13 @@ def train_audio_model(
     genres: {track_id: name} or one name per row of ``mels`` (None where unknown).
     Loss: mean (1 - cos(pred, target)) + ``genre_loss_weight`` * cross-entropy(genre).
     A seeded ``holdout_share`` of the warm tracks is held out and only scored (``AudioModel.report``).
+    Runs with ``config.threads`` torch threads (the caller's setting is restored after).
     """
+    with torch_threads(config.threads):
+        return _train(mels, track_ids, targets, genres, config)
+
+
+def _train(mels, track_ids, targets, genres, config: AudioConfig) -> AudioModel:
     track_ids = np.asarray(track_ids, dtype=np.int64)
     mels = torch.as_tensor(mels, dtype=torch.float32)
     if mels.ndim != 3 or len(mels) != len(track_ids) or mels.shape[1] != config.n_mels:

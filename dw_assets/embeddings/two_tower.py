@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dw_assets.embeddings.threads import torch_threads
 from dw_assets.embeddings.two_tower_data import (
     BIRTH_BUCKETS,
     POPULARITY_INPUTS,
@@ -429,8 +430,14 @@ def train_two_tower(features: FeatureSpace, examples: Examples, config: TwoTower
     the epoch count; ``final_val_recall@k`` is that epoch's).
 
     The model trains on the training period's popularity inputs and ends with
-    the window's (``features.track_popularity``) for serving.
+    the window's (``features.track_popularity``) for serving. Runs with ``config.threads`` torch threads
+    (the caller's setting is restored after).
     """
+    with torch_threads(config.threads):
+        return _train(features, examples, config)
+
+
+def _train(features: FeatureSpace, examples: Examples, config: TwoTowerConfig) -> TrainedTwoTower:
     dev = device()
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)

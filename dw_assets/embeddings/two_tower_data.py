@@ -58,6 +58,9 @@ class TwoTowerConfig:
     seed: int = 7
     cold_neighbours: int = 10
     recall_k: int = 500
+    # torch intra-op threads while training (``threads.torch_threads``): fixed, so every process trains the
+    # same floats; 2 = the demo machine's cores (torch's default there). None: the process's setting.
+    threads: int | None = 2
 
     def __post_init__(self) -> None:
         for name in ("dim", "id_dim", "hidden", "history_len", "batch_size", "epochs", "validation_days",
@@ -69,6 +72,8 @@ class TwoTowerConfig:
             raise ValueError("temperature and recency_half_life_days must be positive")
         if self.hard_negatives_per_example < 0 or self.hard_negative_weight < 0:
             raise ValueError("hard negatives: count and weight must be >= 0")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1 (or None), got {self.threads}")
 
 
 @dataclass

@@ -57,6 +57,10 @@ class AudioConfig:
     genre_loss_weight: float = 0.3
     holdout_share: float = 0.15  # of the warm tracks, held out for the report
     max_warm_tracks: int | None = 25_000  # seeded sample of the warm tracks used (cost cap); None: all
+    # Warm tracks whose clips the driver reads to train (a seeded-hash sample drawn in Spark, also bounded by
+    # DW_DRIVER_ROW_LIMIT; ``max_warm_tracks`` of them are used). Covers every track of the demo worlds
+    # (`small`: ~55 k); at 100 M tracks it bounds the driver at ~1.6 GB of 1 s clips.
+    max_training_clips: int = 100_000
     seed: int = 7
     silence_rms: float = 1e-4  # full scale = 1.0
     # torch intra-op threads for training and embedding (``threads.torch_threads``): fixed, so every process
@@ -73,6 +77,8 @@ class AudioConfig:
             raise ValueError("channels must name at least one conv block")
         if self.max_warm_tracks is not None and self.max_warm_tracks < 2:
             raise ValueError("max_warm_tracks must be at least 2 (or None)")
+        if self.max_training_clips < 2:
+            raise ValueError("max_training_clips must be at least 2")
         check_threads(self.threads)
 
 
@@ -251,9 +257,15 @@ def _predict(network: AudioCNN, mels: torch.Tensor, batch_size: int) -> tuple[np
     network.eval()
     vectors, labels = [], []
     for lo in range(0, len(mels), batch_size):
-        raw, logits = network(mels[lo : lo + batch_size].to(dev))
-        vectors.append(F.normalize(raw, dim=1).cpu())
-        labels.append(logits.argmax(dim=1).cpu())
+        batch = mels[lo : lo + batch_size]
+        rows = len(batch)
+        if rows < batch_size:
+            # Every forward pass has the same shape: CPU kernels picked for small batches (1-17 rows) round
+            # differently, and a vector must not depend on the batch its clip lands in (executors' chunks).
+            batch = torch.cat([batch, batch.new_zeros((batch_size - rows, *batch.shape[1:]))])
+        raw, logits = network(batch.to(dev))
+        vectors.append(F.normalize(raw[:rows], dim=1).cpu())
+        labels.append(logits[:rows].argmax(dim=1).cpu())
     network.train(was_training)
     d = network.embedding_head.out_features
     if not vectors:
@@ -288,9 +300,10 @@ def _align_targets(
 
 
 def _genre_labels(
-    track_ids: np.ndarray, genres: Mapping[int, str] | Sequence | np.ndarray
+    track_ids: np.ndarray, genres: Mapping[int, str] | Sequence | np.ndarray, vocabulary: Sequence[str] | None = None
 ) -> tuple[list[str], np.ndarray]:
-    """(sorted genre names, label int64[n] indexing them, ``IGNORE_GENRE`` where unknown)."""
+    """(sorted genre names, label int64[n] indexing them, ``IGNORE_GENRE`` where unknown or outside
+    ``vocabulary``; None: the names given)."""
     if isinstance(genres, Mapping):
         names = [genres.get(int(t)) for t in track_ids]
     else:
@@ -301,9 +314,9 @@ def _genre_labels(
     def known(name) -> bool:
         return isinstance(name, str) and name != ""
 
-    vocabulary = sorted({n for n in names if known(n)})
+    vocabulary = sorted({n for n in (names if vocabulary is None else vocabulary) if known(n)})
     index = {name: i for i, name in enumerate(vocabulary)}
-    labels = np.array([index[n] if known(n) else IGNORE_GENRE for n in names], dtype=np.int64)
+    labels = np.array([index.get(n, IGNORE_GENRE) if known(n) else IGNORE_GENRE for n in names], dtype=np.int64)
     return vocabulary, labels
 
 
@@ -343,22 +356,24 @@ def train_audio_model(
     targets: Mapping[int, np.ndarray] | tuple[np.ndarray, np.ndarray],
     genres: Mapping[int, str] | Sequence | np.ndarray,
     config: AudioConfig,
+    genre_names: Sequence[str] | None = None,
 ) -> AudioModel:
     """Fit an ``AudioCNN`` so a track's audio predicts its collaborative vector.
 
     mels: float32[n, n_mels, frames] (``log_mel``), row i is track_ids[i] (int64[n]).
     targets: collaborative vectors of the warm tracks, {track_id: float32[d]} or (ids, float32[m, d]),
     d = ``config.embedding_dim``; L2-normalized here; tracks without one are not trained on.
-    genres: {track_id: name} or one name per row of ``mels`` (None where unknown).
+    genres: {track_id: name} or one name per row of ``mels`` (None where unknown). genre_names: the genre
+    head's classes (e.g. the catalog's genres, when ``mels`` holds a sample of it); None: the genres given.
     Loss: mean (1 - cos(pred, target)) + ``genre_loss_weight`` * cross-entropy(genre).
     A seeded ``holdout_share`` of the warm tracks is held out and only scored (``AudioModel.report``).
     Runs with ``config.threads`` torch threads (the caller's setting is restored after).
     """
     with torch_threads(config.threads):
-        return _train(mels, track_ids, targets, genres, config)
+        return _train(mels, track_ids, targets, genres, config, genre_names)
 
 
-def _train(mels, track_ids, targets, genres, config: AudioConfig) -> AudioModel:
+def _train(mels, track_ids, targets, genres, config: AudioConfig, genre_names: Sequence[str] | None) -> AudioModel:
     track_ids = np.asarray(track_ids, dtype=np.int64)
     mels = torch.as_tensor(mels, dtype=torch.float32)
     if mels.ndim != 3 or len(mels) != len(track_ids) or mels.shape[1] != config.n_mels:
@@ -368,7 +383,7 @@ def _train(mels, track_ids, targets, genres, config: AudioConfig) -> AudioModel:
         raise ValueError(
             f"targets have dim {target_matrix.shape[1]}, config.embedding_dim is {config.embedding_dim}"
         )
-    genre_names, labels = _genre_labels(track_ids, genres)
+    genre_names, labels = _genre_labels(track_ids, genres, genre_names)
     warm_rows = np.flatnonzero(warm)
     if len(warm_rows) < 2:
         raise ValueError(f"need at least 2 tracks with both audio and a target, got {len(warm_rows)}")

@@ -184,13 +184,15 @@ def _read_all(locations: list[str | Path], read: Callable[[str | Path], bytes] |
 
 
 def load_clips(
-    paths: Mapping[int, str | Path], config: AudioConfig, read: Callable[[str | Path], bytes] | None = None
+    paths: Mapping[int, str | Path], config: AudioConfig, read: Callable[[str | Path], bytes] | None = None,
+    length: int | None = None,
 ) -> AudioBatch:
     """Read every track's clip; skip and report the unusable ones.
 
     paths: track_id → WAV location; uses ``config.sample_rate``, ``clip_seconds`` and ``silence_rms``.
     read: location → bytes (``LandingFS.read_location`` for an S3 landing zone); None reads local files.
-    Clip length: ``config.clip_seconds`` if set, else the median length of the readable clips;
+    Clip length: ``length`` samples if given (a batch read in parts, e.g. one per executor, keeps one
+    length), else ``config.clip_seconds`` if set, else the median length of the readable clips;
     longer clips are centre-cropped, shorter ones looped.
     """
     good_ids: list[int] = []
@@ -204,7 +206,9 @@ def load_clips(
         else:
             good_ids.append(int(track_id))
             good.append(samples)
-    if config.clip_seconds is not None:
+    if length is not None:
+        length = max(1, int(length))
+    elif config.clip_seconds is not None:
         length = max(1, int(round(config.clip_seconds * config.sample_rate)))
     elif good:
         length = int(np.median([len(s) for s in good]))

@@ -1,0 +1,91 @@
+"""The weekly audio step on Spark: the driver's training clips are a seeded-hash draw of warm tracks under
+its cap and the driver guard; the executors' vectors equal the driver's, whatever the partitioning."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dw_assets.embeddings import audio_spark
+from dw_assets.embeddings.audio import (
+    AudioCNN,
+    AudioConfig,
+    AudioModel,
+    load_clips,
+    log_mel,
+    train_audio_model,
+)
+from dw_assets.lake.driver_guard import ROW_LIMIT_ENV
+from dw_assets.lake.landing_fs import LandingFS
+from dw_assets.simulate import load_truth
+
+# A quick model: the test is about where the clips are read and embedded, not about its quality.
+QUICK = dict(hop_length=128, channels=(4, 8), hidden_units=16, epochs=1, batch_size=64, threads=1)
+
+
+@pytest.fixture(scope="module")
+def landed(tiny_world) -> dict[int, str]:
+    return {int(p.stem): str(p) for p in sorted((tiny_world / "landing" / "audio").glob("*/*.wav"))}
+
+
+@pytest.fixture(scope="module")
+def clips(spark, landed):
+    return audio_spark.clip_frame(spark, landed)
+
+
+@pytest.fixture(scope="module")
+def warm_ids(landed) -> np.ndarray:
+    ids = np.array(sorted(landed), np.int64)
+    return ids[np.random.default_rng(5).random(len(ids)) < 0.6]  # the tracks with a target vector
+
+
+def test_training_clips_are_a_seeded_hash_draw_of_warm_tracks_under_the_cap_and_the_guard(clips, warm_ids,
+                                                                                         landed, monkeypatch):
+    monkeypatch.delenv(ROW_LIMIT_ENV, raising=False)
+    drawn = audio_spark.training_clips(clips, warm_ids, 50, seed=7)
+    assert len(drawn) == 50 and set(drawn) <= set(warm_ids.tolist())
+    assert all(drawn[t] == landed[t] for t in drawn)
+    assert drawn == audio_spark.training_clips(clips.repartition(3), warm_ids, 50, seed=7)  # any partitioning
+    assert set(drawn) != set(audio_spark.training_clips(clips, warm_ids, 50, seed=8))
+    everything = audio_spark.training_clips(clips, warm_ids, 10**6, seed=7)
+    assert sorted(everything) == sorted(set(warm_ids.tolist()) & set(landed))
+
+    monkeypatch.setenv(ROW_LIMIT_ENV, "20")  # the guard bounds the cap: the 20 smallest hashes of the same draw
+    assert set(audio_spark.training_clips(clips, warm_ids, 50, seed=7)) < set(drawn)
+    assert len(audio_spark.training_clips(clips, warm_ids, 50, seed=7)) == 20
+
+
+def test_executors_embed_every_clip_as_the_driver_would(tiny_world, clips, landed, warm_ids):
+    truth = load_truth(tiny_world)
+    settings = AudioConfig(embedding_dim=truth.track_style.shape[1], **QUICK)
+    sample = audio_spark.training_clips(clips, warm_ids, 300, seed=7)
+    batch = load_clips(sample, settings)
+    rows = truth.track_index(batch.track_ids)
+    model = train_audio_model(log_mel(batch, settings), batch.track_ids, (batch.track_ids, truth.track_style[rows]),
+                              {}, settings)
+
+    everything = load_clips(landed, settings, length=batch.length)  # the driver path, for the comparison only
+    expected = model.embed(log_mel(everything, settings))
+    reader = audio_spark.ClipReader.of(LandingFS(str(tiny_world / "landing")))
+    for partitions in (2, 7):
+        ids, vectors, problems = audio_spark.embed_tracks(clips.repartition(partitions), model, settings,
+                                                          batch.length, reader)
+        assert np.array_equal(ids, everything.track_ids)
+        assert np.array_equal(vectors, expected), partitions  # bit for bit: the chunking never shows
+        assert problems.equals(everything.problems)
+    assert set(problems["problem"]) == {"corrupt", "truncated", "empty", "silent"}
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_a_vector_does_not_depend_on_the_batch_it_is_embedded_in(tiny_world, landed):
+    settings = AudioConfig(embedding_dim=8, **QUICK)
+    batch = load_clips(dict(list(landed.items())[:40]), settings)
+    mels = log_mel(batch, settings)
+    torch.manual_seed(0)
+    model = AudioModel(AudioCNN(settings, 1).eval(), settings, [])
+    whole = model.embed(mels, batch_size=32)
+    for size in (1, 2, 3, 5, 13, 17):  # small batches pick other CPU kernels unless padded to one shape
+        parts = np.vstack([model.embed(mels[lo : lo + size], batch_size=32) for lo in range(0, len(mels), size)])
+        assert np.array_equal(parts, whole), size
+

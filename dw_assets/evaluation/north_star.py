@@ -200,10 +200,13 @@ def candidate_oracle(truth: Truth, candidates: pd.DataFrame, heard: pd.DataFrame
     return hygienic_top_k(frame, config.playlist_size, config.max_per_artist)
 
 
-def catalog_frame(track_stats: pd.DataFrame, new_tracks=()) -> pd.DataFrame:
+def catalog_frame(track_stats: pd.DataFrame) -> pd.DataFrame:
     """track_id, artist_id, popularity (last week's plays), is_cold from the week's ``track_stats``
-    (a per-track table); cold = no plays in the window, or released in the week (``new_tracks``)."""
-    cold = track_stats["is_cold"].to_numpy(bool) | track_stats["track_id"].isin(list(new_tracks)).to_numpy()
+    (a per-track table); cold = no plays in the window (``is_cold``) or released in the week
+    (``is_new_release``)."""
+    cold = track_stats["is_cold"].to_numpy(bool)
+    if "is_new_release" in track_stats:
+        cold = cold | track_stats["is_new_release"].to_numpy(bool)
     return pd.DataFrame({
         "track_id": track_stats["track_id"].to_numpy(np.int64),
         "artist_id": track_stats["artist_id"].to_numpy(np.int64),

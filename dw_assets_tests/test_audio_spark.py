@@ -3,6 +3,9 @@ its cap and the driver guard; the executors' vectors equal the driver's, whateve
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -19,6 +22,7 @@ from dw_assets.embeddings.audio import (
 from dw_assets.lake.driver_guard import ROW_LIMIT_ENV
 from dw_assets.lake.landing_fs import LandingFS
 from dw_assets.simulate import load_truth
+from dw_assets_tests.test_s3_lake import _bucket, aws  # noqa: F401 (aws: a fixture)
 
 # A quick model: the test is about where the clips are read and embedded, not about its quality.
 QUICK = dict(hop_length=128, channels=(4, 8), hidden_units=16, epochs=1, batch_size=64, threads=1)
@@ -89,3 +93,32 @@ def test_a_vector_does_not_depend_on_the_batch_it_is_embedded_in(tiny_world, lan
         parts = np.vstack([model.embed(mels[lo : lo + size], batch_size=32) for lo in range(0, len(mels), size)])
         assert np.array_equal(parts, whole), size
 
+
+
+@pytest.mark.usefixtures("aws")
+def test_executors_read_s3_clips_with_the_drivers_settings(spark, tiny_world, landed):
+    """The Python workers do not have the test's AWS settings in their environment: the reader carries them."""
+    import shutil
+
+    bad = {t for ids in json.loads((tiny_world / "landing" / "manifest.json").read_text())["bad_audio"].values()
+           for t in ids}
+    picked = sorted(landed)[:30] + sorted(bad)  # a few good clips and every kind of broken one
+    local = tiny_world.parent / "s3_upload"
+    for track in picked:
+        target = local / Path(landed[track]).relative_to(tiny_world / "landing")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(landed[track], target)
+    remote = LandingFS(f"s3://{_bucket('dw-audio-spark')}/landing")
+    remote.upload_dir(local)
+    on_s3 = {t: remote.location(str(Path(landed[t]).relative_to(tiny_world / "landing"))) for t in picked}
+    settings = AudioConfig(embedding_dim=8, **QUICK)
+    torch.manual_seed(0)
+    model = AudioModel(AudioCNN(settings, 1).eval(), settings, [])
+    expected = load_clips({t: landed[t] for t in on_s3}, settings)
+
+    ids, vectors, problems = audio_spark.embed_tracks(audio_spark.clip_frame(spark, on_s3), model, settings,
+                                                      expected.length, audio_spark.ClipReader.of(remote))
+    assert np.array_equal(ids, expected.track_ids) and len(ids) > 0
+    assert np.array_equal(vectors, model.embed(log_mel(expected, settings)))
+    assert problems["track_id"].tolist() == expected.problems["track_id"].tolist() == sorted(bad)
+    assert all(path.startswith("s3://dw-audio-spark/") for path in problems["path"])

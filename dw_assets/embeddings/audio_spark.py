@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Iterator, Mapping
 
 import numpy as np
@@ -46,8 +47,10 @@ READ_CHUNK = 1_024  # clips read, turned into spectrograms and embedded at once 
 
 @dataclasses.dataclass(frozen=True)
 class ClipReader:
-    """How an executor reads a landed clip: local files directly, ``s3://`` through its own boto3 client
-    (built once per Python worker from the driver's settings, which travel inside the task, not in conf)."""
+    """How an executor reads a landed clip: local files directly, ``s3://`` through its own boto3 client,
+    built once per Python worker from the driver's S3 settings. Those travel inside the task (never in
+    Spark conf or logs), credentials included, as the publish step's do: boto3 takes credentials from the
+    environment only, so they are put there on the worker."""
 
     root: str
     s3: object | None = dataclasses.field(default=None, repr=False)  # lake.s3.S3Settings for an s3:// root
@@ -66,7 +69,11 @@ class ClipReader:
             return None
         from dw_assets.lake.landing_fs import LandingFS
 
-        return load_once(f"landing:{self.root}", lambda: LandingFS(self.root, s3=self.s3)).read_location
+        s3 = self.s3
+        credentials = {"AWS_ACCESS_KEY_ID": s3.access_key_id, "AWS_SECRET_ACCESS_KEY": s3.secret_access_key,
+                       "AWS_SESSION_TOKEN": s3.session_token}
+        os.environ.update({name: value for name, value in credentials.items() if value})
+        return load_once(f"landing:{self.root}", lambda: LandingFS(self.root, s3=s3)).read_location
 
 
 def clip_frame(spark: SparkSession, clips: Mapping[int, str]) -> DataFrame:

@@ -255,6 +255,27 @@ def test_training_is_deterministic_for_a_seed(batch, mels, labels, config):
     assert not np.array_equal(first.embed(mels[:100]), other.embed(mels[:100]))
 
 
+def test_the_configs_thread_count_wins_over_the_processs_and_is_restored(batch, mels, labels, config):
+    """A process that set its own torch threads (pytest: 1; ``dw run``: all cores) trains the same floats."""
+    style, genre = labels
+    rows = np.arange(300)
+    quick = dataclasses.replace(config, epochs=1, threads=2)
+
+    def train(process_threads: int) -> np.ndarray:
+        torch.set_num_threads(process_threads)
+        model = train_audio_model(mels[rows], batch.track_ids[rows], (batch.track_ids[rows], style[rows]),
+                                  genre[rows], quick)
+        assert torch.get_num_threads() == process_threads  # restored after training
+        vectors = model.embed(mels[:64])
+        assert torch.get_num_threads() == process_threads  # and after embedding
+        return vectors
+
+    try:
+        np.testing.assert_array_equal(train(1), train(3))
+    finally:
+        torch.set_num_threads(1)  # the module's setting
+
+
 def test_model_round_trips_through_bytes(mels, model):
     restored = AudioModel.from_bytes(model.to_bytes())
     np.testing.assert_array_equal(restored.embed(mels[:300]), model.embed(mels[:300]))

@@ -1,11 +1,7 @@
-"""Not collected by pytest yet (no test_ prefix): the evaluation assets still read whole weeks on the driver (#20).
-
-The tiny world on the standalone cluster with DW_DRIVER_ROW_LIMIT=200 (fewer than the tiny world's
-users): every user- or event-scale table stays in Spark, so the run passes the guard and gives
-complete, valid playlists: 30 unique unheard tracks for every user.
-
-Enable it once they are gone: git mv dw_assets_tests/pending_driver_guard_cluster.py \
-    dw_assets_tests/test_driver_guard_cluster.py
+"""The tiny world on the standalone cluster with DW_DRIVER_ROW_LIMIT=200 (fewer than the tiny world's
+users): every user- or event-scale table stays in Spark (the evaluation on a seeded-hash sample of users
+that the limit caps), so the run passes the guard and gives complete, valid playlists: 30 unique unheard
+tracks for every user.
 """
 
 from __future__ import annotations
@@ -13,12 +9,14 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
 from dw_assets.lake.storage import open_lake
 from dw_assets_tests.spark_cluster import run_world
 from dw_assets_tests.test_s3_lake import QUICK, _export
 
 
+@pytest.mark.timeout(1800)  # one run of the tiny world's weeks on the 2-worker cluster
 def test_the_tiny_world_on_the_cluster_with_a_200_row_driver_limit_gives_complete_playlists(
         tiny_world, spark_cluster, tmp_path):
     manifest = json.loads((tiny_world / "landing" / "manifest.json").read_text())

@@ -3,6 +3,7 @@ comparison of every system on the discovery holdout, the simulated A/B test and 
 
 import base64
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,20 @@ from dw_assets.evaluation.baselines import (
     embedding_top_k,
     popularity_top_k,
 )
-from dw_assets.evaluation.holdout import discovery_holdout, recall_at_k
+from dw_assets.evaluation.batch import (
+    EvaluationSample,
+    aggregate,
+    collect_history,
+    collect_ids,
+    draw_users,
+    lists_frame,
+    of_users,
+    per_user_frame,
+    popularity_ranking,
+    split_window,
+    truth_frame,
+)
+from dw_assets.evaluation.holdout import recall_at_k
 from dw_assets.evaluation.metrics import metric_keys
 from dw_assets.evaluation.monitoring import (
     batch_window_sla,
@@ -56,14 +70,11 @@ from dw_assets.evaluation.systems import (
     LIST_COLUMNS,
     SYSTEMS,
     baseline_lists,
-    compare_systems,
     evaluation_json,
-    holdout_truth,
     quality_targets,
-    split_holdout,
     track_table,
 )
-from dw_assets.lake.driver_guard import bounded, check_driver_rows
+from dw_assets.lake.driver_guard import bounded, check_driver_rows, to_driver
 from dw_assets.lake.quality import emit_checked, schema_check_result, schema_check_spec, table_schema
 from dw_assets.lake.resources import LAYER_KEY, LakeResource
 from dw_assets.lake.storage import Artifact, Lake, LakeError, vectors_from
@@ -111,7 +122,18 @@ history_and_next_week = TimeWindowPartitionMapping(
 )
 
 
-class RetrievalEvaluationConfig(Config):
+class SampleConfig(Config):
+    """The evaluated users (``batch.EvaluationSample``: a seeded-hash sample, every user of a demo world)."""
+
+    sample_users: int = EvaluationSample.users
+    sample_rows: int = EvaluationSample.rows
+    sample_seed: int = EvaluationSample.seed
+
+    def sample(self) -> EvaluationSample:
+        return EvaluationSample(users=self.sample_users, rows=self.sample_rows, seed=self.sample_seed)
+
+
+class RetrievalEvaluationConfig(SampleConfig):
     k: int = 500
     als_factors: int = AlsConfig.factors
     als_iterations: int = AlsConfig.iterations
@@ -133,12 +155,44 @@ def _row(system: str, k: int, result: dict, cold: dict, seconds: float) -> dict:
             "users": result["users"], "hits": result["hits"], "seconds": round(seconds, 2)}
 
 
+def _truth_dict(truth: pd.DataFrame) -> dict[int, np.ndarray]:
+    """user_id -> sorted positives, users ascending (``holdout.discovery_holdout``'s shape)."""
+    return {int(u): np.sort(g.to_numpy(np.int64)) for u, g in truth.groupby("user_id", sort=True)["track_id"]}
+
+
+@dataclass
+class _Drawn:
+    """The evaluated sample's driver-side inputs (bounded by ``EvaluationSample``)."""
+
+    users: DataFrame  # the drawn users (Spark, one column)
+    offered: int  # users offered to the draw
+    history: pd.DataFrame  # their interactions up to W
+    truth: DataFrame  # their discovery positives (Spark)
+
+
+def _draw(interactions: DataFrame, holdout_start, offered_users: DataFrame | None,
+          sample: EvaluationSample, week: str) -> tuple[_Drawn, DataFrame]:  # fmt: skip
+    """Split the window, find the discovery truth and draw the evaluated users (among the history's, the
+    truth's and ``offered_users``) in Spark; only the drawn users' histories reach the driver (the driver-side
+    baselines train on them: every user's in a demo world). Also returns the history."""
+    history, holdout = split_window(interactions, holdout_start)
+    if holdout.limit(1).count() == 0:
+        raise ValueError(f"no interactions for week {shift_week(week, 1)}: materialize it before evaluating week {week}")
+    truth = truth_frame(history, holdout)
+    offered = history.select("user_id").unionByName(truth.select("user_id"))
+    if offered_users is not None:
+        offered = offered.unionByName(offered_users.select("user_id"))
+    users, n = draw_users(offered, history.select("user_id").unionByName(truth.select("user_id")), sample)
+    users = users.persist()
+    return _Drawn(users, n, collect_history(history, users), of_users(truth, users).persist()), history
+
+
 @multi_asset(
     outs={"retrieval_evaluation": AssetOut(
         group_name="evaluation", metadata={LAYER_KEY: "gold", "dagster/column_schema": table_schema(RETRIEVAL_EVALUATION)},
         description="recall@k on the discovery holdout (week W+1 positives never heard up to W) for two-tower, ALS, popularity.")},
     ins={
-        "interactions": AssetIn(partition_mapping=history_and_next_week, metadata={"columns": EVAL_COLUMNS}),
+        "interactions": AssetIn(partition_mapping=history_and_next_week),
         "track_embeddings": AssetIn(dagster_type=Artifact),
         "user_embeddings": AssetIn(),
         "track_stats": AssetIn(),
@@ -150,19 +204,18 @@ def _row(system: str, k: int, result: dict, cold: dict, seconds: float) -> dict:
 def retrieval_evaluation(
     context: AssetExecutionContext,
     config: RetrievalEvaluationConfig,
-    interactions: pd.DataFrame,
+    interactions: DataFrame,
     track_embeddings: Artifact,
     user_embeddings: DataFrame,
     track_stats: pd.DataFrame,
 ):
-    """Judged on the holdout's users: only their vectors are joined in Spark and collected (a bounded
-    sample, refused above ``DW_DRIVER_ROW_LIMIT``); the user_embeddings table (500 M rows) stays there."""
+    """Judged on the holdout's users drawn by seeded hash (``sample_users``, every user of the demo): the
+    window (240 G rows at the target) is split and the truth found in Spark; the drawn users' histories
+    and positives (at most ``sample_rows`` rows) and their vectors come to the driver, where the two-tower
+    top-k, ALS (trained on those histories) and popularity (listeners counted in Spark) are scored."""
     _, holdout_start = week_bounds(context.partition_key)
-    in_holdout = interactions["ts"] >= holdout_start
-    history, holdout = interactions[~in_holdout], interactions[in_holdout]
-    if holdout.empty:
-        raise ValueError(f"no interactions for the week after {context.partition_key}: materialize it before evaluating")
-    truth = discovery_holdout(holdout, history)
+    drawn, history = _draw(interactions, holdout_start, None, config.sample(), context.partition_key)
+    truth = _truth_dict(to_driver(drawn.truth.orderBy("user_id", "track_id"), "retrieval_evaluation"))
     cold_truth = _only(truth, track_stats.loc[track_stats["is_cold"], "track_id"].to_numpy(np.int64))
     rows = []
 
@@ -170,20 +223,25 @@ def retrieval_evaluation(
     # Recall only reads the holdout's users: every other user's top-k was computed and dropped.
     user_ids, user_vectors = vectors_of(user_embeddings, np.fromiter(truth, np.int64, len(truth)))
     track_ids, track_vectors = vectors_from(track_embeddings)
-    top = embedding_top_k(user_vectors, track_ids, track_vectors, user_ids, history, config.k)
+    top = embedding_top_k(user_vectors, track_ids, track_vectors, user_ids, drawn.history, config.k)
     rows.append(_row("two_tower", config.k, recall_at_k(user_ids, top, truth), recall_at_k(user_ids, top, cold_truth),
                      time.perf_counter() - started))
 
     started = time.perf_counter()
-    als_users, als_top = als_top_k(history, config.k, AlsConfig(factors=config.als_factors,
-                                                                     iterations=config.als_iterations, seed=config.seed))
+    if drawn.history["weight"].gt(0).any():
+        als_users, als_top = als_top_k(drawn.history, config.k, AlsConfig(
+            factors=config.als_factors, iterations=config.als_iterations, seed=config.seed))
+    else:  # nothing to train on (a sample cut to nothing by the driver guard)
+        als_users, als_top = np.zeros(0, np.int64), np.zeros((0, config.k), np.int64)
     rows.append(_row("als", config.k, recall_at_k(als_users, als_top, truth), recall_at_k(als_users, als_top, cold_truth),
                      time.perf_counter() - started))
 
     started = time.perf_counter()
-    pop_top = popularity_top_k(history, user_ids, config.k)
+    pop_top = popularity_top_k(drawn.history, user_ids, config.k, popularity_ranking(history))
     rows.append(_row("popularity", config.k, recall_at_k(user_ids, pop_top, truth),
                      recall_at_k(user_ids, pop_top, cold_truth), time.perf_counter() - started))
+    drawn.truth.unpersist()
+    drawn.users.unpersist()
 
     table = pd.DataFrame(rows)
     table["cold_recall"] = table["cold_recall"].astype(float)
@@ -192,6 +250,7 @@ def retrieval_evaluation(
         "model_version": track_embeddings.model_version,
         "holdout_users": len(truth),
         "holdout_users_with_cold_positives": len(cold_truth),
+        "users_offered": drawn.offered,
         **{f"recall@{config.k}_{system}": value for system, value in recall.items()},
         "results": MetadataValue.md(table.to_markdown(index=False)),
     })
@@ -320,12 +379,13 @@ PLAYLIST_COLUMNS = ["user_id", "position", "track_id", "ranker_score", "source",
 PROFILE_COLUMNS = ["user_id", "genre_share", "mean_popularity_percentile", "history_level", "is_new_user"]
 
 
-class OfflineEvaluationConfig(Config):
+class OfflineEvaluationConfig(SampleConfig):
     k: int = 30
     als_factors: int = AlsConfig.factors
     als_iterations: int = AlsConfig.iterations
     item_cf_neighbours: int = ItemCfConfig.neighbours
     seed: int = AlsConfig.seed
+    metric_buckets: int = EvaluationSample.buckets
 
 
 @multi_asset(
@@ -334,16 +394,16 @@ class OfflineEvaluationConfig(Config):
         metadata={LAYER_KEY: "gold", "dagster/column_schema": table_schema(OFFLINE_EVALUATION)},
         description="Every system side by side on the discovery holdout (docs/evaluation.md): precision/recall/NDCG/hit "
                     "rate/MAP@30, coverage, diversity, novelty, popularity lift, calibration, cold tracks; by "
-                    "user segment. Writes the week's HTML report to LAKE/reports/.")},
+                    "user segment, on a seeded-hash sample of users (all of a demo world's).")},
     ins={
-        "ranked_playlists": AssetIn(metadata={"columns": PLAYLIST_COLUMNS}),
-        "last_week_playlists": AssetIn(metadata={"columns": PLAYLIST_COLUMNS}),
-        "interactions": AssetIn(partition_mapping=history_and_next_week, metadata={"columns": EVAL_COLUMNS}),
+        "ranked_playlists": AssetIn(),
+        "last_week_playlists": AssetIn(),
+        "interactions": AssetIn(partition_mapping=history_and_next_week),
         "user_embeddings": AssetIn(),
         "track_embeddings": AssetIn(dagster_type=Artifact),
         "faiss_index": AssetIn(dagster_type=Artifact),
         "track_stats": AssetIn(),
-        "user_profiles": AssetIn(metadata={"columns": PROFILE_COLUMNS}),
+        "user_profiles": AssetIn(),
         "retrieval_evaluation": AssetIn(),
     },
     partitions_def=weekly_partitions,
@@ -353,36 +413,51 @@ class OfflineEvaluationConfig(Config):
 def offline_evaluation(
     context: AssetExecutionContext,
     config: OfflineEvaluationConfig,
-    ranked_playlists: pd.DataFrame,
-    last_week_playlists: pd.DataFrame,
-    interactions: pd.DataFrame,
+    ranked_playlists: DataFrame,
+    last_week_playlists: DataFrame,
+    interactions: DataFrame,
     user_embeddings: DataFrame,
     track_embeddings: Artifact,
     faiss_index: Artifact,
     track_stats: pd.DataFrame,
-    user_profiles: pd.DataFrame,
+    user_profiles: DataFrame,
     retrieval_evaluation: pd.DataFrame,
 ):
+    """Sizes at the target: playlists (15 G rows), the window (240 G) and profiles (500 M) stay in Spark;
+    the evaluated users are drawn there (``sample_users``, every user of the demo), the driver-side
+    baselines train on and recommend for them only (at most ``sample_rows`` rows of history and truth,
+    ``sample_users`` x 30 list rows back to Spark), per-user metrics run on the executors and only the
+    (system, segment) aggregates (30 rows) come back."""
     week = context.partition_key
     _, holdout_start = week_bounds(week)
     holdout_week = shift_week(week, 1)
-    history, holdout = split_holdout(interactions, holdout_start)
-    if holdout.empty:
-        raise ValueError(f"no interactions for week {holdout_week}: materialize it before evaluating week {week}")
     started = time.perf_counter()
-    truth = holdout_truth(history, holdout)
+    spark = ranked_playlists.sparkSession
+    listed = ranked_playlists.select("user_id").unionByName(last_week_playlists.select("user_id"))
+    drawn, history = _draw(interactions, holdout_start, listed, config.sample(), week)
     tracks = track_table(track_stats)
-    profiles = user_profiles.copy()
-    lists = {"pipeline": ranked_playlists}
-    holdout_users = truth["user_id"].unique()
-    # Only the holdout users' vectors are joined in Spark and collected (the retrieval list reads no other).
-    lists.update(baseline_lists(history, holdout_users, vectors_of(user_embeddings, holdout_users),
-                                vectors_from(track_embeddings), config.k,
-                                AlsConfig(factors=config.als_factors, iterations=config.als_iterations,
-                                          seed=config.seed),
-                                ItemCfConfig(neighbours=config.item_cf_neighbours)))
-    lists["last_week"] = last_week_playlists
-    table = compare_systems(lists, truth, tracks, profiles, k=config.k, vectors=vectors_from(track_embeddings))
+    holdout_users = collect_ids(drawn.truth, "offline_evaluation")
+    track_vectors = vectors_from(track_embeddings)
+    lists: dict = {"pipeline": of_users(ranked_playlists, drawn.users)}
+    if len(holdout_users) and drawn.history["weight"].gt(0).any():
+        # Only the drawn holdout users' vectors are joined in Spark and collected (the retrieval list reads no other).
+        lists.update(baseline_lists(drawn.history, holdout_users, vectors_of(user_embeddings, holdout_users),
+                                    track_vectors, config.k,
+                                    AlsConfig(factors=config.als_factors, iterations=config.als_iterations,
+                                              seed=config.seed),
+                                    ItemCfConfig(neighbours=config.item_cf_neighbours),
+                                    popular=popularity_ranking(history)))
+    else:  # nothing drawn to recommend for or to train on (a sample cut to nothing by the driver guard)
+        lists.update({name: pd.DataFrame(columns=LIST_COLUMNS) for name in ("retrieval", "popularity", "item_cf", "als")})
+    lists["last_week"] = of_users(last_week_playlists, drawn.users)
+    frame = lists_frame(spark, lists).persist()
+    per_user = per_user_frame(frame, drawn.truth, of_users(user_profiles, drawn.users), tracks, track_vectors,
+                              SYSTEMS, config.k, config.metric_buckets)
+    table = aggregate(per_user, frame, int(tracks["track_id"].nunique()), SYSTEMS, config.k, uses_vectors=True)
+    positives = drawn.truth.count()
+    frame.unpersist()
+    drawn.truth.unpersist()
+    drawn.users.unpersist()
     table.insert(0, "holdout_week", holdout_week)
     table.insert(0, "week", week)
     table["users"] = table["users"].astype("int64")
@@ -393,8 +468,9 @@ def offline_evaluation(
     overall = table[table["segment"] == "all"].set_index("system")
     key_numbers = overall[[c for c in REPORT_COLUMNS if c in overall]]
     yield Output(table, output_name="offline_evaluation", metadata={
-        "holdout_users": int(truth["user_id"].nunique()),
-        "holdout_positives": len(truth),
+        "holdout_users": len(holdout_users),
+        "holdout_positives": int(positives),
+        "users_offered": drawn.offered,
         **{f"ndcg@{config.k}_{s}": float(v) for s, v in overall[f"ndcg@{config.k}"].items()},
         "retrieval_recall@500": float(table["retrieval_recall@500"].iloc[0]),
         "ann_recall@500": float(table["ann_recall@500"].iloc[0]),
@@ -409,7 +485,7 @@ def offline_evaluation(
 # -- the simulated A/B test ----------------------------------------------------------------------------
 
 
-class AbTestConfig(Config):
+class AbTestConfig(SampleConfig):
     experiment: str = ABConfig.experiment
     treatment_share: float = ABConfig.treatment_share
     confidence: float = ABConfig.confidence
@@ -426,19 +502,24 @@ class AbTestConfig(Config):
         description="Users split by a hash of (experiment, user id): control gets last week's models' playlist, "
                     "treatment this week's; the simulator's hidden listeners play them in week W+1. Per-arm save "
                     "rate, plays > 30 s and skip rate with confidence intervals, and a verdict.")},
-    ins={"ranked_playlists": AssetIn(metadata={"columns": LIST_COLUMNS}),
-         "last_week_playlists": AssetIn(metadata={"columns": LIST_COLUMNS})},
+    ins={"ranked_playlists": AssetIn(), "last_week_playlists": AssetIn()},
     partitions_def=weekly_partitions,
     backfill_policy=ONE_WEEK_PER_RUN,
     check_specs=[schema_check_spec("simulated_ab_test", AB_ARMS, blocking=False)],
 )
 def simulated_ab_test(context: AssetExecutionContext, config: AbTestConfig, lake: LakeResource,
-                      ranked_playlists: pd.DataFrame, last_week_playlists: pd.DataFrame):
+                      ranked_playlists: DataFrame, last_week_playlists: DataFrame):
+    """On the users drawn by seeded hash (``sample_users``, every user of the demo; 500 M users' 15 G
+    playlist rows stay in Spark): both arms' playlists of the drawn users (at most ``sample_rows`` rows)
+    come to the driver, where the simulator plays each user's arm."""
     week = context.partition_key
     truth = simulator_truth(lake.open())
     settings = config.settings()
-    per_user = play_arms(truth, control=last_week_playlists, treatment=ranked_playlists, week=shift_week(week, 1),
-                         config=settings)
+    listed = ranked_playlists.select("user_id").unionByName(last_week_playlists.select("user_id"))
+    users, _ = draw_users(listed, listed, config.sample())
+    control, treatment = (_stored_lists(frame, users, asset) for frame, asset in (
+        (last_week_playlists, "last_week_playlists"), (ranked_playlists, "ranked_playlists")))
+    per_user = play_arms(truth, control=control, treatment=treatment, week=shift_week(week, 1), config=settings)
     summary = summarize_ab(per_user, settings)
     arms = ab_frame(summary).assign(week=week)
     arms = arms.astype({"users": "int64", "mean": float, "ci_low": float, "ci_high": float})  # None -> NaN
@@ -452,6 +533,12 @@ def simulated_ab_test(context: AssetExecutionContext, config: AbTestConfig, lake
         "summary": MetadataValue.json(summary),
     })
     yield schema_check_result("simulated_ab_test", arms, AB_ARMS, blocking=False)
+
+
+def _stored_lists(playlists: DataFrame, users: DataFrame, asset: str) -> pd.DataFrame:
+    """The drawn users' list rows (user_id, position, track_id) in the order the lake stores them."""
+    frame = of_users(stored_order(playlists).select("user_id", "position", "track_id", *STORED_ORDER), users)
+    return to_driver(frame.orderBy(*STORED_ORDER), asset).drop(columns=list(STORED_ORDER)).reset_index(drop=True)
 
 
 def simulator_truth(lake: Lake):
@@ -617,19 +704,20 @@ def batch_throughput(instance, week: str) -> tuple[float, int]:
         description="The week's HTML report (LAKE/reports/evaluation_report/week=W/report.html): systems side by "
                     "side, segments, metric trends, popularity and genre mix, cold tracks, A/B arms, checks.")},
     ins={"offline_evaluation": AssetIn(),
-         "ranked_playlists": AssetIn(metadata={"columns": ["user_id", "track_id", "genre"]}),
+         "ranked_playlists": AssetIn(),
          "track_stats": AssetIn(metadata={"columns": ["track_id", "artist_id", "genre", "plays",
                                                       "popularity_percentile", "is_cold"]}),
-         "user_profiles": AssetIn(metadata={"columns": ["user_id", "genre_share", "history_level",
-                                                        "mean_popularity_percentile"]}),
+         "user_profiles": AssetIn(),
          "model_monitoring": AssetIn()},
     deps=[AssetDep("simulated_ab_test")],  # read when it ran: only a simulated world has one
     partitions_def=weekly_partitions,
     backfill_policy=ONE_WEEK_PER_RUN,
 )
-def evaluation_report(context: AssetExecutionContext, lake: LakeResource, offline_evaluation: pd.DataFrame,
-                      ranked_playlists: pd.DataFrame, track_stats: pd.DataFrame,
-                      user_profiles: pd.DataFrame, model_monitoring: pd.DataFrame):
+def evaluation_report(context: AssetExecutionContext, config: SampleConfig, lake: LakeResource,
+                      offline_evaluation: pd.DataFrame, ranked_playlists: DataFrame, track_stats: pd.DataFrame,
+                      user_profiles: DataFrame, model_monitoring: pd.DataFrame):
+    """The popularity plot reads one number per user drawn by seeded hash (``sample_users``, every user of
+    the demo; averaged in Spark), the genre-mix plot 4 users' rows; the rest are aggregates."""
     week = context.partition_key
     store = lake.open()
     table = offline_evaluation
@@ -648,8 +736,8 @@ def evaluation_report(context: AssetExecutionContext, lake: LakeResource, offlin
     tracks = track_table(track_stats)
     html, main_plot = render_report(
         week, overall, table[table["system"] == "pipeline"].set_index("segment"), trends[trends["segment"] == "all"],
-        popularity_distributions(ranked_playlists, user_profiles, tracks),
-        genre_mix(ranked_playlists, user_profiles, 4),
+        spark_popularity_distributions(ranked_playlists, user_profiles, tracks, config.sample()),
+        spark_genre_mix(ranked_playlists, user_profiles, 4),
         overall.reset_index()[["system", "cold_share", "cold_hit_rate"]], ab, model_monitoring)
     targets = quality_targets(table)
     key_numbers = overall[[c for c in REPORT_COLUMNS if c in overall]].round(4)
@@ -676,6 +764,34 @@ def popularity_distributions(playlists: pd.DataFrame, profiles: pd.DataFrame, tr
     recommended = playlists.assign(pct=pct.reindex(playlists["track_id"]).to_numpy()).groupby("user_id")["pct"].mean()
     listened = profiles.loc[profiles["history_level"] != "none", "mean_popularity_percentile"]
     return {"recommended": recommended.dropna().to_numpy(np.float64), "history": listened.dropna().to_numpy(np.float64)}
+
+
+def spark_popularity_distributions(playlists: DataFrame, profiles: DataFrame, tracks: pd.DataFrame,
+                                   sample: EvaluationSample) -> dict:
+    """``popularity_distributions`` of the users drawn by seeded hash: each drawn user's playlist mean
+    percentile is computed in Spark (one number per user comes back), and the drawn users' own mean."""
+    users, _ = draw_users(playlists.select("user_id"), playlists.select("user_id").limit(0), sample)
+    pct = playlists.sparkSession.createDataFrame(
+        tracks[["track_id", "popularity_percentile"]].astype({"track_id": np.int64}),
+        "track_id long, popularity_percentile double")
+    recommended = (of_users(playlists, users).select("user_id", "track_id").join(pct, "track_id", "left")
+                   .groupBy("user_id").agg(F.avg("popularity_percentile").alias("pct")).orderBy("user_id"))
+    listened = (of_users(profiles, users).where(F.col("history_level") != "none")
+                .select("user_id", "mean_popularity_percentile").orderBy("user_id"))
+    recommended = to_driver(recommended, "ranked_playlists")["pct"]
+    listened = to_driver(listened, "user_profiles")["mean_popularity_percentile"]
+    return {"recommended": recommended.dropna().to_numpy(np.float64),
+            "history": listened.dropna().to_numpy(np.float64)}
+
+
+def spark_genre_mix(playlists: DataFrame, profiles: DataFrame, users: int) -> pd.DataFrame:
+    """``genre_mix`` of the first ``users`` heavy listeners by id: only their rows come to the driver."""
+    heavy = profiles.where(F.col("history_level") == "heavy").select("user_id").orderBy("user_id").limit(users)
+    chosen = to_driver(of_users(profiles, heavy).select("user_id", "genre_share", "history_level")
+                       .orderBy("user_id"), "user_profiles")
+    lists = to_driver(of_users(stored_order(playlists), heavy).orderBy(*STORED_ORDER)
+                      .select("user_id", "track_id", "genre"), "ranked_playlists")
+    return genre_mix(lists, chosen, users)
 
 
 def genre_mix(playlists: pd.DataFrame, profiles: pd.DataFrame, users: int) -> pd.DataFrame:

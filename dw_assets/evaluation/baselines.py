@@ -119,10 +119,15 @@ def _implicit_top_k(model, interactions: pd.DataFrame, k: int) -> tuple[np.ndarr
     return users, top
 
 
-def popularity_top_k(interactions: pd.DataFrame, users: np.ndarray, k: int) -> np.ndarray:
-    """The k tracks with the most listeners, minus each user's heard tracks: int64[n, k]."""
-    listeners = interactions.groupby("track_id")["user_id"].nunique().sort_values(ascending=False, kind="stable")
-    ranked = listeners.index.to_numpy(np.int64)
+def popularity_top_k(interactions: pd.DataFrame, users: np.ndarray, k: int,
+                     ranked: np.ndarray | None = None) -> np.ndarray:
+    """The k tracks with the most listeners, minus each user's heard tracks: int64[n, k].
+
+    ranked: track ids by listeners, most first (``evaluation.batch.popularity_ranking`` counts them in
+    Spark over the whole history); default: counted in ``interactions``."""
+    if ranked is None:
+        listeners = interactions.groupby("track_id")["user_id"].nunique().sort_values(ascending=False, kind="stable")
+        ranked = listeners.index.to_numpy(np.int64)
     heard = interactions.groupby("user_id")["track_id"].agg(lambda s: set(s.tolist()))
     top = np.full((len(users), k), -1, dtype=np.int64)
     for row, user in enumerate(users):

@@ -220,7 +220,7 @@ def _mean(values: np.ndarray) -> float:
     return float(np.mean(values)) if len(values) else float("nan")
 
 
-def _ild_vectors(slots: pd.DataFrame, vectors: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+def _ild_vectors(slots: pd.DataFrame, vectors: tuple[np.ndarray, np.ndarray]) -> pd.Series:
     """Per-user 1 - mean pairwise cosine over the list's tracks that have a non-zero vector (>= 2 of them).
 
     With unit vectors v_i, sum_{i != j} cos(v_i, v_j) = |sum v|^2 - n, so one sparse
@@ -234,7 +234,7 @@ def _ild_vectors(slots: pd.DataFrame, vectors: tuple[np.ndarray, np.ndarray]) ->
     order = np.argsort(ids[usable], kind="stable")
     ids, unit = ids[usable][order], (matrix[usable] / norms[usable, None])[order]
     if not len(ids):
-        return np.empty(0)
+        return pd.Series(np.empty(0), index=pd.Index(np.empty(0, np.int64), name="user_id"))
     track = slots["track_id"].to_numpy(np.int64)
     col = np.minimum(np.searchsorted(ids, track), len(ids) - 1)
     has = ids[col] == track
@@ -244,19 +244,19 @@ def _ild_vectors(slots: pd.DataFrame, vectors: tuple[np.ndarray, np.ndarray]) ->
     n = np.bincount(row, minlength=len(users)).astype(np.float64)
     rated = n >= 2
     mean_cosine = ((sums[rated] ** 2).sum(axis=1) - n[rated]) / (n[rated] * (n[rated] - 1.0))
-    return 1.0 - mean_cosine
+    return pd.Series(1.0 - mean_cosine, index=pd.Index(users[rated], name="user_id"))
 
 
-def _ild_genres(slots: pd.DataFrame) -> np.ndarray:
+def _ild_genres(slots: pd.DataFrame) -> pd.Series:
     """Per-user share of slot pairs of different genres (lists of >= 2 slots)."""
     counts = slots.groupby(["user_id", "genre"], sort=False).size()
     same = (counts * (counts - 1)).groupby(level="user_id").sum()
     n = counts.groupby(level="user_id").sum()
     rated = n >= 2
-    return 1.0 - (same[rated] / (n[rated] * (n[rated] - 1))).to_numpy(np.float64)
+    return (1.0 - same[rated] / (n[rated] * (n[rated] - 1))).astype(np.float64)
 
 
-def _calibration_kl(slots: pd.DataFrame, mix: pd.DataFrame, alpha: float) -> np.ndarray:
+def _calibration_kl(slots: pd.DataFrame, mix: pd.DataFrame, alpha: float) -> pd.Series:
     """Per-user KL(p || q~) in nats for users with recs and a genre history, exactly ``rerank.genre_kl``.
 
     p: history mix; q: the list's share of each history genre (slots of other genres only
@@ -269,7 +269,7 @@ def _calibration_kl(slots: pd.DataFrame, mix: pd.DataFrame, alpha: float) -> np.
     p = frame["p"].to_numpy(np.float64)
     q = frame["count"].fillna(0).to_numpy(np.float64) / frame["length"].to_numpy(np.float64)
     q_smooth = (1.0 - alpha) * q + alpha * p
-    return frame.assign(term=p * np.log(p / q_smooth)).groupby("user_id")["term"].sum().to_numpy(np.float64)
+    return frame.assign(term=p * np.log(p / q_smooth)).groupby("user_id")["term"].sum().astype(np.float64)
 
 
 def _has_history(history: pd.DataFrame) -> pd.Series:
@@ -314,9 +314,9 @@ def evaluate_lists(recs: pd.DataFrame, truth: pd.DataFrame, tracks: pd.DataFrame
     result["coverage"] = slots["track_id"].nunique() / size if size > 0 else float("nan")
 
     if vectors is not None:
-        result["ild"] = _mean(_ild_vectors(slots, vectors))
+        result["ild"] = _mean(_ild_vectors(slots, vectors).to_numpy(np.float64))
     else:
-        result["ild"] = _mean(_ild_genres(slots))
+        result["ild"] = _mean(_ild_genres(slots).to_numpy(np.float64))
 
     share = slots["popularity_share"].to_numpy(np.float64)
     played = catalog["popularity_share"].to_numpy(np.float64)
@@ -332,7 +332,7 @@ def evaluate_lists(recs: pd.DataFrame, truth: pd.DataFrame, tracks: pd.DataFrame
     result["popularity_lift"] = _mean(listed / own.to_numpy(np.float64))
 
     mix = history_genre_mix(profiles)
-    result["calibration_kl"] = _mean(_calibration_kl(slots, mix, CALIBRATION_ALPHA))
+    result["calibration_kl"] = _mean(_calibration_kl(slots, mix, CALIBRATION_ALPHA).to_numpy(np.float64))
 
     per_artist = slots.groupby(["user_id", "artist_id"], sort=False).size()
     most = per_artist.groupby(level="user_id").max()
@@ -384,3 +384,68 @@ def evaluate_segments(recs: pd.DataFrame, truth: pd.DataFrame, tracks: pd.DataFr
     table = pd.DataFrame.from_dict(rows, orient="index").loc[list(SEGMENTS), columns]
     table.index.name = "segment"
     return table.astype({"users": np.int64, "users_with_recs": np.int64})
+
+
+# --------------------------------------------------------------------------- per user (the Spark path)
+
+# One row per (user) of a batch: what the aggregates of ``evaluate_lists`` are sums, means or maxima
+# of. NaN marks "not in that mean" (e.g. accuracy of a user with no holdout positive).
+PER_USER_COLUMNS = ("user_id", "is_truth", "has_recs", "precision", "recall", "ndcg", "hit", "ap", "ild", "slots",
+                    "novelty_sum", "cold_slots", "listed", "own", "kl", "max_artist", "tracks_per_artist",
+                    "cold_positives", "cold_hits")  # fmt: skip
+
+
+def novelty_floor(tracks: pd.DataFrame) -> float:
+    """The share unplayed tracks get in ``novelty``: a fraction of the rarest played track's share (whole catalog)."""
+    catalog = _catalog(tracks)
+    played = catalog["popularity_share"].to_numpy(np.float64)
+    played = played[played > 0]
+    return NOVELTY_FLOOR_FACTOR * (played.min() if len(played) else 1.0 / max(len(catalog), 1))
+
+
+def per_user_metrics(recs: pd.DataFrame, truth: pd.DataFrame, tracks: pd.DataFrame, history: pd.DataFrame,
+                     floor: float, k: int = DEFAULT_K,
+                     vectors: tuple[np.ndarray, np.ndarray] | None = None) -> pd.DataFrame:  # fmt: skip
+    """The per-user terms of ``evaluate_lists`` for a batch of users (one row per user of ``recs`` or
+    ``truth``, sorted; columns ``PER_USER_COLUMNS``), so that any batching of users aggregates to its values.
+
+    tracks: the attributes of (at least) the batch's listed and truth tracks, as ``evaluate_lists``;
+    a track absent from it is unplayed, not cold (as there). floor: ``novelty_floor`` of the whole catalog.
+    """
+    top = _top_k(recs, k)
+    positives = _positives(truth)
+    accuracy = ranking_metrics(top, positives, k)
+    catalog = _catalog(tracks)
+    slots = _slots(top, catalog)
+    users = np.union1d(top["user_id"].to_numpy(np.int64), positives["user_id"].to_numpy(np.int64))
+    out = pd.DataFrame(index=pd.Index(users, name="user_id"))
+    out["is_truth"] = out.index.isin(accuracy.index)
+    for column in ("precision", "recall", "ndcg", "hit", "ap"):
+        out[column] = accuracy[column].reindex(out.index).astype(np.float64)
+    per_slot = slots.assign(novelty=-np.log2(np.maximum(slots["popularity_share"].to_numpy(np.float64), floor)),
+                            cold=slots["is_cold"].to_numpy(np.float64))  # fmt: skip
+    grouped = per_slot.groupby("user_id")
+    out["slots"] = grouped.size().reindex(out.index).fillna(0).astype(np.int64)
+    out["has_recs"] = out["slots"] > 0
+    ild = _ild_vectors(slots, vectors) if vectors is not None else _ild_genres(slots)
+    out["ild"] = ild.reindex(out.index).astype(np.float64)
+    out["novelty_sum"] = grouped["novelty"].sum().reindex(out.index).fillna(0.0)
+    out["cold_slots"] = grouped["cold"].sum().reindex(out.index).fillna(0.0)
+
+    profiles = history.drop_duplicates("user_id")
+    known = profiles[_has_history(profiles) & profiles["user_id"].isin(out.index[out["has_recs"]])]
+    own = known.set_index("user_id")["mean_popularity_percentile"].astype(np.float64)
+    out["listed"] = grouped["popularity_percentile"].mean().reindex(own.index).reindex(out.index)
+    out["own"] = own.reindex(out.index)
+    out["kl"] = _calibration_kl(slots, history_genre_mix(profiles), CALIBRATION_ALPHA).reindex(out.index)
+
+    per_artist = slots.groupby(["user_id", "artist_id"], sort=False).size()
+    out["max_artist"] = per_artist.groupby(level="user_id").max().reindex(out.index).astype(np.float64)
+    lengths = per_artist.groupby(level="user_id").sum()
+    out["tracks_per_artist"] = (lengths / per_artist.groupby(level="user_id").size()).reindex(out.index)
+
+    truth_row, truth_found = _lookup(catalog, positives["track_id"].to_numpy(np.int64))
+    cold_truth = positives[truth_found & catalog["is_cold"].to_numpy(bool)[truth_row]] if len(catalog) else positives[:0]
+    out["cold_positives"] = cold_truth.groupby("user_id").size().reindex(out.index).fillna(0).astype(np.int64)
+    out["cold_hits"] = _hits(top, cold_truth).groupby("user_id").size().reindex(out.index).fillna(0).astype(np.int64)
+    return out.reset_index()[list(PER_USER_COLUMNS)]

@@ -59,19 +59,20 @@ def track_table(track_stats: pd.DataFrame) -> pd.DataFrame:
 def baseline_lists(
     history: pd.DataFrame, users: np.ndarray, user_vectors: tuple[np.ndarray, np.ndarray],
     track_vectors: tuple[np.ndarray, np.ndarray], k: int = 30, als: AlsConfig | None = None,
-    item_cf: ItemCfConfig | None = None,
+    item_cf: ItemCfConfig | None = None, popular: np.ndarray | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Top-k lists (user_id, position, track_id) of retrieval (two-tower order), popularity, item-item CF and ALS.
 
     users: int64[n] the users to recommend for (the holdout's); each system skips users it cannot serve.
     user_vectors / track_vectors: (ids, float32[., dim]) of this week's two-tower model.
+    popular: track ids by listeners, most first (default: counted in ``history``).
     """
     users = np.asarray(users, np.int64)
     user_ids, vectors = user_vectors
     known = np.isin(user_ids, users)
     lists = {"retrieval": top_k_frame(user_ids[known], embedding_top_k(
         vectors[known], *track_vectors, user_ids[known], history, k))}
-    lists["popularity"] = top_k_frame(users, popularity_top_k(history, users, k))
+    lists["popularity"] = top_k_frame(users, popularity_top_k(history, users, k, popular))
     for name, (ids, top) in {"item_cf": item_cf_top_k(history, k, item_cf or ItemCfConfig()),
                              "als": als_top_k(history, k, als or AlsConfig())}.items():
         keep = np.isin(ids, users)

@@ -123,7 +123,7 @@ PER_USER_SCHEMA = ("system string, user_id long, segments array<string>, is_trut
 def _segments(profiles: pd.DataFrame) -> dict[int, list[str]]:
     """user -> the segments it is in besides "all" (history level; "new")."""
     out: dict[int, list[str]] = {}
-    new = profiles["is_new_user"].fillna(False).to_numpy(bool)
+    new = profiles["is_new_user"].eq(True).to_numpy(bool)  # null: not new
     for user, level, is_new in zip(profiles["user_id"].to_numpy(np.int64), profiles["history_level"].astype(str),
                                    new, strict=True):  # fmt: skip
         out[int(user)] = ([level] if level in ("light", "medium", "heavy") else []) + (["new"] if is_new else [])
@@ -137,7 +137,7 @@ def _batch_metrics(systems: tuple[str, ...], k: int, floor: float):
         kind = frame["kind"].to_numpy(object)
         recs, truth, profiles = frame[kind == "rec"], frame[kind == "truth"], frame[kind == "profile"]
         attributes = pd.concat([recs, truth])
-        attributes = attributes[attributes["found"].fillna(False).astype(bool)]
+        attributes = attributes[attributes["found"].eq(True).to_numpy(bool)]
         tracks = attributes[["track_id", *TRACK_COLUMNS]].drop_duplicates("track_id")
         tracks = tracks.astype({"track_id": np.int64, "artist_id": np.int64, "is_cold": bool})
         with_vector = recs[recs["vector"].notna()].drop_duplicates("track_id")

@@ -12,6 +12,7 @@ import pytest
 
 from dw_assets.lake.storage import open_lake
 from dw_assets.serving import export
+from dw_assets_tests.test_s3_lake import aws  # noqa: F401 (a fixture)
 
 
 def _playlists(users: int, rng: np.random.Generator) -> pd.DataFrame:
@@ -53,3 +54,21 @@ def test_the_streamed_export_is_byte_identical_to_the_one_shot_pandas_write(tmp_
     # With the real row group size the streamed file is the pandas one, byte for byte.
     export.export_playlists(lake, "2026-01-05", tmp_path / "full.parquet")
     assert (tmp_path / "full.parquet").read_bytes() == _one_shot(expected, tmp_path / "one.parquet")
+
+
+@pytest.mark.usefixtures("aws")
+def test_the_export_of_an_s3_lake_is_the_one_shot_file(tmp_path):
+    from dw_assets_tests.test_s3_lake import _bucket
+
+    frame = _playlists(40, np.random.default_rng(2))
+    bucket = _bucket("dw-export")
+    lake = open_lake(f"s3://{bucket}/world")
+    uri = lake.uri("gold", "ranked_playlists", "2026-01-05")
+    _, key = uri.removeprefix("s3://").split("/", 1)
+    for i, part in enumerate(np.array_split(np.arange(len(frame)), 3)):  # Spark's layout: parts and _SUCCESS
+        body = tmp_path / f"part-{i}.parquet"
+        frame.iloc[part].to_parquet(body, index=False)
+        lake.s3_client.put_object(Bucket=bucket, Key=f"{key}/part-{i:05d}-x.snappy.parquet", Body=body.read_bytes())
+    lake.s3_client.put_object(Bucket=bucket, Key=f"{key}/_SUCCESS", Body=b"")
+    assert export.export_playlists(lake, "2026-01-05", tmp_path / "out.parquet") == len(frame)
+    assert (tmp_path / "out.parquet").read_bytes() == _one_shot(frame, tmp_path / "one.parquet")

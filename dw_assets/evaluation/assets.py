@@ -758,18 +758,10 @@ REPORT_COLUMNS = ("ndcg@30", "recall@30", "precision@30", "hit_rate@30", "map@30
                   "popularity_lift", "calibration_kl", "max_tracks_per_artist", "cold_share", "cold_hit_rate")
 
 
-def popularity_distributions(playlists: pd.DataFrame, profiles: pd.DataFrame, tracks: pd.DataFrame) -> dict:
-    """Per user: mean popularity percentile of the playlist, and of the user's own listening (like for like)."""
-    pct = tracks.set_index("track_id")["popularity_percentile"]
-    recommended = playlists.assign(pct=pct.reindex(playlists["track_id"]).to_numpy()).groupby("user_id")["pct"].mean()
-    listened = profiles.loc[profiles["history_level"] != "none", "mean_popularity_percentile"]
-    return {"recommended": recommended.dropna().to_numpy(np.float64), "history": listened.dropna().to_numpy(np.float64)}
-
-
 def spark_popularity_distributions(playlists: DataFrame, profiles: DataFrame, tracks: pd.DataFrame,
                                    sample: EvaluationSample) -> dict:
-    """``popularity_distributions`` of the users drawn by seeded hash: each drawn user's playlist mean
-    percentile is computed in Spark (one number per user comes back), and the drawn users' own mean."""
+    """The report's popularity plot: per user drawn by seeded hash, the mean popularity percentile of the
+    playlist (computed in Spark, one number per user comes back) and of the user's own listening."""
     users, _ = draw_users(playlists.select("user_id"), playlists.select("user_id").limit(0), sample)
     pct = playlists.sparkSession.createDataFrame(
         tracks[["track_id", "popularity_percentile"]].astype({"track_id": np.int64}),

@@ -197,7 +197,8 @@ def _present(column: str):
 
 def aggregate(per_user: DataFrame, lists: DataFrame, catalog_size: int, systems: tuple[str, ...], k: int,
               uses_vectors: bool) -> pd.DataFrame:  # fmt: skip
-    """The (system, segment) table of ``systems.compare_systems`` from per-user rows, aggregated in Spark.
+    """One row per (system, segment) with ``users`` and the columns of ``metrics.evaluate_segments``, from
+    per-user rows aggregated in Spark.
 
     Means are over the users a metric applies to; novelty and cold share over slots; cold hit rate over
     cold positives; coverage is the segment's distinct listed tracks (at positions 1..k) over the catalog."""

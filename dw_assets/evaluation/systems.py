@@ -1,7 +1,8 @@
 """The systems the weekly evaluation compares, and the tables ``dw evaluate`` prints (docs/evaluation.md).
 
-Every system gets the same users, the same heard-track exclusion (the whole history window)
-and the same 30 slots; all are scored against the discovery holdout of the week after.
+Every system gets the same users (drawn by seeded hash: ``batch.EvaluationSample``), the same
+heard-track exclusion (the whole history window) and the same 30 slots; all are scored against the
+discovery holdout of the week after.
 """
 
 from __future__ import annotations
@@ -19,16 +20,10 @@ from dw_assets.evaluation.baselines import (
     top_k_frame,
 )
 from dw_assets.evaluation.holdout import discovery_holdout
-from dw_assets.evaluation.metrics import evaluate_segments, metric_keys
+from dw_assets.evaluation.metrics import metric_keys
 
 SYSTEMS = ("pipeline", "retrieval", "popularity", "item_cf", "als", "last_week")
 LIST_COLUMNS = ["user_id", "position", "track_id"]
-
-
-def split_holdout(interactions: pd.DataFrame, holdout_start: pd.Timestamp) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(history up to W, week W+1) of an interactions window that ends with the holdout week."""
-    in_holdout = interactions["ts"] >= holdout_start
-    return interactions[~in_holdout], interactions[in_holdout]
 
 
 def holdout_truth(history: pd.DataFrame, holdout: pd.DataFrame) -> pd.DataFrame:
@@ -78,21 +73,6 @@ def baseline_lists(
         keep = np.isin(ids, users)
         lists[name] = top_k_frame(ids[keep], top[keep])
     return lists
-
-
-def compare_systems(
-    lists: dict[str, pd.DataFrame], truth: pd.DataFrame, tracks: pd.DataFrame, history: pd.DataFrame,
-    k: int = 30, vectors: tuple[np.ndarray, np.ndarray] | None = None,
-) -> pd.DataFrame:
-    """One row per (system, segment): users, users_with_recs and every metric of ``metric_keys(k)``."""
-    frames = []
-    for system, recs in lists.items():
-        table = evaluate_segments(recs[LIST_COLUMNS], truth, tracks, history, k=k, vectors=vectors)
-        table = table.reset_index(names="segment") if "segment" not in table.columns else table
-        frames.append(table.assign(system=system))
-    table = pd.concat(frames, ignore_index=True)
-    first = ["system", "segment"]
-    return table[first + [c for c in table.columns if c not in first]]
 
 
 def evaluation_json(table: pd.DataFrame, k: int = 30) -> dict:

@@ -57,10 +57,10 @@ def test_spark_metrics_equal_the_pandas_evaluation(spark):
 def test_the_draw_keeps_every_user_within_the_caps_and_whole_users_in_hash_order_beyond(spark):
     rows = pd.DataFrame({"user_id": np.repeat(np.arange(50, dtype=np.int64), 4)})
     frame = spark.createDataFrame(rows)
-    everyone, offered = draw_users(frame, frame, EvaluationSample())
-    assert offered == 50 and everyone.count() == 50
-    few, _ = draw_users(frame, frame, EvaluationSample(users=20, rows=50, seed=1))
+    everyone, offered, drawn = draw_users(frame, frame, EvaluationSample())
+    assert offered == drawn == 50 and everyone.count() == 50
+    few, _, count = draw_users(frame, frame, EvaluationSample(users=20, rows=50, seed=1))
     drawn = sorted(r.user_id for r in few.collect())
-    assert len(drawn) == 12  # 12 whole users: 48 rows
-    other, _ = draw_users(frame, frame, EvaluationSample(users=20, rows=50, seed=2))
+    assert len(drawn) == count == 12  # 12 whole users: 48 rows
+    other, _, _ = draw_users(frame, frame, EvaluationSample(users=20, rows=50, seed=2))
     assert sorted(r.user_id for r in other.collect()) != drawn

@@ -166,6 +166,7 @@ class _Drawn:
 
     users: DataFrame  # the drawn users (Spark, one column)
     offered: int  # users offered to the draw
+    count: int  # users drawn
     history: pd.DataFrame  # their interactions up to W
     truth: DataFrame  # their discovery positives (Spark)
 
@@ -182,9 +183,9 @@ def _draw(interactions: DataFrame, holdout_start, offered_users: DataFrame | Non
     offered = history.select("user_id").unionByName(truth.select("user_id"))
     if offered_users is not None:
         offered = offered.unionByName(offered_users.select("user_id"))
-    users, n = draw_users(offered, history.select("user_id").unionByName(truth.select("user_id")), sample)
+    users, n, drawn = draw_users(offered, history.select("user_id").unionByName(truth.select("user_id")), sample)
     users = users.persist()
-    return _Drawn(users, n, collect_history(history, users), of_users(truth, users).persist()), history
+    return _Drawn(users, n, drawn, collect_history(history, users), of_users(truth, users).persist()), history
 
 
 @multi_asset(
@@ -385,7 +386,7 @@ class OfflineEvaluationConfig(SampleConfig):
     als_iterations: int = AlsConfig.iterations
     item_cf_neighbours: int = ItemCfConfig.neighbours
     seed: int = AlsConfig.seed
-    metric_buckets: int = EvaluationSample.buckets
+    users_per_bucket: int = EvaluationSample.users_per_bucket
 
 
 @multi_asset(
@@ -452,7 +453,7 @@ def offline_evaluation(
     lists["last_week"] = of_users(last_week_playlists, drawn.users)
     frame = lists_frame(spark, lists).persist()
     per_user = per_user_frame(frame, drawn.truth, of_users(user_profiles, drawn.users), tracks, track_vectors,
-                              SYSTEMS, config.k, config.metric_buckets)
+                              SYSTEMS, config.k, -(-drawn.count // max(1, config.users_per_bucket)))
     table = aggregate(per_user, frame, int(tracks["track_id"].nunique()), SYSTEMS, config.k, uses_vectors=True)
     positives = drawn.truth.count()
     frame.unpersist()
@@ -516,7 +517,7 @@ def simulated_ab_test(context: AssetExecutionContext, config: AbTestConfig, lake
     truth = simulator_truth(lake.open())
     settings = config.settings()
     listed = ranked_playlists.select("user_id").unionByName(last_week_playlists.select("user_id"))
-    users, _ = draw_users(listed, listed, config.sample())
+    users, _, _ = draw_users(listed, listed, config.sample())
     control, treatment = (_stored_lists(frame, users, asset) for frame, asset in (
         (last_week_playlists, "last_week_playlists"), (ranked_playlists, "ranked_playlists")))
     per_user = play_arms(truth, control=control, treatment=treatment, week=shift_week(week, 1), config=settings)
@@ -762,7 +763,7 @@ def spark_popularity_distributions(playlists: DataFrame, profiles: DataFrame, tr
                                    sample: EvaluationSample) -> dict:
     """The report's popularity plot: per user drawn by seeded hash, the mean popularity percentile of the
     playlist (computed in Spark, one number per user comes back) and of the user's own listening."""
-    users, _ = draw_users(playlists.select("user_id"), playlists.select("user_id").limit(0), sample)
+    users, _, _ = draw_users(playlists.select("user_id"), playlists.select("user_id").limit(0), sample)
     pct = playlists.sparkSession.createDataFrame(
         tracks[["track_id", "popularity_percentile"]].astype({"track_id": np.int64}),
         "track_id long, popularity_percentile double")

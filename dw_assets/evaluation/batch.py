@@ -8,8 +8,8 @@ hash, cut further so that their histories total at most ``rows`` rows (whole use
 lowest hash first): those histories are the one user-scale thing the driver holds, because the
 driver-side baselines (``implicit`` ALS, item-item CF, exact two-tower top-k, popularity with
 the user's heard tracks removed) train on them and recommend for these users only. Per-user
-metrics run in ``applyInPandas`` over hash buckets of users; only (system, segment) aggregates
-(30 rows) come back. With every user of a demo world inside the caps nothing is sampled and the
+metrics run in ``applyInPandas`` over hash buckets of ``users_per_bucket`` users (50 buckets at the
+cap); only (system, segment) aggregates (30 rows) come back. With every user of a demo world inside the caps nothing is sampled and the
 numbers are those of the whole week.
 """
 
@@ -43,13 +43,13 @@ class EvaluationSample:
     rows: the drawn users' rows the driver holds total at most this many (their histories and holdout
         positives for the driver-side baselines; both arms' playlists in the A/B test); users are
         dropped from the highest hash down beyond it (the `large` world's whole window fits).
-    buckets: hash buckets of users the per-user metrics run in (one pandas call each).
+    users_per_bucket: drawn users per hash bucket the per-user metrics run in (one pandas call each).
     """
 
     users: int = 1_000_000
     rows: int = 100_000_000
     seed: int = 7
-    buckets: int = 64
+    users_per_bucket: int = 20_000
 
 
 def split_window(interactions: DataFrame, holdout_start) -> tuple[DataFrame, DataFrame]:
@@ -65,8 +65,8 @@ def truth_frame(history: DataFrame, holdout: DataFrame) -> DataFrame:
     return liked.join(history.select(*keys), keys, "left_anti")
 
 
-def draw_users(users: DataFrame, counted: DataFrame, sample: EvaluationSample) -> tuple[DataFrame, int]:
-    """(the evaluated users as a one-column Spark frame, how many users were offered).
+def draw_users(users: DataFrame, counted: DataFrame, sample: EvaluationSample) -> tuple[DataFrame, int, int]:
+    """(the evaluated users as a one-column Spark frame, how many users were offered, how many were drawn).
 
     Every distinct user of ``users`` when they fit the caps (the demo); else the ``bounded(sample.users)``
     lowest seeded hashes, then whole users in hash order while their rows in ``counted`` (a user_id per row
@@ -77,11 +77,11 @@ def draw_users(users: DataFrame, counted: DataFrame, sample: EvaluationSample) -
     offered, total = rows.agg(F.count("*"), F.sum("count")).first()
     cap_users, cap_rows = bounded(sample.users), bounded(sample.rows)
     if offered <= cap_users and (total or 0) <= cap_rows:
-        return users, int(offered)
+        return users, int(offered), int(offered)
     drawn = to_driver(smallest_hashes(rows, "user_id", cap_users, sample.seed, keep_hash=True), "user_directory")
     drawn = drawn.sort_values([HASH_COLUMN, "user_id"], kind="mergesort")
     kept = drawn.loc[drawn["count"].cumsum().to_numpy() <= cap_rows, ["user_id"]].astype("int64")
-    return users.sparkSession.createDataFrame(kept, "user_id long"), int(offered)
+    return users.sparkSession.createDataFrame(kept, "user_id long"), int(offered), len(kept)
 
 
 def of_users(frame: DataFrame, users: DataFrame) -> DataFrame:
@@ -162,6 +162,7 @@ def _batch_metrics(systems: tuple[str, ...], k: int, floor: float):
 def per_user_frame(lists: DataFrame, truth: DataFrame, profiles: DataFrame, tracks: pd.DataFrame,
                    vectors: tuple[np.ndarray, np.ndarray], systems: tuple[str, ...], k: int,
                    buckets: int) -> DataFrame:  # fmt: skip
+    # buckets: how many applyInPandas groups the users are hashed into (drawn users / users_per_bucket)
     """One row per (system, evaluated user) with its metric terms (``metrics.per_user_metrics``) and segments.
 
     lists: system, user_id, position, track_id; truth: user_id, track_id; profiles: user_profiles rows.

@@ -15,6 +15,7 @@ numbers are those of the whole week.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -191,9 +192,37 @@ def per_user_frame(lists: DataFrame, truth: DataFrame, profiles: DataFrame, trac
         _batch_metrics(tuple(systems), k, floor), PER_USER_SCHEMA)
 
 
-def _present(column: str):
-    """The column where it holds a number (NaN and null left out of a mean)."""
-    return F.when(F.col(column).isNotNull() & ~F.isnan(column), F.col(column))
+_MEANS = ("precision", "recall", "ndcg", "hit", "ap", "ild", "kl", "tracks_per_artist", "listed", "own")
+SEGMENT_SCHEMA = ("system string, segment string, users long, users_with_recs long, "
+                  + ", ".join(f"{c} double" for c in (*_MEANS, "lift", "max_artist", "novelty_sum", "cold_slots"))
+                  + ", slots long, cold_positives long, cold_hits long")  # fmt: skip
+
+
+def _segment_sums(frame: pd.DataFrame) -> pd.DataFrame:
+    """One (system, segment)'s users -> its means, sums and maximum. In user order, whatever the shuffle
+    delivered (Spark's own sums would follow the shuffle's order, so the last bits could vary run to run):
+    the means are numpy's over the users sorted by id, as ``metrics.evaluate_lists`` takes them."""
+    frame = frame.sort_values("user_id", kind="mergesort")
+
+    def finite(column: str) -> np.ndarray:
+        values = frame[column].to_numpy(np.float64)
+        return values[np.isfinite(values)]
+
+    def mean(values: np.ndarray) -> float:
+        return float(np.mean(values)) if len(values) else float("nan")
+
+    listed, own = frame["listed"].to_numpy(np.float64), frame["own"].to_numpy(np.float64)
+    known = np.isfinite(listed) & np.isfinite(own)
+    most = finite("max_artist")
+    row = {"system": frame["system"].iloc[0], "segment": frame["segment"].iloc[0],
+           "users": int(frame["is_truth"].sum()), "users_with_recs": int(frame["has_recs"].sum()),
+           **{column: mean(finite(column)) for column in _MEANS},
+           "lift": mean(listed[known] / own[known]),
+           "max_artist": float(most.max()) if len(most) else float("nan"),
+           "novelty_sum": math.fsum(frame["novelty_sum"].to_numpy(np.float64)),
+           "cold_slots": math.fsum(frame["cold_slots"].to_numpy(np.float64)),
+           **{column: int(frame[column].sum()) for column in ("slots", "cold_positives", "cold_hits")}}
+    return pd.DataFrame([row])
 
 
 def aggregate(per_user: DataFrame, lists: DataFrame, catalog_size: int, systems: tuple[str, ...], k: int,
@@ -202,21 +231,12 @@ def aggregate(per_user: DataFrame, lists: DataFrame, catalog_size: int, systems:
     per-user rows aggregated in Spark.
 
     Means are over the users a metric applies to; novelty and cold share over slots; cold hit rate over
-    cold positives; coverage is the segment's distinct listed tracks (at positions 1..k) over the catalog."""
+    cold positives; coverage is the segment's distinct listed tracks (at positions 1..k) over the catalog.
+    Each (system, segment) is summed by one pandas call over its users' rows (at most ``sample_users``
+    rows of ~20 numbers: 160 MB at the 1 M cap), so the numbers do not depend on the partitioning."""
     per_user = per_user.persist()  # read twice: the UDF runs once
-    exploded = per_user.select("*", F.explode("segments").alias("segment"))
-    ratio = F.col("listed") / F.col("own")
-    sums = exploded.groupBy("system", "segment").agg(
-        F.sum(F.col("is_truth").cast("long")).alias("users"),
-        F.sum(F.col("has_recs").cast("long")).alias("users_with_recs"),
-        *[F.avg(_present(c)).alias(c) for c in ("precision", "recall", "ndcg", "hit", "ap", "ild", "kl",
-                                                "tracks_per_artist", "listed", "own")],
-        F.avg(F.when(F.col("own").isNotNull() & ~F.isnan("own") & F.col("listed").isNotNull()
-                     & ~F.isnan("listed"), ratio)).alias("lift"),
-        F.max(_present("max_artist")).alias("max_artist"),
-        F.sum("novelty_sum").alias("novelty_sum"), F.sum("cold_slots").alias("cold_slots"),
-        F.sum("slots").alias("slots"), F.sum("cold_positives").alias("cold_positives"),
-        F.sum("cold_hits").alias("cold_hits"))
+    exploded = per_user.select("*", F.explode("segments").alias("segment")).drop("segments")
+    sums = exploded.groupBy("system", "segment").applyInPandas(_segment_sums, SEGMENT_SCHEMA)
     slot_segments = (lists.where(F.col("position") <= k).select("system", "user_id", "track_id")
                      .join(per_user.select("system", "user_id", "segments"), ["system", "user_id"])
                      .select("system", "track_id", F.explode("segments").alias("segment")))

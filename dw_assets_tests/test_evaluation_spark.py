@@ -51,7 +51,7 @@ def test_spark_metrics_equal_the_pandas_evaluation(spark):
     for system, recs in systems.items():
         expected = evaluate_segments(recs, truth, tracks, profiles, k=k, vectors=vectors)
         got = table[table["system"] == system].set_index("segment")[expected.columns]
-        pd.testing.assert_frame_equal(got, expected, check_names=False, rtol=1e-12, atol=1e-12)
+        pd.testing.assert_frame_equal(got, expected, check_names=False, check_exact=True)  # the same numbers, bit for bit
 
 
 def test_the_draw_keeps_every_user_within_the_caps_and_whole_users_in_hash_order_beyond(spark):

@@ -114,11 +114,11 @@ def popularity_ranking(history: DataFrame) -> np.ndarray:
 
 TRACK_COLUMNS = ["artist_id", "genre", "popularity_share", "popularity_percentile", "is_cold"]
 PROFILE_COLUMNS = ["genre_share", "mean_popularity_percentile", "history_level", "is_new_user"]
-_FLOATS = ("precision", "recall", "ndcg", "hit", "ap", "ild", "novelty_sum", "cold_slots", "listed", "own", "kl",
+_FLOATS = ("precision", "recall", "ndcg", "hit", "ap", "ild", "cold_slots", "listed", "own", "kl",
            "max_artist", "tracks_per_artist")  # fmt: skip
 PER_USER_SCHEMA = ("system string, user_id long, segments array<string>, is_truth boolean, has_recs boolean, "
                    + ", ".join(f"{c} double" for c in _FLOATS)
-                   + ", slots long, cold_positives long, cold_hits long")  # fmt: skip
+                   + ", novelty_values array<double>, slots long, cold_positives long, cold_hits long")  # fmt: skip
 
 
 def _segments(profiles: pd.DataFrame) -> dict[int, list[str]]:
@@ -194,7 +194,7 @@ def per_user_frame(lists: DataFrame, truth: DataFrame, profiles: DataFrame, trac
 
 _MEANS = ("precision", "recall", "ndcg", "hit", "ap", "ild", "kl", "tracks_per_artist", "listed", "own")
 SEGMENT_SCHEMA = ("system string, segment string, users long, users_with_recs long, "
-                  + ", ".join(f"{c} double" for c in (*_MEANS, "lift", "max_artist", "novelty_sum", "cold_slots"))
+                  + ", ".join(f"{c} double" for c in (*_MEANS, "lift", "max_artist", "novelty", "cold_slots"))
                   + ", slots long, cold_positives long, cold_hits long")  # fmt: skip
 
 
@@ -219,7 +219,7 @@ def _segment_sums(frame: pd.DataFrame) -> pd.DataFrame:
            **{column: mean(finite(column)) for column in _MEANS},
            "lift": mean(listed[known] / own[known]),
            "max_artist": float(most.max()) if len(most) else float("nan"),
-           "novelty_sum": math.fsum(frame["novelty_sum"].to_numpy(np.float64)),
+           "novelty": mean(np.concatenate([np.empty(0), *frame["novelty_values"]])),
            "cold_slots": math.fsum(frame["cold_slots"].to_numpy(np.float64)),
            **{column: int(frame[column].sum()) for column in ("slots", "cold_positives", "cold_hits")}}
     return pd.DataFrame([row])
@@ -276,7 +276,7 @@ def _metrics_row(g, catalog_size: int, k: int, uses_vectors: bool) -> dict:
         f"ndcg@{k}": _number(g["ndcg"]), f"hit_rate@{k}": _number(g["hit"]), f"map@{k}": _number(g["ap"]),
         "coverage": tracks / catalog_size if catalog_size > 0 else float("nan"),
         "ild": _number(g["ild"]),
-        "novelty": share("novelty_sum", "slots"),
+        "novelty": _number(g["novelty"]),
         "popularity_lift": _number(g["lift"]),
         "calibration_kl": _number(g["kl"]),
         "max_tracks_per_artist": _number(g["max_artist"]),

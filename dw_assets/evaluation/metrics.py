@@ -391,8 +391,8 @@ def evaluate_segments(recs: pd.DataFrame, truth: pd.DataFrame, tracks: pd.DataFr
 # One row per (user) of a batch: what the aggregates of ``evaluate_lists`` are sums, means or maxima
 # of. NaN marks "not in that mean" (e.g. accuracy of a user with no holdout positive).
 PER_USER_COLUMNS = ("user_id", "is_truth", "has_recs", "precision", "recall", "ndcg", "hit", "ap", "ild", "slots",
-                    "novelty_sum", "cold_slots", "listed", "own", "kl", "max_artist", "tracks_per_artist",
-                    "cold_positives", "cold_hits")  # fmt: skip
+                    "novelty_values", "cold_slots", "listed", "own", "kl", "max_artist",
+                    "tracks_per_artist", "cold_positives", "cold_hits")  # fmt: skip
 
 
 def novelty_floor(tracks: pd.DataFrame) -> float:
@@ -429,7 +429,9 @@ def per_user_metrics(recs: pd.DataFrame, truth: pd.DataFrame, tracks: pd.DataFra
     out["has_recs"] = out["slots"] > 0
     ild = _ild_vectors(slots, vectors) if vectors is not None else _ild_genres(slots)
     out["ild"] = ild.reindex(out.index).astype(np.float64)
-    out["novelty_sum"] = grouped["novelty"].sum().reindex(out.index).fillna(0.0)
+    # Each slot's surprisal in position order: a mean over slots taken in the same order is evaluate_lists'.
+    cuts = np.cumsum(out["slots"].to_numpy())[:-1]
+    out["novelty_values"] = np.split(per_slot["novelty"].to_numpy(np.float64), cuts) if len(out) else []
     out["cold_slots"] = grouped["cold"].sum().reindex(out.index).fillna(0.0)
 
     profiles = history.drop_duplicates("user_id")

@@ -34,7 +34,8 @@ torch.set_num_threads(1)  # a shared 2-core box: a second thread waits on a busy
 
 # Sized for the tiny world (2k tracks): smaller towers, and the sharper softmax / faster learning rate
 # that suit it (the library defaults are tuned on `small`, where 3e-3 over-fits within an epoch).
-CONFIG = TwoTowerConfig(dim=32, id_dim=16, hidden=64, epochs=3, batch_size=512, temperature=0.05, learning_rate=3e-3)
+CONFIG = TwoTowerConfig(dim=32, id_dim=16, hidden=64, epochs=3, batch_size=512, temperature=0.05, learning_rate=3e-3,
+                        threads=1)
 AUDIO_NOISE = 1.0  # noise norm relative to the (unit) style vector
 K = CONFIG.recall_k
 MATCHED_USERS = 20  # per cold track: the users whose hidden taste matches it best

@@ -429,7 +429,7 @@ def _train_audio(spec: dict, epochs: int):
     targets = np.load(prepared / "item2vec.npz")
     catalog = pd.read_parquet(prepared / "track_catalog", columns=["track_id", "genre"])
     settings = AudioConfig(embedding_dim=targets["vectors"].shape[1], epochs=epochs, max_warm_tracks=10_000,
-                           seed=spec["seed"])
+                           seed=spec["seed"], threads=int(spec["threads"]) if "threads" in spec else None)
     known = set(catalog["track_id"].tolist())
     clips = landed_audio(Path(spec["world"]) / "landing")
     batch = load_clips({t: p for t, p in clips.items() if t in known}, settings)
@@ -464,7 +464,8 @@ def _two_tower(spec: dict) -> dict:
 
     prepared = Path(spec["prepared"])
     week = json.loads((prepared / PREPARED_MARK).read_text())["week"]
-    settings = TwoTowerConfig(epochs=EPOCHS[spec["preset"]]["two_tower"], max_examples=1_000_000, seed=spec["seed"])
+    settings = TwoTowerConfig(epochs=EPOCHS[spec["preset"]]["two_tower"], max_examples=1_000_000, seed=spec["seed"],
+                              threads=int(spec["threads"]) if "threads" in spec else None)
     started = time.perf_counter()
     columns = ["user_id", "track_id", "ts", "is_positive", "is_early_skip", "weight", "session_id", "genre",
                "artist_id"]

@@ -55,7 +55,14 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from dw_assets.serving.stores import MAX_USER_ID, PlaylistStore, StoreUnavailable, check_week, open_store
+from dw_assets.serving.stores import (
+    MAX_USER_ID,
+    PlaylistStore,
+    RegistryCachedStore,
+    StoreUnavailable,
+    check_week,
+    open_store,
+)
 
 log = logging.getLogger(__name__)
 STORE_URL_ENV = "DW_STORE_URL"
@@ -390,13 +397,16 @@ def create_app(store_url: str, *, store: PlaylistStore | None = None, retry_afte
         return JSONResponse({"error": "unauthorized", "detail": "admin routes need Authorization: Bearer <token>"},
                             status_code=401, headers={"WWW-Authenticate": challenge})
 
-    def not_found(user_id: int, week: str | None) -> JSONResponse:
+    async def not_found(user_id: int, week: str | None) -> JSONResponse:
+        # Remote stores answer from the registry the miss just read: a synchronous registry read per
+        # 404 in a worker thread tripled the p99 over Cassandra with 5 % unknown users.
+        registry = await store.acached_registry() if isinstance(store, RegistryCachedStore) else None
         if week is None:
-            week = store.current_week()
+            week = registry.current if registry is not None else await call(store.current_week)
             if week is None:
                 return JSONResponse({"error": "no_live_week", "detail": "no week of playlists is live yet"},
                                     status_code=404)
-        elif week not in store.weeks():
+        elif week not in (registry.versions if registry is not None else await call(store.weeks)):
             return JSONResponse({"error": "week_not_found", "detail": f"week {week} is not published",
                                  "week": week}, status_code=404)
         return JSONResponse({"error": "user_not_found", "user_id": user_id, "week": week,
@@ -411,7 +421,7 @@ def create_app(store_url: str, *, store: PlaylistStore | None = None, retry_afte
     async def discover_weekly(user_id: UserId, week: Week = None) -> Response:
         found = await store.aget_playlist_json(user_id, week)
         if found is None:
-            return await call(not_found, user_id, week)
+            return await not_found(user_id, week)
         found_week, tracks = found
         body = b'{"user_id":%d,"week":"%s","tracks":%s}' % (user_id, found_week.encode(), tracks)
         return Response(body, media_type="application/json")

@@ -244,13 +244,32 @@ def run_load(store_url: str, user_ids, rate: float = 1000.0, seconds: float = 10
     }
 
 
+def settle(store, timeout_s: float = 180.0, quiet_polls: int = 3) -> float:
+    """Wait until the store's node has no compaction running (``quiet_polls`` polls in a row, 1 s
+    apart), so the reads measure serving, not the publish's compactions on the same cores (a
+    deployment publishes on Sunday and serves on Monday). Stores that cannot say return at once.
+    Returns the seconds waited."""
+    running = getattr(store, "compactions_running", None)
+    started = time.monotonic()
+    quiet = 0
+    while running is not None and quiet < quiet_polls and time.monotonic() - started < timeout_s:
+        busy = running()
+        if busy is None:
+            break
+        quiet = quiet + 1 if busy == 0 else 0
+        time.sleep(1.0)
+    return round(time.monotonic() - started, 1)
+
+
 def bench_serving(store_url: str, users: int = 20_000, rate: float = 1000.0, seconds: float = 15.0, *,
                   week: str = "2026-01-05", connections: int = 32, workers: int = 1, seed: int = 0) -> dict:
     """Publish ``users`` synthetic playlists to ``store_url`` as ``week`` and load-test the API
-    over it. Returns {"publish": publish_week stats, "load": run_load result}."""
+    over it, once the store's compactions after the publish are done (``settle``). Returns
+    {"publish": publish_week stats with settle_s, "load": run_load result}."""
     playlists = synthetic_playlists(users, seed=seed)
     with open_store(store_url) as store:
         published = publish_week(store, week, playlists)
+        published["settle_s"] = settle(store)
     load = run_load(store_url, playlists["user_id"].unique(), rate=rate, seconds=seconds,
                     connections=connections, workers=workers, seed=seed)
     return {"publish": published, "load": load}

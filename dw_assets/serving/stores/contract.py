@@ -316,6 +316,14 @@ class RegistryCachedStore(PlaylistStore):
         self._registry = registry
         return registry
 
+    async def acached_registry(self) -> Registry:
+        """The registry as readers see it (cached up to ``registry_cache_s``), for the API's 404s:
+        a miss has just read or refreshed it, so explaining the miss costs no second round trip."""
+        registry = self._registry
+        if registry is None or time.monotonic() - registry.fetched_at > self.registry_cache_s:
+            registry = await self._arefresh()
+        return registry
+
     async def aget_playlist_json(self, user_id: int, week: str | None = None) -> tuple[str, bytes] | None:
         """get_playlist_json for asyncio servers, with no thread hop where the store reads
         asynchronously: one async key read while the cached registry is fresh; refreshes (about once a

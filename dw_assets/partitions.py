@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import warnings
 
-from dagster import BackfillPolicy, TimeWindowPartitionMapping, WeeklyPartitionsDefinition
+from dagster import BackfillPolicy, BetaWarning, TimeWindowPartitionMapping, WeeklyPartitionsDefinition
 
 from dw_assets.calendar import shift_week
 
@@ -16,17 +17,23 @@ HISTORY_WEEKS = 12
 weekly_partitions = WeeklyPartitionsDefinition(start_date=FIRST_WEEK, day_offset=1, timezone="UTC")
 
 # Week W reads weeks W-11..W; at the start of history the window just holds fewer weeks.
-history_window = TimeWindowPartitionMapping(
-    start_offset=-(HISTORY_WEEKS - 1), end_offset=0, allow_nonexistent_upstream_partitions=True
-)
+def lenient_window(start_offset: int, end_offset: int) -> TimeWindowPartitionMapping:
+    """Weeks ``start_offset..end_offset`` around a week, holding only those that exist (fewer at
+    the start of history). The option is beta in Dagster 1.13: its warning would open every
+    ``dw`` command's output, so it is silenced here, where the option is chosen on purpose."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BetaWarning)
+        return TimeWindowPartitionMapping(start_offset=start_offset, end_offset=end_offset,
+                                          allow_nonexistent_upstream_partitions=True)
+
+
+history_window = lenient_window(-(HISTORY_WEEKS - 1), 0)
 
 # The week before: the ranker of week W learns from W-1's candidates, labelled by W's listening.
 previous_week = TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
 
 # Earlier weeks only (a self-dependency): last weeks' playlists feed this week's exploration.
-earlier_weeks = TimeWindowPartitionMapping(
-    start_offset=-HISTORY_WEEKS, end_offset=-1, allow_nonexistent_upstream_partitions=True
-)
+earlier_weeks = lenient_window(-HISTORY_WEEKS, -1)
 
 # Backfills run one week per run. Not single_run: the assets read `context.partition_key` (one
 # week) and write one week per output. And a week needs the week before it (ranker_model reads

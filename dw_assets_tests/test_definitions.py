@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 from dw_assets.definitions import defs
@@ -49,3 +51,11 @@ def test_every_weekly_table_has_a_layer_and_a_schema_check():
         # every asset is weekly but the upload sensor's, partitioned by upload date
         expected = "DynamicPartitionsDefinition" if name == "new_track_vectors" else "WeeklyPartitionsDefinition"
         assert node["partitions"] == expected, name
+
+
+def test_dw_help_prints_no_dagster_warnings():
+    done = subprocess.run([str(Path(sys.executable).with_name("dw")), "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr, done.stderr
+    assert "Usage: dw" in done.stdout

@@ -23,7 +23,6 @@ from dagster import (
     Config,
     MetadataValue,
     Output,
-    TimeWindowPartitionMapping,
     multi_asset,
 )
 from dagster_pyspark import LazyPySparkResource
@@ -84,6 +83,7 @@ from dw_assets.partitions import (
     earlier_weeks,
     history_window,
     history_window_weeks,
+    lenient_window,
     previous_week,
     weekly_partitions,
 )
@@ -117,9 +117,7 @@ RETRIEVAL_EVALUATION = pa.DataFrameSchema(
 )
 # Week W's models are judged on week W+1's listening: the window W-11..W is the
 # history, W+1 the holdout (read here only; nothing trains on it).
-history_and_next_week = TimeWindowPartitionMapping(
-    start_offset=-(HISTORY_WEEKS - 1), end_offset=1, allow_nonexistent_upstream_partitions=True
-)
+history_and_next_week = lenient_window(-(HISTORY_WEEKS - 1), 1)
 
 
 class SampleConfig(Config):

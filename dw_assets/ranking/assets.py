@@ -10,7 +10,6 @@ from dagster import (
     DagsterType,
     MetadataValue,
     Output,
-    TimeWindowPartitionMapping,
     multi_asset,
 )
 from dagster_pyspark import LazyPySparkResource
@@ -27,6 +26,7 @@ from dw_assets.partitions import (
     earlier_weeks,
     history_window,
     history_window_weeks,
+    lenient_window,
     weekly_partitions,
 )
 from dw_assets.ranking import features as feature_module
@@ -52,8 +52,7 @@ GROUP = "ranking"
 FEATURE_INPUTS = ("user_profiles", "track_stats", "item2vec_embeddings", "audio_embeddings", "user_embeddings",
                   "track_embeddings")
 # Week W-1, none before the first partition: the first landed week gets the stand-in ranker instead.
-PREVIOUS_WEEK_IF_ANY = TimeWindowPartitionMapping(start_offset=-1, end_offset=-1,
-                                                  allow_nonexistent_upstream_partitions=True)
+PREVIOUS_WEEK_IF_ANY = lenient_window(-1, -1)
 # Week W-1's artifacts, or the IO manager's empty frame when W-1 has none (the first landed week).
 ARTIFACT_IF_ANY = DagsterType(
     name="ArtifactIfAny", typing_type=Artifact,

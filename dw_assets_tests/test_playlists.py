@@ -70,12 +70,3 @@ def test_candidates_of_two_model_versions_are_refused():
         _one_version(["2026-01-05-abc", "2026-01-05-def"])
     with pytest.raises(VersionMismatch):
         _one_version([])
-
-
-def test_the_first_landed_week_is_refused_with_a_reason(tmp_path):
-    import pytest
-
-    from dw_assets.automation.runner import RunError, materialize_week
-
-    with pytest.raises(RunError, match="no landed week before it"):
-        materialize_week(tmp_path, "2026-01-05", ["2026-01-05", "2026-01-12"], progress=lambda m: None)

@@ -86,15 +86,20 @@ def measure(lake_root: str, world: str, week: str, users: int, config: NorthStar
     started = time.perf_counter()
     lake = Lake(str(lake_root))
     models = load_week(lake_root, week)
-    pipeline = lake.read_frame(lake.uri("gold", "ranked_playlists", week), columns=["user_id", "position", "track_id"])
-    sample = sample_user_ids(pipeline["user_id"].to_numpy(), users)
-    say(f"{len(sample)} users sampled of {pipeline['user_id'].nunique()}")
-    lists = {"pipeline": pipeline}
+    playlists_uri = lake.uri("gold", "ranked_playlists", week)
+    listed = lake.read_frame(playlists_uri, columns=["user_id"])["user_id"].unique()
+    sample = sample_user_ids(listed, users)
+    say(f"{len(sample)} users sampled of {len(listed)}")
+    # Only the sampled users' rows are read (filtered in pyarrow); the baselines still train on the
+    # whole history window below, so this tool is for simulated worlds, not a 500 M-user lake.
+    of_sample = [("user_id", "in", sample.tolist())]
+    lists = {"pipeline": lake.read_frame(playlists_uri, columns=["user_id", "position", "track_id"],
+                                         filters=of_sample)}
     last_week_uri = lake.uri("gold", "last_week_playlists", week)
     if lake.exists(last_week_uri):
-        lists["last_week"] = lake.read_frame(last_week_uri, columns=["user_id", "position", "track_id"])
-    candidates = lake.read_frame(lake.uri("gold", "candidates", week))
-    candidates = candidates[candidates["user_id"].isin(sample)]
+        lists["last_week"] = lake.read_frame(last_week_uri, columns=["user_id", "position", "track_id"],
+                                             filters=of_sample)
+    candidates = lake.read_frame(lake.uri("gold", "candidates", week), filters=of_sample)
     history = pd.concat([lake.read_frame(lake.uri("silver", "interactions", key), columns=HISTORY_COLUMNS)
                          for key in history_window_weeks(week) if lake.exists(lake.uri("silver", "interactions", key))],
                         ignore_index=True)

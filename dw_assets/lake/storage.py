@@ -227,8 +227,9 @@ class Lake:
             pq.write_table(table, tmp / PART_FILE)
             return (tmp / PART_FILE).stat().st_size
 
-    def read_frame(self, uri: str, columns: list[str] | None = None) -> pd.DataFrame:
-        """Read one partition directory (every part file in it) into pandas."""
+    def read_frame(self, uri: str, columns: list[str] | None = None, filters=None) -> pd.DataFrame:
+        """Read one partition directory (every part file in it) into pandas; ``filters`` (pyarrow's
+        DNF, e.g. ``[("user_id", "in", ids)]``) drop rows while reading, before pandas holds them."""
         if self.is_s3:
             # pandas writes one part file, Spark several (part-00000-<uuid>...) and _SUCCESS.
             bucket, key, names = self._s3_names(uri)
@@ -236,11 +237,11 @@ class Lake:
             if not parts:
                 raise LakeError(f"no lake data at {uri} (was the upstream partition materialized?)")
             tables = [pq.read_table(io.BytesIO(self.s3_client.get_object(Bucket=bucket, Key=f"{key}/{n}")["Body"].read()),
-                                    columns=columns) for n in parts]
+                                    columns=columns, filters=filters) for n in parts]
             return pa.concat_tables(tables, promote_options="default").to_pandas()
         if not Path(uri).is_dir():
             raise LakeError(f"no lake data at {uri} (was the upstream partition materialized?)")
-        return pq.read_table(uri, columns=columns).to_pandas()
+        return pq.read_table(uri, columns=columns, filters=filters).to_pandas()
 
     def exists(self, uri: str) -> bool:
         """Whether a complete partition (table or artifact) is at ``uri``."""

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dw_assets.lake.storage import open_lake
+from dw_assets.lake.storage import LakeError, open_lake
 from dw_assets.serving import export
 from dw_assets_tests.test_s3_lake import aws  # noqa: F401 (a fixture)
 
@@ -54,6 +54,14 @@ def test_the_streamed_export_is_byte_identical_to_the_one_shot_pandas_write(tmp_
     # With the real row group size the streamed file is the pandas one, byte for byte.
     export.export_playlists(lake, "2026-01-05", tmp_path / "full.parquet")
     assert (tmp_path / "full.parquet").read_bytes() == _one_shot(expected, tmp_path / "one.parquet")
+    # Above the in-memory cap an unsorted partition is refused (a sorted one streams whatever its size).
+    capped = export.ExportConfig(max_unsorted_rows=len(frame) - 1)
+    if shuffled:
+        with pytest.raises(LakeError, match="rebuild week 2026-01-05's ranked_playlists"):
+            export.export_playlists(lake, "2026-01-05", tmp_path / "capped.parquet", capped)
+        assert not (tmp_path / "capped.parquet").exists()
+    else:
+        assert export.export_playlists(lake, "2026-01-05", tmp_path / "capped.parquet", capped) == len(frame)
 
 
 @pytest.mark.usefixtures("aws")

@@ -5,14 +5,17 @@ position) into part files whose names follow that order, so reading the parts on
 at a time yields the file's order, and the rows are written in Parquet row groups of the size a
 one-shot pandas write uses (``ROW_GROUP``), which keeps the file byte-identical to it. Driver
 memory: one row group (1 Mi rows, ~40 MB) whatever the week's size (15 G rows at 500 M users).
-A partition that is not in that order (written by another tool) is sorted in memory instead,
-refused above ``DW_DRIVER_ROW_LIMIT``.
+A partition that is not in that order (written by another tool, or by hand) is sorted in memory
+instead, only up to ``ExportConfig.max_unsorted_rows`` (10 M rows: ~1 GB while pandas sorts) and
+``DW_DRIVER_ROW_LIMIT``: a larger one (a whole week at the target is 15 G rows) is refused before any row
+is read, with the fix: rebuild the week's ``ranked_playlists``, which Spark writes sorted.
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +33,14 @@ EXPORT_COLUMNS = {"user_id": np.int64, "position": np.int64, "track_id": np.int6
                   "source": str, "is_exploration": bool}
 ROW_GROUP = 1024 * 1024  # pyarrow's default row group: what ``DataFrame.to_parquet`` writes in one go
 BATCH = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """max_unsorted_rows: the largest partition not stored in (user_id, position) order that the export
+    sorts in memory (about 100 B a row while pandas sorts: 10 M rows ~ 1 GB)."""
+
+    max_unsorted_rows: int = 10_000_000
 
 
 def playlists_for_export(playlists: pd.DataFrame) -> pd.DataFrame:
@@ -104,7 +115,7 @@ def _stream(lake: Lake, uri: str, tmp: Path) -> int:
             writer.close()
 
 
-def export_playlists(lake: Lake, week: str, out: Path) -> int:
+def export_playlists(lake: Lake, week: str, out: Path, config: ExportConfig = ExportConfig()) -> int:
     """Write ``week``'s ranked playlists to ``out`` (Parquet, written to a temp file then renamed); returns rows."""
     week_start(week)
     uri = lake.uri("gold", "ranked_playlists", week)
@@ -115,9 +126,16 @@ def export_playlists(lake: Lake, week: str, out: Path) -> int:
     try:
         rows = _stream(lake, uri, tmp)
     except _Unsorted:
-        stored = lake.read_frame(uri)
-        check_driver_rows("ranked_playlists", len(stored), "export of a partition not stored in (user_id, position) order")
-        frame = playlists_for_export(stored)
+        from dw_assets.lake.resources import parquet_rows
+
+        tmp.unlink(missing_ok=True)
+        stored_rows = parquet_rows(lake, uri)  # from the footers: nothing is read yet
+        if stored_rows > config.max_unsorted_rows:
+            raise LakeError(f"{uri} holds {stored_rows} rows not stored in (user_id, position) order, above the "
+                            f"{config.max_unsorted_rows} the export sorts in memory: rebuild week {week}'s "
+                            "ranked_playlists (`dw run`), which Spark writes sorted") from None
+        check_driver_rows("ranked_playlists", stored_rows, "export of a partition not stored in (user_id, position) order")
+        frame = playlists_for_export(lake.read_frame(uri))
         frame.to_parquet(tmp, index=False)
         rows = len(frame)
     tmp.replace(out)

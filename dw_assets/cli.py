@@ -233,10 +233,12 @@ def serve(store_url, host, port, workers):
 @main.command()
 @click.option("--lake", "lake_dir", required=True, help="Lake root (holds landing/): a directory or s3://bucket/prefix.")
 @click.option("--week", default=None, help="Week key; default: the manifest's last training week.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (week, holdout_week, systems, ...).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (week, holdout_week, systems, the north "
+              "star's saves_per_user, oracle_saves_per_user, retrieval/ranking/rerank_efficiency, ...).")
 @click.option("--refresh", is_flag=True, help="Re-materialize the evaluation even if the lake has it.")
 def evaluate(lake_dir, week, as_json, refresh):
-    """Every system side by side on WEEK's discovery holdout (materializes the evaluation assets if needed)."""
+    """Every system side by side on WEEK: the north star (simulated saves, on a simulated world) and the
+    discovery holdout's NDCG & co. (an exposure monitor); materializes the evaluation assets if needed."""
     from dw_assets.automation.runner import RunError, evaluate_week
     from dw_assets.evaluation.systems import evaluation_json, quality_targets
     from dw_assets.lake.storage import open_lake
@@ -253,9 +255,22 @@ def evaluate(lake_dir, week, as_json, refresh):
     lake = open_lake(lake_root)
     table = lake.read_frame(lake.uri("gold", "offline_evaluation", week))
     if as_json:
-        click.echo(json.dumps(evaluation_json(table)))
+        click.echo(json.dumps({**evaluation_json(table), **_north_star(lake, week)}))
         return
     click.echo(_evaluation_text(lake, table, quality_targets(table), week))
+
+
+def _north_star(lake, week: str) -> dict:
+    """The week's north star (``north_star_summary`` of its stored table), or null keys and why there are none."""
+    from dw_assets.evaluation.assets import no_north_star_reason
+    from dw_assets.evaluation.north_star import north_star_summary
+
+    uri = lake.uri("gold", "north_star_evaluation", week)
+    table = lake.read_frame(uri) if lake.exists(uri) else None
+    reason = no_north_star_reason(lake) if table is None or table.empty else None
+    if table is None and reason.startswith("no user"):
+        reason = f"the week's evaluation predates the north star: re-run `dw evaluate --refresh --week {week}`"
+    return north_star_summary(table, reason)
 
 
 def _lake_and_manifest(lake_dir: str) -> tuple[str, dict]:
@@ -281,13 +296,15 @@ def _lake_and_manifest(lake_dir: str) -> tuple[str, dict]:
 
 def _evaluation_text(lake, table, targets, week: str) -> str:
     from dw_assets.evaluation.assets import REPORT_COLUMNS
+    from dw_assets.evaluation.report import EXPOSURE_NOTE, north_star_markdown
 
     overall = table[table["segment"] == "all"].set_index("system")
     pipeline = table[table["system"] == "pipeline"].set_index("segment")
     columns = [c for c in REPORT_COLUMNS if c in overall.columns]
     first = table.iloc[0]
-    lines = [f"offline evaluation of week {week} on the discovery holdout of {first['holdout_week']} "
-             f"({int(overall.at['pipeline', 'users']):,} users with holdout positives)",
+    lines = [north_star_markdown(_north_star(lake, week)), "",
+             f"exposure monitor: offline evaluation of week {week} on the discovery holdout of {first['holdout_week']} "
+             f"({int(overall.at['pipeline', 'users']):,} users with holdout positives). {EXPOSURE_NOTE}",
              overall[["users", *columns]].to_string(float_format=lambda v: f"{v:.4f}"),
              "", "pipeline by user segment:",
              pipeline[["users", "ndcg@30", "recall@30", "hit_rate@30", "popularity_lift", "cold_share"]].to_string(

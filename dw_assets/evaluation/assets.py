@@ -64,7 +64,21 @@ from dw_assets.evaluation.monitoring import (
     summarize,
     volume_anomaly,
 )
-from dw_assets.evaluation.report import render_report
+from dw_assets.evaluation.north_star import (
+    SUMMARY_KEYS,
+    NorthStarConfig,
+    north_star_summary,
+    north_star_table,
+)
+from dw_assets.evaluation.north_star import TABLE_COLUMNS as NORTH_STAR_COLUMNS
+from dw_assets.evaluation.north_star_batch import (
+    draw_sample,
+    measure,
+    sample_frame,
+    sample_lists,
+    sample_ranker_order,
+)
+from dw_assets.evaluation.report import EXPOSURE_NOTE, north_star_markdown, render_report
 from dw_assets.evaluation.systems import (
     LIST_COLUMNS,
     SYSTEMS,
@@ -97,6 +111,7 @@ from dw_assets.ranking.batch import (
     user_vector_table,
 )
 from dw_assets.ranking.ranker import TrainedRanker
+from dw_assets.ranking.rerank import RerankConfig
 from dw_assets.ranking.schemas import RANKED_PLAYLISTS
 from dw_assets.retrieval.assets import CandidatesConfig, candidate_models, candidate_users, run_candidates
 from dw_assets.simulate import load_truth
@@ -349,6 +364,23 @@ OFFLINE_EVALUATION = pa.DataFrameSchema(
     unique=["system", "segment"],
     name="offline_evaluation",
 )
+NORTH_STAR = pa.DataFrameSchema(
+    {
+        "week": Column(str),
+        "listened_week": Column(str),
+        "listener": Column(str),
+        "system": Column(str),
+        "metric": Column(str),
+        "value": Column(float, nullable=True),
+        "ci_low": Column(float, nullable=True),
+        "ci_high": Column(float, nullable=True),
+        "users": Column("int64", Check.ge(0)),
+        "seeds": Column(str),
+    },
+    strict=True,
+    unique=["listener", "system", "metric"],
+    name="north_star_evaluation",
+)
 AB_ARMS = pa.DataFrameSchema(
     {
         "arm": Column(str, Check.isin(["control", "treatment"])),
@@ -385,6 +417,15 @@ class OfflineEvaluationConfig(SampleConfig):
     item_cf_neighbours: int = ItemCfConfig.neighbours
     seed: int = AlsConfig.seed
     users_per_bucket: int = EvaluationSample.users_per_bucket
+    north_star_users: int = NorthStarConfig.max_users
+    north_star_rows: int = NorthStarConfig.max_rows
+    north_star_seed: int = NorthStarConfig.sample_seed
+    north_star_listener_seeds: list[int] = list(NorthStarConfig.seeds)
+
+    def north_star(self) -> NorthStarConfig:
+        return NorthStarConfig(seeds=tuple(self.north_star_listener_seeds), playlist_size=self.k,
+                               max_users=self.north_star_users, max_rows=self.north_star_rows,
+                               sample_seed=self.north_star_seed)
 
 
 @multi_asset(
@@ -392,8 +433,15 @@ class OfflineEvaluationConfig(SampleConfig):
         group_name="evaluation",
         metadata={LAYER_KEY: "gold", "dagster/column_schema": table_schema(OFFLINE_EVALUATION)},
         description="Every system side by side on the discovery holdout (docs/evaluation.md): precision/recall/NDCG/hit "
-                    "rate/MAP@30, coverage, diversity, novelty, popularity lift, calibration, cold tracks; by "
-                    "user segment, on a seeded-hash sample of users (all of a demo world's).")},
+                    "rate/MAP@30 (an exposure monitor), coverage, diversity, novelty, popularity lift, calibration, "
+                    "cold tracks; by user segment, on a seeded-hash sample of users (all of a demo world's)."),
+          "north_star_evaluation": AssetOut(
+        group_name="evaluation",
+        metadata={LAYER_KEY: "gold", "dagster/column_schema": table_schema(NORTH_STAR)},
+        description="The north star on a simulated world: saves, positive plays, early skips, cold slots and cold "
+                    "saves per user of every system and both oracles, the decomposition retrieval x ranking x "
+                    "re-rank efficiency, perturbed listener models, popularity TPR per decile (no rows without "
+                    "the simulator's truth).")},
     ins={
         "ranked_playlists": AssetIn(),
         "last_week_playlists": AssetIn(),
@@ -404,14 +452,20 @@ class OfflineEvaluationConfig(SampleConfig):
         "track_stats": AssetIn(),
         "user_profiles": AssetIn(),
         "retrieval_evaluation": AssetIn(),
+        "candidates": AssetIn(),
+        "ranker_model": AssetIn(dagster_type=Artifact),
+        "item2vec_embeddings": AssetIn(dagster_type=Artifact),
+        "audio_embeddings": AssetIn(dagster_type=Artifact),
     },
     partitions_def=weekly_partitions,
     backfill_policy=ONE_WEEK_PER_RUN,
-    check_specs=[schema_check_spec("offline_evaluation", OFFLINE_EVALUATION, blocking=False)],
+    check_specs=[schema_check_spec("offline_evaluation", OFFLINE_EVALUATION, blocking=False),
+                 schema_check_spec("north_star_evaluation", NORTH_STAR, blocking=False)],
 )
 def offline_evaluation(
     context: AssetExecutionContext,
     config: OfflineEvaluationConfig,
+    lake: LakeResource,
     ranked_playlists: DataFrame,
     last_week_playlists: DataFrame,
     interactions: DataFrame,
@@ -421,12 +475,19 @@ def offline_evaluation(
     track_stats: pd.DataFrame,
     user_profiles: DataFrame,
     retrieval_evaluation: pd.DataFrame,
+    candidates: DataFrame,
+    ranker_model: Artifact,
+    item2vec_embeddings: Artifact,
+    audio_embeddings: Artifact,
 ):
     """Sizes at the target: playlists (15 G rows), the window (240 G) and profiles (500 M) stay in Spark;
     the evaluated users are drawn there (``sample_users``, every user of the demo), the driver-side
     baselines train on and recommend for them only (at most ``sample_rows`` rows of history and truth,
     ``sample_users`` x 30 list rows back to Spark), per-user metrics run on the executors and only the
-    (system, segment) aggregates (30 rows) come back."""
+    (system, segment) aggregates (30 rows) come back. The north star (a simulated world only) plays a
+    second, smaller sample of them (``north_star_users``, 5,000, drawn by seeded hash in Spark): their
+    playlists, candidates and profiles come to the driver, the baselines' lists are the ones trained
+    above, and the ranker's own order is computed for them (``north_star_batch``)."""
     week = context.partition_key
     _, holdout_start = week_bounds(week)
     holdout_week = shift_week(week, 1)
@@ -437,15 +498,21 @@ def offline_evaluation(
     tracks = track_table(track_stats)
     holdout_users = collect_ids(drawn.truth, "offline_evaluation")
     track_vectors = vectors_from(track_embeddings)
+    ns_config = config.north_star()
+    truth, ns_users, why_not = _north_star_inputs(lake.open(), of_users(ranked_playlists, drawn.users),
+                                                  of_users(candidates, drawn.users), ns_config)
     lists: dict = {"pipeline": of_users(ranked_playlists, drawn.users)}
+    baselines: dict = {}
     if len(holdout_users) and drawn.history["weight"].gt(0).any():
-        # Only the drawn holdout users' vectors are joined in Spark and collected (the retrieval list reads no other).
-        lists.update(baseline_lists(drawn.history, holdout_users, vectors_of(user_embeddings, holdout_users),
-                                    track_vectors, config.k,
-                                    AlsConfig(factors=config.als_factors, iterations=config.als_iterations,
-                                              seed=config.seed),
-                                    ItemCfConfig(neighbours=config.item_cf_neighbours),
-                                    popular=popularity_ranking(history)))
+        # The north star's users get their lists from the same trained models (recommending is per user).
+        wanted = np.union1d(holdout_users, ns_users)
+        # Only these users' vectors are joined in Spark and collected (the retrieval list reads no other).
+        baselines = baseline_lists(drawn.history, wanted, vectors_of(user_embeddings, wanted), track_vectors, config.k,
+                                   AlsConfig(factors=config.als_factors, iterations=config.als_iterations,
+                                             seed=config.seed),
+                                   ItemCfConfig(neighbours=config.item_cf_neighbours),
+                                   popular=popularity_ranking(history))
+        lists.update({name: frame[frame["user_id"].isin(holdout_users)] for name, frame in baselines.items()})
     else:  # nothing drawn to recommend for or to train on (a sample cut to nothing by the driver guard)
         lists.update({name: pd.DataFrame(columns=LIST_COLUMNS) for name in ("retrieval", "popularity", "item_cf", "als")})
     lists["last_week"] = of_users(last_week_playlists, drawn.users)
@@ -462,11 +529,34 @@ def offline_evaluation(
     table["users"] = table["users"].astype("int64")
     table["retrieval_recall@500"] = float(retrieval_evaluation.set_index("system")["recall"].get("two_tower", np.nan))
     table["ann_recall@500"] = float(faiss_index.meta.get("recall@500", np.nan))
-    summary = evaluation_json(table, config.k)
+    ns_table = _empty_north_star()
+    if truth is not None:
+        sample = sample_frame(spark, ns_users).persist()
+        stored = sample_lists({"pipeline": ranked_playlists, "last_week": last_week_playlists}, sample)
+        ranker = TrainedRanker.from_bytes(ranker_model.files["ranker.bin"])
+        ns_candidates, order = sample_ranker_order(
+            ranker, track_context(track_stats, item2vec_embeddings, audio_embeddings, track_embeddings),
+            RerankConfig().two_tower_prior, candidates, user_profiles, user_vector_table(spark, user_embeddings),
+            sample, track_stats, ns_config)
+        sample.unpersist()
+        report = measure(truth, holdout_week, ns_users, {**stored, "ranker_order": order, **baselines},
+                         drawn.history, ns_candidates, track_stats, ns_config)
+        ns_table = north_star_table(report, week, holdout_week)
+    summary = {**evaluation_json(table, config.k), **north_star_summary(ns_table, why_not)}
     targets = quality_targets(table, config.k)
     overall = table[table["segment"] == "all"].set_index("system")
     key_numbers = overall[[c for c in REPORT_COLUMNS if c in overall]]
+    yield Output(ns_table, output_name="north_star_evaluation", metadata={
+        "users": int(len(ns_users)) if truth is not None else 0,
+        "measured": truth is not None,
+        **({} if truth is not None else {"reason": why_not}),
+        **{key: summary[key] for key in SUMMARY_KEYS if summary.get(key) is not None},
+        "north_star": MetadataValue.md(north_star_markdown(summary)),
+    })
+    yield schema_check_result("north_star_evaluation", ns_table, NORTH_STAR, blocking=False)
     yield Output(table, output_name="offline_evaluation", metadata={
+        "north_star": MetadataValue.md(north_star_markdown(summary)),
+        "exposure_monitor": EXPOSURE_NOTE,
         "holdout_users": len(holdout_users),
         "holdout_positives": int(positives),
         "users_offered": drawn.offered,
@@ -479,6 +569,32 @@ def offline_evaluation(
         "elapsed_s": round(time.perf_counter() - started, 1),
     })
     yield schema_check_result("offline_evaluation", table, OFFLINE_EVALUATION, blocking=False)
+
+
+def _north_star_inputs(store: Lake, playlists: DataFrame, candidates: DataFrame,
+                       config: NorthStarConfig) -> tuple[object | None, np.ndarray, str | None]:
+    """(the simulator's truth or None, the north star's sampled users, why it is not measured or None)."""
+    try:
+        truth = simulator_truth(store)
+    except FileNotFoundError:
+        return None, np.zeros(0, np.int64), (f"no simulator truth under {store.root}/simulator/: only a simulated "
+                                              "world has hidden listeners (a real deployment measures saves live)")
+    users = draw_sample(playlists, candidates, config)
+    if len(users) == 0:
+        return None, users, "no user fits the north star's sample caps (max_users, max_rows, DW_DRIVER_ROW_LIMIT)"
+    return truth, users, None
+
+
+def no_north_star_reason(store: Lake) -> str:
+    """Why a week has no north-star rows: the lake holds no simulator truth, or its sample was cut to nothing."""
+    if not has_truth(store):
+        return f"no simulator truth under {store.root}/simulator/ (only a simulated world has hidden listeners)"
+    return "no user fitted the north star's sample caps (max_users, max_rows, DW_DRIVER_ROW_LIMIT)"
+
+
+def _empty_north_star() -> pd.DataFrame:
+    types = {"value": float, "ci_low": float, "ci_high": float, "users": "int64"}
+    return pd.DataFrame({c: pd.Series(dtype=types.get(c, object)) for c in NORTH_STAR_COLUMNS})
 
 
 # -- the simulated A/B test ----------------------------------------------------------------------------
@@ -540,9 +656,13 @@ def _stored_lists(playlists: DataFrame, users: DataFrame, asset: str) -> pd.Data
     return to_driver(frame.orderBy(*STORED_ORDER), asset).drop(columns=list(STORED_ORDER)).reset_index(drop=True)
 
 
+def has_truth(lake: Lake) -> bool:
+    return not lake.is_s3 and (Path(lake.root) / "simulator").is_dir()
+
+
 def simulator_truth(lake: Lake):
     """The simulated world's hidden listeners (LAKE/simulator/): only a simulated world has them."""
-    if lake.is_s3 or not (Path(lake.root) / "simulator").is_dir():
+    if not has_truth(lake):
         raise FileNotFoundError(
             f"the simulated A/B test needs the simulator's ground truth under {lake.root}/simulator/ "
             "(written by `dw simulate`); a real deployment runs the experiment live instead")
@@ -703,6 +823,7 @@ def batch_throughput(instance, week: str) -> tuple[float, int]:
         description="The week's HTML report (LAKE/reports/evaluation_report/week=W/report.html): systems side by "
                     "side, segments, metric trends, popularity and genre mix, cold tracks, A/B arms, checks.")},
     ins={"offline_evaluation": AssetIn(),
+         "north_star_evaluation": AssetIn(),
          "ranked_playlists": AssetIn(),
          "track_stats": AssetIn(metadata={"columns": ["track_id", "artist_id", "genre", "plays",
                                                       "popularity_percentile", "is_cold"]}),
@@ -713,7 +834,8 @@ def batch_throughput(instance, week: str) -> tuple[float, int]:
     backfill_policy=ONE_WEEK_PER_RUN,
 )
 def evaluation_report(context: AssetExecutionContext, config: SampleConfig, lake: LakeResource,
-                      offline_evaluation: pd.DataFrame, ranked_playlists: DataFrame, track_stats: pd.DataFrame,
+                      offline_evaluation: pd.DataFrame, north_star_evaluation: pd.DataFrame,
+                      ranked_playlists: DataFrame, track_stats: pd.DataFrame,
                       user_profiles: DataFrame, model_monitoring: pd.DataFrame):
     """The popularity plot reads one number per user drawn by seeded hash (``sample_users``, every user of
     the demo; averaged in Spark), the genre-mix plot 4 users' rows; the rest are aggregates."""
@@ -737,7 +859,8 @@ def evaluation_report(context: AssetExecutionContext, config: SampleConfig, lake
         week, overall, table[table["system"] == "pipeline"].set_index("segment"), trends[trends["segment"] == "all"],
         spark_popularity_distributions(ranked_playlists, user_profiles, tracks, config.sample()),
         spark_genre_mix(ranked_playlists, user_profiles, 4),
-        overall.reset_index()[["system", "cold_share", "cold_hit_rate"]], ab, model_monitoring)
+        overall.reset_index()[["system", "cold_share", "cold_hit_rate"]], ab, model_monitoring,
+        north_star=north_star_summary(north_star_evaluation, no_north_star_reason(store)))
     targets = quality_targets(table)
     key_numbers = overall[[c for c in REPORT_COLUMNS if c in overall]].round(4)
     uri = store.uri("reports", "evaluation_report", week)

@@ -60,6 +60,17 @@ PER_USER = ("saves", "positives", "cold_saves", "early_skip_share")  # per-user 
 # The issue's keys in the ``dw evaluate --json`` object (pipeline's values, the oracles', the decomposition).
 SUMMARY_KEYS = ("saves_per_user", "cold_saves_per_user", "oracle_saves_per_user", "candidate_oracle_saves_per_user",
                 "retrieval_efficiency", "ranking_efficiency", "rerank_efficiency")
+EFFICIENCY_KEYS = ("retrieval_efficiency", "ranking_efficiency", "rerank_efficiency", "oracle_efficiency")
+# Where each summary key lives in the stored table: (system, metric).
+SUMMARY_SOURCES = {
+    "saves_per_user": (PIPELINE, "saves_per_user"),
+    "cold_saves_per_user": (PIPELINE, "cold_saves_per_user"),
+    "oracle_saves_per_user": (CATALOG_ORACLE, "saves_per_user"),
+    "oracle_cold_saves_per_user": (CATALOG_ORACLE, "cold_saves_per_user"),
+    "candidate_oracle_saves_per_user": (CANDIDATE_ORACLE, "saves_per_user"),
+    **{key: (PIPELINE, key) for key in EFFICIENCY_KEYS},
+}
+BASE_LISTENER = "base"
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,8 @@ class NorthStarConfig:
     bootstrap: int = 200  # resamples of users for the efficiencies' intervals
     bootstrap_seed: int = 17
     max_users: int = 5_000  # the user sample the evaluation draws (seeded hash, in Spark)
+    sample_seed: int = 2101  # the draw's hash seed
+    max_rows: int = 5_000_000  # the sample's candidate and list rows on the driver (whole users, hash order)
     chunk_users: int = 512  # catalog oracle: users scored against the whole catalog at once
     oracle_pool: int = 150  # catalog oracle: best tracks per user kept before the artist cap (more if short)
     save_midpoint_shift: float = 0.05  # robustness: listener models with save_midpoint ± this
@@ -79,8 +92,8 @@ class NorthStarConfig:
     def __post_init__(self) -> None:
         if len(self.seeds) < 1 or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct and at least one, got {self.seeds}")
-        if self.playlist_size < 1 or self.max_per_artist < 1 or self.chunk_users < 1 or self.max_users < 1:
-            raise ValueError("playlist_size, max_per_artist, chunk_users and max_users must be >= 1")
+        if min(self.playlist_size, self.max_per_artist, self.chunk_users, self.max_users, self.max_rows) < 1:
+            raise ValueError("playlist_size, max_per_artist, chunk_users, max_users and max_rows must be >= 1")
         if not 0.0 < self.confidence < 1.0:
             raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
 
@@ -407,3 +420,83 @@ def _plain(value) -> float | None:
         return None
     value = float(value)
     return None if np.isnan(value) or np.isinf(value) else value
+
+
+# ---------------------------------------------------------------------------- the stored table and its summary
+
+TABLE_COLUMNS = ("week", "listened_week", "listener", "system", "metric", "value", "ci_low", "ci_high", "users", "seeds")
+BIAS_METRICS = ("max_min_tpr_ratio", "cold_tpr_over_median")
+
+
+def north_star_table(report: Mapping, week: str, listened_week: str) -> pd.DataFrame:
+    """The ``north_star`` report as one long table (one row per listener model, system and metric), sorted.
+
+    Under the base listener: every system's numbers (``_system``), its popularity TPRs (``tpr_<bin>``,
+    ``max_min_tpr_ratio``, ``cold_tpr_over_median``) and the pipeline's decomposition; under each
+    perturbed listener: every system's saves per user, both cold-save numbers and the decomposition."""
+    rows: list[tuple] = []
+
+    def add(listener: str, system: str, metric: str, value, ci=None) -> None:
+        low, high = ci if ci is not None else (None, None)
+        rows.append((listener, system, metric, _plain(value), _plain(low), _plain(high)))
+
+    for system, numbers in report["systems"].items():
+        for metric, value in numbers.items():
+            if not metric.endswith("_ci"):
+                add(BASE_LISTENER, system, metric, value, numbers.get(f"{metric}_ci"))
+        bias = report["popularity_bias"][system]
+        for metric in BIAS_METRICS:
+            add(BASE_LISTENER, system, metric, bias[metric])
+        for name, value in bias["tpr_by_bin"].items():
+            add(BASE_LISTENER, system, f"tpr_{name}", value)
+    for key in EFFICIENCY_KEYS:
+        add(BASE_LISTENER, PIPELINE, key, report[key], report.get(f"{key}_ci"))
+    for listener, numbers in report["robustness"].items():
+        for system, value in numbers["systems"].items():
+            add(listener, system, "saves_per_user", value)
+        for key in ("cold_saves_per_user", "oracle_cold_saves_per_user", *EFFICIENCY_KEYS):
+            add(listener, *SUMMARY_SOURCES[key], numbers[key])
+    frame = pd.DataFrame(rows, columns=["listener", "system", "metric", "value", "ci_low", "ci_high"])
+    frame = frame.astype({"value": float, "ci_low": float, "ci_high": float})
+    frame.insert(0, "listened_week", listened_week)
+    frame.insert(0, "week", week)
+    frame["users"] = np.int64(report["users"])
+    frame["seeds"] = ",".join(str(s) for s in report["seeds"])
+    listeners = [BASE_LISTENER, *report["robustness"]]
+    frame["_order"] = frame["listener"].map({name: i for i, name in enumerate(listeners)})
+    return (frame.sort_values(["_order", "system", "metric"], kind="stable").drop(columns="_order")
+            .reset_index(drop=True)[list(TABLE_COLUMNS)])
+
+
+def north_star_summary(table: pd.DataFrame | None, reason: str | None = None) -> dict:
+    """The ``dw evaluate --json`` part of the north star from its stored table: the ``SUMMARY_KEYS`` (pipeline
+    under the base listener, each with ``*_ci``), ``oracle_efficiency``, and ``north_star``: users, seeds,
+    per-system numbers, robustness per listener model. ``table`` None (no simulator truth): the keys
+    are null and ``north_star`` says why."""
+    keys = [*SUMMARY_KEYS, "oracle_cold_saves_per_user", "oracle_efficiency"]
+    if table is None or table.empty:
+        return {**dict.fromkeys(keys), "north_star": {"measured": False, "reason": reason or "no north-star table"}}
+    base = table[table["listener"] == BASE_LISTENER].set_index(["system", "metric"])
+    out: dict = {}
+    for key in keys:
+        system, metric = SUMMARY_SOURCES[key]
+        row = base.loc[(system, metric)] if (system, metric) in base.index else None
+        out[key] = None if row is None else _plain(row["value"])
+        out[f"{key}_ci"] = None if row is None else [_plain(row["ci_low"]), _plain(row["ci_high"])]
+    systems: dict = {}
+    for (system, metric), row in base.iterrows():
+        numbers = systems.setdefault(system, {})
+        numbers[metric] = _plain(row["value"])
+        if pd.notna(row["ci_low"]):
+            numbers[f"{metric}_ci"] = [_plain(row["ci_low"]), _plain(row["ci_high"])]
+    robustness: dict = {}
+    for listener, rows in table[table["listener"] != BASE_LISTENER].groupby("listener", sort=False):
+        by = rows.set_index(["system", "metric"])["value"]
+        numbers = {key: _plain(by.get(SUMMARY_SOURCES[key])) for key in keys}
+        numbers["systems"] = {s: _plain(v) for (s, m), v in by.items() if m == "saves_per_user"}
+        robustness[listener] = numbers
+    first = table.iloc[0]
+    out["north_star"] = {"measured": True, "week": str(first["week"]), "listened_week": str(first["listened_week"]),
+                         "users": int(first["users"]), "seeds": [int(s) for s in str(first["seeds"]).split(",") if s],
+                         "systems": systems, "robustness": robustness}
+    return out

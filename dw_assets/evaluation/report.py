@@ -27,6 +27,11 @@ PIPELINE = "pipeline"
 MAX_SAMPLE_USERS = 4
 MAX_AB_METRICS = 4
 PNG_DPI = 100
+# The north star's systems, in the order its tables list them (any others after).
+NORTH_STAR_SYSTEMS = ("pipeline", "ranker_order", "retrieval", "als", "item_cf", "popularity", "last_week",
+                      "candidate_oracle", "catalog_oracle")
+EXPOSURE_NOTE = ("NDCG@30 (and the other accuracy columns) score next week's logged positives: an exposure "
+                 "monitor, not a target; the target is the north star (simulated saves per user).")
 
 _CSS = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 2em auto;
@@ -372,10 +377,73 @@ def _ab_section(ab: Mapping | None, arms: pd.DataFrame | None) -> str:
     return "".join(parts)
 
 
+def _ns(value, digits: int = 3) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def north_star_frames(summary: Mapping) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """The north star's two tables from ``north_star.north_star_summary``: systems × saves/user (with CI),
+    positive plays, early-skip share, cold-slot share, cold saves, popularity TPR max/min and cold/median;
+    then per listener model the decomposition. None when it was not measured (no simulator truth)."""
+    found = summary.get("north_star") or {}
+    if not found.get("measured"):
+        return None
+    systems = found["systems"]
+    names = [s for s in NORTH_STAR_SYSTEMS if s in systems] + [s for s in systems if s not in NORTH_STAR_SYSTEMS]
+    rows = []
+    for name in names:
+        s = systems[name]
+        low, high = s.get("saves_per_user_ci") or (None, None)
+        rows.append({"system": name, "saves/user (95 % CI)": f"{_ns(s.get('saves_per_user'))} "
+                     f"({_ns(low)}–{_ns(high)})", "positive plays/user": _ns(s.get("positives_per_user"), 2),
+                     "early-skip share": _ns(s.get("early_skip_share")), "cold-slot share": _ns(s.get("cold_slot_share")),
+                     "cold saves/user": _ns(s.get("cold_saves_per_user")),
+                     "pop. TPR max/min": _ns(s.get("max_min_tpr_ratio"), 2),
+                     "cold TPR / median": _ns(s.get("cold_tpr_over_median"), 2)})
+    table = pd.DataFrame(rows).set_index("system")
+    listeners = {"base": {**summary, "systems": {k: v.get("saves_per_user") for k, v in systems.items()}},
+                 **found.get("robustness", {})}
+    rows = []
+    for name, r in listeners.items():
+        rows.append({"listener model": name, "pipeline saves/user": _ns(r.get("saves_per_user")),
+                     "ALS": _ns(r["systems"].get("als")), "catalog oracle": _ns(r.get("oracle_saves_per_user")),
+                     "candidate oracle": _ns(r.get("candidate_oracle_saves_per_user")),
+                     "retrieval eff.": _ns(r.get("retrieval_efficiency")), "ranking eff.": _ns(r.get("ranking_efficiency")),
+                     "re-rank eff.": _ns(r.get("rerank_efficiency")), "pipeline / oracle": _ns(r.get("oracle_efficiency"))})
+    return table, pd.DataFrame(rows).set_index("listener model")
+
+
+def north_star_markdown(summary: Mapping) -> str:
+    """The north star as markdown (the offline evaluation's metadata, ``dw evaluate``): both tables, or why
+    there are none."""
+    frames = north_star_frames(summary)
+    found = summary.get("north_star") or {}
+    if frames is None:
+        return f"north star not measured: {found.get('reason', 'no simulator truth')}"
+    head = (f"north star: simulated saves of week {found['listened_week']}'s listeners, {found['users']:,} users "
+            f"drawn by seeded hash, listener seeds {found['seeds']}")
+    return "\n\n".join([head, frames[0].to_markdown(), "decomposition (pipeline / catalog oracle = retrieval × "
+                         "ranking × re-rank efficiency) under the base and perturbed listener models:",
+                         frames[1].to_markdown()])
+
+
+def _north_star_section(summary: Mapping) -> str:
+    frames = north_star_frames(summary)
+    if frames is None:
+        reason = (summary.get("north_star") or {}).get("reason", "no simulator truth")
+        return f'<p class="missing">not measured: {_esc(reason)}</p>'
+    found = summary["north_star"]
+    return (f"<p>Tracks the world's hidden listeners save from each system's 30 (week {_esc(found['listened_week'])}, "
+            f"{found['users']:,} users, listener seeds {_esc(found['seeds'])}); oracles built from the hidden truth "
+            "with the same hygiene.</p>" + _table(frames[0], "system")
+            + "<h3>Decomposition and robustness</h3>" + _table(frames[1], "listener model"))
+
+
 def render_report(week: str, systems: pd.DataFrame, segments: pd.DataFrame | None,
                   trends: pd.DataFrame | None, popularity: dict[str, np.ndarray],
                   genre_mix: pd.DataFrame | None, cold_exposure: pd.DataFrame | None,
-                  ab: dict | None, checks: pd.DataFrame | None) -> tuple[str, bytes]:
+                  ab: dict | None, checks: pd.DataFrame | None,
+                  north_star: Mapping | None = None) -> tuple[str, bytes]:
     """(html, main_plot_png) for one week's offline evaluation.
 
     systems: one row per system (index, or a ``system`` column), metric columns such as
@@ -388,6 +456,8 @@ def render_report(week: str, systems: pd.DataFrame, segments: pd.DataFrame | Non
     ab: {"arms": DataFrame or list of dicts (arm, users, metric, mean, ci_low, ci_high),
         "verdict": str, other scalar/DataFrame entries shown as given}.
     checks: :func:`dw_assets.evaluation.monitoring.summarize` output.
+    north_star: ``north_star.north_star_summary`` (the simulated saves; "not measured" when it says so);
+        None leaves the section out.
     The main plot (2x2: popularity, headline accuracy by system, cold exposure, A/B) summarises
     the week for the asset page. Every text is HTML-escaped; any input may be None.
     """
@@ -410,7 +480,8 @@ def render_report(week: str, systems: pd.DataFrame, segments: pd.DataFrame | Non
         ("Summary", _headline(systems, checks_frame, ab) + _img(main_png, f"week {week} summary")),
         ("Checks", _table(checks_frame, None, row_class_column="status" if "status" in checks_frame.columns else None)
          if checks_frame is not None else _missing()),
-        ("Systems", '<p>Best value of each accuracy column highlighted.</p>'
+        *([("North star: simulated saves", _north_star_section(north_star))] if north_star is not None else []),
+        ("Systems (exposure monitor)", f'<p>{_esc(EXPOSURE_NOTE)} Best value of each accuracy column highlighted.</p>'
          + _table(systems, "system", _best_cells(systems)) if systems is not None else _missing()),
         ("Segments (pipeline)", _table(segments, "segment") if segments is not None else _missing()),
         ("Trends", _img(write_png(trends_figure), "metrics by week") if trends_figure is not None else _missing()),

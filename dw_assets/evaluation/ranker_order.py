@@ -1,0 +1,61 @@
+"""The shipped ranker's own order of a user sample's candidates, with the hygiene only (no Dagster, no Spark).
+
+The north star's ranking efficiency compares it with the candidate oracle: it is what the ranker alone
+would serve — no MMR, genre calibration, exploration or cold slots. The ranker is called only through
+its public functions (``build_features``, ``TrainedRanker.predict``, ``list_score``), so a change of its
+labels or features flows through here unchanged.
+
+Size at the target (500 M users, 100 M tracks): per **bounded user sample** (``NorthStarConfig.max_users``,
+drawn in Spark by seeded hash): sample × ~500 candidate rows (5,000 users: 2.5 M rows, features float32
+× ~40 columns ≈ 400 MB) plus the week's track-side feature context (catalog-sized, as every executor
+of the batch holds it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from dw_assets.evaluation.north_star import hygienic_top_k
+from dw_assets.ranking.batch import RetrievalOrder, is_stand_in
+from dw_assets.ranking.features import FeatureContext, build_features
+from dw_assets.ranking.playlists import CANDIDATE_ARRAYS, explode_candidates, list_score
+from dw_assets.ranking.ranker import TrainedRanker
+
+
+def pack_candidates(users: pd.DataFrame, candidates: pd.DataFrame) -> pd.DataFrame:
+    """``users`` with each user's candidates as ``c_*`` arrays sorted by track id: the frame the batch
+    ranks (``ranking.batch.playlist_users`` builds it in Spark)."""
+    ordered = candidates.sort_values(["user_id", "track_id"], kind="stable")
+    owners, user_ids = ordered["user_id"].to_numpy(np.int64), users["user_id"].to_numpy(np.int64)
+    starts, ends = np.searchsorted(owners, user_ids, side="left"), np.searchsorted(owners, user_ids, side="right")
+    packed = users.copy()
+    for column in CANDIDATE_ARRAYS:
+        values = ordered[column].to_numpy()
+        packed[f"c_{column}"] = [values[a:b] for a, b in zip(starts, ends, strict=True)]
+    return packed
+
+
+def ranker_order(ranker: TrainedRanker, context: FeatureContext, users: pd.DataFrame, candidates: pd.DataFrame,
+                 artists: pd.DataFrame, two_tower_prior: float, k: int = 30, max_per_artist: int = 2) -> pd.DataFrame:
+    """user_id, position, track_id: each user's best ``k`` candidates by the ranker's ``list_score``, at most
+    ``max_per_artist`` per artist (the candidates exclude heard tracks already).
+
+    ranker: the week's ``ranker_model`` (the first week's stand-in scores in retrieval order, as the batch
+    does). context: the week's track-side ``FeatureContext`` (``ranking.batch.track_context``). users: one
+    row per sampled user, ``features.USER_COLUMNS`` and ``user_vector`` (null: unknown to the two-tower).
+    candidates: the sample's rows of the ``candidates`` table (``CANDIDATE_ARRAYS`` columns). artists:
+    track_id, artist_id. Users without candidates (the batch's popularity fallback) get no list: the
+    candidate oracle has none for them either.
+    """
+    users = users.sort_values("user_id").reset_index(drop=True)
+    users["recent_tracks"] = users["recent_tracks"].map(lambda t: np.asarray(t if t is not None else [], np.int64))
+    exploded = explode_candidates(pack_candidates(users, candidates))
+    if exploded.empty:
+        return pd.DataFrame({c: pd.Series(dtype="int64") for c in ("user_id", "position", "track_id")})
+    features = build_features(exploded, context, users=users)
+    scorer = RetrievalOrder() if is_stand_in(ranker) else ranker
+    probability = scorer.predict(features)
+    scored = exploded[["user_id", "track_id"]].assign(score=list_score(probability, features, two_tower_prior))
+    scored = scored.merge(artists[["track_id", "artist_id"]], on="track_id", how="inner")
+    return hygienic_top_k(scored, k, max_per_artist)

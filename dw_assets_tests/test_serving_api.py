@@ -70,6 +70,22 @@ def test_an_earlier_week_by_query(client):
     assert [t["track_id"] for t in body["tracks"]] == expected["track_id"].tolist()
 
 
+def test_the_fast_path_answers_exactly_what_the_full_route_answers(client):
+    # Without ?week= the playlist skips FastAPI's routing (RequestGuard's fast path); with the live
+    # week spelled out it takes the full route. Both must give the same bytes and headers, for a
+    # known user, an unknown one, and HEAD.
+    for user in (3, 999999):
+        fast, routed = client.get(f"/v1/users/{user}/discover-weekly"), client.get(f"/v1/users/{user}/discover-weekly?week={W[1]}")
+        assert (fast.status_code, fast.content) == (routed.status_code, routed.content)
+        assert {k: v for k, v in fast.headers.items() if k != "date"} == {k: v for k, v in routed.headers.items() if k != "date"}
+    head = client.head("/v1/users/3/discover-weekly")
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == str(len(client.get("/v1/users/3/discover-weekly").content))
+    # Not the fast path's form: still served (or refused) by the route's own rules.
+    assert client.get("/v1/users/03/discover-weekly").status_code == 422
+    assert client.get("/v1/users/3/discover-weekly/", follow_redirects=False).status_code in (307, 404)
+
+
 def test_unknown_user_and_unpublished_week_are_404(client):
     response = client.get("/v1/users/999999/discover-weekly")
     assert response.status_code == 404

@@ -158,3 +158,38 @@ def test_respond_default_listener_is_unchanged(world):
     pd.testing.assert_frame_equal(default, respond(truth, lists, WEEK, 3, dataclasses.replace(LISTENER)))
     noisier = respond(truth, lists, WEEK, 3, dataclasses.replace(LISTENER, judgement_noise=0.2))
     assert not default["ms_played"].equals(noisier["ms_played"])
+
+
+def test_the_stored_table_gives_back_the_report(report):
+    from dw_assets.evaluation.north_star import north_star_summary, north_star_table
+    from dw_assets.evaluation.report import north_star_markdown
+
+    table = north_star_table(report, WEEK, "2026-02-09")
+    assert not table.duplicated(["listener", "system", "metric"]).any()
+    summary = north_star_summary(table)
+    for key in (*SUMMARY_KEYS, "oracle_efficiency"):
+        assert summary[key] == pytest.approx(report[key], rel=1e-12), key
+        assert summary[f"{key}_ci"] == pytest.approx(report[f"{key}_ci"], rel=1e-12), key
+    found = summary["north_star"]
+    assert found["measured"] and found["users"] == USERS and found["seeds"] == [0, 1, 2]
+    assert found["systems"]["random"]["saves_per_user"] == report["systems"]["random"]["saves_per_user"]
+    assert set(found["robustness"]) == set(report["robustness"])
+    for name, numbers in report["robustness"].items():
+        assert found["robustness"][name]["ranking_efficiency"] == pytest.approx(numbers["ranking_efficiency"])
+        assert found["robustness"][name]["systems"] == pytest.approx(numbers["systems"])
+    text = north_star_markdown(summary)
+    assert all(system in text for system in ("pipeline", "random", CATALOG_ORACLE, CANDIDATE_ORACLE))
+    assert "save_midpoint+0.05" in text
+
+
+def test_without_truth_the_keys_are_null_and_the_report_says_why():
+    from dw_assets.evaluation.assets import _empty_north_star
+    from dw_assets.evaluation.north_star import north_star_summary
+    from dw_assets.evaluation.report import north_star_markdown, render_report
+
+    summary = north_star_summary(_empty_north_star(), "no simulator truth here")
+    assert all(summary[key] is None for key in SUMMARY_KEYS)
+    assert summary["north_star"] == {"measured": False, "reason": "no simulator truth here"}
+    assert north_star_markdown(summary) == "north star not measured: no simulator truth here"
+    page, _ = render_report("2026-01-26", None, None, None, {}, None, None, None, None, north_star=summary)
+    assert "not measured: no simulator truth here" in page

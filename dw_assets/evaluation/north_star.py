@@ -500,3 +500,37 @@ def north_star_summary(table: pd.DataFrame | None, reason: str | None = None) ->
                          "users": int(first["users"]), "seeds": [int(s) for s in str(first["seeds"]).split(",") if s],
                          "systems": systems, "robustness": robustness}
     return out
+
+
+# The issue's targets on the `small` demo world (shown, not asserted): (name, numerator, denominator, bound, >=).
+TARGETS = (
+    ("pipeline saves / catalog oracle", "saves_per_user", "oracle_saves_per_user", 0.55, True),
+    ("pipeline saves / ALS", "saves_per_user", ("als", "saves_per_user"), 1.8, True),
+    ("ranking efficiency", "ranking_efficiency", None, 0.7, True),
+    ("pipeline cold saves / catalog oracle's", "cold_saves_per_user", "oracle_cold_saves_per_user", 0.3, True),
+    ("popularity TPR max / min (pipeline)", (PIPELINE, "max_min_tpr_ratio"), None, 1.5, False),
+    ("cold TPR / median decile (pipeline)", (PIPELINE, "cold_tpr_over_median"), None, 0.5, True),
+)
+
+
+def north_star_targets(summary: Mapping) -> pd.DataFrame:
+    """target, value, required, met of the north-star targets from ``north_star_summary`` (empty when not measured)."""
+    found = summary.get("north_star") or {}
+    if not found.get("measured"):
+        return pd.DataFrame(columns=["target", "value", "required", "met"])
+
+    def get(key):
+        if key is None:
+            return 1.0
+        if isinstance(key, tuple):
+            return found["systems"].get(key[0], {}).get(key[1])
+        return summary.get(key)
+
+    rows = []
+    for name, top, bottom, bound, at_least in TARGETS:
+        a, b = get(top), get(bottom)
+        value = a / b if a is not None and b else None
+        met = value is not None and (value >= bound if at_least else value <= bound)
+        rows.append({"target": name, "value": value, "required": f"{'>=' if at_least else '<='} {bound:g}",
+                     "met": bool(met)})
+    return pd.DataFrame(rows)

@@ -422,9 +422,13 @@ def north_star_markdown(summary: Mapping) -> str:
         return f"north star not measured: {found.get('reason', 'no simulator truth')}"
     head = (f"north star: simulated saves of week {found['listened_week']}'s listeners, {found['users']:,} users "
             f"drawn by seeded hash, listener seeds {found['seeds']}")
+    from dw_assets.evaluation.north_star import north_star_targets
+
+    targets = north_star_targets(summary)
     return "\n\n".join([head, frames[0].to_markdown(), "decomposition (pipeline / catalog oracle = retrieval × "
                          "ranking × re-rank efficiency) under the base and perturbed listener models:",
-                         frames[1].to_markdown()])
+                         frames[1].to_markdown(), "north-star targets (the issue's, judged on `small`):",
+                         targets.to_markdown(index=False, floatfmt=".3f")])
 
 
 def _north_star_section(summary: Mapping) -> str:

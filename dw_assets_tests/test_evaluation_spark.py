@@ -1,13 +1,16 @@
 """The evaluation's Spark path (per-user metrics on the executors, aggregates in Spark) gives the numbers of
-the pandas ``evaluate_segments`` on the same lists; the seeded-hash draw of evaluated users obeys its caps."""
+the pandas ``evaluate_segments`` on the same lists; the seeded-hash draw of evaluated users obeys its caps;
+the north star of the tiny world's evaluation (`dw evaluate --json`), with and without the simulator's truth."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from dw_assets.evaluation.batch import EvaluationSample, aggregate, draw_users, lists_frame, per_user_frame
 from dw_assets.evaluation.metrics import evaluate_segments
+from dw_assets.evaluation.north_star import SUMMARY_KEYS as NORTH_STAR_KEYS  # the issue's --json keys
 
 
 def _world(rng: np.random.Generator, k: int):
@@ -64,3 +67,60 @@ def test_the_draw_keeps_every_user_within_the_caps_and_whole_users_in_hash_order
     assert len(drawn) == count == 12  # 12 whole users: 48 rows
     other, _, _ = draw_users(frame, frame, EvaluationSample(users=20, rows=50, seed=2))
     assert sorted(r.user_id for r in other.collect()) != drawn
+
+
+
+def _evaluate_json(root, week: str) -> dict:
+    import json
+
+    from click.testing import CliRunner
+
+    from dw_assets.cli import main
+
+    result = CliRunner().invoke(main, ["evaluate", "--lake", str(root), "--week", week, "--json"])
+    assert result.exit_code == 0, result.output[-2000:]
+    return json.loads(result.stdout)
+
+
+def test_offline_evaluation_measures_the_north_star_of_every_system(tiny_world_run):
+    import json
+
+    from dw_assets.evaluation.assets import NORTH_STAR
+    from dw_assets.evaluation.north_star import CANDIDATE_ORACLE, CATALOG_ORACLE, RANKER_ORDER
+    from dw_assets.evaluation.systems import SYSTEMS
+    from dw_assets.lake.storage import Lake
+
+    week = json.loads((tiny_world_run / "landing" / "manifest.json").read_text())["last_training_week"]
+    lake = Lake(str(tiny_world_run))
+    NORTH_STAR.validate(lake.read_frame(lake.uri("gold", "north_star_evaluation", week)))
+    summary = _evaluate_json(tiny_world_run, week)
+    assert all(isinstance(summary[key], float) for key in NORTH_STAR_KEYS), {k: summary[k] for k in NORTH_STAR_KEYS}
+    product = summary["retrieval_efficiency"] * summary["ranking_efficiency"] * summary["rerank_efficiency"]
+    assert product == pytest.approx(summary["saves_per_user"] / summary["oracle_saves_per_user"], rel=1e-9)
+    found = summary["north_star"]
+    assert found["measured"] and found["users"] > 0 and len(found["seeds"]) >= 3 and len(found["robustness"]) >= 2
+    systems = found["systems"]
+    assert set(systems) == {*SYSTEMS, RANKER_ORDER, CANDIDATE_ORACLE, CATALOG_ORACLE}
+    oracle_high = systems[CATALOG_ORACLE]["saves_per_user_ci"][1]
+    for name, numbers in systems.items():
+        assert numbers["saves_per_user"] <= oracle_high, name  # nothing beats the oracle beyond its interval
+        for key in ("positives_per_user", "early_skip_share", "cold_slot_share", "cold_saves_per_user",
+                    "max_min_tpr_ratio", "cold_tpr_over_median"):
+            assert key in numbers, (name, key)
+    assert systems["pipeline"]["users_with_list"] == found["users"]
+    for listener, numbers in found["robustness"].items():
+        product = numbers["retrieval_efficiency"] * numbers["ranking_efficiency"] * numbers["rerank_efficiency"]
+        assert product == pytest.approx(numbers["oracle_efficiency"], rel=1e-9), listener
+
+
+def test_without_simulator_truth_dw_evaluate_says_so(tiny_world_run, tmp_path):
+    import json
+    import shutil
+
+    week = json.loads((tiny_world_run / "landing" / "manifest.json").read_text())["last_training_week"]
+    root = tmp_path / "world"
+    shutil.copytree(tiny_world_run, root, ignore=shutil.ignore_patterns("simulator", "north_star_evaluation"))
+    summary = _evaluate_json(root, week)
+    assert all(summary[key] is None for key in NORTH_STAR_KEYS)
+    assert not summary["north_star"]["measured"] and "no simulator truth" in summary["north_star"]["reason"]
+    assert summary["systems"]["pipeline"]["ndcg@30"] is not None  # the exposure monitor is still there

@@ -305,8 +305,11 @@ def test_scylla_settings_from_url():
     default = ScyllaSettings.from_url("scylla://db1/dw")
     assert default.replication == {"class": "SimpleStrategy", "replication_factor": 1}
     assert default.ttl_s == 56 * 86400 and default.port == 9042
+    assert default.protocol_version == 4 and ScyllaStore.from_url("scylla://db1/dw").cluster_options()["protocol_version"] == 4
+    assert ScyllaSettings.from_url("scylla://db1/dw?protocol_version=5").protocol_version == 5
     for bad in ("scylla://db1/dw-prod", "scylla://db1:9042,db2:9043/dw", "scylla://db1/",
-                "scylla://db1/dw?consistency=MOST", "scylla://db1/dw?replication=dc1:x"):
+                "scylla://db1/dw?consistency=MOST", "scylla://db1/dw?replication=dc1:x",
+                "scylla://db1/dw?protocol_version=2"):
         with pytest.raises(ValueError):
             ScyllaSettings.from_url(bad)
 

@@ -30,7 +30,9 @@ from dw_assets.simulate.behaviour import listen, reach
 
 GENRES = ["blues", "folk", "jazz", "pop", "rock"]
 N_TRACKS, N_USERS, PER_USER, DIM, TT_DIM = 300, 60, 40, 8, 12
-FAST = RankerConfig(n_estimators=80, early_stopping_rounds=20, min_child_samples=10, num_threads=1)
+# Binary labels (positive or not) unless a test asks for outcome grades.
+FAST = RankerConfig(n_estimators=80, early_stopping_rounds=20, min_child_samples=10, num_threads=1,
+                    label_scheme="positive", objective="binary")
 
 
 # ---------------------------------------------------------------------------- a synthetic week
@@ -186,6 +188,38 @@ def test_features_mean_what_their_names_say(world, features):
             assert np.isnan(got["popularity_gap"]) and got["history_level"] == 0
 
 
+def test_artist_features_shrink_track_rates_and_reach_tracks_through_their_artist(world, context, features):
+    stats = world["stats"].set_index("track_id")
+    profiles = world["profiles"].set_index("user_id")
+    audio = dict(zip(*world["audio"], strict=True))
+    i2v = dict(zip(*world["item2vec"], strict=True))
+    plays = stats["plays"].to_numpy(float)
+    for name in ("save_rate", "skip_rate", "early_skip_rate"):
+        rate = np.nan_to_num(stats[name].to_numpy(float))
+        hits = pd.Series(rate * plays).groupby(stats["artist_id"].to_numpy()).sum()
+        artist_plays = pd.Series(plays).groupby(stats["artist_id"].to_numpy()).sum()
+        got = features.groupby(world["candidates"]["track_id"].map(stats["artist_id"]))[f"artist_{name}"].first()
+        # Shrunk toward the catalog's rate: between it and the artist's own rate.
+        overall = (rate * plays).sum() / plays.sum()
+        own = (hits / artist_plays).reindex(got.index)
+        assert ((got - overall) * (own - overall) >= -1e-6).all() and ((got - own).abs() <= (overall - own).abs() + 1e-6).all()
+    rows = world["candidates"].sample(120, random_state=3)
+    for index, row in rows.iterrows():
+        got, track = features.loc[index], stats.loc[row.track_id]
+        if track["plays"] == 0:  # a track nobody has played gets its artist's rates
+            assert got["shrunk_save_rate"] == pytest.approx(got["artist_save_rate"], abs=1e-6)
+        recent = [t for t in profiles.loc[row.user_id, "recent_tracks"] if t in audio]
+        if recent and row.track_id in audio:
+            nearest = max(float(_unit(audio[t]) @ _unit(audio[row.track_id])) for t in recent)
+            assert got["audio_max_similarity"] == pytest.approx(nearest, abs=1e-4)
+            taste = _unit(np.mean([_unit(audio[t]) for t in recent], axis=0))
+            artist_tracks = [t for t in stats.index[stats["artist_id"] == track["artist_id"]] if t in audio]
+            centroid = _unit(np.mean([_unit(audio[t]) for t in artist_tracks], axis=0))
+            assert got["artist_audio_affinity"] == pytest.approx(float(taste @ centroid), abs=1e-4)
+        elif not any(t in i2v for t in profiles.loc[row.user_id, "recent_tracks"]):
+            assert np.isnan(got["item2vec_max_similarity"])
+
+
 def test_unknown_users_and_tracks_get_missing_features_not_errors(world, context):
     batch = world["candidates"].head(3).copy()
     batch.loc[batch.index[0], "user_id"] = 999_999  # no profile
@@ -218,6 +252,38 @@ def test_labels_come_from_the_next_weeks_positives_of_the_same_user():
     assert labels.index.equals(candidates.index)
     assert labels.tolist() == [1, 0, 1, 0, 0]
     assert training_labels(candidates, nxt, graded=True).tolist() == [1, 0, 2, 0, 0]
+
+
+def test_outcome_labels_grade_what_the_heard_track_did():
+    candidates = pd.DataFrame({"user_id": [1, 1, 1, 1, 1, 2], "track_id": [10, 11, 12, 13, 14, 10]})
+    rows = [  # user, track, positive, saved, early skip, skip
+        (1, 10, False, False, True, True),  # early skip
+        (1, 11, False, False, False, True),  # short skip
+        (1, 12, True, False, False, True),  # late skip
+        (1, 13, True, False, False, False),  # full play
+        (1, 13, False, False, True, True),  # a later early skip does not undo the full play
+        (1, 14, True, True, False, False),  # saved
+    ]
+    nxt = pd.DataFrame(rows, columns=["user_id", "track_id", "is_positive", "saved", "is_early_skip", "is_skip"])
+    assert training_labels(candidates, nxt, scheme="outcome").tolist() == [0, 1, 2, 3, 4, 0]
+    with pytest.raises(ValueError, match="is_early_skip"):
+        training_labels(candidates, nxt.drop(columns="is_early_skip"), scheme="outcome")
+
+
+def test_regression_on_outcome_values_learns_expected_value_and_scores_in_0_1():
+    features, labels, user_ids = _signal_week()
+    grades = np.where(labels > 0, 4, np.where(features["genre_share"].to_numpy() < 0, 0, 2)).astype(np.int32)
+    config = replace(FAST, label_scheme="outcome", objective="regression")
+    ranker = train_ranker(features, grades, user_ids, config)
+    assert next(iter(ranker.report["feature_importance"])) == "genre_share"
+    scores = ranker.predict(features)
+    assert scores.dtype == np.float32 and ((scores > 0) & (scores < 1)).all()  # logistic of the expected value
+    loaded = TrainedRanker.from_bytes(ranker.to_bytes())
+    np.testing.assert_array_equal(loaded.predict(features), scores)
+    with pytest.raises(ValueError, match="label_scheme='outcome'"):
+        RankerConfig(label_scheme="positive")
+    with pytest.raises(ValueError, match="graded objective"):
+        RankerConfig(objective="binary")
 
 
 def test_position_propensity_recovers_decaying_attention_of_the_discovery_list():
@@ -389,7 +455,10 @@ def _confounded_week(seed: int, n_users: int = 300) -> tuple[pd.DataFrame, pd.Da
     Returns (candidates, their features, next week's plays, would-like bool[n])."""
     rng = np.random.default_rng(seed)
     n = n_users * PER_USER
-    features = pd.DataFrame(rng.normal(size=(n, len(FEATURE_NAMES))).astype(np.float32), columns=list(FEATURE_NAMES))
+    # The two columns that matter are drawn first, so adding features only adds noise columns.
+    signal = {name: rng.normal(size=n).astype(np.float32) for name in ("log_plays", "genre_share")}
+    noise = np.random.default_rng(seed + 1_000).normal(size=(n, len(FEATURE_NAMES))).astype(np.float32)
+    features = pd.DataFrame(noise, columns=list(FEATURE_NAMES)).assign(**signal)
     features["list_position"] = 1.0
     candidates = pd.DataFrame({"user_id": np.repeat(np.arange(n_users) + 1, PER_USER),
                                "track_id": np.tile(np.arange(PER_USER) + 100, n_users)})  # fmt: skip

@@ -33,6 +33,8 @@ def _plays(n_users: int = 80, n_tracks: int = 60, rows: int = 3_000, seed: int =
         "ts": start + pd.to_timedelta(rng.integers(0, 5 * 7 * 86400, rows), unit="s"),
         "is_positive": rng.random(rows) < 0.4,
         "saved": rng.random(rows) < 0.1,
+        "is_early_skip": rng.random(rows) < 0.2,
+        "is_skip": rng.random(rows) < 0.5,
         "context": context,
         "position": position,
     })
@@ -107,8 +109,10 @@ def test_the_whole_week_inside_the_caps_gives_the_examples_of_the_whole_week(spa
     sample = training_sample(spark.read.parquet(path), spark.createDataFrame(plays),
                              spark.createDataFrame(_profiles()), config)
     assert sample.users == sample.sampled_users == 80
-    expected = training_examples(read_back.drop(columns="model_version"), plays, rows=rows)
-    got = training_examples(sample.candidates, sample.plays, rows=rows, propensity=sample.propensity)
+    # The default labels (outcome grades) read the plays' skip columns: the sample carries them.
+    expected = training_examples(read_back.drop(columns="model_version"), plays, rows=rows, scheme=config.label_scheme)
+    got = training_examples(sample.candidates, sample.plays, rows=rows, propensity=sample.propensity,
+                            scheme=config.label_scheme)
     for want, have in zip(expected, got, strict=True):
         np.testing.assert_array_equal(np.asarray(have.reset_index(drop=True).values.tolist(), dtype=object),
                                       np.asarray(want.reset_index(drop=True).values.tolist(), dtype=object))

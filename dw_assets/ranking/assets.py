@@ -32,6 +32,7 @@ from dw_assets.partitions import (
 from dw_assets.ranking import features as feature_module
 from dw_assets.ranking import ranker as ranker_module
 from dw_assets.ranking.batch import (
+    PLAY_COLUMNS,
     PlaylistSettings,
     build_playlists,
     candidate_version,
@@ -62,6 +63,7 @@ ARTIFACT_IF_ANY = DagsterType(
 
 class RankerAssetConfig(Config):
     objective: str = RankerConfig.objective
+    label_scheme: str = RankerConfig.label_scheme
     training_rows: str = RankerConfig.training_rows
     num_leaves: int = RankerConfig.num_leaves
     learning_rate: float = RankerConfig.learning_rate
@@ -72,7 +74,8 @@ class RankerAssetConfig(Config):
     seed: int = RankerConfig.seed
 
     def settings(self) -> RankerConfig:
-        return RankerConfig(objective=self.objective, training_rows=self.training_rows, num_leaves=self.num_leaves,
+        return RankerConfig(objective=self.objective, label_scheme=self.label_scheme,
+                            training_rows=self.training_rows, num_leaves=self.num_leaves,
                             learning_rate=self.learning_rate, n_estimators=self.n_estimators,
                             max_training_users=self.max_training_users, sample_users=self.sample_users,
                             sample_rows=self.sample_rows, seed=self.seed, num_threads=1)
@@ -86,8 +89,7 @@ class RankerAssetConfig(Config):
         # The first landed week has no week W-1: these read as empty and the week gets the stand-in.
         "candidates": AssetIn(partition_mapping=PREVIOUS_WEEK_IF_ANY,
                               metadata={"may_be_empty": True, "schema": "user_id long"}),
-        "interactions": AssetIn(metadata={"columns": ["user_id", "track_id", "ts", "is_positive", "saved", "context",
-                                                      "position"]}),
+        "interactions": AssetIn(metadata={"columns": PLAY_COLUMNS}),
         **{name: AssetIn(partition_mapping=PREVIOUS_WEEK_IF_ANY, metadata={"may_be_empty": True, "schema": "user_id long"},
                          # user_embeddings is a Spark table (500 M rows at the target); the others artifacts
                          **({"dagster_type": ARTIFACT_IF_ANY} if name.endswith("_embeddings")
@@ -134,7 +136,7 @@ def ranker_model(
     require_same_version({"candidates": candidate_version(candidates), "embeddings": previous_version})
     sample = training_sample(candidates, interactions, user_profiles, settings)
     examples, labels, weights = training_examples(sample.candidates, sample.plays, rows=settings.training_rows,
-                                                  graded=settings.graded_labels,
+                                                  scheme=settings.label_scheme,
                                                   min_propensity=settings.min_propensity,
                                                   propensity=sample.propensity)
     sampled = sample.profiles["user_id"].to_numpy(np.int64)

@@ -54,7 +54,9 @@ from dw_assets.versioning import VersionMismatch
 
 HASH_BITS = 53  # a double holds 53 bits exactly: the hash as a number in [0, 1)
 TRAINING_SAMPLE_SALT = 2  # RankerConfig.seed + 2: apart from the validation (seed) and user-cap (seed + 1) hashes
-PLAY_COLUMNS = ["user_id", "track_id", "ts", "is_positive", "saved", "context", "position"]
+# The outcome columns grade a heard track for label_scheme="outcome" (features.outcome_grades).
+PLAY_COLUMNS = ["user_id", "track_id", "ts", "is_positive", "saved", "is_early_skip", "is_skip", "context",
+                "position"]
 STORED_ORDER = ("_stored_file", "_stored_row")
 
 

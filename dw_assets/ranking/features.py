@@ -21,7 +21,7 @@ track's inputs: a user's candidates may be split across batches and the rows com
 out the same (no per-batch statistics).
 
 Training examples come from the next week's interactions (:func:`training_examples`): by
-default the candidates the user heard, labelled positive or not, carrying the discovery-list slot
+default the candidates the user heard, labelled by what they did (outcome grades, or positive or not), carrying the discovery-list slot
 they were heard at (``list_position``, the one feature that is an observation: fixed to 1 at
 inference); alternatively every candidate, with inverse-propensity weights for list positives
 (:func:`position_propensity`, :func:`position_weights`). :mod:`dw_assets.ranking.ranker` explains
@@ -59,7 +59,11 @@ HISTORY_LEVELS = {"none": 0, "light": 1, "medium": 2, "heavy": 3}
 TRACK_FEATURES = (
     "popularity_percentile", "log_plays", "log_listeners", "log_plays_last_week", "save_rate",
     "skip_rate", "early_skip_rate", "age_days", "is_new_release", "is_cold",
+    # the artist's outcome rates over all its tracks' plays, and the track's rates shrunk toward them
+    "artist_save_rate", "artist_skip_rate", "artist_early_skip_rate", "artist_log_plays",
+    "shrunk_save_rate", "shrunk_skip_rate", "shrunk_early_skip_rate",
 )  # fmt: skip
+RATE_COLUMNS = ("save_rate", "skip_rate", "early_skip_rate")  # track_stats rates shrunk toward the artist's
 USER_FEATURES = ("history_level", "weeks_active", "log_user_positives", "is_new_user")
 
 FEATURE_NAMES = (
@@ -68,6 +72,9 @@ FEATURE_NAMES = (
     "two_tower_rank", "item2vec_rank", "audio_rank", "item2vec_score", "audio_score",
     # user-track affinity in each embedding space
     "two_tower_score", "item2vec_affinity", "audio_affinity", "audio_item2vec_affinity",
+    # beyond the user's own tracks: the artist's centroid against the user's taste, and the nearest
+    # of the user's recent positives (a taste with several modes is not its mean)
+    "artist_item2vec_affinity", "artist_audio_affinity", "item2vec_max_similarity", "audio_max_similarity",
     # the track
     *TRACK_FEATURES,
     # the track against the user's habits
@@ -84,7 +91,9 @@ NULLABLE_FEATURES = frozenset({
     "two_tower_rank", "item2vec_rank", "audio_rank", "item2vec_score", "audio_score",  # not from that source
     "two_tower_score",  # no user vector and not a two-tower candidate
     "item2vec_affinity", "audio_affinity", "audio_item2vec_affinity",  # no vector, or no history with vectors
+    "artist_item2vec_affinity", "artist_audio_affinity", "item2vec_max_similarity", "audio_max_similarity",
     "save_rate", "skip_rate", "early_skip_rate",  # no plays in the window
+    "artist_save_rate", "artist_skip_rate", "artist_early_skip_rate",  # no play of the artist in the window
     "popularity_gap",  # user without history
 })  # fmt: skip
 
@@ -274,6 +283,9 @@ class FeatureContext:
     audio_vectors: np.ndarray
     two_tower_ids: np.ndarray
     two_tower_vectors: np.ndarray
+    artist_ids: np.ndarray
+    artist_item2vec: np.ndarray
+    artist_audio: np.ndarray
     users: UserInputs | None = None
 
     @classmethod
@@ -307,6 +319,7 @@ class FeatureContext:
             stats["age_days"].to_numpy(np.float64),
             stats["is_new_release"].to_numpy(np.float64),
             stats["is_cold"].to_numpy(np.float64),
+            *_artist_rates(stats, track_artist),
         ]).astype(np.float32)  # fmt: skip
         users = None
         if user_profiles is not None:
@@ -314,6 +327,7 @@ class FeatureContext:
         item2vec_ids, item2vec_vectors = _sorted_vectors(*item2vec, unit=True)
         audio_ids, audio_vectors = _sorted_vectors(*audio, unit=True)
         two_tower_ids, two_tower_vectors = _sorted_vectors(*two_tower_tracks, unit=False)
+        artist_ids = np.unique(track_artist)
         return cls(
             genres=genres,
             track_ids=track_ids,
@@ -326,6 +340,9 @@ class FeatureContext:
             audio_vectors=audio_vectors,
             two_tower_ids=two_tower_ids,
             two_tower_vectors=two_tower_vectors,
+            artist_ids=artist_ids,
+            artist_item2vec=_artist_centroids(artist_ids, track_ids, track_artist, item2vec_ids, item2vec_vectors),
+            artist_audio=_artist_centroids(artist_ids, track_ids, track_artist, audio_ids, audio_vectors),
             users=users,
         )
 
@@ -357,9 +374,59 @@ class FeatureContext:
 
 _CONTEXT_ARRAYS = (
     "genres", "track_ids", "track_artist", "track_genre", "track_features", "item2vec_ids",
-    "item2vec_vectors", "audio_ids", "audio_vectors", "two_tower_ids", "two_tower_vectors",
+    "item2vec_vectors", "audio_ids", "audio_vectors", "two_tower_ids", "two_tower_vectors", "artist_ids",
+    "artist_item2vec", "artist_audio",
 )  # fmt: skip
 _USER_ARRAYS = tuple(UserInputs.__dataclass_fields__)
+
+
+def _artist_rates(stats: pd.DataFrame, track_artist: np.ndarray) -> list[np.ndarray]:
+    """Artist-level outcome rates and the track's rates shrunk toward them: 3 + 1 + 3 float64[t] columns
+    (``TRACK_FEATURES`` order). A track with few plays says little about itself; its artist's other
+    tracks say more (the same artist tends to please or bore the same listeners), and a track
+    nobody has played yet gets its artist's rates.
+
+    Empirical Bayes, per rate: the prior strength (in plays) is a method-of-moments Beta fit to the
+    play-weighted spread of the rates themselves, m (1 - m) / var - 1, so it follows from the week's
+    data: artists shrink toward the catalog's rate, tracks toward their (shrunk) artist's.
+    """
+    plays = stats["plays"].to_numpy(np.float64)
+    _, artist_row = np.unique(track_artist, return_inverse=True)
+    artist_plays = np.bincount(artist_row, weights=plays)
+    artist, shrunk = [], []
+    for name in RATE_COLUMNS:
+        rate = np.nan_to_num(stats[name].to_numpy(np.float64), nan=0.0)
+        hits = rate * plays
+        prior = _beta_strength(rate, plays)
+        overall = hits.sum() / plays.sum() if plays.sum() > 0 else np.nan
+        per_artist = (np.bincount(artist_row, weights=hits) + prior * overall) / (artist_plays + prior)
+        artist.append(per_artist[artist_row])
+        shrunk.append((hits + prior * per_artist[artist_row]) / (plays + prior))
+    return [*artist, np.log1p(artist_plays[artist_row]), *shrunk]
+
+
+def _beta_strength(rate: np.ndarray, plays: np.ndarray) -> float:
+    """Prior strength (pseudo-plays) of a Beta fitted by moments to play-weighted rates, at least 1."""
+    played = plays > 0
+    if played.sum() < 2:
+        return 1.0
+    mean = np.average(rate[played], weights=plays[played])
+    var = np.average((rate[played] - mean) ** 2, weights=plays[played])
+    if var <= 0 or not 0.0 < mean < 1.0:
+        return 1.0
+    return float(max(mean * (1.0 - mean) / var - 1.0, 1.0))
+
+
+def _artist_centroids(artist_ids: np.ndarray, track_ids: np.ndarray, track_artist: np.ndarray,
+                      ids: np.ndarray, unit_vectors: np.ndarray) -> np.ndarray:
+    """Unit mean vector of each artist's tracks that have a vector: float32[a, dim] (zeros: none)."""
+    rows = _index_of(ids, track_ids)
+    has = rows >= 0
+    artist_row = np.searchsorted(artist_ids, track_artist[has])
+    sums = np.zeros((len(artist_ids), unit_vectors.shape[1]), np.float64)
+    np.add.at(sums, artist_row, unit_vectors[rows[has]])
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    return (sums / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 def _sorted_vectors(ids: np.ndarray, vectors: np.ndarray, unit: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -460,6 +527,14 @@ def build_features(
         out["audio_item2vec_affinity"] = _rowwise_dot(i2v_taste, i2v_user, context.audio_vectors, audio_track)
     else:
         out["audio_item2vec_affinity"] = np.full(n, np.nan, np.float32)
+    # The artist's centroid reaches tracks of an artist the user knows only by its other tracks,
+    # and cold tracks (audio vectors cover the whole catalog).
+    artist_row = _index_of(context.artist_ids, np.where(track_row >= 0, context.track_artist[np.maximum(track_row, 0)], -1))
+    out["artist_item2vec_affinity"] = _rowwise_dot(i2v_taste, i2v_user, context.artist_item2vec, artist_row)
+    out["artist_audio_affinity"] = _rowwise_dot(audio_taste, audio_user, context.artist_audio, artist_row)
+    out["item2vec_max_similarity"] = _max_similarity(inputs, user_row, context.item2vec_ids,
+                                                     context.item2vec_vectors, i2v_track)
+    out["audio_max_similarity"] = _max_similarity(inputs, user_row, context.audio_ids, context.audio_vectors, audio_track)
 
     known_track = track_row >= 0
     track_features = np.full((n, len(TRACK_FEATURES)), np.nan, np.float32)
@@ -500,6 +575,26 @@ def _rowwise_dot(left: np.ndarray, left_rows: np.ndarray, right: np.ndarray, rig
     for lo in range(0, len(both), DOT_CHUNK_ROWS):
         sel = both[lo : lo + DOT_CHUNK_ROWS]
         out[sel] = np.einsum("ij,ij->i", left[left_rows[sel]], right[right_rows[sel]])
+    return out
+
+
+def _max_similarity(inputs: UserInputs, user_row: np.ndarray, ids: np.ndarray, unit_vectors: np.ndarray,
+                    track_rows: np.ndarray) -> np.ndarray:
+    """Cosine of each candidate to the nearest of its user's recent tracks with a vector: float32[n],
+    NaN where the user or the track has none. One (recent x candidates) product per user of the batch."""
+    out = np.full(len(user_row), np.nan, np.float32)
+    if len(ids) == 0 or len(user_row) == 0:
+        return out
+    recent_rows = _index_of(ids, inputs.recent_tracks)
+    rows = np.flatnonzero((user_row >= 0) & (track_rows >= 0))
+    rows = rows[np.argsort(user_row[rows], kind="stable")]
+    users, starts = np.unique(user_row[rows], return_index=True)
+    for user, a, b in zip(users.tolist(), starts.tolist(), [*starts[1:].tolist(), len(rows)], strict=True):
+        mine = recent_rows[inputs.recent_offsets[user] : inputs.recent_offsets[user + 1]]
+        mine = mine[mine >= 0]
+        if len(mine):
+            sel = rows[a:b]
+            out[sel] = (unit_vectors[track_rows[sel]] @ unit_vectors[mine].T).max(axis=1)
     return out
 
 
@@ -559,19 +654,49 @@ def _positive_pairs(interactions_next: pd.DataFrame) -> pd.DataFrame:
     return interactions_next.loc[interactions_next["is_positive"].astype(bool)]
 
 
+LABEL_SCHEMES = ("positive", "saved", "outcome")
+# Outcome grades (label_scheme="outcome"): what a heard track did, worst to best. A save is what the
+# product counts; an early skip also costs reach (the listener is likelier to stop the list).
+EARLY_SKIP, SHORT_SKIP, LATE_SKIP, FULL_PLAY, SAVE = range(5)
+OUTCOME_COLUMNS = ("is_early_skip", "is_skip")  # interactions columns the outcome grades need
+
+
+def outcome_grades(plays: pd.DataFrame) -> np.ndarray:
+    """Grade of each play (int8[n]): saved 4 > full play 3 > late skip (> 30 s, not full) 2 > short skip
+    (10-30 s) 1 > early skip (< 10 s) 0, from the silver interactions' labels."""
+    missing = [c for c in ("is_positive", "saved", *OUTCOME_COLUMNS) if c not in plays.columns]
+    if missing:
+        raise ValueError(f"outcome grades need interactions columns {missing}")
+    saved = plays["saved"].astype(bool).to_numpy()
+    positive = plays["is_positive"].astype(bool).to_numpy()
+    skip = plays["is_skip"].astype(bool).to_numpy()
+    early = plays["is_early_skip"].astype(bool).to_numpy()
+    return np.select([saved, positive & ~skip, positive, ~early], [SAVE, FULL_PLAY, LATE_SKIP, SHORT_SKIP],
+                     EARLY_SKIP).astype(np.int8)
+
+
 def training_labels(
-    candidates_prev: pd.DataFrame, interactions_next: pd.DataFrame, graded: bool = False
+    candidates_prev: pd.DataFrame, interactions_next: pd.DataFrame, graded: bool = False, scheme: str | None = None
 ) -> pd.Series:
     """Relevance of each candidate of week W-1 from week W's interactions: int8[n], index of ``candidates_prev``.
 
-    1 when the user has a positive interaction (play > 30 s or save) with the track in week W,
-    else 0. ``graded``: 2 when one of those positives is a save (LambdaRank gains 2**label - 1).
+    ``scheme`` (default "positive", or "saved" when ``graded``): "positive": 1 when the user has a
+    positive interaction (play > 30 s or save) with the track in week W, else 0; "saved": 2 when one
+    of those positives is a save; "outcome": the best :func:`outcome_grades` of the user's plays of the
+    track in week W (0 = early skip ... 4 = saved), 0 for unheard candidates (rows="all" would treat
+    them as early skips: use it with rows="exposed").
     """
-    positives = _positive_pairs(interactions_next)
-    grade = (1 + positives["saved"].astype(np.int8)) if graded else pd.Series(1, index=positives.index)
+    scheme = scheme or ("saved" if graded else "positive")
+    if scheme not in LABEL_SCHEMES:
+        raise ValueError(f"scheme must be one of {LABEL_SCHEMES}, got {scheme!r}")
+    if scheme == "outcome":
+        plays, grade = interactions_next, outcome_grades(interactions_next)
+    else:
+        plays = _positive_pairs(interactions_next)
+        grade = (1 + plays["saved"].astype(np.int8)).to_numpy() if scheme == "saved" else np.ones(len(plays))
     best = (
-        positives[["user_id", "track_id"]]
-        .assign(label=grade.to_numpy(np.int8))
+        plays[["user_id", "track_id"]]
+        .assign(label=np.asarray(grade, np.int8))
         .groupby(["user_id", "track_id"], as_index=False)["label"]
         .max()
     )
@@ -682,6 +807,7 @@ def training_examples(
     graded: bool = False,
     min_propensity: float = 0.05,
     propensity: np.ndarray | None = None,
+    scheme: str | None = None,
 ) -> tuple[pd.DataFrame, pd.Series, pd.Series]:
     """Week W-1's candidates as training examples labelled by week W: (candidates, labels, weights).
 
@@ -693,10 +819,11 @@ def training_examples(
     the played rows). This learns P(heard and positive), mostly exposure (see ranker.py).
     The candidates keep their index; featurize them with week W-1's context. ``propensity``: rows="all"'s
     position propensity when counted elsewhere (on Spark, over every user, when the candidates are a sample).
+    ``graded`` / ``scheme``: the labels of :func:`training_labels`.
     """
     if rows not in TRAINING_ROWS:
         raise ValueError(f"rows must be one of {TRAINING_ROWS}, got {rows!r}")
-    labels = training_labels(candidates_prev, interactions_next, graded=graded)
+    labels = training_labels(candidates_prev, interactions_next, graded=graded, scheme=scheme)
     if rows == "all":
         if propensity is None:
             propensity = position_propensity(interactions_next, min_propensity=min_propensity)

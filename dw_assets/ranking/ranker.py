@@ -2,26 +2,37 @@
 
 Training data (time split, never random): week W-1's candidates, featurized by
 :func:`dw_assets.ranking.features.build_features` with week W-1's inputs, labelled by week W's
-positive interactions (:func:`~dw_assets.ranking.features.training_examples`). The trained model
+interactions (:func:`~dw_assets.ranking.features.training_examples`). The trained model
 then scores week W's candidates through the same feature function.
 
 Which rows. By default only the candidates the user actually heard in week W are training rows
-(``training_rows="exposed"``), labelled positive (play > 30 s or save) or not. Labelling every
-candidate instead (``"all"``, unheard = negative) makes the label "heard *and* liked", and what a
-listener hears next week on their own is mostly what is popular and easy to run into: that model
-learns exposure (its top features are plays last week and popularity), not taste. A delivered
-playlist decides exposure itself, so P(positive | heard) is the quantity to rank by. Measured on
-rough candidates of the ``small`` world (6,000 users, 4 seeds) with a simulated A/B (top 30 of
-held-out users played through the simulator's listener, positives per user): two-tower order
-10.38; "all" 8.89 although it beats the two-tower order on offline NDCG@30 against next-week
-positives (0.229 vs 0.165); "exposed" 11.85. On ``tiny`` (8 seeds): 6.50, 7.34, 7.67-7.96.
+(``training_rows="exposed"``). Labelling every candidate instead (``"all"``, unheard = negative)
+makes the label "heard *and* liked", and what a listener hears next week on their own is mostly what
+is popular and easy to run into: that model learns exposure (its top features are plays last week and
+popularity), not taste. A delivered playlist decides exposure itself, so the outcome given that the
+track is heard is the quantity to rank by. Measured on rough candidates of the ``small`` world (6,000
+users, 4 seeds) with a simulated A/B (top 30 of held-out users played through the simulator's
+listener, positives per user): two-tower order 10.38; "all" 8.89 although it beats the two-tower
+order on offline NDCG@30 against next-week positives (0.229 vs 0.165); "exposed" 11.85.
 
-Objective. Binary log-loss by default: it learns a calibrated P(positive | heard) from every heard
-row, including users whose rows all share one label (most users hear few candidates in a week),
-and the re-ranker can read its scores as probabilities. LambdaRank (one query group per user,
-NDCG@30 of each user's order) is the alternative; it uses only users with both labels and measured
-the same on ``small`` (11.86) and a little lower on ``tiny`` (7.67 vs 7.96). Both early-stop on
-validation NDCG@30, which only users with both labels can measure.
+Labels and objective (``RankerConfig.label_scheme`` / ``objective``). What the product counts is saves,
+and an early skip also costs reach (the listener is likelier to stop the list), so by default each
+heard row carries its outcome grade (``label_scheme="outcome"``: early skip < short skip < late skip <
+full play < save, :func:`~dw_assets.ranking.features.outcome_grades`) and the model regresses the
+expected value of the grade's silver-table weight (``objective="regression"``, ``outcome_values`` =
+``InteractionRules``' -1, -0.3, 0.5, 1, 5: a save is worth five full plays, an early skip costs one),
+early-stopping on held-out users' squared error. ``predict`` returns the logistic of that expected
+value, so ``playlists.list_score`` and the re-ranker keep a (0, 1) score. A binary P(play > 30 s or
+save | heard) cannot tell a track the user will save from one they will merely finish: on ``tiny``
+(3 training seeds x 3 listener seeds; ranking efficiency = ranker order / candidate oracle saves)
+binary 0.423, outcome regression 0.458, outcome LambdaRank (gains 2^grade - 1) 0.455, all with the
+artist / nearest-track features of ``features.py`` (binary before them: 0.442). The binary
+(``label_scheme="positive"``, log-loss: a calibrated P(positive | heard) from every heard row),
+saved-graded (``"saved"``) and LambdaRank / XE-NDCG variants stay selectable; LambdaRank on binary
+labels measured like binary on ``small`` (11.86 vs 11.85 positives). The ranking objectives and
+binary early-stop on validation NDCG@30 (only users with both labels can measure it), regression on
+its own loss. Rows are one past week: the lake holds one week of candidates before the trained week
+(``ranker_model`` reads week W-1's candidates, features and models), so nothing older is pooled yet.
 
 Users. A user whose rows all share one label (typically: no positive) has no pair to order: such
 users are left out of validation and, for the ranking objectives (no LambdaRank gradient), out of
@@ -69,18 +80,28 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from dw_assets.ranking.features import TRAINING_ROWS
+from dw_assets.ingest.interactions import InteractionRules
+from dw_assets.ranking.features import LABEL_SCHEMES, TRAINING_ROWS
 
-OBJECTIVES = ("binary", "lambdarank", "rank_xendcg")
+OBJECTIVES = ("binary", "lambdarank", "rank_xendcg", "regression")
+_RULES = InteractionRules()
+# The silver table's graded weight of each outcome grade (features.outcome_grades order): early skip,
+# short skip, late skip, full play, save. One source: the interactions' rules.
+OUTCOME_VALUES = (_RULES.weight_early_skip, _RULES.weight_short_skip, _RULES.weight_late_skip,
+                  _RULES.weight_full_play, _RULES.weight_saved)
 FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
 class RankerConfig:
     training_rows: str = "exposed"  # exposed | all: which candidates become rows (training_examples)
-    graded_labels: bool = False  # label 2 for saved positives (LambdaRank gain 3 vs 1)
+    # positive: 1 = play > 30 s or save | saved: 2 = saved positive (LambdaRank gain 3 vs 1) | outcome: the
+    # grade of the heard track, early skip 0 < short skip < late skip < full play < save 4 (features.outcome_grades)
+    label_scheme: str = "outcome"
+    # objective="regression" learns the expected value of these per grade (label_scheme="outcome")
+    outcome_values: tuple[float, ...] = OUTCOME_VALUES
     min_propensity: float = 0.05  # training_rows="all": floor of the position propensity (weights <= 20)
-    objective: str = "binary"  # binary | lambdarank | rank_xendcg
+    objective: str = "regression"  # regression (outcome_values) | binary (label > 0) | lambdarank | rank_xendcg
     num_leaves: int = 31
     learning_rate: float = 0.05
     n_estimators: int = 400  # boosting rounds at most; early stopping picks the best
@@ -108,6 +129,12 @@ class RankerConfig:
             raise ValueError(f"min_propensity must be in (0, 1], got {self.min_propensity}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.label_scheme not in LABEL_SCHEMES:
+            raise ValueError(f"label_scheme must be one of {LABEL_SCHEMES}, got {self.label_scheme!r}")
+        if self.objective == "regression" and self.label_scheme != "outcome":
+            raise ValueError("objective='regression' learns outcome_values: it needs label_scheme='outcome'")
+        if self.label_scheme == "outcome" and self.objective == "binary":
+            raise ValueError("label_scheme='outcome' needs a graded objective (regression, lambdarank, rank_xendcg)")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
         for name in ("num_leaves", "n_estimators", "early_stopping_rounds", "min_child_samples", "ndcg_k"):
@@ -143,7 +170,9 @@ class TrainedRanker:
         return lgb.Booster(model_str=self.model_text)
 
     def predict(self, features: pd.DataFrame, num_threads: int = 1, engine: str = "lightgbm") -> np.ndarray:
-        """Score of each row (higher = better): float32[n]; with the binary objective P(positive | heard).
+        """Score of each row in (0, 1) (higher = better): float32[n]; with the binary objective P(positive |
+        heard), with the others the logistic of the raw score (regression: of the expected outcome value),
+        so ``playlists.list_score``'s log and the re-ranker's scales hold for every objective.
 
         ``features`` needs the model's feature columns (taken by name, any order). ``engine``:
         ``lightgbm`` (the booster), ``compiled`` (the trees compiled to native code by lleaves:
@@ -160,9 +189,13 @@ class TrainedRanker:
         compiled = self.compiled(required=engine == "compiled") if engine != "lightgbm" else None
         if compiled is not None:
             x = features[self.feature_names].to_numpy(np.float64)
-            return compiled.predict(x, n_jobs=max(num_threads, 1)).astype(np.float32)
-        x = features[self.feature_names].to_numpy(np.float32)
-        return self.booster.predict(x, num_threads=num_threads).astype(np.float32)
+            raw = compiled.predict(x, n_jobs=max(num_threads, 1))
+        else:
+            x = features[self.feature_names].to_numpy(np.float32)
+            raw = self.booster.predict(x, num_threads=num_threads)
+        if self.report.get("objective", "binary") != "binary":  # binary's trees already end in a sigmoid
+            raw = 1.0 / (1.0 + np.exp(-np.asarray(raw, np.float64)))
+        return np.asarray(raw).astype(np.float32)
 
     def compiled(self, required: bool = False):
         """The lleaves model of these trees, compiled once per machine (cached object file, keyed by
@@ -294,7 +327,8 @@ def train_ranker(
     """Train on week W-1's candidates labelled by week W.
 
     features: float32[n, f] (e.g. :func:`build_features`), its columns become the model's features.
-    labels: int[n] relevance (0, 1, or graded 2 = saved; binary objective uses label > 0).
+    labels: int[n] relevance (``RankerConfig.label_scheme``: 0/1, 2 = saved, or outcome grades 0-4; the binary
+    objective uses label > 0, regression the grade's ``outcome_values``).
     user_ids: int64[n], one query group per user (rows need not be contiguous).
     sample_weight: float[n] or None, e.g. inverse position propensity of positives.
     """
@@ -318,16 +352,24 @@ def train_ranker(
     ranked = np.isin(users, users[order][starts][lowest < highest])
     held_out = user_hash_unit(users, config.seed) < config.validation_fraction
     # Binary log-loss learns from every labelled row; ranking objectives only from users with pairs.
-    trainable = ~held_out if config.objective == "binary" else ranked & ~held_out
+    trainable = ~held_out if config.objective in ("binary", "regression") else ranked & ~held_out
     train_rows, train_sizes = _grouped(_training_rows(users, y, np.flatnonzero(trainable), config), users)
     valid_rows, valid_sizes = _grouped(np.flatnonzero(ranked & held_out), users)
     if len(train_rows) == 0:
         raise ValueError("no training rows: every user is held out or none has both a positive and a negative")
 
-    target = (y > 0).astype(np.int32) if config.objective == "binary" else y
+    if config.objective == "binary":
+        target = (y > 0).astype(np.float64)
+    elif config.objective == "regression":
+        if y.max(initial=0) >= len(config.outcome_values):
+            raise ValueError(f"labels must be < {len(config.outcome_values)} (one outcome value per grade)")
+        target = np.asarray(config.outcome_values, np.float64)[y]
+    else:
+        target = y
     params = {
         "objective": config.objective,
-        "metric": "ndcg",
+        # Regression early-stops on its own loss (NDCG cannot read negative outcome values).
+        "metric": "l2" if config.objective == "regression" else "ndcg",
         "eval_at": [config.ndcg_k],
         "lambdarank_truncation_level": config.ndcg_k,
         "num_leaves": config.num_leaves,
@@ -343,7 +385,7 @@ def train_ranker(
         "verbosity": -1,
     }
     train_set = lgb.Dataset(
-        x[train_rows], label=target[train_rows], group=train_sizes, feature_name=names,
+        x[train_rows], label=target[train_rows], group=None if config.objective == "regression" else train_sizes, feature_name=names,
         weight=None if weight is None else weight[train_rows], free_raw_data=True,
     )  # fmt: skip
     callbacks, valid_sets = [], []
@@ -353,7 +395,7 @@ def train_ranker(
     booster = lgb.train(params, train_set, num_boost_round=config.n_estimators, valid_sets=valid_sets,
                         valid_names=["validation"] * len(valid_sets), callbacks=callbacks)  # fmt: skip
     best = booster.best_iteration if booster.best_iteration > 0 else booster.current_iteration()
-    ranker = TrainedRanker(booster.model_to_string(num_iteration=best), names, {})
+    ranker = TrainedRanker(booster.model_to_string(num_iteration=best), names, {"objective": config.objective})
 
     validation_ndcg = baseline_ndcg = None
     if len(valid_rows):
@@ -382,6 +424,6 @@ def train_ranker(
         "baseline_feature": config.baseline_feature,
         "feature_importance": importance,
         "train_seconds": round(time.perf_counter() - started, 3),
-        "config": asdict(config),
+        "config": {**asdict(config), "outcome_values": list(config.outcome_values)},  # as JSON reads it back
     }
     return ranker

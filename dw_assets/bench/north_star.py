@@ -8,8 +8,10 @@ world's listeners in the week after W: the pipeline, the ranker's own order of t
 shipped ranker and ``list_score``, with the hygiene only: no MMR, calibration, exploration or cold
 slots), the evaluation's baselines (two-tower top-30, popularity, item-CF, ALS), last week's models,
 and the two oracles. A measurement tool for small worlds (the lake's tables are read into pandas):
-users are a seeded hash sample of at most ``--users`` of the week's playlist users, the same sample
-the evaluation would draw.
+users are a seeded hash sample of at most ``--users`` of the week's playlist users (numpy's hash: the
+same users as ``offline_evaluation``'s Spark draw whenever the cap holds them all). The product's
+measurement is ``offline_evaluation`` (``north_star_evaluation``, ``dw evaluate``): the same functions
+(``evaluation.north_star``, ``evaluation.ranker_order``) and the same tables.
 """
 
 from __future__ import annotations

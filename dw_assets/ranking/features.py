@@ -85,6 +85,18 @@ FEATURE_NAMES = (
     "list_position",
 )  # fmt: skip
 
+# The direction a feature can move expected saves, everything else equal (the ranker's monotone
+# constraints): more similar to the user's taste, more of the user's genre or artist, a better outcome
+# record of the track or its artist. Heard rows are few (a user meets few new tracks a week), and
+# unconstrained trees fit wiggles of these against the label's noise.
+MONOTONE_FEATURES = {
+    "two_tower_score": 1, "item2vec_affinity": 1, "audio_affinity": 1, "audio_item2vec_affinity": 1,
+    "artist_item2vec_affinity": 1, "artist_audio_affinity": 1, "item2vec_max_similarity": 1,
+    "audio_max_similarity": 1, "genre_share": 1, "artist_history_share": 1, "is_top_artist": 1,
+    "artist_save_rate": 1, "shrunk_save_rate": 1, "artist_skip_rate": -1, "shrunk_skip_rate": -1,
+    "artist_early_skip_rate": -1, "shrunk_early_skip_rate": -1,
+}  # fmt: skip
+
 # NaN means "does not apply" here, and LightGBM learns where missing values go.
 # Every other feature is finite for a user and a track the context knows.
 NULLABLE_FEATURES = frozenset({

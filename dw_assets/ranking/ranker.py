@@ -81,7 +81,7 @@ import numpy as np
 import pandas as pd
 
 from dw_assets.ingest.interactions import InteractionRules
-from dw_assets.ranking.features import LABEL_SCHEMES, TRAINING_ROWS
+from dw_assets.ranking.features import LABEL_SCHEMES, MONOTONE_FEATURES, TRAINING_ROWS
 
 OBJECTIVES = ("binary", "lambdarank", "rank_xendcg", "regression")
 _RULES = InteractionRules()
@@ -102,6 +102,9 @@ class RankerConfig:
     outcome_values: tuple[float, ...] = OUTCOME_VALUES
     min_propensity: float = 0.05  # training_rows="all": floor of the position propensity (weights <= 20)
     objective: str = "regression"  # regression (outcome_values) | binary (label > 0) | lambdarank | rank_xendcg
+    # Monotone constraints of features.MONOTONE_FEATURES. Tiny, ranker order / candidate oracle saves over
+    # 3 training x 3 listener seeds: 0.458 unconstrained -> 0.481.
+    monotone: bool = True
     num_leaves: int = 31
     learning_rate: float = 0.05
     n_estimators: int = 400  # boosting rounds at most; early stopping picks the best
@@ -384,6 +387,9 @@ def train_ranker(
         "num_threads": config.num_threads,
         "verbosity": -1,
     }
+    if config.monotone:
+        params["monotone_constraints"] = [MONOTONE_FEATURES.get(name, 0) for name in names]
+        params["monotone_constraints_method"] = "advanced"
     train_set = lgb.Dataset(
         x[train_rows], label=target[train_rows], group=None if config.objective == "regression" else train_sizes, feature_name=names,
         weight=None if weight is None else weight[train_rows], free_raw_data=True,

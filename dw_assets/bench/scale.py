@@ -30,6 +30,7 @@ import click
 
 from dw_assets.bench.demo import last_line, process_kind
 from dw_assets.bench.stages import tree_memory
+from dw_assets.procfs import parent_pid
 
 DEFAULT_MASTER = "spark://127.0.0.1:7077"
 CLUSTER_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "spark-cluster.sh"
@@ -61,14 +62,7 @@ def executor_pids(master: str | None = None) -> list[int]:
             workers.add(int(entry.name))
     if master is None:
         return pids
-    return [pid for pid in pids if _parent(pid) in workers]
-
-
-def _parent(pid: int) -> int:
-    try:
-        return int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return -1
+    return [pid for pid in pids if parent_pid(pid) in workers]
 
 
 def sample_memory(driver_pid: int, master: str | None = None) -> dict[str, int]:

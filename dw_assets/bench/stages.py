@@ -32,6 +32,8 @@ from pathlib import Path
 
 import click
 
+from dw_assets import procfs
+
 STAGES = ("simulator", "ingest", "item2vec", "audio", "two_tower")
 UNITS = {"simulator": "events/s", "ingest": "events/s/core", "item2vec": "words/s", "audio": "clips/s",
          "two_tower": "examples/s"}
@@ -158,25 +160,9 @@ def _tree_rss_bytes(root: int) -> int:
     return sum(row["rss"] for row in tree_memory(root))
 
 
-def _children() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    try:
-        entries = list(Path("/proc").iterdir())
-    except OSError:  # no /proc: not Linux
-        return children
-    for entry in entries:
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    return children
-
-
 def tree_memory(root: int) -> list[dict]:
     """rss and pss (bytes) and the command line of ``root`` and every descendant still alive."""
-    children, todo, rows = _children(), [root], []
+    children, todo, rows = procfs.children(), [root], []
     while todo:
         pid = todo.pop()
         todo.extend(children.get(pid, []))

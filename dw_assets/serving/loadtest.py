@@ -30,6 +30,7 @@ from typing import IO
 import numpy as np
 import pandas as pd
 
+from dw_assets import procfs
 from dw_assets.serving.api import DEFAULT_RATE_LIMIT_RPS, RATE_LIMIT_RPS_ENV
 from dw_assets.serving.publish import publish_week
 from dw_assets.serving.stores import MAX_POSITION, open_store
@@ -70,13 +71,11 @@ def free_port() -> int:
 
 def _tree_cpu_s(pid: int) -> float:
     """CPU seconds (user + system) used so far by process ``pid`` and its live children."""
-    tick = os.sysconf("SC_CLK_TCK")
     total, pending = 0.0, [pid]
     while pending:
         current = pending.pop()
+        total += procfs.cpu_seconds(current) or 0.0
         with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
             for task in Path(f"/proc/{current}/task").iterdir():
                 pending += [int(c) for c in (task / "children").read_text().split()]
     return total

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 
 from dw_assets.ingest.spark import SparkSettings, use_this_interpreter
+from dw_assets.serving.loadtest import free_port
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -66,9 +66,7 @@ def s3_endpoint():
     """A moto S3 server on a free loopback port, one per test module (real HTTP, boto3 talks to it)."""
     from moto.server import ThreadedMotoServer
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     yield f"http://127.0.0.1:{port}"

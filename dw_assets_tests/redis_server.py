@@ -17,15 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from dw_assets.serving.loadtest import free_port
+
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 MISSING = ("the Redis store tests need a Redis server: install redis-server (apt-get install redis-server) "
            "or set DW_REDIS_URL=redis://host:port/db")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class RedisServer:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,6 +18,7 @@ from dw_assets.ingest.spark import SparkSettings, s3a_jars
 from dw_assets.lake.landing_fs import LandingFS, read_manifest
 from dw_assets.lake.s3 import S3ConfigError, S3Settings, use_s3a
 from dw_assets.lake.storage import LakeError, open_lake, resolve_lake_root
+from dw_assets.serving.loadtest import free_port
 
 # test_pipeline's world fixture runs the tiny world with these; its local lake is the reference when it ran first.
 QUICK = {"audio_embeddings": {"config": {"epochs": 12}}, "two_tower_model": {"config": {"epochs": 4}}}
@@ -142,9 +142,7 @@ def test_a_missing_bucket_or_missing_credentials_fail_once_naming_the_setting(aw
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    closed = f"http://127.0.0.1:{free_port()}"  # a port nobody listens on
     monkeypatch.setenv("DW_S3_ENDPOINT_URL", closed)
     with pytest.raises(S3ConfigError, match=f"cannot reach the S3 endpoint .*DW_S3_ENDPOINT_URL={closed}"):
         open_lake("s3://dw-no-keys/prod").verify()

@@ -3,6 +3,7 @@ its cap and the driver guard; the executors' vectors equal the driver's, whateve
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -19,8 +20,11 @@ from dw_assets.embeddings.audio import (
     log_mel,
     train_audio_model,
 )
+from dw_assets.embeddings.audio_table import audio_table_version, audio_vectors_of, audio_vectors_table
+from dw_assets.embeddings.landing import landed_audio
 from dw_assets.lake.driver_guard import ROW_LIMIT_ENV
 from dw_assets.lake.landing_fs import LandingFS
+from dw_assets.lake.storage import vectors_artifact
 from dw_assets.simulate import load_truth
 from dw_assets_tests.test_s3_lake import _bucket, aws  # noqa: F401 (aws: a fixture)
 
@@ -80,6 +84,38 @@ def test_executors_embed_every_clip_as_the_driver_would(tiny_world, clips, lande
         assert problems.equals(everything.problems)
     assert set(problems["problem"]) == {"corrupt", "truncated", "empty", "silent"}
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+    # The asset's path: the same rows written as the audio_vectors table, problems counted in Spark.
+    embedded = audio_spark.embedded_frame(clips, model, settings, batch.length, reader).persist()
+    table = audio_vectors_table(embedded, "v1")
+    assert audio_table_version(table) == "v1"
+    table_ids, table_vectors = audio_vectors_of(table)
+    assert np.array_equal(table_ids, ids) and np.array_equal(table_vectors, vectors)
+    some = ids[::3]
+    assert np.array_equal(audio_vectors_of(table, some)[1], vectors[::3])  # only the wanted rows come back
+    assert audio_vectors_of(table, np.array([-1]))[1].shape == (0, vectors.shape[1])
+    artifact = vectors_artifact(ids[::-1], vectors[::-1], {"model_version": "v1"})
+    assert np.array_equal(audio_vectors_of(artifact, some)[1], vectors[::3])  # the artifact's files, same answer
+    counts, examples = audio_spark.embedded_problems(embedded, max_examples=2)
+    assert counts == problems["problem"].value_counts().to_dict()
+    assert examples.equals(problems.head(2))
+    embedded.unpersist()
+
+
+def test_executors_list_the_landed_clips_as_the_driver_listing_does(spark, tmp_path):
+    root = tmp_path / "landing"
+    for relative in ("audio/2026-01-05/11.wav", "audio/2026-01-05/12.wav", "audio/2026-01-05/notes.txt",
+                     "audio/2026-01-05/x1.wav", "audio/2026-01-12/12.wav", "audio/2026-01-12/13.wav",
+                     "audio/uploads-tmp/14.wav", "audio/2026-02-02/15.wav"):
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_bytes(b"RIFF")
+    landing = LandingFS(str(root))
+    reader = audio_spark.ClipReader.of(landing)
+    for until in (None, dt.date(2026, 1, 12), dt.date(2026, 1, 11)):
+        listed = audio_spark.landed_clips(landing, reader, until=until, spark=spark).toPandas()
+        assert dict(zip(listed["track_id"], listed["location"], strict=True)) == landed_audio(landing, until=until)
+    listed = audio_spark.landed_clips(landing, reader, spark=spark).toPandas()
+    assert listed.set_index("track_id")["location"][12].endswith("2026-01-12/12.wav")  # the later upload wins
 
 
 def test_a_vector_does_not_depend_on_the_batch_it_is_embedded_in(tiny_world, landed):

@@ -17,19 +17,18 @@ from dagster import (
     Output,
     multi_asset,
 )
-from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import DataFrame
 
 from dw_assets.calendar import week_bounds
 from dw_assets.embeddings import audio as audio_model
 from dw_assets.embeddings import audio_io, audio_spark, item2vec, two_tower
 from dw_assets.embeddings.audio import AudioConfig, load_clips, log_mel, train_audio_model
+from dw_assets.embeddings.audio_table import audio_table_version, audio_vectors_of, audio_vectors_table
 from dw_assets.embeddings.item2vec import (
     Item2VecConfig,
     sampled_sentences,
     train_item2vec,
 )
-from dw_assets.embeddings.landing import landed_audio
 from dw_assets.embeddings.two_tower import (
     TrainedTwoTower,
     TwoTowerConfig,
@@ -104,10 +103,21 @@ class AudioAssetConfig(Config):
     max_warm_tracks: int = 10_000
     max_training_clips: int = AudioConfig.max_training_clips
     seed: int = AudioConfig.seed
+    # The artifact also carries ids.npy / vectors.npy, collected from audio_vectors (12.8 GB on the driver at
+    # 100 M tracks), while readers of the artifact's vectors remain (ranking/, evaluation/, bench inference):
+    # False once they read the audio_vectors table through audio_table.audio_vectors_of.
+    vector_files: bool = True
+    max_problem_examples: int = 1_000  # unusable clips listed in the artifact and the check (all are counted)
 
 
 @multi_asset(
-    outs={"audio_embeddings": _out("Audio CNN on log-mel spectrograms, trained to land in the item2vec space; a vector for every track with audio.")},
+    outs={
+        "audio_embeddings": _out("Audio CNN on log-mel spectrograms, trained to land in the item2vec space: the "
+                                 "model, its report and the unusable clips; the vectors are audio_vectors."),
+        "audio_vectors": AssetOut(group_name=GROUP, metadata=MODELS, description=(
+            "Audio CNN vector of every track with a usable clip: a Parquet table (track_id, vector, "
+            "model_version) computed and written by the Spark executors, sorted by track_id.")),
+    },
     ins={"track_catalog": AssetIn(), "item2vec_embeddings": AssetIn(dagster_type=Artifact)},
     partitions_def=weekly_partitions,
     backfill_policy=ONE_WEEK_PER_RUN,
@@ -117,14 +127,15 @@ class AudioAssetConfig(Config):
 def audio_embeddings(
     context: AssetExecutionContext,
     config: AudioAssetConfig,
-    pyspark: LazyPySparkResource,
     lake: LakeResource,
-    track_catalog: pd.DataFrame,
+    track_catalog: DataFrame,
     item2vec_embeddings: Artifact,
 ):
-    """The driver trains on a seeded-hash sample of warm tracks' clips (``audio_spark.training_clips``);
-    the executors read and embed every track's clip with the week's model (``audio_spark.embed_tracks``,
-    where the module says why every track, and the sizes at 100 M tracks)."""
+    """The executors list the landed clips and keep the catalog's (``audio_spark.landed_clips``); the driver
+    trains on a seeded-hash sample of warm tracks' clips (``audio_spark.training_clips``); the executors read
+    and embed every track's clip with the week's model and write ``audio_vectors`` (``audio_spark`` says
+    why every track, and the sizes at 100 M tracks). The driver holds the model, the training sample,
+    the genres (names and the sampled tracks') and counts."""
     started = time.perf_counter()
     target_ids, target_vectors = vectors_from(item2vec_embeddings)
     settings = AudioConfig(embedding_dim=target_vectors.shape[1], epochs=config.epochs,
@@ -132,39 +143,63 @@ def audio_embeddings(
                            seed=config.seed)
     _, week_end = week_bounds(context.partition_key)
     landing = lake.landing()
-    catalog_ids = set(track_catalog["track_id"].tolist())
-    landed = landed_audio(landing, until=week_end.date())
-    clips = audio_spark.clip_frame(pyspark.spark_session, {t: p for t, p in landed.items() if t in catalog_ids})
+    reader = audio_spark.ClipReader.of(landing)
+    catalog = track_catalog.select(F.col("track_id").cast("long"), "genre")
+    listed = audio_spark.landed_clips(landing, reader, until=week_end.date(), spark=track_catalog.sparkSession)
+    listed = listed.join(catalog.select("track_id"), "track_id", "left_semi").persist()
+    clips = audio_spark.partitioned_clips(listed, listed.count())
     sample = audio_spark.training_clips(clips, target_ids, settings.max_training_clips, settings.seed)
     batch = load_clips(sample, settings, read=landing.read_location)
     mels = log_mel(batch, settings)
     batch.clips.clear()  # training reads the spectrograms only: drop the raw clips
-    genres = dict(zip(track_catalog["track_id"], track_catalog["genre"], strict=True))
+    genres = _sampled_genres(catalog, batch.track_ids)
+    genre_names = [r["genre"] for r in catalog.where(F.col("genre").isNotNull()).select("genre").distinct().collect()]
     model = train_audio_model(mels, batch.track_ids, (target_ids, target_vectors), genres, settings,
-                              genre_names=track_catalog["genre"].dropna().unique().tolist())
+                              genre_names=sorted(genre_names))
     del mels
-    track_ids, vectors, problems = audio_spark.embed_tracks(clips, model, settings, batch.length,
-                                                            audio_spark.ClipReader.of(landing))
     version = model_version(context.partition_key, [settings], [audio_model, audio_io, audio_spark],
                             [item2vec_embeddings.model_version])
-    missing = sorted(catalog_ids - set(track_ids.tolist()) - set(problems["track_id"].tolist()))
+    embedded = audio_spark.embedded_frame(clips, model, settings, batch.length, reader).persist()
+    by_problem, problems = audio_spark.embedded_problems(embedded, config.max_problem_examples)
+    no_clip = catalog.select("track_id").join(embedded.select("track_id"), "track_id", "left_anti")
+    missing = no_clip.count()
+    missing_examples = [int(r[0]) for r in no_clip.orderBy("track_id").limit(config.max_problem_examples).collect()]
+    vectors_table = audio_vectors_table(embedded, version)
+    embedded_count = int(embedded.where(F.col("problem").isNull()).count())
+    files = {"model.pt": model.to_bytes()}
+    meta = {"model_version": version, "report": model.report, "problems": problems.to_dict("records"),
+            "problems_by_kind": by_problem, "no_clip": missing_examples, "no_clip_tracks": missing,
+            "training_clips": len(sample), "tracks_embedded": embedded_count}
+    if config.vector_files:
+        track_ids, vectors = audio_vectors_of(vectors_table)
+        artifact = vectors_artifact(track_ids, vectors, meta, **files)
+    else:
+        artifact = Artifact(files=files, meta=meta)
     report = {k: v for k, v in model.report.items() if np.isscalar(v)}
     yield Output(
-        vectors_artifact(track_ids, vectors, {"model_version": version, "report": model.report,
-                                             "problems": problems.to_dict("records"), "no_clip": missing,
-                                             "training_clips": len(sample)},
-                         **{"model.pt": model.to_bytes()}),
+        artifact,
         output_name="audio_embeddings",
-        metadata={"model_version": version, "tracks_embedded": len(track_ids), "training_clips": len(sample),
+        metadata={"model_version": version, "tracks_embedded": embedded_count, "training_clips": len(sample),
                   **report, "elapsed_s": round(time.perf_counter() - started, 1)},
     )
-    by_problem = problems["problem"].value_counts().to_dict()
+    yield Output(vectors_table, output_name="audio_vectors",
+                 metadata={"model_version": version, "tracks": embedded_count})
+    embedded.unpersist()  # the IO manager has written the table
+    listed.unpersist()
     yield AssetCheckResult(
         asset_key="audio_embeddings", check_name="audio_files_readable", passed=not by_problem and not missing,
         severity=AssetCheckSeverity.WARN,
-        metadata={"skipped_by_problem": MetadataValue.json(by_problem), "catalog_tracks_without_clip": len(missing),
+        metadata={"skipped_by_problem": MetadataValue.json(by_problem), "catalog_tracks_without_clip": missing,
                   "skipped": MetadataValue.md(problems.head(50).to_markdown(index=False)) if by_problem else "none"},
     )
+
+
+def _sampled_genres(catalog: DataFrame, track_ids: np.ndarray) -> dict[int, str]:
+    """{track_id: genre} of ``track_ids`` (the training sample: at most ``max_training_clips``), joined in Spark."""
+    wanted = catalog.sparkSession.createDataFrame(pd.DataFrame({"track_id": np.asarray(track_ids, np.int64)}),
+                                                  "track_id long")
+    rows = catalog.join(wanted, "track_id", "left_semi").where(F.col("genre").isNotNull()).collect()
+    return {int(r["track_id"]): r["genre"] for r in rows}
 
 
 class TwoTowerAssetConfig(Config):
@@ -195,8 +230,11 @@ class TwoTowerAssetConfig(Config):
         "interactions": AssetIn(partition_mapping=history_window),
         "user_profiles": AssetIn(),
         "track_stats": AssetIn(),
-        "audio_embeddings": AssetIn(dagster_type=Artifact),
+        "audio_vectors": AssetIn(),
     },
+    # The audio model beside its vectors: one op makes both, so a selection of this asset's upstream
+    # (e.g. the ranker-training part of a week) must reach both.
+    deps=["audio_embeddings"],
     partitions_def=weekly_partitions,
     backfill_policy=ONE_WEEK_PER_RUN,
 )
@@ -206,19 +244,21 @@ def two_tower_model(
     interactions: DataFrame,
     user_profiles: DataFrame,
     track_stats: pd.DataFrame,
-    audio_embeddings: Artifact,
+    audio_vectors: DataFrame,
 ):
     """Trains on a seeded sample of users drawn in Spark (``two_tower.training_sample``); the model file
-    holds vocabularies, per-track inputs and weights, no user."""
+    holds vocabularies, per-track inputs and weights, no user. Every track's audio vector is an item-tower
+    input, so the driver loads the whole ``audio_vectors`` table: per track by design (12.8 GB at 100 M
+    tracks, as the model's other per-track inputs)."""
     settings = config.settings()
-    audio_ids, audio_vectors = vectors_from(audio_embeddings)
+    audio_ids, audio_matrix = audio_vectors_of(audio_vectors)
     sample = training_sample(interactions, user_profiles, settings)
-    features = build_features(sample.interactions, sample.profiles, track_stats, audio_ids, audio_vectors,
+    features = build_features(sample.interactions, sample.profiles, track_stats, audio_ids, audio_matrix,
                               context.partition_key, settings, countries=sample.countries)
     examples = build_examples(sample.interactions, features, settings)
     trained = train_two_tower(features, examples, settings)
     trained.report["sample"] = sample.stats
-    version = model_version(context.partition_key, [settings], [two_tower], [audio_embeddings.model_version])
+    version = model_version(context.partition_key, [settings], [two_tower], [audio_table_version(audio_vectors)])
     report = trained.report
     yield Output(
         Artifact(files={"two_tower.bin": trained.to_bytes()}, meta={"model_version": version, "report": report}),

@@ -1,5 +1,5 @@
-"""The weekly audio step's clips on Spark: a bounded training sample to the driver, every track embedded
-on the executors.
+"""The weekly audio step on Spark: a bounded training sample to the driver, every track embedded
+and written on the executors.
 
 Why every track is embedded again each week, not only the week's uploads: the CNN is trained afresh
 every week (seeded init) to regress that week's item2vec vectors, and item2vec is itself retrained
@@ -11,27 +11,32 @@ the week's model, but on the executors: the driver never reads the catalog's aud
 
 Steps and sizes at the target (100 M tracks with a clip; 1 s clips at 8 kHz, 16 KB of int16 each):
 
-- ``clip_frame``: (track_id, location) of every landed clip: 100 M rows (~10 GB), from the driver's
-  listing (a per-track table, like the catalog) into Spark, cut in ``CLIPS_PER_PARTITION`` partitions.
+- ``landed_clips``: (track_id, location) of every landed clip: 100 M rows (~10 GB of paths), listed on
+  the executors, one upload-date folder per task (``ClipReader.landing``); the driver lists only the
+  date folders (one a day: ~3,700 in ten years). The asset keeps the catalog's tracks (a semi-join)
+  and cuts them in ``CLIPS_PER_PARTITION`` partitions.
 - ``training_clips``: the warm tracks' clips with the ``bounded(max_training_clips)`` smallest seeded
   hashes (``samples.smallest_hashes``, a per-partition top-k): only those (track_id, location) pairs
   reach the driver, which reads their audio (100 k clips: 1.6 GB of int16 + 1 GB of spectrograms).
-- ``embed_tracks``: ``mapInPandas`` reads each partition's clips on its executor (``READ_CHUNK`` clips
+- ``embedded_frame``: ``mapInPandas`` reads each partition's clips on its executor (``READ_CHUNK`` clips
   at a time: ~16 MB of audio), computes spectrograms and vectors with the model broadcast as bytes
   (unpacked once per Python worker), and returns (track_id, vector, problem): 100 M x 32 float32 =
-  12.8 GB of vectors, the per-track ``audio_embeddings`` artifact the driver writes. 1.6 TB of audio
-  is read, all of it on the executors.
+  12.8 GB of vectors, written from the executors as the ``audio_vectors`` table (``audio_table``).
+  1.6 TB of audio is read, all of it on the executors. ``embedded_problems`` brings back the unusable
+  clips' counts per kind and at most ``max_examples`` of them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import math
 import os
 from collections.abc import Iterator, Mapping
 
 import numpy as np
 import pandas as pd
+import pyspark.sql.functions as F
 from pyspark.sql import DataFrame, SparkSession
 
 from dw_assets.embeddings.audio import AudioConfig, AudioModel, log_mel
@@ -40,6 +45,7 @@ from dw_assets.embeddings.samples import smallest_hashes
 from dw_assets.ingest.spark import load_once, payload_key
 
 CLIP_SCHEMA = "track_id long, location string"
+LISTED_SCHEMA = "track_id long, location string, folder string"
 EMBEDDED_SCHEMA = "track_id long, vector array<float>, problem string, detail string, location string"
 CLIPS_PER_PARTITION = 20_000  # a task's share: ~320 MB of 1 s clips, read READ_CHUNK at a time
 READ_CHUNK = 1_024  # clips read, turned into spectrograms and embedded at once on an executor
@@ -63,26 +69,70 @@ class ClipReader:
 
         return cls(landing.root, landing.s3 or S3Settings.from_env())
 
+    def landing(self):
+        """This Python worker's ``LandingFS`` of the root (built once per worker)."""
+        from dw_assets.lake.landing_fs import LandingFS
+
+        s3 = self.s3
+        if s3 is None:
+            return load_once(f"landing:{self.root}", lambda: LandingFS(self.root))
+        credentials = {"AWS_ACCESS_KEY_ID": s3.access_key_id, "AWS_SECRET_ACCESS_KEY": s3.secret_access_key,
+                       "AWS_SESSION_TOKEN": s3.session_token}
+        os.environ.update({name: value for name, value in credentials.items() if value})
+        return load_once(f"landing:{self.root}", lambda: LandingFS(self.root, s3=s3))
+
     def read(self):
         """location → bytes on this worker (None: local files, ``load_clips`` reads them itself)."""
         if not self.root.startswith("s3://"):
             return None
-        from dw_assets.lake.landing_fs import LandingFS
+        return self.landing().read_location
 
-        s3 = self.s3
-        credentials = {"AWS_ACCESS_KEY_ID": s3.access_key_id, "AWS_SECRET_ACCESS_KEY": s3.secret_access_key,
-                       "AWS_SESSION_TOKEN": s3.session_token}
-        os.environ.update({name: value for name, value in credentials.items() if value})
-        return load_once(f"landing:{self.root}", lambda: LandingFS(self.root, s3=s3)).read_location
+
+def landed_clips(landing, reader: ClipReader, until: dt.date | None = None, since: dt.date | None = None,
+                 spark: SparkSession | None = None) -> DataFrame:
+    """track_id, location of the clips uploaded in [since, until] (``landing/audio/<date>/<track_id>.wav``),
+    a later upload of a track winning, as ``embeddings.landing.landed_audio`` but listed on the executors:
+    the driver lists the date folders only. Names that are not a date folder / a track id are ignored."""
+    spark = spark or SparkSession.getActiveSession()
+    folders = []
+    for folder in landing.list_folders("audio"):
+        try:
+            uploaded = dt.date.fromisoformat(folder)
+        except ValueError:
+            continue
+        if not ((until and uploaded > until) or (since and uploaded < since)):
+            folders.append(folder)
+
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        fs = reader.landing()
+        for batch in batches:
+            for folder in batch["folder"]:
+                found = [(int(stem), clip) for clip in fs.list_files(f"audio/{folder}", suffix=".wav")
+                         if (stem := clip.rsplit("/", 1)[-1].removesuffix(".wav")).isdigit()]
+                yield pd.DataFrame({"track_id": np.array([t for t, _ in found], np.int64),
+                                    "location": pd.Series([c for _, c in found], dtype=object), "folder": folder})
+
+    days = spark.createDataFrame(pd.DataFrame({"folder": pd.Series(folders, dtype=object)}), "folder string")
+    listed = days.repartition(max(1, min(len(folders), 4 * spark.sparkContext.defaultParallelism)), "folder") \
+        .mapInPandas(run, LISTED_SCHEMA)
+    # Date folders sort by name: the latest folder holding a track is its latest upload.
+    return listed.groupBy("track_id").agg(F.max_by("location", "folder").alias("location"))
+
+
+def partitioned_clips(clips: DataFrame, rows: int) -> DataFrame:
+    """``clips`` hash-partitioned by track in partitions of about ``CLIPS_PER_PARTITION`` of its ``rows``
+    (at least the session's parallelism)."""
+    spark = clips.sparkSession
+    partitions = max(spark.sparkContext.defaultParallelism, math.ceil(rows / CLIPS_PER_PARTITION))
+    return clips.repartition(partitions, "track_id")
 
 
 def clip_frame(spark: SparkSession, clips: Mapping[int, str]) -> DataFrame:
-    """(track_id, location) of ``clips`` as a Spark frame, hash-partitioned by track in partitions of about
-    ``CLIPS_PER_PARTITION`` rows (at least the session's parallelism)."""
+    """(track_id, location) of ``clips`` (a mapping on the driver: tests, small worlds) as a Spark frame,
+    partitioned as ``partitioned_clips``."""
     frame = pd.DataFrame({"track_id": np.fromiter(clips.keys(), np.int64, len(clips)),
                           "location": pd.Series(list(clips.values()), dtype=object)})
-    partitions = max(spark.sparkContext.defaultParallelism, math.ceil(len(frame) / CLIPS_PER_PARTITION))
-    return spark.createDataFrame(frame, CLIP_SCHEMA).repartition(partitions, "track_id")
+    return partitioned_clips(spark.createDataFrame(frame, CLIP_SCHEMA), len(frame))
 
 
 def training_clips(clips: DataFrame, warm_ids: np.ndarray, cap: int, seed: int) -> dict[int, str]:
@@ -96,15 +146,15 @@ def training_clips(clips: DataFrame, warm_ids: np.ndarray, cap: int, seed: int) 
     return dict(zip(picked["track_id"].astype("int64").tolist(), picked["location"].tolist(), strict=True))
 
 
-def embed_tracks(clips: DataFrame, model: AudioModel, settings: AudioConfig, length: int,
-                 reader: ClipReader) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    """(track_ids int64[n] ascending, unit vectors float32[n, d], problems) of every clip in ``clips``.
+def embedded_frame(clips: DataFrame, model: AudioModel, settings: AudioConfig, length: int,
+                   reader: ClipReader) -> DataFrame:
+    """``EMBEDDED_SCHEMA`` rows of every clip in ``clips``, computed on the executors (lazy): a unit vector,
+    or the problem of an unusable clip (``audio_io.PROBLEM_COLUMNS``).
 
     Each clip is read, cut or looped to ``length`` samples (the training clips' length, so every
-    executor uses the same) and embedded on the executors; unusable clips come back as problems
-    (``audio_io.PROBLEM_COLUMNS``), sorted by track. A vector depends on its clip only, not on the
-    partition or chunk it lands in (``AudioModel.embed`` runs fixed-shape batches), so the
-    partitioning never changes the output.
+    executor uses the same) and embedded; a vector depends on its clip only, not on the partition or
+    chunk it lands in (``AudioModel.embed`` runs fixed-shape batches), so the partitioning never
+    changes the output.
     """
     spark = clips.sparkSession
     model_bytes = model.to_bytes()
@@ -119,17 +169,37 @@ def embed_tracks(clips: DataFrame, model: AudioModel, settings: AudioConfig, len
                 paths = dict(zip(chunk["track_id"].astype("int64").tolist(), chunk["location"].tolist(), strict=True))
                 yield _embedded_rows(load_clips(paths, settings, read, length=length), loaded, settings, paths)
 
-    rows = clips.mapInPandas(run, EMBEDDED_SCHEMA).toPandas()  # track-scale: the per-track artifact's rows
+    return clips.mapInPandas(run, EMBEDDED_SCHEMA)
+
+
+def embedded_problems(embedded: DataFrame, max_examples: int) -> tuple[dict[str, int], pd.DataFrame]:
+    """(unusable clips per problem, at most ``max_examples`` of them sorted by track: ``PROBLEM_COLUMNS``),
+    counted on the executors; only the counts and the examples reach the driver."""
+    bad = embedded.where(F.col("problem").isNotNull())
+    counts = {r["problem"]: int(r["count"]) for r in bad.groupBy("problem").count().orderBy("problem").collect()}
+    rows = bad.select("track_id", "location", "problem", "detail").orderBy("track_id").limit(max_examples).toPandas()
+    return counts, _problems(rows)
+
+
+def embed_tracks(clips: DataFrame, model: AudioModel, settings: AudioConfig, length: int,
+                 reader: ClipReader) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """(track_ids int64[n] ascending, unit vectors float32[n, d], problems sorted by track) of every clip in
+    ``clips``: ``embedded_frame`` collected, for tests and small worlds (the asset writes the frame from
+    the executors instead: ``audio_table.audio_vectors_table``)."""
+    rows = embedded_frame(clips, model, settings, length, reader).toPandas()
     rows = rows.sort_values("track_id", kind="mergesort")
     good = rows[rows["problem"].isna()]
     d = model.network.embedding_head.out_features
     vectors = np.stack(good["vector"].to_numpy()).astype(np.float32) if len(good) else np.zeros((0, d), np.float32)
-    bad = rows[rows["problem"].notna()]
+    return good["track_id"].to_numpy(np.int64), vectors, _problems(rows[rows["problem"].notna()])
+
+
+def _problems(bad: pd.DataFrame) -> pd.DataFrame:
     problems = pd.DataFrame({"track_id": bad["track_id"].to_numpy(np.int64), "path": bad["location"].to_numpy(),
                              "problem": bad["problem"].to_numpy(), "detail": bad["detail"].to_numpy()},
-                            columns=PROBLEM_COLUMNS).astype(
-        {"track_id": "int64", "path": "object", "problem": "object", "detail": "object"})
-    return good["track_id"].to_numpy(np.int64), vectors, problems.reset_index(drop=True)
+                            columns=PROBLEM_COLUMNS)
+    return problems.astype({"track_id": "int64", "path": "object", "problem": "object",
+                            "detail": "object"}).reset_index(drop=True)
 
 
 def _embedded_rows(batch: AudioBatch, model: AudioModel, settings: AudioConfig, paths: Mapping[int, str]) -> pd.DataFrame:

@@ -22,6 +22,7 @@ from pyspark.sql import DataFrame
 
 from dw_assets.automation.sensors import AUDIO_UPLOADS
 from dw_assets.embeddings.assets import embedding_versions
+from dw_assets.embeddings.audio_table import audio_vectors_of
 from dw_assets.embeddings.incremental_assets import delta_index, load_new_track_vectors
 from dw_assets.embeddings.user_tower import sampled_vectors
 from dw_assets.ingest.spark import load_once, map_user_batches, payload_key
@@ -136,7 +137,7 @@ class CandidatesConfig(Config):
         "faiss_index": AssetIn(dagster_type=Artifact),
         "user_embeddings": AssetIn(),
         "item2vec_embeddings": AssetIn(dagster_type=Artifact),
-        "audio_embeddings": AssetIn(dagster_type=Artifact),
+        "audio_vectors": AssetIn(),
         "user_profiles": AssetIn(metadata={"columns": ["user_id", "recent_tracks"]}),
         "track_stats": AssetIn(metadata={"columns": ["track_id", "is_cold", "is_new_release"]}),
         "interactions": AssetIn(partition_mapping=history_window),
@@ -153,7 +154,7 @@ def candidates(
     faiss_index: Artifact,
     user_embeddings: DataFrame,
     item2vec_embeddings: Artifact,
-    audio_embeddings: Artifact,
+    audio_vectors: DataFrame,
     user_profiles: DataFrame,
     track_stats: pd.DataFrame,
     interactions: DataFrame,
@@ -162,7 +163,7 @@ def candidates(
     require_partitions(lake.open(), "silver", "interactions", history_window_weeks(context.partition_key),
                        "the heard-track filter reads the whole 12-week window")
     started = time.perf_counter()
-    models = candidate_models(faiss_index, item2vec_embeddings, audio_embeddings, track_stats, version)
+    models = candidate_models(faiss_index, item2vec_embeddings, audio_vectors, track_stats, version)
     # Tracks uploaded since this week's models were built (the audio-upload sensor): searched beside the index.
     index = models.two_tower
     models.two_tower_delta = delta_index(load_new_track_vectors(
@@ -188,14 +189,15 @@ def candidates(
     })
 
 
-def candidate_models(faiss_index: Artifact, item2vec_embeddings: Artifact, audio_embeddings: Artifact,
+def candidate_models(faiss_index: Artifact, item2vec_embeddings: Artifact, audio: DataFrame | Artifact,
                      track_stats: pd.DataFrame, version: str) -> CandidateModels:
-    """The candidate sources of one model set; the audio source searches cold and new-release tracks only."""
-    audio_ids, audio_vectors = vectors_from(audio_embeddings)
+    """The candidate sources of one model set; the audio source searches cold and new-release tracks only,
+    so only their rows of the ``audio_vectors`` table (or of an artifact carrying the vectors) are loaded:
+    per track, bounded by the cold pool (at 100 M tracks, 10 M cold tracks x 32 float32 = 1.3 GB)."""
     cold = track_stats.loc[track_stats["is_cold"] | track_stats["is_new_release"], "track_id"].to_numpy(np.int64)
-    pool = np.isin(audio_ids, cold)
+    audio_ids, audio_vectors = audio_vectors_of(audio, cold)
     return CandidateModels.build(AnnIndex.from_bytes(faiss_index.files["index.bin"]),
-                                 *vectors_from(item2vec_embeddings), audio_ids[pool], audio_vectors[pool],
+                                 *vectors_from(item2vec_embeddings), audio_ids, audio_vectors,
                                  model_version=version)
 
 

@@ -104,10 +104,12 @@ def collect_ids(frame: DataFrame, asset: str) -> np.ndarray:
 
 
 def popularity_ranking(history: DataFrame) -> np.ndarray:
-    """Track ids by distinct listeners in the history, most first (ties by id): a per-track aggregate."""
-    listeners = history.groupBy("track_id").agg(F.countDistinct("user_id").alias("listeners")).toPandas()
-    listeners = listeners.sort_values("track_id").sort_values("listeners", ascending=False, kind="stable")
-    return listeners["track_id"].to_numpy(np.int64)
+    """Track ids by distinct listeners in the history, most first (ties by id): a per-track aggregate,
+    counted and sorted on the executors; the driver gets the ordered ids only (int64: 0.8 GB at 100 M
+    tracks; the popularity baseline reads its first k + a user's heard tracks)."""
+    listeners = history.groupBy("track_id").agg(F.countDistinct("user_id").alias("listeners"))
+    ranked = listeners.orderBy(F.col("listeners").desc(), F.col("track_id")).select("track_id").toPandas()
+    return ranked["track_id"].to_numpy(np.int64)
 
 
 # -- per-user metrics on the executors ---------------------------------------------------------------

@@ -180,7 +180,7 @@ def weekly_models(tmp_path_factory, spark):
     instance = DagsterInstance.ephemeral()
     quick = {"audio_embeddings": {"config": {"epochs": 8}}, "two_tower_model": {"config": {"epochs": 3}},
              "faiss_index": {"config": {"recall_sample_users": 200}}}
-    models = ("track_stats", "user_profiles", "item2vec_embeddings", "audio_embeddings", "two_tower_model",
+    models = ("track_stats", "user_profiles", "item2vec_embeddings", "audio_embeddings", "audio_vectors", "two_tower_model",
               "track_embeddings", "user_embeddings", "faiss_index")
     for week, selection in (("2026-01-05", PER_WEEK_ASSETS), (MODELS_WEEK, (*PER_WEEK_ASSETS, *models))):
         result = materialize(ALL_ASSETS, selection=AssetSelection.assets(*selection), partition_key=week,
@@ -201,12 +201,13 @@ def _trained(root: Path):
 
 def test_a_new_track_gets_the_vector_the_weekly_run_gives_a_cold_release(weekly_models):
     """The weekly cold tracks, warm-started by the incremental rule from their audio alone, match track_embeddings."""
+    from dw_assets.embeddings.audio_table import audio_vectors_of
     from dw_assets.embeddings.incremental import warm_start_from_audio
     from dw_assets.lake.storage import vectors_from
 
     root, _, _ = weekly_models
     lake, trained = _trained(root)
-    audio_ids, audio_vectors = vectors_from(lake.read_artifact(lake.uri("models", "audio_embeddings", MODELS_WEEK)))
+    audio_ids, audio_vectors = audio_vectors_of(lake.read_frame(lake.uri("models", "audio_vectors", MODELS_WEEK)))
     track_ids, track_vectors = vectors_from(lake.read_artifact(lake.uri("models", "track_embeddings", MODELS_WEEK)))
     features = trained.features
     cold = features.track_ids[features.track_is_cold & ~features.track_audio_missing]
@@ -319,3 +320,13 @@ def test_dropped_clips_become_searchable_through_sensor_run_and_delta(weekly_mod
         random_hits += [new in top[row_of[u]] for u in randoms]
     matched_rate, random_rate = float(np.mean(matched_hits)), float(np.mean(random_hits))
     assert matched_rate > 0.2 and matched_rate >= 3 * random_rate, (matched_rate, random_rate)
+
+    # A day above the cap embeds the lowest new ids up to it; the others wait for the weekly run.
+    from dw_assets.embeddings import incremental
+    from dw_assets.embeddings.audio import AudioModel
+
+    audio_model = AudioModel.from_bytes(lake.read_artifact(lake.uri("models", "audio_embeddings", MODELS_WEEK))
+                                        .files["model.pt"])
+    clips = {u.track_id: u.location for u in list_upload_folder(root / "landing", UPLOAD_DAY)}
+    capped = incremental.new_track_vectors(clips, audio_model, trained, trained.config.cold_neighbours, max_uploads=3)
+    assert capped.track_ids.tolist() == new_ids[:3].tolist() and capped.stats["deferred"] == len(clips) - 3

@@ -47,6 +47,19 @@ from dw_assets.embeddings.two_tower_data import POPULARITY_INPUTS
 SCORE_CHUNK = 1024  # new tracks scored against the anchors at once
 
 
+@dataclass(frozen=True)
+class UploadDayConfig:
+    """The cap of one upload day's batch, embedded on the driver (``new_track_vectors``).
+
+    max_uploads: clips embedded, the lowest new track ids first (``bounded``: also under
+    ``DW_DRIVER_ROW_LIMIT``); a busier day's other clips wait for the week's ``audio_embeddings``,
+    which embeds every landed clip on the executors. At the target ~100 k tracks land a day (700 k a
+    week); 100 k clips are 1.6 GB of int16 and ~1 GB of spectrograms, as the audio CNN's training sample.
+    """
+
+    max_uploads: int = 100_000
+
+
 @dataclass
 class WarmStart:
     """Two-tower item vectors of tracks outside the model's feature space.
@@ -250,22 +263,29 @@ def new_track_vectors(
     catalog: pd.DataFrame | None = None,
     clip_seconds: float | None = None,
     read: Callable[[str | Path], bytes] | None = None,
+    max_uploads: int = UploadDayConfig.max_uploads,
 ) -> NewTrackVectors:
     """Embed a batch of uploaded clips and warm-start their two-tower vectors.
 
     clips: track_id → WAV location, read by ``read`` (``LandingFS.read_location``; None: local files). audio_model / trained: the weekly audio CNN and two-tower model
     of one week (the same week's, so the audio space matches the model's inputs). k: anchors per
     warm start (``TwoTowerConfig.cold_neighbours``). catalog: optional track_id, artist_id, genre rows
-    for the uploads. Unusable clips land in ``problems``; they never raise.
+    for the uploads. Unusable clips land in ``problems``; they never raise. At most ``bounded(max_uploads)``
+    clips of tracks the model does not serve are read, the lowest ids first; ``stats["deferred"]`` counts
+    the others (``UploadDayConfig``).
     """
+    from dw_assets.lake.driver_guard import bounded
+
     ids = np.array(sorted(int(t) for t in clips), dtype=np.int64)
     served = already_indexed(trained, ids)
-    wanted = {int(t): clips[int(t)] for t in ids[~served]}
+    new = ids[~served]
+    wanted = {int(t): clips[int(t)] for t in new[: bounded(max_uploads)]}
     track_ids, audio_vectors, problems = embed_clips(wanted, audio_model, clip_seconds, read)
     artist_ids, genres = catalog_metadata(catalog, track_ids)
     warm = warm_start_from_audio(trained, track_ids, audio_vectors, k, artist_ids, genres)
     problems = problems.reindex(columns=PROBLEM_COLUMNS)
     stats = {"uploads": int(len(ids)), "already_indexed": int(served.sum()), "embedded": int(len(track_ids)),
+             "deferred": int(len(new) - len(wanted)),
              "unusable": int(len(problems)),
              "with_catalog_genre": int(sum(g is not None for g in genres)) if genres is not None else 0,
              **warm.stats()}

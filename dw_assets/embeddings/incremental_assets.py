@@ -13,6 +13,12 @@ float32[m, d_audio] audio CNN vectors (the item2vec space, for the audio candida
 index), ``models_week``, the audio model's version, the unusable clips and counts.
 An unusable clip (corrupt, truncated, empty, silent, ...) is reported in metadata and by the
 ``upload_clips_readable`` check (warn); it never fails the run.
+
+Sizes, bounded by one day's uploads (~100 k tracks a day at the target), all on the driver: the day's
+listing (one path per clip, ~10 MB), at most ``UploadDayConfig.max_uploads`` clips read and embedded
+(100 k: ~2.6 GB of audio and spectrograms; a busier day's other clips are counted in ``deferred`` and
+embedded by the week's ``audio_embeddings``), and m x (64 + 32) float32 of vectors (~40 MB). The weekly
+models read from the lake are the two-tower (per track) and the audio CNN.
 """
 
 
@@ -41,6 +47,7 @@ from dw_assets.automation.uploads import list_upload_folder
 from dw_assets.calendar import shift_week, week_key
 from dw_assets.embeddings import incremental
 from dw_assets.embeddings.audio import AudioModel
+from dw_assets.embeddings.incremental import UploadDayConfig
 from dw_assets.embeddings.two_tower import TrainedTwoTower, TwoTowerConfig
 from dw_assets.lake.landing_fs import LandingFS
 from dw_assets.lake.resources import LAYER_KEY, LakeResource
@@ -59,6 +66,7 @@ CATALOG_FILE = "catalog/tracks.parquet"
 class NewTrackVectorsConfig(Config):
     cold_neighbours: int = TwoTowerConfig.cold_neighbours  # anchors per warm start, as the weekly rule
     clip_seconds: float | None = None  # None: the weekly model's setting, else the day's median clip length
+    max_uploads: int = UploadDayConfig.max_uploads
 
 
 def latest_model_week(lake: Lake, upload_date: str | None = None) -> str:
@@ -111,7 +119,8 @@ def new_track_vectors(context: AssetExecutionContext, config: NewTrackVectorsCon
     clips = {u.track_id: u.location for u in uploads}  # one folder: one clip per track
     result = incremental.new_track_vectors(
         clips, AudioModel.from_bytes(audio.files["model.pt"]), trained, config.cold_neighbours,
-        landing_catalog(landing, clips), config.clip_seconds, read=landing.read_location)
+        landing_catalog(landing, clips), config.clip_seconds, read=landing.read_location,
+        max_uploads=config.max_uploads)
     problems = result.problems
     meta = {"model_version": tower.model_version, "models_week": week, "audio_model_version": audio.model_version,
             "upload_date": upload_date, "problems": problems.to_dict("records"),
@@ -128,6 +137,7 @@ def new_track_vectors(context: AssetExecutionContext, config: NewTrackVectorsCon
     yield AssetCheckResult(
         asset_key=ASSET, check_name=CHECK, passed=not by_problem, severity=AssetCheckSeverity.WARN,
         metadata={"skipped_by_problem": MetadataValue.json(by_problem), "uploads": len(uploads),
+                  "deferred_to_weekly": result.stats["deferred"],
                   "skipped": MetadataValue.md(problems.head(50).to_markdown(index=False)) if by_problem else "none"},
     )
 

@@ -184,7 +184,7 @@ def test_mmr_spreads_a_list_the_ranker_concentrates_on_one_genre():
 
 def test_exploration_slots_are_counted_marked_spread_and_in_little_heard_genres():
     world = World(n_users=60, history_peak=0.8, seed=3)
-    config = RerankConfig(exploration_max_history_share=0.05)
+    config = RerankConfig.fixed_slots(exploration_max_history_share=0.05)
     playlists = world.rerank(config)
     counts = playlists.groupby("user_id")["is_exploration"].sum()
     assert counts.between(2, 3).all() and set(counts) == {2, 3}
@@ -212,7 +212,7 @@ def test_thompson_sampling_prefers_the_genre_with_the_stronger_posterior():
                         for e in shares]  # fmt: skip
     )
     world.users = world.users.assign(genre_share=only_two)
-    config = RerankConfig(exploration_slots=1)
+    config = RerankConfig.fixed_slots(exploration_slots=1)
     strong = pd.DataFrame({
         "user_id": np.repeat(world.users["user_id"].to_numpy(), 2), "genre": ["genre_1", "genre_2"] * 300,
         "alpha": [12.0, 2.0] * 300, "beta": [3.0, 12.0] * 300,
@@ -238,8 +238,9 @@ def test_rerun_is_identical_and_a_user_does_not_depend_on_the_batch(world, playl
     split = pd.concat(halves).sort_values(["user_id", "position"]).reset_index(drop=True)
     pd.testing.assert_frame_equal(split, whole.sort_values(["user_id", "position"]).reset_index(drop=True))
     # the week seeds the exploration draws
-    next_week = world.rerank(RerankConfig(), week="2026-02-02")
-    assert not next_week.query("is_exploration")["track_id"].equals(playlists.query("is_exploration")["track_id"])
+    fixed = RerankConfig.fixed_slots()
+    next_week = world.rerank(fixed, week="2026-02-02")
+    assert not next_week.query("is_exploration")["track_id"].equals(world.rerank(fixed).query("is_exploration")["track_id"])
 
 
 def test_a_new_user_gets_the_country_popularity_pool_under_the_same_rules():
@@ -253,7 +254,9 @@ def test_a_new_user_gets_the_country_popularity_pool_under_the_same_rules():
     heard_top = se_pool["track_id"].iloc[40:43].tolist()
     users = pd.concat([world.users, pd.DataFrame([new_user(5, "SE", heard_top), new_user(6, "XX")])],
                       ignore_index=True)  # fmt: skip
-    playlists = world.rerank(RerankConfig(), users=users)
+    playlists = world.rerank(RerankConfig.fixed_slots(), users=users)  # MMR 0.7 and fixed exploration slots
+    default = world.rerank(RerankConfig(), users=users).query("user_id == 5")
+    assert len(default) == 30 and concentration(default["genre"]) < 0.75  # MMR 0.9 spreads it too
 
     newcomer = playlists.query("user_id == 5")
     assert len(newcomer) == 30 and newcomer["track_id"].is_unique
@@ -348,9 +351,9 @@ def test_exploration_reaches_into_the_country_pool_only_when_configured():
     familiar = GENRES[:4]  # every candidate is in a genre the user hears a lot; the pool has all genres
     world.scored = world.scored[world.scored["genre"].isin(familiar)].reset_index(drop=True)
     world.users["genre_share"] = [[{"genre": g, "share": 0.25} for g in familiar]] * len(world.users)
-    closed = world.rerank(RerankConfig(calibration_lambda=0.0))
+    closed = world.rerank(RerankConfig.fixed_slots(calibration_lambda=0.0))
     assert closed["is_exploration"].sum() == 0 and (closed.groupby("user_id").size() == 30).all()
-    opened = world.rerank(RerankConfig(calibration_lambda=0.0, explore_country_pool=True))
+    opened = world.rerank(RerankConfig.fixed_slots(calibration_lambda=0.0, explore_country_pool=True))
     explored = opened[opened["is_exploration"]]
     assert explored.groupby("user_id").size().between(2, 3).all() and explored["user_id"].nunique() == 30
     assert (explored["source"] == FALLBACK_SOURCE).all() and not explored["genre"].isin(familiar).any()
@@ -367,4 +370,97 @@ def test_the_list_order_adds_a_two_tower_prior_to_the_ranker_log_probability():
     assert score[2] == pytest.approx(np.log(0.4))  # no two-tower score, no prior
     assert np.isfinite(score).all()
     with pytest.raises(ValueError, match="cold_slots"):
-        RerankConfig(cold_slots=28)
+        RerankConfig(exploration_slots=2, cold_slots=28)
+
+
+# --------------------------------------------------------------------------- value-based exploration
+
+
+def test_value_scores_add_an_uncertainty_bonus_that_shrinks_with_plays_and_the_users_genre_evidence():
+    from dw_assets.ranking.rerank import value_scores
+
+    p = np.array([0.3, 0.3, 0.3])
+    score = np.log(p) + np.array([0.0, 0.1, 0.2])  # the two-tower prior rides along unchanged
+    no = np.zeros(3)
+    known = np.zeros(3, dtype=bool)
+    plays = np.array([0.0, 10.0, 1_000.0])
+    none = value_scores(score, p, plays, no, no, known, RerankConfig(uncertainty="none"), None)
+    assert np.array_equal(none, score)
+    ucb = value_scores(score, p, plays, no, no, known, RerankConfig(uncertainty="ucb", ucb_z=1.0), None)
+    bonus = ucb - score
+    assert (bonus > 0).all() and bonus[0] > bonus[1] > bonus[2]  # a cold track is the least certain
+    assert bonus[2] < bonus[0] / 5
+    # a little-heard genre: the user's own exploration outcomes move the mean off the ranker's prediction
+    little = np.ones(3, dtype=bool)
+    config = RerankConfig(uncertainty="ucb", ucb_z=0.0)
+    hits = value_scores(score, p, plays, np.full(3, 50.0), np.full(3, 50.0), little, config, None)
+    misses = value_scores(score, p, plays, no, np.full(3, 50.0), little, config, None)
+    untried = value_scores(score, p, plays, no, no, little, config, None)
+    assert (hits > untried).all() and (misses < untried).all()
+    assert np.allclose(untried, score)  # no evidence: the mean is the ranker's
+    # Thompson: reproducible from the generator, centred on the mean, wider for a cold track
+    thompson = RerankConfig(uncertainty="thompson")
+    many = np.full(20_000, 0.3)
+    draws = [value_scores(np.log(many), many, np.full(20_000, n), np.zeros(20_000), np.zeros(20_000),
+                          np.zeros(20_000, dtype=bool), thompson, np.random.default_rng(1)) for n in (0.0, 100.0)]
+    assert np.exp(draws[0]).mean() == pytest.approx(0.3, abs=0.005)
+    assert np.exp(draws[0]).std() > 2 * np.exp(draws[1]).std()
+    again = value_scores(np.log(many), many, np.zeros(20_000), np.zeros(20_000), np.zeros(20_000),
+                         np.zeros(20_000, dtype=bool), thompson, np.random.default_rng(1))
+    assert np.array_equal(again, draws[0])
+
+
+def _one_user(cold_probability: list[float]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """One user, 40 well-known tracks (P 0.5 .. 0.4) and cold tracks of the given P, one artist each, one genre."""
+    warm = np.linspace(0.5, 0.4, 40)
+    probability = np.r_[warm, cold_probability]
+    n = len(probability)
+    scored = pd.DataFrame({
+        "user_id": 1, "track_id": np.arange(100, 100 + n), "score": np.log(probability), "probability": probability,
+        "sources": "two_tower", "artist_id": np.arange(500, 500 + n), "genre": "genre_0",
+        "is_cold": np.r_[np.zeros(40, dtype=bool), np.ones(n - 40, dtype=bool)],
+        "plays": np.r_[np.full(40, 1_000.0), np.zeros(n - 40)],
+    })
+    users = pd.DataFrame([{"user_id": 1, "country": "SE", "genre_share": [{"genre": "genre_0", "share": 1.0}],
+                           "heard": []}])
+    fallback = pd.DataFrame({"country": "SE", "track_id": [9_000], "artist_id": [9_000], "genre": "genre_0",
+                             "score": [1.0], "popularity_percentile": [1.0]})
+    return scored, users, fallback
+
+
+def test_a_cold_track_gets_a_slot_when_its_upper_bound_beats_the_list_and_no_slot_is_reserved():
+    scored, users, fallback = _one_user([0.38, 0.05])  # a promising cold track and a poor one
+    plain = dict(mmr_lambda=1.0, calibration_lambda=0.0)
+    listed = {name: set(rerank_batch(scored, users, NO_POSTERIORS, fallback, config, WEEK)["track_id"])
+              for name, config in (("ucb", RerankConfig(uncertainty="ucb", ucb_z=1.0, **plain)),
+                                   ("mean", RerankConfig(uncertainty="none", **plain)),
+                                   ("fixed", RerankConfig.fixed_slots(exploration_slots=0, **plain)))}
+    promising, poor = 140, 141
+    assert promising in listed["ucb"] and poor not in listed["ucb"]  # on value, not by a count
+    assert promising not in listed["mean"]  # the ranker's mean alone leaves it out
+    assert {promising, poor} <= listed["fixed"]  # the fixed cold slots take the poor one too
+
+
+def test_value_based_lists_keep_the_hygiene_are_seeded_per_user_and_week_and_mark_little_heard_genres():
+    world = World(n_users=40, seed=8, history_peak=0.8)
+    rng = np.random.default_rng(8)
+    cold = rng.random(len(world.scored)) < 0.1
+    world.scored = world.scored.assign(probability=1.0 / (1.0 + np.exp(-world.scored["score"])), is_cold=cold,
+                                       plays=np.where(cold, 0.0, rng.integers(1, 200, len(world.scored))))
+    world.scored["score"] = np.log(world.scored["probability"])
+    for config in (RerankConfig(), RerankConfig(uncertainty="thompson")):
+        playlists = world.rerank(config)
+        assert (playlists.groupby("user_id").size() == 30).all()
+        assert not playlists.duplicated(["user_id", "track_id"]).any()
+        assert playlists.groupby(["user_id", "artist_id"]).size().max() <= 2
+        heard = world.users.set_index("user_id")["heard"]
+        assert not any(t in set(heard[u]) for u, t in zip(playlists["user_id"], playlists["track_id"], strict=True))
+        pd.testing.assert_frame_equal(world.rerank(config), playlists)
+        share = [world.history(u).get(g, 0.0) for u, g in zip(playlists["user_id"], playlists["genre"], strict=True)]
+        assert np.array_equal(playlists["is_exploration"].to_numpy(), np.array(share) < 0.05)
+    thompson = RerankConfig(uncertainty="thompson")
+    first = world.rerank(thompson)
+    halves = pd.concat([world.rerank(thompson, users=world.users.iloc[:15]),
+                        world.rerank(thompson, users=world.users.iloc[15:])], ignore_index=True)
+    pd.testing.assert_frame_equal(halves, first)
+    assert not world.rerank(thompson, week="2026-02-02")["track_id"].equals(first["track_id"])

@@ -26,7 +26,7 @@ from dw_assets.ranking.rerank import RerankConfig, empty_posteriors, rerank_batc
 CANDIDATE_ARRAYS = ("track_id", "sources", "two_tower_rank", "item2vec_rank", "audio_rank",
                     "two_tower_score", "item2vec_score", "audio_score")
 POSTERIOR_ARRAYS = ("genre", "alpha", "beta")  # ``p_genre`` ...: the user's exploration posteriors
-TRACK_TABLE = ("track_id", "artist_id", "genre", "popularity_percentile", "is_cold")
+TRACK_TABLE = ("track_id", "artist_id", "genre", "popularity_percentile", "is_cold", "plays")  # plays: the value order's certainty
 FALLBACK_COLUMNS = ("country", "track_id", "artist_id", "genre", "score", "popularity_percentile")
 PLAYLIST_SPARK_SCHEMA = ("user_id long, position short, track_id long, score float, source string, "
                          "is_exploration boolean, artist_id long, genre string, ranker_score float")

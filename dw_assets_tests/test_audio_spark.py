@@ -158,3 +158,6 @@ def test_executors_read_s3_clips_with_the_drivers_settings(spark, tiny_world, la
     assert np.array_equal(vectors, model.embed(log_mel(expected, settings)))
     assert problems["track_id"].tolist() == expected.problems["track_id"].tolist() == sorted(bad)
     assert all(path.startswith("s3://dw-audio-spark/") for path in problems["path"])
+    # The executors list the bucket's date folders as the driver's listing does.
+    listed = audio_spark.landed_clips(remote, audio_spark.ClipReader.of(remote), spark=spark).toPandas()
+    assert dict(zip(listed["track_id"], listed["location"], strict=True)) == landed_audio(remote) == on_s3

@@ -458,6 +458,9 @@ def test_value_based_lists_keep_the_hygiene_are_seeded_per_user_and_week_and_mar
         pd.testing.assert_frame_equal(world.rerank(config), playlists)
         share = [world.history(u).get(g, 0.0) for u, g in zip(playlists["user_id"], playlists["genre"], strict=True)]
         assert np.array_equal(playlists["is_exploration"].to_numpy(), np.array(share) < 0.05)
+    # with fixed exploration slots, those slots alone are the exploration
+    fixed = world.rerank(RerankConfig(exploration_slots=(2, 3))).groupby("user_id")["is_exploration"].sum()
+    assert fixed.between(2, 3).all()
     thompson = RerankConfig(uncertainty="thompson")
     first = world.rerank(thompson)
     halves = pd.concat([world.rerank(thompson, users=world.users.iloc[:15]),

@@ -26,7 +26,8 @@ Per user, in one greedy pass over the candidate pool (O(playlist_size x pool) nu
    log of the posterior's upper bound m + ``ucb_z`` sd (UCB, the default) or of a Thompson draw,
    so cold and little-heard tracks compete with the rest on expected value plus an uncertainty
    bonus and no slot is reserved: one enters when it is likely enough to be saved. Such a
-   little-heard genre's track is marked ``is_exploration`` (the posteriors learn from it).
+   little-heard genre's track is marked ``is_exploration`` (the posteriors learn from it)
+   unless fixed exploration slots are configured (then those slots are the exploration).
    The earlier behaviour (``RerankConfig.fixed_slots``): 2-3 slots go to Thompson-sampled
    little-heard genres at fixed, spread positions (10 and 20 of 30; 8, 15 and 23 for three) and
    the 2 best-scored cold candidates (``cold_slots``) end the list.
@@ -588,6 +589,8 @@ def rerank_batch(scored: pd.DataFrame, users: pd.DataFrame, posteriors: pd.DataF
     post_stop = np.searchsorted(post_user, user_ids, side="right")
 
     valued = config.uncertainty != "none" and "probability" in scored
+    # With fixed exploration slots those slots are the exploration (and the posteriors' evidence).
+    mark_little_heard = valued and config.exploration_range[1] == 0
     cand_value = _candidate_values(scored, cand_rows, cand_score, cand_cold, cand_genre, cand_start, cand_stop,
                                    shares, user_ids, post_user, post_genre, post_alpha, post_beta, config, week)
     # Then (user, value desc, track): the greedy's order. Stable, so duplicates keep the input's order.
@@ -641,7 +644,7 @@ def rerank_batch(scored: pd.DataFrame, users: pd.DataFrame, posteriors: pd.DataF
             _open_pool(source, heard, playlist, config, unheard=unheard).fill(size - len(playlist))
 
         rows = _ordered(playlist.rows)
-        if valued:  # a little-heard genre's track that won its slot on value explores it
+        if mark_little_heard:  # a little-heard genre's track that won its slot on value explores it
             little = shares[u] < config.exploration_max_history_share
             rows = [(t, r, e or (t == _CANDIDATES and bool(little[cand_genre[r]]))) for t, r, e in rows]
         out_user.extend([int(user_id)] * len(playlist))

@@ -354,13 +354,16 @@ def test_a_user_with_an_enormous_history_is_profiled_with_the_last_50_tracks(spa
         (F.lit(1000) + (F.col("id") * 7919) % 5000).alias("track_id"),
         F.timestamp_seconds(F.lit(int(window_start.timestamp())) + F.col("id") * 30).alias("ts"),
         (F.col("id") % 4 != 0).alias("is_positive"),
+        (F.col("id") % 10 == 1).alias("saved"), (F.col("id") % 4 == 0).alias("is_skip"),
+        (F.col("id") % 8 == 0).alias("is_early_skip"),
     )
     rows = rows.withColumn("artist_id", F.col("track_id") % 300).withColumn(
         "genre", F.concat(F.lit("g"), (F.col("track_id") % 7).cast("string"))
     )
     light_rows = spark.createDataFrame(
-        [(light, 1001, START + dt.timedelta(hours=1), True, 1001 % 300, "g0")],
-        "user_id long, track_id long, ts timestamp, is_positive boolean, artist_id long, genre string",
+        [(light, 1001, START + dt.timedelta(hours=1), True, False, False, False, 1001 % 300, "g0")],
+        "user_id long, track_id long, ts timestamp, is_positive boolean, saved boolean, is_skip boolean, "
+        "is_early_skip boolean, artist_id long, genre string",
     )
     interactions = rows.unionByName(light_rows)
     directory = _directory(spark).where(F.col("user_id") <= 3)
@@ -388,6 +391,51 @@ def test_a_user_with_an_enormous_history_is_profiled_with_the_last_50_tracks(spa
     assert len(big.top_artists) == 10 and len(big.genre_share) == 7
     assert abs(sum(g["share"] for g in big.genre_share) - 1.0) < 1e-9
     assert list(by_user.loc[light].recent_tracks) == [1001] and by_user.loc[3].events == 0
+    assert len(big.saved_tracks) == 50 and len(big.early_skipped_tracks) <= 50
+    assert [g["genre"] for g in big.genre_outcomes] == [f"g{i}" for i in range(7)]
+    assert sum(g["plays"] for g in big.genre_outcomes) == n
+
+
+def _outcome_rows(spark, rows):
+    """Silver-like plays: (user, track, genre, hour, saved, skip, early_skip); positive = not skipped."""
+    data = [(u, t, t % 7, g, START + dt.timedelta(hours=h), not (sk or es), sv, sk or es, es)
+            for u, t, g, h, sv, sk, es in rows]
+    return spark.createDataFrame(data, "user_id long, track_id long, artist_id long, genre string, ts timestamp, "
+                                       "is_positive boolean, saved boolean, is_skip boolean, is_early_skip boolean")
+
+
+def test_outcome_history_keeps_saves_and_rejections_and_shrinks_genre_rates_in_two_levels(spark):
+    """Saved tracks newest first; early skips of tracks the user never liked; rates per user shrunk
+    toward the catalog's and per (user, genre) toward the user's, with strengths from the data."""
+    rows = [(1, 100 + k, "a", k, k % 2 == 0, False, False) for k in range(10)]  # 10 plays of a, 5 saves
+    rows += [(1, 120, "b", 20, False, True, True), (1, 121, "b", 21, False, True, True),
+             (1, 121, "b", 22, False, False, False)]  # 121 was liked later: not a rejection
+    rows += [(2, 130 + k % 5, "a", k, k == 0, k % 3 == 0, k % 6 == 0) for k in range(20)]
+    rows += [(u, 110 + k, "c", k, k % 9 == 0, k % 2 == 0, k % 4 == 0) for u in range(4, 9) for k in range(12)]
+    interactions = _outcome_rows(spark, rows)
+    stats = spark.createDataFrame([(t, 0.5) for t in range(100, 140)], "track_id long, popularity_percentile double")
+    profiles = build_user_profiles(interactions, _directory(spark), stats, WEEK, ProfileRules()).toPandas()
+    passed, failures = validate_frame(profiles, schemas.USER_PROFILES)
+    assert passed, failures.head()
+    by_user = profiles.set_index("user_id")
+    one = by_user.loc[1]
+    assert list(one.saved_tracks) == [108, 106, 104, 102, 100] and list(one.early_skipped_tracks) == [120]
+    plays = pd.DataFrame(rows, columns=["user", "track", "genre", "hour", "saved", "skip", "early"])
+    for flag, rate in (("saved", "save_rate"), ("skip", "skip_rate"), ("early", "early_skip_rate")):
+        catalog = plays[flag].mean()
+        for user, mine in plays.groupby("user"):
+            shrunk = by_user.loc[user, f"user_{rate}"]
+            raw = mine[flag].mean()
+            assert min(raw, catalog) - 1e-12 <= shrunk <= max(raw, catalog) + 1e-12, (user, rate)
+            cells = {g["genre"]: g for g in by_user.loc[user, "genre_outcomes"]}
+            assert list(cells) == sorted(mine["genre"].unique())
+            for genre, cell in mine.groupby("genre"):
+                got = cells[genre]
+                assert got["plays"] == len(cell) and got["saves"] == int(cell["saved"].sum())
+                assert min(cell[flag].mean(), shrunk) - 1e-12 <= got[rate] <= max(cell[flag].mean(), shrunk) + 1e-12
+        # Silent users get the catalog's rate and no genres.
+        assert by_user.loc[15, f"user_{rate}"] == pytest.approx(catalog)
+    assert len(by_user.loc[15, "genre_outcomes"]) == 0 and len(by_user.loc[15, "saved_tracks"]) == 0
 
 
 # ---------------------------------------------------------------- audio files

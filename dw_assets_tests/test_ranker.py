@@ -17,6 +17,7 @@ import pytest
 from dw_assets.ranking.features import (
     FEATURE_NAMES,
     NULLABLE_FEATURES,
+    OUTCOME_RATE_NAMES,
     FeatureContext,
     build_features,
     observed_exposure,
@@ -68,12 +69,20 @@ def world() -> dict:
         recent = rng.choice(warm, n_recent, replace=False)
         genres = by_track.loc[recent, "genre"].value_counts(normalize=True)
         artists = by_track.loc[recent, "artist_id"].value_counts()
+        # Saves among the positives; early skips elsewhere, cold tracks (audio vector only) included.
+        saved = recent[: int(rng.integers(0, 6))] if i % 5 else recent[:0]  # every 5th user: no saves
+        skipped = rng.choice(np.setdiff1d(track_ids, recent), 0 if i % 4 == 0 else int(rng.integers(1, 8)),
+                             replace=False)  # every 4th user: no early skips
+        user_rates = {f"user_{name}": float(v) for name, v in zip(OUTCOME_RATE_NAMES, rng.uniform(0, 0.5, 3), strict=True)}
+        outcomes = [{"genre": g, "plays": 9, "saves": 1, "skips": 3, "early_skips": 2,
+                     **dict(zip(OUTCOME_RATE_NAMES, rng.uniform(0, 0.6, 3).tolist(), strict=True))} for g in genres.index]
         profiles.append({
             "user_id": user, "is_new_user": i % 7 == 0, "positives": n_recent * 2, "weeks_active": min(n_recent, 4),
             "history_level": "none" if n_recent == 0 else ("light" if n_recent < 20 else "medium"),
             "recent_tracks": recent, "genre_share": [{"genre": g, "share": float(s)} for g, s in genres.items()],
             "top_artists": artists.index.to_numpy()[:10],
             "mean_popularity_percentile": by_track.loc[recent, "popularity_percentile"].mean() if n_recent else np.nan,
+            "saved_tracks": saved, "early_skipped_tracks": skipped, **user_rates, "genre_outcomes": outcomes,
         })  # fmt: skip
         tracks = rng.choice(np.setdiff1d(track_ids, recent), PER_USER, replace=False)
         member = rng.random((3, PER_USER)) < np.array([[0.7], [0.4], [0.2]])
@@ -220,13 +229,46 @@ def test_artist_features_shrink_track_rates_and_reach_tracks_through_their_artis
             assert np.isnan(got["item2vec_max_similarity"])
 
 
+def test_contrastive_taste_and_genre_outcomes_mean_what_their_names_say(world, features):
+    """Contrast = cos to the saved centroid - cos to the early-skipped centroid (a side without tracks
+    counts 0; NaN with neither), nearest saved track, and the user's shrunk rates in the track's genre
+    (the user's overall rates in a genre they never played)."""
+    stats = world["stats"].set_index("track_id")
+    profiles = world["profiles"].set_index("user_id")
+    spaces = {"item2vec": dict(zip(*world["item2vec"], strict=True)), "audio": dict(zip(*world["audio"], strict=True))}
+    checked = {"contrast": 0, "nan": 0, "fallback": 0}
+    for index, row in world["candidates"].sample(800, random_state=7).iterrows():
+        got, user, genre = features.loc[index], profiles.loc[row.user_id], stats.loc[row.track_id, "genre"]
+        for space, vectors in spaces.items():
+            saved = [_unit(vectors[t]) for t in user["saved_tracks"] if t in vectors]
+            skipped = [_unit(vectors[t]) for t in user["early_skipped_tracks"] if t in vectors]
+            if row.track_id not in vectors or not (saved or skipped):
+                assert np.isnan(got[f"{space}_contrast"])
+                checked["nan"] += 1
+                continue
+            track = _unit(vectors[row.track_id])
+            side = [float(track @ _unit(np.mean(v, axis=0))) if v else 0.0 for v in (saved, skipped)]
+            assert got[f"{space}_contrast"] == pytest.approx(side[0] - side[1], abs=1e-4)
+            checked["contrast"] += 1
+            nearest = max((float(track @ v) for v in saved), default=np.nan)
+            np.testing.assert_allclose(got[f"{space}_saved_max_similarity"], nearest, atol=1e-4)
+        rates = {o["genre"]: o for o in user["genre_outcomes"]}
+        for name in OUTCOME_RATE_NAMES:
+            want = rates[genre][name] if genre in rates else user[f"user_{name}"]
+            assert got[f"user_genre_{name}"] == pytest.approx(want, abs=1e-6)
+        checked["fallback"] += genre not in rates
+    assert min(checked.values()) > 0, checked
+
+
 def test_unknown_users_and_tracks_get_missing_features_not_errors(world, context):
     batch = world["candidates"].head(3).copy()
     batch.loc[batch.index[0], "user_id"] = 999_999  # no profile
     batch.loc[batch.index[1], "track_id"] = 999_999  # not in the catalog
     features = build_features(batch, context)
-    assert features.iloc[0][["history_level", "genre_share", "item2vec_affinity"]].isna().all()
-    assert features.iloc[1][["popularity_percentile", "genre_share", "audio_affinity"]].isna().all()
+    assert features.iloc[0][["history_level", "genre_share", "item2vec_affinity", "user_genre_save_rate",
+                              "audio_contrast"]].isna().all()
+    assert features.iloc[1][["popularity_percentile", "genre_share", "audio_affinity", "user_genre_skip_rate",
+                             "item2vec_saved_max_similarity"]].isna().all()
     assert np.isfinite(features.iloc[2][["history_level", "popularity_percentile", "genre_share"]]).all()
 
 

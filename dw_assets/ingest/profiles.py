@@ -16,6 +16,11 @@ class ProfileRules:
     top_artists: int = 10
     light_max_positives: int = 20
     medium_max_positives: int = 100
+    saved_tracks: int = 50  # last distinct saved tracks kept per user
+    early_skipped_tracks: int = 50  # last distinct early-skipped (never positive) tracks kept per user
+    # Upper bound of an estimated Beta prior strength (pseudo-plays): reached when rates vary no more
+    # than their sampling noise, i.e. the data says "trust the prior".
+    max_prior_strength: float = 1_000.0
 
 
 TRACK_STATS_COLUMNS = [
@@ -26,8 +31,12 @@ TRACK_STATS_COLUMNS = [
 USER_PROFILE_COLUMNS = [
     "user_id", "country", "signup_date", "birth_year", "is_new_user", "events", "positives",
     "weeks_active", "last_active", "history_level", "recent_tracks", "recent_age_days",
-    "genre_share", "top_artists", "mean_popularity_percentile",
+    "genre_share", "top_artists", "mean_popularity_percentile", "saved_tracks", "early_skipped_tracks",
+    "user_save_rate", "user_skip_rate", "user_early_skip_rate", "genre_outcomes",
 ]
+# Outcome counts of a user's plays (name, interactions flag), and the shrunk rate each one gives.
+OUTCOMES = (("saves", "saved"), ("skips", "is_skip"), ("early_skips", "is_early_skip"))
+OUTCOME_RATES = {"saves": "save_rate", "skips": "skip_rate", "early_skips": "early_skip_rate"}
 
 
 def track_counts(interactions: DataFrame, week: str) -> DataFrame:
@@ -101,7 +110,13 @@ def popularity_percentiles(stats: DataFrame) -> DataFrame:
 def build_user_profiles(
     interactions: DataFrame, directory: DataFrame, track_stats: DataFrame, week: str, rules: ProfileRules
 ) -> DataFrame:
-    """One row per user in the directory; users without history get empty arrays."""
+    """One row per user in the directory; users without history get empty arrays.
+
+    Beside the taste summary (last positives, genre mix, top artists, popularity habit): the last saved
+    and early-skipped tracks (what the user loved and rejected, for contrastive taste) and the outcome
+    rates per user and per (user, genre) (``outcome_profiles``). Size at the target: 500 M rows of a few
+    hundred ids each, built in Spark from ~10^11 window interactions.
+    """
     _, end = week_bounds(week)
     end_ts = F.lit(end)
     activity = interactions.groupBy("user_id").agg(
@@ -153,6 +168,13 @@ def build_user_profiles(
         .agg(F.avg("popularity_percentile").alias("mean_popularity_percentile"))
     )
 
+    # What the user saved, and what they rejected within seconds and never came back to like.
+    saved = _last_distinct(interactions.where("saved"), rules.saved_tracks, "saved_tracks")
+    liked = positives.select("user_id", "track_id").distinct()
+    rejected = interactions.where("is_early_skip").join(liked, ["user_id", "track_id"], "left_anti")
+    skipped = _last_distinct(rejected, rules.early_skipped_tracks, "early_skipped_tracks")
+    user_rates, outcomes, prior = outcome_profiles(interactions, rules)
+
     level = (
         F.when(F.col("positives") == 0, "none")
         .when(F.col("positives") <= rules.light_max_positives, "light")
@@ -165,11 +187,107 @@ def build_user_profiles(
         .join(genres, "user_id", "left")
         .join(artists, "user_id", "left")
         .join(habits, "user_id", "left")
+        .join(saved, "user_id", "left")
+        .join(skipped, "user_id", "left")
+        .join(user_rates, "user_id", "left")
+        .join(outcomes, "user_id", "left")
+        .crossJoin(F.broadcast(prior.select(*[F.col(f"m_{n}") for n, _ in OUTCOMES])))
         .fillna({"events": 0, "positives": 0, "weeks_active": 0})
         .withColumn("history_level", level)
     )
-    for name, element in (("recent_tracks", "bigint"), ("recent_age_days", "float"), ("top_artists", "bigint")):
+    for name, element in (("recent_tracks", "bigint"), ("recent_age_days", "float"), ("top_artists", "bigint"),
+                          ("saved_tracks", "bigint"), ("early_skipped_tracks", "bigint")):
         profiles = profiles.withColumn(name, F.coalesce(F.col(name), F.array().cast(f"array<{element}>")))
     empty_genres = F.array().cast("array<struct<genre:string,share:double>>")
     profiles = profiles.withColumn("genre_share", F.coalesce(F.col("genre_share"), empty_genres))
+    profiles = profiles.withColumn("genre_outcomes", F.coalesce(F.col("genre_outcomes"), F.array().cast(GENRE_OUTCOME_TYPE)))
+    for name, _ in OUTCOMES:  # a user without plays: the catalog's rate (null only when nobody played)
+        rate = f"user_{OUTCOME_RATES[name]}"
+        profiles = profiles.withColumn(rate, F.coalesce(F.col(rate), F.col(f"m_{name}")))
     return profiles.select(*USER_PROFILE_COLUMNS)
+
+
+GENRE_OUTCOME_TYPE = ("array<struct<genre:string,plays:bigint,saves:bigint,skips:bigint,early_skips:bigint,"
+                      "save_rate:double,skip_rate:double,early_skip_rate:double>>")
+
+
+def _last_distinct(plays: DataFrame, n: int, name: str) -> DataFrame:
+    """``(user_id, name)``: each user's last ``n`` distinct tracks of ``plays``, newest first (bigint array).
+    Size at the target: <= 50 ids per user, 500 M rows, in Spark (a per-user group limit before collecting)."""
+    latest = plays.groupBy("user_id", "track_id").agg(F.max("ts").alias("ts"))
+    newest_first = Window.partitionBy("user_id").orderBy(F.col("ts").desc(), "track_id")
+    return (
+        latest.withColumn("rank", F.row_number().over(newest_first))
+        .where(F.col("rank") <= n)
+        .groupBy("user_id")
+        .agg(F.sort_array(F.collect_list(F.struct("rank", "track_id"))).alias("_t"))
+        .select("user_id", F.transform("_t", lambda t: t["track_id"]).alias(name))
+    )
+
+
+def outcome_profiles(interactions: DataFrame, rules: ProfileRules) -> tuple[DataFrame, DataFrame, DataFrame]:
+    """(user rates, genre outcomes, prior): each user's save / skip / early-skip rates over their plays of
+    the window, and per (user, genre) the counts and the rates, Beta-shrunk in two levels.
+
+    A user's rate shrinks toward the catalog's (the rate over every play of the window), a (user,
+    genre) rate toward the user's own: a genre heard twice says little, and the user's other genres
+    say more about them than the catalog does. Each level's prior strength (pseudo-plays) follows from
+    the data by moments: the spread of the rates that sampling noise does not explain,
+    m (1 - m) / var - 1 (``_strength``), so a world where users differ little by genre shrinks hard.
+
+    user rates: ``user_id, user_save_rate, user_skip_rate, user_early_skip_rate`` (double); genre
+    outcomes: ``user_id, genre_outcomes`` (``GENRE_OUTCOME_TYPE``, sorted by genre); prior: one row,
+    ``m_<outcome>`` (catalog rate), ``k_user_<outcome>``, ``k_genre_<outcome>`` (strengths).
+    Size at the target: 12 weeks of interactions (~10^11 rows) -> ~500 M x (genres heard) cells, in
+    Spark; the prior is a one-row aggregate, broadcast back (never collected).
+    """
+    counts = [F.count(F.lit(1)).alias("plays"),
+              *[F.sum(F.col(flag).cast("long")).alias(name) for name, flag in OUTCOMES]]
+    cells = interactions.groupBy("user_id", "genre").agg(*counts)
+    users = cells.groupBy("user_id").agg(*[F.sum(c).alias(c) for c in ("plays", *(n for n, _ in OUTCOMES))])
+
+    def squares(frame: DataFrame, prefix: str) -> list:  # sum of x^2 / n: the play-weighted spread of x / n
+        return [F.sum(F.col(n).cast("double") ** 2 / F.col("plays")).alias(f"{prefix}_{n}") for n, _ in OUTCOMES]
+
+    user_sums = users.agg(F.sum("plays").cast("double").alias("n"), F.count(F.lit(1)).cast("double").alias("u"),
+                          *[F.sum(n).cast("double").alias(f"x_{n}") for n, _ in OUTCOMES], *squares(users, "uq"))
+    cell_sums = cells.agg(F.count(F.lit(1)).cast("double").alias("c"), *squares(cells, "cq"))
+    prior = user_sums.crossJoin(cell_sums)
+    strengths = []
+    for name, _ in OUTCOMES:
+        m = F.col(f"x_{name}") / F.col("n")
+        noise = m * (1 - m)
+        # sum_u n_u (r_u - m)^2 = sum x_u^2 / n_u - m^2 N, of which each user's sampling noise is ~m (1 - m)
+        user_var = _safe_ratio(F.col(f"uq_{name}") - m * m * F.col("n") - F.col("u") * noise, F.col("n") - F.col("u"))
+        # sum_cells n (r_ug - r_u)^2 = sum x_ug^2 / n_ug - sum x_u^2 / n_u, noise ~ m (1 - m) per extra cell
+        extra = F.col("c") - F.col("u")
+        genre_var = _safe_ratio(F.col(f"cq_{name}") - F.col(f"uq_{name}") - extra * noise, F.col("n") - extra)
+        strengths += [m.alias(f"m_{name}"), _strength(m, user_var, rules.max_prior_strength).alias(f"k_user_{name}"),
+                      _strength(m, genre_var, rules.max_prior_strength).alias(f"k_genre_{name}")]
+    prior = prior.select(*strengths)
+
+    shrunk = users.crossJoin(F.broadcast(prior))
+    user_rates = shrunk.select("user_id", *[
+        ((F.col(n) + F.col(f"k_user_{n}") * F.col(f"m_{n}")) / (F.col("plays") + F.col(f"k_user_{n}")))
+        .alias(f"user_{OUTCOME_RATES[n]}") for n, _ in OUTCOMES
+    ])
+    genre_cells = cells.where(F.col("genre").isNotNull()).join(user_rates, "user_id").crossJoin(F.broadcast(prior))
+    cell = F.struct(
+        "genre", *[F.col(c).cast("long").alias(c) for c in ("plays", *(n for n, _ in OUTCOMES))],
+        *[((F.col(n) + F.col(f"k_genre_{n}") * F.col(f"user_{OUTCOME_RATES[n]}")) / (F.col("plays") + F.col(f"k_genre_{n}")))
+          .alias(OUTCOME_RATES[n]) for n, _ in OUTCOMES],
+    )
+    outcomes = genre_cells.groupBy("user_id").agg(F.sort_array(F.collect_list(cell)).alias("genre_outcomes"))
+    return user_rates, outcomes, prior
+
+
+def _safe_ratio(numerator, denominator):
+    """numerator / denominator, null where the denominator is not positive (ANSI division would raise)."""
+    return F.when(denominator > 0, numerator / F.when(denominator > 0, denominator))
+
+
+def _strength(mean, var, cap: float):
+    """Method-of-moments strength of a Beta with this mean and between-unit variance, in [1, cap]; ``cap``
+    where the variance is not above the noise (or unknown)."""
+    raw = mean * (1 - mean) / F.when(var > 0, var) - 1
+    return F.coalesce(F.least(F.greatest(raw, F.lit(1.0)), F.lit(float(cap))), F.lit(float(cap)))

@@ -18,6 +18,8 @@ _ID = Check.ge(0)
 _TS = "datetime64[ns, UTC]"
 _IS_COLD = "is_cold iff no plays"
 _RECENT_TRACKS = "at most 50 recent tracks"
+_SAVED_TRACKS = "at most 50 saved tracks"
+_SKIPPED_TRACKS = "at most 50 early-skipped tracks"
 
 RAW_PLAY_EVENTS = pa.DataFrameSchema(
     {
@@ -164,6 +166,15 @@ USER_PROFILES = pa.DataFrameSchema(
         "genre_share": Column(object),
         "top_artists": Column(object),
         "mean_popularity_percentile": Column(float, Check.in_range(0.0, 1.0), nullable=True),
+        # Outcome history (features.UserInputs). Not required: partitions written before these columns
+        # existed still pass their contract (the ranker needs them rebuilt).
+        "saved_tracks": Column(object, Check(lambda s: s.map(len) <= 50, error=_SAVED_TRACKS), required=False),
+        "early_skipped_tracks": Column(object, Check(lambda s: s.map(len) <= 50, error=_SKIPPED_TRACKS),
+                                       required=False),
+        # null only when nobody played anything in the window (no catalog rate to fall back on)
+        **{name: Column(float, Check.in_range(0.0, 1.0), nullable=True, required=False)
+           for name in ("user_save_rate", "user_skip_rate", "user_early_skip_rate")},
+        "genre_outcomes": Column(object, required=False),
     },
     strict=True,
     name="user_profiles",
@@ -173,3 +184,6 @@ USER_PROFILES = pa.DataFrameSchema(
 register_spark_check("track_stats", _IS_COLD,
                      lambda f: ~F.coalesce(F.col("is_cold") == (F.col("plays") == 0), F.lit(False)))
 register_spark_check("user_profiles", _RECENT_TRACKS, lambda f: F.size("recent_tracks") > 50, column="recent_tracks")
+register_spark_check("user_profiles", _SAVED_TRACKS, lambda f: F.size("saved_tracks") > 50, column="saved_tracks")
+register_spark_check("user_profiles", _SKIPPED_TRACKS, lambda f: F.size("early_skipped_tracks") > 50,
+                     column="early_skipped_tracks")

@@ -46,8 +46,10 @@ CANDIDATE_COLUMNS = [
 ]  # fmt: skip
 USER_COLUMNS = [
     "user_id", "is_new_user", "positives", "weeks_active", "history_level", "recent_tracks",
-    "genre_share", "top_artists", "mean_popularity_percentile",
+    "genre_share", "top_artists", "mean_popularity_percentile", "saved_tracks", "early_skipped_tracks",
+    "user_save_rate", "user_skip_rate", "user_early_skip_rate", "genre_outcomes",
 ]  # fmt: skip
+OUTCOME_RATE_NAMES = ("save_rate", "skip_rate", "early_skip_rate")  # genre_outcomes fields / user_<name> columns
 USER_VECTOR_COLUMN = "user_vector"  # optional in a per-user frame: the two-tower user vector, float[dim]
 TRACK_COLUMNS = [
     "track_id", "artist_id", "genre", "age_days", "is_new_release", "plays", "listeners",
@@ -65,6 +67,10 @@ TRACK_FEATURES = (
 )  # fmt: skip
 RATE_COLUMNS = ("save_rate", "skip_rate", "early_skip_rate")  # track_stats rates shrunk toward the artist's
 USER_FEATURES = ("history_level", "weeks_active", "log_user_positives", "is_new_user")
+# the user's save / skip / early-skip rates in the candidate's genre (Beta-shrunk in user_profiles)
+GENRE_OUTCOME_FEATURES = tuple(f"user_genre_{name}" for name in OUTCOME_RATE_NAMES)
+CONTRAST_FEATURES = ("item2vec_contrast", "audio_contrast", "item2vec_saved_max_similarity",
+                     "audio_saved_max_similarity")
 
 FEATURE_NAMES = (
     # where the candidate came from: flags, 1-based source ranks and source scores
@@ -75,10 +81,12 @@ FEATURE_NAMES = (
     # beyond the user's own tracks: the artist's centroid against the user's taste, and the nearest
     # of the user's recent positives (a taste with several modes is not its mean)
     "artist_item2vec_affinity", "artist_audio_affinity", "item2vec_max_similarity", "audio_max_similarity",
+    # contrastive taste: like what the user saved, unlike what they rejected within seconds
+    *CONTRAST_FEATURES,
     # the track
     *TRACK_FEATURES,
-    # the track against the user's habits
-    "artist_history_share", "is_top_artist", "genre_share", "popularity_gap",
+    # the track against the user's habits, and what the user did with the track's genre
+    "artist_history_share", "is_top_artist", "genre_share", "popularity_gap", *GENRE_OUTCOME_FEATURES,
     # the user
     *USER_FEATURES,
     # attention: the discovery-list slot a training play was heard at; fixed at inference
@@ -95,6 +103,8 @@ MONOTONE_FEATURES = {
     "audio_max_similarity": 1, "genre_share": 1, "artist_history_share": 1, "is_top_artist": 1,
     "artist_save_rate": 1, "shrunk_save_rate": 1, "artist_skip_rate": -1, "shrunk_skip_rate": -1,
     "artist_early_skip_rate": -1, "shrunk_early_skip_rate": -1,
+    "user_genre_save_rate": 1, "user_genre_skip_rate": -1, "user_genre_early_skip_rate": -1,
+    "item2vec_contrast": 1, "audio_contrast": 1, "item2vec_saved_max_similarity": 1, "audio_saved_max_similarity": 1,
 }  # fmt: skip
 
 # NaN means "does not apply" here, and LightGBM learns where missing values go.
@@ -107,6 +117,8 @@ NULLABLE_FEATURES = frozenset({
     "save_rate", "skip_rate", "early_skip_rate",  # no plays in the window
     "artist_save_rate", "artist_skip_rate", "artist_early_skip_rate",  # no play of the artist in the window
     "popularity_gap",  # user without history
+    *CONTRAST_FEATURES,  # no saved (nor, for the contrast, early-skipped) track with a vector
+    *GENRE_OUTCOME_FEATURES,  # nobody played anything in the window
 })  # fmt: skip
 
 LIST_POSITION_COLUMN = "list_position"  # optional candidate column, training only (observed_exposure)
@@ -129,7 +141,10 @@ class UserInputs:
     user_ids: int64[u]. scalars: float32[u, len(USER_FEATURES)]. mean_popularity: float32[u]
     (NaN without history). Ragged lists as offsets int64[u+1] into flat arrays:
     recent_tracks int64 (last-50 positive track ids), genre_codes int32 / genre_shares float32
-    (codes index the context's genre vocabulary), top_artists int64.
+    (codes index the context's genre vocabulary), top_artists int64, saved_tracks / skipped_tracks
+    int64 (last-50 saved / early-skipped track ids), outcome_codes int32 (genres) with outcome_rates
+    float32[k, 3] (the user's shrunk rates of :data:`OUTCOME_RATE_NAMES` in that genre).
+    user_rates: float32[u, 3], the user's shrunk rates over all genres (NaN: nobody played anything).
     vectors: float32[u, dim] two-tower user vectors with has_vector bool[u], or None.
     """
 
@@ -143,6 +158,14 @@ class UserInputs:
     genre_shares: np.ndarray
     artist_offsets: np.ndarray
     top_artists: np.ndarray
+    saved_offsets: np.ndarray
+    saved_tracks: np.ndarray
+    skipped_offsets: np.ndarray
+    skipped_tracks: np.ndarray
+    user_rates: np.ndarray
+    outcome_offsets: np.ndarray
+    outcome_codes: np.ndarray
+    outcome_rates: np.ndarray
     vectors: np.ndarray | None = None
     has_vector: np.ndarray | None = None
 
@@ -172,14 +195,12 @@ class UserInputs:
         ]).astype(np.float32)  # fmt: skip
         recent_offsets, recent = _ragged(users["recent_tracks"], pa.int64())
         recent_tracks = recent.to_numpy(zero_copy_only=False).astype(np.int64)
-        genre_offsets, genre_flat = _ragged(users["genre_share"], None)
-        if len(genre_flat):
-            names = genre_flat.field("genre").to_numpy(zero_copy_only=False)
-            genre_codes = pd.Categorical(names, categories=genres).codes.astype(np.int32)
-            genre_shares = genre_flat.field("share").to_numpy(zero_copy_only=False).astype(np.float32)
-        else:
-            genre_codes, genre_shares = np.zeros(0, np.int32), np.zeros(0, np.float32)
+        genre_offsets, genre_codes, (genre_shares,) = _genre_structs(users["genre_share"], genres, ("share",))
         artist_offsets, artists = _ragged(users["top_artists"], pa.int64())
+        saved_offsets, saved = _ragged(users["saved_tracks"], pa.int64())
+        skipped_offsets, skipped = _ragged(users["early_skipped_tracks"], pa.int64())
+        outcome_offsets, outcome_codes, outcome_rates = _genre_structs(users["genre_outcomes"], genres, OUTCOME_RATE_NAMES)
+        user_rates = np.column_stack([users[f"user_{name}"].to_numpy(np.float32) for name in OUTCOME_RATE_NAMES])
         user_vectors, has_vector = None, None
         if vectors is not None:
             user_vectors, has_vector = _aligned_vectors(user_ids, *vectors)
@@ -196,6 +217,14 @@ class UserInputs:
             genre_shares=genre_shares,
             artist_offsets=artist_offsets,
             top_artists=artists.to_numpy(zero_copy_only=False).astype(np.int64),
+            saved_offsets=saved_offsets,
+            saved_tracks=saved.to_numpy(zero_copy_only=False).astype(np.int64),
+            skipped_offsets=skipped_offsets,
+            skipped_tracks=skipped.to_numpy(zero_copy_only=False).astype(np.int64),
+            user_rates=user_rates.astype(np.float32).reshape(len(user_ids), len(OUTCOME_RATE_NAMES)),
+            outcome_offsets=outcome_offsets,
+            outcome_codes=outcome_codes,
+            outcome_rates=np.column_stack(outcome_rates).astype(np.float32).reshape(-1, len(OUTCOME_RATE_NAMES)),
             vectors=user_vectors,
             has_vector=has_vector,
         )
@@ -205,6 +234,9 @@ class UserInputs:
         recent_offsets, recent_idx = _take_ragged(self.recent_offsets, rows)
         genre_offsets, genre_idx = _take_ragged(self.genre_offsets, rows)
         artist_offsets, artist_idx = _take_ragged(self.artist_offsets, rows)
+        saved_offsets, saved_idx = _take_ragged(self.saved_offsets, rows)
+        skipped_offsets, skipped_idx = _take_ragged(self.skipped_offsets, rows)
+        outcome_offsets, outcome_idx = _take_ragged(self.outcome_offsets, rows)
         return UserInputs(
             user_ids=self.user_ids[rows],
             scalars=self.scalars[rows],
@@ -216,6 +248,14 @@ class UserInputs:
             genre_shares=self.genre_shares[genre_idx],
             artist_offsets=artist_offsets,
             top_artists=self.top_artists[artist_idx],
+            saved_offsets=saved_offsets,
+            saved_tracks=self.saved_tracks[saved_idx],
+            skipped_offsets=skipped_offsets,
+            skipped_tracks=self.skipped_tracks[skipped_idx],
+            user_rates=self.user_rates[rows],
+            outcome_offsets=outcome_offsets,
+            outcome_codes=self.outcome_codes[outcome_idx],
+            outcome_rates=self.outcome_rates[outcome_idx],
             vectors=None if self.vectors is None else self.vectors[rows],
             has_vector=None if self.has_vector is None else self.has_vector[rows],
         )
@@ -243,6 +283,18 @@ def _ragged(series: pd.Series, value_type: pa.DataType | None) -> tuple[np.ndarr
         return np.zeros(len(series) + 1, np.int64), pa.array([], type=value_type or pa.null())
     lengths = pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
     return np.r_[0, np.cumsum(lengths)].astype(np.int64), lists.flatten()
+
+
+def _genre_structs(series: pd.Series, genres: np.ndarray, fields: tuple[str, ...]
+                   ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """(offsets int64[n+1], genre codes int32[k] into ``genres``, float32[k] per field) of a column of
+    lists of structs with a ``genre`` field."""
+    offsets, flat = _ragged(series, None)
+    if not len(flat):
+        return offsets, np.zeros(0, np.int32), [np.zeros(0, np.float32) for _ in fields]
+    names = flat.field("genre").to_numpy(zero_copy_only=False)
+    codes = pd.Categorical(names, categories=genres).codes.astype(np.int32)
+    return offsets, codes, [flat.field(f).to_numpy(zero_copy_only=False).astype(np.float32) for f in fields]
 
 
 def _take_ragged(offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -526,8 +578,9 @@ def build_features(
         out["two_tower_score"] = listed_score
 
     # History affinity: cosine of the track to the mean of the user's recent tracks.
-    i2v_taste, i2v_ok = _history_mean(inputs, context.item2vec_ids, context.item2vec_vectors)
-    audio_taste, audio_ok = _history_mean(inputs, context.audio_ids, context.audio_vectors)
+    recent = (inputs.recent_offsets, inputs.recent_tracks)
+    i2v_taste, i2v_ok = _history_mean(recent, context.item2vec_ids, context.item2vec_vectors)
+    audio_taste, audio_ok = _history_mean(recent, context.audio_ids, context.audio_vectors)
     i2v_user = np.where(known_user & i2v_ok[np.maximum(user_row, 0)], user_row, -1)
     audio_user = np.where(known_user & audio_ok[np.maximum(user_row, 0)], user_row, -1)
     i2v_track = _index_of(context.item2vec_ids, track_id)
@@ -544,9 +597,17 @@ def build_features(
     artist_row = _index_of(context.artist_ids, np.where(track_row >= 0, context.track_artist[np.maximum(track_row, 0)], -1))
     out["artist_item2vec_affinity"] = _rowwise_dot(i2v_taste, i2v_user, context.artist_item2vec, artist_row)
     out["artist_audio_affinity"] = _rowwise_dot(audio_taste, audio_user, context.artist_audio, artist_row)
-    out["item2vec_max_similarity"] = _max_similarity(inputs, user_row, context.item2vec_ids,
+    out["item2vec_max_similarity"] = _max_similarity(recent, user_row, context.item2vec_ids,
                                                      context.item2vec_vectors, i2v_track)
-    out["audio_max_similarity"] = _max_similarity(inputs, user_row, context.audio_ids, context.audio_vectors, audio_track)
+    out["audio_max_similarity"] = _max_similarity(recent, user_row, context.audio_ids, context.audio_vectors, audio_track)
+    # Contrastive taste: positives include tracks merely tolerated; a save and a rejection within
+    # seconds are the user's clearest signals, in both directions.
+    saved = (inputs.saved_offsets, inputs.saved_tracks)
+    skipped = (inputs.skipped_offsets, inputs.skipped_tracks)
+    for space, ids, vectors, track in (("item2vec", context.item2vec_ids, context.item2vec_vectors, i2v_track),
+                                       ("audio", context.audio_ids, context.audio_vectors, audio_track)):
+        out[f"{space}_contrast"] = _contrast(saved, skipped, user_row, ids, vectors, track)
+        out[f"{space}_saved_max_similarity"] = _max_similarity(saved, user_row, ids, vectors, track)
 
     known_track = track_row >= 0
     track_features = np.full((n, len(TRACK_FEATURES)), np.nan, np.float32)
@@ -562,6 +623,13 @@ def build_features(
     out["is_top_artist"] = np.isin(_pair_keys(user_row, artist), top_keys).astype(np.float32)
     genre_keys = _pair_keys(_owners(inputs.genre_offsets), inputs.genre_codes)
     out["genre_share"] = _lookup(genre_keys, inputs.genre_shares, _pair_keys(user_row, genre), default=0.0)
+    # The user's outcome rates in the candidate's genre; the user's overall rates in a genre they never played.
+    outcome_keys = _pair_keys(_owners(inputs.outcome_offsets), inputs.outcome_codes)
+    wanted = _pair_keys(user_row, genre)
+    for j, name in enumerate(GENRE_OUTCOME_FEATURES):
+        overall = np.where(known_user, inputs.user_rates[np.maximum(user_row, 0), j], np.nan)
+        found = _lookup(outcome_keys, inputs.outcome_rates[:, j], wanted, default=np.nan)
+        out[name] = np.where(known_track, np.where(np.isnan(found), overall, found), np.nan).astype(np.float32)
     user_popularity = np.where(known_user, inputs.mean_popularity[np.maximum(user_row, 0)], np.nan)
     out["popularity_gap"] = (out["popularity_percentile"] - user_popularity).astype(np.float32)
     for name in ("artist_history_share", "is_top_artist", "genre_share"):
@@ -590,19 +658,21 @@ def _rowwise_dot(left: np.ndarray, left_rows: np.ndarray, right: np.ndarray, rig
     return out
 
 
-def _max_similarity(inputs: UserInputs, user_row: np.ndarray, ids: np.ndarray, unit_vectors: np.ndarray,
-                    track_rows: np.ndarray) -> np.ndarray:
-    """Cosine of each candidate to the nearest of its user's recent tracks with a vector: float32[n],
-    NaN where the user or the track has none. One (recent x candidates) product per user of the batch."""
+def _max_similarity(lists: tuple[np.ndarray, np.ndarray], user_row: np.ndarray, ids: np.ndarray,
+                    unit_vectors: np.ndarray, track_rows: np.ndarray) -> np.ndarray:
+    """Cosine of each candidate to the nearest track with a vector of its user's list (``lists`` =
+    (offsets, track ids), e.g. the recent positives): float32[n], NaN where the user or the track has
+    none. One (list x candidates) product per user of the batch."""
+    offsets, tracks = lists
     out = np.full(len(user_row), np.nan, np.float32)
     if len(ids) == 0 or len(user_row) == 0:
         return out
-    recent_rows = _index_of(ids, inputs.recent_tracks)
+    recent_rows = _index_of(ids, tracks)
     rows = np.flatnonzero((user_row >= 0) & (track_rows >= 0))
     rows = rows[np.argsort(user_row[rows], kind="stable")]
     users, starts = np.unique(user_row[rows], return_index=True)
     for user, a, b in zip(users.tolist(), starts.tolist(), [*starts[1:].tolist(), len(rows)], strict=True):
-        mine = recent_rows[inputs.recent_offsets[user] : inputs.recent_offsets[user + 1]]
+        mine = recent_rows[offsets[user] : offsets[user + 1]]
         mine = mine[mine >= 0]
         if len(mine):
             sel = rows[a:b]
@@ -610,21 +680,40 @@ def _max_similarity(inputs: UserInputs, user_row: np.ndarray, ids: np.ndarray, u
     return out
 
 
-def _history_mean(inputs: UserInputs, ids: np.ndarray, unit_vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Unit mean vector of each user's recent tracks that have a vector: float32[u, dim], bool[u]."""
+def _history_mean(lists: tuple[np.ndarray, np.ndarray], ids: np.ndarray,
+                  unit_vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unit mean vector of the tracks with a vector of each user's list (``lists`` = (offsets, track
+    ids), e.g. the recent positives): float32[u, dim] (zeros without one), bool[u]."""
+    offsets, tracks = lists
+    users = len(offsets) - 1
     if len(ids) == 0:
-        return np.zeros((len(inputs), 1), np.float32), np.zeros(len(inputs), bool)
-    owner = _owners(inputs.recent_offsets)
-    rows = _index_of(ids, inputs.recent_tracks)
+        return np.zeros((users, 1), np.float32), np.zeros(users, bool)
+    owner = _owners(offsets)
+    rows = _index_of(ids, tracks)
     keep = rows >= 0
     weights = sp.csr_matrix(
-        (np.ones(int(keep.sum()), np.float32), (owner[keep], rows[keep])), shape=(len(inputs), len(ids))
+        (np.ones(int(keep.sum()), np.float32), (owner[keep], rows[keep])), shape=(users, len(ids))
     )
-    sums = np.asarray(weights @ unit_vectors, dtype=np.float32).reshape(len(inputs), unit_vectors.shape[1])
+    sums = np.asarray(weights @ unit_vectors, dtype=np.float32).reshape(users, unit_vectors.shape[1])
     norms = np.linalg.norm(sums, axis=1)
     ok = norms > 1e-12
     sums[ok] /= norms[ok, None]
     return sums, ok
+
+
+def _contrast(liked: tuple[np.ndarray, np.ndarray], disliked: tuple[np.ndarray, np.ndarray], user_row: np.ndarray,
+              ids: np.ndarray, unit_vectors: np.ndarray, track_rows: np.ndarray) -> np.ndarray:
+    """cos(candidate, centroid of the user's ``liked`` tracks) - cos(candidate, centroid of ``disliked``):
+    float32[n]; a side without tracks with vectors counts 0, NaN where neither side has one (or the
+    track has no vector)."""
+    like, like_ok = _history_mean(liked, ids, unit_vectors)
+    dislike, dislike_ok = _history_mean(disliked, ids, unit_vectors)
+    if len(ids) == 0:
+        return np.full(len(user_row), np.nan, np.float32)
+    known = user_row >= 0
+    either = np.where(known & (like_ok | dislike_ok)[np.maximum(user_row, 0)], user_row, -1)
+    return (_rowwise_dot(like, either, unit_vectors, track_rows)
+            - _rowwise_dot(dislike, either, unit_vectors, track_rows)).astype(np.float32)
 
 
 def _pair_keys(rows: np.ndarray, values: np.ndarray) -> np.ndarray:

@@ -386,10 +386,14 @@ def test_value_scores_add_an_uncertainty_bonus_that_shrinks_with_plays_and_the_u
     plays = np.array([0.0, 10.0, 1_000.0])
     none = value_scores(score, p, plays, no, no, known, RerankConfig(uncertainty="none"), None)
     assert np.array_equal(none, score)
-    ucb = value_scores(score, p, plays, no, no, known, RerankConfig(uncertainty="ucb", ucb_z=1.0), None)
-    bonus = ucb - score
-    assert (bonus > 0).all() and bonus[0] > bonus[1] > bonus[2]  # a cold track is the least certain
-    assert bonus[2] < bonus[0] / 5
+    for scale in ("spread", "probability"):
+        config = RerankConfig(uncertainty="ucb", ucb_z=1.0, bonus_scale=scale)
+        bonus = value_scores(score, p, plays, no, no, known, config, None) - score
+        assert (bonus > 0).all() and bonus[0] > bonus[1] > bonus[2]  # a cold track is the least certain
+        assert bonus[2] < bonus[0] / 5
+    # "spread": the bonus is in the user's own units, whatever the ranker's scale
+    wide = value_scores(3 * score, p, plays, no, no, known, RerankConfig(ucb_z=1.0), None) - 3 * score
+    assert np.allclose(wide, 3 * (value_scores(score, p, plays, no, no, known, RerankConfig(ucb_z=1.0), None) - score))
     # a little-heard genre: the user's own exploration outcomes move the mean off the ranker's prediction
     little = np.ones(3, dtype=bool)
     config = RerankConfig(uncertainty="ucb", ucb_z=0.0)
@@ -398,8 +402,9 @@ def test_value_scores_add_an_uncertainty_bonus_that_shrinks_with_plays_and_the_u
     untried = value_scores(score, p, plays, no, no, little, config, None)
     assert (hits > untried).all() and (misses < untried).all()
     assert np.allclose(untried, score)  # no evidence: the mean is the ranker's
-    # Thompson: reproducible from the generator, centred on the mean, wider for a cold track
-    thompson = RerankConfig(uncertainty="thompson")
+    # the Beta on the ranker's output read as a probability: Thompson reproducible from the generator,
+    # centred on the mean, wider for a cold track
+    thompson = RerankConfig(uncertainty="thompson", bonus_scale="probability", prior_strength=2.0)
     many = np.full(20_000, 0.3)
     draws = [value_scores(np.log(many), many, np.full(20_000, n), np.zeros(20_000), np.zeros(20_000),
                           np.zeros(20_000, dtype=bool), thompson, np.random.default_rng(1)) for n in (0.0, 100.0)]

@@ -17,14 +17,17 @@ Per user, in one greedy pass over the candidate pool (O(playlist_size x pool) nu
    in one pass; ``calibration_lambda=0`` gives pure MMR, ``mmr_lambda=1`` pure calibration, both
    together the plain score order under the artist cap.
 3. **Value-based exploration** (``uncertainty``): before the greedy, each candidate's ranker
-   prediction m of P(positive) becomes a Beta posterior Beta(m s, (1 - m) s) whose strength
+   prediction m becomes a Beta posterior Beta(m s, (1 - m) s) whose strength
    s = ``prior_strength`` + ``strength_per_play`` x the track's plays grows with the evidence
    behind it: a cold track (no plays) is the least certain. In a genre the user has little
    history in (share < ``exploration_max_history_share``) the candidate is as uncertain as a
    cold track, and the user's own exploration outcomes in that genre (the per (user, genre)
-   posteriors, ``update_posteriors``) update the mean. The list score's log m is replaced by the
-   log of the posterior's upper bound m + ``ucb_z`` sd (UCB, the default) or of a Thompson draw,
-   so cold and little-heard tracks compete with the rest on expected value plus an uncertainty
+   posteriors, ``update_posteriors``) move the mean. The list score gets an uncertainty bonus:
+   ``ucb_z`` x the posterior's sd relative to a cold track's x the user's spread of list scores
+   (UCB, the default; Thompson: that width times a seeded normal draw). The ranker's output need
+   not be a calibrated probability (an outcome regression is not), so the bonus is measured in the
+   ranker's own spread for the user; ``bonus_scale="probability"`` uses the Beta on m itself.
+   Cold and little-heard tracks so compete with the rest on expected value plus an uncertainty
    bonus and no slot is reserved: one enters when it is likely enough to be saved. Such a
    little-heard genre's track is marked ``is_exploration`` (the posteriors learn from it)
    unless fixed exploration slots are configured (then those slots are the exploration).
@@ -44,10 +47,11 @@ generators seeded with ``(config.seed, user_id, week)``, so re-running a week re
 playlist and a user's playlist does not depend on which other users share the batch.
 
 Measured on the `tiny` world's north star (363 users, 10 listener seeds, simulated saves per user;
-the ranker's own order 0.572, the catalog oracle 1.496): fixed slots with MMR 0.7 (before) 0.471,
-cold saves 0.034; without exploration or cold slots 0.493 / 0.042; UCB value order 0.497 / 0.060;
-MMR 0.9 without exploration 0.555 / 0.039; UCB value order with MMR 0.9 (the defaults) 0.542 /
-0.059; Thompson at the same strengths 0.424 / 0.077 (its noise costs more than it finds in one week).
+catalog oracle 1.50, cold 0.21), with the lake's ranker / one retrained by the current code: fixed
+slots with MMR 0.7 (before) 0.471 / 0.509, cold saves 0.034 / 0.025; no exploration, no cold slots
+0.493 / 0.547; the same with MMR 0.9 0.555 / 0.578, cold 0.039 / 0.024; the UCB value order (the
+defaults) 0.535 / 0.570, cold 0.065 / 0.039. Thompson costs more for the same cold saves (one
+week's north star counts no learning). Fixed genre slots on top cost 7 % of saves.
 
 Size at the target: per user, O(pool) for the value order (one pass, ~500 candidates) plus the
 greedy's O(playlist_size x pool); nothing here is user-scale on one machine (a Spark task's batch).
@@ -94,13 +98,20 @@ class RerankConfig:
     cold_slots: int = 0  # fixed slots for the best-scored cold candidates, at the end (the earlier behaviour: 2)
     # Value-based exploration: a candidate's P(positive) is Beta(m s, (1 - m) s) with m the ranker's
     # prediction and s = prior_strength + strength_per_play x the track's plays (a cold track: s =
-    # prior_strength, the widest). "thompson" orders by a draw of it, "ucb" by its mean + ucb_z sd,
-    # "none" by the mean (the ranker alone).
+    # prior_strength, the widest). "ucb" adds ucb_z sd to the list score, "thompson" a draw, "none"
+    # nothing (the ranker alone).
     uncertainty: str = "ucb"
-    prior_strength: float = 50.0  # pseudo-observations behind the ranker's prediction of a track nobody played
-    strength_per_play: float = 10.0  # ... and added by each play of the track
-    ucb_z: float = 0.3
+    prior_strength: float = 1.0  # pseudo-observations behind the ranker's prediction of a track nobody played
+    strength_per_play: float = 1.0  # ... and added by each play of the track
+    # UCB's bonus in posterior sds (Thompson with bonus_scale="spread": the draws' sd factor). 0.2: on `tiny`
+    # it lifted cold saves by 2/3 for 1.4-3.6 % of saves with either of two rankers (0.3: x2, 3.6-6.7 %).
+    ucb_z: float = 0.2
+    # "spread": the sd is measured relative to a cold track's and in units of the user's spread of list
+    # scores (the ranker's output need not be a probability); "probability": the Beta on the ranker's P.
+    bonus_scale: str = "spread"
     genre_uncertainty: bool = True  # a little-heard genre's candidate is as uncertain as a cold track
+    # The ranker's prediction counts as this many of the user's exploration outcomes in a little-heard genre.
+    genre_prior_strength: float = 10.0
     # Added to log P(positive) for the list order: the ranker learns taste given exposure (trained on
     # heard candidates), the two-tower score how likely a user meets a track. 0 = ranker alone.
     two_tower_prior: float = 0.2
@@ -130,10 +141,12 @@ class RerankConfig:
             raise ValueError(f"two_tower_prior must be >= 0, got {self.two_tower_prior}")
         if self.posterior_window_weeks < 1:
             raise ValueError("posterior_window_weeks must be >= 1")
+        if self.bonus_scale not in ("spread", "probability"):
+            raise ValueError(f"bonus_scale must be spread or probability, got {self.bonus_scale!r}")
         if self.uncertainty not in UNCERTAINTY:
             raise ValueError(f"uncertainty must be one of {UNCERTAINTY}, got {self.uncertainty!r}")
-        if self.prior_strength <= 0 or self.strength_per_play < 0 or self.ucb_z < 0:
-            raise ValueError("prior_strength must be > 0, strength_per_play and ucb_z >= 0")
+        if min(self.prior_strength, self.genre_prior_strength) <= 0 or self.strength_per_play < 0 or self.ucb_z < 0:
+            raise ValueError("prior_strength and genre_prior_strength must be > 0, strength_per_play and ucb_z >= 0")
 
     @classmethod
     def fixed_slots(cls, **changes) -> RerankConfig:
@@ -384,8 +397,11 @@ def value_scores(score: np.ndarray, probability: np.ndarray, plays: np.ndarray, 
     strength s = prior_strength + strength_per_play x plays. A candidate in a genre the user has little
     history in (``little_heard``) is as uncertain as a cold track until the user's own outcomes in that
     genre (``genre_successes`` of ``genre_trials`` weighted exploration outcomes, ``update_posteriors``'s
-    evidence) update it: m = (prior_strength m + successes) / (prior_strength + trials), s at most
-    prior_strength + trials. A track the ranker ranks low but that nobody (or not this user) has tried
+    evidence) update it: m = (genre_prior_strength m + successes) / (genre_prior_strength + trials), s
+    at most prior_strength + trials. ``bonus_scale="spread"`` (the default) measures the posterior's
+    sd relative to a cold track's, sqrt((prior_strength + 1) / (s + 1)), in units of the user's spread
+    (std) of list scores, times ``ucb_z``: added (UCB) or times a standard normal draw (Thompson) to the
+    list score; ``"probability"`` reads the ranker's output as P and uses the Beta itself. A track the ranker ranks low but that nobody (or not this user) has tried
     can so draw high enough for a slot; a well-known one stays near its mean. All float64[n]; ``rng``
     draws in the order given (the caller's track order), so the draws are reproducible.
     """
@@ -394,15 +410,24 @@ def value_scores(score: np.ndarray, probability: np.ndarray, plays: np.ndarray, 
     p = np.clip(probability, _P_FLOOR, 1.0 - _P_FLOOR)
     strength = config.prior_strength + config.strength_per_play * np.maximum(np.nan_to_num(plays, nan=0.0), 0.0)
     trials = np.where(little_heard, genre_trials, 0.0)
-    mean = np.where(little_heard, (config.prior_strength * p + np.where(little_heard, genre_successes, 0.0))
-                    / (config.prior_strength + trials), p)
+    mean = np.where(little_heard, (config.genre_prior_strength * p + np.where(little_heard, genre_successes, 0.0))
+                    / (config.genre_prior_strength + trials), p)
     mean = np.clip(mean, _P_FLOOR, 1.0 - _P_FLOOR)
     strength = np.where(little_heard, np.minimum(strength, config.prior_strength + trials), strength)
+    if config.bonus_scale == "probability":  # the Beta itself, the ranker's output read as a probability
+        if config.uncertainty == "thompson":
+            draw = rng.beta(mean * strength, (1.0 - mean) * strength)
+        else:
+            draw = mean + config.ucb_z * np.sqrt(mean * (1.0 - mean) / (strength + 1.0))
+        return score - np.log(p) + np.log(np.clip(draw, _P_FLOOR, 1.0))
+    # "spread": the posterior's sd relative to a cold track's (1 for a cold track, -> 0 with plays) in
+    # units of the user's own score spread, so the bonus does not hang on the ranker's scale
+    relative = np.sqrt((config.prior_strength + 1.0) / (strength + 1.0))
+    width = config.ucb_z * relative * (float(np.std(score)) if score.size > 1 else 0.0)
+    centre = score - np.log(p) + np.log(mean)
     if config.uncertainty == "thompson":
-        draw = rng.beta(mean * strength, (1.0 - mean) * strength)
-    else:
-        draw = mean + config.ucb_z * np.sqrt(mean * (1.0 - mean) / (strength + 1.0))
-    return score - np.log(p) + np.log(np.clip(draw, _P_FLOOR, 1.0))
+        return centre + width * rng.standard_normal(score.size)
+    return centre + width
 
 
 # --------------------------------------------------------------------------- batch

@@ -244,7 +244,7 @@ def test_the_tiny_world_on_s3_gives_the_playlists_of_the_local_run(tiny_world, s
         bucket, key, names = lake._s3_names(lake.uri(layer, asset, week))
         assert "_SUCCESS" in names and any(n.startswith("part-") for n in names), (asset, names)
     audio = lake.read_artifact(lake.uri("models", "audio_embeddings", week))
-    assert audio.meta["rows"] > 0 and audio.meta["problems"]  # the world's broken clips, reported by S3 key
+    assert audio.meta["tracks_embedded"] > 0 and audio.meta["problems"]  # the world's broken clips, reported by S3 key
     assert all(p["path"].startswith(f"{root}/landing/audio/") for p in audio.meta["problems"])
     # same models (their versions digest config, code and inputs), then the same playlists
     for name in ("item2vec_embeddings", "audio_embeddings", "two_tower_model", "ranker_model"):

@@ -105,10 +105,13 @@ def test_the_tiny_world_on_a_standalone_cluster_gives_the_local_runs_playlists(t
     for table in ("silver/interactions", "gold/user_profiles", "gold/track_stats"):
         pd.testing.assert_frame_equal(pd.read_parquet(cluster / table / f"week={week}"),
                                       pd.read_parquet(tiny_world_run / table / f"week={week}"), obj=table)
-    for model in ("item2vec_embeddings", "audio_embeddings"):
-        for name in ("ids.npy", "vectors.npy"):
-            path = f"models/{model}/week={week}/{name}"
-            assert np.array_equal(np.load(cluster / path), np.load(tiny_world_run / path)), path
+    for name in ("ids.npy", "vectors.npy"):
+        path = f"models/item2vec_embeddings/week={week}/{name}"
+        assert np.array_equal(np.load(cluster / path), np.load(tiny_world_run / path)), path
+    audio = [pd.read_parquet(root / f"models/audio_vectors/week={week}") for root in (cluster, tiny_world_run)]
+    assert len(audio[0]) > 0
+    assert audio[0]["track_id"].tolist() == audio[1]["track_id"].tolist()
+    assert np.array_equal(np.stack(audio[0]["vector"]), np.stack(audio[1]["vector"]))
 
     on_cluster = _export(str(cluster), week, tmp_path / "cluster.parquet")
     local = _export(str(tiny_world_run), week, tmp_path / "local.parquet")

@@ -35,6 +35,7 @@ import click
 import numpy as np
 import pandas as pd
 
+from dw_assets.embeddings.audio_table import audio_vectors_of
 from dw_assets.embeddings.user_tower import read_user_embeddings
 from dw_assets.lake.storage import Lake, vectors_from
 from dw_assets.partitions import history_window_weeks
@@ -95,7 +96,10 @@ def load_week(lake_root: str, week: str) -> WeekModels:
     user_ids, user_vectors, _ = read_user_embeddings(lake, week)  # a Parquet table; small worlds only
     ranker = TrainedRanker.from_bytes(artifact("ranker_model").files["ranker.bin"])
     item2vec = vectors_from(artifact("item2vec_embeddings"))
-    audio = vectors_from(artifact("audio_embeddings"))
+    audio_uri = lake.uri("models", "audio_vectors", week)
+    if not lake.exists(audio_uri):
+        raise click.ClickException(f"{audio_uri} is missing: materialize week {week} first (dw run --lake ...)")
+    audio = audio_vectors_of(lake.read_frame(audio_uri))
     track_stats = lake.read_frame(lake.uri("gold", "track_stats", week))
     profiles = lake.read_frame(lake.uri("gold", "user_profiles", week))
     directory = lake.read_frame(lake.uri("bronze", "user_directory", week), columns=["user_id", "country"])

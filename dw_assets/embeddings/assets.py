@@ -104,9 +104,8 @@ class AudioAssetConfig(Config):
     max_training_clips: int = AudioConfig.max_training_clips
     seed: int = AudioConfig.seed
     # The artifact also carries ids.npy / vectors.npy, collected from audio_vectors (12.8 GB on the driver at
-    # 100 M tracks), while readers of the artifact's vectors remain (ranking/, evaluation/, bench inference):
-    # False once they read the audio_vectors table through audio_table.audio_vectors_of.
-    vector_files: bool = True
+    # 100 M tracks): for tools that still read that older form; the pipeline reads the table.
+    vector_files: bool = False
     max_problem_examples: int = 1_000  # unusable clips listed in the artifact and the check (all are counted)
 
 

@@ -284,8 +284,8 @@ def retrieval_evaluation(
                     "to week W's users through the same funnel: the A/B control arm and the last_week baseline.")},
     ins={
         **{name: AssetIn(partition_mapping=previous_week, dagster_type=Artifact)
-           for name in ("two_tower_model", "faiss_index", "item2vec_embeddings", "audio_embeddings",
-                        "track_embeddings")},
+           for name in ("two_tower_model", "faiss_index", "item2vec_embeddings", "track_embeddings")},
+        "audio_vectors": AssetIn(partition_mapping=previous_week),
         "ranker_model": AssetIn(dagster_type=Artifact),  # this week's: stands in when W-1 has no ranker
         "user_profiles": AssetIn(),
         "user_directory": AssetIn(metadata={"columns": ["user_id", "country"]}),
@@ -307,7 +307,7 @@ def last_week_playlists(
     two_tower_model: Artifact,
     faiss_index: Artifact,
     item2vec_embeddings: Artifact,
-    audio_embeddings: Artifact,
+    audio_vectors: DataFrame,
     track_embeddings: Artifact,
     ranker_model: Artifact,
     user_profiles: DataFrame,
@@ -324,13 +324,13 @@ def last_week_playlists(
     # Last week's user tower on this week's histories (vectors in last week's space), on the executors.
     users = user_embeddings_frame(user_profiles, two_tower_model.files["two_tower.bin"])
     users = users.select("user_id", F.col("vector").alias("user_vector")).persist()
-    models = candidate_models(faiss_index, item2vec_embeddings, audio_embeddings, track_stats, version)
+    models = candidate_models(faiss_index, item2vec_embeddings, audio_vectors, track_stats, version)
     candidate_frame = run_candidates(spark, candidate_users(users, user_profiles, interactions), models.to_bytes(),
                                      CandidatesConfig().settings(threads=1), CandidatesConfig().partitions).persist()
     ranker, ranker_week = last_week_ranker(lake.open(), week, ranker_model)
     playlists, stats = build_playlists(
         spark, week, config.settings(), candidate_frame, ranker, user_profiles, user_directory, track_stats,
-        track_context(track_stats, item2vec_embeddings, audio_embeddings, track_embeddings),
+        track_context(track_stats, item2vec_embeddings, audio_vectors, track_embeddings),
         user_vector_table(spark, users), interactions,
         None if isinstance(earlier_playlists, pd.DataFrame) and earlier_playlists.empty else earlier_playlists)
     yield from emit_checked("last_week_playlists", playlists, RANKED_PLAYLISTS, {
@@ -455,7 +455,7 @@ class OfflineEvaluationConfig(SampleConfig):
         "candidates": AssetIn(),
         "ranker_model": AssetIn(dagster_type=Artifact),
         "item2vec_embeddings": AssetIn(dagster_type=Artifact),
-        "audio_embeddings": AssetIn(dagster_type=Artifact),
+        "audio_vectors": AssetIn(),
     },
     partitions_def=weekly_partitions,
     backfill_policy=ONE_WEEK_PER_RUN,
@@ -478,7 +478,7 @@ def offline_evaluation(
     candidates: DataFrame,
     ranker_model: Artifact,
     item2vec_embeddings: Artifact,
-    audio_embeddings: Artifact,
+    audio_vectors: DataFrame,
 ):
     """Sizes at the target: playlists (15 G rows), the window (240 G) and profiles (500 M) stay in Spark;
     the evaluated users are drawn there (``sample_users``, every user of the demo), the driver-side
@@ -535,7 +535,7 @@ def offline_evaluation(
         stored = sample_lists({"pipeline": ranked_playlists, "last_week": last_week_playlists}, sample)
         ranker = TrainedRanker.from_bytes(ranker_model.files["ranker.bin"])
         ns_candidates, order = sample_ranker_order(
-            ranker, track_context(track_stats, item2vec_embeddings, audio_embeddings, track_embeddings),
+            ranker, track_context(track_stats, item2vec_embeddings, audio_vectors, track_embeddings),
             RerankConfig().two_tower_prior, candidates, user_profiles, user_vector_table(spark, user_embeddings),
             sample, track_stats, ns_config)
         sample.unpersist()

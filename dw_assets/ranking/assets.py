@@ -18,6 +18,7 @@ from pyspark.sql import DataFrame
 from dw_assets.automation.planner import STAND_IN_REASON, landed_weeks
 from dw_assets.calendar import shift_week
 from dw_assets.embeddings.assets import embedding_versions
+from dw_assets.embeddings.audio_table import audio_vectors_of
 from dw_assets.lake.quality import emit_checked, schema_check_spec, table_schema
 from dw_assets.lake.resources import LAYER_KEY, LakeResource, require_partitions
 from dw_assets.lake.storage import Artifact, vectors_from
@@ -50,7 +51,7 @@ from dw_assets.ranking.schemas import RANKED_PLAYLISTS
 from dw_assets.versioning import model_version, require_same_version
 
 GROUP = "ranking"
-FEATURE_INPUTS = ("user_profiles", "track_stats", "item2vec_embeddings", "audio_embeddings", "user_embeddings",
+FEATURE_INPUTS = ("user_profiles", "track_stats", "item2vec_embeddings", "audio_vectors", "user_embeddings",
                   "track_embeddings")
 # Week W-1, none before the first partition: the first landed week gets the stand-in ranker instead.
 PREVIOUS_WEEK_IF_ANY = lenient_window(-1, -1)
@@ -108,7 +109,7 @@ def ranker_model(
     user_profiles: DataFrame,
     track_stats: pd.DataFrame,
     item2vec_embeddings: Artifact,
-    audio_embeddings: Artifact,
+    audio_vectors: DataFrame,
     user_embeddings: DataFrame,
     track_embeddings: Artifact,
 ):
@@ -141,7 +142,7 @@ def ranker_model(
                                                   propensity=sample.propensity)
     sampled = sample.profiles["user_id"].to_numpy(np.int64)
     features_then = FeatureContext.build(sample.profiles, track_stats, vectors_from(item2vec_embeddings),
-                                         vectors_from(audio_embeddings), user_vectors_of(user_embeddings, sampled),
+                                         audio_vectors_of(audio_vectors), user_vectors_of(user_embeddings, sampled),
                                          vectors_from(track_embeddings))
     features = build_features(examples, features_then)
     trained = train_ranker(features, labels.to_numpy(), examples["user_id"].to_numpy(), settings,
@@ -198,7 +199,7 @@ class PlaylistsConfig(Config):
         "user_directory": AssetIn(metadata={"columns": ["user_id", "country"]}),
         "track_stats": AssetIn(),
         "item2vec_embeddings": AssetIn(dagster_type=Artifact),
-        "audio_embeddings": AssetIn(dagster_type=Artifact),
+        "audio_vectors": AssetIn(),
         "user_embeddings": AssetIn(),
         "track_embeddings": AssetIn(dagster_type=Artifact),
         "interactions": AssetIn(partition_mapping=history_window),
@@ -222,7 +223,7 @@ def ranked_playlists(
     user_directory: DataFrame,
     track_stats: pd.DataFrame,
     item2vec_embeddings: Artifact,
-    audio_embeddings: Artifact,
+    audio_vectors: DataFrame,
     user_embeddings: DataFrame,
     track_embeddings: Artifact,
     interactions: DataFrame,
@@ -240,7 +241,7 @@ def ranked_playlists(
     playlists, stats = build_playlists(
         spark, week, config.settings(), candidates, ranker,
         user_profiles, user_directory, track_stats,
-        track_context(track_stats, item2vec_embeddings, audio_embeddings, track_embeddings),
+        track_context(track_stats, item2vec_embeddings, audio_vectors, track_embeddings),
         user_vector_table(spark, user_embeddings), interactions, spark_or_none(earlier_playlists))
     yield from emit_checked("ranked_playlists", playlists, RANKED_PLAYLISTS, {
         "model_version": version, "ranker_version": ranker_model.model_version, **stats,

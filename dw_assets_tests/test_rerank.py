@@ -394,9 +394,16 @@ def test_value_scores_add_an_uncertainty_bonus_that_shrinks_with_plays_and_the_u
     # "spread": the bonus is in the user's own units, whatever the ranker's scale
     wide = value_scores(3 * score, p, plays, no, no, known, RerankConfig(ucb_z=1.0), None) - 3 * score
     assert np.allclose(wide, 3 * (value_scores(score, p, plays, no, no, known, RerankConfig(ucb_z=1.0), None) - score))
-    # a little-heard genre: the user's own exploration outcomes move the mean off the ranker's prediction
+    # a little-heard genre: as uncertain as a cold track until the user's own exploration outcomes narrow it
     little = np.ones(3, dtype=bool)
-    config = RerankConfig(uncertainty="ucb", ucb_z=0.0)
+    config = RerankConfig(uncertainty="ucb", ucb_z=1.0)
+    untried = value_scores(score, p, plays, no, no, little, config, None) - score
+    tried = value_scores(score, p, plays, np.full(3, 5.0), np.full(3, 50.0), little, config, None) - score
+    assert np.allclose(untried, untried[0])  # every one as uncertain as the cold one
+    assert tried[0] == pytest.approx(untried[0])  # a cold track stays a cold track
+    assert tried[1] < untried[0] and tried[2] < untried[0] / 3  # well-played ones in a genre the user tried
+    # ... and with the Beta on the ranker's output read as P, they also move its mean
+    config = RerankConfig(uncertainty="ucb", ucb_z=0.0, bonus_scale="probability")
     hits = value_scores(score, p, plays, np.full(3, 50.0), np.full(3, 50.0), little, config, None)
     misses = value_scores(score, p, plays, no, np.full(3, 50.0), little, config, None)
     untried = value_scores(score, p, plays, no, no, little, config, None)

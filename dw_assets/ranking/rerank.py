@@ -21,8 +21,8 @@ Per user, in one greedy pass over the candidate pool (O(playlist_size x pool) nu
    s = ``prior_strength`` + ``strength_per_play`` x the track's plays grows with the evidence
    behind it: a cold track (no plays) is the least certain. In a genre the user has little
    history in (share < ``exploration_max_history_share``) the candidate is as uncertain as a
-   cold track, and the user's own exploration outcomes in that genre (the per (user, genre)
-   posteriors, ``update_posteriors``) move the mean. The list score gets an uncertainty bonus:
+   cold track until the user's own exploration outcomes in that genre (the per (user, genre)
+   posteriors, ``update_posteriors``) narrow it. The list score gets an uncertainty bonus:
    ``ucb_z`` x the posterior's sd relative to a cold track's x the user's spread of list scores
    (UCB, the default; Thompson: that width times a seeded normal draw). The ranker's output need
    not be a calibrated probability (an outcome regression is not), so the bonus is measured in the
@@ -110,7 +110,8 @@ class RerankConfig:
     # scores (the ranker's output need not be a probability); "probability": the Beta on the ranker's P.
     bonus_scale: str = "spread"
     genre_uncertainty: bool = True  # a little-heard genre's candidate is as uncertain as a cold track
-    # The ranker's prediction counts as this many of the user's exploration outcomes in a little-heard genre.
+    # bonus_scale="probability": the ranker's prediction counts as this many of the user's exploration
+    # outcomes in a little-heard genre (with "spread" those outcomes only narrow the uncertainty).
     genre_prior_strength: float = 10.0
     # Added to log P(positive) for the list order: the ranker learns taste given exposure (trained on
     # heard candidates), the two-tower score how likely a user meets a track. 0 = ranker alone.
@@ -389,32 +390,36 @@ def user_rng(config: RerankConfig, user_id: int, week: str, stream: int = 0) -> 
 def value_scores(score: np.ndarray, probability: np.ndarray, plays: np.ndarray, genre_successes: np.ndarray,
                  genre_trials: np.ndarray, little_heard: np.ndarray, config: RerankConfig,
                  rng: np.random.Generator | None) -> np.ndarray:
-    """float64[n]: one user's candidates' list scores with the ranker's log P(positive) replaced by the log
-    of a draw (``thompson``) or an upper bound (``ucb``) of its Beta posterior; ``score`` itself for ``none``.
+    """float64[n]: one user's candidates' list scores plus an uncertainty bonus (``ucb``) or a draw
+    (``thompson``) from the posterior of each; ``score`` itself for ``none``.
 
-    score: the list score (``playlists.list_score``: log P + the two-tower prior); probability: the
-    ranker's P(positive), the posterior's mean m; plays: the track's plays so far (0: cold), giving the
+    score: the list score (``playlists.list_score``: log m + the two-tower prior); probability: the
+    ranker's prediction m, the posterior's mean; plays: the track's plays so far (0: cold), giving the
     strength s = prior_strength + strength_per_play x plays. A candidate in a genre the user has little
     history in (``little_heard``) is as uncertain as a cold track until the user's own outcomes in that
     genre (``genre_successes`` of ``genre_trials`` weighted exploration outcomes, ``update_posteriors``'s
-    evidence) update it: m = (genre_prior_strength m + successes) / (genre_prior_strength + trials), s
-    at most prior_strength + trials. ``bonus_scale="spread"`` (the default) measures the posterior's
-    sd relative to a cold track's, sqrt((prior_strength + 1) / (s + 1)), in units of the user's spread
-    (std) of list scores, times ``ucb_z``: added (UCB) or times a standard normal draw (Thompson) to the
-    list score; ``"probability"`` reads the ranker's output as P and uses the Beta itself. A track the ranker ranks low but that nobody (or not this user) has tried
-    can so draw high enough for a slot; a well-known one stays near its mean. All float64[n]; ``rng``
-    draws in the order given (the caller's track order), so the draws are reproducible.
+    evidence) narrow it: s at most prior_strength + trials.
+
+    ``bonus_scale="spread"`` (the default): the posterior's sd relative to a cold track's,
+    sqrt((prior_strength + 1) / (s + 1)), times ``ucb_z`` and the user's spread (std) of list scores,
+    added (UCB) or times a standard normal draw (Thompson). The mean stays the ranker's: its output
+    need not be a probability, so a genre's observed success rate cannot be set against it.
+    ``"probability"``: the ranker's output read as P(positive); the Beta itself gives the bound or
+    the draw, and the genre outcomes also move the mean, m = (genre_prior_strength m + successes) /
+    (genre_prior_strength + trials). A track the ranker ranks a little low but that nobody (or not
+    this user) has tried can so earn a slot; a well-known one stays at its score. All float64[n];
+    ``rng`` draws in the order given (the caller's track order), so the draws are reproducible.
     """
     if config.uncertainty == "none":
         return score.astype(np.float64, copy=True)
     p = np.clip(probability, _P_FLOOR, 1.0 - _P_FLOOR)
     strength = config.prior_strength + config.strength_per_play * np.maximum(np.nan_to_num(plays, nan=0.0), 0.0)
     trials = np.where(little_heard, genre_trials, 0.0)
-    mean = np.where(little_heard, (config.genre_prior_strength * p + np.where(little_heard, genre_successes, 0.0))
-                    / (config.genre_prior_strength + trials), p)
-    mean = np.clip(mean, _P_FLOOR, 1.0 - _P_FLOOR)
     strength = np.where(little_heard, np.minimum(strength, config.prior_strength + trials), strength)
     if config.bonus_scale == "probability":  # the Beta itself, the ranker's output read as a probability
+        mean = np.where(little_heard, (config.genre_prior_strength * p + np.where(little_heard, genre_successes, 0.0))
+                        / (config.genre_prior_strength + trials), p)
+        mean = np.clip(mean, _P_FLOOR, 1.0 - _P_FLOOR)
         if config.uncertainty == "thompson":
             draw = rng.beta(mean * strength, (1.0 - mean) * strength)
         else:
@@ -424,10 +429,9 @@ def value_scores(score: np.ndarray, probability: np.ndarray, plays: np.ndarray, 
     # units of the user's own score spread, so the bonus does not hang on the ranker's scale
     relative = np.sqrt((config.prior_strength + 1.0) / (strength + 1.0))
     width = config.ucb_z * relative * (float(np.std(score)) if score.size > 1 else 0.0)
-    centre = score - np.log(p) + np.log(mean)
     if config.uncertainty == "thompson":
-        return centre + width * rng.standard_normal(score.size)
-    return centre + width
+        return score + width * rng.standard_normal(score.size)
+    return score + width
 
 
 # --------------------------------------------------------------------------- batch

@@ -127,8 +127,15 @@ def build_user_profiles(
     )
     positives = interactions.where("is_positive")
 
+    # Each (user, track)'s last positive, save and early skip: one shuffle of the window feeds the
+    # recent, saved and early-skipped lists below.
+    pairs = interactions.groupBy("user_id", "track_id").agg(
+        F.max(F.when(F.col("is_positive"), F.col("ts"))).alias("positive_ts"),
+        F.max(F.when(F.col("saved"), F.col("ts"))).alias("saved_ts"),
+        F.max(F.when(F.col("is_early_skip"), F.col("ts"))).alias("early_skip_ts"),
+    )
     # Last N distinct positive tracks, newest first, with their age for recency weights.
-    latest = positives.groupBy("user_id", "track_id").agg(F.max("ts").alias("ts"))
+    latest = pairs.where(F.col("positive_ts").isNotNull()).select("user_id", "track_id", F.col("positive_ts").alias("ts"))
     newest_first = Window.partitionBy("user_id").orderBy(F.col("ts").desc(), "track_id")
     recent = (
         latest.withColumn("rank", F.row_number().over(newest_first))
@@ -169,11 +176,13 @@ def build_user_profiles(
     )
 
     # What the user saved, and what they rejected within seconds and never came back to like.
-    saved = _last_distinct(interactions.where("saved"), rules.saved_tracks, "saved_tracks")
-    liked = positives.select("user_id", "track_id").distinct()
-    rejected = interactions.where("is_early_skip").join(liked, ["user_id", "track_id"], "left_anti")
-    skipped = _last_distinct(rejected, rules.early_skipped_tracks, "early_skipped_tracks")
-    user_rates, outcomes, prior = outcome_profiles(interactions, rules)
+    saved = _last_distinct(pairs.where(F.col("saved_ts").isNotNull())
+                           .select("user_id", "track_id", F.col("saved_ts").alias("ts")),
+                           rules.saved_tracks, "saved_tracks")
+    rejected = pairs.where(F.col("early_skip_ts").isNotNull() & F.col("positive_ts").isNull())
+    skipped = _last_distinct(rejected.select("user_id", "track_id", F.col("early_skip_ts").alias("ts")),
+                             rules.early_skipped_tracks, "early_skipped_tracks")
+    outcomes, prior = outcome_profiles(interactions, rules)
 
     level = (
         F.when(F.col("positives") == 0, "none")
@@ -189,7 +198,6 @@ def build_user_profiles(
         .join(habits, "user_id", "left")
         .join(saved, "user_id", "left")
         .join(skipped, "user_id", "left")
-        .join(user_rates, "user_id", "left")
         .join(outcomes, "user_id", "left")
         .crossJoin(F.broadcast(prior.select(*[F.col(f"m_{n}") for n, _ in OUTCOMES])))
         .fillna({"events": 0, "positives": 0, "weeks_active": 0})
@@ -211,10 +219,10 @@ GENRE_OUTCOME_TYPE = ("array<struct<genre:string,plays:bigint,saves:bigint,skips
                       "save_rate:double,skip_rate:double,early_skip_rate:double>>")
 
 
-def _last_distinct(plays: DataFrame, n: int, name: str) -> DataFrame:
-    """``(user_id, name)``: each user's last ``n`` distinct tracks of ``plays``, newest first (bigint array).
-    Size at the target: <= 50 ids per user, 500 M rows, in Spark (a per-user group limit before collecting)."""
-    latest = plays.groupBy("user_id", "track_id").agg(F.max("ts").alias("ts"))
+def _last_distinct(latest: DataFrame, n: int, name: str) -> DataFrame:
+    """``(user_id, name)``: each user's last ``n`` tracks of ``latest`` (one row per (user, track), its
+    ``ts``), newest first (bigint array). Size at the target: <= 50 ids per user, 500 M rows, in Spark
+    (a per-user group limit before collecting)."""
     newest_first = Window.partitionBy("user_id").orderBy(F.col("ts").desc(), "track_id")
     return (
         latest.withColumn("rank", F.row_number().over(newest_first))
@@ -225,9 +233,9 @@ def _last_distinct(plays: DataFrame, n: int, name: str) -> DataFrame:
     )
 
 
-def outcome_profiles(interactions: DataFrame, rules: ProfileRules) -> tuple[DataFrame, DataFrame, DataFrame]:
-    """(user rates, genre outcomes, prior): each user's save / skip / early-skip rates over their plays of
-    the window, and per (user, genre) the counts and the rates, Beta-shrunk in two levels.
+def outcome_profiles(interactions: DataFrame, rules: ProfileRules) -> tuple[DataFrame, DataFrame]:
+    """(outcomes, prior): each user's save / skip / early-skip rates over their plays of the window, and
+    per (user, genre) the counts and the rates, Beta-shrunk in two levels.
 
     A user's rate shrinks toward the catalog's (the rate over every play of the window), a (user,
     genre) rate toward the user's own: a genre heard twice says little, and the user's other genres
@@ -235,26 +243,34 @@ def outcome_profiles(interactions: DataFrame, rules: ProfileRules) -> tuple[Data
     the data by moments: the spread of the rates that sampling noise does not explain,
     m (1 - m) / var - 1 (``_strength``), so a world where users differ little by genre shrinks hard.
 
-    user rates: ``user_id, user_save_rate, user_skip_rate, user_early_skip_rate`` (double); genre
-    outcomes: ``user_id, genre_outcomes`` (``GENRE_OUTCOME_TYPE``, sorted by genre); prior: one row,
-    ``m_<outcome>`` (catalog rate), ``k_user_<outcome>``, ``k_genre_<outcome>`` (strengths).
-    Size at the target: 12 weeks of interactions (~10^11 rows) -> ~500 M x (genres heard) cells, in
-    Spark; the prior is a one-row aggregate, broadcast back (never collected).
+    outcomes: ``user_id, user_save_rate, user_skip_rate, user_early_skip_rate`` (double) and
+    ``genre_outcomes`` (``GENRE_OUTCOME_TYPE``, sorted by genre; null genres left out) for users with
+    plays; prior: one row, ``m_<outcome>`` (catalog rate), ``k_user_<outcome>``, ``k_genre_<outcome>``.
+    Size at the target: 12 weeks of interactions (~10^11 rows) -> ~500 M x (genres heard) cells, then
+    one row per user, in Spark; the prior is a one-row aggregate, broadcast back (never collected).
     """
-    counts = [F.count(F.lit(1)).alias("plays"),
-              *[F.sum(F.col(flag).cast("long")).alias(name) for name, flag in OUTCOMES]]
-    cells = interactions.groupBy("user_id", "genre").agg(*counts)
-    users = cells.groupBy("user_id").agg(*[F.sum(c).alias(c) for c in ("plays", *(n for n, _ in OUTCOMES))])
+    names = [n for n, _ in OUTCOMES]
+    cells = interactions.groupBy("user_id", "genre").agg(
+        F.count(F.lit(1)).alias("plays"), *[F.sum(F.col(flag).cast("long")).alias(n) for n, flag in OUTCOMES])
 
-    def squares(frame: DataFrame, prefix: str) -> list:  # sum of x^2 / n: the play-weighted spread of x / n
-        return [F.sum(F.col(n).cast("double") ** 2 / F.col("plays")).alias(f"{prefix}_{n}") for n, _ in OUTCOMES]
+    def square(name: str):  # x^2 / n: summed, the play-weighted spread of x / n
+        return F.col(name).cast("double") ** 2 / F.col("plays")
 
-    user_sums = users.agg(F.sum("plays").cast("double").alias("n"), F.count(F.lit(1)).cast("double").alias("u"),
-                          *[F.sum(n).cast("double").alias(f"x_{n}") for n, _ in OUTCOMES], *squares(users, "uq"))
-    cell_sums = cells.agg(F.count(F.lit(1)).cast("double").alias("c"), *squares(cells, "cq"))
-    prior = user_sums.crossJoin(cell_sums)
+    users = cells.groupBy("user_id").agg(
+        F.sort_array(F.collect_list(F.struct("genre", "plays", *names))).alias("_cells"),
+        F.count(F.lit(1)).alias("_n_cells"),
+        *[F.sum(square(n)).alias(f"_cq_{n}") for n in names],
+        *[F.sum(c).alias(c) for c in ("plays", *names)],
+    )
+    sums = users.agg(
+        F.sum("plays").cast("double").alias("n"), F.count(F.lit(1)).cast("double").alias("u"),
+        F.sum("_n_cells").cast("double").alias("c"),
+        *[F.sum(n).cast("double").alias(f"x_{n}") for n in names],
+        *[F.sum(square(n)).alias(f"uq_{n}") for n in names],
+        *[F.sum(f"_cq_{n}").alias(f"cq_{n}") for n in names],
+    )
     strengths = []
-    for name, _ in OUTCOMES:
+    for name in names:
         m = F.col(f"x_{name}") / F.col("n")
         noise = m * (1 - m)
         # sum_u n_u (r_u - m)^2 = sum x_u^2 / n_u - m^2 N, of which each user's sampling noise is ~m (1 - m)
@@ -264,21 +280,24 @@ def outcome_profiles(interactions: DataFrame, rules: ProfileRules) -> tuple[Data
         genre_var = _safe_ratio(F.col(f"cq_{name}") - F.col(f"uq_{name}") - extra * noise, F.col("n") - extra)
         strengths += [m.alias(f"m_{name}"), _strength(m, user_var, rules.max_prior_strength).alias(f"k_user_{name}"),
                       _strength(m, genre_var, rules.max_prior_strength).alias(f"k_genre_{name}")]
-    prior = prior.select(*strengths)
+    prior = sums.select(*strengths)
 
     shrunk = users.crossJoin(F.broadcast(prior))
-    user_rates = shrunk.select("user_id", *[
-        ((F.col(n) + F.col(f"k_user_{n}") * F.col(f"m_{n}")) / (F.col("plays") + F.col(f"k_user_{n}")))
-        .alias(f"user_{OUTCOME_RATES[n]}") for n, _ in OUTCOMES
-    ])
-    genre_cells = cells.where(F.col("genre").isNotNull()).join(user_rates, "user_id").crossJoin(F.broadcast(prior))
-    cell = F.struct(
-        "genre", *[F.col(c).cast("long").alias(c) for c in ("plays", *(n for n, _ in OUTCOMES))],
-        *[((F.col(n) + F.col(f"k_genre_{n}") * F.col(f"user_{OUTCOME_RATES[n]}")) / (F.col("plays") + F.col(f"k_genre_{n}")))
-          .alias(OUTCOME_RATES[n]) for n, _ in OUTCOMES],
-    )
-    outcomes = genre_cells.groupBy("user_id").agg(F.sort_array(F.collect_list(cell)).alias("genre_outcomes"))
-    return user_rates, outcomes, prior
+    for n in names:
+        shrunk = shrunk.withColumn(f"user_{OUTCOME_RATES[n]}", (F.col(n) + F.col(f"k_user_{n}") * F.col(f"m_{n}"))
+                                   / (F.col("plays") + F.col(f"k_user_{n}")))
+
+    def cell(c):
+        return F.struct(
+            c["genre"].alias("genre"), *[c[k].cast("long").alias(k) for k in ("plays", *names)],
+            *[((c[n] + F.col(f"k_genre_{n}") * F.col(f"user_{OUTCOME_RATES[n]}")) / (c["plays"] + F.col(f"k_genre_{n}")))
+              .alias(OUTCOME_RATES[n]) for n in names],
+        )
+
+    known = F.filter("_cells", lambda c: c["genre"].isNotNull())
+    outcomes = shrunk.select("user_id", *[f"user_{OUTCOME_RATES[n]}" for n in names],
+                             F.transform(known, cell).alias("genre_outcomes"))
+    return outcomes, prior
 
 
 def _safe_ratio(numerator, denominator):

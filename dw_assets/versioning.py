@@ -46,3 +46,21 @@ def require_same_version(versions: Mapping[str, str]) -> str:
         listing = ", ".join(f"{name}={version}" for name, version in sorted(versions.items()))
         raise VersionMismatch(f"artifacts from different model versions cannot be combined: {listing}")
     return distinct.pop()
+
+
+def table_version(table, asset: str) -> str:
+    """The one ``model_version`` of a Spark table written by a model (``user_embeddings``, ``audio_vectors``):
+    a distinct over one dictionary-encoded column; raises naming ``asset`` when there is not exactly one."""
+    versions = sorted(r[0] for r in table.select("model_version").distinct().collect())
+    if len(versions) != 1:
+        raise VersionMismatch(f"expected one model_version in {asset}, found {versions or 'none'}")
+    return versions[0]
+
+
+def embedding_versions(**inputs: Any) -> str:
+    """The shared model version of model inputs that must agree (raises naming the odd ones): artifacts,
+    and Spark tables with a ``model_version`` column (``user_embeddings``, ``audio_vectors``)."""
+    from dw_assets.lake.storage import Artifact
+
+    return require_same_version({name: value.model_version if isinstance(value, Artifact) else table_version(value, name)
+                                 for name, value in inputs.items()})

@@ -20,12 +20,13 @@ from dw_assets.embeddings.audio import (
     log_mel,
     train_audio_model,
 )
-from dw_assets.embeddings.audio_table import audio_table_version, audio_vectors_of, audio_vectors_table
+from dw_assets.embeddings.audio_table import audio_vectors_of, audio_vectors_table
 from dw_assets.embeddings.landing import landed_audio
 from dw_assets.lake.driver_guard import ROW_LIMIT_ENV
 from dw_assets.lake.landing_fs import LandingFS
 from dw_assets.lake.storage import vectors_artifact
 from dw_assets.simulate import load_truth
+from dw_assets.versioning import table_version
 from dw_assets_tests.test_s3_lake import _bucket, aws  # noqa: F401 (aws: a fixture)
 
 # A quick model: the test is about where the clips are read and embedded, not about its quality.
@@ -88,7 +89,7 @@ def test_executors_embed_every_clip_as_the_driver_would(tiny_world, clips, lande
     # The asset's path: the same rows written as the audio_vectors table, problems counted in Spark.
     embedded = audio_spark.embedded_frame(clips, model, settings, batch.length, reader).persist()
     table = audio_vectors_table(embedded, "v1")
-    assert audio_table_version(table) == "v1"
+    assert table_version(table, "audio_vectors") == "v1"
     table_ids, table_vectors = audio_vectors_of(table)
     assert np.array_equal(table_ids, ids) and np.array_equal(table_vectors, vectors)
     some = ids[::3]

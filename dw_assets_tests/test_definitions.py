@@ -59,3 +59,20 @@ def test_dw_help_prints_no_dagster_warnings():
     assert done.returncode == 0, done.stderr
     assert "Warning" not in done.stderr, done.stderr
     assert "Usage: dw" in done.stdout
+
+
+def test_no_asset_module_imports_another():
+    """Asset modules are thin wrappers, not libraries: shared logic lives in Dagster-free modules."""
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "dw_assets"
+    asset_modules = {p for p in package.rglob("*.py") if p.name == "assets.py" or p.name.endswith("_assets.py")}
+    names = {".".join(p.relative_to(package.parent).with_suffix("").parts) for p in asset_modules}
+    offenders = []
+    for path in sorted(asset_modules):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module in names:
+                offenders.append(f"{path.relative_to(package.parent)} imports {node.module}")
+            elif isinstance(node, ast.Import):
+                offenders += [f"{path.relative_to(package.parent)} imports {a.name}" for a in node.names if a.name in names]
+    assert len(names) >= 7 and offenders == []

@@ -266,8 +266,9 @@ def test_every_user_gets_30_unheard_diverse_tracks(world):
     heard = pd.concat([_read(lake, "silver", "interactions", w)[["user_id", "track_id"]]
                        for w in manifest["training_weeks"] if w <= week])
     assert playlists.merge(heard.drop_duplicates(), on=["user_id", "track_id"]).empty
-    exploration = playlists.groupby("user_id")["is_exploration"].sum()
-    assert exploration.between(0, 3).all() and exploration.ge(2).mean() > 0.9
+    # Value-based exploration: no slot is reserved; a little-heard genre's track that wins on value is marked.
+    explored = playlists[playlists["is_exploration"]]
+    assert 0 < len(explored) < len(playlists) / 2 and not explored["source"].eq("popularity_fallback").any()
     new_users = profiles.loc[profiles["is_new_user"] & profiles["events"].eq(0), "user_id"]  # nothing heard yet
     assert len(new_users) and playlists[playlists["user_id"].isin(new_users)]["source"].eq("popularity_fallback").all()
 

@@ -154,16 +154,14 @@ def test_user_embeddings_table_round_trips_parquet_sorted_with_its_version(world
     consumers' helpers join in Spark and bring back only the users asked for (bounded samples)."""
     from pyspark.sql import functions as F
 
-    from dw_assets.embeddings.assets import embedding_versions
     from dw_assets.embeddings.user_tower import (
         sampled_vectors,
-        table_version,
         user_embeddings_table,
         vectors_of,
     )
     from dw_assets.lake.driver_guard import DriverRowLimitExceeded
     from dw_assets.lake.storage import vectors_artifact
-    from dw_assets.versioning import VersionMismatch
+    from dw_assets.versioning import VersionMismatch, embedding_versions, table_version
 
     ids, vectors = model.user_vectors(world["profiles"])
     order = np.argsort(ids, kind="stable")
@@ -178,7 +176,7 @@ def test_user_embeddings_table_round_trips_parquet_sorted_with_its_version(world
     np.testing.assert_array_equal(written["user_id"].to_numpy(np.int64), ids)
     np.testing.assert_array_equal(np.stack(written["user_vector"].to_numpy()), vectors)
 
-    assert table_version(stored) == "v1"
+    assert table_version(stored, "user_embeddings") == "v1"
     track = vectors_artifact(np.arange(2), np.zeros((2, 2), np.float32), {"model_version": "v1"})
     assert embedding_versions(track_embeddings=track, user_embeddings=stored) == "v1"
     with pytest.raises(VersionMismatch, match="user_embeddings=v2"):
@@ -206,7 +204,7 @@ def test_candidate_users_join_in_spark_as_the_pandas_path_did(world, model):
     """``vector_users`` (a Spark join) holds what the pandas path built from a collected artifact."""
     from dw_assets.embeddings.user_tower import user_embeddings_table
     from dw_assets.ranking.batch import user_vector_table, user_vectors_of
-    from dw_assets.retrieval.assets import vector_users
+    from dw_assets.retrieval.batch import vector_users
 
     ids, vectors = model.user_vectors(world["profiles"])
     by_id = dict(zip(ids.tolist(), vectors, strict=True))

@@ -251,13 +251,9 @@ def _drop_clips(root: Path, config, sources: np.ndarray, new_ids: np.ndarray) ->
 
 def test_dropped_clips_become_searchable_through_sensor_run_and_delta(weekly_models):
     from dw_assets.definitions import build_resources
-    from dw_assets.embeddings.incremental_assets import (
-        delta_index,
-        load_new_track_vectors,
-        new_audio_vectors,
-        new_track_vectors,
-    )
+    from dw_assets.embeddings.incremental_assets import new_track_vectors
     from dw_assets.embeddings.item2vec import Item2VecConfig
+    from dw_assets.embeddings.new_tracks import delta_index, load_new_track_vectors, new_audio_vectors
     from dw_assets.retrieval.ann import AnnIndex
     from dw_assets.simulate import load_truth
 

@@ -23,7 +23,8 @@ from dw_assets.calendar import week_bounds
 from dw_assets.embeddings import audio as audio_model
 from dw_assets.embeddings import audio_io, audio_spark, item2vec, two_tower
 from dw_assets.embeddings.audio import AudioConfig, load_clips, log_mel, train_audio_model
-from dw_assets.embeddings.audio_table import audio_table_version, audio_vectors_of, audio_vectors_table
+from dw_assets.embeddings.audio_table import ASSET as AUDIO_VECTORS
+from dw_assets.embeddings.audio_table import audio_vectors_of, audio_vectors_table
 from dw_assets.embeddings.item2vec import (
     Item2VecConfig,
     sampled_sentences,
@@ -39,7 +40,6 @@ from dw_assets.embeddings.two_tower import (
     warm_start_cold_tracks,
 )
 from dw_assets.embeddings.user_tower import (
-    table_version,
     user_embeddings_frame,
     user_embeddings_table,
     with_norm,
@@ -47,7 +47,7 @@ from dw_assets.embeddings.user_tower import (
 from dw_assets.lake.resources import LAYER_KEY, LakeResource
 from dw_assets.lake.storage import Artifact, vectors_artifact, vectors_from
 from dw_assets.partitions import ONE_WEEK_PER_RUN, history_window, weekly_partitions
-from dw_assets.versioning import model_version, require_same_version
+from dw_assets.versioning import model_version, table_version
 
 GROUP = "embeddings"
 MODELS = {LAYER_KEY: "models"}
@@ -257,7 +257,7 @@ def two_tower_model(
     examples = build_examples(sample.interactions, features, settings)
     trained = train_two_tower(features, examples, settings)
     trained.report["sample"] = sample.stats
-    version = model_version(context.partition_key, [settings], [two_tower], [audio_table_version(audio_vectors)])
+    version = model_version(context.partition_key, [settings], [two_tower], [table_version(audio_vectors, AUDIO_VECTORS)])
     report = trained.report
     yield Output(
         Artifact(files={"two_tower.bin": trained.to_bytes()}, meta={"model_version": version, "report": report}),
@@ -314,13 +314,6 @@ def tower_embeddings(
                   "norm_p50": float(stats["norm_p50"]) if stats["norm_p50"] is not None else 0.0},
     )
     vectors.unpersist()  # the IO manager has written the table
-
-
-def embedding_versions(**artifacts: Artifact | DataFrame) -> str:
-    """The shared model version of artifacts (and Spark tables with a ``model_version`` column, such as
-    ``user_embeddings``) that must agree (raises naming the odd ones)."""
-    return require_same_version({name: table_version(a) if isinstance(a, DataFrame) else a.model_version
-                                 for name, a in artifacts.items()})
 
 
 embedding_assets = [item2vec_embeddings, audio_embeddings, two_tower_model, tower_embeddings]

@@ -30,16 +30,6 @@ def audio_vectors_table(embedded: DataFrame, version: str) -> DataFrame:
             .orderBy("track_id"))
 
 
-def audio_table_version(table: DataFrame) -> str:
-    """The one model version of an ``audio_vectors`` table (a distinct over one dictionary-encoded column)."""
-    from dw_assets.versioning import VersionMismatch
-
-    versions = sorted(r[0] for r in table.select("model_version").distinct().collect())
-    if len(versions) != 1:
-        raise VersionMismatch(f"expected one model_version in {ASSET}, found {versions or 'none'}")
-    return versions[0]
-
-
 def audio_vectors_of(source: DataFrame | pd.DataFrame | Artifact,
                      track_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(track ids int64[n] ascending, vectors float32[n, d]) of ``track_ids`` (every track's when None).

@@ -48,16 +48,14 @@ from dw_assets.calendar import shift_week, week_key
 from dw_assets.embeddings import incremental
 from dw_assets.embeddings.audio import AudioModel
 from dw_assets.embeddings.incremental import UploadDayConfig
+from dw_assets.embeddings.new_tracks import ASSET, AUDIO_VECTORS_FILE
 from dw_assets.embeddings.two_tower import TrainedTwoTower, TwoTowerConfig
 from dw_assets.lake.landing_fs import LandingFS
 from dw_assets.lake.resources import LAYER_KEY, LakeResource
-from dw_assets.lake.storage import Artifact, Lake, LakeError, array_bytes, array_from_bytes, vectors_artifact
+from dw_assets.lake.storage import Artifact, Lake, LakeError, array_bytes, vectors_artifact
 from dw_assets.partitions import FIRST_WEEK
-from dw_assets.retrieval.delta import DeltaIndex
 
-ASSET = "new_track_vectors"
 CHECK = "upload_clips_readable"
-AUDIO_VECTORS_FILE = "audio_vectors.npy"
 # What a week must have in the lake to be extended: the CNN, the two-tower, and the live index.
 WEEKLY_MODELS = ("audio_embeddings", "two_tower_model", "faiss_index")
 CATALOG_FILE = "catalog/tracks.parquet"
@@ -140,41 +138,6 @@ def new_track_vectors(context: AssetExecutionContext, config: NewTrackVectorsCon
                   "deferred_to_weekly": result.stats["deferred"],
                   "skipped": MetadataValue.md(problems.head(50).to_markdown(index=False)) if by_problem else "none"},
     )
-
-
-def load_new_track_vectors(lake: Lake, upload_dates: Iterable[str], model_version: str) -> list[Artifact]:
-    """The ``new_track_vectors`` partitions of ``upload_dates`` that extend ``model_version``, oldest first.
-
-    upload_dates: e.g. ``instance.get_dynamic_partitions("audio_uploads")``. Partitions computed with
-    another week's models are left out (their vectors live in another two-tower space).
-    """
-    found = []
-    for date in sorted(set(upload_dates)):
-        uri = lake.uri("models", ASSET, date)
-        if lake.exists(uri):
-            artifact = lake.read_artifact(uri)
-            if artifact.model_version == model_version:
-                found.append(artifact)
-    return found
-
-
-def delta_index(artifacts: list[Artifact], dim: int) -> DeltaIndex:
-    """One exact index over the new tracks of ``artifacts`` (oldest first: a later upload's vector wins)."""
-    parts = [DeltaIndex(array_from_bytes(a.files["ids.npy"]), array_from_bytes(a.files["vectors.npy"]),
-                        a.model_version) for a in artifacts]
-    return DeltaIndex.combine(parts, dim=dim)
-
-
-def new_audio_vectors(artifacts: list[Artifact], dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """(track ids int64[m], audio vectors float32[m, dim]) of the new tracks, for the audio candidate pool
-    (``dim``: the audio_embeddings width); a track uploaded twice keeps its latest vector."""
-    if not artifacts:
-        return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
-    ids = np.concatenate([array_from_bytes(a.files["ids.npy"]) for a in artifacts])
-    vectors = np.concatenate([array_from_bytes(a.files[AUDIO_VECTORS_FILE]) for a in artifacts])
-    _, last = np.unique(ids[::-1], return_index=True)
-    keep = np.sort(len(ids) - 1 - last)
-    return ids[keep], vectors[keep]
 
 
 incremental_assets = [new_track_vectors]

@@ -77,16 +77,6 @@ def user_embeddings_table(vectors: DataFrame, version: str) -> DataFrame:
             .orderBy("user_id"))
 
 
-def table_version(user_embeddings: DataFrame) -> str:
-    """The one model version of a ``user_embeddings`` table (a distinct over one dictionary-encoded column)."""
-    from dw_assets.versioning import VersionMismatch
-
-    versions = sorted(r[0] for r in user_embeddings.select("model_version").distinct().collect())
-    if len(versions) != 1:
-        raise VersionMismatch(f"expected one model_version in user_embeddings, found {versions or 'none'}")
-    return versions[0]
-
-
 def hash_order(column: str, seed: int):
     """A seeded number in [0, 1) per value of ``column`` (xxhash64 of the value and the seed): the same on
     every executor and run, whatever the partitioning."""

@@ -31,7 +31,6 @@ from pyspark.sql import DataFrame
 from pyspark.sql.utils import AnalysisException
 
 from dw_assets.calendar import shift_week, week_bounds
-from dw_assets.embeddings.assets import embedding_versions
 from dw_assets.embeddings.user_tower import sampled_vectors, user_embeddings_frame, vectors_of
 from dw_assets.evaluation.ab import ABConfig, ab_frame, play_arms, summarize_ab
 from dw_assets.evaluation.baselines import (
@@ -101,7 +100,6 @@ from dw_assets.partitions import (
     previous_week,
     weekly_partitions,
 )
-from dw_assets.ranking.assets import PlaylistsConfig
 from dw_assets.ranking.batch import (
     STORED_ORDER,
     build_playlists,
@@ -110,11 +108,14 @@ from dw_assets.ranking.batch import (
     track_context,
     user_vector_table,
 )
+from dw_assets.ranking.config import PlaylistsConfig
 from dw_assets.ranking.ranker import TrainedRanker
 from dw_assets.ranking.rerank import RerankConfig
 from dw_assets.ranking.schemas import RANKED_PLAYLISTS
-from dw_assets.retrieval.assets import CandidatesConfig, candidate_models, candidate_users, run_candidates
+from dw_assets.retrieval.batch import candidate_models, candidate_partitions, candidate_users, run_candidates
+from dw_assets.retrieval.candidates import CandidateConfig
 from dw_assets.simulate import load_truth
+from dw_assets.versioning import embedding_versions
 
 EVAL_COLUMNS = ["user_id", "track_id", "ts", "is_positive", "weight"]
 RETRIEVAL_EVALUATION = pa.DataFrameSchema(
@@ -325,8 +326,10 @@ def last_week_playlists(
     users = user_embeddings_frame(user_profiles, two_tower_model.files["two_tower.bin"])
     users = users.select("user_id", F.col("vector").alias("user_vector")).persist()
     models = candidate_models(faiss_index, item2vec_embeddings, audio_vectors, track_stats, version)
+    # As many tasks as the week's candidates asset would use for these users (not a fixed count).
+    partitions = candidate_partitions(users.count(), CandidateConfig.users_per_partition, CandidateConfig.min_partitions)
     candidate_frame = run_candidates(spark, candidate_users(users, user_profiles, interactions), models.to_bytes(),
-                                     CandidatesConfig().settings(threads=1), CandidatesConfig().partitions).persist()
+                                     CandidateConfig(faiss_threads=1), partitions).persist()
     ranker, ranker_week = last_week_ranker(lake.open(), week, ranker_model)
     playlists, stats = build_playlists(
         spark, week, config.settings(), candidate_frame, ranker, user_profiles, user_directory, track_stats,

@@ -6,7 +6,6 @@ from dagster import (
     AssetExecutionContext,
     AssetIn,
     AssetOut,
-    Config,
     DagsterType,
     MetadataValue,
     Output,
@@ -17,7 +16,6 @@ from pyspark.sql import DataFrame
 
 from dw_assets.automation.planner import STAND_IN_REASON, landed_weeks
 from dw_assets.calendar import shift_week
-from dw_assets.embeddings.assets import embedding_versions
 from dw_assets.embeddings.audio_table import audio_vectors_of
 from dw_assets.lake.quality import emit_checked, schema_check_spec, table_schema
 from dw_assets.lake.resources import LAYER_KEY, LakeResource, require_partitions
@@ -34,7 +32,6 @@ from dw_assets.ranking import features as feature_module
 from dw_assets.ranking import ranker as ranker_module
 from dw_assets.ranking.batch import (
     PLAY_COLUMNS,
-    PlaylistSettings,
     build_playlists,
     candidate_version,
     is_stand_in,
@@ -44,11 +41,11 @@ from dw_assets.ranking.batch import (
     user_vector_table,
     user_vectors_of,
 )
+from dw_assets.ranking.config import PlaylistsConfig, RankerAssetConfig
 from dw_assets.ranking.features import FeatureContext, build_features, training_examples
-from dw_assets.ranking.ranker import RankerConfig, TrainedRanker, train_ranker
-from dw_assets.ranking.rerank import RerankConfig
+from dw_assets.ranking.ranker import TrainedRanker, train_ranker
 from dw_assets.ranking.schemas import RANKED_PLAYLISTS
-from dw_assets.versioning import model_version, require_same_version
+from dw_assets.versioning import embedding_versions, model_version, require_same_version
 
 GROUP = "ranking"
 FEATURE_INPUTS = ("user_profiles", "track_stats", "item2vec_embeddings", "audio_vectors", "user_embeddings",
@@ -60,26 +57,6 @@ ARTIFACT_IF_ANY = DagsterType(
     name="ArtifactIfAny", typing_type=Artifact,
     type_check_fn=lambda _, value: isinstance(value, Artifact) or (isinstance(value, pd.DataFrame) and value.empty),
     description="A model artifact, or an empty frame where the week has none.")
-
-
-class RankerAssetConfig(Config):
-    objective: str = RankerConfig.objective
-    label_scheme: str = RankerConfig.label_scheme
-    training_rows: str = RankerConfig.training_rows
-    num_leaves: int = RankerConfig.num_leaves
-    learning_rate: float = RankerConfig.learning_rate
-    n_estimators: int = RankerConfig.n_estimators
-    max_training_users: int = RankerConfig.max_training_users
-    sample_users: int = RankerConfig.sample_users  # drawn in Spark (seeded hash) before anything is collected
-    sample_rows: int = RankerConfig.sample_rows
-    seed: int = RankerConfig.seed
-
-    def settings(self) -> RankerConfig:
-        return RankerConfig(objective=self.objective, label_scheme=self.label_scheme,
-                            training_rows=self.training_rows, num_leaves=self.num_leaves,
-                            learning_rate=self.learning_rate, n_estimators=self.n_estimators,
-                            max_training_users=self.max_training_users, sample_users=self.sample_users,
-                            sample_rows=self.sample_rows, seed=self.seed, num_threads=1)
 
 
 @multi_asset(
@@ -167,31 +144,12 @@ def ranker_model(
     )
 
 
-class PlaylistsConfig(Config):
-    mmr_lambda: float = RerankConfig.mmr_lambda
-    calibration_lambda: float = RerankConfig.calibration_lambda
-    max_per_artist: int = RerankConfig.max_per_artist
-    exploration_min: int = 2
-    exploration_max: int = 3
-    seed: int = RerankConfig.seed
-    fallback_per_country: int = 300
-    users_per_task: int = 2_000  # Spark tasks hold this many users' candidates at once
-
-    def rerank(self) -> RerankConfig:
-        return RerankConfig(mmr_lambda=self.mmr_lambda, calibration_lambda=self.calibration_lambda,
-                            max_per_artist=self.max_per_artist,
-                            exploration_slots=(self.exploration_min, self.exploration_max), seed=self.seed)
-
-    def settings(self) -> PlaylistSettings:
-        return PlaylistSettings(rerank=self.rerank(), fallback_per_country=self.fallback_per_country,
-                                users_per_task=self.users_per_task)
-
-
 @multi_asset(
     outs={"ranked_playlists": AssetOut(
         group_name=GROUP, metadata={LAYER_KEY: "gold", "dagster/column_schema": table_schema(RANKED_PLAYLISTS)},
-        description="30 tracks per user: LightGBM score -> MMR -> genre calibration -> Thompson-sampled "
-                    "exploration slots; popularity-by-country fallback for users without candidates.")},
+        description="30 tracks per user: LightGBM score -> value order with an uncertainty bonus (cold and "
+                    "little-heard-genre tracks compete on value) -> MMR -> genre calibration; "
+                    "popularity-by-country fallback for users without candidates.")},
     ins={
         "candidates": AssetIn(),
         "ranker_model": AssetIn(dagster_type=Artifact),
@@ -203,7 +161,7 @@ class PlaylistsConfig(Config):
         "user_embeddings": AssetIn(),
         "track_embeddings": AssetIn(dagster_type=Artifact),
         "interactions": AssetIn(partition_mapping=history_window),
-        # Earlier weeks' playlists: their exploration slots, judged on the week after, update the bandit.
+        # Earlier weeks' playlists: their exploration tracks, judged on the week after, update the bandit.
         "earlier_playlists": AssetIn(key="ranked_playlists", partition_mapping=earlier_weeks,
                                      metadata={"columns": ["week", "user_id", "track_id", "genre", "is_exploration"],
                                                "may_be_empty": True}),

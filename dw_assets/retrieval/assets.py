@@ -21,23 +21,25 @@ from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import DataFrame
 
 from dw_assets.automation.sensors import AUDIO_UPLOADS
-from dw_assets.embeddings.assets import embedding_versions
-from dw_assets.embeddings.audio_table import audio_vectors_of
-from dw_assets.embeddings.incremental_assets import delta_index, load_new_track_vectors
+from dw_assets.embeddings.new_tracks import delta_index, load_new_track_vectors
 from dw_assets.embeddings.user_tower import sampled_vectors
-from dw_assets.ingest.spark import load_once, map_user_batches, payload_key
 from dw_assets.lake.quality import emit_checked, schema_check_spec, table_schema
 from dw_assets.lake.resources import LAYER_KEY, LakeResource, require_partitions
 from dw_assets.lake.storage import Artifact, array_bytes, vectors_from
 from dw_assets.partitions import ONE_WEEK_PER_RUN, history_window, history_window_weeks, weekly_partitions
-from dw_assets.retrieval.ann import AnnConfig, AnnIndex, build_index, measure, tune_search
+from dw_assets.retrieval.ann import AnnConfig, build_index, measure, tune_search
+from dw_assets.retrieval.batch import (
+    candidate_models,
+    candidate_partitions,
+    run_candidates,
+    vector_users,
+    with_heard,
+)
 from dw_assets.retrieval.candidates import (
-    CANDIDATE_SPARK_SCHEMA,
     CandidateConfig,
-    CandidateModels,
-    generate_candidates,
 )
 from dw_assets.retrieval.schemas import CANDIDATES
+from dw_assets.versioning import embedding_versions
 
 RECALL_CHECK = "ann_recall_at_500"
 
@@ -113,11 +115,8 @@ class CandidatesConfig(Config):
     item2vec_quota: int = CandidateConfig.item2vec_quota
     audio_quota: int = CandidateConfig.audio_quota
     seed_tracks: int = CandidateConfig.seed_tracks
-    # Spark tasks scale with the users: ceil(users / users_per_partition), at least ``partitions`` (the demo
-    # worlds' 8, so their files, and the ranker that reads them in stored order, are unchanged). 500 M users:
-    # 25 k tasks of 20 k users; a task's Python worker loads the shipped models once (load_once).
-    users_per_partition: int = 20_000
-    partitions: int = 8  # the floor
+    users_per_partition: int = CandidateConfig.users_per_partition
+    partitions: int = CandidateConfig.min_partitions  # the floor
 
     def partitions_for(self, users: int) -> int:
         return candidate_partitions(users, self.users_per_partition, self.partitions)
@@ -125,7 +124,8 @@ class CandidatesConfig(Config):
     def settings(self, threads: int) -> CandidateConfig:
         return CandidateConfig(total=self.total, two_tower_quota=self.two_tower_quota,
                                item2vec_quota=self.item2vec_quota, audio_quota=self.audio_quota,
-                               seed_tracks=self.seed_tracks, faiss_threads=threads)
+                               seed_tracks=self.seed_tracks, users_per_partition=self.users_per_partition,
+                               min_partitions=self.partitions, faiss_threads=threads)
 
 
 @multi_asset(
@@ -187,67 +187,6 @@ def candidates(
         "rows_by_sources": MetadataValue.json(dict(sorted(by_source.items()))),
         "elapsed_s": round(time.perf_counter() - started, 1),
     })
-
-
-def candidate_models(faiss_index: Artifact, item2vec_embeddings: Artifact, audio: DataFrame | Artifact,
-                     track_stats: pd.DataFrame, version: str) -> CandidateModels:
-    """The candidate sources of one model set; the audio source searches cold and new-release tracks only,
-    so only their rows of the ``audio_vectors`` table (or of an artifact carrying the vectors) are loaded:
-    per track, bounded by the cold pool (at 100 M tracks, 10 M cold tracks x 32 float32 = 1.3 GB)."""
-    cold = track_stats.loc[track_stats["is_cold"] | track_stats["is_new_release"], "track_id"].to_numpy(np.int64)
-    audio_ids, audio_vectors = audio_vectors_of(audio, cold)
-    return CandidateModels.build(AnnIndex.from_bytes(faiss_index.files["index.bin"]),
-                                 *vectors_from(item2vec_embeddings), audio_ids, audio_vectors,
-                                 model_version=version)
-
-
-def candidate_users(user_embeddings: DataFrame, user_profiles: DataFrame, interactions: DataFrame) -> DataFrame:
-    """One row per user: user_id, user_vector (null without one), recent_tracks, heard (12-week window)."""
-    return with_heard(vector_users(user_embeddings, user_profiles), interactions)
-
-
-def vector_users(user_embeddings: DataFrame, user_profiles: DataFrame) -> DataFrame:
-    """user_id, recent_tracks, user_vector for users with a vector or recent tracks (``candidate_users``
-    without the heard tracks): a join on the executors (500 M rows at the target)."""
-    profile = user_profiles.select(
-        F.col("user_id").cast("long").alias("user_id"),
-        F.coalesce(F.col("recent_tracks").cast("array<long>"), F.array().cast("array<long>")).alias("recent_tracks"))
-    vectors = user_embeddings.select(F.col("user_id").cast("long").alias("user_id"),
-                                     F.col("user_vector").cast("array<float>").alias("user_vector"))
-    users = profile.join(vectors, "user_id", "left")
-    return users.where(F.col("user_vector").isNotNull() | (F.size("recent_tracks") > 0))
-
-
-def with_heard(users: DataFrame, interactions: DataFrame) -> DataFrame:
-    """``users`` with ``heard``: every track the user played in the 12-week window (empty when none)."""
-    heard = heard_tracks(interactions)
-    return users.join(heard, "user_id", "left").withColumn("heard", F.coalesce("heard", F.array().cast("array<long>")))
-
-
-def heard_tracks(interactions: DataFrame) -> DataFrame:
-    """user_id, heard: every track each user played in the window (never recommended back)."""
-    return interactions.groupBy("user_id").agg(F.collect_set("track_id").alias("heard"))
-
-
-def candidate_partitions(users: int, users_per_partition: int, min_partitions: int = 1) -> int:
-    """Spark partitions for ``users`` users: ceil(users / users_per_partition), at least ``min_partitions``."""
-    if users_per_partition < 1 or min_partitions < 1:
-        raise ValueError("users_per_partition and min_partitions must be >= 1")
-    return max(min_partitions, -(-users // users_per_partition))
-
-
-def run_candidates(spark, users: DataFrame, models_blob: bytes, settings: CandidateConfig, partitions: int) -> DataFrame:
-    """``generate_candidates`` over every user on Spark, the models broadcast once per executor.
-
-    Deterministic layout: users are hash-partitioned into ``partitions`` (a function of the user count and
-    the config), sorted by user_id within a partition, each user's rows in merge order (best first)."""
-    key, shipped = payload_key(models_blob), spark.sparkContext.broadcast(models_blob)
-
-    def run_batch(batch: pd.DataFrame) -> pd.DataFrame:
-        models = load_once(key, lambda: CandidateModels.from_bytes(shipped.value))
-        return generate_candidates(batch, models, settings)
-
-    return map_user_batches(users, run_batch, CANDIDATE_SPARK_SCHEMA, partitions)
 
 
 retrieval_assets = [faiss_index, candidates]

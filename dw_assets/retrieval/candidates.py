@@ -75,6 +75,11 @@ class CandidateConfig:
     max_fetch: int = 2048  # most tracks one source fetches per user (per seed for item2vec); faiss GPU limit
     faiss_threads: int = 0  # OpenMP threads for the searches (the task's cpus); 0: faiss's default
     chunk_users: int = 4096  # users processed at once: ~200 KB of temporaries per user
+    # Spark tasks scale with the users: ceil(users / users_per_partition), at least min_partitions (the demo
+    # worlds' 8, so their files, and the ranker that reads them in stored order, are unchanged). 500 M users:
+    # 25 k tasks of 20 k users; a task's Python worker loads the shipped models once (load_once).
+    users_per_partition: int = 20_000
+    min_partitions: int = 8
     seed: int = 7  # candidate generation draws nothing at random; kept for the stage-wide config contract
 
     def __post_init__(self) -> None:

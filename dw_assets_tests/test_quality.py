@@ -15,6 +15,7 @@ from pyspark.sql import functions as F
 
 from dw_assets.ingest import schemas
 from dw_assets.ingest.events import MAX_MS_PLAYED
+from dw_assets.ingest.profiles import GENRE_OUTCOME_TYPE
 from dw_assets.lake.quality import as_checked, emit_checked, spark_schema_check_result, validate_frame
 from dw_assets.lake.spark_checks import UntranslatedCheck, check_spark, plan
 from dw_assets.ranking.schemas import RANKED_PLAYLISTS
@@ -162,6 +163,9 @@ def test_ingest_custom_checks_run_in_spark(spark):
         F.array().cast("array<float>").alias("recent_age_days"),
         F.array().cast("array<struct<genre:string,share:double>>").alias("genre_share"),
         F.array().cast("array<bigint>").alias("top_artists"), F.lit(None).cast("double").alias("mean_popularity_percentile"),
+        F.array().cast("array<bigint>").alias("saved_tracks"), F.array().cast("array<bigint>").alias("early_skipped_tracks"),
+        *[F.lit(0.1).alias(name) for name in ("user_save_rate", "user_skip_rate", "user_early_skip_rate")],
+        F.array().cast(GENRE_OUTCOME_TYPE).alias("genre_outcomes"),
     )
     _only(_both(profiles, schemas.USER_PROFILES), "at most 50 recent tracks", 1)
     assert _both(profiles.where(F.col("user_id") != 1234), schemas.USER_PROFILES).passed

@@ -166,15 +166,14 @@ USER_PROFILES = pa.DataFrameSchema(
         "genre_share": Column(object),
         "top_artists": Column(object),
         "mean_popularity_percentile": Column(float, Check.in_range(0.0, 1.0), nullable=True),
-        # Outcome history (features.UserInputs). Not required: partitions written before these columns
-        # existed still pass their contract (the ranker needs them rebuilt).
-        "saved_tracks": Column(object, Check(lambda s: s.map(len) <= 50, error=_SAVED_TRACKS), required=False),
-        "early_skipped_tracks": Column(object, Check(lambda s: s.map(len) <= 50, error=_SKIPPED_TRACKS),
-                                       required=False),
+        # Outcome history (features.UserInputs). Partitions written before these columns existed lack
+        # them; the ranker then refuses naming the columns, and rebuilding the week's profiles fixes it.
+        "saved_tracks": Column(object, Check(lambda s: s.map(len) <= 50, error=_SAVED_TRACKS)),
+        "early_skipped_tracks": Column(object, Check(lambda s: s.map(len) <= 50, error=_SKIPPED_TRACKS)),
         # null only when nobody played anything in the window (no catalog rate to fall back on)
-        **{name: Column(float, Check.in_range(0.0, 1.0), nullable=True, required=False)
+        **{name: Column(float, Check.in_range(0.0, 1.0), nullable=True)
            for name in ("user_save_rate", "user_skip_rate", "user_early_skip_rate")},
-        "genre_outcomes": Column(object, required=False),
+        "genre_outcomes": Column(object),
     },
     strict=True,
     name="user_profiles",

@@ -19,3 +19,4 @@ def test_parent_children_and_cpu_of_real_processes():
         child.wait()
     # A process that is gone has no parent and no CPU figure.
     assert procfs.parent_pid(child.pid) == -1 and procfs.cpu_seconds(child.pid) is None
+    assert procfs.parent_pid(2**22 + 12345) == -1  # never existed

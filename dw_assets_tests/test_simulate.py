@@ -412,6 +412,20 @@ def test_respond_is_deterministic_and_driven_by_affinity(truth):
     reach = first.sort_values(["user_id", "position"]).groupby("user_id").played
     assert reach.apply(lambda p: p.is_monotonic_decreasing).all()
     assert first.groupby("position").played.mean()[1] > first.groupby("position").played.mean()[30]
+    # A user's reaction does not depend on who else is in the batch (draws keyed by user and position):
+    # the same lists score the same alone, in another order, or beside other users' lists.
+    some = playlists[playlists.user_id.isin(humans[:40])]
+    alone = respond(truth, some, week="2026-02-02", seed=3)
+    pd.testing.assert_frame_equal(alone, first.loc[some.index])
+    # Common random numbers: another track in a slot meets the same listener mood there, so a better
+    # track is never judged worse than the one it replaced.
+    swapped = some.copy()
+    swapped["track_id"] = [truth.track_ids[np.argmax(truth.affinity(np.full(len(truth.track_ids), u), truth.track_ids))]
+                           for u in swapped.user_id]
+    better = respond(truth, swapped, week="2026-02-02", seed=3)
+    gain = truth.affinity(swapped.user_id, swapped.track_id) - truth.affinity(some.user_id, some.track_id)
+    first_slot = (some.position == 1).to_numpy()
+    assert (better.early_skip.to_numpy()[first_slot] <= alone.early_skip.to_numpy()[first_slot]).all() and (gain >= 0).all()
 
 
 def test_config_for_applies_overrides_and_rejects_unknown_settings():

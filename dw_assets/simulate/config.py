@@ -136,3 +136,54 @@ def config_for(preset: str | None = "small", **overrides) -> SimulationConfig:
 def rng_for(seed: int, component: str, *index: int) -> np.random.Generator:
     """Independent generator for one component (and e.g. one week) of the world."""
     return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(component.encode()), *index]))
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer: a bijection of uint64 that spreads every input bit over the output."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+class KeyedDraws:
+    """Random draws that belong to keyed rows, not to the rows' place in a batch.
+
+    Element i of every call depends only on (seed, component, index, ``keys[i]``, the call's number), so
+    the same row draws the same numbers whatever other rows share the batch. Offline evaluation keys the
+    listener's draws by (user, list position): two systems' lists for a user meet the same listener
+    mood at each slot (common random numbers), and identical lists get identical outcomes.
+    Offers the two ``np.random.Generator`` methods the listener uses: ``random`` and ``normal``.
+    """
+
+    def __init__(self, seed: int, component: str, index: int, keys: np.ndarray):
+        words = np.random.SeedSequence([seed, zlib.crc32(component.encode()), index]).generate_state(1, np.uint64)
+        with np.errstate(over="ignore"):
+            self._keys = _mix64(np.asarray(keys, np.uint64) ^ words[0])
+        self._calls = 0
+
+    def random(self, n: int) -> np.ndarray:
+        """float64[n] uniform in [0, 1); ``n`` must be the number of keys."""
+        if n != len(self._keys):
+            raise ValueError(f"KeyedDraws has {len(self._keys)} keys, asked for {n} draws")
+        self._calls += 1
+        with np.errstate(over="ignore"):
+            bits = _mix64(self._keys + np.uint64(self._calls) * _GOLDEN)
+        return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+    def normal(self, loc: float = 0.0, scale: float = 1.0, size: int | None = None) -> np.ndarray:
+        from scipy.special import ndtri
+
+        u = self.random(len(self._keys) if size is None else size)
+        return loc + scale * ndtri(np.clip(u, 2.0**-54, 1.0 - 2.0**-53))
+
+
+def row_keys(*columns: np.ndarray) -> np.ndarray:
+    """One uint64 key per row from int64 columns (e.g. user_id, position)."""
+    key = np.zeros(len(columns[0]), np.uint64)
+    with np.errstate(over="ignore"):
+        for column in columns:
+            key = _mix64(key * _GOLDEN + np.asarray(column, np.int64).astype(np.uint64))
+    return key

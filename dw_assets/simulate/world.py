@@ -20,7 +20,7 @@ from dw_assets.simulate.anomalies import bot_plays, clear_around, hijacked_plays
 from dw_assets.simulate.audio import AudioWriter, audio_batches, choose_bad_audio
 from dw_assets.simulate.behaviour import LISTENER, ListenerModel, Outcomes, listen, reach
 from dw_assets.simulate.catalog import make_catalog, make_genres
-from dw_assets.simulate.config import SimulationConfig, rng_for
+from dw_assets.simulate.config import KeyedDraws, SimulationConfig, rng_for, row_keys
 from dw_assets.simulate.discovery import TrackSampler
 from dw_assets.simulate.events import (
     DAY,
@@ -268,7 +268,8 @@ def respond(
     and reacts to each reached track with the same model as the logs.
     Returns one row per input row, in input order and with its index: user_id, position,
     track_id, played, ms_played (int64), skipped, early_skip, saved,
-    positive (ms_played > 30 s or saved). Deterministic for (input, week, seed, model).
+    positive (ms_played > 30 s or saved). Deterministic for (input, week, seed, model); a row's random
+    draws depend only on (week, seed, its user and position), not on the other rows of the batch.
     ``model``: the listener's parameters; the default is the model the logs were made with, and a
     perturbed copy (``dataclasses.replace``) asks how a different listener would respond, with
     the same random draws.
@@ -278,7 +279,9 @@ def respond(
     tracks = playlists["track_id"].to_numpy(dtype=np.int64)
     order = np.lexsort((tracks, position, users))
     u, p, t = users[order], position[order], tracks[order]
-    rng = rng_for(seed, "respond", zlib.crc32((week or "").encode()))
+    # The listener's draws are keyed by (user, position): a user meets the same mood at each slot in every
+    # system's list, so comparisons between systems are paired and identical lists score identically.
+    rng = KeyedDraws(seed, "respond", zlib.crc32((week or "").encode()), row_keys(u, p))
     t_idx = truth.track_index(t)
     outcome = listen(truth.affinity(u, t), truth.track_duration_ms[t_idx], p, rng, model)
     played = reach(u, p, outcome, rng, model)

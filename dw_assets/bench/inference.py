@@ -37,11 +37,11 @@ import pandas as pd
 
 from dw_assets.embeddings.audio_table import audio_vectors_of
 from dw_assets.embeddings.user_tower import read_user_embeddings
+from dw_assets.evaluation.ranker_order import pack_candidates
 from dw_assets.lake.storage import Lake, vectors_from
 from dw_assets.partitions import history_window_weeks
 from dw_assets.ranking.features import USER_COLUMNS, FeatureContext
 from dw_assets.ranking.playlists import (
-    CANDIDATE_ARRAYS,
     TRACK_TABLE,
     PlaylistModels,
     fallback_pool,
@@ -171,18 +171,6 @@ def sample_users(models: WeekModels, n: int, seed: int) -> pd.DataFrame:
     empty = np.zeros(0, np.int64)
     users["heard"] = [models.heard.get(u, empty) for u in chosen.tolist()]
     return users.merge(models.directory, on="user_id", how="left")
-
-
-def pack_candidates(users: pd.DataFrame, candidates: pd.DataFrame) -> pd.DataFrame:
-    """Each user's candidates as ``c_*`` arrays sorted by track id — what ``playlist_users`` builds in Spark."""
-    ordered = candidates.sort_values(["user_id", "track_id"], kind="stable")
-    owners, user_ids = ordered["user_id"].to_numpy(np.int64), users["user_id"].to_numpy(np.int64)
-    starts, ends = np.searchsorted(owners, user_ids, side="left"), np.searchsorted(owners, user_ids, side="right")
-    packed = users.copy()
-    for column in CANDIDATE_ARRAYS:
-        values = ordered[column].to_numpy()
-        packed[f"c_{column}"] = [values[a:b] for a, b in zip(starts, ends, strict=True)]
-    return packed
 
 
 def _valid_playlists(playlists: pd.DataFrame, users: pd.DataFrame, size: int, max_per_artist: int) -> float:

@@ -129,6 +129,7 @@ def bench_scale(workdir: Path, base_users: int, factors: list[int], master: str,
     from dw_assets.simulate import config_for
 
     tiny = config_for("tiny")
+    workdir = workdir.resolve()  # DAGSTER_HOME must be absolute
     sizes = []
     for factor in factors:
         world = workdir / f"users-x{factor}"

@@ -12,7 +12,6 @@ from dagster import (
     AssetExecutionContext,
     AssetIn,
     AssetOut,
-    Config,
     MetadataValue,
     Output,
     multi_asset,
@@ -20,6 +19,7 @@ from dagster import (
 from pyspark.sql import DataFrame
 
 from dw_assets.calendar import week_bounds
+from dw_assets.config_fields import config_fields
 from dw_assets.embeddings import audio as audio_model
 from dw_assets.embeddings import audio_io, audio_spark, item2vec, two_tower
 from dw_assets.embeddings.audio import AudioConfig, load_clips, log_mel, train_audio_model
@@ -57,20 +57,14 @@ def _out(description: str) -> AssetOut:
     return AssetOut(group_name=GROUP, metadata=MODELS, description=description, dagster_type=Artifact)
 
 
-class Item2VecAssetConfig(Config):
-    dim: int = Item2VecConfig.dim
-    window: int = Item2VecConfig.window
+class Item2VecAssetConfig(config_fields(
+    Item2VecConfig,
     # 6, not the library's 10: on `small` (week 2026-02-23) top-10 neighbours share the query's genre
     # 99.38 % at both, hidden-style cosine 0.295 vs 0.303, in ~40 % of the time (the demo's largest step).
-    epochs: int = 6
-    min_count: int = Item2VecConfig.min_count
-    max_sessions: int = Item2VecConfig.max_sessions
-    max_playlists: int = Item2VecConfig.max_playlists
-    seed: int = Item2VecConfig.seed
-
+    defaults={"epochs": 6},
+)):
     def settings(self) -> Item2VecConfig:
-        return Item2VecConfig(dim=self.dim, window=self.window, epochs=self.epochs, min_count=self.min_count,
-                              max_sessions=self.max_sessions, max_playlists=self.max_playlists, seed=self.seed)
+        return self.to_domain(Item2VecConfig)
 
 
 @multi_asset(
@@ -97,16 +91,19 @@ def item2vec_embeddings(
     )
 
 
-class AudioAssetConfig(Config):
+class AudioAssetConfig(config_fields(
+    AudioConfig,
+    exclude=["embedding_dim"],  # item2vec's dimension: the model is trained to land in that space
     # Sized for the 2-core demo (held-out cosine 0.76 vs 0.80 at 20 epochs x 25k tracks, 4x faster).
-    epochs: int = 10
-    max_warm_tracks: int = 10_000
-    max_training_clips: int = AudioConfig.max_training_clips
-    seed: int = AudioConfig.seed
+    defaults={"epochs": 10, "max_warm_tracks": 10_000},
+)):
     # The artifact also carries ids.npy / vectors.npy, collected from audio_vectors (12.8 GB on the driver at
     # 100 M tracks): for tools that still read that older form; the pipeline reads the table.
     vector_files: bool = False
     max_problem_examples: int = 1_000  # unusable clips listed in the artifact and the check (all are counted)
+
+    def settings(self, embedding_dim: int) -> AudioConfig:
+        return self.to_domain(AudioConfig, embedding_dim=embedding_dim)
 
 
 @multi_asset(
@@ -137,9 +134,7 @@ def audio_embeddings(
     the genres (names and the sampled tracks') and counts."""
     started = time.perf_counter()
     target_ids, target_vectors = vectors_from(item2vec_embeddings)
-    settings = AudioConfig(embedding_dim=target_vectors.shape[1], epochs=config.epochs,
-                           max_warm_tracks=config.max_warm_tracks, max_training_clips=config.max_training_clips,
-                           seed=config.seed)
+    settings = config.settings(embedding_dim=target_vectors.shape[1])
     _, week_end = week_bounds(context.partition_key)
     landing = lake.landing()
     reader = audio_spark.ClipReader.of(landing)
@@ -201,26 +196,17 @@ def _sampled_genres(catalog: DataFrame, track_ids: np.ndarray) -> dict[int, str]
     return {int(r["track_id"]): r["genre"] for r in rows}
 
 
-class TwoTowerAssetConfig(Config):
-    dim: int = TwoTowerConfig.dim
+class TwoTowerAssetConfig(config_fields(
+    TwoTowerConfig,
+    exclude=["cold_neighbours"],  # tower_embeddings' setting (TrackEmbeddingsConfig), not the training's
     # On `small` validation recall peaked at epoch 1 of 3 in both weeks measured (0.590, 0.587; the id
     # embeddings overfit after) and the best epoch was kept: 1 epoch gives those same weights in a third
     # of the time (no LR schedule, epoch 1 draws first). Raise it for bigger worlds; the best epoch is kept.
-    epochs: int = 1
-    batch_size: int = TwoTowerConfig.batch_size
-    logq_correction: bool = TwoTowerConfig.logq_correction
-    hard_negatives_per_example: int = TwoTowerConfig.hard_negatives_per_example
-    max_examples: int | None = 1_000_000
-    max_training_users: int = TwoTowerConfig.max_training_users
-    max_training_interactions: int = TwoTowerConfig.max_training_interactions
-    seed: int = TwoTowerConfig.seed
-
+    # max_examples: the asset trains on the most recent 1 M examples (the dataclass: all of them).
+    defaults={"epochs": 1, "max_examples": 1_000_000},
+)):
     def settings(self) -> TwoTowerConfig:
-        return TwoTowerConfig(dim=self.dim, epochs=self.epochs, batch_size=self.batch_size,
-                              logq_correction=self.logq_correction,
-                              hard_negatives_per_example=self.hard_negatives_per_example,
-                              max_examples=self.max_examples, max_training_users=self.max_training_users,
-                              max_training_interactions=self.max_training_interactions, seed=self.seed)
+        return self.to_domain(TwoTowerConfig)
 
 
 @multi_asset(
@@ -267,8 +253,8 @@ def two_tower_model(
     )
 
 
-class TrackEmbeddingsConfig(Config):
-    cold_neighbours: int = TwoTowerConfig.cold_neighbours
+class TrackEmbeddingsConfig(config_fields(TwoTowerConfig, include=["cold_neighbours"])):
+    """The cold-start warm start's setting of the two-tower dataclass (the rest is the training's)."""
 
 
 @multi_asset(

@@ -36,7 +36,6 @@ from dagster import (
     AssetExecutionContext,
     AssetOut,
     BackfillPolicy,
-    Config,
     MetadataValue,
     Output,
     multi_asset,
@@ -45,6 +44,7 @@ from dagster import (
 from dw_assets.automation.sensors import audio_uploads
 from dw_assets.automation.uploads import list_upload_folder
 from dw_assets.calendar import shift_week, week_key
+from dw_assets.config_fields import config_fields
 from dw_assets.embeddings import incremental
 from dw_assets.embeddings.audio import AudioModel
 from dw_assets.embeddings.incremental import UploadDayConfig
@@ -61,10 +61,9 @@ WEEKLY_MODELS = ("audio_embeddings", "two_tower_model", "faiss_index")
 CATALOG_FILE = "catalog/tracks.parquet"
 
 
-class NewTrackVectorsConfig(Config):
+class NewTrackVectorsConfig(config_fields(UploadDayConfig)):
     cold_neighbours: int = TwoTowerConfig.cold_neighbours  # anchors per warm start, as the weekly rule
     clip_seconds: float | None = None  # None: the weekly model's setting, else the day's median clip length
-    max_uploads: int = UploadDayConfig.max_uploads
 
 
 def latest_model_week(lake: Lake, upload_date: str | None = None) -> str:

@@ -16,6 +16,7 @@ from dagster_pyspark import LazyPySparkResource
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 
+from dw_assets.config_fields import config_fields, parameter_default
 from dw_assets.ingest import schemas
 from dw_assets.ingest.bronze import build_bronze, landed_event_files
 from dw_assets.ingest.events import QUARANTINE_REASONS
@@ -84,7 +85,7 @@ def user_playlists(context: AssetExecutionContext, pyspark: LazyPySparkResource,
 
 class RawPlayEventsConfig(Config):
     # A week without a single landed line is an upstream outage until someone says otherwise.
-    allow_empty_week: bool = False
+    allow_empty_week: bool = parameter_default(build_bronze, "allow_empty_week")
 
 
 @multi_asset(
@@ -135,19 +136,12 @@ def raw_play_events(
     bronze.release()
 
 
-class InteractionsConfig(Config):
-    session_gap_minutes: int = 30
-    bot_min_events: int = InteractionRules.bot_min_events
-    bot_max_gap_cv: float = InteractionRules.bot_max_gap_cv
-    bot_min_royalty_share: float = InteractionRules.bot_min_royalty_share
+class InteractionsConfig(config_fields(InteractionRules, exclude=["session_gap_s"])):
+    # The run config has taken the session gap in minutes from the start; the rules take seconds.
+    session_gap_minutes: int = InteractionRules.session_gap_s // 60
 
     def rules(self) -> InteractionRules:
-        return InteractionRules(
-            session_gap_s=self.session_gap_minutes * 60,
-            bot_min_events=self.bot_min_events,
-            bot_max_gap_cv=self.bot_max_gap_cv,
-            bot_min_royalty_share=self.bot_min_royalty_share,
-        )
+        return self.to_domain(InteractionRules, session_gap_s=self.session_gap_minutes * 60)
 
 
 @multi_asset(
@@ -208,9 +202,9 @@ def track_stats(context: AssetExecutionContext, interactions: DataFrame, track_c
     counts.unpersist()
 
 
-class UserProfilesConfig(Config):
-    recent_tracks: int = ProfileRules.recent_tracks
-    top_artists: int = ProfileRules.top_artists
+class UserProfilesConfig(config_fields(ProfileRules)):
+    def rules(self) -> ProfileRules:
+        return self.to_domain(ProfileRules)
 
 
 @multi_asset(
@@ -234,8 +228,7 @@ def user_profiles(
     user_directory: DataFrame,
     track_stats: DataFrame,
 ):
-    rules = ProfileRules(recent_tracks=config.recent_tracks, top_artists=config.top_artists)
-    profiles = build_user_profiles(interactions, user_directory, track_stats, context.partition_key, rules)
+    profiles = build_user_profiles(interactions, user_directory, track_stats, context.partition_key, config.rules())
     yield from emit_checked("user_profiles", profiles, schemas.USER_PROFILES, {
         "history_weeks": len(context.asset_partition_keys_for_input("interactions")),
     })

@@ -17,7 +17,6 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetIn,
-    Config,
     ConfigurableResource,
     MaterializeResult,
     MetadataValue,
@@ -26,8 +25,9 @@ from dagster import (
 from pydantic import Field
 from pyspark.sql import DataFrame
 
+from dw_assets.config_fields import config_fields
 from dw_assets.partitions import ONE_WEEK_PER_RUN, weekly_partitions
-from dw_assets.serving.publish import publish_week
+from dw_assets.serving.publish import PublishSettings, publish_week
 from dw_assets.serving.stores import (
     PLAYLIST_COLUMNS,
     PlaylistStore,
@@ -66,10 +66,13 @@ class PlaylistStoreResource(ConfigurableResource):
         return open_store(self.url)
 
 
-class PublishConfig(Config):
+class PublishConfig(config_fields(PublishSettings)):
     keep_weeks: int | None = Field(default=None, description="Weeks the store keeps after this publish (the "
                                                              "newest ones plus the live week). None: the "
                                                              "resource's, else the store URL's, else 4.")
+
+    def settings(self) -> PublishSettings:
+        return self.to_domain(PublishSettings)
 
 
 @asset(
@@ -102,7 +105,7 @@ def published_playlists(
     with playlist_store.open() as store:
         keep_weeks = config.keep_weeks if config.keep_weeks is not None else playlist_store.keep_weeks
         stats = publish_week(store, week, ranked_playlists.select(*PLAYLIST_COLUMNS),
-                             keep_weeks=keep_weeks, progress=progress)
+                             keep_weeks=keep_weeks, progress=progress, settings=config.settings())
         stored_users, expected_users = store.count_users(week), stats["expected_users"]
     check = AssetCheckResult(check_name="served_week_matches_lake", passed=stored_users == expected_users,
                              metadata={"stored_users": stored_users, "lake_users": expected_users})

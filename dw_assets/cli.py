@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from dw_assets import settings
 from dw_assets.bench.aggregate import all_command
 from dw_assets.bench.ann_bench import ann_command
 from dw_assets.bench.demo import demo_command
@@ -116,9 +117,9 @@ def run(lake_dir, week, rebuild_history, store_url):
         raise click.UsageError(f"{lake_root}/landing/manifest.json not found: pass --week or run "
                                f"`dw simulate --out {lake_dir}` first")
     week = week or manifest["last_training_week"]
-    if store_url or os.environ.get("DW_STORE_URL"):
-        _check_store(store_url or os.environ["DW_STORE_URL"])
-    _echo_step(f"DAGSTER_HOME={os.environ['DAGSTER_HOME']}")
+    if store := store_url or settings.get("DW_STORE_URL"):
+        _check_store(store)
+    _echo_step(f"DAGSTER_HOME={settings.get('DAGSTER_HOME')}")
     try:
         report = materialize_week(lake_root, week, manifest.get("weeks"), rebuild_history, progress=_echo_step,
                                   store_url=store_url)
@@ -128,7 +129,7 @@ def run(lake_dir, week, rebuild_history, store_url):
     click.echo(report)
     click.echo(_week_summary(lake_root, week))
     click.echo(
-        f"\nbrowse it: DAGSTER_HOME={os.environ['DAGSTER_HOME']} DW_LAKE={lake_root} dagster dev -w workspace.yaml"
+        f"\nbrowse it: DAGSTER_HOME={settings.get('DAGSTER_HOME')} DW_LAKE={lake_root} dagster dev -w workspace.yaml"
     )
 
 
@@ -153,7 +154,7 @@ def backfill_command(lake_dir, first_week, last_week, store_url, evaluate):
     from dw_assets.lake.storage import LakeError
 
     lake_root, _ = _lake_and_manifest(lake_dir)
-    _echo_step(f"DAGSTER_HOME={os.environ['DAGSTER_HOME']}")
+    _echo_step(f"DAGSTER_HOME={settings.get('DAGSTER_HOME')}")
     try:
         outcomes = backfill_weeks(lake_root, first_week, last_week, store_url=store_url, evaluate=evaluate,
                                   progress=_echo_step)
@@ -163,7 +164,7 @@ def backfill_command(lake_dir, first_week, last_week, store_url, evaluate):
     for outcome in outcomes:
         click.echo(f"week {outcome.week}: {describe(outcome)}\n{outcome.report}")
     click.echo(f"\nbackfilled {len(outcomes)} week(s) {first_week}..{last_week}; browse them: "
-               f"DAGSTER_HOME={os.environ['DAGSTER_HOME']} DW_LAKE={lake_root} dagster dev -w workspace.yaml")
+               f"DAGSTER_HOME={settings.get('DAGSTER_HOME')} DW_LAKE={lake_root} dagster dev -w workspace.yaml")
 
 
 def _week_summary(lake_root: str, week: str) -> str:
@@ -286,7 +287,7 @@ def _lake_and_manifest(lake_dir: str) -> tuple[str, dict]:
         manifest = read_manifest(lake.landing_fs())
     except LakeError as exc:
         raise click.ClickException(str(exc)) from exc
-    if not os.environ.get("DAGSTER_HOME"):
+    if not settings.is_set("DAGSTER_HOME"):
         if lake.is_s3:
             raise click.UsageError(f"set DAGSTER_HOME for the S3 lake {lake.root}: Dagster records its runs in a "
                                    "local directory (or a Postgres instance, docs/operations.md), never in the bucket")
@@ -327,10 +328,11 @@ def _evaluation_text(lake, table, targets, week: str) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def ab(lake_dir, week, experiment, treatment_share, seed, as_json):
     """Simulated A/B test: last week's models (control) vs this week's (treatment), played by the simulator."""
-    from dagster import AssetSelection
+    from dagster import AssetSelection, RunConfig
 
     from dw_assets.automation.runner import RunError, evaluate_week
     from dw_assets.automation.schedules import has_simulator_truth
+    from dw_assets.evaluation.assets import AbTestConfig
 
     lake_root, manifest = _lake_and_manifest(lake_dir)
     week = week or manifest.get("last_training_week")
@@ -340,8 +342,8 @@ def ab(lake_dir, week, experiment, treatment_share, seed, as_json):
         raise click.UsageError(f"--treatment-share must be in (0, 1), got {treatment_share}")
     if not has_simulator_truth(lake_root):
         raise click.UsageError(f"{lake_root}/simulator/ not found: the simulated A/B needs a world from `dw simulate`")
-    ops = {"simulated_ab_test": {"config": {"experiment": experiment, "treatment_share": treatment_share,
-                                             "seed": seed}}}
+    ops = RunConfig(ops={"simulated_ab_test": AbTestConfig(experiment=experiment, treatment_share=treatment_share,
+                                                            seed=seed)})
     selection = (AssetSelection.assets("simulated_ab_test").upstream()
                  & AssetSelection.groups("evaluation")) - AssetSelection.assets("retrieval_evaluation")
     try:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from dagster import Definitions, in_process_executor
 from dagster_pyspark import LazyPySparkResource
 
+from dw_assets import settings
 from dw_assets.automation.schedules import jobs, schedules
 from dw_assets.automation.sensors import audio_upload_sensor
 from dw_assets.embeddings.assets import embedding_assets
@@ -26,8 +26,8 @@ ALL_ASSETS = [*ingest_assets, *embedding_assets, *retrieval_assets, *ranking_ass
 
 def default_store_url(lake_root: str) -> str:
     """``DW_STORE_URL``, else an embedded SQLite file beside a local lake."""
-    if os.environ.get("DW_STORE_URL"):
-        return os.environ["DW_STORE_URL"]
+    if settings.is_set("DW_STORE_URL"):
+        return settings.get("DW_STORE_URL")
     if lake_root.startswith("s3://"):
         return ""  # no embedded default beside an S3 lake; publishing says to set DW_STORE_URL
     return "sqlite:///" + str(Path(lake_root).resolve() / "serving" / "playlists.db")
@@ -45,7 +45,25 @@ def build_resources(lake_root: str | None = None, store_url: str | None = None) 
     }
 
 
+def location_resources() -> dict:
+    """The code location's resources: ``build_resources()`` (the current values checked: a URL carrying
+    credentials is refused now), with the lake root, S3 endpoint and store URL given as
+    ``dagster.EnvVar`` where the variable is set, so the UI shows which variable each field reads and
+    a run resolves it when it starts."""
+    resources = build_resources()
+    lake = resources["lake"]
+    if any(settings.is_set(name) for name in ("DW_LAKE", "DW_S3_ENDPOINT_URL")):
+        lake = LakeResource(root=settings.env_var("DW_LAKE") if settings.is_set("DW_LAKE") else lake.root,
+                            s3_endpoint_url=settings.env_var("DW_S3_ENDPOINT_URL")
+                            if settings.is_set("DW_S3_ENDPOINT_URL") else None)
+    store = resources["playlist_store"]
+    if settings.is_set("DW_STORE_URL"):
+        store = PlaylistStoreResource(url=settings.env_var("DW_STORE_URL"))
+    return {**resources, "lake": lake, "io_manager": LakeIOManager(lake=lake, pyspark=resources["pyspark"]),
+            "playlist_store": store}
+
+
 # In-process for every run, the UI's "Materialize" button included: one Spark session (JVM) per run.
 # The upload sensor's asset is partitioned by upload date, not by week: outside the weekly jobs.
 defs = Definitions(assets=[*ALL_ASSETS, *incremental_assets], jobs=jobs, schedules=schedules,
-                   sensors=[audio_upload_sensor], resources=build_resources(), executor=in_process_executor)
+                   sensors=[audio_upload_sensor], resources=location_resources(), executor=in_process_executor)

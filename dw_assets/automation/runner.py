@@ -13,7 +13,6 @@ week W's item2vec trains in a second process while week W-1's ranker-training as
 from __future__ import annotations
 
 import functools
-import os
 import time
 import uuid
 from collections.abc import Callable
@@ -30,11 +29,13 @@ from dagster import (
     Definitions,
     JobDefinition,
     JobExecutionResult,
+    RunConfig,
     RunsFilter,
     build_reconstructable_job,
     execute_job,
 )
 
+from dw_assets import settings
 from dw_assets.automation.planner import (
     DISCOVER_JOB,
     EVALUATION_JOB,
@@ -73,14 +74,14 @@ class RunError(RuntimeError):
 
 def run_instance() -> DagsterInstance:
     """The instance in ``DAGSTER_HOME`` (created on first use), so the web UI shows these runs."""
-    home = os.environ.get("DAGSTER_HOME")
+    home = settings.get("DAGSTER_HOME")
     if not home:
         raise RunError("DAGSTER_HOME is not set: runs must be recorded where `dagster dev` can show them")
     Path(home).mkdir(parents=True, exist_ok=True)
-    settings = Path(home) / "dagster.yaml"
-    if not settings.exists():
+    instance_yaml = Path(home) / "dagster.yaml"
+    if not instance_yaml.exists():
         # One weekly run at a time, oldest first (a UI backfill's week W needs W-1's candidates; one JVM).
-        settings.write_text("telemetry:\n  enabled: false\nrun_queue:\n  tag_concurrency_limits:\n"
+        instance_yaml.write_text("telemetry:\n  enabled: false\nrun_queue:\n  tag_concurrency_limits:\n"
                             "    - key: dw/weekly_batch\n      limit: 1\n")
     return DagsterInstance.get()
 
@@ -110,7 +111,7 @@ def _job_for(keys: set[AssetKey], lake_root: str, store_url: str | None) -> str:
 def _wait_for_the_queue(instance: DagsterInstance, plan_id: str, progress: Callable[[str], None]) -> None:
     """Wait while a weekly run of another plan (the UI's, another command's) is in progress: the run
     queue's limit of one weekly run at a time, for runs launched in process."""
-    limit = float(os.environ.get("DW_QUEUE_WAIT_S", "1800"))
+    limit = settings.get("DW_QUEUE_WAIT_S")
     started, told = time.monotonic(), False
     while True:
         busy = [r for r in instance.get_runs(RunsFilter(statuses=list(IN_PROGRESS)))
@@ -126,9 +127,20 @@ def _wait_for_the_queue(instance: DagsterInstance, plan_id: str, progress: Calla
         time.sleep(5)
 
 
+def op_config(ops: RunConfig | dict | None) -> dict:
+    """``{op: {"config": {...}}}`` of ``ops``: a ``dagster.RunConfig`` whose ``ops`` hold the assets'
+    typed ``Config`` objects (its resources and loggers are not taken: a plan's runs are bound to
+    the command's lake and store), or a run-config dict of that shape."""
+    if ops is None:
+        return {}
+    if isinstance(ops, RunConfig):
+        return RunConfig(ops=ops.ops).to_config_dict()["ops"]
+    return dict(ops)
+
+
 def run_selection(
     selection: AssetSelection | None, week: str, lake_root: Path | str, instance: DagsterInstance,
-    ops: dict | None = None, store_url: str | None = None, job_name: str | None = None, plan_id: str | None = None,
+    ops: RunConfig | dict | None = None, store_url: str | None = None, job_name: str | None = None, plan_id: str | None = None,
     progress: Callable[[str], None] = lambda m: None, tags: dict[str, str] | None = None,
 ) -> JobExecutionResult:
     """One run of a registered job (``job_name``, default: the one holding the selection) for ``week``:
@@ -144,7 +156,7 @@ def run_selection(
     keys = selectable if selection is None else set(selection.resolve(job_def.asset_layer.asset_graph)) & selectable
     # Only the ops this run executes take config (Dagster refuses config for ops outside a run).
     names = {assets.node_def.name for assets in ALL_ASSETS if keys & set(assets.keys)}
-    ops = {name: config for name, config in (ops or {}).items() if name in names}
+    ops = {name: config for name, config in op_config(ops).items() if name in names}
     _wait_for_the_queue(instance, plan_id, progress)
     # execute_job, not materialize(): an in-process materialize() keeps every step's output in
     # memory until the run ends (models, frames: ~2 GB on `small`); this drops each once stored.
@@ -177,7 +189,7 @@ def _run(selection, week, lake_root, instance, ops=None, store_url=None) -> JobE
     return run_selection(selection, week, lake_root, instance, ops, store_url)
 
 
-def _run_apart(names: tuple[str, ...], week: str, lake_root: str, ops: dict | None,
+def _run_apart(names: tuple[str, ...], week: str, lake_root: str, ops: RunConfig | dict | None,
                store_url: str | None, plan_id: str) -> tuple[str, list[str]]:
     """``run_selection`` in a process of its own (the alongside option): its run id and summary lines."""
     result = run_selection(AssetSelection.assets(*names), week, lake_root, run_instance(), ops, store_url,
@@ -219,7 +231,7 @@ def instance_materialized(instance: DagsterInstance, lake_root: str) -> dict[str
 
 
 def execute_plan(
-    plan: Plan, lake_root: Path | str, ops: dict | None = None, store_url: str | None = None,
+    plan: Plan, lake_root: Path | str, ops: RunConfig | dict | None = None, store_url: str | None = None,
     progress: Callable[[str], None] = print, alongside: bool = True,
     on_week: Callable[[Step, list[str], float], None] | None = None,
 ) -> list[str]:
@@ -229,6 +241,7 @@ def execute_plan(
     ``on_week``: called after each whole-week step with its summary lines and seconds (backfill
     outcomes). Raises RunError at the first failed step."""
     lake_root, instance, plan_id = str(lake_root), run_instance(), uuid.uuid4().hex
+    ops = op_config(ops)  # a plain dict: it goes to the alongside process too
     report: list[str] = []
     steps = list(plan.steps)
 
@@ -287,7 +300,7 @@ def materialize_week(
     known_weeks: list[str] | None,
     rebuild_history: bool = False,
     progress: Callable[[str], None] = print,
-    ops: dict | None = None,
+    ops: RunConfig | dict | None = None,
     store_url: str | None = None,
 ) -> str:
     """Plan and run ``week`` (``dw run``): the history it lacks, week W-1's candidates when missing,
@@ -296,7 +309,8 @@ def materialize_week(
     ``lake_root``: a directory or ``s3://bucket/prefix`` (landing zone under it); an S3 lake is checked
     first (``Lake.verify``) and nothing falls back to a local folder. ``known_weeks``: the landed
     weeks (default: read from the landing zone). The first landed week gets the stand-in ranker.
-    ``ops``: Dagster run config per asset, e.g. ``{"audio_embeddings": {"config": {"epochs": 5}}}``.
+    ``ops``: the assets' run config, typed: ``RunConfig(ops={"audio_embeddings": AudioAssetConfig(epochs=5)})``
+    (a dict ``{"audio_embeddings": {"config": {"epochs": 5}}}`` is taken too).
     """
     from dw_assets.automation.planner import PlanError, landed_weeks
 
@@ -319,7 +333,7 @@ def materialize_week(
 
 
 def evaluate_week(lake_root: Path | str, week: str, known_weeks: list[str] | None, refresh: bool = False,
-                  progress: Callable[[str], None] = print, ops: dict | None = None,
+                  progress: Callable[[str], None] = print, ops: RunConfig | dict | None = None,
                   selection: AssetSelection | None = None) -> None:
     """Materialize ``week``'s evaluation assets (once; ``refresh`` re-runs them) after ``dw run`` built the week."""
     lake = build_resources(str(lake_root))["lake"].open()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dw_assets.lake.driver_guard import positive_int_env
+from dw_assets import settings
 
 # hadoop-aws + the AWS SDK bundle for s3a://, fetched by scripts/spark-jars.sh (versions pinned in
 # scripts/spark-jars/pom.xml); DW_SPARK_JARS_DIR points elsewhere (e.g. a cluster image's folder).
@@ -27,7 +27,7 @@ def python_archive(value: str | None = None) -> tuple[str, str] | None:
 
     Spark unpacks the archive into every executor's working folder as ``./<alias>``; the alias
     defaults to ``env`` when the value has no ``#``."""
-    raw = (os.environ.get(PYTHON_ARCHIVE_ENV, "") if value is None else value).strip()
+    raw = ((settings.get(PYTHON_ARCHIVE_ENV) or "") if value is None else value).strip()
     if not raw:
         return None
     archive, _, alias = raw.partition("#")
@@ -63,7 +63,7 @@ def pyspark_hadoop_version() -> str | None:
 def s3a_jars(folder: str | Path | None = None) -> tuple[list[str], str | None]:
     """(the jars of ``folder`` for s3a://, None) when it holds a complete fetch of hadoop-aws for pyspark's
     Hadoop; else ([], why not, naming the command that fixes it)."""
-    folder = Path(folder or os.environ.get("DW_SPARK_JARS_DIR") or SPARK_JARS_DIR)
+    folder = Path(folder or settings.get("DW_SPARK_JARS_DIR") or SPARK_JARS_DIR)
     jars = sorted(str(p) for p in folder.glob("*.jar"))
     aws = [Path(j).stem.removeprefix("hadoop-aws-") for j in jars if Path(j).name.startswith("hadoop-aws-")]
     complete = any(folder.glob(".complete-*")) and any(Path(j).name.startswith("bundle-") for j in jars)
@@ -163,6 +163,16 @@ class SparkSettings:
         return {"spark.jars": ",".join(jars)}  # a cluster: shipped to every executor
 
 
+# SparkSettings field <- its deployment setting (dw_assets.settings).
+SPARK_ENV = {
+    "master": "DW_SPARK_MASTER", "shuffle_partitions": "DW_SPARK_SHUFFLE_PARTITIONS",
+    "driver_memory": "DW_SPARK_DRIVER_MEMORY", "jars_dir": "DW_SPARK_JARS_DIR",
+    "driver_max_result_size": "DW_SPARK_DRIVER_MAX_RESULT_SIZE", "executor_memory": "DW_SPARK_EXECUTOR_MEMORY",
+    "executor_cores": "DW_SPARK_EXECUTOR_CORES", "cores_max": "DW_SPARK_CORES_MAX",
+    "python_archive": PYTHON_ARCHIVE_ENV, "jars_shared": "DW_SPARK_JARS_SHARED",
+}
+
+
 def settings_from_env() -> SparkSettings:
     """``DW_SPARK_MASTER`` points the same code at a cluster; ``DW_SPARK_JARS_DIR`` at other s3a:// jars.
 
@@ -170,20 +180,11 @@ def settings_from_env() -> SparkSettings:
     ``DW_SPARK_EXECUTOR_MEMORY``, ``DW_SPARK_EXECUTOR_CORES``, ``DW_SPARK_CORES_MAX``, ``DW_SPARK_PYTHON_ARCHIVE``
     (a packed venv, ``venv.tar.gz#env``) and ``DW_SPARK_JARS_SHARED=1`` (the s3a:// jars are at the
     same path on every host)."""
-    archive = os.environ.get(PYTHON_ARCHIVE_ENV, "").strip() or None
+    archive = settings.get(PYTHON_ARCHIVE_ENV)
     python_archive(archive or "")  # a malformed value fails here, naming the setting
-    return SparkSettings(
-        master=os.environ.get("DW_SPARK_MASTER", SparkSettings.master),
-        shuffle_partitions=int(os.environ.get("DW_SPARK_SHUFFLE_PARTITIONS", SparkSettings.shuffle_partitions)),
-        driver_memory=os.environ.get("DW_SPARK_DRIVER_MEMORY", SparkSettings.driver_memory),
-        jars_dir=os.environ.get("DW_SPARK_JARS_DIR") or None,
-        driver_max_result_size=os.environ.get("DW_SPARK_DRIVER_MAX_RESULT_SIZE", "").strip() or None,
-        executor_memory=os.environ.get("DW_SPARK_EXECUTOR_MEMORY", "").strip() or None,
-        executor_cores=positive_int_env("DW_SPARK_EXECUTOR_CORES"),
-        cores_max=positive_int_env("DW_SPARK_CORES_MAX"),
-        python_archive=archive,
-        jars_shared=os.environ.get("DW_SPARK_JARS_SHARED", "").strip().lower() in ("1", "true", "yes"),
-    )
+    # An unset variable leaves the dataclass's default (SparkSettings holds them).
+    given = {field: settings.get(name) for field, name in SPARK_ENV.items()}
+    return SparkSettings(**{field: value for field, value in given.items() if value is not None})
 
 
 # A Python worker keeps the last shipped model set, so it loads each once per job. One, not a few:

@@ -23,6 +23,8 @@ from typing import Any
 
 import pandas as pd
 
+from dw_assets import settings
+
 ROW_LIMIT_ENV = "DW_DRIVER_ROW_LIMIT"
 REPORT_ENV = "DW_DRIVER_GUARD_REPORT"
 
@@ -39,23 +41,9 @@ class DriverRowLimitExceeded(RuntimeError):
     """A user- or event-scale table (or a sample of one) would be materialized on the driver."""
 
 
-def positive_int_env(name: str) -> int | None:
-    """The environment variable ``name`` as a positive int, or None when unset/empty."""
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a positive integer, got {raw!r}") from None
-    if value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {raw!r}")
-    return value
-
-
 def row_limit() -> int | None:
     """``DW_DRIVER_ROW_LIMIT`` as a positive int, or None when unset/empty."""
-    return positive_int_env(ROW_LIMIT_ENV)
+    return settings.get(ROW_LIMIT_ENV)
 
 
 def is_user_scale(asset: str) -> bool:
@@ -82,7 +70,7 @@ def check_driver_rows(asset: str, rows: int, where: str | None = None) -> None:
     limit = row_limit()
     if limit is None or rows <= limit or not is_user_scale(asset):
         return
-    report = os.environ.get(REPORT_ENV, "").strip()
+    report = settings.get(REPORT_ENV)
     if report:
         entry = {"asset": asset, "rows": rows, "limit": limit, "where": where or _caller(), "pid": os.getpid()}
         with open(report, "a") as out:

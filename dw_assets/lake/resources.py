@@ -19,20 +19,23 @@ from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, O
 from dagster_pyspark import LazyPySparkResource
 from pydantic import Field
 
+from dw_assets import settings
 from dw_assets.lake import driver_guard
 from dw_assets.lake.landing_fs import LandingFS
 from dw_assets.lake.storage import Artifact, Lake, LakeError, open_lake
 
 LAYER_KEY = "dw/layer"
-DEFAULT_LAKE = "data/demo"
+DEFAULT_LAKE = settings.setting("DW_LAKE").default
 
 
 class LakeResource(ConfigurableResource):
     """The lake root; ``landing/`` is read from under the same root (docs/contracts.md)."""
 
-    root: str = Field(default_factory=lambda: os.environ.get("DW_LAKE", DEFAULT_LAKE))
+    # Read when the resource is built; the code location passes dagster.EnvVar instead when set
+    # (definitions.location_resources), so the UI shows the variable.
+    root: str = Field(default_factory=lambda: settings.get("DW_LAKE"))
     s3_endpoint_url: str | None = Field(
-        default_factory=lambda: os.environ.get("DW_S3_ENDPOINT_URL"),
+        default_factory=lambda: settings.get("DW_S3_ENDPOINT_URL"),
         description="S3-compatible endpoint (MinIO, moto); None means AWS.",
     )
 

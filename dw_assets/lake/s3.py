@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from dw_assets import settings as dw_settings
 from dw_assets.lake.storage import LakeError, split_s3
 
 ENDPOINT_ENV = "DW_S3_ENDPOINT_URL"
@@ -67,7 +68,7 @@ class S3Settings:
     @classmethod
     def from_env(cls, endpoint_url: str | None = None) -> S3Settings:
         """The environment's settings; ``endpoint_url`` (e.g. the lake resource's) overrides ``DW_S3_ENDPOINT_URL``."""
-        endpoint = endpoint_url or os.environ.get(ENDPOINT_ENV) or None
+        endpoint = endpoint_url or dw_settings.get(ENDPOINT_ENV)
         if endpoint and "@" in endpoint.partition("://")[2]:
             raise S3ConfigError(f"{ENDPOINT_ENV} carries credentials: remove them and set AWS_ACCESS_KEY_ID / "
                                 "AWS_SECRET_ACCESS_KEY instead")

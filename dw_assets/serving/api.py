@@ -57,6 +57,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from dw_assets import settings
 from dw_assets.serving.stores import (
     MAX_USER_ID,
     PlaylistStore,
@@ -74,7 +75,8 @@ RATE_LIMIT_BURST_ENV = "DW_RATE_LIMIT_BURST"
 GC_FREEZE_ENV = "DW_GC_FREEZE"
 RETRY_AFTER_ENV = "DW_RETRY_AFTER_S"
 
-DEFAULT_RATE_LIMIT_RPS = 2000.0  # per client IP and worker process; far above one app's real use
+# Per client IP and worker process; far above one app's real use.
+DEFAULT_RATE_LIMIT_RPS = settings.setting(RATE_LIMIT_RPS_ENV).default
 BURST_SECONDS = 2.0  # default bucket size: this many seconds of the rate
 MAX_TARGET_BYTES = 512  # path + query; the longest valid request target is ~60 bytes
 MAX_HEADER_BYTES = 8192
@@ -484,31 +486,18 @@ def create_app(store_url: str, *, store: PlaylistStore | None = None, retry_afte
     return app
 
 
-def _env_number(name: str, default: float | None) -> float | None:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {raw!r}")
-    return value
-
-
 def app_from_env() -> FastAPI:
     """uvicorn factory (``--factory``): the API over the store URL in ``DW_STORE_URL``, with
     ``DW_ADMIN_TOKEN`` (unset: no admin routes), ``DW_RATE_LIMIT_RPS`` (default 2000 per client IP
     and worker; 0 turns it off), ``DW_RATE_LIMIT_BURST`` (default 2 s of the rate) ``DW_RETRY_AFTER_S`` (1) and ``DW_GC_FREEZE`` (default 1; 0 leaves the collector as Python sets it)."""
-    url = os.environ.get(STORE_URL_ENV)
+    url = settings.get(STORE_URL_ENV)
     if not url:
         raise RuntimeError(f"set {STORE_URL_ENV} to the playlist store URL, e.g. sqlite:///data/demo/serving.db")
-    return create_app(url, retry_after_s=int(_env_number(RETRY_AFTER_ENV, 1)),
-                      admin_token=os.environ.get(ADMIN_TOKEN_ENV),
-                      rate_limit_rps=_env_number(RATE_LIMIT_RPS_ENV, DEFAULT_RATE_LIMIT_RPS),
-                      rate_limit_burst=_env_number(RATE_LIMIT_BURST_ENV, None),
-                      freeze_gc=os.environ.get(GC_FREEZE_ENV, "1").strip() != "0")
+    return create_app(url, retry_after_s=int(settings.get(RETRY_AFTER_ENV)),
+                      admin_token=settings.get(ADMIN_TOKEN_ENV),
+                      rate_limit_rps=settings.get(RATE_LIMIT_RPS_ENV),
+                      rate_limit_burst=settings.get(RATE_LIMIT_BURST_ENV),
+                      freeze_gc=settings.get(GC_FREEZE_ENV))
 
 
 def serve(store_url: str, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,

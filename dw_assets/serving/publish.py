@@ -70,6 +70,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dw_assets import settings as dw_settings
 from dw_assets.lake.driver_guard import bounded, to_driver
 from dw_assets.serving.stores import (
     MAX_POSITION,
@@ -324,7 +325,7 @@ def _partition_writer(store: PlaylistStore, week: str, version: str,
 
     The driver's store credentials travel inside the task (never in Spark conf, logs or the event
     log), so executors need no secret of their own and use the one the driver checked."""
-    credentials = {name: os.environ[name] for name in STORE_CREDENTIALS if os.environ.get(name)}
+    credentials = {name: value for name in STORE_CREDENTIALS if (value := dw_settings.get(name))}
 
     def write(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         os.environ.update(credentials)

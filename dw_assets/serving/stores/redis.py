@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import os
 import re
 import threading
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from dw_assets import settings as dw_settings
 from dw_assets.serving.stores.codec import check_week, new_version
 from dw_assets.serving.stores.contract import (
     CURRENT_WEEK,
@@ -114,7 +114,7 @@ class RedisStore(RegistryCachedStore):
                 client = self._clients.get(role)
                 if client is None:
                     client = self._clients[role] = redis.Redis(
-                        host=self.host, port=self.port, db=self.db, password=os.environ.get("DW_REDIS_PASSWORD"),
+                        host=self.host, port=self.port, db=self.db, password=dw_settings.get("DW_REDIS_PASSWORD"),
                         ssl=self.ssl, socket_timeout=timeout, socket_connect_timeout=min(timeout, 5.0),
                         # One immediate retry on a fresh connection (a pooled socket may predate a
                         # server restart), then fail fast: the API answers 503 and the client retries.
@@ -130,7 +130,7 @@ class RedisStore(RegistryCachedStore):
             from redis.backoff import NoBackoff
 
             self._async_client = (loop, redis.asyncio.Redis(
-                host=self.host, port=self.port, db=self.db, password=os.environ.get("DW_REDIS_PASSWORD"),
+                host=self.host, port=self.port, db=self.db, password=dw_settings.get("DW_REDIS_PASSWORD"),
                 ssl=self.ssl, socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s,
                 retry=Retry(NoBackoff(), 1), health_check_interval=0))
         return self._async_client[1]

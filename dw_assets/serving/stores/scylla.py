@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import os
 import re
 import threading
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from dw_assets import settings as dw_settings
 from dw_assets.serving.stores.codec import WEEK_S, check_week, new_version
 from dw_assets.serving.stores.contract import (
     CURRENT_WEEK,
@@ -228,8 +228,8 @@ class ScyllaStore(RegistryCachedStore):
                 load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=s.local_dc or "")),
                 consistency_level=level, request_timeout=timeout, row_factory=tuple_factory)
 
-        username = os.environ.get("DW_SCYLLA_USERNAME")
-        auth = PlainTextAuthProvider(username, os.environ.get("DW_SCYLLA_PASSWORD", "")) if username else None
+        username = dw_settings.get("DW_SCYLLA_USERNAME")
+        auth = PlainTextAuthProvider(username, dw_settings.get("DW_SCYLLA_PASSWORD") or "") if username else None
         return {
             "contact_points": list(s.hosts), "port": s.port, "auth_provider": auth,
             "execution_profiles": {EXEC_PROFILE_DEFAULT: profile(s.timeout_s), "write": profile(s.write_timeout_s),

@@ -131,3 +131,24 @@ def test_what_the_run_config_cannot_hold_is_refused_naming_the_field():
 def test_domain_configs_are_dagster_configs():
     for config_class in CLASSES:
         assert issubclass(config_class, DomainConfig) and issubclass(config_class, Config)
+
+
+def test_typed_run_config_of_every_asset_config_is_valid_for_the_weekly_job():
+    """What `dw ab` and the runner pass (``RunConfig`` of Config objects, every field filled, tuples as
+    lists, None where a field is optional) is what the job's config schema takes."""
+    from dagster import validate_run_config
+
+    from dw_assets.automation.runner import op_config
+    from dw_assets.definitions import defs
+
+    job = defs.resolve_job_def("weekly_discover_job")
+    typed = RunConfig(ops={
+        "item2vec_embeddings": Item2VecAssetConfig(epochs=2), "audio_embeddings": AudioAssetConfig(channels=[8, 16]),
+        "two_tower_model": TwoTowerAssetConfig(max_examples=None), "tower_embeddings": TrackEmbeddingsConfig(),
+        "raw_play_events": RawPlayEventsConfig(), "interactions": InteractionsConfig(), "user_profiles": UserProfilesConfig(),
+        "ranker_model": RankerAssetConfig(outcome_values=[0, 1, 2, 3, 4]), "ranked_playlists": PlaylistsConfig(),
+        "published_playlists": PublishConfig(keep_weeks=3)})
+    ops = op_config(typed)
+    assert ops["item2vec_embeddings"]["config"]["epochs"] == 2
+    assert op_config({"x": {"config": {"epochs": 1}}}) == {"x": {"config": {"epochs": 1}}}  # dicts still work
+    assert validate_run_config(job, {"ops": ops})

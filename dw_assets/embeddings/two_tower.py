@@ -7,11 +7,14 @@ embedding + projected audio CNN vector + artist and genre embeddings +
 popularity inputs -> MLP -> ``dim``, L2-normalised. The track id table is
 shared by both towers, so the history speaks the items' language.
 
-Loss: sampled softmax over in-batch negatives, ``logit_ij = u_i.v_j / T``,
+Loss: sampled softmax over in-batch negatives, ``logit_ij = (u_i.v_j + b_j) / T``,
 with the logQ correction ``logit_ij - log q_j`` applied to every in-batch
 column, the positive's own included (Yi et al. 2019), plus the user's early
-skips as extra (weighted) softmax columns; each example weighs its graded
-interaction weight. Serving scores are the raw ``u.v``.
+skips as extra (weighted) softmax columns and ``uniform_negatives`` tracks
+drawn uniformly from the whole catalog (mixed negative sampling, Yang et al.
+2020: the only negatives a never-played track can be); each example weighs
+its graded interaction weight. ``b_j`` is the popularity term (below; 0 when
+``popularity_term`` is off, and the popularity inputs then enter the item MLP).
 
 What logQ does to popularity: in-batch candidates are drawn in proportion to
 how often tracks are liked, so without the correction the softmax learns
@@ -20,10 +23,26 @@ tracks; with it the model learns ``log P(track | user)``. The correction
 raises recall and moves the popularity of what is retrieved up, toward that
 of what users really like next; it does not lower it.
 
-Cold start: tracks never played get their id row set to the
-similarity-weighted mean id of their nearest played "anchor" tracks in audio
-space (``warm_start_cold_tracks``), so they sit where similar-sounding played
-tracks sit.
+Popularity out of the dot product (``popularity_term``): the item MLP does not
+see the popularity inputs; ``b(track) = linear(popularity inputs)`` is added to
+the score, so ``v`` carries taste only and popularity has one knob. Serving
+scores ``u.v + w * b`` (``popularity_weight``), folded into one inner product:
+``track_vectors()`` are ``[v, w b]`` and ``user_vectors()`` ``[u, 1]`` (``dim + 1``
+wide; the first ``dim`` entries are the unit tower outputs). The weight sits on
+the per-track side, so changing it at serving rewrites the track vectors (on the
+driver) and never the user table (500 M rows at the target).
+
+Cold start, inside the towers: tracks never played get their id row set to
+the similarity-weighted mean id of their k nearest played "anchor" tracks in
+audio space (``warm_start_cold_tracks``; the neighbours come from
+``audio_anchor_neighbours``). Training shows the item tower that same input
+(DropoutNet, Volkovs et al. 2017): for an ``id_dropout`` share of the played
+items of each batch the id embedding is replaced by its warm start (self
+excluded) and the popularity inputs by a cold track's, and an
+``artist_dropout`` share loses its artist; items never played in training
+(uniform negatives, hard negatives) always go through their warm start, as
+at serving. So a cold track is scored by a tower trained on such inputs, not
+by one that only ever saw learnt ids.
 """
 
 from __future__ import annotations
@@ -54,6 +73,7 @@ from dw_assets.embeddings.two_tower_data import (
     sampling_probability,
     training_sample,
 )
+from dw_assets.evaluation.holdout import recall_of_lists
 
 __all__ = [
     "Examples",
@@ -69,6 +89,8 @@ __all__ = [
     "train_two_tower",
     "training_sample",
     "warm_start_cold_tracks",
+    "audio_anchor_neighbours",
+    "cold_popularity",
 ]
 
 ARTIST_DIM = 16
@@ -80,6 +102,10 @@ SCORE_CHUNK_USERS = 1024
 VECTOR_CHUNK = 65_536
 USER_CHUNK = 1024  # users per user-tower call, padded to this many (see encode_users)
 FIXED_ZIP_TIME = (2020, 1, 1, 0, 0, 0)
+AGE_INPUT = POPULARITY_INPUTS.index("log_age")  # the one popularity input a never-played track has
+# Models written before a config field existed were trained without it: load them as they were trained.
+LEGACY_CONFIG = {"id_dropout": 0.0, "artist_dropout": 0.0, "uniform_negatives": 0, "popularity_term": False,
+                 "popularity_weight": 1.0}
 
 
 def device() -> torch.device:
@@ -97,14 +123,20 @@ class TwoTowerModel(nn.Module):
         self.temperature = config.temperature
         self.half_life_days = config.recency_half_life_days
         self.history_len = config.history_len
+        self.popularity_weight = config.popularity_weight
         self.track_id = nn.Embedding(n_tracks, config.id_dim)
         self.audio = nn.Linear(d_audio + 1, config.id_dim)  # + missing flag
         self.artist = nn.Embedding(len(features.artist_ids), ARTIST_DIM, padding_idx=0)
         self.genre = nn.Embedding(n_genres, GENRE_DIM, padding_idx=0)
         self.country = nn.Embedding(len(features.countries), COUNTRY_DIM, padding_idx=0)
         self.birth = nn.Embedding(BIRTH_BUCKETS + 1, BIRTH_DIM, padding_idx=0)
-        item_in = 2 * config.id_dim + ARTIST_DIM + GENRE_DIM + n_popularity
+        item_in = 2 * config.id_dim + ARTIST_DIM + GENRE_DIM + (0 if config.popularity_term else n_popularity)
         self.item_mlp = nn.Sequential(nn.Linear(item_in, config.hidden), nn.ReLU(), nn.Linear(config.hidden, config.dim))
+        # b(track): starts at 0, so the first steps train taste as the plain model does.
+        self.popularity = nn.Linear(n_popularity, 1) if config.popularity_term else None
+        if self.popularity is not None:
+            nn.init.zeros_(self.popularity.weight)
+            nn.init.zeros_(self.popularity.bias)
         user_in = 4 * config.id_dim + n_genres + COUNTRY_DIM + BIRTH_DIM + 1
         self.user_mlp = nn.Sequential(nn.Linear(user_in, config.hidden), nn.ReLU(), nn.Linear(config.hidden, config.dim))
         nn.init.normal_(self.track_id.weight, std=INIT_STD)
@@ -115,6 +147,11 @@ class TwoTowerModel(nn.Module):
         self.register_buffer("track_artist", torch.zeros(n_tracks, dtype=torch.long), persistent=False)
         self.register_buffer("track_genre", torch.zeros(n_tracks, dtype=torch.long), persistent=False)
         self.register_buffer("track_popularity", torch.zeros(n_tracks, n_popularity), persistent=False)
+        # Training only (``set_warm_starts``): each track's audio anchors and weights, and which tracks have
+        # a learnt id. Empty: every item reads its own id row.
+        self.register_buffer("warm_rows", torch.zeros(0, 0, dtype=torch.long), persistent=False)
+        self.register_buffer("warm_weights", torch.zeros(0, 0), persistent=False)
+        self.register_buffer("learnt_id", torch.zeros(0, dtype=torch.bool), persistent=False)
         self.set_track_inputs(features)
 
     def set_track_inputs(self, features: FeatureSpace, popularity: np.ndarray | None = None) -> None:
@@ -133,22 +170,76 @@ class TwoTowerModel(nn.Module):
         pop = features.track_popularity if popularity is None else popularity
         self.track_popularity = torch.as_tensor(pop, dtype=torch.float32, device=dev)
 
-    def _item_parts(self, rows: torch.Tensor) -> torch.Tensor:
-        """[..., 2 * id_dim] id embedding and projected audio of track rows."""
-        return torch.cat([self.track_id(rows), self.audio(self.track_audio[rows])], dim=-1)
+    def encode_items(
+        self,
+        id_vectors: torch.Tensor,
+        audio_inputs: torch.Tensor,
+        artist_rows: torch.Tensor,
+        genre_rows: torch.Tensor,
+        popularity: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(v float32[..., dim] unit, b float32[...]) from item-tower inputs: the one item function, for
+        catalog rows, warm starts and tracks outside the catalog (``incremental.warm_start_from_audio``).
+
+        ``id_vectors``: [..., id_dim]; ``audio_inputs``: [..., d_audio + 1] standardized audio and the missing
+        flag; ``artist_rows`` / ``genre_rows``: int64[...] (0 = unknown); ``popularity``: [..., 3]
+        ``POPULARITY_INPUTS`` (a never-played track: ``cold_popularity``). b is 0 without ``popularity_term``.
+        """
+        parts = [id_vectors, self.audio(audio_inputs), self.artist(artist_rows), self.genre(genre_rows)]
+        if self.popularity is None:
+            parts.append(popularity)
+        v = F.normalize(self.item_mlp(torch.cat(parts, dim=-1)), dim=-1)
+        b = self.popularity(popularity).squeeze(-1) if self.popularity is not None else v.new_zeros(v.shape[:-1])
+        return v, b
+
+    def item_parts(
+        self, rows: torch.Tensor, drop_id: torch.Tensor | None = None, drop_artist: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(v, b) of track rows. ``drop_id`` / ``drop_artist``: bool[...] items shown as a cold track /
+        without artist (training's dropout). Once ``set_warm_starts`` ran, rows without a learnt id always
+        read their warm start, as at serving (``warm_start_cold_tracks``)."""
+        ids = self.track_id(rows)
+        popularity = self.track_popularity[rows]
+        if len(self.learnt_id):
+            has_warm = self.warm_weights[rows].sum(-1) > 0  # tracks without audio keep their id row
+            drop = drop_id & has_warm if drop_id is not None else torch.zeros_like(has_warm)
+            ids = torch.where(((~self.learnt_id[rows] & has_warm) | drop)[..., None], self.warm_start_ids(rows), ids)
+            popularity = torch.where(drop[..., None], cold_popularity(popularity), popularity)
+        artist = self.track_artist[rows]
+        if drop_artist is not None:
+            artist = artist.masked_fill(drop_artist, 0)
+        return self.encode_items(ids, self.track_audio[rows], artist, self.track_genre[rows], popularity)
 
     def item_vectors(self, rows: torch.Tensor) -> torch.Tensor:
-        """float32[..., dim] L2-normalised item vectors of track rows."""
-        x = torch.cat(
-            [
-                self._item_parts(rows),
-                self.artist(self.track_artist[rows]),
-                self.genre(self.track_genre[rows]),
-                self.track_popularity[rows],
-            ],
-            dim=-1,
-        )
-        return F.normalize(self.item_mlp(x), dim=-1)
+        """float32[..., dim] L2-normalised item vectors of track rows (the taste part, without b)."""
+        return self.item_parts(rows)[0]
+
+    def serving_item_vectors(self, rows: torch.Tensor) -> torch.Tensor:
+        """What the index holds for track rows (``serve_items``)."""
+        return self.serve_items(*self.item_parts(rows))
+
+    def serve_items(self, v: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """[v, w b] with ``popularity_term`` (w = ``popularity_weight``; the inner product with [u, 1] is
+        u.v + w b), else v."""
+        return torch.cat([v, self.popularity_weight * b[..., None]], dim=-1) if self.popularity is not None else v
+
+    def serving_user_vectors(self, users: torch.Tensor) -> torch.Tensor:
+        """[u, 1] with ``popularity_term``, else u."""
+        if self.popularity is None:
+            return users
+        return torch.cat([users, users.new_ones((*users.shape[:-1], 1))], dim=-1)
+
+    def set_warm_starts(self, rows: np.ndarray, weights: np.ndarray, learnt: np.ndarray) -> None:
+        """Training's warm starts: ``rows`` int64[n_tracks, k] anchor rows, ``weights`` float32[n_tracks, k]
+        (rows sum to 1; all 0: no warm start, no audio), ``learnt`` bool[n_tracks] tracks with a learnt id."""
+        dev = self.track_id.weight.device
+        self.warm_rows = torch.as_tensor(rows, dtype=torch.long, device=dev)
+        self.warm_weights = torch.as_tensor(weights, dtype=torch.float32, device=dev)
+        self.learnt_id = torch.as_tensor(learnt, dtype=torch.bool, device=dev)
+
+    def warm_start_ids(self, rows: torch.Tensor) -> torch.Tensor:
+        """[..., id_dim] the similarity-weighted mean id of each row's anchors (``set_warm_starts``)."""
+        return weighted_ids(self.track_id.weight, self.warm_rows[rows], self.warm_weights[rows])
 
     def user_vectors(
         self,
@@ -191,6 +282,14 @@ class TwoTowerModel(nn.Module):
         return torch.cat(parts) if parts else torch.zeros(0, self.user_mlp[-1].out_features, device=dev)
 
 
+def cold_popularity(popularity: torch.Tensor) -> torch.Tensor:
+    """The popularity inputs of a never-played track (``popularity_inputs`` of 0 listeners and 0 plays):
+    listeners percentile 0, log plays 0, its own age."""
+    out = torch.zeros_like(popularity)
+    out[..., AGE_INPUT] = popularity[..., AGE_INPUT]
+    return out
+
+
 def _pad_rows(values: np.ndarray, rows: int) -> np.ndarray:
     """``values`` with zero rows appended up to ``rows`` (a padded user has an empty history: -1 tracks)."""
     if len(values) == rows:
@@ -218,13 +317,16 @@ class TrainedTwoTower:
 
     @torch.no_grad()
     def track_vectors(self) -> tuple[np.ndarray, np.ndarray]:
-        """(track_ids int64[n], vectors float32[n, dim]) for every catalog track, cold ones included."""
+        """(track_ids int64[n], vectors float32[n, dim (+ 1)]) for every catalog track, cold ones included:
+        the serving vectors, [v, w b] with ``popularity_term`` (the module docstring; w =
+        ``model.popularity_weight``, the config's unless a serving setting replaced it)."""
         vectors = all_item_vectors(self.model).cpu().numpy()
         return self.features.track_ids.copy(), vectors.astype(np.float32)
 
     @torch.no_grad()
     def user_vectors(self, user_profiles) -> tuple[np.ndarray, np.ndarray]:
-        """(user_ids int64[m], vectors float32[m, dim]) for the profiles' users with any listening.
+        """(user_ids int64[m], vectors float32[m, dim (+ 1)]) for the profiles' users with any listening:
+        [u, 1] with ``popularity_term``, so [u, 1].[v, w b] = u.v + w b.
 
         A user with events but no known positive track gets a vector from genre shares and
         demographics alone (the tower saw such empty histories in training: a user's first
@@ -235,7 +337,7 @@ class TrainedTwoTower:
         ids = user_profiles["user_id"].to_numpy(dtype=np.int64)
         listened = user_profiles["events"].to_numpy() > 0 if "events" in user_profiles else False
         keep = np.flatnonzero((users.history_length > 0) | listened)
-        vectors = self.model.encode_users(users.take(keep)).cpu().numpy()
+        vectors = self.model.serving_user_vectors(self.model.encode_users(users.take(keep))).cpu().numpy()
         return ids[keep], vectors.astype(np.float32)
 
     def to_bytes(self) -> bytes:
@@ -265,7 +367,7 @@ class TrainedTwoTower:
             state = torch.load(io.BytesIO(zf.read("model.pt")), map_location="cpu", weights_only=True)
         trained_tracks = arrays.pop("trained_tracks", None)
         features = FeatureSpace.from_arrays(arrays, meta["features"])
-        config = TwoTowerConfig(**meta["config"])
+        config = TwoTowerConfig(**{**LEGACY_CONFIG, **meta["config"]})
         model = TwoTowerModel(features, config)
         model.load_state_dict(state)
         model = model.to(device()).eval()
@@ -309,16 +411,6 @@ def retrieve(
     return np.concatenate(out) if out else np.zeros((0, k), dtype=np.int64)
 
 
-def recall_at_k(top: np.ndarray, target_ptr: np.ndarray, target_tracks: np.ndarray) -> float:
-    """Mean over users of |top-k ∩ targets| / |targets| (users without targets skipped)."""
-    n_targets = np.diff(target_ptr)
-    owner = np.repeat(np.arange(len(n_targets)), n_targets)
-    hits = (top[owner] == target_tracks[:, None]).any(axis=1)
-    per_user = np.bincount(owner, weights=hits, minlength=len(n_targets))
-    has = n_targets > 0
-    return float((per_user[has] / n_targets[has]).mean()) if has.any() else float("nan")
-
-
 def popularity_concentration(top: np.ndarray, percentile: np.ndarray) -> dict:
     """Popularity of retrieved tracks: mean listeners percentile and share from the top 10 % most popular."""
     pct = percentile[top]
@@ -331,21 +423,23 @@ def _validation_users(examples: Examples) -> UserFeatures:
 
 @torch.no_grad()
 def all_item_vectors(model: TwoTowerModel) -> torch.Tensor:
-    """float32[n_tracks, dim] item vectors of every track row, on the model's device."""
+    """float32[n_tracks, dim (+ 1)] serving item vectors of every track row, on the model's device."""
     model.eval()
     dev, n = model.track_id.weight.device, model.track_id.num_embeddings
-    parts = [model.item_vectors(torch.arange(s, min(s + VECTOR_CHUNK, n), device=dev))
+    parts = [model.serving_item_vectors(torch.arange(s, min(s + VECTOR_CHUNK, n), device=dev))
              for s in range(0, n, VECTOR_CHUNK)]
-    return torch.cat(parts) if parts else torch.zeros(0, model.item_mlp[-1].out_features, device=dev)
+    width = model.item_mlp[-1].out_features + (model.popularity is not None)
+    return torch.cat(parts) if parts else torch.zeros(0, width, device=dev)
 
 
 @torch.no_grad()
 def evaluate_retrieval(model: TwoTowerModel, examples: Examples, k: int) -> dict:
-    """Exact full-catalog recall@k for the validation users, and the popularity of what was retrieved."""
+    """Exact full-catalog recall@k for the validation users (the serving score), and the popularity of
+    what was retrieved."""
     tracks = all_item_vectors(model)
-    users = model.encode_users(_validation_users(examples))
+    users = model.serving_user_vectors(model.encode_users(_validation_users(examples)))
     top = retrieve(users, tracks, examples.validation_seen_ptr, examples.validation_seen_tracks, k)
-    recall = recall_at_k(top, examples.validation_target_ptr, examples.validation_target_tracks)
+    recall = recall_of_lists(top, examples.validation_target_ptr, examples.validation_target_tracks)["recall"]
     return {"recall": recall, **popularity_concentration(top, examples.train_popularity_percentile)}
 
 
@@ -356,7 +450,7 @@ def baseline_recall(examples: Examples, n_tracks: int, k: int) -> dict:
     seen = np.diff(examples.validation_seen_ptr)
     random = np.minimum(k / np.maximum(n_tracks - seen, 1), 1.0)
     return {
-        "popularity": recall_at_k(top, examples.validation_target_ptr, examples.validation_target_tracks),
+        "popularity": recall_of_lists(top, examples.validation_target_ptr, examples.validation_target_tracks)["recall"],
         "popularity_concentration": popularity_concentration(top, examples.train_popularity_percentile),
         "random": float(random.mean()) if len(random) else float("nan"),
         # What validation users really went on to like: the popularity retrieval should aim at.
@@ -396,30 +490,74 @@ def batch_loss(
     hard_negatives: torch.Tensor | None,
     log_q: torch.Tensor | None,
     config: TwoTowerConfig,
+    uniform: torch.Tensor | None = None,
+    dropout: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Weighted sampled-softmax loss of one batch.
 
     ``users``: float32[B, dim] user vectors; ``positives``: int64[B] track rows;
     ``user_ids``: int64[B] (a user's other in-batch positives are not negatives);
     ``hard_negatives``: int64[B, H] track rows or -1; ``log_q``: float32[n_tracks]
-    log sampling probability, subtracted from every in-batch logit, positive included.
+    log probability that one in-batch draw is the track. ``uniform``: int64[M] catalog
+    rows drawn uniformly, extra columns shared by every example. The sample then
+    holds each track ``B q_j + M / n_tracks`` times in expectation, and every column
+    (positive, in-batch, uniform) subtracts the log of that, less the constant log B:
+    ``logaddexp(log q_j, log(M / (B n)))`` (plain ``log q_j`` without uniform columns).
+    ``dropout``: bool masks (drop_id, drop_artist) over the batch's items in the order
+    positives, hard negatives (row-major), uniform (``TwoTowerModel.item_parts``).
     """
-    items = model.item_vectors(positives)
-    logits = users @ items.T / config.temperature
-    if log_q is not None:
-        logits = logits - log_q[positives][None, :]
     b = len(positives)
+    hard_rows = hard_negatives.clamp(min=0).reshape(-1) if hard_negatives is not None else positives[:0]
+    uniform = positives[:0] if uniform is None else uniform
+    v, bias = _item_parts(model, torch.cat([positives, hard_rows, uniform]), dropout)
+    correction = None
+    if log_q is not None:
+        correction = log_q if len(uniform) == 0 else torch.logaddexp(
+            log_q, torch.tensor(np.log(len(uniform) / (b * len(log_q))), dtype=log_q.dtype, device=log_q.device))
+    logits = (users @ v[:b].T + bias[None, :b]) / config.temperature
+    if correction is not None:
+        logits = logits - correction[positives][None, :]
     eye = torch.eye(b, dtype=torch.bool, device=logits.device)
     # Duplicates of the positive track, and the same user's other positives, are not negatives.
     collide = (positives[:, None] == positives[None, :]) | (user_ids[:, None] == user_ids[None, :])
     logits = logits.masked_fill(collide & ~eye, -torch.inf)
-    if hard_negatives is not None and hard_negatives.shape[1] > 0:
+    columns = [logits]
+    if len(hard_rows):
         valid = hard_negatives >= 0
-        neg = model.item_vectors(hard_negatives.clamp(min=0))
-        hard = (users[:, None, :] * neg).sum(-1) / config.temperature + np.log(max(config.hard_negative_weight, 1e-12))
-        logits = torch.cat([logits, hard.masked_fill(~valid, -torch.inf)], dim=1)
-    per_example = F.cross_entropy(logits, torch.arange(b, device=logits.device), reduction="none")
+        hv, hb = v[b : b + len(hard_rows)].view(b, -1, v.shape[-1]), bias[b : b + len(hard_rows)].view(b, -1)
+        hard = ((users[:, None, :] * hv).sum(-1) + hb) / config.temperature
+        hard = hard + np.log(max(config.hard_negative_weight, 1e-12))
+        columns.append(hard.masked_fill(~valid, -torch.inf))
+    if len(uniform):
+        u = (users @ v[b + len(hard_rows) :].T + bias[None, b + len(hard_rows) :]) / config.temperature
+        if correction is not None:
+            u = u - correction[uniform][None, :]
+        columns.append(u.masked_fill(uniform[None, :] == positives[:, None], -torch.inf))  # a draw of the positive
+    per_example = F.cross_entropy(torch.cat(columns, dim=1), torch.arange(b, device=logits.device), reduction="none")
     return (per_example * weights).sum() / weights.sum().clamp(min=1e-12)
+
+
+def uniform_negatives(rng: np.random.Generator, n_tracks: int, m: int, dev=None) -> torch.Tensor | None:
+    """int64[m] catalog rows drawn uniformly with replacement (never-played tracks and new releases as likely
+    as any); None when m = 0 (no draw: the generator's stream is as without the option)."""
+    return torch.as_tensor(rng.integers(0, n_tracks, m), device=dev) if m else None
+
+
+def dropout_masks(rng: np.random.Generator, n_items: int, config: TwoTowerConfig, dev=None):
+    """(drop_id, drop_artist) bool[n_items], independent draws at ``id_dropout`` / ``artist_dropout``; None
+    when both are 0. Drawn on the host by the seeded numpy generator, so every device trains the same."""
+    if config.id_dropout == 0 and config.artist_dropout == 0:
+        return None
+    return (torch.as_tensor(rng.random(n_items) < config.id_dropout, device=dev),
+            torch.as_tensor(rng.random(n_items) < config.artist_dropout, device=dev))
+
+
+def _item_parts(model, rows: torch.Tensor, dropout) -> tuple[torch.Tensor, torch.Tensor]:
+    """(v, b) of ``rows``; a model with item vectors only (no popularity term, no dropout) has b = 0."""
+    if isinstance(model, TwoTowerModel):
+        return model.item_parts(rows, *(dropout if dropout is not None else (None, None)))
+    v = model.item_vectors(rows)
+    return v, v.new_zeros(v.shape[:-1])
 
 
 def train_two_tower(features: FeatureSpace, examples: Examples, config: TwoTowerConfig) -> TrainedTwoTower:
@@ -458,6 +596,9 @@ def _train(features: FeatureSpace, examples: Examples, config: TwoTowerConfig) -
     user_t = torch.as_tensor(train.user, device=dev)
     weight_t = torch.as_tensor(train.weight, dtype=torch.float32, device=dev)
     h = config.hard_negatives_per_example if len(examples.hard_negative_tracks) else 0
+    learnt = np.bincount(train.track, minlength=features.n_tracks) > 0
+    cold_start = _cold_start_report(model, features, learnt, config, dev)
+    m = config.uniform_negatives
 
     report: dict = {
         "device": str(dev),
@@ -469,6 +610,7 @@ def _train(features: FeatureSpace, examples: Examples, config: TwoTowerConfig) -
         "loss": [],
         f"val_recall@{config.recall_k}": [],
         "baselines": baseline_recall(examples, features.n_tracks, config.recall_k),
+        "cold_start": cold_start,
     }
     seconds = validation_seconds = 0.0
     final: dict = {}
@@ -484,8 +626,10 @@ def _train(features: FeatureSpace, examples: Examples, config: TwoTowerConfig) -
             if len(idx) < 2:
                 continue
             users = model.user_vectors(*(t[state_t[idx]] for t in state_tensors))
+            uniform = uniform_negatives(rng, features.n_tracks, m, dev)
+            dropout = dropout_masks(rng, len(idx) * (1 + h) + m, config, dev)
             loss = batch_loss(model, users, track_t[idx], user_t[idx], weight_t[idx],
-                              hard_all[idx] if h else None, log_q, config)
+                              hard_all[idx] if h else None, log_q, config, uniform, dropout)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -519,10 +663,34 @@ def _train(features: FeatureSpace, examples: Examples, config: TwoTowerConfig) -
         }
     )
     model.set_track_inputs(features)  # serve with the whole window's popularity
-    model.eval()
-    trained_tracks = np.bincount(train.track, minlength=features.n_tracks) > 0
+    model.set_warm_starts(np.zeros((0, 0), np.int64), np.zeros((0, 0), np.float32), np.zeros(0, bool))
+    model.eval()  # serving warm-starts cold and unlearnt ids in the table itself (warm_start_cold_tracks)
     return TrainedTwoTower(model=model, features=features, config=config, report=_plain(report),
-                           trained_tracks=trained_tracks)
+                           trained_tracks=learnt)
+
+
+def _reads_warm_starts(config: TwoTowerConfig) -> bool:
+    """Whether training showed every item without a learnt id through its warm start (then serving must)."""
+    return config.id_dropout > 0 or config.uniform_negatives > 0
+
+
+def _cold_start_report(model: TwoTowerModel, features: FeatureSpace, learnt: np.ndarray, config: TwoTowerConfig,
+                       dev: torch.device) -> dict:
+    """Precompute every track's warm start for training (``set_warm_starts``): audio vectors are fixed, so
+    the k anchors and weights of a track are found once (exact top-k in chunks, per genre pool; at 100 M
+    tracks: int64 + float32 [n_tracks, k] = 1.2 GB at k = 10, and the search wants an ANN over anchors)."""
+    if not _reads_warm_starts(config):
+        return {"warm_starts": False}
+    anchors = np.flatnonzero(learnt & ~features.track_is_cold & ~features.track_audio_missing)
+    found = audio_anchor_neighbours(features, anchors, np.arange(features.n_tracks), config.cold_neighbours, dev)
+    k = found.anchors.shape[1]
+    rows = np.zeros((features.n_tracks, k), np.int64)
+    weights = np.zeros((features.n_tracks, k), np.float32)
+    rows[found.rows], weights[found.rows] = found.anchors, found.weights
+    model.set_warm_starts(rows, weights, learnt)
+    return {"warm_starts": True, "anchors": int(len(anchors)), "with_warm_start": int(len(found.rows)),
+            "unlearnt_with_warm_start": int((~learnt[found.rows]).sum()),
+            "mean_neighbour_cosine": float(found.cosine.mean()) if len(found.rows) else float("nan")}
 
 
 def _plain(obj):
@@ -536,59 +704,107 @@ def _plain(obj):
     return obj
 
 
+@dataclass
+class AnchorNeighbours:
+    """Each served track's audio anchors (``audio_anchor_neighbours``)."""
+
+    rows: np.ndarray  # int64[m] the track rows served (those with audio), ascending
+    anchors: np.ndarray  # int64[m, k] anchor track rows (padding: weight 0)
+    weights: np.ndarray  # float32[m, k] each row sums to 1
+    cosine: np.ndarray  # float32[m] mean audio cosine of the neighbours
+    same_genre: np.ndarray  # bool[m] the neighbours come from the track's own genre
+
+
+@torch.no_grad()
+def audio_anchor_neighbours(features: FeatureSpace, anchors: np.ndarray, rows: np.ndarray, k: int,
+                            dev: torch.device | None = None) -> AnchorNeighbours:
+    """The warm-start rule, one function for training and serving: each of ``rows`` with audio gets its k
+    nearest ``anchors`` by audio cosine, itself excluded, from its own genre when that genre has k anchors
+    besides it, else from all anchors; weights = similarities clamped at 0, normalised (all non-positive:
+    equal weights). Exact top-k in chunks of ``SCORE_CHUNK_USERS`` rows against the pool."""
+    anchors = np.sort(np.asarray(anchors, dtype=np.int64))
+    rows = np.asarray(rows, dtype=np.int64)
+    rows = np.unique(rows[~features.track_audio_missing[rows]])
+    m, kk = len(rows), max(min(k, len(anchors)), 1)
+    found = AnchorNeighbours(rows, np.zeros((m, kk), np.int64), np.zeros((m, kk), np.float32),
+                             np.full(m, np.nan, np.float32), np.zeros(m, bool))
+    if m == 0 or len(anchors) == 0:
+        return found
+    unit = F.normalize(torch.as_tensor(features.track_audio, device=dev), dim=1)
+    is_anchor = np.zeros(features.n_tracks, bool)
+    is_anchor[anchors] = True
+    anchor_genre, genre = features.track_genre[anchors], features.track_genre[rows]
+    for g in np.unique(genre):
+        for itself in (False, True):  # an anchor's own row is not its neighbour
+            members = np.flatnonzero((genre == g) & (is_anchor[rows] == itself))
+            pool = np.flatnonzero(anchor_genre == g) if g > 0 else np.zeros(0, dtype=np.int64)
+            same = len(pool) - itself >= k
+            if not same:
+                pool = np.arange(len(anchors))
+            take = min(k, len(pool) - itself)
+            if len(members) == 0 or take <= 0:
+                continue
+            found.same_genre[members] = same
+            pool_rows = anchors[pool]
+            pool_unit = unit[torch.as_tensor(pool_rows, device=dev)]
+            for s in range(0, len(members), SCORE_CHUNK_USERS):
+                at = members[s : s + SCORE_CHUNK_USERS]
+                scores = unit[torch.as_tensor(rows[at], device=dev)] @ pool_unit.T
+                if itself:
+                    own = torch.as_tensor(np.searchsorted(pool_rows, rows[at]), device=dev)
+                    scores[torch.arange(len(at), device=dev), own] = -torch.inf
+                top, idx = torch.topk(scores, take, dim=1)
+                w = top.clamp(min=0)
+                w = torch.where(w.sum(1, keepdim=True) > 0, w, torch.ones_like(w))
+                found.anchors[at, :take] = pool_rows[idx.cpu().numpy()]
+                found.weights[at, :take] = (w / w.sum(1, keepdim=True)).cpu().numpy()
+                found.cosine[at] = top.mean(1).cpu().numpy()
+    return found
+
+
+def weighted_ids(table: torch.Tensor, anchors: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """[..., id_dim] sum_k weights * table[anchors]: a warm start's id vector (training and serving)."""
+    return (weights[..., None] * table[anchors]).sum(-2)
+
+
 @torch.no_grad()
 def warm_start_cold_tracks(trained: TrainedTwoTower, cold_track_ids: np.ndarray, k: int) -> dict:
-    """Set each cold track's id row to the similarity-weighted mean id of its k nearest warm anchors in audio space.
+    """Set each cold track's id row to the similarity-weighted mean id of its k nearest warm anchors in audio
+    space (``audio_anchor_neighbours``: the rule training's id dropout applies).
 
-    Anchors: tracks with training positives, readable audio and not cold;
-    taken from the cold track's genre when that genre has at least k of them.
-    Similarity: cosine of the audio vectors, negative similarities count 0
-    (all non-positive: plain mean). Cold tracks without audio fall back to
-    the mean id of their artist's anchors, else their genre's. Returns counts
-    and the mean neighbour similarity. Call after training, before ``track_vectors()``.
+    Anchors: tracks with training positives, readable audio and not cold. A model trained with the cold
+    start options (``id_dropout`` or ``uniform_negatives``) saw every track without a learnt id through its
+    warm start, so those are warm-started too (``untrained_tracks``: e.g. last week's new releases, played
+    only after the training period). Cold tracks without audio fall back to the mean id of their artist's
+    anchors, else their genre's. Returns counts and the mean neighbour similarity. Call after training,
+    before ``track_vectors()``.
     """
     features = trained.features
     rows = features.track_rows(np.asarray(cold_track_ids, dtype=np.int64))
     rows = np.unique(rows[rows >= 0])
+    n_cold = len(rows)
     is_anchor = ~features.track_is_cold & ~features.track_audio_missing
     if trained.trained_tracks is not None:
         is_anchor &= trained.trained_tracks
+        if _reads_warm_starts(trained.config):
+            rows = np.union1d(rows, np.flatnonzero(~trained.trained_tracks))
     is_anchor[rows] = False
     anchors = np.flatnonzero(is_anchor)
-    stats = {"cold_tracks": int(len(rows)), "anchors": int(len(anchors)), "from_audio": 0,
-             "same_genre_neighbours": 0,
+    stats = {"cold_tracks": int(n_cold), "untrained_tracks": int(len(rows) - n_cold), "anchors": int(len(anchors)),
+             "from_audio": 0, "same_genre_neighbours": 0,
              "from_artist": 0, "from_genre": 0, "unchanged": 0, "mean_neighbour_cosine": float("nan")}
     if len(rows) == 0 or len(anchors) == 0:
         stats["unchanged"] = int(len(rows))
         return stats
     table = trained.model.track_id.weight
     dev = table.device
-    audio = torch.as_tensor(features.track_audio, device=dev)
-    unit = F.normalize(audio, dim=1)
-    anchor_unit, anchor_ids = unit[anchors], table[anchors]
-    with_audio = rows[~features.track_audio_missing[rows]]
-    sims = []
-    # Neighbours come from the cold track's own genre (known metadata) when it has k anchors, else from all.
-    anchor_genre = features.track_genre[anchors]
-    for genre in np.unique(features.track_genre[with_audio]):
-        pool = np.flatnonzero(anchor_genre == genre) if genre > 0 else np.zeros(0, dtype=np.int64)
-        if len(pool) < k:
-            pool = np.arange(len(anchors))
-        else:
-            stats["same_genre_neighbours"] += int((features.track_genre[with_audio] == genre).sum())
-        pool_t = torch.as_tensor(pool, device=dev)
-        group = with_audio[features.track_genre[with_audio] == genre]
-        for s in range(0, len(group), SCORE_CHUNK_USERS):
-            chunk = group[s : s + SCORE_CHUNK_USERS]
-            top, idx = torch.topk(unit[chunk] @ anchor_unit[pool_t].T, min(k, len(pool)), dim=1)
-            w = top.clamp(min=0)
-            w = torch.where(w.sum(1, keepdim=True) > 0, w, torch.ones_like(w))
-            neighbours = anchor_ids[pool_t[idx]]
-            table[torch.as_tensor(chunk, device=dev)] = (w[..., None] * neighbours).sum(1) / w.sum(1, keepdim=True)
-            sims.append(top.mean(1).cpu().numpy())
-    stats["from_audio"] = int(len(with_audio))
-    if sims:
-        stats["mean_neighbour_cosine"] = float(np.concatenate(sims).mean())
+    found = audio_anchor_neighbours(features, anchors, rows, k, dev)
+    if len(found.rows):
+        table[torch.as_tensor(found.rows, device=dev)] = weighted_ids(
+            table, torch.as_tensor(found.anchors, device=dev), torch.as_tensor(found.weights, device=dev))
+        stats["mean_neighbour_cosine"] = float(found.cosine.mean())
+    stats["from_audio"] = int(len(found.rows))
+    stats["same_genre_neighbours"] = int(found.same_genre.sum())
     for row in rows[features.track_audio_missing[rows]]:
         for key, group in (("from_artist", features.track_artist), ("from_genre", features.track_genre)):
             same = anchors[group[anchors] == group[row]] if group[row] > 0 else anchors[:0]

@@ -56,8 +56,24 @@ class TwoTowerConfig:
     max_training_users: int = 2_000_000
     max_training_interactions: int = 20_000_000
     seed: int = 7
-    cold_neighbours: int = 10
+    cold_neighbours: int = 10  # k audio anchors of a warm start, at serving and in training (id_dropout)
     recall_k: int = 500
+    # Cold start inside the towers (DropoutNet, Volkovs et al. 2017): each step, this share of the batch's
+    # played items (positives, in-batch and hard negatives alike) is shown as serving shows a cold track:
+    # id embedding -> its audio warm start (``audio_anchor_neighbours``, self excluded), popularity inputs ->
+    # a cold track's (no listeners, no plays, its own age). Items never played in training always are.
+    id_dropout: float = 0.1
+    artist_dropout: float = 0.1  # a separate share shown with the artist unknown (row 0: a debut release)
+    # Mixed negative sampling (Yang et al. 2020): this many tracks per batch drawn uniformly from the whole
+    # catalog (never-played ones and new releases included) join the in-batch negatives as extra columns.
+    # Off: on `tiny` 16-256 of them lowered both cold and overall recall (docs/evaluation.md, "Cold start
+    # inside the two-tower"): never-played tracks are only ever negatives, so the model learns to bury them.
+    uniform_negatives: int = 0
+    # Popularity out of the dot product: the item MLP no longer sees the popularity inputs; an additive
+    # b(track) = linear(popularity inputs) enters the training logits, (u.v + b) / T. Serving scores
+    # u.v + popularity_weight * b, folded into the inner product as item [v, w b], user [u, 1].
+    popularity_term: bool = False
+    popularity_weight: float = 1.0  # 1: the training objective's own weight; 0: no popularity at all
     # torch intra-op threads while training (``threads.torch_threads``): fixed, so every process trains the
     # same floats; 2 = the demo machine's cores (torch's default there). None: the process's setting.
     threads: int | None = 2
@@ -72,6 +88,11 @@ class TwoTowerConfig:
             raise ValueError("temperature and recency_half_life_days must be positive")
         if self.hard_negatives_per_example < 0 or self.hard_negative_weight < 0:
             raise ValueError("hard negatives: count and weight must be >= 0")
+        for name in ("id_dropout", "artist_dropout"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.uniform_negatives < 0:
+            raise ValueError(f"uniform_negatives must be >= 0, got {self.uniform_negatives}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1 (or None), got {self.threads}")
 

@@ -31,8 +31,9 @@ USER_VECTOR_SCHEMA = "user_id long, vector array<float>"
 
 
 def user_embeddings_frame(user_profiles: DataFrame, model_bytes: bytes) -> DataFrame:
-    """user_id, vector (float32[dim], unit norm) for every profile with any listening (as
-    ``TrainedTwoTower.user_vectors``), computed on the executors. Unsorted: sort what you write."""
+    """user_id, vector for every profile with any listening (as ``TrainedTwoTower.user_vectors``: float32[dim]
+    unit norm, or [u, 1] of dim + 1 with the popularity term), computed on the executors. Unsorted: sort what
+    you write."""
     from dw_assets.embeddings.two_tower import TrainedTwoTower
 
     spark = user_profiles.sparkSession

@@ -19,22 +19,40 @@ def discovery_holdout(holdout: pd.DataFrame, history: pd.DataFrame) -> dict[int,
     return {int(u): np.sort(g.to_numpy(np.int64)) for u, g in fresh.groupby("user_id")["track_id"]}
 
 
-def recall_at_k(user_ids: np.ndarray, top: np.ndarray, truth: dict[int, np.ndarray]) -> dict:
-    """Mean per-user recall of ``top`` (int64[n_users, k], -1 padding) over users with holdout positives.
+def recall_of_lists(top: np.ndarray, target_ptr: np.ndarray, target_tracks: np.ndarray) -> dict:
+    """The one batch recall@k: mean over users of |top-k ∩ targets| / |targets| (users without targets
+    skipped), vectorized over the batch.
 
-    Users of ``truth`` missing from ``user_ids`` count with recall 0 (the system had nothing for them).
+    ``top``: [n_users, k] the users' lists (track ids or rows; padding must match no target, e.g. -1);
+    ``target_ptr``: int64[n_users + 1] CSR over the users; ``target_tracks``: [t] their targets, in the same
+    id space as ``top``. Returns recall, users (with targets), hits and k.
     """
-    row_of = {int(u): i for i, u in enumerate(user_ids)}
-    recalls, hits = [], 0
-    for user, liked in truth.items():
-        row = row_of.get(user)
-        found = 0 if row is None else int(np.isin(liked, top[row]).sum())
-        hits += found
-        recalls.append(found / len(liked))
-    return {
-        "recall": float(np.mean(recalls)) if recalls else 0.0,
-        "users": len(recalls),
-        "users_covered": sum(1 for u in truth if u in row_of),
-        "hits": hits,
-        "k": int(top.shape[1]) if top.ndim == 2 else 0,
-    }
+    n_targets = np.diff(np.asarray(target_ptr, dtype=np.int64))
+    owner = np.repeat(np.arange(len(n_targets)), n_targets)
+    top = np.asarray(top)
+    hits = (top[owner] == np.asarray(target_tracks)[:, None]).any(axis=1)
+    per_user = np.bincount(owner, weights=hits, minlength=len(n_targets))
+    has = n_targets > 0
+    return {"recall": float((per_user[has] / n_targets[has]).mean()) if has.any() else float("nan"),
+            "users": int(has.sum()), "hits": int(hits.sum()), "k": int(top.shape[1])}
+
+
+def recall_at_k(user_ids: np.ndarray, top: np.ndarray, truth: dict[int, np.ndarray]) -> dict:
+    """``recall_of_lists`` of ``top`` (int64[n_users, k] track ids, -1 padding; row i = ``user_ids[i]``)
+    against a ``discovery_holdout`` dict, over the users with holdout positives.
+
+    Users of ``truth`` missing from ``user_ids`` count with recall 0 (the system had nothing for them);
+    an empty ``truth`` gives recall 0.
+    """
+    top = np.asarray(top, dtype=np.int64)
+    user_ids = np.asarray(user_ids, dtype=np.int64)
+    users = np.fromiter(truth, np.int64, len(truth))
+    order = np.argsort(user_ids, kind="stable")
+    at = np.minimum(np.searchsorted(user_ids[order], users), max(len(user_ids) - 1, 0))
+    covered = user_ids[order][at] == users if len(user_ids) else np.zeros(len(users), bool)
+    lists = np.full((len(users), top.shape[1] if top.ndim == 2 else 0), -1, dtype=np.int64)
+    lists[covered] = top[order[at[covered]]]
+    liked = [np.asarray(truth[int(u)], dtype=np.int64) for u in users]
+    ptr = np.r_[0, np.cumsum([len(t) for t in liked])].astype(np.int64)
+    result = recall_of_lists(lists, ptr, np.concatenate(liked) if liked else np.zeros(0, np.int64))
+    return {**result, "recall": result["recall"] if len(users) else 0.0, "users_covered": int(covered.sum())}

@@ -204,6 +204,28 @@ def test_the_landing_layer_lists_and_reads_local_and_s3_alike(aws, tmp_path):
     assert world.list_files("events/week=2026-01-05", suffix=".jsonl")
 
 
+def test_a_large_artifact_file_goes_up_and_down_in_parts(aws, monkeypatch):
+    """S3 refuses one PUT above 5 GB (the target's index is ~26 GB): above the part size an artifact file is a
+    multipart upload (its ETag says how many parts), read back byte for byte; a small file stays one PUT."""
+    from dw_assets.lake import storage
+    from dw_assets.lake.storage import Artifact
+
+    monkeypatch.setattr(storage, "S3_MULTIPART_BYTES", 5 * 2**20)  # S3's smallest part
+    lake = open_lake(f"s3://{_bucket('dw-parts')}/lake")
+    big = bytes(range(256)) * (12 * 2**20 // 256 + 3)  # 12 MiB and a bit: three parts
+    uri = lake.uri("models", "faiss_index", "2026-01-05")
+    lake.write_artifact(Artifact(files={"index.bin": big, "small.json": b"{}"}, meta={"v": 1}), uri)
+    bucket, key = uri.removeprefix("s3://").split("/", 1)
+    etag = lambda name: lake.s3_client.head_object(Bucket=bucket, Key=f"{key}/{name}")["ETag"].strip('"')  # noqa: E731
+    assert etag("index.bin").endswith("-3") and "-" not in etag("small.json")
+    back = lake.read_artifact(uri)
+    assert back.files == {"index.bin": big, "small.json": b"{}"} and back.meta == {"v": 1}
+    # At the target a 25.6 GB file takes 400 parts of 64 MiB; a 2 TB one would need bigger parts, not more.
+    monkeypatch.setattr(storage, "S3_MULTIPART_BYTES", 64 * 2**20)
+    assert storage._transfer_config(int(25.6e9)).multipart_chunksize == 64 * 2**20
+    assert -(-int(2e12) // storage._transfer_config(int(2e12)).multipart_chunksize) <= storage.S3_MAX_PARTS
+
+
 # ------------------------------------------------------------------ the tiny world end to end
 
 

@@ -48,6 +48,10 @@ PART_FILE = "part-00000.parquet"
 
 
 META_FILE = "meta.json"
+# Artifact files travel as S3 multipart transfers above this size: one PUT is refused above 5 GB, and the
+# target's index and vector files are ~26 GB. Parts are at least this size and at most 10,000 per object.
+S3_MULTIPART_BYTES = 64 * 2**20
+S3_MAX_PARTS = 10_000
 SUCCESS_FILE = "_SUCCESS"  # Spark's job-commit marker: a Spark partition is complete once it exists
 
 
@@ -265,7 +269,7 @@ class Lake:
                 self._s3_delete(bucket, key, [META_FILE])
             self._s3_delete(bucket, key, [n for n in names if n != META_FILE and n not in artifact.files])
             for name, data in sorted(artifact.files.items()):
-                self.s3_client.put_object(Bucket=bucket, Key=f"{key}/{name}", Body=data)
+                self._s3_put(bucket, f"{key}/{name}", data)
             self.s3_client.put_object(Bucket=bucket, Key=f"{key}/{META_FILE}", Body=meta)
         else:
             with _StagedDir(Path(uri)) as tmp:
@@ -274,16 +278,23 @@ class Lake:
                 (tmp / META_FILE).write_bytes(meta)
         return sum(len(d) for d in artifact.files.values()) + len(meta)
 
+    def _s3_put(self, bucket: str, key: str, data: bytes) -> None:
+        """One object; a multipart upload (parallel parts) when ``data`` is above ``S3_MULTIPART_BYTES``."""
+        self.s3_client.upload_fileobj(io.BytesIO(data), bucket, key, Config=_transfer_config(len(data)))
+
+    def _s3_get(self, bucket: str, key: str) -> bytes:
+        """One object's bytes, fetched in parallel ranged parts when it is large."""
+        buffer = io.BytesIO()
+        self.s3_client.download_fileobj(bucket, key, buffer, Config=_transfer_config(0))
+        return buffer.getvalue()
+
     def read_artifact(self, uri: str) -> Artifact:
         if self.is_s3:
             bucket, key, names = self._s3_names(uri)
             if META_FILE not in names:
                 raise LakeError(f"no artifact at {uri} (was the upstream partition materialized?)")
             meta = json.loads(self.s3_client.get_object(Bucket=bucket, Key=f"{key}/{META_FILE}")["Body"].read())
-            files = {
-                n: self.s3_client.get_object(Bucket=bucket, Key=f"{key}/{n}")["Body"].read()
-                for n in sorted(names) if n != META_FILE
-            }
+            files = {n: self._s3_get(bucket, f"{key}/{n}") for n in sorted(names) if n != META_FILE}
             return Artifact(files=files, meta=meta)
         folder = Path(uri)
         if not (folder / META_FILE).is_file():
@@ -329,6 +340,16 @@ class Lake:
             else:
                 paths.append(uri)
         return spark.read.parquet(*paths)
+
+
+def _transfer_config(size: int) -> Any:
+    """boto3's managed transfer: multipart above ``part_bytes``, parts sized so an object of ``size`` bytes
+    needs at most ``S3_MAX_PARTS`` of them (100 M x 64 float32 = 25.6 GB: 400 parts of 64 MiB)."""
+    from boto3.s3.transfer import TransferConfig
+
+    part_bytes = S3_MULTIPART_BYTES
+    chunk = max(part_bytes, -(-size // S3_MAX_PARTS))
+    return TransferConfig(multipart_threshold=part_bytes, multipart_chunksize=chunk, max_concurrency=4)
 
 
 class _StagedDir:

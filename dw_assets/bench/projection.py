@@ -7,8 +7,8 @@ scale: the output says, per stage, which measured figure and which scaling law i
 reader can redo the arithmetic (docs/scale.md walks through it).
 
 Scaling laws:
-- Per-event, per-word, per-example and per-clip stages scale linearly with their volume; the audio CNN
-  trains on a capped sample (fixed work) and embeds every track's clip on the executors (linear in tracks).
+- Per-event and per-clip stages scale linearly with their volume; item2vec, the two-tower and the audio CNN
+  train on capped samples (linear up to the cap, then fixed work in one process) and embeds every track's clip on the executors (linear in tracks).
 - Batch inference: per-user seconds = fixed part + ANN part; the ANN part (IVF-Flat with ~4 sqrt(n)
   lists and a fixed nprobe scans nprobe x n / nlist ~ sqrt(n) vectors) is fitted as
   a + b sqrt(n) on the measured catalog sizes and extrapolated to ``tracks``.
@@ -55,12 +55,20 @@ def project(document: dict, users: float, tracks: float, window_hours: float, vo
         add("Spark bronze -> gold", events, "events", stages["ingest"]["throughput"], "events/s/core",
             "dw bench stages: ingest", note="Python line parser; runs daily as events land, not in the window")
     if "item2vec" in stages:
-        add("item2vec (gensim)", users * volumes["item2vec_words_per_user"] * volumes["item2vec_epochs"], "words",
-            stages["item2vec"]["throughput"], "words/s/core", "dw bench stages: item2vec")
+        # The sentences are a capped seeded-hash sample drawn in Spark: above the cap, more users add no work.
+        cap_words = volumes["item2vec_max_sentences"] * volumes["item2vec_words_per_sentence"]
+        words = min(users * volumes["item2vec_words_per_user"], cap_words)
+        add("item2vec (gensim, driver, capped sample)", words * volumes["item2vec_epochs"], "words",
+            stages["item2vec"]["throughput"], "words/s/core", "dw bench stages: item2vec",
+            note="one process; fixed by the cap (Item2VecConfig.max_sessions + max_playlists sentences)"
+            if words == cap_words else "one process")
     if "two_tower" in stages:
-        add("two-tower training", users * volumes["two_tower_examples_per_user"] * volumes["two_tower_epochs"],
+        examples = min(users * volumes["two_tower_examples_per_user"], volumes["two_tower_max_examples"])
+        add("two-tower training (driver, capped sample)", examples * volumes["two_tower_epochs"],
             "examples", stages["two_tower"]["throughput"] / max(stages["two_tower"].get("cores", 1), 1),
-            "examples/s/core", "dw bench stages: two_tower", note="CPU rate; moves to GPU (not measured here)")
+            "examples/s/core", "dw bench stages: two_tower",
+            note="one process, CPU rate; GPU when present (not measured here); fixed by the cap (max_examples)"
+            if examples == volumes["two_tower_max_examples"] else "one process, CPU rate; GPU when present")
     if "audio" in stages:
         # One measured rate (training: forward + backward per clip) for all three: an upper bound where the
         # work is forward only (embedding), which has not been measured apart.
@@ -124,7 +132,10 @@ DEFAULT_VOLUMES = {
     "events_per_user_week": 18.4,  # 441,060 landed lines in week 2026-02-23 / 24,020 users
     "item2vec_words_per_user": 116.4,  # 2,795,704 corpus words / 24,020 users (item2vec_embeddings metadata)
     "item2vec_epochs": 6,
+    "item2vec_max_sentences": 5_000_000,  # Item2VecConfig.max_sessions 4 M + max_playlists 1 M (the sample's cap)
+    "item2vec_words_per_sentence": 8.05,  # 23,647 words / 2,937 sentences (tiny, item2vec_embeddings metadata)
     "two_tower_examples_per_user": 41.6,  # 1,000,000 training examples (cap) / 24,020 users
+    "two_tower_max_examples": 1_000_000,  # the two_tower_model asset's max_examples (most recent examples kept)
     "two_tower_epochs": 1,
     "new_tracks_per_week": 700_000,  # assumption: ~100k uploads a day (industry figure, not measured)
     "audio_epochs": 10,

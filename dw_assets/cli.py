@@ -167,9 +167,13 @@ def backfill_command(lake_dir, first_week, last_week, store_url, evaluate):
                f"DAGSTER_HOME={settings.get('DAGSTER_HOME')} DW_LAKE={lake_root} dagster dev -w workspace.yaml")
 
 
+SUMMARY_ROWS = 30_000  # playlist rows `dw run` reads to pick the user it prints (the first ~1,000 users)
+
+
 def _week_summary(lake_root: str, week: str) -> str:
     """The week's evaluation (when its holdout had landed) and one user's playlist, as the demo prints them."""
     from dw_assets.evaluation.systems import quality_targets
+    from dw_assets.lake.resources import parquet_rows
     from dw_assets.lake.storage import open_lake
 
     lake, lines = open_lake(lake_root), []
@@ -187,11 +191,11 @@ def _week_summary(lake_root: str, week: str) -> str:
             lines.append(f"verdict: {summary['verdict']} - {summary['reason']}")
     playlists = lake.uri("gold", "ranked_playlists", week)
     if lake.exists(playlists):
-        frame = lake.read_frame(playlists)
+        frame = lake.read_head(playlists, SUMMARY_ROWS)  # a peek: the week holds 15 G rows at the target
         heavy = frame.groupby("user_id")["source"].apply(lambda s: (s != "popularity_fallback").sum()).idxmax()
         sample = frame[frame["user_id"] == heavy][["position", "track_id", "artist_id", "genre", "score", "source",
                                                    "is_exploration"]]
-        lines += ["", f"sample playlist: user {heavy}, week {week} ({frame['user_id'].nunique():,} users in all)",
+        lines += ["", f"sample playlist: user {heavy}, week {week} ({parquet_rows(lake, playlists) // 30:,} users in all)",
                   sample.to_string(index=False)]
     return "\n".join(lines)
 

@@ -120,3 +120,22 @@ def test_artifacts_on_s3(s3_endpoint, monkeypatch):
     lake.write_artifact(Artifact({"index.faiss": b"\x00\x01", "ids.npy": b"ids"}, {"model_version": "2026-01-05-abc"}), uri)
     back = lake.read_artifact(uri)
     assert back.files == {"index.faiss": b"\x00\x01", "ids.npy": b"ids"} and back.model_version == "2026-01-05-abc"
+
+
+def test_read_head_reads_only_the_first_rows_across_part_files(tmp_path):
+    """`dw run`'s summary peeks at the week's playlists (15 G rows at the target): the first rows in part
+    order, crossing into the next part file when the first is short, and a clear error where nothing is."""
+    import pyarrow.parquet as pq
+
+    lake = Lake(str(tmp_path))
+    uri = lake.uri("gold", "ranked_playlists", "2026-01-05")
+    Path(uri).mkdir(parents=True)
+    for i, users in enumerate(([1, 2], [3, 4, 5])):  # two Spark-style part files, sorted by user
+        rows = pd.DataFrame({"user_id": [u for u in users for _ in range(30)], "position": list(range(30)) * len(users)})
+        pq.write_table(pa.Table.from_pandas(rows, preserve_index=False), f"{uri}/part-0000{i}-x.snappy.parquet")
+    head = lake.read_head(uri, 75, columns=["user_id"])
+    assert list(head.columns) == ["user_id"] and len(head) == 75
+    assert head["user_id"].tolist() == [1] * 30 + [2] * 30 + [3] * 15
+    assert len(lake.read_head(uri, 1_000)) == 150  # fewer rows than asked: all of them
+    with pytest.raises(LakeError, match="no lake data"):
+        lake.read_head(lake.uri("gold", "ranked_playlists", "2026-01-12"), 10)

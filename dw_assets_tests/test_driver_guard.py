@@ -58,6 +58,12 @@ def test_user_scale_tables_are_refused_above_the_limit_and_track_scale_ones_are_
         assert not driver_guard.is_user_scale(track_scale)
         driver_guard.check_driver_rows(track_scale, 10**9)
     assert driver_guard.bounded(5_000) == 200 and driver_guard.bounded(50) == 50
+    # The evaluations' stored tables are aggregates (the report reads 12 weeks x 30 rows of them); the
+    # per-user rows behind them are user-scale.
+    for aggregate in ("offline_evaluation", "retrieval_evaluation", "north_star_evaluation", "model_monitoring"):
+        driver_guard.check_driver_rows(aggregate, 12 * 30)
+    with pytest.raises(DriverRowLimitExceeded):
+        driver_guard.check_driver_rows("evaluation_rows", 201)
 
 
 def test_an_audit_records_every_table_over_the_limit_and_goes_on(limit, monkeypatch, tmp_path):

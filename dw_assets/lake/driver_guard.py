@@ -28,12 +28,14 @@ from dw_assets import settings
 ROW_LIMIT_ENV = "DW_DRIVER_ROW_LIMIT"
 REPORT_ENV = "DW_DRIVER_GUARD_REPORT"
 
-# Tables whose rows grow with users or events. Track-scale tables are deliberately absent.
+# Tables whose rows grow with users or events. Track-scale tables are deliberately absent, and so are the
+# evaluations' stored outputs (a few rows per system and segment a week: the report reads 12 weeks of them);
+# the per-user rows they are computed from are "evaluation_rows".
 USER_SCALE = frozenset({
     "user_directory", "user_playlists", "raw_play_events", "quarantined_events", "interactions",
     "flagged_activity", "sessions", "user_profiles", "candidates", "ranked_playlists",
-    "last_week_playlists", "earlier_playlists", "user_embeddings", "retrieval_evaluation",
-    "offline_evaluation", "published_playlists", "ranker_rows",
+    "last_week_playlists", "earlier_playlists", "user_embeddings", "evaluation_rows",
+    "published_playlists", "ranker_rows",
 })
 
 

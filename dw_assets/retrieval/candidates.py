@@ -35,6 +35,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -258,6 +259,46 @@ class CandidateModels:
             else:
                 loaded[name] = AnnIndex.from_bytes(loaded[name].tobytes(), use_gpu=use_gpu)
         return cls(two_tower, model_version=meta["model_version"], two_tower_delta=delta, **loaded)
+
+
+    _ARRAYS = ("item2vec_ids", "item2vec_vectors", "neighbours", "neighbour_scores", "audio_ids", "audio_vectors")
+
+    @classmethod
+    def unpack(cls, data: bytes, folder: str | Path) -> None:
+        """Write what ``to_bytes`` wrote as plain files ``open`` memory-maps: ``meta.json``, every array as
+        ``<name>.npy``, each index in faiss's format (``AnnIndex.save``). Exact neighbour indexes, rebuilt from
+        the vectors (as ``from_bytes`` does), are written too, so no process rebuilds them again."""
+        folder = Path(folder)
+        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+            meta = json.loads(arrays["meta"].tobytes())
+            AnnIndex.unpack(arrays["two_tower"].tobytes(), folder, "two_tower")
+            for name in (*cls._ARRAYS, "delta_ids", "delta_vectors"):
+                if name in arrays.files:
+                    np.save(folder / f"{name}.npy", arrays[name])
+            for name, vectors in (("item2vec_index", "item2vec_vectors"), ("audio_index", "audio_vectors")):
+                if meta[f"{name}_kind"] == "flat":
+                    config = AnnConfig(**{**meta[f"{name}_config"], "kind": "flat"})
+                    exact = arrays[vectors]
+                    build_index(np.arange(len(exact)), exact, config).save(folder, name)
+                else:
+                    AnnIndex.unpack(arrays[name].tobytes(), folder, name)
+        (folder / "meta.json").write_text(json.dumps(meta))
+
+    @classmethod
+    def open(cls, folder: str | Path, use_gpu: str | None = None, mmap: bool = True) -> CandidateModels:
+        """Open what ``unpack`` wrote; with ``mmap`` every array and index stays in the files (read-only), so
+        all processes of a host share one copy. Candidates are identical to ``from_bytes``'s models'."""
+        folder = Path(folder)
+        meta = json.loads((folder / "meta.json").read_text())
+        mode = "r" if mmap else None
+        arrays = {name: np.load(folder / f"{name}.npy", mmap_mode=mode) for name in cls._ARRAYS}
+        delta = None
+        if (folder / "delta_ids.npy").exists():  # small (a week of uploads): read, its exact index built here
+            delta = DeltaIndex(np.load(folder / "delta_ids.npy"), np.load(folder / "delta_vectors.npy"),
+                               meta.get("delta_version", ""))
+        indexes = {name: AnnIndex.open(folder, name, use_gpu, mmap)
+                   for name in ("two_tower", "item2vec_index", "audio_index")}
+        return cls(model_version=meta["model_version"], two_tower_delta=delta, **indexes, **arrays)
 
 
 def generate_candidates(

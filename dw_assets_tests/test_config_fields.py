@@ -35,9 +35,8 @@ from dw_assets.serving.publish import PublishSettings
 # Each asset config: the fields it adds beyond its dataclasses' (aliases kept for existing run
 # configs, and the asset's own settings), and the defaults where the asset departs from the dataclass.
 CLASSES = {
-    Item2VecAssetConfig: ({}, {"epochs": 6}),
-    AudioAssetConfig: ({"vector_files": False, "max_problem_examples": 1_000},
-                       {"epochs": 10, "max_warm_tracks": 10_000}),
+    Item2VecAssetConfig: ({}, {}),
+    AudioAssetConfig: ({"vector_files": False, "max_problem_examples": 1_000}, {}),
     TwoTowerAssetConfig: ({}, {"epochs": 1, "max_examples": 1_000_000}),
     TrackEmbeddingsConfig: ({}, {}),
     InteractionsConfig: ({"session_gap_minutes": InteractionRules.session_gap_s // 60}, {}),

@@ -59,9 +59,6 @@ def _out(description: str) -> AssetOut:
 
 class Item2VecAssetConfig(config_fields(
     Item2VecConfig,
-    # 6, not the library's 10: on `small` (week 2026-02-23) top-10 neighbours share the query's genre
-    # 99.38 % at both, hidden-style cosine 0.295 vs 0.303, in ~40 % of the time (the demo's largest step).
-    defaults={"epochs": 6},
 )):
     def settings(self) -> Item2VecConfig:
         return self.to_domain(Item2VecConfig)
@@ -94,8 +91,6 @@ def item2vec_embeddings(
 class AudioAssetConfig(config_fields(
     AudioConfig,
     exclude=["embedding_dim"],  # item2vec's dimension: the model is trained to land in that space
-    # Sized for the 2-core demo (held-out cosine 0.76 vs 0.80 at 20 epochs x 25k tracks, 4x faster).
-    defaults={"epochs": 10, "max_warm_tracks": 10_000},
 )):
     # The artifact also carries ids.npy / vectors.npy, collected from audio_vectors (12.8 GB on the driver at
     # 100 M tracks): for tools that still read that older form; the pipeline reads the table.

@@ -26,7 +26,9 @@ class Item2VecConfig:
     dim: int = 32
     window: int = 10  # positions either side of the centre track
     negative: int = 5  # negative samples per positive pair
-    epochs: int = 10
+    # 6, not gensim's 10: on `small` (week 2026-02-23) top-10 neighbours share the query's genre
+    # 99.38 % at both, hidden-style cosine 0.295 vs 0.303, in ~40 % of the time (the demo's largest step).
+    epochs: int = 6
     min_count: int = 2  # tracks seen fewer times get no vector
     sample: float = 1e-3  # down-sampling threshold for very frequent tracks
     ns_exponent: float = 0.75  # negative-sampling distribution ~ count**ns_exponent

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import click
 
+from dw_assets import settings
 from dw_assets.bench.demo import last_line, process_kind
 from dw_assets.bench.stages import tree_memory
 from dw_assets.procfs import parent_pid
@@ -146,7 +147,8 @@ def bench_scale(workdir: Path, base_users: int, factors: list[int], master: str,
         week = manifest["last_training_week"]
         home = world / "dagster_home"
         env = dict(os.environ, DAGSTER_HOME=str(home), DW_SPARK_MASTER=master, DW_SPARK_DRIVER_MEMORY=driver_memory,
-                   DW_SPARK_DRIVER_MAX_RESULT_SIZE=max_result_size, PYSPARK_PYTHON=sys.executable, **(env_extra or {}))
+                   DW_SPARK_DRIVER_MAX_RESULT_SIZE=max_result_size, DW_SPARK_CORES_MAX="2",
+                   PYSPARK_PYTHON=sys.executable, **(env_extra or {}))
         progress(f"x{factor}: {users:,} users, week {week}: dw run on {master}")
         measured = run_measured([dw, "run", "--lake", str(world)], env, world / "run.log", master=master)
         if measured["returncode"]:
@@ -162,7 +164,7 @@ def bench_scale(workdir: Path, base_users: int, factors: list[int], master: str,
     wall_ratio = last["wall_s"] / max(first["wall_s"], 1e-9)
     users_ratio = last["users"] / first["users"]
     return {"bench": "scale", "master": master, "driver_memory": driver_memory, "max_result_size": max_result_size,
-            "driver_row_limit": os.environ.get("DW_DRIVER_ROW_LIMIT") or (env_extra or {}).get("DW_DRIVER_ROW_LIMIT"),
+            "driver_row_limit": (env_extra or {}).get("DW_DRIVER_ROW_LIMIT") or settings.get("DW_DRIVER_ROW_LIMIT"),
             "sizes": sizes, "driver_peak_ratio": round(driver_ratio, 3), "wall_ratio": round(wall_ratio, 3),
             "users_ratio": users_ratio,
             "driver_flat": driver_ratio <= FLAT_DRIVER_RATIO, "wall_at_most_linear": wall_ratio <= users_ratio}

@@ -30,7 +30,7 @@ from typing import IO
 import numpy as np
 import pandas as pd
 
-from dw_assets import procfs
+from dw_assets import procfs, settings
 from dw_assets.serving.api import DEFAULT_RATE_LIMIT_RPS, RATE_LIMIT_RPS_ENV
 from dw_assets.serving.publish import publish_week
 from dw_assets.serving.stores import MAX_POSITION, open_store
@@ -199,7 +199,8 @@ def run_load(store_url: str, user_ids, rate: float = 1000.0, seconds: float = 10
     requests = [b"GET /v1/users/%d/discover-weekly HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % i for i in ids.tolist()]
 
     if rate_limit_rps is None:
-        rate_limit_rps = float(os.environ.get(RATE_LIMIT_RPS_ENV) or max(DEFAULT_RATE_LIMIT_RPS, 2 * rate))
+        rate_limit_rps = (settings.get(RATE_LIMIT_RPS_ENV) if settings.is_set(RATE_LIMIT_RPS_ENV)
+                          else max(DEFAULT_RATE_LIMIT_RPS, 2 * rate))
     port = free_port()
     with tempfile.TemporaryFile() as log:
         server = start_api(store_url, port, workers, log, env={RATE_LIMIT_RPS_ENV: str(rate_limit_rps)})

@@ -51,6 +51,7 @@ def _landing(lake: LakeResource) -> LandingFS:
     check_specs=[schema_check_spec("track_catalog", schemas.TRACK_CATALOG)],
 )
 def track_catalog(context: AssetExecutionContext, pyspark: LazyPySparkResource, lake: LakeResource):
+    """The landed catalog read and checked on the executors: 100 M rows at the target (~10 GB), never collected."""
     catalog = read_track_catalog(pyspark.spark_session, _landing(lake), context.partition_key)
     yield from emit_checked("track_catalog", catalog, schemas.TRACK_CATALOG, {})
 
@@ -65,6 +66,7 @@ def track_catalog(context: AssetExecutionContext, pyspark: LazyPySparkResource, 
     check_specs=[schema_check_spec("user_directory", schemas.USER_DIRECTORY)],
 )
 def user_directory(context: AssetExecutionContext, pyspark: LazyPySparkResource, lake: LakeResource):
+    """The landed users read and checked on the executors: 500 M rows at the target, never collected."""
     directory = read_user_directory(pyspark.spark_session, _landing(lake), context.partition_key)
     yield from emit_checked("user_directory", directory, schemas.USER_DIRECTORY, {})
 
@@ -79,6 +81,7 @@ def user_directory(context: AssetExecutionContext, pyspark: LazyPySparkResource,
     check_specs=[schema_check_spec("user_playlists", schemas.USER_PLAYLISTS)],
 )
 def user_playlists(context: AssetExecutionContext, pyspark: LazyPySparkResource, lake: LakeResource):
+    """The week's playlist snapshot on the executors: ~1 G playlists x ~30 tracks at the target; item2vec samples it."""
     playlists = read_user_playlists(pyspark.spark_session, _landing(lake), context.partition_key)
     yield from emit_checked("user_playlists", playlists, schemas.USER_PLAYLISTS, {})
 
@@ -114,6 +117,9 @@ def raw_play_events(
     user_directory: DataFrame,
     track_catalog: DataFrame,
 ):
+    """Every landed line parsed, typed and checked on the executors: ~9 G lines a week at the target (18 per
+    user-week); the known-id joins are plain shuffle joins (500 M users, 100 M tracks: too big to broadcast).
+    The driver gets the per-reason counts."""
     started = time.perf_counter()
     week = context.partition_key
     landing = _landing(lake)
@@ -162,6 +168,8 @@ class InteractionsConfig(config_fields(InteractionRules, exclude=["session_gap_s
 def interactions(
     context: AssetExecutionContext, config: InteractionsConfig, raw_play_events: DataFrame, track_catalog: DataFrame
 ):
+    """Dedup, bot and hijack removal, sessions and labels on the executors: ~9 G events in, ~20 G rows a
+    week's window-ready table at the target (the 12-week window reads 12 of them); the driver gets counts."""
     started = time.perf_counter()
     silver = build_interactions(raw_play_events, track_catalog, context.partition_key, config.rules())
     flagged = silver.flagged.persist()
@@ -193,6 +201,8 @@ def interactions(
     check_specs=[schema_check_spec("track_stats", schemas.TRACK_STATS)],
 )
 def track_stats(context: AssetExecutionContext, interactions: DataFrame, track_catalog: DataFrame):
+    """Per-track aggregates of the 12-week window (~240 G interactions at the target) on the executors:
+    100 M rows out, the popularity percentile from a histogram, not a global sort."""
     # Cached: the percentile's histogram and the output both read the 12-week aggregate.
     counts = track_counts(interactions, context.partition_key).persist(StorageLevel.MEMORY_AND_DISK)
     stats = build_track_stats(interactions, track_catalog, context.partition_key, counts=counts)
@@ -228,6 +238,7 @@ def user_profiles(
     user_directory: DataFrame,
     track_stats: DataFrame,
 ):
+    """One row per user (500 M at the target) from the 12-week window, built and checked on the executors."""
     profiles = build_user_profiles(interactions, user_directory, track_stats, context.partition_key, config.rules())
     yield from emit_checked("user_profiles", profiles, schemas.USER_PROFILES, {
         "history_weeks": len(context.asset_partition_keys_for_input("interactions")),

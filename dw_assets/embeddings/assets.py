@@ -248,8 +248,9 @@ def two_tower_model(
     )
 
 
-class TrackEmbeddingsConfig(config_fields(TwoTowerConfig, include=["cold_neighbours"])):
-    """The cold-start warm start's setting of the two-tower dataclass (the rest is the training's)."""
+class TrackEmbeddingsConfig(config_fields(TwoTowerConfig, include=["cold_neighbours", "popularity_weight"])):
+    """The serving-time settings of the two-tower dataclass: the cold-start warm start and the weight of the
+    popularity term in the track vectors (used when the model was trained with ``popularity_term``)."""
 
 
 @multi_asset(
@@ -277,6 +278,7 @@ def tower_embeddings(
     cold = track_stats.loc[track_stats["is_cold"], "track_id"].to_numpy(np.int64)
     cold_stats = warm_start_cold_tracks(trained, cold, config.cold_neighbours)
     version = two_tower_model.model_version
+    trained.model.popularity_weight = config.popularity_weight  # a serving knob: only the track vectors move
     track_ids, track_vectors = trained.track_vectors()
     # 500 M rows at the target: computed and written on the executors, never collected.
     vectors = user_embeddings_frame(user_profiles, model_bytes).persist()

@@ -231,14 +231,14 @@ def warm_start_from_audio(
                 )
                 cosine[chunk] = top.mean(1).cpu().numpy()
 
-    x = torch.cat([
+    v, b = model.encode_items(  # the item tower's one function, as for the weekly run's cold tracks
         id_vectors,
-        model.audio(torch.as_tensor(_audio_inputs(trained, audio_vectors), device=dev)),
-        model.artist(torch.as_tensor(artist_rows, device=dev)),
-        model.genre(torch.as_tensor(genre_rows, device=dev)),
+        torch.as_tensor(_audio_inputs(trained, audio_vectors), device=dev),
+        torch.as_tensor(artist_rows, device=dev),
+        torch.as_tensor(genre_rows, device=dev),
         torch.as_tensor(popularity, device=dev),
-    ], dim=-1)  # the order of TwoTowerModel.item_vectors
-    vectors = F.normalize(model.item_mlp(x), dim=-1).cpu().numpy().astype(np.float32)
+    )
+    vectors = model.serve_items(v, b).cpu().numpy().astype(np.float32)  # [v, b] with the popularity term
     return WarmStart(track_ids, vectors, cosine, same_genre)
 
 

@@ -284,3 +284,29 @@ def summarize_ab(per_user: pd.DataFrame, config: ABConfig) -> dict:
 def ab_frame(summary: dict) -> pd.DataFrame:
     """The arms table of a summary: one row per (arm, metric) with users, mean, ci_low, ci_high."""
     return pd.DataFrame(summary["arms"], columns=["arm", "metric", "users", "mean", "ci_low", "ci_high"])
+
+
+# The summary's scalars, stored on every row of the arms table: the report reads the verdict as data.
+SUMMARY_COLUMNS = ("experiment", "primary_metric", "confidence", "treatment_share", "treatment_share_observed",
+                   "missing_users", "verdict", "reason")
+
+
+def ab_table(summary: dict, week: str) -> pd.DataFrame:
+    """The stored ``simulated_ab_test`` table of week ``week``: the arms (``ab_frame``) with the summary's
+    verdict, reason and settings repeated on each row (6 rows: arms x metrics)."""
+    frame = ab_frame(summary).assign(week=week, **{column: summary[column] for column in SUMMARY_COLUMNS})
+    return frame.astype({"users": "int64", "mean": float, "ci_low": float, "ci_high": float,  # None -> NaN
+                         "confidence": float, "treatment_share": float, "treatment_share_observed": float,
+                         "missing_users": "int64"})
+
+
+def stored_summary(table: pd.DataFrame) -> dict | None:
+    """What the report shows of a stored ``ab_table``: {"arms": the arms, verdict, reason, ...}; None when
+    the table is empty (no simulated A/B that week). A table written before the verdict was stored has
+    only its arms."""
+    if table.empty:
+        return None
+    arms = table.drop(columns=[c for c in (*SUMMARY_COLUMNS, "week") if c in table.columns]).reset_index(drop=True)
+    first = table.iloc[0]
+    return {"arms": arms, **{c: first[c].item() if hasattr(first[c], "item") else first[c]
+                             for c in SUMMARY_COLUMNS if c in table.columns}}

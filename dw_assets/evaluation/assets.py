@@ -14,7 +14,6 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
-    AssetDep,
     AssetExecutionContext,
     AssetIn,
     AssetKey,
@@ -30,9 +29,10 @@ from pandera.pandas import Check, Column
 from pyspark.sql import DataFrame
 from pyspark.sql.utils import AnalysisException
 
+from dw_assets.batch_timing import throughput, timing_table
 from dw_assets.calendar import shift_week, week_bounds
 from dw_assets.embeddings.user_tower import sampled_vectors, user_embeddings_frame, vectors_of
-from dw_assets.evaluation.ab import ABConfig, ab_frame, play_arms, summarize_ab
+from dw_assets.evaluation.ab import ABConfig, ab_frame, ab_table, play_arms, stored_summary, summarize_ab
 from dw_assets.evaluation.baselines import (
     AlsConfig,
     ItemCfConfig,
@@ -393,6 +393,15 @@ AB_ARMS = pa.DataFrameSchema(
         "ci_low": Column(float, nullable=True),
         "ci_high": Column(float, nullable=True),
         "week": Column(str),
+        # the summary, the same on every row (ab.SUMMARY_COLUMNS): the report reads the verdict from here
+        "experiment": Column(str),
+        "primary_metric": Column(str),
+        "confidence": Column(float, Check.in_range(0.0, 1.0)),
+        "treatment_share": Column(float, Check.in_range(0.0, 1.0)),
+        "treatment_share_observed": Column(float, nullable=True),
+        "missing_users": Column("int64", Check.ge(0)),
+        "verdict": Column(str, Check.isin(["ship", "do not ship", "inconclusive"])),
+        "reason": Column(str),
     },
     strict=True, unique=["arm", "metric"], name="simulated_ab_test",
 )
@@ -639,14 +648,13 @@ def simulated_ab_test(context: AssetExecutionContext, config: AbTestConfig, lake
         (last_week_playlists, "last_week_playlists"), (ranked_playlists, "ranked_playlists")))
     per_user = play_arms(truth, control=control, treatment=treatment, week=shift_week(week, 1), config=settings)
     summary = summarize_ab(per_user, settings)
-    arms = ab_frame(summary).assign(week=week)
-    arms = arms.astype({"users": "int64", "mean": float, "ci_low": float, "ci_high": float})  # None -> NaN
+    arms = ab_table(summary, week)
     yield Output(arms, output_name="simulated_ab_test", metadata={
         "verdict": summary["verdict"],
         "reason": summary["reason"],
         "users": MetadataValue.json(summary["users"]),
         "treatment_share_observed": float(summary["treatment_share_observed"]),
-        "arms": MetadataValue.md(arms.round(4).to_markdown(index=False)),
+        "arms": MetadataValue.md(ab_frame(summary).round(4).to_markdown(index=False)),
         "effects": MetadataValue.md(pd.DataFrame(summary["effects"]).round(4).to_markdown(index=False)),
         "summary": MetadataValue.json(summary),
     })
@@ -702,7 +710,9 @@ class MonitoringConfig(Config):
     ins={"ranked_playlists": AssetIn(metadata={"columns": ["user_id", "ranker_score"]}),
          "user_embeddings": AssetIn(),
          "interactions": AssetIn(partition_mapping=history_window, metadata={"columns": ["user_id", "ts"]}),
-         "track_catalog": AssetIn(metadata={"columns": ["track_id", "release_date"]})},
+         "track_catalog": AssetIn(metadata={"columns": ["track_id", "release_date"]}),
+         # the batch-window check's figures (absent when the week's candidates ran only for a ranker's training)
+         "candidates_timing": AssetIn(metadata={"may_be_empty": True})},
     partitions_def=weekly_partitions,
     backfill_policy=ONE_WEEK_PER_RUN,
     check_specs=[AssetCheckSpec(name, asset="model_monitoring", description=text, blocking=False)
@@ -711,7 +721,7 @@ class MonitoringConfig(Config):
 )
 def model_monitoring(context: AssetExecutionContext, config: MonitoringConfig, lake: LakeResource,
                      pyspark: LazyPySparkResource, ranked_playlists: DataFrame, user_embeddings: DataFrame,
-                     interactions: DataFrame, track_catalog: pd.DataFrame):
+                     interactions: DataFrame, track_catalog: pd.DataFrame, candidates_timing: pd.DataFrame):
     """Sizes at the target: the window's interactions (240 G rows) are counted on Spark (one row per
     week comes back); score drift reads the ranker scores of ``sample_users`` users drawn by seeded
     hash (30 scores each), this week's and last week's."""
@@ -736,7 +746,8 @@ def model_monitoring(context: AssetExecutionContext, config: MonitoringConfig, l
         feature_drift(norms, last_norms, config.psi_warn, config.psi_error, label=label),
         *[volume_anomaly(column, float(now[column]), trailing[column].astype(float).tolist(), config.volume_max_change)
           for column in ("events", "active_users", "new_tracks")],
-        batch_window_sla(*batch_throughput(context.instance, week), target_users=config.target_users,
+        batch_window_sla(*throughput(candidates_timing, ranked_playlists_timing(context.instance, week)),
+                         target_users=config.target_users,
                          cluster_cores=config.cluster_cores, window_hours=config.window_hours),
     ]
     table = summarize(outcomes).assign(week=week)
@@ -801,20 +812,16 @@ def weekly_volumes(interactions: DataFrame, catalog: pd.DataFrame, weeks: list[s
     return frame
 
 
-def batch_throughput(instance, week: str) -> tuple[float, int]:
-    """(users/s, Spark cores) of this week's batch inference: candidates plus playlists, from their metadata."""
-    seconds, users, cores = 0.0, 0, 1
-    for asset in ("candidates", "ranked_playlists"):
-        records = instance.fetch_materializations(
-            AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[week]), limit=1).records
-        if not records:
-            continue
-        metadata = records[0].asset_materialization.metadata
-        seconds += float(getattr(metadata.get("elapsed_s"), "value", 0.0) or 0.0)
-        if asset == "ranked_playlists":
-            users = int(getattr(metadata.get("users"), "value", 0) or 0)
-            cores = int(getattr(metadata.get("spark_cores"), "value", 1) or 1)
-    return (users / seconds if seconds > 0 else 0.0), cores
+def ranked_playlists_timing(instance, week: str) -> pd.DataFrame:
+    """ranked_playlists' ``batch_timing`` row of ``week``, from its materialization's metadata (empty without one).
+    Goes when ranked_playlists writes its ``ranked_playlists_timing`` table, read as an input like candidates'."""
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey("ranked_playlists"), asset_partitions=[week]), limit=1).records
+    if not records:
+        return timing_table(week, "ranked_playlists", 0, 0.0, 1).iloc[:0]
+    metadata = {k: getattr(v, "value", v) for k, v in records[0].asset_materialization.metadata.items()}
+    return timing_table(week, "ranked_playlists", metadata.get("users") or 0, metadata.get("elapsed_s") or 0.0,
+                        metadata.get("spark_cores") or 1)
 
 
 # -- the weekly report -----------------------------------------------------------------------------------
@@ -825,38 +832,33 @@ def batch_throughput(instance, week: str) -> tuple[float, int]:
         group_name="evaluation", metadata={LAYER_KEY: "reports"}, dagster_type=Artifact,
         description="The week's HTML report (LAKE/reports/evaluation_report/week=W/report.html): systems side by "
                     "side, segments, metric trends, popularity and genre mix, cold tracks, A/B arms, checks.")},
-    ins={"offline_evaluation": AssetIn(),
+    ins={# this week's and the earlier weeks' of the window (the trend plot): the weeks evaluated so far
+         "offline_evaluation": AssetIn(partition_mapping=history_window),
          "north_star_evaluation": AssetIn(),
          "ranked_playlists": AssetIn(),
          "track_stats": AssetIn(metadata={"columns": ["track_id", "artist_id", "genre", "plays",
                                                       "popularity_percentile", "is_cold"]}),
          "user_profiles": AssetIn(),
-         "model_monitoring": AssetIn()},
-    deps=[AssetDep("simulated_ab_test")],  # read when it ran: only a simulated world has one
+         "model_monitoring": AssetIn(),
+         # only a simulated world has one: an empty table elsewhere
+         "simulated_ab_test": AssetIn(metadata={"may_be_empty": True})},
     partitions_def=weekly_partitions,
     backfill_policy=ONE_WEEK_PER_RUN,
 )
 def evaluation_report(context: AssetExecutionContext, config: SampleConfig, lake: LakeResource,
                       offline_evaluation: pd.DataFrame, north_star_evaluation: pd.DataFrame,
                       ranked_playlists: DataFrame, track_stats: pd.DataFrame,
-                      user_profiles: DataFrame, model_monitoring: pd.DataFrame):
+                      user_profiles: DataFrame, model_monitoring: pd.DataFrame, simulated_ab_test: pd.DataFrame):
     """The popularity plot reads one number per user drawn by seeded hash (``sample_users``, every user of
     the demo; averaged in Spark), the genre-mix plot 4 users' rows; the rest are aggregates."""
     week = context.partition_key
     store = lake.open()
-    table = offline_evaluation
+    trends = offline_evaluation.sort_values("week", kind="stable", ignore_index=True)
+    table = trends[trends["week"] == week].reset_index(drop=True)
+    if table.empty:  # the window's other weeks loaded without it
+        raise LakeError(f"no offline_evaluation for week {week}: evaluate the week before its report")
     overall = table[table["segment"] == "all"].set_index("system")
-    # Earlier weeks' evaluations for the trend plot: read when there (one asset cannot be two inputs).
-    earlier = [store.read_frame(store.uri("gold", "offline_evaluation", w)) for w in history_window_weeks(week)
-               if w < week and store.exists(store.uri("gold", "offline_evaluation", w))]
-    trends = pd.concat([*earlier, table], ignore_index=True)
-    ab_uri = store.uri("gold", "simulated_ab_test", week)
-    ab = None
-    if store.exists(ab_uri):
-        run = context.instance.fetch_materializations(
-            AssetRecordsFilter(asset_key=AssetKey("simulated_ab_test"), asset_partitions=[week]), limit=1).records
-        summary = run[0].asset_materialization.metadata.get("summary") if run else None
-        ab = {"arms": store.read_frame(ab_uri), **(summary.value if summary is not None else {})}
+    ab = stored_summary(simulated_ab_test)
     tracks = track_table(track_stats)
     html, main_plot = render_report(
         week, overall, table[table["system"] == "pipeline"].set_index("segment"), trends[trends["segment"] == "all"],

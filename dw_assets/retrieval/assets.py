@@ -6,9 +6,11 @@ import numpy as np
 import pandas as pd
 import pyspark.sql.functions as F
 from dagster import (
+    AllPartitionMapping,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
+    AssetDep,
     AssetExecutionContext,
     AssetIn,
     AssetOut,
@@ -21,6 +23,8 @@ from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import DataFrame
 
 from dw_assets.automation.sensors import AUDIO_UPLOADS
+from dw_assets.batch_timing import BATCH_TIMING, timing_table
+from dw_assets.embeddings.new_tracks import ASSET as NEW_TRACKS
 from dw_assets.embeddings.new_tracks import delta_index, load_new_track_vectors
 from dw_assets.embeddings.user_tower import sampled_vectors
 from dw_assets.lake.quality import emit_checked, schema_check_spec, table_schema
@@ -132,7 +136,11 @@ class CandidatesConfig(Config):
     outs={"candidates": AssetOut(group_name="retrieval",
                                  metadata={LAYER_KEY: "gold", "dagster/column_schema": table_schema(CANDIDATES)},
                                  description="~500 unheard candidates per user from two-tower ANN, item2vec neighbours "
-                                             "of recent tracks and audio neighbours among cold tracks, source-tagged.")},
+                                             "of recent tracks and audio neighbours among cold tracks, source-tagged."),
+          "candidates_timing": AssetOut(group_name="retrieval", metadata={
+              LAYER_KEY: "gold", "dagster/column_schema": table_schema(BATCH_TIMING)},
+              description="The candidates step's users, seconds and Spark cores (one row): the batch-window check "
+                          "reads it.")},
     ins={
         "faiss_index": AssetIn(dagster_type=Artifact),
         "user_embeddings": AssetIn(),
@@ -142,9 +150,16 @@ class CandidatesConfig(Config):
         "track_stats": AssetIn(metadata={"columns": ["track_id", "is_cold", "is_new_release"]}),
         "interactions": AssetIn(partition_mapping=history_window),
     },
+    # Uploaded tracks (the audio-upload sensor's new_track_vectors, one partition per upload day): every day's,
+    # those extending this week's models are searched. A lineage edge, read in the function through the lake:
+    # the IO manager loads one artifact per input and the weekly jobs' Definitions hold no upload-day asset.
+    deps=[AssetDep(NEW_TRACKS, partition_mapping=AllPartitionMapping())],
     partitions_def=weekly_partitions,
     backfill_policy=ONE_WEEK_PER_RUN,
-    check_specs=[schema_check_spec("candidates", CANDIDATES, blocking=True)],
+    check_specs=[schema_check_spec("candidates", CANDIDATES, blocking=True),
+                 schema_check_spec("candidates_timing", BATCH_TIMING, blocking=False)],
+    # A week's ranker training builds W-1's candidates without their timing (not that week's batch).
+    can_subset=True,
 )
 def candidates(
     context: AssetExecutionContext,
@@ -177,6 +192,13 @@ def candidates(
     frame = run_candidates(spark, users, blob, config.settings(threads=1), partitions)
     frame = frame.withColumn("model_version", F.lit(version)).persist()
     by_source = {r["sources"]: r["count"] for r in frame.groupBy("sources").count().collect()}
+    elapsed = round(time.perf_counter() - started, 1)
+    if "candidates_timing" in context.selected_output_names:
+        yield from emit_checked("candidates_timing", timing_table(
+            context.partition_key, "candidates", n_users, elapsed, spark.sparkContext.defaultParallelism),
+            BATCH_TIMING, {}, blocking=False)
+    if "candidates" not in context.selected_output_names:
+        return
     yield from emit_checked("candidates", frame, CANDIDATES, {
         "model_version": version,
         "cold_pool_tracks": len(models.audio_ids),
@@ -185,7 +207,7 @@ def candidates(
         "users": n_users,
         "spark_partitions": partitions,
         "rows_by_sources": MetadataValue.json(dict(sorted(by_source.items()))),
-        "elapsed_s": round(time.perf_counter() - started, 1),
+        "elapsed_s": elapsed,
     })
 
 

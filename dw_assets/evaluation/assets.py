@@ -31,6 +31,7 @@ from pyspark.sql.utils import AnalysisException
 
 from dw_assets.batch_timing import throughput, timing_table
 from dw_assets.calendar import shift_week, week_bounds
+from dw_assets.config_fields import config_fields
 from dw_assets.embeddings.user_tower import sampled_vectors, user_embeddings_frame, vectors_of
 from dw_assets.evaluation.ab import ABConfig, ab_frame, ab_table, play_arms, stored_summary, summarize_ab
 from dw_assets.evaluation.baselines import (
@@ -136,15 +137,15 @@ RETRIEVAL_EVALUATION = pa.DataFrameSchema(
 history_and_next_week = lenient_window(-(HISTORY_WEEKS - 1), 1)
 
 
-class SampleConfig(Config):
+# EvaluationSample's fields as sample_users, sample_rows, sample_seed (the offline evaluation sets its buckets).
+_SAMPLE = {"prefix": {EvaluationSample: "sample_"}, "exclude": ("sample_users_per_bucket",)}
+
+
+class SampleConfig(config_fields(EvaluationSample, **_SAMPLE)):
     """The evaluated users (``batch.EvaluationSample``: a seeded-hash sample, every user of a demo world)."""
 
-    sample_users: int = EvaluationSample.users
-    sample_rows: int = EvaluationSample.rows
-    sample_seed: int = EvaluationSample.seed
-
     def sample(self) -> EvaluationSample:
-        return EvaluationSample(users=self.sample_users, rows=self.sample_rows, seed=self.sample_seed)
+        return self.to_domain(EvaluationSample)
 
 
 class RetrievalEvaluationConfig(SampleConfig):
@@ -612,15 +613,12 @@ def _empty_north_star() -> pd.DataFrame:
 # -- the simulated A/B test ----------------------------------------------------------------------------
 
 
-class AbTestConfig(SampleConfig):
-    experiment: str = ABConfig.experiment
-    treatment_share: float = ABConfig.treatment_share
-    confidence: float = ABConfig.confidence
-    seed: int = ABConfig.seed
+class AbTestConfig(config_fields(EvaluationSample, ABConfig, **_SAMPLE)):
+    def sample(self) -> EvaluationSample:
+        return self.to_domain(EvaluationSample)
 
     def settings(self) -> ABConfig:
-        return ABConfig(experiment=self.experiment, treatment_share=self.treatment_share,
-                        confidence=self.confidence, seed=self.seed)
+        return self.to_domain(ABConfig)
 
 
 @multi_asset(

@@ -14,7 +14,6 @@ from dagster import (
     AssetExecutionContext,
     AssetIn,
     AssetOut,
-    Config,
     MetadataValue,
     Output,
     multi_asset,
@@ -24,6 +23,7 @@ from pyspark.sql import DataFrame
 
 from dw_assets.automation.sensors import AUDIO_UPLOADS
 from dw_assets.batch_timing import BATCH_TIMING, timing_table
+from dw_assets.config_fields import config_fields
 from dw_assets.embeddings.new_tracks import ASSET as NEW_TRACKS
 from dw_assets.embeddings.new_tracks import delta_index, load_new_track_vectors
 from dw_assets.embeddings.user_tower import sampled_vectors
@@ -48,27 +48,18 @@ from dw_assets.versioning import embedding_versions
 RECALL_CHECK = "ann_recall_at_500"
 
 
-class FaissIndexConfig(Config):
-    kind: str = AnnConfig.kind
-    exact_below: int = AnnConfig.exact_below
-    nprobe: int = AnnConfig.nprobe
-    ef_search: int = AnnConfig.ef_search
-    use_gpu: str = AnnConfig.use_gpu
-    # IVF at scale: nlist lists (None: ~4 sqrt(n); 40 k at 100 M tracks), trained on a seeded sample of at most
-    # train_sample track vectors (faiss wants >= 39 per list: raise it with nlist), never on the whole catalog.
-    nlist: int | None = AnnConfig.nlist
-    train_sample: int = AnnConfig.train_sample
+class FaissIndexConfig(config_fields(AnnConfig)):
+    """AnnConfig's settings (IVF at scale: nlist lists, None: ~4 sqrt(n), 40 k at 100 M tracks, trained on a
+    seeded sample of at most train_sample track vectors, never on the whole catalog), and the recall check's."""
+
     recall_k: int = 500
     recall_sample_users: int = 2_000
     min_recall: float = 0.95
     # Approximate indexes: the cheapest nprobe / efSearch reaching tune_recall on a second user sample.
     tune_recall: float = 0.97
-    seed: int = AnnConfig.seed
 
     def settings(self) -> AnnConfig:
-        return AnnConfig(kind=self.kind, exact_below=self.exact_below, nprobe=self.nprobe,
-                         ef_search=self.ef_search, use_gpu=self.use_gpu, nlist=self.nlist,
-                         train_sample=self.train_sample, seed=self.seed)
+        return self.to_domain(AnnConfig)
 
 
 @multi_asset(
@@ -113,23 +104,15 @@ def faiss_index(context: AssetExecutionContext, config: FaissIndexConfig, track_
 
 
 
-class CandidatesConfig(Config):
-    total: int = CandidateConfig.total
-    two_tower_quota: int = CandidateConfig.two_tower_quota
-    item2vec_quota: int = CandidateConfig.item2vec_quota
-    audio_quota: int = CandidateConfig.audio_quota
-    seed_tracks: int = CandidateConfig.seed_tracks
-    users_per_partition: int = CandidateConfig.users_per_partition
-    partitions: int = CandidateConfig.min_partitions  # the floor
+class CandidatesConfig(config_fields(CandidateConfig, exclude=("faiss_threads", "min_partitions"))):
+    # One thread per Spark task (the asset sets it); the partition floor keeps its run-config name.
+    partitions: int = CandidateConfig.min_partitions
 
     def partitions_for(self, users: int) -> int:
         return candidate_partitions(users, self.users_per_partition, self.partitions)
 
     def settings(self, threads: int) -> CandidateConfig:
-        return CandidateConfig(total=self.total, two_tower_quota=self.two_tower_quota,
-                               item2vec_quota=self.item2vec_quota, audio_quota=self.audio_quota,
-                               seed_tracks=self.seed_tracks, users_per_partition=self.users_per_partition,
-                               min_partitions=self.partitions, faiss_threads=threads)
+        return self.to_domain(CandidateConfig, faiss_threads=threads, min_partitions=self.partitions)
 
 
 @multi_asset(

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from dw_assets.lake.driver_guard import ROW_LIMIT_ENV
 from dw_assets.ranking.batch import (
+    LabelledWeek,
     exploration_posteriors,
     spark_fallback_pool,
     spark_position_propensity,
     training_sample,
+    training_samples,
 )
 from dw_assets.ranking.features import position_propensity, training_examples
 from dw_assets.ranking.playlists import fallback_pool
@@ -137,3 +141,23 @@ def test_sampled_users_are_drawn_by_seeded_hash_and_capped(spark, monkeypatch):
     monkeypatch.setenv(ROW_LIMIT_ENV, "100")
     guarded = training_sample(candidates, plays, profiles, RankerConfig(training_rows="all"))
     assert 0 < len(guarded.candidates) <= 100 and len(guarded.plays) <= 100
+
+
+def test_pooled_weeks_share_the_caps_and_draw_the_same_users(spark):
+    weeks = [LabelledWeek(spark.createDataFrame(_candidates(seed=seed)), spark.createDataFrame(_plays(seed=seed + 5)),
+                          spark.createDataFrame(_profiles())) for seed in (0, 1)]
+    config = RankerConfig(training_rows="all")
+    whole = training_samples(weeks, config)
+    assert [s.users for s in whole] == [80, 80] and [s.sampled_users for s in whole] == [80, 80]
+    # (user, week) pairs capped over the pool: 30 pairs = the 15 lowest-hash users, in both weeks.
+    capped = training_samples(weeks, replace(config, sample_users=30))
+    users = [set(s.candidates["user_id"]) for s in capped]
+    assert sum(len(u) for u in users) == sum(len(s.profiles) for s in capped) == 30 and users[0] == users[1]
+    alone = training_sample(weeks[0].candidates, weeks[0].interactions, weeks[0].user_profiles,
+                            replace(config, sample_users=15))
+    assert users[0] == set(alone.candidates["user_id"])
+    pd.testing.assert_frame_equal(capped[0].plays, alone.plays)
+    # Rows capped over the pool: whole users, every week of them, never more rows than the cap.
+    rows = training_samples(weeks, replace(config, sample_rows=600))
+    assert 0 < sum(len(s.candidates) + len(s.plays) for s in rows) <= 600
+    assert set(rows[0].candidates["user_id"]) == set(rows[1].candidates["user_id"])

@@ -16,10 +16,9 @@ from pyspark.sql import DataFrame
 
 from dw_assets.automation.planner import STAND_IN_REASON, landed_weeks
 from dw_assets.calendar import shift_week
-from dw_assets.embeddings.audio_table import audio_vectors_of
 from dw_assets.lake.quality import emit_checked, schema_check_spec, table_schema
 from dw_assets.lake.resources import LAYER_KEY, LakeResource, require_partitions
-from dw_assets.lake.storage import Artifact, vectors_from
+from dw_assets.lake.storage import Artifact
 from dw_assets.partitions import (
     ONE_WEEK_PER_RUN,
     earlier_weeks,
@@ -30,6 +29,7 @@ from dw_assets.partitions import (
 )
 from dw_assets.ranking import features as feature_module
 from dw_assets.ranking import ranker as ranker_module
+from dw_assets.ranking import training as training_module
 from dw_assets.ranking.batch import (
     PLAY_COLUMNS,
     build_playlists,
@@ -37,14 +37,12 @@ from dw_assets.ranking.batch import (
     is_stand_in,
     stand_in_ranker,
     track_context,
-    training_sample,
     user_vector_table,
-    user_vectors_of,
 )
 from dw_assets.ranking.config import PlaylistsConfig, RankerAssetConfig
-from dw_assets.ranking.features import FeatureContext, build_features, training_examples
-from dw_assets.ranking.ranker import TrainedRanker, train_ranker
+from dw_assets.ranking.ranker import TrainedRanker
 from dw_assets.ranking.schemas import RANKED_PLAYLISTS
+from dw_assets.ranking.training import assemble_pool, train_pooled
 from dw_assets.versioning import embedding_versions, model_version, require_same_version
 
 GROUP = "ranking"
@@ -112,19 +110,15 @@ def ranker_model(
     settings = config.settings()
     previous_version = embedding_versions(user_embeddings=user_embeddings, track_embeddings=track_embeddings)
     require_same_version({"candidates": candidate_version(candidates), "embeddings": previous_version})
-    sample = training_sample(candidates, interactions, user_profiles, settings)
-    examples, labels, weights = training_examples(sample.candidates, sample.plays, rows=settings.training_rows,
-                                                  scheme=settings.label_scheme,
-                                                  min_propensity=settings.min_propensity,
-                                                  propensity=sample.propensity)
-    sampled = sample.profiles["user_id"].to_numpy(np.int64)
-    features_then = FeatureContext.build(sample.profiles, track_stats, vectors_from(item2vec_embeddings),
-                                         audio_vectors_of(audio_vectors), user_vectors_of(user_embeddings, sampled),
-                                         vectors_from(track_embeddings))
-    features = build_features(examples, features_then)
-    trained = train_ranker(features, labels.to_numpy(), examples["user_id"].to_numpy(), settings,
-                           sample_weight=weights.to_numpy())
-    version = model_version(context.partition_key, [settings], [feature_module, ranker_module], [previous_version])
+    # Week W-1 only: Dagster gives an upstream asset one partition mapping per consuming asset, and the
+    # lake's IO manager loads an artifact input from one partition, so earlier weeks' item2vec and
+    # two-tower vectors cannot arrive yet (docs/evaluation.md, "Pooled ranker weeks").
+    pool = assemble_pool(week, 1, {previous: candidates}, {week: interactions}, {previous: user_profiles},
+                         {previous: track_stats}, {previous: item2vec_embeddings}, {previous: audio_vectors},
+                         {previous: user_embeddings}, {previous: track_embeddings})
+    trained, rows = train_pooled(pool, settings)
+    version = model_version(context.partition_key, [settings], [feature_module, ranker_module, training_module],
+                            [previous_version])
     report = trained.report
     importance = sorted(report.get("feature_importance", {}).items(), key=lambda kv: -kv[1])
     yield Output(
@@ -133,10 +127,11 @@ def ranker_model(
         output_name="ranker_model",
         metadata={
             "model_version": version,
-            "training_rows": int(len(examples)),
-            "training_positives": int((labels > 0).sum()),
-            "users_with_candidates": sample.users,
-            "sampled_users": sample.sampled_users,
+            "training_rows": int(len(rows.features)),
+            "training_positives": int((rows.labels > 0).sum()),
+            "pooled_weeks": ", ".join(w["week"] for w in rows.weeks),
+            "users_with_candidates": sum(w["users"] for w in rows.weeks),
+            "sampled_users": sum(w["sampled_users"] for w in rows.weeks),
             **{k: v for k, v in report.items() if np.isscalar(v) and not isinstance(v, str)},
             "feature_importance": MetadataValue.md(
                 pd.DataFrame(importance[:15], columns=["feature", "gain"]).to_markdown(index=False)),

@@ -90,48 +90,92 @@ def stored_order(frame: DataFrame) -> DataFrame:
 
 @dataclass
 class TrainingSample:
-    """The ranker's training inputs on the driver: week W-1's candidates of the sampled users (stored
-    order), their week-W plays of those candidates, their W-1 profiles and, for ``training_rows="all"``,
-    the position propensity of every user's lists (a Spark aggregate)."""
+    """The ranker's training inputs of one week w on the driver: w's candidates of the sampled users
+    (stored order), their week-(w+1) plays of those candidates, their week-w profiles and, for
+    ``training_rows="all"``, the position propensity of every user's lists (a Spark aggregate)."""
 
     candidates: pd.DataFrame
     plays: pd.DataFrame
     profiles: pd.DataFrame
     propensity: np.ndarray | None
-    users: int  # users with candidates, all of them
+    users: int  # users with candidates in the week, all of them
     sampled_users: int
+
+
+@dataclass(frozen=True)
+class LabelledWeek:
+    """One week w of the ranker's training pool, on Spark: w's candidates and profiles, and week w+1's
+    interactions (the labels)."""
+
+    candidates: DataFrame
+    interactions: DataFrame
+    user_profiles: DataFrame
+
+
+POOL_COLUMN = "_pool"  # which pooled week a row is of: 0 = the newest (W-1), 1 = W-2, ...
 
 
 def training_sample(candidates: DataFrame, interactions: DataFrame, user_profiles: DataFrame,
                     config: RankerConfig) -> TrainingSample:
-    """Draw the ranker's training users in Spark, then collect only their rows.
+    """:func:`training_samples` of one week: candidates of week W-1, interactions of week W, profiles of W-1."""
+    return training_samples([LabelledWeek(candidates, interactions, user_profiles)], config)[0]
 
-    candidates: week W-1's (250 G rows at the target); interactions: week W's (20 G rows);
-    user_profiles: W-1's (500 M rows). Users are the ``sample_users`` lowest seeded hashes among
-    those with candidates; with ``training_rows="exposed"`` only the candidates heard in week W
-    come (the only rows ``training_examples`` keeps), and the plays are only those of candidate
-    pairs (all the labels read). If the rows still exceed ``sample_rows``, users are dropped from
-    the highest hash down. With every user inside the caps (the demo) nothing is dropped and the
-    model is the one trained on the whole week.
+
+def training_samples(weeks: list[LabelledWeek], config: RankerConfig) -> list[TrainingSample]:
+    """Draw the ranker's training rows of every pooled week in Spark, then collect only those; one
+    sample per week, in the order given (newest first).
+
+    Per week at the target: candidates 250 G rows, the labelling week's interactions 20 G, profiles
+    500 M, all read on Spark. The caps hold for the whole pool: (user, week) pairs are drawn by the
+    user's seeded hash (the same users in every week, lowest hash first; ties by user, then the newer
+    week) up to ``sample_users`` (so at most that many profile rows come), and ``sample_rows`` caps the
+    candidate and play rows of all weeks together (whole users dropped from the highest hash down); both
+    lowered by ``bounded``. With ``training_rows="exposed"`` only the candidates heard in the labelling
+    week come (the only rows ``training_examples`` keeps), and the plays are only those of candidate
+    pairs. With every user inside the caps (the demo) nothing is dropped. One week gives exactly the
+    sample the ranker trained on before weeks were pooled.
     """
-    keys = ["user_id", "track_id"]
-    candidates = stored_order(candidates).drop("model_version")  # the file columns exist before any projection
-    users = candidates.select("user_id").distinct()
-    n_users = users.count()
-    chosen = sample_users(users, bounded(config.sample_users), config.seed + TRAINING_SAMPLE_SALT)
-    if chosen is not None:
-        candidates = candidates.join(chosen, "user_id", "left_semi")
-    plays = interactions.select(*PLAY_COLUMNS).join(candidates.select(*keys), keys, "left_semi")
+    keys, pair = ["user_id", "track_id"], ["user_id", POOL_COLUMN]
+    salt = config.seed + TRAINING_SAMPLE_SALT
+    # The file columns exist only before any projection: stored order per week, then the union.
+    candidates = _union([stored_order(week.candidates).drop("model_version").withColumn(POOL_COLUMN, F.lit(index))
+                         for index, week in enumerate(weeks)])
+    pairs = candidates.select(*pair).distinct()
+    per_week = {int(row[POOL_COLUMN]): int(row["count"]) for row in pairs.groupBy(POOL_COLUMN).count().collect()}
+    cap = bounded(config.sample_users)
+    if sum(per_week.values()) > cap:  # a top-k on the executors: each task keeps its cap lowest
+        chosen = (pairs.select(*pair, hash_unit("user_id", salt).alias("_h"))
+                  .orderBy("_h", "user_id", POOL_COLUMN).limit(cap).select(*pair))
+        candidates = candidates.join(chosen, pair, "left_semi")
+    interactions = _union([week.interactions.select(*PLAY_COLUMNS).withColumn(POOL_COLUMN, F.lit(index))
+                           for index, week in enumerate(weeks)])
+    plays = interactions.join(candidates.select(*keys, POOL_COLUMN), [*keys, POOL_COLUMN], "left_semi")
     if config.training_rows == "exposed":
-        candidates = candidates.join(plays.select(*keys).distinct(), keys, "left_semi")
-    candidates, plays = _cap_rows(candidates, plays, bounded(config.sample_rows), config.seed + TRAINING_SAMPLE_SALT)
-    collected = to_driver(candidates.orderBy(*STORED_ORDER, *keys), "ranker_rows").drop(columns=list(STORED_ORDER))
-    played = to_driver(plays.orderBy(*keys, "ts"), "ranker_rows")
-    profiles = to_driver(user_profiles.join(candidates.select("user_id").distinct(), "user_id", "left_semi")
-                         .orderBy("user_id"), "user_profiles")
-    propensity = (spark_position_propensity(interactions, min_propensity=config.min_propensity)
-                  if config.training_rows == "all" else None)
-    return TrainingSample(collected, played, profiles, propensity, n_users, int(collected["user_id"].nunique()))
+        candidates = candidates.join(plays.select(*keys, POOL_COLUMN).distinct(), [*keys, POOL_COLUMN], "left_semi")
+    candidates, plays = _cap_rows(candidates, plays, bounded(config.sample_rows), salt)
+    collected = to_driver(candidates.orderBy(POOL_COLUMN, *STORED_ORDER, *keys), "ranker_rows").drop(
+        columns=list(STORED_ORDER))
+    played = to_driver(plays.orderBy(POOL_COLUMN, *keys, "ts"), "ranker_rows")
+    samples = []
+    for index, week in enumerate(weeks):
+        rows = collected[collected[POOL_COLUMN] == index].drop(columns=POOL_COLUMN).reset_index(drop=True)
+        heard = played[played[POOL_COLUMN] == index].drop(columns=POOL_COLUMN).reset_index(drop=True)
+        # One collect per week: the weeks' profile tables need not share a schema. Pairs <= sample_users.
+        users = candidates.where(F.col(POOL_COLUMN) == index).select("user_id").distinct()
+        profiles = to_driver(week.user_profiles.join(users, "user_id", "left_semi").orderBy("user_id"),
+                             "user_profiles")
+        propensity = (spark_position_propensity(week.interactions, min_propensity=config.min_propensity)
+                      if config.training_rows == "all" else None)
+        samples.append(TrainingSample(rows, heard, profiles, propensity, per_week.get(index, 0),
+                                      int(rows["user_id"].nunique())))
+    return samples
+
+
+def _union(frames: list[DataFrame]) -> DataFrame:
+    union = frames[0]
+    for frame in frames[1:]:
+        union = union.unionByName(frame)
+    return union
 
 
 def _cap_rows(candidates: DataFrame, plays: DataFrame, cap: int, salt: int) -> tuple[DataFrame, DataFrame]:

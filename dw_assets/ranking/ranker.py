@@ -31,8 +31,14 @@ artist / nearest-track features of ``features.py`` (binary before them: 0.442). 
 saved-graded (``"saved"``) and LambdaRank / XE-NDCG variants stay selectable; LambdaRank on binary
 labels measured like binary on ``small`` (11.86 vs 11.85 positives). The ranking objectives and
 binary early-stop on validation NDCG@30 (only users with both labels can measure it), regression on
-its own loss. Rows are one past week: the lake holds one week of candidates before the trained week
-(``ranker_model`` reads week W-1's candidates, features and models), so nothing older is pooled yet.
+its own loss.
+
+Pooled weeks (``pool_weeks``, ``ranking/training.py``): weeks W-1 .. W-k, each week w's candidates
+labelled by w+1's listening and featurized as of w, one query group per (user, week), the caps for the
+pool as a whole. On ``tiny`` (3 training x 3 listener seeds, paired listeners; docs/evaluation.md
+"Pooled ranker weeks") it measured no gain: ranking efficiency 0.462 (1 week, ~1,390 rows), 0.452
+(2 weeks), 0.463 (3 weeks, ~4,000 rows), so the default pools one week. ``ranker_model`` reads week
+W-1 only until the lake's IO manager can load a window of artifacts week by week.
 
 Outcome history. ``user_profiles`` keeps each user's last saved and early-skipped (never liked) tracks
 and their save / skip / early-skip counts per genre, so the features reach beyond what the user heard:
@@ -132,6 +138,11 @@ class RankerConfig:
     sample_users: int = 250_000
     sample_rows: int = 10_000_000  # candidate + play rows of the sampled users (~1.5 GB of features)
     negatives_per_user: int | None = 200  # negatives kept per training user (seeded); None keeps all
+    # Weeks of candidates pooled as training rows: W-1 .. W-pool_weeks, each featurized as of its own week and
+    # labelled by the week after it (ranking.training); weeks without candidates are skipped. The caps above
+    # (sample_users: (user, week) pairs; sample_rows) hold for the pool as a whole. Tiny, ranker order /
+    # candidate oracle over 3 training x 3 listener seeds: 1 week 0.462, 2 weeks 0.452, 3 weeks 0.463.
+    pool_weeks: int = 1
     baseline_feature: str = "two_tower_score"  # retrieval order the report compares with
     seed: int = 7
     deterministic: bool = True
@@ -152,7 +163,8 @@ class RankerConfig:
             raise ValueError("label_scheme='outcome' needs a graded objective (regression, lambdarank, rank_xendcg)")
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
-        for name in ("num_leaves", "n_estimators", "early_stopping_rounds", "min_child_samples", "ndcg_k"):
+        for name in ("num_leaves", "n_estimators", "early_stopping_rounds", "min_child_samples", "ndcg_k",
+                     "pool_weeks"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("sample_users", "sample_rows"):
@@ -171,7 +183,9 @@ class TrainedRanker:
     users_without_positives, users_without_pairs (all rows one label: not validated, and not trained
     on with a ranking objective), ndcg_k, validation_ndcg and baseline_ndcg (NDCG@ndcg_k, binary gain,
     same validation users; None without validation users), baseline_feature, feature_importance
-    (total gain per feature, descending), train_seconds, config.
+    (total gain per feature, descending), train_seconds, config. With pooled weeks the user counts are
+    of query groups, (user, week) pairs, and ``ranking.training.train_pooled`` adds pooled_weeks (week,
+    rows, positives, users, sampled_users of each) and featurize_seconds.
     """
 
     def __init__(self, model_text: str, feature_names: list[str], report: dict) -> None:
@@ -338,38 +352,43 @@ def train_ranker(
     user_ids,
     config: RankerConfig = RankerConfig(),
     sample_weight=None,
+    query_ids=None,
 ) -> TrainedRanker:
-    """Train on week W-1's candidates labelled by week W.
+    """Train on week W-1's candidates labelled by week W (or on several pooled weeks: ``query_ids``).
 
     features: float32[n, f] (e.g. :func:`build_features`), its columns become the model's features.
     labels: int[n] relevance (``RankerConfig.label_scheme``: 0/1, 2 = saved, or outcome grades 0-4; the binary
     objective uses label > 0, regression the grade's ``outcome_values``).
     user_ids: int64[n], one query group per user (rows need not be contiguous).
     sample_weight: float[n] or None, e.g. inverse position propensity of positives.
+    query_ids: int64[n] or None (= user_ids): the query group of each row, one per (user, week) when weeks are
+    pooled; groups, negative sampling and the user cap go by query, the validation split by user (a user's
+    weeks stay on one side of it).
     """
     started = time.perf_counter()
     n = len(features)
     y = np.asarray(labels, dtype=np.int32).reshape(-1)
     users = np.asarray(user_ids, dtype=np.int64).reshape(-1)
     weight = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64).reshape(-1)
-    if len(y) != n or len(users) != n or (weight is not None and len(weight) != n):
-        raise ValueError("features, labels, user_ids and sample_weight must have the same length")
+    queries = users if query_ids is None else np.asarray(query_ids, dtype=np.int64).reshape(-1)
+    if len(y) != n or len(users) != n or len(queries) != n or (weight is not None and len(weight) != n):
+        raise ValueError("features, labels, user_ids, query_ids and sample_weight must have the same length")
     if (y < 0).any():
         raise ValueError("labels must be >= 0")
     x = features.to_numpy(np.float32)
     names = [str(c) for c in features.columns]
 
-    # A user whose candidates all share one label (typically: no positive) has no pair to order.
-    order = np.argsort(users, kind="stable")
-    starts = np.flatnonzero(np.r_[True, users[order][1:] != users[order][:-1]]) if n else np.zeros(0, np.int64)
+    # A query (user, or user-week) whose candidates all share one label (typically: no positive) has no pair to order.
+    order = np.argsort(queries, kind="stable")
+    starts = np.flatnonzero(np.r_[True, queries[order][1:] != queries[order][:-1]]) if n else np.zeros(0, np.int64)
     lowest = np.minimum.reduceat(y[order], starts) if n else y
     highest = np.maximum.reduceat(y[order], starts) if n else y
-    ranked = np.isin(users, users[order][starts][lowest < highest])
+    ranked = np.isin(queries, queries[order][starts][lowest < highest])
     held_out = user_hash_unit(users, config.seed) < config.validation_fraction
     # Binary log-loss learns from every labelled row; ranking objectives only from users with pairs.
     trainable = ~held_out if config.objective in ("binary", "regression") else ranked & ~held_out
-    train_rows, train_sizes = _grouped(_training_rows(users, y, np.flatnonzero(trainable), config), users)
-    valid_rows, valid_sizes = _grouped(np.flatnonzero(ranked & held_out), users)
+    train_rows, train_sizes = _grouped(_training_rows(queries, y, np.flatnonzero(trainable), config), queries)
+    valid_rows, valid_sizes = _grouped(np.flatnonzero(ranked & held_out), queries)
     if len(train_rows) == 0:
         raise ValueError("no training rows: every user is held out or none has both a positive and a negative")
 
@@ -417,7 +436,7 @@ def train_ranker(
 
     validation_ndcg = baseline_ndcg = None
     if len(valid_rows):
-        valid_users = users[valid_rows]
+        valid_users = queries[valid_rows]
         scores = ranker.predict(features.iloc[valid_rows], num_threads=max(config.num_threads, 1))
         validation_ndcg = ndcg_at_k(scores, y[valid_rows], valid_users, config.ndcg_k)
         if config.baseline_feature in features.columns:

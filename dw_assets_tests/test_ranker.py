@@ -8,6 +8,7 @@ position propensity must recover the decaying attention of the simulated discove
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -542,3 +543,58 @@ def test_rankers_trained_on_heard_tracks_rank_by_taste_and_on_all_candidates_by_
         top = next(iter(ranker.report["feature_importance"]))
         assert top == ("genre_share" if rows == "exposed" else "log_plays")
     assert quality["exposed"] > quality["all"] + 0.1
+
+
+# ---------------------------------------------------------------------------- weeks pooled on the tiny lake
+
+
+def _pool_inputs(lake, spark, weeks: list[str], labels: list[str]) -> list[dict]:
+    """The pool's inputs keyed by week, as the IO manager gives them: the weeks the lake has."""
+    def by_week(layer, name, keys, read):
+        return {k: read(lake.uri(layer, name, k)) for k in keys if lake.exists(lake.uri(layer, name, k))}
+
+    table = lambda uri: lake.read_spark(spark, [uri])  # noqa: E731
+    return [by_week("gold", "candidates", weeks, table), by_week("silver", "interactions", labels, table),
+            by_week("gold", "user_profiles", weeks, table), by_week("gold", "track_stats", weeks, lake.read_frame),
+            by_week("models", "item2vec_embeddings", weeks, lake.read_artifact),
+            by_week("models", "audio_vectors", weeks, table), by_week("models", "user_embeddings", weeks, table),
+            by_week("models", "track_embeddings", weeks, lake.read_artifact)]
+
+
+def test_pooled_weeks_are_each_featurized_as_of_their_own_week(tiny_world_run, spark):
+    from dw_assets.calendar import shift_week
+    from dw_assets.lake.storage import Lake
+    from dw_assets.ranking.training import assemble_pool, pooled_training_set, train_pooled
+
+    manifest = json.loads((tiny_world_run / "landing" / "manifest.json").read_text())
+    lake = Lake(str(tiny_world_run))
+    # The fixture built the last training week W and W-1's candidates: W+1's ranker can pool W and W-1,
+    # and W-2 (no candidates) is skipped.
+    week = shift_week(manifest["last_training_week"], 1)
+    earlier = [shift_week(week, -k) for k in (1, 2, 3)]
+    assert lake.exists(lake.uri("silver", "interactions", week)), "the fixture ingests the holdout week"
+    inputs = _pool_inputs(lake, spark, earlier, [week, *earlier])
+    pool = assemble_pool(week, 3, *inputs)
+    assert [p.week for p in pool] == earlier[:2]
+    config = RankerConfig(pool_weeks=3, num_threads=1, n_estimators=30)
+    rows = pooled_training_set(pool, config)
+    assert [w["week"] for w in rows.weeks] == earlier[:2] and all(w["rows"] > 0 for w in rows.weeks)
+    assert len(np.unique(rows.query_ids)) == sum(w["sampled_users"] for w in rows.weeks)
+    # Each week's rows carry that week's statistics: a track's play count as of its own week.
+    log_plays = rows.features["log_plays"].to_numpy()
+    pooled = rows.query_ids >> 32
+    plays = [p.track_stats.set_index("track_id")["plays"] for p in pool]
+    for index, _ in enumerate(pool):
+        mine = pooled == index
+        expected = np.log1p(plays[index].reindex(rows.track_ids[mine]).to_numpy(np.float64))
+        np.testing.assert_allclose(log_plays[mine], expected, rtol=1e-6)
+    both = np.intersect1d(rows.track_ids[pooled == 0], rows.track_ids[pooled == 1])
+    differ = (plays[0].loc[both].to_numpy() != plays[1].loc[both].to_numpy()).sum()
+    assert differ > 0, "the same track's play count differs between the pooled weeks"
+    # The caps hold for the pool: (user, week) pairs and rows together.
+    capped = pooled_training_set(pool, replace(config, sample_users=40))
+    assert sum(w["sampled_users"] for w in capped.weeks) <= 40
+    # Same seeds, same model.
+    first, _ = train_pooled(pool, config)
+    second, _ = train_pooled(pool, config)
+    assert first.model_text == second.model_text and first.report["pooled_weeks"] == rows.weeks

@@ -116,11 +116,13 @@ class CandidatesConfig(config_fields(CandidateConfig, exclude=("faiss_threads", 
 
 
 @multi_asset(
-    outs={"candidates": AssetOut(group_name="retrieval",
+    # Both optional: the op builds either alone (can_subset below); Dagster requires every unselected-able
+    # output of a subsettable multi-asset to be is_required=False.
+    outs={"candidates": AssetOut(group_name="retrieval", is_required=False,
                                  metadata={LAYER_KEY: "gold", "dagster/column_schema": table_schema(CANDIDATES)},
                                  description="~500 unheard candidates per user from two-tower ANN, item2vec neighbours "
                                              "of recent tracks and audio neighbours among cold tracks, source-tagged."),
-          "candidates_timing": AssetOut(group_name="retrieval", metadata={
+          "candidates_timing": AssetOut(group_name="retrieval", is_required=False, metadata={
               LAYER_KEY: "gold", "dagster/column_schema": table_schema(BATCH_TIMING)},
               description="The candidates step's users, seconds and Spark cores (one row): the batch-window check "
                           "reads it.")},

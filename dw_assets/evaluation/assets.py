@@ -16,9 +16,7 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetIn,
-    AssetKey,
     AssetOut,
-    AssetRecordsFilter,
     Config,
     MetadataValue,
     Output,
@@ -29,7 +27,7 @@ from pandera.pandas import Check, Column
 from pyspark.sql import DataFrame
 from pyspark.sql.utils import AnalysisException
 
-from dw_assets.batch_timing import throughput, timing_table
+from dw_assets.batch_timing import throughput
 from dw_assets.calendar import shift_week, week_bounds
 from dw_assets.config_fields import config_fields
 from dw_assets.embeddings.user_tower import sampled_vectors, user_embeddings_frame, vectors_of
@@ -710,7 +708,8 @@ class MonitoringConfig(Config):
          "interactions": AssetIn(partition_mapping=history_window, metadata={"columns": ["user_id", "ts"]}),
          "track_catalog": AssetIn(metadata={"columns": ["track_id", "release_date"]}),
          # the batch-window check's figures (absent when the week's candidates ran only for a ranker's training)
-         "candidates_timing": AssetIn(metadata={"may_be_empty": True})},
+         "candidates_timing": AssetIn(metadata={"may_be_empty": True}),
+         "ranked_playlists_timing": AssetIn(metadata={"may_be_empty": True})},
     partitions_def=weekly_partitions,
     backfill_policy=ONE_WEEK_PER_RUN,
     check_specs=[AssetCheckSpec(name, asset="model_monitoring", description=text, blocking=False)
@@ -719,7 +718,8 @@ class MonitoringConfig(Config):
 )
 def model_monitoring(context: AssetExecutionContext, config: MonitoringConfig, lake: LakeResource,
                      pyspark: LazyPySparkResource, ranked_playlists: DataFrame, user_embeddings: DataFrame,
-                     interactions: DataFrame, track_catalog: pd.DataFrame, candidates_timing: pd.DataFrame):
+                     interactions: DataFrame, track_catalog: pd.DataFrame, candidates_timing: pd.DataFrame,
+                     ranked_playlists_timing: pd.DataFrame):
     """Sizes at the target: the window's interactions (240 G rows) are counted on Spark (one row per
     week comes back); score drift reads the ranker scores of ``sample_users`` users drawn by seeded
     hash (30 scores each), this week's and last week's."""
@@ -744,7 +744,7 @@ def model_monitoring(context: AssetExecutionContext, config: MonitoringConfig, l
         feature_drift(norms, last_norms, config.psi_warn, config.psi_error, label=label),
         *[volume_anomaly(column, float(now[column]), trailing[column].astype(float).tolist(), config.volume_max_change)
           for column in ("events", "active_users", "new_tracks")],
-        batch_window_sla(*throughput(candidates_timing, ranked_playlists_timing(context.instance, week)),
+        batch_window_sla(*throughput(candidates_timing, ranked_playlists_timing),
                          target_users=config.target_users,
                          cluster_cores=config.cluster_cores, window_hours=config.window_hours),
     ]
@@ -808,18 +808,6 @@ def weekly_volumes(interactions: DataFrame, catalog: pd.DataFrame, weeks: list[s
     frame["active_users"] = frame["week"].map(per_week["active_users"]).fillna(0).astype("int64")
     frame["new_tracks"] = frame["week"].map(new_tracks).fillna(0).astype("int64")
     return frame
-
-
-def ranked_playlists_timing(instance, week: str) -> pd.DataFrame:
-    """ranked_playlists' ``batch_timing`` row of ``week``, from its materialization's metadata (empty without one).
-    Goes when ranked_playlists writes its ``ranked_playlists_timing`` table, read as an input like candidates'."""
-    records = instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=AssetKey("ranked_playlists"), asset_partitions=[week]), limit=1).records
-    if not records:
-        return timing_table(week, "ranked_playlists", 0, 0.0, 1).iloc[:0]
-    metadata = {k: getattr(v, "value", v) for k, v in records[0].asset_materialization.metadata.items()}
-    return timing_table(week, "ranked_playlists", metadata.get("users") or 0, metadata.get("elapsed_s") or 0.0,
-                        metadata.get("spark_cores") or 1)
 
 
 # -- the weekly report -----------------------------------------------------------------------------------

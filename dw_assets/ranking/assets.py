@@ -15,6 +15,7 @@ from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import DataFrame
 
 from dw_assets.automation.planner import STAND_IN_REASON, landed_weeks
+from dw_assets.batch_timing import BATCH_TIMING, timing_table
 from dw_assets.calendar import shift_week
 from dw_assets.lake.quality import emit_checked, schema_check_spec, table_schema
 from dw_assets.lake.resources import LAYER_KEY, LakeResource, require_partitions
@@ -144,7 +145,11 @@ def ranker_model(
         group_name=GROUP, metadata={LAYER_KEY: "gold", "dagster/column_schema": table_schema(RANKED_PLAYLISTS)},
         description="30 tracks per user: LightGBM score -> value order with an uncertainty bonus (cold and "
                     "little-heard-genre tracks compete on value) -> MMR -> genre calibration; "
-                    "popularity-by-country fallback for users without candidates.")},
+                    "popularity-by-country fallback for users without candidates."),
+          "ranked_playlists_timing": AssetOut(group_name=GROUP, metadata={
+              LAYER_KEY: "gold", "dagster/column_schema": table_schema(BATCH_TIMING)},
+              description="The playlists step's users, seconds and Spark cores (one row): the batch-window check "
+                          "reads it.")},
     ins={
         "candidates": AssetIn(),
         "ranker_model": AssetIn(dagster_type=Artifact),
@@ -163,7 +168,8 @@ def ranker_model(
     },
     partitions_def=weekly_partitions,
     backfill_policy=ONE_WEEK_PER_RUN,
-    check_specs=[schema_check_spec("ranked_playlists", RANKED_PLAYLISTS, blocking=True)],
+    check_specs=[schema_check_spec("ranked_playlists", RANKED_PLAYLISTS, blocking=True),
+                 schema_check_spec("ranked_playlists_timing", BATCH_TIMING, blocking=False)],
 )
 def ranked_playlists(
     context: AssetExecutionContext,
@@ -196,6 +202,9 @@ def ranked_playlists(
         user_profiles, user_directory, track_stats,
         track_context(track_stats, item2vec_embeddings, audio_vectors, track_embeddings),
         user_vector_table(spark, user_embeddings), interactions, spark_or_none(earlier_playlists))
+    yield from emit_checked("ranked_playlists_timing", timing_table(
+        week, "ranked_playlists", stats["users"], stats["elapsed_s"], stats["spark_cores"]), BATCH_TIMING, {},
+        blocking=False)
     yield from emit_checked("ranked_playlists", playlists, RANKED_PLAYLISTS, {
         "model_version": version, "ranker_version": ranker_model.model_version, **stats,
         "stand_in_ranker": is_stand_in(ranker),

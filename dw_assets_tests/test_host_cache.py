@@ -1,7 +1,8 @@
 """The host cache of shipped model sets: written once per digest even when processes race, memory-mapped by
-every reader, old digests pruned; shipped candidate models opened from it search like the shipped bytes.
+every reader, old digests pruned; shipped candidate models opened from it search like the shipped bytes, and
+on Spark (the tiny world's lake) give the candidates the in-memory models give.
 
-Fast: small files, real processes (multiprocessing), no Spark.
+Fast: small files and real processes (multiprocessing); the Spark test reuses the session's ``tiny_world_run``.
 """
 
 from __future__ import annotations
@@ -113,3 +114,37 @@ def test_models_from_the_host_cache_give_the_shipped_bytes_candidates(world, tmp
                                           check_exact=True)
         assert len(reads) == 1
         assert isinstance(cached.item2vec_vectors, np.memmap) and isinstance(cached.neighbours, np.memmap)
+
+
+def test_spark_candidates_through_the_host_cache_equal_the_in_memory_models_on_the_tiny_world(tiny_world_run, spark):
+    """run_candidates (Python workers: the host cache, memory-mapped) == generate_candidates over the models
+    loaded from the same bytes in this process, and == the candidates the week's run stored."""
+    import json
+
+    from dw_assets.ingest.spark import payload_key
+    from dw_assets.lake.storage import Lake
+    from dw_assets.partitions import history_window_weeks
+    from dw_assets.retrieval.batch import candidate_models, candidate_users, run_candidates
+    from dw_assets.retrieval.candidates import CANDIDATE_COLUMNS, CandidateConfig
+
+    week = json.loads((tiny_world_run / "landing" / "manifest.json").read_text())["last_training_week"]
+    lake = Lake(str(tiny_world_run))
+    table = lambda layer, name, weeks=(week,): lake.read_spark(spark, [  # noqa: E731
+        lake.uri(layer, name, w) for w in weeks if lake.exists(lake.uri(layer, name, w))])
+    models = candidate_models(lake.read_artifact(lake.uri("models", "faiss_index", week)),
+                              lake.read_artifact(lake.uri("models", "item2vec_embeddings", week)),
+                              table("models", "audio_vectors"), lake.read_frame(lake.uri("gold", "track_stats", week)),
+                              "test")
+    users = candidate_users(table("models", "user_embeddings"), table("gold", "user_profiles"),
+                            table("silver", "interactions", history_window_weeks(week)))
+    blob, settings = models.to_bytes(), CandidateConfig(faiss_threads=1)
+    got = run_candidates(spark, users, blob, settings, 8).toPandas()
+    got = got.sort_values("user_id", kind="stable").reset_index(drop=True)  # a user's rows stay in merge order
+    expected = generate_candidates(users.toPandas(), CandidateModels.from_bytes(blob), settings)
+    assert len(got) > 1_000
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
+    assert host_cache.cached(payload_key(blob))  # the workers' copy (Spark's workers share this host's root)
+    stored = lake.read_frame(lake.uri("gold", "candidates", week))[list(CANDIDATE_COLUMNS)]
+    by_pair = ["user_id", "track_id"]
+    pd.testing.assert_frame_equal(stored.sort_values(by_pair).reset_index(drop=True),
+                                  got.sort_values(by_pair).reset_index(drop=True), check_exact=True, check_dtype=False)

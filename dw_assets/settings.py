@@ -144,6 +144,9 @@ _ALL = (
     Setting("DW_DRIVER_ROW_LIMIT", "rows of a user/event-scale table the driver may hold; unset: only counted",
             parse=positive_int),
     Setting("DW_DRIVER_GUARD_REPORT", "JSON-lines file recording driver-guard violations instead of raising"),
+    # Candidate generation: one memory-mapped model set per executor host
+    Setting("DW_MODEL_CACHE_DIR", "host-local folder of the memory-mapped model sets Spark workers share; "
+            "unset: <temp dir>/dw-model-cache"),
     # The ranker
     Setting("DW_COMPILE_CACHE", "cache folder of the ranker's compiled trees; unset: the temp directory"),
     # The HTTP API

@@ -28,18 +28,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from dw_assets.settings import Setting
+from dw_assets import settings
 
-# Read through the settings helper; to move into dw_assets.settings' table (and README's) by its owner.
-CACHE_DIR = Setting("DW_MODEL_CACHE_DIR", "host-local folder of the memory-mapped model sets Spark workers "
-                                          "share; unset: <temp dir>/dw-model-cache")
 KEEP = 3  # model sets kept per host: this week's, and a control arm's or a re-run's beside it
 _KEY = re.compile(r"[0-9A-Za-z_-]{1,64}")
 
 
 def cache_root() -> Path:
     """The folder holding one sub-folder per cached digest (``DW_MODEL_CACHE_DIR`` or the temp dir's)."""
-    return Path(CACHE_DIR.get() or Path(tempfile.gettempdir()) / "dw-model-cache")
+    return Path(settings.get("DW_MODEL_CACHE_DIR") or Path(tempfile.gettempdir()) / "dw-model-cache")
 
 
 def materialize(key: str, write: Callable[[Path], None], root: str | Path | None = None, keep: int = KEEP) -> Path:

@@ -202,14 +202,16 @@ def ranked_playlists(
         user_profiles, user_directory, track_stats,
         track_context(track_stats, item2vec_embeddings, audio_vectors, track_embeddings),
         user_vector_table(spark, user_embeddings), interactions, spark_or_none(earlier_playlists))
-    yield from emit_checked("ranked_playlists_timing", timing_table(
-        week, "ranked_playlists", stats["users"], stats["elapsed_s"], stats["spark_cores"]), BATCH_TIMING, {},
-        blocking=False)
     yield from emit_checked("ranked_playlists", playlists, RANKED_PLAYLISTS, {
         "model_version": version, "ranker_version": ranker_model.model_version, **stats,
         "stand_in_ranker": is_stand_in(ranker),
         "sample": MetadataValue.md(playlists.limit(30).toPandas().to_markdown(index=False)),
     })
+    # After the playlists: the step reads earlier weeks' ranked_playlists, so Dagster orders every output
+    # of it after that asset.
+    yield from emit_checked("ranked_playlists_timing", timing_table(
+        week, "ranked_playlists", stats["users"], stats["elapsed_s"], stats["spark_cores"]), BATCH_TIMING, {},
+        blocking=False)
 
 
 def spark_or_none(frame) -> DataFrame | None:

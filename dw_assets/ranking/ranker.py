@@ -98,6 +98,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
+from dw_assets import settings
 from dw_assets.ingest.interactions import InteractionRules
 from dw_assets.ranking.features import LABEL_SCHEMES, MONOTONE_FEATURES, TRAINING_ROWS
 
@@ -263,7 +264,7 @@ def compile_trees(model_text: str, cache_dir: str | None = None):
     import lleaves
 
     digest = hashlib.sha256(model_text.encode()).hexdigest()[:32]
-    root = Path(cache_dir or os.environ.get("DW_COMPILE_CACHE") or tempfile.gettempdir()) / "dw_compiled_trees"
+    root = Path(cache_dir or settings.get("DW_COMPILE_CACHE") or tempfile.gettempdir()) / "dw_compiled_trees"
     root.mkdir(parents=True, exist_ok=True)
     model_file, objects = root / f"{digest}.txt", root / f"{digest}.o"
     if not model_file.exists():

@@ -31,7 +31,7 @@ ui: setup
 cassandra:
 	@scripts/cassandra.sh start
 
-## Start a Spark standalone cluster on loopback from the pinned pyspark: master spark://127.0.0.1:7077, two 1-core
+## Start a Spark standalone cluster on loopback from the pinned pyspark: master spark://127.0.0.1:7077, three 1-core
 ## workers (scripts/spark-cluster.sh; also stop|status). Run on it: DW_SPARK_MASTER=spark://127.0.0.1:7077 dw run ...
 spark-cluster: setup
 	@scripts/spark-cluster.sh start

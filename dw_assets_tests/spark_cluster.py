@@ -1,7 +1,7 @@
 """The real Spark standalone cluster the cluster tests run on (``scripts/spark-cluster.sh``).
 
 ``spark_cluster`` (a session fixture in conftest) yields ``spark://127.0.0.1:<port>``: one master and
-two 1-core workers on loopback, started from the pinned pyspark if not running yet and stopped
+three 1-core workers on loopback (a week's application takes one, or two with ``TWO_EXECUTORS``), started from the pinned pyspark if not running yet and stopped
 again at the end of the session when the session started it. A cluster that cannot be started
 fails the test with the script's output: never a skip.
 """
@@ -53,12 +53,17 @@ print(materialize_week(root, week, weeks, progress=print, ops=ops))
 from pyspark.sql import SparkSession
 sc = SparkSession.getActiveSession().sparkContext
 executors = sc._jsc.sc().getExecutorMemoryStatus().size() - 1  # the driver's block manager is listed too
-print(json.dumps({"master": sc.master, "executors": executors}))
+summaries = sc._jsc.sc().statusStore().executorList(False)  # every executor the application had, with its tasks
+tasks = {summaries.apply(i).id(): summaries.apply(i).totalTasks() for i in range(summaries.size())}
+tasks.pop("driver", None)
+print(json.dumps({"master": sc.master, "executors": executors, "tasks_by_executor": tasks}))
 """
 
 # The driver capped as the issue asks: a 1 GB JVM, 16 MB per collect. The s3a:// jars are at the same
 # path for the executors (one host), so they go on the classpath instead of 690 MB shipped to each.
 CAPPED_DRIVER = {"DW_SPARK_DRIVER_MEMORY": "1g", "DW_SPARK_DRIVER_MAX_RESULT_SIZE": "16m", "DW_SPARK_JARS_SHARED": "1"}
+# Two executors (two workers' cores): every job's tasks split between two JVMs.
+TWO_EXECUTORS = {"DW_SPARK_CORES_MAX": "2"}
 
 
 def run_world(master: str, world: Path, root: Path, manifest: dict, ops: dict, env: dict | None = None,

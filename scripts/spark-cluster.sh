@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A real Spark standalone cluster on loopback, from the pinned pyspark in .venv (its jars/ and bin/spark-class;
-# no download): one master and two workers, each worker 1 core and 2 GB, so executors run in their own JVMs
-# and Python workers, as on a multi-host cluster. State, logs and work folders live in a git-ignored cache.
+# no download): one master and three workers, each worker 1 core and 2 GB, so executors run in their own JVMs
+# and Python workers, as on a multi-host cluster. An application that sets spark.cores.max=2 (the cluster tests,
+# `dw bench scale`) runs on two executors; the third core is for `dw run`'s second application (below). State, logs and work folders live in a git-ignored cache.
 #
 #   scripts/spark-cluster.sh start   launch what is not running (detached) and return when every worker has
 #                                    registered with the master: prints `ready spark://127.0.0.1:<port>`, exit 0;
@@ -18,13 +19,14 @@
 #   DW_SPARK_CLUSTER_HOME           state folder (default <checkout>/.cache/spark-cluster): logs/ work/ tmp/ conf/
 #   DW_SPARK_CLUSTER_PORT           master RPC port (default 7077)
 #   DW_SPARK_CLUSTER_UI_PORT        master web UI port, loopback only; its /json is the readiness probe (default 7080)
-#   DW_SPARK_CLUSTER_WORKERS        worker count (default 2)
+#   DW_SPARK_CLUSTER_WORKERS        worker count (default 3)
 #   DW_SPARK_CLUSTER_WORKER_CORES   cores per worker (default 1)
 #   DW_SPARK_CLUSTER_WORKER_MEMORY  memory per worker for its executors (default 2g)
 #   DW_SPARK_CLUSTER_DAEMON_MEMORY  heap of the master and worker JVMs themselves (default 256m)
 #   DW_SPARK_CLUSTER_APP_CORES      cores an application gets unless it sets spark.cores.max (default 1): `dw run`
 #                                   trains item2vec in a second process (a second application) alongside the
-#                                   main one; with every core taken by the first, the second would wait forever
+#                                   main one; with every core taken by the first, the second would wait forever.
+#                                   The main application asks for more with DW_SPARK_CORES_MAX (spark.cores.max)
 #   DW_SPARK_CLUSTER_PYTHON         python with pyspark (default <checkout>/.venv/bin/python): finds SPARK_HOME
 #   DW_SPARK_CLUSTER_TIMEOUT        seconds `start` waits for the workers (default 120)
 # Needs Java 17 or later (Spark 4): JAVA_HOME or `java` on PATH.
@@ -35,7 +37,7 @@ SCHOME=${DW_SPARK_CLUSTER_HOME:-$ROOT/.cache/spark-cluster}
 HOST=127.0.0.1
 PORT=${DW_SPARK_CLUSTER_PORT:-7077}
 UI_PORT=${DW_SPARK_CLUSTER_UI_PORT:-7080}
-WORKERS=${DW_SPARK_CLUSTER_WORKERS:-2}
+WORKERS=${DW_SPARK_CLUSTER_WORKERS:-3}
 WORKER_CORES=${DW_SPARK_CLUSTER_WORKER_CORES:-1}
 WORKER_MEMORY=${DW_SPARK_CLUSTER_WORKER_MEMORY:-2g}
 DAEMON_MEMORY=${DW_SPARK_CLUSTER_DAEMON_MEMORY:-256m}

@@ -763,8 +763,12 @@ def audio_anchor_neighbours(features: FeatureSpace, anchors: np.ndarray, rows: n
 
 
 def weighted_ids(table: torch.Tensor, anchors: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """[..., id_dim] sum_k weights * table[anchors]: a warm start's id vector (training and serving)."""
-    return (weights[..., None] * table[anchors]).sum(-2)
+    """[..., id_dim] sum_k weights * table[anchors]: a warm start's id vector (training and serving).
+
+    Gathered with ``F.embedding``, not ``table[anchors]``: the backward of advanced indexing on CPU is an
+    accumulating ``index_put_`` whose threads add in a varying order, so two processes trained different
+    last digits (the cluster test's playlists then differed); the embedding backward adds in index order."""
+    return (weights[..., None] * F.embedding(anchors, table)).sum(-2)
 
 
 @torch.no_grad()

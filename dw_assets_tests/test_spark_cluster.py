@@ -96,9 +96,9 @@ def test_the_tiny_world_on_a_standalone_cluster_gives_the_local_runs_playlists(t
     elapsed = time.perf_counter() - started
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
     print(f"tiny world on {spark_cluster}: {elapsed:.0f}s")
-    # One executor: with two, the playlists differ (measured 2026-12-06: user_profiles' float aggregates and
-    # the two-tower's weights differ in the last digits, then 70 % of the playlist tracks), because a shuffle's
-    # partial sums are merged in fetch order. The two-executor run is the driver-guard test's.
+    # One executor: with two, the last week's user_profiles differ from local mode's (measured 2026-12-06;
+    # a shuffle's float partial sums are merged in fetch order: docs/operations.md). The two-executor run is
+    # the driver-guard test's.
     assert where["master"] == spark_cluster and where["executors"] >= 1, where
 
     cluster = tmp_path / "cluster"

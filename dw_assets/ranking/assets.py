@@ -141,12 +141,13 @@ def ranker_model(
 
 
 @multi_asset(
-    outs={"ranked_playlists": AssetOut(
+    # Both optional and the op subsettable: a selection may name ranked_playlists without its timing row.
+    outs={"ranked_playlists": AssetOut(is_required=False,
         group_name=GROUP, metadata={LAYER_KEY: "gold", "dagster/column_schema": table_schema(RANKED_PLAYLISTS)},
         description="30 tracks per user: LightGBM score -> value order with an uncertainty bonus (cold and "
                     "little-heard-genre tracks compete on value) -> MMR -> genre calibration; "
                     "popularity-by-country fallback for users without candidates."),
-          "ranked_playlists_timing": AssetOut(group_name=GROUP, metadata={
+          "ranked_playlists_timing": AssetOut(group_name=GROUP, is_required=False, metadata={
               LAYER_KEY: "gold", "dagster/column_schema": table_schema(BATCH_TIMING)},
               description="The playlists step's users, seconds and Spark cores (one row): the batch-window check "
                           "reads it.")},
@@ -170,6 +171,7 @@ def ranker_model(
     backfill_policy=ONE_WEEK_PER_RUN,
     check_specs=[schema_check_spec("ranked_playlists", RANKED_PLAYLISTS, blocking=True),
                  schema_check_spec("ranked_playlists_timing", BATCH_TIMING, blocking=False)],
+    can_subset=True,
 )
 def ranked_playlists(
     context: AssetExecutionContext,
@@ -202,16 +204,19 @@ def ranked_playlists(
         user_profiles, user_directory, track_stats,
         track_context(track_stats, item2vec_embeddings, audio_vectors, track_embeddings),
         user_vector_table(spark, user_embeddings), interactions, spark_or_none(earlier_playlists))
-    yield from emit_checked("ranked_playlists", playlists, RANKED_PLAYLISTS, {
-        "model_version": version, "ranker_version": ranker_model.model_version, **stats,
-        "stand_in_ranker": is_stand_in(ranker),
-        "sample": MetadataValue.md(playlists.limit(30).toPandas().to_markdown(index=False)),
-    })
+    selected = context.selected_output_names
+    if "ranked_playlists" in selected:
+        yield from emit_checked("ranked_playlists", playlists, RANKED_PLAYLISTS, {
+            "model_version": version, "ranker_version": ranker_model.model_version, **stats,
+            "stand_in_ranker": is_stand_in(ranker),
+            "sample": MetadataValue.md(playlists.limit(30).toPandas().to_markdown(index=False)),
+        })
     # After the playlists: the step reads earlier weeks' ranked_playlists, so Dagster orders every output
     # of it after that asset.
-    yield from emit_checked("ranked_playlists_timing", timing_table(
-        week, "ranked_playlists", stats["users"], stats["elapsed_s"], stats["spark_cores"]), BATCH_TIMING, {},
-        blocking=False)
+    if "ranked_playlists_timing" in selected:
+        yield from emit_checked("ranked_playlists_timing", timing_table(
+            week, "ranked_playlists", stats["users"], stats["elapsed_s"], stats["spark_cores"]), BATCH_TIMING, {},
+            blocking=False)
 
 
 def spark_or_none(frame) -> DataFrame | None:

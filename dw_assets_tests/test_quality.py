@@ -34,7 +34,7 @@ def _both(frame: DataFrame, schema: pa.DataFrameSchema):
     return report
 
 
-def _only(report, check: str, failures: int):
+def assert_only_failure(report, check: str, failures: int):
     assert not report.passed
     assert [(f.check, f.failures) for f in report.failures] == [(check, failures)], report.failures
 
@@ -69,19 +69,19 @@ def test_valid_tables_pass_on_every_row(playlists, events):
 
 def test_one_duplicate_pair_among_many_rows_fails(playlists, events):
     copy = playlists.where(F.col("playlist_id") * 30 + F.col("pos") == ODD)
-    _only(_both(playlists.unionByName(copy), schemas.USER_PLAYLISTS), "multiple_fields_uniqueness", 2)
+    assert_only_failure(_both(playlists.unionByName(copy), schemas.USER_PLAYLISTS), "multiple_fields_uniqueness", 2)
     again = events.where(F.col("event_id") == f"e{ODD}").withColumn("user_id", F.lit(1).cast("long"))
-    _only(_both(events.unionByName(again), schemas.RAW_PLAY_EVENTS), "field_uniqueness", 2)
+    assert_only_failure(_both(events.unionByName(again), schemas.RAW_PLAY_EVENTS), "field_uniqueness", 2)
 
 
 def test_a_single_out_of_range_value_fails(events):
     bad = events.withColumn("ms_played", F.when(F.col("event_id") == f"e{ODD}", MAX_MS_PLAYED + 1)
                             .otherwise(F.col("ms_played")))
     report = _both(bad, schemas.RAW_PLAY_EVENTS)
-    _only(report, f"in_range(0, {MAX_MS_PLAYED})", 1)
+    assert_only_failure(report, f"in_range(0, {MAX_MS_PLAYED})", 1)
     assert report.failures[0].sample == [str(MAX_MS_PLAYED + 1)]
     negative = events.withColumn("position", F.when(F.col("event_id") == f"e{ODD}", -1).otherwise(F.col("position")))
-    _only(_both(negative, schemas.RAW_PLAY_EVENTS), "greater_than_or_equal_to(0)", 1)
+    assert_only_failure(_both(negative, schemas.RAW_PLAY_EVENTS), "greater_than_or_equal_to(0)", 1)
     reason = events.withColumn("reason_end", F.when(F.col("event_id") == f"e{ODD}", "exploded")
                                .otherwise(F.col("reason_end")))
     assert _both(reason, schemas.RAW_PLAY_EVENTS).failures[0].check.startswith("isin(")
@@ -90,16 +90,16 @@ def test_a_single_out_of_range_value_fails(events):
 def test_nulls_dtypes_and_columns_follow_the_schema(events):
     null_user = events.withColumn("user_id", F.when(F.col("event_id") == f"e{ODD}", None).otherwise(F.col("user_id")))
     report = check_spark(null_user, schemas.RAW_PLAY_EVENTS)
-    _only(report, "not_nullable", 1)
+    assert_only_failure(report, "not_nullable", 1)
     # nullable position: nulls pass, and so does an int column where pandas coerces to Int32
     assert check_spark(events.withColumn("position", F.col("position").cast("long")), schemas.RAW_PLAY_EVENTS).passed
-    _only(_both(events.withColumn("user_id", F.col("user_id").cast("int")), schemas.RAW_PLAY_EVENTS),
+    assert_only_failure(_both(events.withColumn("user_id", F.col("user_id").cast("int")), schemas.RAW_PLAY_EVENTS),
           "dtype('int64')", 1)
     # a column of another type fails its dtype; its range check is not run on values it cannot compare
-    _only(check_spark(events.withColumn("ms_played", F.col("ms_played").cast("string")), schemas.RAW_PLAY_EVENTS),
+    assert_only_failure(check_spark(events.withColumn("ms_played", F.col("ms_played").cast("string")), schemas.RAW_PLAY_EVENTS),
           "dtype('int64')", 1)
-    _only(_both(events.withColumn("extra", F.lit(1)), schemas.RAW_PLAY_EVENTS), "column_in_schema", 1)
-    _only(_both(events.drop("platform"), schemas.RAW_PLAY_EVENTS), "column_in_dataframe", 1)
+    assert_only_failure(_both(events.withColumn("extra", F.lit(1)), schemas.RAW_PLAY_EVENTS), "column_in_schema", 1)
+    assert_only_failure(_both(events.drop("platform"), schemas.RAW_PLAY_EVENTS), "column_in_dataframe", 1)
 
 
 def test_nan_counts_as_missing_like_pandas(spark):
@@ -108,7 +108,7 @@ def test_nan_counts_as_missing_like_pandas(spark):
     frame = spark.range(1000).select(
         F.when(F.col("id") == 7, F.lit(float("nan"))).otherwise(F.lit(0.5)).alias("x"), F.lit(0.5).alias("y"))
     assert _both(frame, schema).passed
-    _only(_both(frame.select(F.col("x").alias("y"), F.col("y").alias("x")), schema), "not_nullable", 1)
+    assert_only_failure(_both(frame.select(F.col("x").alias("y"), F.col("y").alias("x")), schema), "not_nullable", 1)
 
 
 def test_custom_checks_of_every_contract_run_in_spark(spark):
@@ -121,10 +121,10 @@ def test_custom_checks_of_every_contract_run_in_spark(spark):
     assert _both(base, RANKED_PLAYLISTS).passed
     odd = F.col("user_id") * 30 + F.col("position") - 1 == ODD
     repeat = base.withColumn("track_id", F.when(odd, F.col("track_id") - 1).otherwise(F.col("track_id")))
-    _only(_both(repeat, RANKED_PLAYLISTS), "a track repeats within a playlist", 1)
+    assert_only_failure(_both(repeat, RANKED_PLAYLISTS), "a track repeats within a playlist", 1)
     artist = base.withColumn("artist_id", F.when((F.col("user_id") == ODD // 30) & (F.col("position") <= 3), 1)
                              .otherwise(F.col("artist_id")))
-    _only(_both(artist, RANKED_PLAYLISTS), "more than max_per_artist tracks by one artist", 3)
+    assert_only_failure(_both(artist, RANKED_PLAYLISTS), "more than max_per_artist tracks by one artist", 3)
 
     candidates = spark.range(ROWS).select(
         (F.col("id") / 500).cast("long").alias("user_id"), F.col("id").alias("track_id"), F.lit("audio").alias("sources"),
@@ -133,7 +133,7 @@ def test_custom_checks_of_every_contract_run_in_spark(spark):
         *[F.lit(None).cast("float").alias(f"{s}_score") for s in ("two_tower", "item2vec", "audio")],
         F.lit("v1").alias("model_version"),
     )
-    _only(_both(candidates, CANDIDATES), "a candidate without any source rank", 1)
+    assert_only_failure(_both(candidates, CANDIDATES), "a candidate without any source rank", 1)
     wrong_source = candidates.withColumn("audio_rank", F.lit(1)).withColumn(
         "sources", F.when(F.col("track_id") == ODD, "audio|bm25").otherwise(F.col("sources")))
     assert _both(wrong_source, CANDIDATES).failures[0].check.startswith("str_matches(")
@@ -151,7 +151,7 @@ def test_ingest_custom_checks_run_in_spark(spark):
     )
     assert _both(stats, schemas.TRACK_STATS).passed
     flipped = stats.withColumn("is_cold", F.when(F.col("track_id") == ODD, True).otherwise(F.col("is_cold")))
-    _only(_both(flipped, schemas.TRACK_STATS), "is_cold iff no plays", 1)
+    assert_only_failure(_both(flipped, schemas.TRACK_STATS), "is_cold iff no plays", 1)
 
     profiles = spark.range(2000).select(
         F.col("id").alias("user_id"), F.lit("SE").alias("country"), F.to_date(F.lit("2025-01-01")).alias("signup_date"),
@@ -167,7 +167,7 @@ def test_ingest_custom_checks_run_in_spark(spark):
         *[F.lit(0.1).alias(name) for name in ("user_save_rate", "user_skip_rate", "user_early_skip_rate")],
         F.array().cast(GENRE_OUTCOME_TYPE).alias("genre_outcomes"),
     )
-    _only(_both(profiles, schemas.USER_PROFILES), "at most 50 recent tracks", 1)
+    assert_only_failure(_both(profiles, schemas.USER_PROFILES), "at most 50 recent tracks", 1)
     assert _both(profiles.where(F.col("user_id") != 1234), schemas.USER_PROFILES).passed
 
 

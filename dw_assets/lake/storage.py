@@ -253,8 +253,7 @@ class Lake:
         if self.is_s3:
             bucket, key, names = self._s3_names(uri)
             parts = self._complete_parts(names) or []
-            sources = (io.BytesIO(self.s3_client.get_object(Bucket=bucket, Key=f"{key}/{n}")["Body"].read())
-                       for n in parts)
+            sources = (io.BytesIO(self._s3_get(bucket, f"{key}/{n}")) for n in parts)
         elif Path(uri).is_dir():
             sources = (str(p) for p in sorted(Path(uri).glob("part-*.parquet")))
         else:

@@ -9,8 +9,9 @@ Inputs are split by how they scale:
 
 * Track-side inputs (track stats, item2vec / audio / two-tower track vectors) live in
   a :class:`FeatureContext`, built once per week and shipped to Spark executors as
-  bytes (:meth:`FeatureContext.to_bytes`). Its size grows with the catalog, not with
-  the users.
+  bytes (:meth:`FeatureContext.to_bytes`), then unpacked once per host as ``.npy`` files
+  that every Python worker memory-maps (:meth:`FeatureContext.unpack` / :meth:`FeatureContext.open`).
+  Its size grows with the catalog, not with the users.
 * Per-user inputs (the gold ``user_profiles`` row and the two-tower user vector) can
   be held by the context too (one machine, all users), or arrive with each batch as
   a per-user frame (``users=``): at 500M users nothing per-user can be broadcast, so
@@ -33,6 +34,8 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -434,6 +437,38 @@ class FeatureContext:
         if "user__user_ids" in arrays:
             users = UserInputs(**{name: arrays.get(f"user__{name}") for name in _USER_ARRAYS})
         return cls(**{name: arrays[name] for name in _CONTEXT_ARRAYS}, users=users)
+
+    @classmethod
+    def unpack(cls, data: bytes | str | Path | BinaryIO, folder: str | Path) -> None:
+        """Write what ``to_bytes`` wrote (the bytes, or a seekable file or path holding them) as plain files
+        ``open`` memory-maps: every array as ``<name>.npy`` (per-user ones as ``user__<name>.npy``), one
+        array in memory at a time."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        with np.load(io.BytesIO(data) if isinstance(data, bytes) else data, allow_pickle=False) as npz:
+            for name in npz.files:
+                np.save(folder / f"{name}.npy", npz[name], allow_pickle=False)
+
+    @classmethod
+    def open(cls, folder: str | Path, mmap: bool = True) -> FeatureContext:
+        """Open what ``unpack`` wrote; with ``mmap`` every array stays in its file (read-only), so all
+        processes of a host share one copy through the page cache. Features are identical to
+        ``from_bytes``'s context's."""
+        folder = Path(folder)
+        mode = "r" if mmap else None
+
+        def load(name: str) -> np.ndarray | None:
+            path = folder / f"{name}.npy"
+            return np.load(path, mmap_mode=mode, allow_pickle=False) if path.exists() else None
+
+        users = None
+        if (folder / "user__user_ids.npy").exists():
+            users = UserInputs(**{name: load(f"user__{name}") for name in _USER_ARRAYS})
+        arrays = {name: load(name) for name in _CONTEXT_ARRAYS}
+        missing = [name for name, value in arrays.items() if value is None]
+        if missing:
+            raise FileNotFoundError(f"{folder} lacks context arrays {missing}")
+        return cls(**arrays, users=users)
 
 
 _CONTEXT_ARRAYS = (

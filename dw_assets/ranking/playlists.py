@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import time
 import zipfile
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -60,16 +62,54 @@ class PlaylistModels:
     @classmethod
     def from_bytes(cls, data: bytes) -> PlaylistModels:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            rerank = json.loads(zf.read("rerank.json"))
-            if isinstance(rerank.get("exploration_slots"), list):
-                rerank["exploration_slots"] = tuple(rerank["exploration_slots"])
             return cls(
                 context=FeatureContext.from_bytes(zf.read("context.bin")),
                 ranker=TrainedRanker.from_bytes(zf.read("ranker.bin")),
                 tracks=pd.read_parquet(io.BytesIO(zf.read("tracks.parquet"))),
                 fallback=pd.read_parquet(io.BytesIO(zf.read("fallback.parquet"))),
-                rerank=RerankConfig(**rerank),
+                rerank=_rerank_config(zf.read("rerank.json")),
             )
+
+    _FILES = ("ranker.bin", "tracks.parquet", "fallback.parquet", "rerank.json")
+
+    @classmethod
+    def unpack(cls, data: bytes, folder: str | Path) -> None:
+        """Write what ``to_bytes`` wrote as plain files ``open`` reads: the context's arrays as ``.npy`` in
+        ``context/`` (``FeatureContext.unpack``), the ranker, track table, fallback pool and re-ranking
+        config as they were shipped. The context goes through a file (removed after): unpacking it holds
+        one of its arrays in memory at a time, not a second copy of the whole context."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        staged = folder / "context.bin"
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            with zf.open("context.bin") as source, open(staged, "wb") as target:
+                shutil.copyfileobj(source, target, 16 << 20)
+            FeatureContext.unpack(staged, folder / "context")
+            staged.unlink()
+            for name in cls._FILES:
+                (folder / name).write_bytes(zf.read(name))
+
+    @classmethod
+    def open(cls, folder: str | Path, mmap: bool = True) -> PlaylistModels:
+        """Open what ``unpack`` wrote; with ``mmap`` the context's arrays stay in their files (read-only),
+        so all processes of a host share one copy; the small rest is read. Playlists are identical to
+        ``from_bytes``'s models'."""
+        folder = Path(folder)
+        return cls(
+            context=FeatureContext.open(folder / "context", mmap),
+            ranker=TrainedRanker.from_bytes((folder / "ranker.bin").read_bytes()),
+            tracks=pd.read_parquet(folder / "tracks.parquet"),
+            fallback=pd.read_parquet(folder / "fallback.parquet"),
+            rerank=_rerank_config((folder / "rerank.json").read_bytes()),
+        )
+
+
+def _rerank_config(text: bytes) -> RerankConfig:
+    """The ``RerankConfig`` of its JSON (a two-number ``exploration_slots`` comes back as a list)."""
+    rerank = json.loads(text)
+    if isinstance(rerank.get("exploration_slots"), list):
+        rerank["exploration_slots"] = tuple(rerank["exploration_slots"])
+    return RerankConfig(**rerank)
 
 
 def _parquet(frame: pd.DataFrame) -> bytes:

@@ -1,0 +1,149 @@
+"""The ranking model set through the host cache: unpacked once per host as plain files, its feature context
+memory-mapped read-only by every worker, and playlists ranked with it identical to those of the models
+loaded from the shipped bytes (trained ranker and first-week stand-in alike).
+
+Fast: test_ranker's synthetic week (300 tracks, 60 users), a ranker of a few dozen trees, no Spark.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dw_assets.lake import host_cache
+from dw_assets.ranking.batch import _scoring, shipped_playlist_models, stand_in_ranker
+from dw_assets.ranking.features import _CONTEXT_ARRAYS, FeatureContext, build_features
+from dw_assets.ranking.playlists import (
+    CANDIDATE_ARRAYS,
+    TRACK_TABLE,
+    PlaylistModels,
+    fallback_pool,
+    rank_users,
+)
+from dw_assets.ranking.ranker import train_ranker
+from dw_assets.ranking.rerank import RerankConfig
+from dw_assets_tests.test_ranker import FAST, GENRES, world  # noqa: F401 (the module's world fixture)
+
+WEEK = "2026-01-05"
+COUNTRIES = ("DE", "SE", "US")
+
+
+def _batch(world: dict) -> pd.DataFrame:  # noqa: F811
+    """The week's users as ``rank_users`` gets them from Spark: profile, country, heard, user vector, the
+    candidates as per-user arrays sorted by track, exploration posteriors for every third user. The
+    second user has no candidates (the country's fallback pool)."""
+    rng = np.random.default_rng(11)
+    profiles = world["profiles"]
+    candidates = world["candidates"].copy()
+    ranks = candidates[["two_tower_rank", "item2vec_rank", "audio_rank"]].to_numpy() > 0
+    names = np.array(["two_tower", "item2vec", "audio"])
+    candidates["sources"] = ["|".join(sorted(names[row])) for row in ranks]
+    candidates = candidates[candidates["user_id"] != profiles["user_id"].iloc[1]]
+    packed = {
+        user: {f"c_{c}": group.sort_values("track_id")[c].to_numpy() for c in CANDIDATE_ARRAYS}
+        for user, group in candidates.groupby("user_id")
+    }
+    vector_ids, vectors = world["two_tower_users"]
+    by_user = dict(zip(vector_ids.tolist(), vectors, strict=True))
+    rows = []
+    for i, profile in enumerate(profiles.to_dict("records")):
+        user = profile["user_id"]
+        row = {**profile, "country": COUNTRIES[i % len(COUNTRIES)], "heard": np.asarray(profile["recent_tracks"]),
+               "user_vector": by_user.get(user),
+               **packed.get(user, {f"c_{c}": None for c in CANDIDATE_ARRAYS})}
+        if i % 3 == 0:
+            genres = np.array(sorted(rng.choice(GENRES, 2, replace=False)), dtype=object)
+            row |= {"p_genre": genres, "p_alpha": 1.0 + rng.integers(0, 4, 2), "p_beta": 1.0 + rng.integers(0, 4, 2)}
+        else:
+            row |= {"p_genre": None, "p_alpha": None, "p_beta": None}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def ranking(world) -> dict:  # noqa: F811
+    """A ranking model set of the synthetic week (a ranker trained on its candidates) and its users."""
+    context = FeatureContext.build(None, world["stats"], world["item2vec"], world["audio"], None,
+                                   world["two_tower_tracks"])
+    users = _batch(world)
+    features = build_features(world["candidates"], context, users=world["profiles"])
+    rng = np.random.default_rng(3)
+    signal = np.nan_to_num(features["item2vec_affinity"].to_numpy(), nan=0.0)
+    labels = (rng.random(len(features)) < 1.0 / (1.0 + np.exp(-(3.0 * signal - 1.0)))).astype(np.int32)
+    ranker = train_ranker(features, labels, world["candidates"]["user_id"].to_numpy(), FAST)
+    tracks = world["stats"][list(TRACK_TABLE)].sort_values("track_id").reset_index(drop=True)
+    plays = world["candidates"][["user_id", "track_id"]].sample(600, random_state=2)
+    plays["is_positive"] = np.arange(len(plays)) % 3 != 0
+    fallback = fallback_pool(plays, users[["user_id", "country"]], tracks, per_country=80)
+    models = PlaylistModels(context=context, ranker=ranker, tracks=tracks, fallback=fallback,
+                            rerank=RerankConfig(exploration_slots=(1, 2), cold_slots=1))
+    return {"models": models, "users": users}
+
+
+@pytest.mark.parametrize("ranker", ["trained", "stand_in"])
+def test_models_from_the_host_cache_rank_the_shipped_bytes_playlists(ranking, tmp_path, ranker):
+    models = ranking["models"]
+    if ranker == "stand_in":
+        models = PlaylistModels(models.context, stand_in_ranker(WEEK, "test"), models.tracks, models.fallback,
+                                models.rerank)
+    blob = models.to_bytes()
+    expected = rank_users(ranking["users"], _scoring(PlaylistModels.from_bytes(blob)), WEEK)
+    assert len(expected) > 1_000 and expected["is_exploration"].any()
+    assert (expected["source"] == "popularity_fallback").any()
+    reads = []
+    for _ in range(2):  # a second worker of the host finds the copy: the shipped bytes are not read again
+        cached = shipped_playlist_models(f"r{ranker}", lambda: reads.append(1) or blob, tmp_path)
+        pd.testing.assert_frame_equal(rank_users(ranking["users"], cached, WEEK), expected, check_exact=True)
+    assert len(reads) == 1
+    assert type(cached.ranker).__name__ == ("RetrievalOrder" if ranker == "stand_in" else "TrainedRanker")
+    # The same playlists in batches of a few users, as Spark's tasks rank them.
+    users = ranking["users"]
+    batched = pd.concat([rank_users(users.iloc[i:i + 7], cached, WEEK) for i in range(0, len(users), 7)],
+                        ignore_index=True)
+    pd.testing.assert_frame_equal(batched, expected, check_exact=True)
+
+
+def test_opened_context_arrays_are_memory_mapped_and_read_only(ranking, tmp_path):
+    PlaylistModels.unpack(ranking["models"].to_bytes(), tmp_path)
+    opened = PlaylistModels.open(tmp_path)
+    maps = Path("/proc/self/maps").read_text()
+    for name in _CONTEXT_ARRAYS:
+        array = getattr(opened.context, name)
+        assert isinstance(array, np.memmap) and not array.flags.writeable, name
+        np.testing.assert_array_equal(array, getattr(ranking["models"].context, name))
+        if array.nbytes:
+            assert str(tmp_path / "context" / f"{name}.npy") in maps, name
+    with pytest.raises(ValueError, match="read-only"):
+        opened.context.item2vec_vectors[0, 0] = 0.0
+    in_memory = PlaylistModels.open(tmp_path, mmap=False).context.item2vec_vectors
+    assert not isinstance(in_memory, np.memmap) and in_memory.flags.writeable
+
+
+def test_the_cache_folder_is_written_once_with_plain_files(ranking, tmp_path):
+    blob, writes = ranking["models"].to_bytes(), []
+
+    def unpack(target: Path) -> None:
+        writes.append(target)
+        PlaylistModels.unpack(blob, target)
+
+    folder = host_cache.materialize("ranking0", unpack, tmp_path)
+    stamps = {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
+    assert host_cache.materialize("ranking0", unpack, tmp_path) == folder and len(writes) == 1
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*")} == stamps
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "context", "fallback.parquet", "ranker.bin", "rerank.json", "tracks.parquet"]  # no staged context.bin
+    assert {p.name for p in (folder / "context").iterdir()} >= {f"{name}.npy" for name in _CONTEXT_ARRAYS}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_a_context_with_users_opens_to_the_same_features(world, tmp_path):  # noqa: F811
+    context = FeatureContext.build(world["profiles"], world["stats"], world["item2vec"], world["audio"],
+                                   world["two_tower_users"], world["two_tower_tracks"])
+    FeatureContext.unpack(context.to_bytes(), tmp_path)
+    opened = FeatureContext.open(tmp_path)
+    assert isinstance(opened.users.vectors, np.memmap) and not opened.users.recent_tracks.flags.writeable
+    expected = build_features(world["candidates"], FeatureContext.from_bytes(context.to_bytes()))
+    pd.testing.assert_frame_equal(build_features(world["candidates"], opened), expected, check_exact=True)

@@ -17,11 +17,12 @@ dataclass) raises when the class is built, naming the field: the asset names it 
 (and sets it itself, or exposes it under another name as a field of its own).
 
 What an asset config may add, each declared where the class is built: ``exclude`` (fields the asset
-computes or another asset owns), ``defaults`` (an asset default that differs from the dataclass's,
-with the measurement that chose it; ``test_config_fields`` lists every one) and fields of its own
-written on the subclass (an alias kept for run configs that already pass it, or a setting of the
-asset itself such as ``vector_files``). A run-config field for a domain function's keyword, with no
-dataclass behind it, takes its default from the function: :func:`parameter_default`.
+computes or another asset owns) and fields of its own written on the subclass (an alias kept for run
+configs that already pass it, or a setting of the asset itself such as ``vector_files``). It has no
+defaults of its own for the dataclass's fields: a default the asset runs with is the dataclass's, with
+the measurement that chose it beside it there (``test_config_fields`` fails on a field redeclared with
+another default). A run-config field for a domain function's keyword, with no dataclass behind it,
+takes its default from the function: :func:`parameter_default`.
 """
 
 from __future__ import annotations
@@ -52,7 +53,6 @@ class DomainConfig(Config):
     __prefixes__: typing.ClassVar[Mapping[type, str]] = {}
     __excluded__: typing.ClassVar[frozenset[str]] = frozenset()
     __included__: typing.ClassVar[frozenset[str] | None] = None
-    __asset_defaults__: typing.ClassVar[Mapping[str, Any]] = {}
 
     @classmethod
     def field_name(cls, domain: type, name: str) -> str:
@@ -136,7 +136,6 @@ def config_fields(
     *domains: type,
     exclude: Iterable[str] = (),
     include: Iterable[str] | None = None,
-    defaults: Mapping[str, Any] | None = None,
     descriptions: Mapping[str, str] | None = None,
     prefix: Mapping[type, str] | None = None,
 ) -> type[DomainConfig]:
@@ -144,12 +143,10 @@ def config_fields(
     types as run config takes them and their defaults.
 
     ``exclude``: fields left out; ``include``: only these (an asset that takes one setting of a larger
-    dataclass, e.g. ``cold_neighbours`` of ``TwoTowerConfig``); ``defaults``: the asset's own
-    defaults for some fields (each must differ from the dataclass's: an equal one is dead weight);
-    ``descriptions``: launchpad help per field (default: the field's comment in the dataclass); ``prefix``: {dataclass: prefix} of its fields' run-config
+    dataclass, e.g. ``cold_neighbours`` of ``TwoTowerConfig``); ``descriptions``: launchpad help per field (default: the field's comment in the dataclass); ``prefix``: {dataclass: prefix} of its fields' run-config
     names (``{EvaluationSample: "sample_"}``: ``users`` is ``sample_users``). Names are run-config names.
-    A name in two dataclasses, or an unknown name in ``exclude`` / ``include`` / ``defaults``, raises."""
-    exclude, defaults, prefix = frozenset(exclude), dict(defaults or {}), dict(prefix or {})
+    A name in two dataclasses, or an unknown name in ``exclude`` / ``include`` / ``descriptions``, raises."""
+    exclude, prefix = frozenset(exclude), dict(prefix or {})
     wanted = None if include is None else frozenset(include)
     fields: dict[str, tuple[Any, Any]] = {}
     known: set[str] = set()
@@ -165,22 +162,16 @@ def config_fields(
             if key in exclude or (wanted is not None and key not in wanted):
                 continue
             default = _default(f)
-            if key in defaults:
-                if defaults[key] == default:
-                    raise ValueError(f"{domain.__name__}.{f.name}: the asset default {defaults[key]!r} is the "
-                                     "dataclass's own; drop it from defaults")
-                default = defaults[key]
             description = (descriptions or {}).get(key) or explained.get(f.name)
             fields[key] = (config_type(hints[f.name], f"{domain.__name__}.{f.name}"),
                            Field(default=default, description=description) if description else default)
-    unknown = (exclude | set(defaults) | (wanted or set()) | set(descriptions or {})) - known
+    unknown = (exclude | (wanted or set()) | set(descriptions or {})) - known
     if unknown:
         raise TypeError(f"not fields of {[d.__name__ for d in domains]}: {sorted(unknown)}")
     name = "".join(d.__name__ for d in domains) + "Fields"
     base = create_model(name, __base__=DomainConfig, __module__=__name__, **fields)
     base.__domains__, base.__prefixes__ = tuple(domains), types.MappingProxyType(prefix)
     base.__excluded__, base.__included__ = exclude, wanted
-    base.__asset_defaults__ = types.MappingProxyType(defaults)
     return base
 
 

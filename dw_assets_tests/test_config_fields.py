@@ -1,11 +1,13 @@
 """The assets' run config comes from the domain dataclasses: same fields, same defaults.
 
 Fast: imports the asset modules, builds no job and runs nothing. A field hand-copied into a Config
-class with another default, a dataclass field missing from its asset's run config, or a new asset
-default not declared here fails.
+class with another default, a dataclass field missing from its asset's run config, or an asset
+config not listed here (with the fields it adds) fails.
 """
 
 import dataclasses
+import inspect
+import typing
 
 import pytest
 from dagster import Config, RunConfig, asset, materialize
@@ -21,6 +23,17 @@ from dw_assets.embeddings.audio import AudioConfig
 from dw_assets.embeddings.incremental_assets import NewTrackVectorsConfig
 from dw_assets.embeddings.item2vec import Item2VecConfig
 from dw_assets.embeddings.two_tower import TwoTowerConfig
+from dw_assets.evaluation.assets import (
+    AbTestConfig,
+    MonitoringConfig,
+    OfflineEvaluationConfig,
+    RetrievalEvaluationConfig,
+    SampleConfig,
+)
+from dw_assets.evaluation.baselines import AlsConfig, ItemCfConfig
+from dw_assets.evaluation.batch import EvaluationSample
+from dw_assets.evaluation.monitoring import batch_window_sla, prediction_drift, volume_anomaly
+from dw_assets.evaluation.north_star import NorthStarConfig
 from dw_assets.ingest.assets import InteractionsConfig, RawPlayEventsConfig, UserProfilesConfig
 from dw_assets.ingest.bronze import build_bronze
 from dw_assets.ingest.interactions import InteractionRules
@@ -29,44 +42,117 @@ from dw_assets.ranking.batch import PlaylistSettings
 from dw_assets.ranking.config import PlaylistsConfig, RankerAssetConfig
 from dw_assets.ranking.ranker import RankerConfig
 from dw_assets.ranking.rerank import RerankConfig
+from dw_assets.retrieval.assets import CandidatesConfig, FaissIndexConfig
+from dw_assets.retrieval.candidates import CandidateConfig
 from dw_assets.serving.assets import PublishConfig
 from dw_assets.serving.publish import PublishSettings
 
 # Each asset config: the fields it adds beyond its dataclasses' (aliases kept for existing run
-# configs, and the asset's own settings), and the defaults where the asset departs from the dataclass.
+# configs, and the asset's own settings) with their defaults. Every asset's config class is here
+# (test_every_asset_config_is_listed), and none has a default of its own for a dataclass field.
 CLASSES = {
-    Item2VecAssetConfig: ({}, {}),
-    AudioAssetConfig: ({"vector_files": False, "max_problem_examples": 1_000}, {}),
-    TwoTowerAssetConfig: ({}, {"epochs": 1, "max_examples": 1_000_000}),
-    TrackEmbeddingsConfig: ({}, {}),
-    InteractionsConfig: ({"session_gap_minutes": InteractionRules.session_gap_s // 60}, {}),
-    UserProfilesConfig: ({}, {}),
-    PublishConfig: ({"keep_weeks": None}, {}),
-    RankerAssetConfig: ({}, {}),
-    PlaylistsConfig: ({"exploration_min": RerankConfig().exploration_range[0],
-                       "exploration_max": RerankConfig().exploration_range[1]}, {}),
-    NewTrackVectorsConfig: ({"cold_neighbours": TwoTowerConfig.cold_neighbours, "clip_seconds": None}, {}),
+    Item2VecAssetConfig: {},
+    AudioAssetConfig: {"vector_files": False, "max_problem_examples": 1_000},
+    TwoTowerAssetConfig: {},
+    TrackEmbeddingsConfig: {},
+    InteractionsConfig: {"session_gap_minutes": InteractionRules.session_gap_s // 60},
+    UserProfilesConfig: {},
+    PublishConfig: {"keep_weeks": None},
+    RankerAssetConfig: {},
+    PlaylistsConfig: {"exploration_min": RerankConfig().exploration_range[0],
+                      "exploration_max": RerankConfig().exploration_range[1]},
+    NewTrackVectorsConfig: {"cold_neighbours": TwoTowerConfig.cold_neighbours, "clip_seconds": None},
+    FaissIndexConfig: {"recall_k": 500, "recall_sample_users": 2_000, "min_recall": 0.95, "tune_recall": 0.97},
+    CandidatesConfig: {"partitions": CandidateConfig.min_partitions},
+    SampleConfig: {},
+    RetrievalEvaluationConfig: {"k": 500},
+    OfflineEvaluationConfig: {"k": RerankConfig.playlist_size},
+    AbTestConfig: {},
 }
+# Asset configs with no dataclass behind them: each default is a domain function's keyword default
+# (parameter_default) or a setting of the asset itself.
+PLAIN = {
+    RawPlayEventsConfig: {"allow_empty_week"},
+    MonitoringConfig: {"sample_users", "seed", "psi_warn", "psi_error", "volume_max_change", "target_users",
+                       "cluster_cores", "window_hours"},
+}
+
+
+def _asset_config_classes() -> dict[type, list[str]]:
+    """{the Config class an asset's function takes: the assets' op names}, over the whole code location."""
+    from dw_assets.definitions import defs
+
+    found: dict[type, list[str]] = {}
+    for assets_def in defs.resolve_asset_graph().assets_defs:
+        fn = assets_def.op.compute_fn
+        fn = getattr(fn, "decorated_fn", fn)
+        if "config" in inspect.signature(fn).parameters:
+            found.setdefault(typing.get_type_hints(fn)["config"], []).append(assets_def.op.name)
+    return found
+
+
+def test_every_asset_config_is_listed():
+    """A new asset config is checked here: listed in CLASSES (derived) or PLAIN (no dataclass behind it)."""
+    found = _asset_config_classes()
+    unlisted = {c.__name__: ops for c, ops in found.items() if c not in CLASSES and c not in PLAIN}
+    assert not unlisted, f"asset configs not in CLASSES/PLAIN: {unlisted}"
+    assert set(PLAIN) | set(CLASSES) == set(found), "listed but no asset takes it"
+    for config_class in found:
+        assert issubclass(config_class, DomainConfig) == (config_class in CLASSES), config_class.__name__
+
+
+def _dataclass_default(f: dataclasses.Field):
+    value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    return list(value) if isinstance(value, tuple) else value  # a tuple is a list in the run config
+
+
+@pytest.mark.parametrize("config_class", list(CLASSES), ids=lambda c: c.__name__)
+def test_no_asset_config_redeclares_a_dataclass_field_with_another_default(config_class):
+    """One source of defaults: a field named as one of its dataclasses' fields (by its run-config name,
+    prefix and all, or by the dataclass's own name), excluded fields included, has the dataclass's default.
+    A run-config name wins over a bare one (AbTestConfig's ``seed`` is ABConfig's, not EvaluationSample's)."""
+    domains = config_class.__domains__
+    bare = {f.name: (d, f) for d in domains for f in dataclasses.fields(d)}
+    named = {config_class.field_name(d, f.name): (d, f) for d in domains for f in dataclasses.fields(d)}
+    fields = config_class.model_fields
+    for name, (domain, f) in {**bare, **named}.items():
+        if name not in fields or (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING):
+            continue
+        default = _dataclass_default(f)
+        assert fields[name].default == default, (
+            f"{config_class.__name__}.{name} = {fields[name].default!r}, {domain.__name__}.{f.name} = "
+            f"{default!r}: the default lives in the dataclass")
 
 
 @pytest.mark.parametrize("config_class", list(CLASSES), ids=lambda c: c.__name__)
 def test_every_asset_config_has_its_dataclass_fields_with_their_defaults(config_class):
-    extras, asset_defaults = CLASSES[config_class]
+    extras = CLASSES[config_class]
     derived = domain_defaults(config_class)
     fields = config_class.model_fields
     assert set(fields) == set(derived) | set(extras), (
         f"missing {sorted(set(derived) | set(extras) - set(fields))}, "
         f"undeclared {sorted(set(fields) - set(derived) - set(extras))}")
-    assert dict(config_class.__asset_defaults__) == asset_defaults
-    for name, default in {**derived, **asset_defaults, **extras}.items():
+    for name, default in {**derived, **extras}.items():
         assert fields[name].default == default, (name, fields[name].default, default)
+
+
+def test_plain_asset_configs_take_their_defaults_from_the_domain_functions():
+    assert set(MonitoringConfig.model_fields) == PLAIN[MonitoringConfig]
+    assert set(RawPlayEventsConfig.model_fields) == PLAIN[RawPlayEventsConfig]
+    monitoring = MonitoringConfig()
+    assert (monitoring.psi_warn, monitoring.psi_error) == (parameter_default(prediction_drift, "warn"),
+                                                           parameter_default(prediction_drift, "error"))
+    assert monitoring.volume_max_change == parameter_default(volume_anomaly, "max_ratio_change")
+    assert (monitoring.target_users, monitoring.cluster_cores, monitoring.window_hours) == tuple(
+        parameter_default(batch_window_sla, name) for name in ("target_users", "cluster_cores", "window_hours"))
 
 
 def test_the_asset_configs_build_the_dataclasses_the_assets_ran_with():
     assert Item2VecAssetConfig().settings() == Item2VecConfig(epochs=6)
     assert AudioAssetConfig().settings(embedding_dim=48) == AudioConfig(embedding_dim=48, epochs=10,
                                                                         max_warm_tracks=10_000)
-    assert TwoTowerAssetConfig().settings() == TwoTowerConfig(epochs=1, max_examples=1_000_000)
+    assert TwoTowerAssetConfig().settings() == TwoTowerConfig()
+    assert (TwoTowerConfig.epochs, TwoTowerConfig.max_examples) == (1, 1_000_000)  # what the asset trained with
     assert RankerAssetConfig().settings() == RankerConfig(num_threads=1)
     assert PlaylistsConfig().settings() == PlaylistSettings(
         rerank=RerankConfig(exploration_slots=RerankConfig().exploration_range))
@@ -75,6 +161,15 @@ def test_the_asset_configs_build_the_dataclasses_the_assets_ran_with():
     assert UserProfilesConfig().rules() == ProfileRules()
     assert PublishConfig().settings() == PublishSettings()
     assert RawPlayEventsConfig().allow_empty_week is parameter_default(build_bronze, "allow_empty_week")
+    # The evaluations: what they built by hand before, field for field (the north star's lists are k long).
+    offline = OfflineEvaluationConfig()
+    assert offline.sample() == EvaluationSample() and offline.als() == AlsConfig()
+    assert offline.item_cf() == ItemCfConfig() and offline.north_star() == NorthStarConfig(playlist_size=30)
+    assert OfflineEvaluationConfig(k=10, north_star_seeds=[4, 5]).north_star() == NorthStarConfig(
+        seeds=(4, 5), playlist_size=10)
+    assert OfflineEvaluationConfig(sample_users_per_bucket=9).sample().users_per_bucket == 9
+    assert RetrievalEvaluationConfig(als_seed=3).als() == AlsConfig(seed=3)
+    assert RetrievalEvaluationConfig().sample() == SampleConfig().sample() == EvaluationSample()
     # A tuple is a list in the run config and a tuple again in the dataclass.
     ranker = RankerAssetConfig(outcome_values=[0, 1, 2, 3, 4], seed=3).settings()
     assert ranker.outcome_values == (0, 1, 2, 3, 4) and ranker.seed == 3
@@ -118,8 +213,8 @@ def test_what_the_run_config_cannot_hold_is_refused_naming_the_field():
     with pytest.raises(TypeError, match="Rules.slots"):
         config_fields(Rules)
     assert set(config_fields(Rules, exclude=["slots"]).model_fields) == {"seed"}
-    with pytest.raises(ValueError, match="dataclass's own"):
-        config_fields(Rules, exclude=["slots"], defaults={"seed": 7})
+    with pytest.raises(TypeError, match="defaults"):  # an asset default for a field: the dataclass holds it
+        config_fields(Rules, exclude=["slots"], defaults={"seed": 8})
     with pytest.raises(TypeError, match="not fields"):
         config_fields(Rules, exclude=["slots", "sede"])
     prefixed = config_fields(Rules, exclude=["sample_slots"], prefix={Rules: "sample_"})

@@ -450,7 +450,7 @@ def _two_tower(spec: dict) -> dict:
 
     prepared = Path(spec["prepared"])
     week = json.loads((prepared / PREPARED_MARK).read_text())["week"]
-    settings = TwoTowerConfig(epochs=EPOCHS[spec["preset"]]["two_tower"], max_examples=1_000_000, seed=spec["seed"],
+    settings = TwoTowerConfig(epochs=EPOCHS[spec["preset"]]["two_tower"], seed=spec["seed"],
                               threads=int(spec["threads"]) if "threads" in spec else None)
     started = time.perf_counter()
     columns = ["user_id", "track_id", "ts", "is_positive", "is_early_skip", "weight", "session_id", "genre",

@@ -194,11 +194,6 @@ def _sampled_genres(catalog: DataFrame, track_ids: np.ndarray) -> dict[int, str]
 class TwoTowerAssetConfig(config_fields(
     TwoTowerConfig,
     exclude=["cold_neighbours"],  # tower_embeddings' setting (TrackEmbeddingsConfig), not the training's
-    # On `small` validation recall peaked at epoch 1 of 3 in both weeks measured (0.590, 0.587; the id
-    # embeddings overfit after) and the best epoch was kept: 1 epoch gives those same weights in a third
-    # of the time (no LR schedule, epoch 1 draws first). Raise it for bigger worlds; the best epoch is kept.
-    # max_examples: the asset trains on the most recent 1 M examples (the dataclass: all of them).
-    defaults={"epochs": 1, "max_examples": 1_000_000},
 )):
     def settings(self) -> TwoTowerConfig:
         return self.to_domain(TwoTowerConfig)

@@ -29,7 +29,7 @@ from pyspark.sql.utils import AnalysisException
 
 from dw_assets.batch_timing import throughput
 from dw_assets.calendar import shift_week, week_bounds
-from dw_assets.config_fields import config_fields
+from dw_assets.config_fields import config_fields, parameter_default
 from dw_assets.embeddings.user_tower import sampled_vectors, user_embeddings_frame, vectors_of
 from dw_assets.evaluation.ab import ABConfig, ab_frame, ab_table, play_arms, stored_summary, summarize_ab
 from dw_assets.evaluation.baselines import (
@@ -135,8 +135,11 @@ RETRIEVAL_EVALUATION = pa.DataFrameSchema(
 history_and_next_week = lenient_window(-(HISTORY_WEEKS - 1), 1)
 
 
-# EvaluationSample's fields as sample_users, sample_rows, sample_seed (the offline evaluation sets its buckets).
-_SAMPLE = {"prefix": {EvaluationSample: "sample_"}, "exclude": ("sample_users_per_bucket",)}
+# Run-config names of the dataclasses' fields: EvaluationSample's as sample_users, sample_rows, sample_seed;
+# AlsConfig's as als_factors, als_seed, ...; ItemCfConfig's as item_cf_neighbours; NorthStarConfig's as
+# north_star_max_users, north_star_seeds, ...
+PREFIXES = {EvaluationSample: "sample_", AlsConfig: "als_", ItemCfConfig: "item_cf_", NorthStarConfig: "north_star_"}
+_SAMPLE = {"prefix": PREFIXES, "exclude": ("sample_users_per_bucket",)}  # only the offline evaluation buckets users
 
 
 class SampleConfig(config_fields(EvaluationSample, **_SAMPLE)):
@@ -146,11 +149,16 @@ class SampleConfig(config_fields(EvaluationSample, **_SAMPLE)):
         return self.to_domain(EvaluationSample)
 
 
-class RetrievalEvaluationConfig(SampleConfig):
-    k: int = 500
-    als_factors: int = AlsConfig.factors
-    als_iterations: int = AlsConfig.iterations
-    seed: int = AlsConfig.seed
+class RetrievalEvaluationConfig(config_fields(EvaluationSample, AlsConfig, **_SAMPLE)):
+    """The evaluated users and the ALS baseline's settings (``AlsConfig``)."""
+
+    k: int = 500  # recall@k of a retrieval list (the candidates' size, not the playlist's)
+
+    def sample(self) -> EvaluationSample:
+        return self.to_domain(EvaluationSample)
+
+    def als(self) -> AlsConfig:
+        return self.to_domain(AlsConfig)
 
 
 def _only(truth: dict[int, np.ndarray], tracks: np.ndarray) -> dict[int, np.ndarray]:
@@ -229,7 +237,7 @@ def retrieval_evaluation(
     top-k, ALS (trained on those histories) and popularity (listeners counted in Spark) are scored."""
     _, holdout_start = week_bounds(context.partition_key)
     drawn, history = _draw(interactions, holdout_start, None, config.sample(), context.partition_key)
-    truth = _truth_dict(to_driver(drawn.truth.orderBy("user_id", "track_id"), "retrieval_evaluation"))
+    truth = _truth_dict(to_driver(drawn.truth.orderBy("user_id", "track_id"), "evaluation_rows"))
     cold_truth = _only(truth, track_stats.loc[track_stats["is_cold"], "track_id"].to_numpy(np.int64))
     rows = []
 
@@ -243,8 +251,7 @@ def retrieval_evaluation(
 
     started = time.perf_counter()
     if drawn.history["weight"].gt(0).any():
-        als_users, als_top = als_top_k(drawn.history, config.k, AlsConfig(
-            factors=config.als_factors, iterations=config.als_iterations, seed=config.seed))
+        als_users, als_top = als_top_k(drawn.history, config.k, config.als())
     else:  # nothing to train on (a sample cut to nothing by the driver guard)
         als_users, als_top = np.zeros(0, np.int64), np.zeros((0, config.k), np.int64)
     rows.append(_row("als", config.k, recall_at_k(als_users, als_top, truth), recall_at_k(als_users, als_top, cold_truth),
@@ -421,22 +428,25 @@ PLAYLIST_COLUMNS = ["user_id", "position", "track_id", "ranker_score", "source",
 PROFILE_COLUMNS = ["user_id", "genre_share", "mean_popularity_percentile", "history_level", "is_new_user"]
 
 
-class OfflineEvaluationConfig(SampleConfig):
-    k: int = 30
-    als_factors: int = AlsConfig.factors
-    als_iterations: int = AlsConfig.iterations
-    item_cf_neighbours: int = ItemCfConfig.neighbours
-    seed: int = AlsConfig.seed
-    users_per_bucket: int = EvaluationSample.users_per_bucket
-    north_star_users: int = NorthStarConfig.max_users
-    north_star_rows: int = NorthStarConfig.max_rows
-    north_star_seed: int = NorthStarConfig.sample_seed
-    north_star_listener_seeds: list[int] = list(NorthStarConfig.seeds)
+class OfflineEvaluationConfig(config_fields(
+    EvaluationSample, AlsConfig, ItemCfConfig, NorthStarConfig, prefix=PREFIXES,
+    exclude=["north_star_playlist_size"],  # the lists the north star plays are k long
+)):
+    """The evaluated users (with their hash buckets), the baselines' settings and the north star's."""
+
+    k: int = RerankConfig.playlist_size  # metrics@k: the playlist's length
+
+    def sample(self) -> EvaluationSample:
+        return self.to_domain(EvaluationSample)
+
+    def als(self) -> AlsConfig:
+        return self.to_domain(AlsConfig)
+
+    def item_cf(self) -> ItemCfConfig:
+        return self.to_domain(ItemCfConfig)
 
     def north_star(self) -> NorthStarConfig:
-        return NorthStarConfig(seeds=tuple(self.north_star_listener_seeds), playlist_size=self.k,
-                               max_users=self.north_star_users, max_rows=self.north_star_rows,
-                               sample_seed=self.north_star_seed)
+        return self.to_domain(NorthStarConfig, playlist_size=self.k)
 
 
 @multi_asset(
@@ -496,7 +506,7 @@ def offline_evaluation(
     baselines train on and recommend for them only (at most ``sample_rows`` rows of history and truth,
     ``sample_users`` x 30 list rows back to Spark), per-user metrics run on the executors and only the
     (system, segment) aggregates (30 rows) come back. The north star (a simulated world only) plays a
-    second, smaller sample of them (``north_star_users``, 5,000, drawn by seeded hash in Spark): their
+    second, smaller sample of them (``north_star_max_users``, 5,000, drawn by seeded hash in Spark): their
     playlists, candidates and profiles come to the driver, the baselines' lists are the ones trained
     above, and the ranker's own order is computed for them (``north_star_batch``)."""
     week = context.partition_key
@@ -507,7 +517,7 @@ def offline_evaluation(
     listed = ranked_playlists.select("user_id").unionByName(last_week_playlists.select("user_id"))
     drawn, history = _draw(interactions, holdout_start, listed, config.sample(), week)
     tracks = track_table(track_stats)
-    holdout_users = collect_ids(drawn.truth, "offline_evaluation")
+    holdout_users = collect_ids(drawn.truth, "evaluation_rows")
     track_vectors = vectors_from(track_embeddings)
     ns_config = config.north_star()
     truth, ns_users, why_not = _north_star_inputs(lake.open(), of_users(ranked_playlists, drawn.users),
@@ -519,17 +529,14 @@ def offline_evaluation(
         wanted = np.union1d(holdout_users, ns_users)
         # Only these users' vectors are joined in Spark and collected (the retrieval list reads no other).
         baselines = baseline_lists(drawn.history, wanted, vectors_of(user_embeddings, wanted), track_vectors, config.k,
-                                   AlsConfig(factors=config.als_factors, iterations=config.als_iterations,
-                                             seed=config.seed),
-                                   ItemCfConfig(neighbours=config.item_cf_neighbours),
-                                   popular=popularity_ranking(history))
+                                   config.als(), config.item_cf(), popular=popularity_ranking(history))
         lists.update({name: frame[frame["user_id"].isin(holdout_users)] for name, frame in baselines.items()})
     else:  # nothing drawn to recommend for or to train on (a sample cut to nothing by the driver guard)
         lists.update({name: pd.DataFrame(columns=LIST_COLUMNS) for name in ("retrieval", "popularity", "item_cf", "als")})
     lists["last_week"] = of_users(last_week_playlists, drawn.users)
     frame = lists_frame(spark, lists).persist()
     per_user = per_user_frame(frame, drawn.truth, of_users(user_profiles, drawn.users), tracks, track_vectors,
-                              SYSTEMS, config.k, -(-drawn.count // max(1, config.users_per_bucket)))
+                              SYSTEMS, config.k, -(-drawn.count // max(1, config.sample().users_per_bucket)))
     table = aggregate(per_user, frame, int(tracks["track_id"].nunique()), SYSTEMS, config.k, uses_vectors=True)
     positives = drawn.truth.count()
     frame.unpersist()
@@ -689,14 +696,16 @@ MONITORING_CHECKS = {
 
 
 class MonitoringConfig(Config):
+    """The thresholds are the check functions' own defaults (``monitoring.py``), exposed to the launchpad."""
+
     sample_users: int = 250_000  # users whose scores the drift reads (seeded hash): the demo's are all
     seed: int = 7
-    psi_warn: float = 0.1
-    psi_error: float = 0.25
-    volume_max_change: float = 0.5
-    target_users: int = 500_000_000
-    cluster_cores: int = 4096
-    window_hours: float = 24.0
+    psi_warn: float = parameter_default(prediction_drift, "warn")
+    psi_error: float = parameter_default(prediction_drift, "error")
+    volume_max_change: float = parameter_default(volume_anomaly, "max_ratio_change")
+    target_users: int = parameter_default(batch_window_sla, "target_users")
+    cluster_cores: int = parameter_default(batch_window_sla, "cluster_cores")
+    window_hours: float = parameter_default(batch_window_sla, "window_hours")
 
 
 @multi_asset(

@@ -41,11 +41,13 @@ def use_this_interpreter() -> None:
     """Spark's Python workers must run the interpreter that has our packages.
 
     On one host (local mode, or a standalone cluster on this machine) that is this venv's python.
-    With ``DW_SPARK_PYTHON_ARCHIVE`` the executors run the packed venv Spark unpacks beside them
-    instead: pyspark takes the executors' interpreter from ``PYSPARK_PYTHON`` alone (not from the
-    session conf), so it is set here, before any session starts."""
+    With ``DW_SPARK_PYTHON_ARCHIVE`` and a cluster master the executors run the packed venv Spark
+    unpacks beside them instead: pyspark takes the executors' interpreter from ``PYSPARK_PYTHON``
+    alone (not from the session conf), so it is set here, before any session starts. Local mode
+    unpacks no archive (``SparkSettings.as_conf``), so there it stays this venv's python."""
     packed = python_archive()
-    if packed:
+    master = settings.get(SPARK_ENV["master"]) or SparkSettings.master
+    if packed and not SparkSettings(master=master).is_local:
         os.environ["PYSPARK_PYTHON"] = f"./{packed[1]}/bin/python"
     else:
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)

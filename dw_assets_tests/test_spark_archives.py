@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -125,12 +126,15 @@ def test_executors_run_the_python_of_a_packed_venv_shipped_with_spark_archives(s
                           env=env, timeout=300, stdin=subprocess.DEVNULL)
     assert done.returncode == 0, f"{done.stdout[-2000:]}\n{done.stderr[-6000:]}"
     ran = json.loads(done.stdout.strip().splitlines()[-1])
+    for cwd in {w["cwd"] for w in ran["workers"]}:  # the application has ended: its unpacked copy (~330 MB)
+        shutil.rmtree(Path(cwd) / "env", ignore_errors=True)  # would stay until the worker's daily clean-up
     print(f"archive {archive.stat().st_size / 2**20:.0f} MB ready in {built_s:.1f} s; "
           f"cluster run {time.monotonic() - started - built_s:.1f} s")
 
     assert ran["master"] == spark_cluster and ran["cores_max"] == "1"
     assert ran["archives"] == f"{archive}#env" and ran["python_exec"] == "./env/bin/python"
     workers = ran["workers"]
+    assert len({w["cwd"] for w in workers}) == 1  # one executor: the application's one core
     # the right answer: 4 partitions of 0..999, the sum of squares computed on the executors
     assert sorted(w["rows"] for w in workers) == [250] * 4
     assert sum(w["sum_sq"] for w in workers) == sum(x * x for x in range(1000))

@@ -24,6 +24,10 @@ from pathlib import Path
 
 import click
 
+from dw_assets.embeddings.audio import AudioConfig
+from dw_assets.embeddings.item2vec import Item2VecConfig
+from dw_assets.embeddings.two_tower_data import TwoTowerConfig
+
 SCYLLA_OPS_PER_CORE = 12_500  # docs.scylladb.com/manual/master/operating-scylla/procedures/tips/benchmark-tips
 FLOAT_BYTES = 4
 
@@ -131,15 +135,15 @@ DEFAULT_VOLUMES = {
     # Ratios of the simulated `small` world (docs/scale.md: where each comes from).
     "events_per_user_week": 18.4,  # 441,060 landed lines in week 2026-02-23 / 24,020 users
     "item2vec_words_per_user": 116.4,  # 2,795,704 corpus words / 24,020 users (item2vec_embeddings metadata)
-    "item2vec_epochs": 6,
-    "item2vec_max_sentences": 5_000_000,  # Item2VecConfig.max_sessions 4 M + max_playlists 1 M (the sample's cap)
+    "item2vec_epochs": Item2VecConfig.epochs,
+    "item2vec_max_sentences": Item2VecConfig.max_sessions + Item2VecConfig.max_playlists,  # the sample's cap
     "item2vec_words_per_sentence": 8.05,  # 23,647 words / 2,937 sentences (tiny, item2vec_embeddings metadata)
     "two_tower_examples_per_user": 41.6,  # 1,000,000 training examples (cap) / 24,020 users
-    "two_tower_max_examples": 1_000_000,  # the two_tower_model asset's max_examples (most recent examples kept)
-    "two_tower_epochs": 1,
+    "two_tower_max_examples": TwoTowerConfig.max_examples,  # the most recent examples kept
+    "two_tower_epochs": TwoTowerConfig.epochs,
     "new_tracks_per_week": 700_000,  # assumption: ~100k uploads a day (industry figure, not measured)
-    "audio_epochs": 10,
-    "audio_training_clips": 10_000,  # the audio asset trains on <= max_warm_tracks (10 k) of its <= 100 k sampled clips
+    "audio_epochs": AudioConfig.epochs,
+    "audio_training_clips": AudioConfig.max_warm_tracks,  # of the audio asset's <= 100 k sampled clips
     "clip_bytes": 16_000,  # a 1 s clip at 8 kHz, int16
     "value_bytes": 778,  # mean zlib JSON playlist value in the demo's SQLite store
     "replication": 3,

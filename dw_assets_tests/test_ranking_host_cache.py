@@ -7,6 +7,8 @@ Fast: test_ranker's synthetic week (300 tracks, 60 users), a ranker of a few doz
 
 from __future__ import annotations
 
+import io
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,7 @@ import pytest
 
 from dw_assets.lake import host_cache
 from dw_assets.ranking.batch import _scoring, shipped_playlist_models, stand_in_ranker
-from dw_assets.ranking.features import _CONTEXT_ARRAYS, FeatureContext, build_features
+from dw_assets.ranking.features import _CONTEXT_ARRAYS, ZIP_EPOCH, FeatureContext, build_features
 from dw_assets.ranking.playlists import (
     CANDIDATE_ARRAYS,
     TRACK_TABLE,
@@ -137,6 +139,9 @@ def test_the_cache_folder_is_written_once_with_plain_files(ranking, tmp_path):
         "context", "fallback.parquet", "ranker.bin", "rerank.json", "tracks.parquet"]  # no staged context.bin
     assert {p.name for p in (folder / "context").iterdir()} >= {f"{name}.npy" for name in _CONTEXT_ARRAYS}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+    # The same bytes from the same models (the cache's digest is stable across runs): no member carries a clock.
+    with zipfile.ZipFile(io.BytesIO(blob)) as outer, zipfile.ZipFile(io.BytesIO(outer.read("context.bin"))) as inner:
+        assert {info.date_time for info in [*outer.infolist(), *inner.infolist()]} == {ZIP_EPOCH}
 
 
 def test_a_context_with_users_opens_to_the_same_features(world, tmp_path):  # noqa: F811
@@ -147,3 +152,58 @@ def test_a_context_with_users_opens_to_the_same_features(world, tmp_path):  # no
     assert isinstance(opened.users.vectors, np.memmap) and not opened.users.recent_tracks.flags.writeable
     expected = build_features(world["candidates"], FeatureContext.from_bytes(context.to_bytes()))
     pd.testing.assert_frame_equal(build_features(world["candidates"], opened), expected, check_exact=True)
+
+
+def test_spark_playlists_through_the_host_cache_equal_the_shipped_bytes_models_on_the_tiny_world(
+        tiny_world_run, spark):
+    """build_playlists (Spark's Python workers: the host cache, memory-mapped) == rank_users over the same
+    users with the models loaded from the same bytes in this process, and == the week's stored playlists."""
+    import json
+
+    from dw_assets.ingest.spark import payload_key
+    from dw_assets.lake.storage import Lake
+    from dw_assets.partitions import history_window_weeks
+    from dw_assets.ranking.batch import (
+        build_playlists,
+        exploration_posteriors,
+        playlist_models,
+        playlist_users,
+        track_context,
+        user_vector_table,
+    )
+    from dw_assets.ranking.config import PlaylistsConfig
+    from dw_assets.ranking.ranker import TrainedRanker
+
+    week = json.loads((tiny_world_run / "landing" / "manifest.json").read_text())["last_training_week"]
+    lake = Lake(str(tiny_world_run))
+    table = lambda layer, name, weeks=(week,): lake.read_spark(spark, [  # noqa: E731
+        lake.uri(layer, name, w) for w in weeks if lake.exists(lake.uri(layer, name, w))])
+    artifact = lambda name: lake.read_artifact(lake.uri("models", name, week))  # noqa: E731
+    track_stats = lake.read_frame(lake.uri("gold", "track_stats", week))
+    context = track_context(track_stats, artifact("item2vec_embeddings"), table("models", "audio_vectors"),
+                            artifact("track_embeddings"))
+    ranker = TrainedRanker.from_bytes(artifact("ranker_model").files["ranker.bin"])
+    settings = PlaylistsConfig().settings()
+    profiles, directory = table("gold", "user_profiles"), table("bronze", "user_directory")
+    vectors = user_vector_table(spark, table("models", "user_embeddings"))
+    interactions = table("silver", "interactions", history_window_weeks(week))
+    candidates = table("gold", "candidates")
+    earlier = [w for w in history_window_weeks(week)[:-1] if lake.exists(lake.uri("gold", "ranked_playlists", w))]
+    earlier_playlists = table("gold", "ranked_playlists", earlier) if earlier else None
+
+    got, stats = build_playlists(spark, week, settings, candidates, ranker, profiles, directory, track_stats,
+                                 context, vectors, interactions, earlier_playlists)
+    got = got.drop("week").toPandas()
+    blob = playlist_models(week, settings, ranker, directory, track_stats, context, interactions).to_bytes()
+    assert host_cache.cached(payload_key(blob))  # the workers' copy (Spark's workers share this host's root)
+    assert stats["shipped_model_mb"] == round(len(blob) / 2**20, 1)
+    posteriors = exploration_posteriors(earlier_playlists, interactions, settings.rerank, week)
+    users = playlist_users(profiles, directory, vectors, interactions, candidates, posteriors).toPandas()
+    expected = rank_users(users.sort_values("user_id").reset_index(drop=True),
+                          _scoring(PlaylistModels.from_bytes(blob)), week)
+    assert len(got) > 1_000 and got["user_id"].nunique() == len(users)
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), expected.astype(got.dtypes.to_dict()),
+                                  check_exact=True)
+    stored = lake.read_frame(lake.uri("gold", "ranked_playlists", week)).drop(columns=["week"], errors="ignore")
+    pd.testing.assert_frame_equal(stored[list(got.columns)].sort_values(["user_id", "position"]).reset_index(drop=True),
+                                  got, check_exact=True, check_dtype=False)

@@ -24,8 +24,8 @@ item2vec, two-tower and audio track vectors 25.6 + 25.6 + 12.8 GB, ids and per-t
 (``track_features`` 17 float32 = 6.8 GB), the artist centroids 384 B per artist. Per host: ~75 GB of local
 disk, mapped once whatever its cores (before: one unpickled copy per Python worker). What each worker still
 reads for itself: the ranker (a few MB of trees), the fallback pool (countries x ``fallback_per_country``
-rows) and the track table (``TRACK_TABLE``: 100 M rows, ~10 GB as pandas with its genre strings), the one
-catalog-sized part not yet shared.
+rows) and the track table (``TRACK_TABLE``: 100 M rows, ~9 GB as pandas: 94 B a row measured after
+``read_parquet``), the one catalog-sized part not yet shared.
 """
 
 from __future__ import annotations
@@ -319,10 +319,7 @@ def build_playlists(
     """
     started = time.perf_counter()
     rerank = settings.rerank
-    tracks = track_stats[list(TRACK_TABLE)].sort_values("track_id").reset_index(drop=True)
-    this_week = interactions.where(F.col("ts") >= F.lit(pd.Timestamp(week, tz="UTC")))
-    fallback = spark_fallback_pool(this_week, user_directory, tracks, settings.fallback_per_country)
-    models = PlaylistModels(context=context, ranker=ranker, tracks=tracks, fallback=fallback, rerank=rerank)
+    models = playlist_models(week, settings, ranker, user_directory, track_stats, context, interactions)
     posteriors = exploration_posteriors(earlier_playlists, interactions, rerank, week)
     users = playlist_users(user_profiles, user_directory, user_vectors, interactions, candidates, posteriors)
     n_users = user_profiles.count()
@@ -356,6 +353,17 @@ def build_playlists(
         "elapsed_s": round(elapsed, 1),
         **({"ranker": "stand-in: retrieval order (first landed week)"} if is_stand_in(ranker) else {}),
     }
+
+
+def playlist_models(week: str, settings: PlaylistSettings, ranker: TrainedRanker, user_directory: DataFrame,
+                    track_stats: pd.DataFrame, context: FeatureContext, interactions: DataFrame) -> PlaylistModels:
+    """The ranking model set ``build_playlists`` ships: the context, the ranker, the track table
+    (``TRACK_TABLE`` of every track) and the week's fallback pool (counted on Spark from ``interactions``
+    since ``week`` started)."""
+    tracks = track_stats[list(TRACK_TABLE)].sort_values("track_id").reset_index(drop=True)
+    this_week = interactions.where(F.col("ts") >= F.lit(pd.Timestamp(week, tz="UTC")))
+    fallback = spark_fallback_pool(this_week, user_directory, tracks, settings.fallback_per_country)
+    return PlaylistModels(context=context, ranker=ranker, tracks=tracks, fallback=fallback, rerank=settings.rerank)
 
 
 def spark_fallback_pool(this_week: DataFrame, user_directory: DataFrame, tracks: pd.DataFrame,

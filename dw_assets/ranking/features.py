@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
@@ -425,9 +426,7 @@ class FeatureContext:
                 value = getattr(self.users, name)
                 if value is not None:
                     arrays[f"user__{name}"] = value
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays, _meta=np.frombuffer(json.dumps({"version": 1}).encode(), np.uint8))
-        return buffer.getvalue()
+        return npz_bytes({**arrays, "_meta": np.frombuffer(json.dumps({"version": 1}).encode(), np.uint8)})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> FeatureContext:
@@ -469,6 +468,21 @@ class FeatureContext:
         if missing:
             raise FileNotFoundError(f"{folder} lacks context arrays {missing}")
         return cls(**arrays, users=users)
+
+
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # every member's zip timestamp: equal models give equal bytes
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """``np.savez``'s uncompressed ``.npz`` (``np.load`` reads it), but the same bytes for the same arrays:
+    the members' timestamps are fixed, so the content digest naming a shipped set (``payload_key``, the host
+    cache's folder) does not change from one run to the next."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, value in arrays.items():
+            with zf.open(zipfile.ZipInfo(f"{name}.npy", ZIP_EPOCH), "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+    return buffer.getvalue()
 
 
 _CONTEXT_ARRAYS = (

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dw_assets.ranking.features import FeatureContext, build_features
+from dw_assets.ranking.features import ZIP_EPOCH, FeatureContext, build_features
 from dw_assets.ranking.ranker import TrainedRanker
 from dw_assets.ranking.rerank import RerankConfig, empty_posteriors, rerank_batch
 
@@ -50,13 +50,15 @@ class PlaylistModels:
     rerank: RerankConfig
 
     def to_bytes(self) -> bytes:
+        """One uncompressed zip, the same bytes for the same models (fixed member timestamps: the digest
+        naming the host cache's copy is stable across runs)."""
         out = io.BytesIO()
-        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
-            zf.writestr("context.bin", self.context.to_bytes())
-            zf.writestr("ranker.bin", self.ranker.to_bytes())
-            zf.writestr("tracks.parquet", _parquet(self.tracks))
-            zf.writestr("fallback.parquet", _parquet(self.fallback))
-            zf.writestr("rerank.json", json.dumps(asdict(self.rerank)))
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name, data in (("context.bin", self.context.to_bytes()), ("ranker.bin", self.ranker.to_bytes()),
+                               ("tracks.parquet", _parquet(self.tracks)),
+                               ("fallback.parquet", _parquet(self.fallback)),
+                               ("rerank.json", json.dumps(asdict(self.rerank)).encode())):
+                zf.writestr(zipfile.ZipInfo(name, ZIP_EPOCH), data)
         return out.getvalue()
 
     @classmethod

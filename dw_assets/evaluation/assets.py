@@ -85,6 +85,7 @@ from dw_assets.evaluation.systems import (
     quality_targets,
     track_table,
 )
+from dw_assets.ingest.profiles import exact_mean
 from dw_assets.lake.driver_guard import bounded, check_driver_rows, to_driver
 from dw_assets.lake.quality import emit_checked, schema_check_result, schema_check_spec, table_schema
 from dw_assets.lake.resources import LAYER_KEY, LakeResource
@@ -889,7 +890,7 @@ def spark_popularity_distributions(playlists: DataFrame, profiles: DataFrame, tr
         tracks[["track_id", "popularity_percentile"]].astype({"track_id": np.int64}),
         "track_id long, popularity_percentile double")
     recommended = (of_users(playlists, users).select("user_id", "track_id").join(pct, "track_id", "left")
-                   .groupBy("user_id").agg(F.avg("popularity_percentile").alias("pct")).orderBy("user_id"))
+                   .groupBy("user_id").agg(exact_mean("popularity_percentile").alias("pct")).orderBy("user_id"))
     listened = (of_users(profiles, users).where(F.col("history_level") != "none")
                 .select("user_id", "mean_popularity_percentile").orderBy("user_id"))
     recommended = to_driver(recommended, "ranked_playlists")["pct"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from dw_assets.calendar import week_bounds
@@ -79,6 +79,12 @@ def build_track_stats(interactions: DataFrame, catalog: DataFrame, week: str,
         .select(*TRACK_STATS_COLUMNS)
         .orderBy("listeners", "track_id")
     )
+
+
+def exact_mean(column: str) -> Column:
+    """The mean of a double column, summed exactly (as decimal(38, 18)), so it does not depend on the order
+    a shuffle delivers partial sums in: on two executors a double sum's last bits follow block arrival."""
+    return F.avg(F.col(column).cast("decimal(38,18)")).cast("double")
 
 
 def popularity_percentiles(stats: DataFrame) -> DataFrame:
@@ -172,7 +178,7 @@ def build_user_profiles(
     habits = (
         positives.join(track_stats.select("track_id", "popularity_percentile"), "track_id")
         .groupBy("user_id")
-        .agg(F.avg("popularity_percentile").alias("mean_popularity_percentile"))
+        .agg(exact_mean("popularity_percentile").alias("mean_popularity_percentile"))
     )
 
     # What the user saved, and what they rejected within seconds and never came back to like.

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from dw_assets import settings
 
-KEEP = 3  # model sets kept per host: this week's, and a control arm's or a re-run's beside it
+KEEP = 4  # model sets kept per host: this week's candidate and ranking sets, and a control arm's two beside them
 _KEY = re.compile(r"[0-9A-Za-z_-]{1,64}")
 
 

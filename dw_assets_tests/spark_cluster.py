@@ -48,8 +48,8 @@ def stop() -> None:
 RUN_WEEK = """
 import json, sys
 from dw_assets.automation.runner import materialize_week
-root, week, weeks, ops = json.loads(sys.argv[1])
-print(materialize_week(root, week, weeks, progress=print, ops=ops))
+root, week, weeks, ops, store_url = json.loads(sys.argv[1])
+print(materialize_week(root, week, weeks, progress=print, ops=ops, store_url=store_url))
 from pyspark.sql import SparkSession
 sc = SparkSession.getActiveSession().sparkContext
 executors = sc._jsc.sc().getExecutorMemoryStatus().size() - 1  # the driver's block manager is listed too
@@ -66,23 +66,35 @@ CAPPED_DRIVER = {"DW_SPARK_DRIVER_MEMORY": "1g", "DW_SPARK_DRIVER_MAX_RESULT_SIZ
 TWO_EXECUTORS = {"DW_SPARK_CORES_MAX": "2"}
 
 
-def run_world(master: str, world: Path, root: Path, manifest: dict, ops: dict, env: dict | None = None,
-              timeout_s: int = 1800) -> tuple[subprocess.CompletedProcess, dict]:
+def run_world(master: str, world: Path, root: Path | str, manifest: dict, ops: dict, env: dict | None = None,
+              timeout_s: int = 1800, scratch: Path | None = None,
+              store_url: str | None = None) -> tuple[subprocess.CompletedProcess, dict]:
     """Copy ``world``'s landing zone (and hidden truth) to a fresh lake ``root`` and run its last training
-    week on ``master`` in a subprocess; returns the process and where it ran (None if it failed)."""
+    week on ``master`` in a subprocess; returns the process and where it ran (None if it failed).
+
+    ``root``: a folder, or ``s3://bucket/prefix`` (the landing zone is uploaded there; the S3 settings come
+    from this process's environment). ``scratch``: the run's local folder (its working directory and
+    ``DAGSTER_HOME``; default ``root``)."""
     import json
     import os
     import shutil
     import sys
 
-    for folder in ("landing", "simulator"):
-        if (world / folder).is_dir():
-            shutil.copytree(world / folder, root / folder)
-    full_env = {**os.environ, "DW_SPARK_MASTER": master, "DAGSTER_HOME": str(root / "dagster_home"),
+    from dw_assets.lake.storage import open_lake
+
+    if str(root).startswith("s3://"):
+        open_lake(str(root)).landing_fs().upload_dir(world / "landing")
+    else:
+        for folder in ("landing", "simulator"):
+            if (world / folder).is_dir():
+                shutil.copytree(world / folder, Path(root) / folder)
+    scratch = Path(scratch or root)
+    (scratch / "cwd").mkdir(parents=True, exist_ok=True)
+    full_env = {**os.environ, "DW_SPARK_MASTER": master, "DAGSTER_HOME": str(scratch / "dagster_home"),
                 **CAPPED_DRIVER, **(env or {})}
-    args = json.dumps([str(root), manifest["last_training_week"], manifest["weeks"], ops])
+    args = json.dumps([str(root), manifest["last_training_week"], manifest["weeks"], ops, store_url])
     done = subprocess.run([sys.executable, "-c", RUN_WEEK, args], capture_output=True, text=True, env=full_env,
-                          timeout=timeout_s, stdin=subprocess.DEVNULL)
+                          timeout=timeout_s, stdin=subprocess.DEVNULL, cwd=scratch / "cwd")
     where = None
     if done.returncode == 0:
         where = json.loads(done.stdout.strip().splitlines()[-1])

@@ -1,11 +1,9 @@
 """The lake and the landing zone on S3 (moto's server on loopback): Spark through s3a://, one landing file
-system, one clear error for an unusable bucket, and the tiny world end to end giving the local run's playlists."""
+system, one clear error for an unusable bucket. The tiny world end to end on an S3 lake (on the standalone
+cluster, giving the local run's playlists) is test_spark_cluster's."""
 
 from __future__ import annotations
 
-import json
-import os
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -234,49 +232,3 @@ def _export(lake_root: str, week: str, out: Path) -> pd.DataFrame:
     assert result.exit_code == 0, result.output
     return pd.read_parquet(out)
 
-
-def test_the_tiny_world_on_s3_gives_the_playlists_of_the_local_run(tiny_world, spark, aws, tmp_path, monkeypatch,
-                                                                   capfd):
-    """Landing zone and lake both in the bucket (Spark through s3a://, pandas and artifacts through boto3,
-    audio clips read from S3); the exported playlists equal the same world's local run."""
-    from dw_assets.automation.runner import materialize_week
-
-    monkeypatch.chdir(tmp_path)  # anything written "locally" by mistake would show up here
-    secret = "dw-s3-planted-secret-7f3a9c"  # moto takes any key: this one must never be logged or stored
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
-    manifest = json.loads((tiny_world / "landing" / "manifest.json").read_text())
-    week = manifest["last_training_week"]
-    local = open_lake(str(tiny_world))
-    if not local.exists(local.uri("gold", "ranked_playlists", week)):  # test_pipeline did not run first
-        materialize_week(tiny_world, week, manifest["weeks"], progress=lambda m: None, ops=QUICK)
-
-    root = f"s3://{_bucket('dw-tiny')}/world"
-    lake = open_lake(root)
-    started = time.perf_counter()
-    uploaded = lake.landing_fs().upload_dir(tiny_world / "landing")
-    assert read_manifest(lake.landing_fs()) == manifest
-    upload_s = time.perf_counter() - started
-    materialize_week(root, week, manifest["weeks"], progress=lambda m: None, ops=QUICK,
-                     store_url=f"sqlite:///{tmp_path / 'store' / 'playlists.db'}")
-    print(f"uploaded {uploaded} landing files in {upload_s:.1f}s; S3 run {time.perf_counter() - started:.0f}s")
-
-    # Spark wrote through s3a:// with its committer's marker; pandas and artifacts went through boto3.
-    for layer, asset in (("bronze", "raw_play_events"), ("silver", "interactions"), ("gold", "candidates"),
-                         ("gold", "ranked_playlists")):
-        bucket, key, names = lake._s3_names(lake.uri(layer, asset, week))
-        assert "_SUCCESS" in names and any(n.startswith("part-") for n in names), (asset, names)
-    audio = lake.read_artifact(lake.uri("models", "audio_embeddings", week))
-    assert audio.meta["tracks_embedded"] > 0 and audio.meta["problems"]  # the world's broken clips, reported by S3 key
-    assert all(p["path"].startswith(f"{root}/landing/audio/") for p in audio.meta["problems"])
-    # same models (their versions digest config, code and inputs), then the same playlists
-    for name in ("item2vec_embeddings", "audio_embeddings", "two_tower_model", "ranker_model"):
-        assert lake.read_artifact(lake.uri("models", name, week)).model_version == \
-            local.read_artifact(local.uri("models", name, week)).model_version, name
-    on_s3 = _export(root, week, tmp_path / "s3.parquet")
-    pd.testing.assert_frame_equal(on_s3, _export(str(tiny_world), week, tmp_path / "local.parquet"))
-    assert len(on_s3) > 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["local.parquet", "s3.parquet", "store"]
-    captured = capfd.readouterr()
-    assert secret not in captured.out + captured.err
-    home = Path(os.environ["DAGSTER_HOME"])  # run records, event logs, compute logs
-    assert not [p for p in home.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]

@@ -1,6 +1,6 @@
-"""The pipeline on a real Spark standalone cluster (scripts/spark-cluster.sh: one master, two 1-core
-workers, executors in their own JVMs and Python workers) with a capped driver, and the settings that
-point a session at a cluster."""
+"""The pipeline on a real Spark standalone cluster (scripts/spark-cluster.sh: one master, three 1-core
+workers, executors in their own JVMs and Python workers) with a capped driver and an S3 lake, and the
+settings that point a session at a cluster."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ import json
 import os
 import time
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from dw_assets.ingest import spark as spark_settings
 from dw_assets.ingest.spark import SparkSettings, settings_from_env
-from dw_assets_tests.spark_cluster import run_world
-from dw_assets_tests.test_s3_lake import QUICK, _export
+from dw_assets.lake.s3 import S3Settings
+from dw_assets.lake.storage import open_lake
+from dw_assets_tests.spark_cluster import TWO_EXECUTORS, run_world
+from dw_assets_tests.test_s3_lake import QUICK, _export, aws  # noqa: F401 (aws: the fixture)
 
 CLUSTER_ENV = ("DW_SPARK_MASTER", "DW_SPARK_DRIVER_MEMORY", "DW_SPARK_DRIVER_MAX_RESULT_SIZE",
                "DW_SPARK_EXECUTOR_MEMORY", "DW_SPARK_EXECUTOR_CORES", "DW_SPARK_CORES_MAX",
@@ -35,7 +36,8 @@ def clean_env(monkeypatch):
 def test_local_mode_keeps_its_settings_and_a_cluster_gets_its_own(clean_env, tmp_path):
     local = settings_from_env().as_conf()
     assert local["spark.master"] == "local[*]" and local["spark.sql.adaptive.enabled"] == "true"
-    assert local["spark.sql.adaptive.coalescePartitions.enabled"] == "false"  # deterministic file counts
+    # a cluster's shuffle partitions follow the data; local mode's stay fixed (one JVM's heap)
+    assert local["spark.sql.adaptive.coalescePartitions.enabled"] == "false"
     assert not {"spark.executor.memory", "spark.executor.cores", "spark.cores.max", "spark.archives",
                 "spark.driver.maxResultSize"} & set(local)
 
@@ -52,7 +54,7 @@ def test_local_mode_keeps_its_settings_and_a_cluster_gets_its_own(clean_env, tmp
         "spark.master": "spark://10.0.0.5:7077", "spark.driver.memory": "1g", "spark.driver.maxResultSize": "16m",
         "spark.executor.memory": "6g", "spark.executor.cores": "4", "spark.cores.max": "64",
         "spark.archives": "s3://dw-deploy/dw-venv.tar.gz#env", "spark.pyspark.python": "./env/bin/python",
-        "spark.sql.adaptive.enabled": "true", "spark.sql.adaptive.coalescePartitions.enabled": "false"}
+        "spark.sql.adaptive.enabled": "true", "spark.sql.adaptive.coalescePartitions.enabled": "true"}
 
     # pyspark's executors take their interpreter from PYSPARK_PYTHON only: set to the unpacked archive's
     clean_env.setenv("PYSPARK_PYTHON", "/somewhere/else/python")
@@ -85,38 +87,59 @@ def test_the_jars_go_on_the_classpath_where_every_host_has_them(clean_env):
 
 
 @pytest.mark.timeout(2400)  # alone, it builds the local reference first: two runs of the tiny world
-def test_the_tiny_world_on_a_standalone_cluster_gives_the_local_runs_playlists(tiny_world_run, spark_cluster,
-                                                                               tmp_path):
-    """Executors in their own JVMs and Python workers, the driver capped at 1 GB and 16 MB per collect:
-    the exported playlists equal the same world's local[*] run, row for row."""
+@pytest.mark.usefixtures("aws")
+def test_the_tiny_world_on_two_executors_with_an_s3_lake_gives_the_local_runs_playlists(
+        tiny_world_run, spark_cluster, monkeypatch, tmp_path):
+    """The shape of a multi-host deployment: executors in their own JVMs and Python workers (two of them,
+    each job's tasks split between them), the driver capped at 1 GB and 16 MB per collect, landing zone and
+    lake in one S3 bucket (Spark through s3a:// from the executors, artifacts and pandas through boto3,
+    audio clips read from S3 by the executors). The exported playlists equal the same world's local[*] run
+    on a local lake, row for row, and the credentials are never logged or stored."""
+    secret = "dw-s3-planted-secret-7f3a9c"  # moto takes any key: this one must never be logged or stored
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
     manifest = json.loads((tiny_world_run / "landing" / "manifest.json").read_text())
     week = manifest["last_training_week"]
+    S3Settings.from_env().client().create_bucket(Bucket="dw-cluster")
+    root = "s3://dw-cluster/world"
     started = time.perf_counter()
-    done, where = run_world(spark_cluster, tiny_world_run, tmp_path / "cluster", manifest, QUICK)
+    done, where = run_world(spark_cluster, tiny_world_run, root, manifest, QUICK, env=TWO_EXECUTORS,
+                            scratch=tmp_path, store_url=f"sqlite:///{tmp_path / 'store' / 'playlists.db'}")
     elapsed = time.perf_counter() - started
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
-    print(f"tiny world on {spark_cluster}: {elapsed:.0f}s")
-    # One executor: with two, the last week's user_profiles differ from local mode's (measured 2026-12-06;
-    # a shuffle's float partial sums are merged in fetch order: docs/operations.md). The two-executor run is
-    # the driver-guard test's.
-    assert where["master"] == spark_cluster and where["executors"] >= 1, where
+    print(f"tiny world on {spark_cluster} with an S3 lake: {elapsed:.0f}s")
+    assert where["master"] == spark_cluster and where["executors"] == 2, where
+    assert len(where["tasks_by_executor"]) == 2 and min(where["tasks_by_executor"].values()) > 0, where
 
-    cluster = tmp_path / "cluster"
+    lake, local = open_lake(root), open_lake(str(tiny_world_run))
+    # Spark wrote through s3a:// with its committer's marker; nothing was written to the local disk.
+    for layer, asset in (("bronze", "raw_play_events"), ("silver", "interactions"), ("gold", "candidates"),
+                         ("gold", "ranked_playlists")):
+        _, _, names = lake._s3_names(lake.uri(layer, asset, week))
+        assert "_SUCCESS" in names and any(n.startswith("part-") for n in names), (asset, names)
+    assert not list((tmp_path / "cwd").iterdir())
+    audio = lake.read_artifact(lake.uri("models", "audio_embeddings", week))
+    assert audio.meta["tracks_embedded"] > 0 and audio.meta["problems"]  # the world's broken clips, by S3 key
+    assert all(p["path"].startswith(f"{root}/landing/audio/") for p in audio.meta["problems"])
+
     # Ingest, item2vec and the audio CNN are identical, row order included, on the executors and in local
     # mode: the models train with their configs' torch thread count, whatever the process had set (this
     # pytest process may hold 1 thread, set by test_two_tower at import; `dw run` has all cores).
-    for table in ("silver/interactions", "gold/user_profiles", "gold/track_stats"):
-        pd.testing.assert_frame_equal(pd.read_parquet(cluster / table / f"week={week}"),
-                                      pd.read_parquet(tiny_world_run / table / f"week={week}"), obj=table)
-    for name in ("ids.npy", "vectors.npy"):
-        path = f"models/item2vec_embeddings/week={week}/{name}"
-        assert np.array_equal(np.load(cluster / path), np.load(tiny_world_run / path)), path
-    audio = [pd.read_parquet(root / f"models/audio_vectors/week={week}") for root in (cluster, tiny_world_run)]
-    assert len(audio[0]) > 0
-    assert audio[0]["track_id"].tolist() == audio[1]["track_id"].tolist()
-    assert np.array_equal(np.stack(audio[0]["vector"]), np.stack(audio[1]["vector"]))
+    for layer, table in (("silver", "interactions"), ("gold", "user_profiles"), ("gold", "track_stats"),
+                         ("models", "audio_vectors")):
+        pd.testing.assert_frame_equal(lake.read_frame(lake.uri(layer, table, week)),
+                                      local.read_frame(local.uri(layer, table, week)), obj=table)
+    for name in ("item2vec_embeddings", "audio_embeddings", "two_tower_model", "ranker_model"):
+        assert lake.read_artifact(lake.uri("models", name, week)).model_version == \
+            local.read_artifact(local.uri("models", name, week)).model_version, name
+    item2vec = [store.read_artifact(store.uri("models", "item2vec_embeddings", week)) for store in (lake, local)]
+    assert item2vec[0].files == item2vec[1].files
 
-    on_cluster = _export(str(cluster), week, tmp_path / "cluster.parquet")
-    local = _export(str(tiny_world_run), week, tmp_path / "local.parquet")
-    assert len(on_cluster) == len(local) > 0
-    pd.testing.assert_frame_equal(on_cluster, local)
+    on_cluster = _export(root, week, tmp_path / "cluster.parquet")
+    reference = _export(str(tiny_world_run), week, tmp_path / "local.parquet")
+    assert len(on_cluster) == len(reference) > 0
+    pd.testing.assert_frame_equal(on_cluster, reference)
+
+    # The secret reached the executors through the session's configuration, never a log or a stored file.
+    assert secret not in done.stdout + done.stderr
+    stored = [p for p in (tmp_path / "dagster_home").rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert not stored, stored

@@ -81,7 +81,10 @@ def s3a_jars(folder: str | Path | None = None) -> tuple[list[str], str | None]:
 @dataclass(frozen=True)
 class SparkSettings:
     master: str = "local[*]"
-    shuffle_partitions: int = 8  # small worlds on 2 cores: Spark's 200 default is mostly overhead
+    # The most partitions a shuffle starts with: on a cluster adaptive execution coalesces each stage's to
+    # ~64 MB each, so one ceiling serves every stage. Size it for the largest (the 12-week window's joins:
+    # at 500 M users ~6 TB, so ~100,000); 8 suits the demo worlds on 2 cores (local mode: fixed).
+    shuffle_partitions: int = 8
     driver_memory: str = "2g"  # local mode: the JVM grows to whatever it is given; `small` needs ~2 GB
     arrow_batch_rows: int = 20_000
     jars_dir: str | None = None  # the s3a:// jars' folder; None: DW_SPARK_JARS_DIR, else SPARK_JARS_DIR
@@ -119,10 +122,17 @@ class SparkSettings:
             "spark.ui.enabled": "false",
             "spark.ui.showConsoleProgress": "false",
             "spark.log.level": "ERROR",
-            # Adaptive execution (Spark's default, pinned): joins and skew adapt to the data's size...
+            # Adaptive execution (Spark's default, pinned): joins and skew follow the data's size; on a
+            # cluster each shuffle's partition count does too (coalesced to ~64 MB partitions under the
+            # shuffle_partitions ceiling). Outputs stay identical across partitionings (the cluster
+            # identity test compares them with local mode's fixed partitions): every table is sorted
+            # before it is written, and float aggregates do not depend on the order partial sums arrive
+            # in (profiles.exact_mean). Explicit repartition(n) (candidates, playlists) is never coalesced.
+            # Local mode keeps its fixed partitions: one JVM is driver and executor, and a coalesced
+            # stage's fewer, larger tasks and results ran the `small` demo's 2 GB heap out of memory.
             "spark.sql.adaptive.enabled": "true",
-            # ...but without coalescing, so output file names and counts stay the same across re-runs.
-            "spark.sql.adaptive.coalescePartitions.enabled": "false",
+            "spark.sql.adaptive.coalescePartitions.enabled": str(not self.is_local).lower(),
+            "spark.sql.adaptive.advisoryPartitionSizeInBytes": "64m",
             # A Spark partition on S3 counts once the committer's _SUCCESS marker exists (lake/storage.py;
             # why not the magic committer: lake/s3.py). Hadoop's default, pinned because readers rely on it.
             "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "true",

@@ -215,7 +215,7 @@ def test_a_backfill_refuses_weeks_that_have_not_landed(tmp_path):
     assert result.exit_code == 1 and "have not landed" in result.output
 
 
-def test_a_failed_week_of_a_ui_backfill_stops_the_weeks_after_it(tmp_path):
+def test_the_jobs_executor_refuses_a_week_after_a_failed_one(tmp_path):
     """The jobs' executor refuses week W when an earlier week of the same backfill failed: nothing of W runs."""
     weeks = ["2026-01-05", "2026-01-12"]
     with pytest.MonkeyPatch.context() as env:
@@ -306,9 +306,16 @@ def wait_for_backfill(instance: DagsterInstance, backfill_id: str, runs: int, lo
 
 
 def run_errors(instance: DagsterInstance, run) -> str:
-    """The failure messages of a run (steps and run), for an assertion's message."""
+    """The failure messages of a run (steps and run), each with its causes, for an assertion's message."""
+    def chain(error) -> str:
+        parts = []
+        while error is not None:
+            parts.append(str(error.message).strip()[:800])
+            error = error.cause
+        return " <- ".join(parts)
+
     events = [e.dagster_event for e in instance.all_logs(run.run_id) if e.dagster_event is not None]
-    return " | ".join(str(error.message).strip()[:800] for ev in events
+    return " | ".join(chain(error) for ev in events
                       if (ev.is_step_failure or ev.is_run_failure)
                       and (error := getattr(ev.event_specific_data, "error", None)) is not None)
 
@@ -417,3 +424,34 @@ def test_a_backfill_is_recorded_in_dagster_and_published(backfilled):
     store = open_store(build_resources(str(root))["playlist_store"].url)
     assert store.current_week() == weeks[-1]
     assert set(weeks) <= set(store.weeks())
+
+
+def test_a_failed_week_of_a_ui_backfill_through_the_daemon_stops_the_weeks_after_it(backfilled, tmp_path):
+    """The same world with week 1's events gone: a UI backfill of weeks 1-2 through the real daemon fails
+    week 1 at its ingest, and week 2's run (queued behind it) refuses to start, naming week 1."""
+    import shutil
+
+    from dw_assets.automation.runner import QUIET, run_instance
+
+    source, manifest, _, _, _ = backfilled
+    weeks = manifest["training_weeks"]
+    root = tmp_path / "world"
+    shutil.copytree(source / "landing", root / "landing")
+    shutil.rmtree(root / "landing" / "events" / f"week={weeks[0]}")
+    home = root / "dagster_home"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("DAGSTER_HOME", str(home))
+        instance = run_instance()
+        backfill_id = launch_ui_backfill(instance, weeks[:2], dict(QUIET))
+        settings = {"DW_LAKE": str(root), "DW_SPARK_MASTER": "local[2]", "DW_SPARK_SHUFFLE_PARTITIONS": "4"}
+        log = root / "dagster-daemon.log"
+        with dagster_daemon(home, settings, log):
+            first, second = wait_for_backfill(instance, backfill_id, 2, log)
+        errors = [run_errors(instance, run) for run in (first, second)]
+        instance.dispose()
+    assert first.tags["dagster/partition"] == weeks[0] and not first.is_success
+    assert f"no landed events for week {weeks[0]}" in errors[0], errors[0]
+    assert second.tags["dagster/partition"] == weeks[1] and not second.is_success
+    assert f"week {weeks[0]} of this backfill failed" in errors[1], errors[1]
+    lake = Lake(str(root))
+    assert not lake.exists(lake.uri("bronze", "raw_play_events", weeks[1]))  # nothing of week 2 was built

@@ -96,7 +96,7 @@ def run_sampled(command: list[str], env: dict, log: Path, interval_s: float = 1.
               help="CSV of memory per kind of process over time, with the step the run was at.")
 @click.option("--json", "as_json", is_flag=True)
 def demo_command(preset, lake, driver_memory, timeline, as_json):
-    """Time the demo (simulate + dw run) from scratch with its peak memory, against the #7 targets."""
+    """Time the demo (simulate + dw run) from scratch with its peak memory, against its targets: ≤ 15 min and ≤ 8 GB on 2 cores."""
     shutil.rmtree(lake, ignore_errors=True)
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable)
     if driver_memory:

@@ -516,13 +516,16 @@ def offline_evaluation(
     started = time.perf_counter()
     spark = ranked_playlists.sparkSession
     listed = ranked_playlists.select("user_id").unionByName(last_week_playlists.select("user_id"))
+    phases = _Phases(context.log)
     drawn, history = _draw(interactions, holdout_start, listed, config.sample(), week)
     tracks = track_table(track_stats)
     holdout_users = collect_ids(drawn.truth, "evaluation_rows")
+    phases.done("draw users and histories")
     track_vectors = vectors_from(track_embeddings)
     ns_config = config.north_star()
     truth, ns_users, why_not = _north_star_inputs(lake.open(), of_users(ranked_playlists, drawn.users),
                                                   of_users(candidates, drawn.users), ns_config)
+    phases.done("draw the north star's sample")
     lists: dict = {"pipeline": of_users(ranked_playlists, drawn.users)}
     baselines: dict = {}
     if len(holdout_users) and drawn.history["weight"].gt(0).any():
@@ -534,12 +537,14 @@ def offline_evaluation(
         lists.update({name: frame[frame["user_id"].isin(holdout_users)] for name, frame in baselines.items()})
     else:  # nothing drawn to recommend for or to train on (a sample cut to nothing by the driver guard)
         lists.update({name: pd.DataFrame(columns=LIST_COLUMNS) for name in ("retrieval", "popularity", "item_cf", "als")})
+    phases.done("baselines")
     lists["last_week"] = of_users(last_week_playlists, drawn.users)
     frame = lists_frame(spark, lists).persist()
     per_user = per_user_frame(frame, drawn.truth, of_users(user_profiles, drawn.users), tracks, track_vectors,
                               SYSTEMS, config.k, -(-drawn.count // max(1, config.sample().users_per_bucket)))
     table = aggregate(per_user, frame, int(tracks["track_id"].nunique()), SYSTEMS, config.k, uses_vectors=True)
     positives = drawn.truth.count()
+    phases.done("per-user metrics")
     frame.unpersist()
     drawn.truth.unpersist()
     drawn.users.unpersist()
@@ -558,9 +563,11 @@ def offline_evaluation(
             RerankConfig().two_tower_prior, candidates, user_profiles, user_vector_table(spark, user_embeddings),
             sample, track_stats, ns_config)
         sample.unpersist()
+        phases.done("north star: the sample's lists and the ranker's order")
         report = measure(truth, holdout_week, ns_users, {**stored, "ranker_order": order, **baselines},
                          drawn.history, ns_candidates, track_stats, ns_config)
         ns_table = north_star_table(report, week, holdout_week)
+        phases.done("north star: the listeners play every system")
     summary = {**evaluation_json(table, config.k), **north_star_summary(ns_table, why_not)}
     targets = quality_targets(table, config.k)
     overall = table[table["segment"] == "all"].set_index("system")
@@ -586,8 +593,23 @@ def offline_evaluation(
         "systems": MetadataValue.md(key_numbers.round(4).to_markdown()),
         "targets": MetadataValue.md(targets.to_markdown(index=False)),
         "elapsed_s": round(time.perf_counter() - started, 1),
+        "phase_seconds": MetadataValue.json(phases.seconds),
     })
     yield schema_check_result("offline_evaluation", table, OFFLINE_EVALUATION, blocking=False)
+
+
+class _Phases:
+    """Seconds per phase of a long asset: logged as each ends (progress in the UI's run log) and kept for
+    its metadata. Spark is lazy: a phase's time is that of the actions it ran."""
+
+    def __init__(self, log) -> None:
+        self.log, self.seconds, self._last = log, {}, time.perf_counter()
+
+    def done(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self._last, 1)
+        self._last = now
+        self.log.info(f"{name}: {self.seconds[name]} s")
 
 
 def _north_star_inputs(store: Lake, playlists: DataFrame, candidates: DataFrame,

@@ -8,7 +8,7 @@ hash, cut further so that their histories total at most ``rows`` rows (whole use
 lowest hash first): those histories are the one user-scale thing the driver holds, because the
 driver-side baselines (``implicit`` ALS, item-item CF, exact two-tower top-k, popularity with
 the user's heard tracks removed) train on them and recommend for these users only. Per-user
-metrics run in ``applyInPandas`` over hash buckets of ``users_per_bucket`` users (50 buckets at the
+metrics run in ``applyInPandas`` over hash buckets of ``users_per_bucket`` users (500 buckets at the
 cap); only (system, segment) aggregates (30 rows) come back. With every user of a demo world inside the caps nothing is sampled and the
 numbers are those of the whole week.
 """
@@ -44,13 +44,16 @@ class EvaluationSample:
     rows: the drawn users' rows the driver holds total at most this many (their histories and holdout
         positives for the driver-side baselines; both arms' playlists in the A/B test); users are
         dropped from the highest hash down beyond it (the `large` world's whole window fits).
-    users_per_bucket: drawn users per hash bucket the per-user metrics run in (one pandas call each).
+    users_per_bucket: drawn users per hash bucket the per-user metrics run in (one pandas call each): small
+        enough that the buckets spread over every core and a task's sort of its rows (30 slots x systems
+        per user, each with its track's vector) stays small. With 20,000, `small`'s 24.5 k users made 2
+        buckets that landed in one task: 95 s of its offline evaluation, 58 s with 2,000 (same numbers).
     """
 
     users: int = 1_000_000
     rows: int = 100_000_000
     seed: int = 7
-    users_per_bucket: int = 20_000
+    users_per_bucket: int = 2_000
 
 
 def split_window(interactions: DataFrame, holdout_start) -> tuple[DataFrame, DataFrame]:

@@ -55,7 +55,7 @@ def ranker_order(ranker: TrainedRanker, context: FeatureContext, users: pd.DataF
         return pd.DataFrame({c: pd.Series(dtype="int64") for c in ("user_id", "position", "track_id")})
     features = build_features(exploded, context, users=users)
     scorer = RetrievalOrder() if is_stand_in(ranker) else ranker
-    probability = scorer.predict(features)
+    probability = scorer.predict(features, engine="auto")  # as the batch scores them
     scored = exploded[["user_id", "track_id"]].assign(score=list_score(probability, features, two_tower_prior))
     scored = scored.merge(artists[["track_id", "artist_id"]], on="track_id", how="inner")
     return hygienic_top_k(scored, k, max_per_artist)

@@ -87,6 +87,11 @@ class SparkSettings:
     shuffle_partitions: int = 8
     driver_memory: str = "2g"  # local mode: the JVM grows to whatever it is given; `small` needs ~2 GB
     arrow_batch_rows: int = 20_000
+    # A frame made on the driver (a bounded sample's lists, a track table) larger than this reaches Spark as
+    # Arrow batches; Spark's default (48 MB) keeps it a local relation: its rows as JVM objects in the
+    # driver's heap for the plan's life (~15x the Arrow bytes), which sent `small`'s offline evaluation
+    # (2.2 M baseline list rows) into minutes of full GCs. Below it (sample ids) a frame stays broadcastable.
+    local_relation_bytes: int = 1 << 20
     jars_dir: str | None = None  # the s3a:// jars' folder; None: DW_SPARK_JARS_DIR, else SPARK_JARS_DIR
     # A cluster's driver holds models, bounded samples and aggregates only (lake/driver_guard.py), so it
     # can stay small whatever the world's size; a collect above this cap fails instead of swapping it.
@@ -118,6 +123,7 @@ class SparkSettings:
             "spark.sql.session.timeZone": "UTC",
             "spark.sql.execution.arrow.pyspark.enabled": "true",
             "spark.sql.execution.arrow.maxRecordsPerBatch": str(self.arrow_batch_rows),
+            "spark.sql.execution.arrow.localRelationThreshold": str(self.local_relation_bytes),
             "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
             "spark.ui.enabled": "false",
             "spark.ui.showConsoleProgress": "false",

@@ -50,8 +50,14 @@ def require_same_version(versions: Mapping[str, str]) -> str:
 
 def table_version(table, asset: str) -> str:
     """The one ``model_version`` of a Spark table written by a model (``user_embeddings``, ``audio_vectors``):
-    a distinct over one dictionary-encoded column; raises naming ``asset`` when there is not exactly one."""
-    versions = sorted(r[0] for r in table.select("model_version").distinct().collect())
+    a distinct over one dictionary-encoded column; raises naming ``asset`` when there is not exactly one.
+    A pandas frame (a per-track table the lake read for the driver) is read the same way."""
+    import pandas as pd
+
+    if isinstance(table, pd.DataFrame):
+        versions = sorted(table["model_version"].unique()) if "model_version" in table else []
+    else:
+        versions = sorted(r[0] for r in table.select("model_version").distinct().collect())
     if len(versions) != 1:
         raise VersionMismatch(f"expected one model_version in {asset}, found {versions or 'none'}")
     return versions[0]
@@ -59,7 +65,7 @@ def table_version(table, asset: str) -> str:
 
 def embedding_versions(**inputs: Any) -> str:
     """The shared model version of model inputs that must agree (raises naming the odd ones): artifacts,
-    and Spark tables with a ``model_version`` column (``user_embeddings``, ``audio_vectors``)."""
+    and tables with a ``model_version`` column (``user_embeddings``, ``track_embeddings``, ``audio_vectors``)."""
     from dw_assets.lake.storage import Artifact
 
     return require_same_version({name: value.model_version if isinstance(value, Artifact) else table_version(value, name)

@@ -8,7 +8,7 @@ import pytest
 from dagster import materialize
 
 from dw_assets.definitions import ALL_ASSETS, build_resources
-from dw_assets.lake.storage import Lake, vectors_artifact
+from dw_assets.lake.storage import Lake
 
 WEEK = "2026-01-26"
 
@@ -18,9 +18,9 @@ def _write_embeddings(root, track_version: str, user_version: str) -> Lake:
     rng = np.random.default_rng(0)
     tracks = rng.normal(size=(300, 16)).astype(np.float32)
     users = rng.normal(size=(50, 16)).astype(np.float32)
-    lake.write_artifact(vectors_artifact(np.arange(300), tracks, {"model_version": track_version}),
-                        lake.uri("models", "track_embeddings", WEEK))
-    # user_embeddings is a Parquet table (user_id, user_vector, model_version), as the Spark asset writes it
+    # Both are Parquet tables with their model_version column, as the Spark asset writes them
+    lake.write_frame(pd.DataFrame({"track_id": np.arange(300, dtype=np.int64), "vector": list(tracks),
+                                   "model_version": track_version}), lake.uri("models", "track_embeddings", WEEK))
     lake.write_frame(pd.DataFrame({"user_id": np.arange(50, dtype=np.int64), "user_vector": list(users),
                                    "model_version": user_version}), lake.uri("models", "user_embeddings", WEEK))
     return lake

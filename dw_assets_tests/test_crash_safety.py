@@ -331,9 +331,9 @@ def _spec(artifact: Artifact, **extra) -> dict:
 
 def test_a_killed_artifact_write_leaves_the_previous_model(tmp_path):
     lake = Lake(str(tmp_path / "lake"))
-    uri = lake.uri("models", "track_embeddings", WEEK)
-    old = _artifact("v1", ["ids.npy", "vectors.npy"], seed=1)
-    new = _artifact("v2", ["ids.npy", "vectors.npy", "extra.bin"], seed=2)
+    uri = lake.uri("models", "two_tower_model", WEEK)
+    old = _artifact("v1", ["two_tower.bin", "report.json"], seed=1)
+    new = _artifact("v2", ["two_tower.bin", "report.json", "extra.bin"], seed=2)
     lake.write_artifact(old, uri)
     kill_child({"scenario": "artifact", **_spec(new, lake=lake.root, uri=uri)}, tmp_path)
     back = lake.read_artifact(uri)

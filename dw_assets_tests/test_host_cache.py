@@ -132,7 +132,7 @@ def test_spark_candidates_through_the_host_cache_equal_the_in_memory_models_on_t
     table = lambda layer, name, weeks=(week,): lake.read_spark(spark, [  # noqa: E731
         lake.uri(layer, name, w) for w in weeks if lake.exists(lake.uri(layer, name, w))])
     models = candidate_models(lake.read_artifact(lake.uri("models", "faiss_index", week)),
-                              lake.read_artifact(lake.uri("models", "item2vec_embeddings", week)),
+                              lake.read_frame(lake.uri("models", "item2vec_embeddings", week)),
                               table("models", "audio_vectors"), lake.read_frame(lake.uri("gold", "track_stats", week)),
                               "test")
     users = candidate_users(table("models", "user_embeddings"), table("gold", "user_profiles"),

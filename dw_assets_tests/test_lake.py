@@ -97,7 +97,7 @@ def test_artifacts_round_trip_and_replace(tmp_path):
     from dw_assets.lake.storage import Artifact, array_bytes, array_from_bytes
 
     lake = Lake(str(tmp_path))
-    uri = lake.uri("models", "item2vec_embeddings", "2026-01-05")
+    uri = lake.uri("models", "two_tower_model", "2026-01-05")
     vectors = np.arange(12, dtype=np.float32).reshape(4, 3)
     lake.write_artifact(Artifact({"vectors.npy": array_bytes(vectors)}, {"model_version": "v1"}), uri)
     lake.write_artifact(Artifact({"vectors.npy": array_bytes(vectors * 2)}, {"model_version": "v2"}), uri)
@@ -105,7 +105,7 @@ def test_artifacts_round_trip_and_replace(tmp_path):
     assert back.model_version == "v2"
     np.testing.assert_array_equal(array_from_bytes(back.files["vectors.npy"]), vectors * 2)
     with pytest.raises(LakeError, match="no artifact"):
-        lake.read_artifact(lake.uri("models", "item2vec_embeddings", "2026-01-12"))
+        lake.read_artifact(lake.uri("models", "two_tower_model", "2026-01-12"))
 
 
 def test_artifacts_on_s3(s3_endpoint, monkeypatch):

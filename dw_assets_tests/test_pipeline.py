@@ -18,6 +18,7 @@ from dw_assets.definitions import defs
 from dw_assets.embeddings.user_tower import read_user_embeddings
 from dw_assets.ingest.events import QUARANTINE_REASONS
 from dw_assets.lake.storage import Lake
+from dw_assets.versioning import table_version
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -178,8 +179,8 @@ def test_definitions_load_and_validate():
 def test_one_week_of_models_shares_one_version(world):
     _, manifest, lake, _ = world
     week = manifest["last_training_week"]
-    versions = {a: lake.read_artifact(lake.uri("models", a, week)).model_version
-                for a in ("two_tower_model", "track_embeddings", "faiss_index")}
+    versions = {a: lake.read_artifact(lake.uri("models", a, week)).model_version for a in ("two_tower_model", "faiss_index")}
+    versions["track_embeddings"] = table_version(lake.read_frame(lake.uri("models", "track_embeddings", week)), "tracks")
     versions["user_embeddings"] = read_user_embeddings(lake, week)[2]  # a Parquet table with its version column
     assert len(set(versions.values())) == 1 and next(iter(versions.values())).startswith(week)
 

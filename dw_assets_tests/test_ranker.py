@@ -556,9 +556,9 @@ def _pool_inputs(lake, spark, weeks: list[str], labels: list[str]) -> list[dict]
     table = lambda uri: lake.read_spark(spark, [uri])  # noqa: E731
     return [by_week("gold", "candidates", weeks, table), by_week("silver", "interactions", labels, table),
             by_week("gold", "user_profiles", weeks, table), by_week("gold", "track_stats", weeks, lake.read_frame),
-            by_week("models", "item2vec_embeddings", weeks, lake.read_artifact),
+            by_week("models", "item2vec_embeddings", weeks, lake.read_frame),
             by_week("models", "audio_vectors", weeks, table), by_week("models", "user_embeddings", weeks, table),
-            by_week("models", "track_embeddings", weeks, lake.read_artifact)]
+            by_week("models", "track_embeddings", weeks, lake.read_frame)]
 
 
 def test_pooled_weeks_are_each_featurized_as_of_their_own_week(tiny_world_run, spark):

@@ -180,8 +180,9 @@ def test_spark_playlists_through_the_host_cache_equal_the_shipped_bytes_models_o
         lake.uri(layer, name, w) for w in weeks if lake.exists(lake.uri(layer, name, w))])
     artifact = lambda name: lake.read_artifact(lake.uri("models", name, week))  # noqa: E731
     track_stats = lake.read_frame(lake.uri("gold", "track_stats", week))
-    context = track_context(track_stats, artifact("item2vec_embeddings"), table("models", "audio_vectors"),
-                            artifact("track_embeddings"))
+    context = track_context(track_stats, lake.read_frame(lake.uri("models", "item2vec_embeddings", week)),
+                            table("models", "audio_vectors"),
+                            lake.read_frame(lake.uri("models", "track_embeddings", week)))
     ranker = TrainedRanker.from_bytes(artifact("ranker_model").files["ranker.bin"])
     settings = PlaylistsConfig().settings()
     profiles, directory = table("gold", "user_profiles"), table("bronze", "user_directory")

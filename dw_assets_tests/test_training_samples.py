@@ -149,6 +149,40 @@ def test_user_tower_on_spark_equals_the_driver_function_bit_for_bit(world, model
         np.testing.assert_array_equal(one[1][0], vectors[np.flatnonzero(ids == one[0][0])[0]])
 
 
+def test_item_tower_on_spark_equals_the_driver_vectors_and_is_stored_as_a_sorted_table(world, model, tmp_path):
+    """``track_embeddings``: the item tower in ``mapInPandas`` over chunks of track rows gives the driver's
+    ``track_vectors()`` bit for bit (same chunks), several chunks over several tasks give the driver's
+    computation in those chunks, and the stored table reads back sorted through ``track_vectors_of``."""
+    import torch
+
+    from dw_assets.embeddings.item_tower import track_embeddings_frame
+    from dw_assets.embeddings.two_tower import item_vector_chunk
+    from dw_assets.embeddings.vector_table import track_vectors_of, track_vectors_table
+    from dw_assets.versioning import table_version
+
+    spark = world["spark_profiles"].sparkSession
+    data, n = model.to_bytes(), len(model.features.track_ids)
+    ids, vectors = model.track_vectors()
+    got_ids, got = track_vectors_of(track_embeddings_frame(spark, data, n, model.model.popularity_weight), "tracks")
+    np.testing.assert_array_equal(got_ids, ids)
+    np.testing.assert_array_equal(got, vectors)
+
+    chunk = max(1, n // 5)  # 5-6 chunks on the session's tasks
+    expected = torch.cat([item_vector_chunk(model.model, s, chunk) for s in range(0, n, chunk)]).numpy()
+    frame = track_embeddings_frame(spark, data, n, model.model.popularity_weight, chunk=chunk)
+    assert frame.rdd.getNumPartitions() > 1
+    table = track_vectors_table(frame, "v1")
+    table.write.parquet(str(tmp_path / "track_embeddings"))
+    written = pq.read_table(tmp_path / "track_embeddings").to_pandas()  # part files in name order
+    assert written["track_id"].is_monotonic_increasing and table_version(written, "track_embeddings") == "v1"
+    stored_ids, stored = track_vectors_of(spark.read.parquet(str(tmp_path / "track_embeddings")), "tracks")
+    np.testing.assert_array_equal(stored_ids, ids)
+    np.testing.assert_array_equal(stored, expected)
+    np.testing.assert_allclose(stored, vectors, atol=1e-5)
+    some = ids[::4]
+    np.testing.assert_array_equal(track_vectors_of(written, "tracks", some)[1], expected[::4])
+
+
 def test_user_embeddings_table_round_trips_parquet_sorted_with_its_version(world, model, tmp_path, monkeypatch):
     """The asset's table: written from Spark as Parquet, sorted by user_id, bit-identical vectors; the
     consumers' helpers join in Spark and bring back only the users asked for (bounded samples)."""

@@ -203,12 +203,13 @@ def test_a_new_track_gets_the_vector_the_weekly_run_gives_a_cold_release(weekly_
     """The weekly cold tracks, warm-started by the incremental rule from their audio alone, match track_embeddings."""
     from dw_assets.embeddings.audio_table import audio_vectors_of
     from dw_assets.embeddings.incremental import warm_start_from_audio
-    from dw_assets.lake.storage import vectors_from
+    from dw_assets.embeddings.vector_table import track_vectors_of
 
     root, _, _ = weekly_models
     lake, trained = _trained(root)
     audio_ids, audio_vectors = audio_vectors_of(lake.read_frame(lake.uri("models", "audio_vectors", MODELS_WEEK)))
-    track_ids, track_vectors = vectors_from(lake.read_artifact(lake.uri("models", "track_embeddings", MODELS_WEEK)))
+    track_ids, track_vectors = track_vectors_of(lake.read_frame(lake.uri("models", "track_embeddings", MODELS_WEEK)),
+                                                "track_embeddings")
     features = trained.features
     cold = features.track_ids[features.track_is_cold & ~features.track_audio_missing]
     assert len(cold) > 20

@@ -37,8 +37,9 @@ import pandas as pd
 
 from dw_assets.embeddings.audio_table import audio_vectors_of
 from dw_assets.embeddings.user_tower import read_user_embeddings
+from dw_assets.embeddings.vector_table import track_vectors_of
 from dw_assets.evaluation.ranker_order import pack_candidates
-from dw_assets.lake.storage import Lake, vectors_from
+from dw_assets.lake.storage import Lake
 from dw_assets.partitions import history_window_weeks
 from dw_assets.ranking.features import USER_COLUMNS, FeatureContext
 from dw_assets.ranking.playlists import (
@@ -92,14 +93,17 @@ def load_week(lake_root: str, week: str) -> WeekModels:
             raise click.ClickException(f"{uri} is missing: materialize week {week} first (dw run --lake ...)")
         return lake.read_artifact(uri)
 
-    track_ids, track_vectors = vectors_from(artifact("track_embeddings"))
+    def table(name: str):
+        uri = lake.uri("models", name, week)
+        if not lake.exists(uri):
+            raise click.ClickException(f"{uri} is missing: materialize week {week} first (dw run --lake ...)")
+        return lake.read_frame(uri)
+
+    track_ids, track_vectors = track_vectors_of(table("track_embeddings"), "track_embeddings")
     user_ids, user_vectors, _ = read_user_embeddings(lake, week)  # a Parquet table; small worlds only
     ranker = TrainedRanker.from_bytes(artifact("ranker_model").files["ranker.bin"])
-    item2vec = vectors_from(artifact("item2vec_embeddings"))
-    audio_uri = lake.uri("models", "audio_vectors", week)
-    if not lake.exists(audio_uri):
-        raise click.ClickException(f"{audio_uri} is missing: materialize week {week} first (dw run --lake ...)")
-    audio = audio_vectors_of(lake.read_frame(audio_uri))
+    item2vec = track_vectors_of(table("item2vec_embeddings"), "item2vec_embeddings")
+    audio = audio_vectors_of(table("audio_vectors"))
     track_stats = lake.read_frame(lake.uri("gold", "track_stats", week))
     profiles = lake.read_frame(lake.uri("gold", "user_profiles", week))
     directory = lake.read_frame(lake.uri("bronze", "user_directory", week), columns=["user_id", "country"])

@@ -30,6 +30,7 @@ from dw_assets.embeddings.item2vec import (
     sampled_sentences,
     train_item2vec,
 )
+from dw_assets.embeddings.item_tower import track_embeddings_frame
 from dw_assets.embeddings.two_tower import (
     TrainedTwoTower,
     TwoTowerConfig,
@@ -44,8 +45,9 @@ from dw_assets.embeddings.user_tower import (
     user_embeddings_table,
     with_norm,
 )
+from dw_assets.embeddings.vector_table import driver_vectors_table, track_vectors_of, track_vectors_table
 from dw_assets.lake.resources import LAYER_KEY, LakeResource
-from dw_assets.lake.storage import Artifact, vectors_artifact, vectors_from
+from dw_assets.lake.storage import Artifact, vectors_artifact
 from dw_assets.partitions import ONE_WEEK_PER_RUN, history_window, weekly_partitions
 from dw_assets.versioning import model_version, table_version
 
@@ -65,8 +67,9 @@ class Item2VecAssetConfig(config_fields(
 
 
 @multi_asset(
-    outs={"item2vec_embeddings": _out("Skip-gram track vectors from a seeded sample of playlists and 12 weeks of "
-                                      "listening sessions (caps in Item2VecConfig).")},
+    outs={"item2vec_embeddings": AssetOut(group_name=GROUP, metadata=MODELS, description=(
+        "Skip-gram track vectors from a seeded sample of playlists and 12 weeks of listening sessions (caps in "
+        "Item2VecConfig): a Parquet table (track_id, vector, model_version) sorted by track_id."))},
     ins={"user_playlists": AssetIn(), "interactions": AssetIn(partition_mapping=history_window)},
     partitions_def=weekly_partitions,
     backfill_policy=ONE_WEEK_PER_RUN,
@@ -74,14 +77,15 @@ class Item2VecAssetConfig(config_fields(
 def item2vec_embeddings(
     context: AssetExecutionContext, config: Item2VecAssetConfig, user_playlists: DataFrame, interactions: DataFrame
 ):
-    """Spark groups and samples the sentences (``item2vec.sampled_sentences``); the driver trains on the sample."""
+    """Spark groups and samples the sentences (``item2vec.sampled_sentences``); the driver trains on the sample
+    (the vectors are the model: per track, 100 M x 32 float32 = 12.8 GB at the target) and the executors write
+    them as a table."""
     settings = config.settings()
     sentences, sampled = sampled_sentences(user_playlists, interactions, settings)
     result = train_item2vec(sentences, settings)
     version = model_version(context.partition_key, [settings], [item2vec])
-    meta = {"model_version": version, **result.stats, **sampled}
     yield Output(
-        vectors_artifact(result.track_ids, result.vectors, meta),
+        driver_vectors_table(user_playlists.sparkSession, result.track_ids, result.vectors, version),
         output_name="item2vec_embeddings",
         metadata={"model_version": version, "tracks": len(result), **sampled,
                   **{k: v for k, v in result.stats.items() if np.isscalar(v)}},
@@ -109,7 +113,7 @@ class AudioAssetConfig(config_fields(
             "Audio CNN vector of every track with a usable clip: a Parquet table (track_id, vector, "
             "model_version) computed and written by the Spark executors, sorted by track_id.")),
     },
-    ins={"track_catalog": AssetIn(), "item2vec_embeddings": AssetIn(dagster_type=Artifact)},
+    ins={"track_catalog": AssetIn(), "item2vec_embeddings": AssetIn()},
     partitions_def=weekly_partitions,
     backfill_policy=ONE_WEEK_PER_RUN,
     check_specs=[AssetCheckSpec("audio_files_readable", asset="audio_embeddings",
@@ -120,7 +124,7 @@ def audio_embeddings(
     config: AudioAssetConfig,
     lake: LakeResource,
     track_catalog: DataFrame,
-    item2vec_embeddings: Artifact,
+    item2vec_embeddings: pd.DataFrame,
 ):
     """The executors list the landed clips and keep the catalog's (``audio_spark.landed_clips``); the driver
     trains on a seeded-hash sample of warm tracks' clips (``audio_spark.training_clips``); the executors read
@@ -128,7 +132,7 @@ def audio_embeddings(
     why every track, and the sizes at 100 M tracks). The driver holds the model, the training sample,
     the genres (names and the sampled tracks') and counts."""
     started = time.perf_counter()
-    target_ids, target_vectors = vectors_from(item2vec_embeddings)
+    target_ids, target_vectors = track_vectors_of(item2vec_embeddings, "item2vec_embeddings")
     settings = config.settings(embedding_dim=target_vectors.shape[1])
     _, week_end = week_bounds(context.partition_key)
     landing = lake.landing()
@@ -147,7 +151,7 @@ def audio_embeddings(
                               genre_names=sorted(genre_names))
     del mels
     version = model_version(context.partition_key, [settings], [audio_model, audio_io, audio_spark],
-                            [item2vec_embeddings.model_version])
+                            [table_version(item2vec_embeddings, "item2vec_embeddings")])
     embedded = audio_spark.embedded_frame(clips, model, settings, batch.length, reader).persist()
     by_problem, problems = audio_spark.embedded_problems(embedded, config.max_problem_examples)
     no_clip = catalog.select("track_id").join(embedded.select("track_id"), "track_id", "left_anti")
@@ -250,7 +254,10 @@ class TrackEmbeddingsConfig(config_fields(TwoTowerConfig, include=["cold_neighbo
 
 @multi_asset(
     outs={
-        "track_embeddings": _out("Item-tower vector of every catalog track; cold tracks warm-started from audio neighbours."),
+        "track_embeddings": AssetOut(group_name=GROUP, metadata=MODELS, description=(
+            "Item-tower vector of every catalog track (cold tracks warm-started from audio neighbours): a Parquet "
+            "table (track_id, vector, model_version) computed and written by the Spark executors, sorted by "
+            "track_id.")),
         "user_embeddings": AssetOut(group_name=GROUP, metadata=MODELS, description=(
             "User-tower vector of every user with history: a Parquet table (user_id, user_vector, model_version) "
             "computed and written by the Spark executors, sorted by user_id.")),
@@ -266,32 +273,36 @@ def tower_embeddings(
     user_profiles: DataFrame,
     track_stats: pd.DataFrame,
 ):
-    """Item tower on the driver (per track, 100 M rows at the target); user tower in ``mapInPandas``
-    (``user_tower.user_embeddings_table``): 500 M rows at the target, written as Parquet from the executors."""
-    model_bytes = two_tower_model.files["two_tower.bin"]
-    trained = TrainedTwoTower.from_bytes(model_bytes)
+    """Both towers in ``mapInPandas`` on the executors: the item tower over chunks of track rows
+    (``item_tower.track_embeddings_frame``, 100 M rows at the target) and the user tower over partitions of
+    profiles (``user_tower.user_embeddings_frame``, 500 M rows), each written as Parquet from the executors.
+    The driver holds the model: it warm-starts the cold tracks' ids (per track) and ships the result."""
+    trained = TrainedTwoTower.from_bytes(two_tower_model.files["two_tower.bin"])
     cold = track_stats.loc[track_stats["is_cold"], "track_id"].to_numpy(np.int64)
     cold_stats = warm_start_cold_tracks(trained, cold, config.cold_neighbours)
     version = two_tower_model.model_version
-    trained.model.popularity_weight = config.popularity_weight  # a serving knob: only the track vectors move
-    track_ids, track_vectors = trained.track_vectors()
+    spark = user_profiles.sparkSession
+    # The serving weight of the popularity term is a knob: only the track vectors move with it.
+    tracks = track_embeddings_frame(spark, trained.to_bytes(), len(trained.features.track_ids),
+                                    config.popularity_weight).persist()
     # 500 M rows at the target: computed and written on the executors, never collected.
-    vectors = user_embeddings_frame(user_profiles, model_bytes).persist()
+    vectors = user_embeddings_frame(user_profiles, two_tower_model.files["two_tower.bin"]).persist()
     stats = with_norm(vectors).agg(F.count("*").alias("users"),
                                    F.percentile_approx("norm", 0.5).alias("norm_p50")).first()
     yield Output(
-        vectors_artifact(track_ids, track_vectors, {"model_version": version, "cold_start": cold_stats}),
+        track_vectors_table(tracks, version),
         output_name="track_embeddings",
-        metadata={"model_version": version, "tracks": len(track_ids), "cold_tracks": int(len(cold)),
+        metadata={"model_version": version, "tracks": tracks.count(), "cold_tracks": int(len(cold)),
                   **{k if k.startswith("cold") else f"cold_{k}": v for k, v in cold_stats.items() if np.isscalar(v)}},
     )
+    tracks.unpersist()  # the IO manager has written the table
     yield Output(
         user_embeddings_table(vectors, version),
         output_name="user_embeddings",
         metadata={"model_version": version, "users": int(stats["users"]),
                   "norm_p50": float(stats["norm_p50"]) if stats["norm_p50"] is not None else 0.0},
     )
-    vectors.unpersist()  # the IO manager has written the table
+    vectors.unpersist()
 
 
 embedding_assets = [item2vec_embeddings, audio_embeddings, two_tower_model, tower_embeddings]

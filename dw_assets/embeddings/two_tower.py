@@ -29,8 +29,8 @@ the score, so ``v`` carries taste only and popularity has one knob. Serving
 scores ``u.v + w * b`` (``popularity_weight``), folded into one inner product:
 ``track_vectors()`` are ``[v, w b]`` and ``user_vectors()`` ``[u, 1]`` (``dim + 1``
 wide; the first ``dim`` entries are the unit tower outputs). The weight sits on
-the per-track side, so changing it at serving rewrites the track vectors (on the
-driver) and never the user table (500 M rows at the target).
+the per-track side, so changing it at serving rewrites the track vectors (100 M rows,
+``item_tower``) and never the user table (500 M rows at the target).
 
 Cold start, inside the towers: tracks never played get their id row set to
 the similarity-weighted mean id of their k nearest played "anchor" tracks in
@@ -422,14 +422,24 @@ def _validation_users(examples: Examples) -> UserFeatures:
 
 
 @torch.no_grad()
+def item_vector_chunk(model: TwoTowerModel, start: int, size: int = VECTOR_CHUNK) -> torch.Tensor:
+    """Serving item vectors of track rows start .. start + size (fewer at the end). Vectors are computed in
+    these fixed chunks wherever they run (the driver, or ``item_tower`` on the executors), so every track's
+    vector is bit-identical whichever process computed it (a matrix product's last bits can depend on how
+    many rows it multiplies at once)."""
+    model.eval()
+    dev, n = model.track_id.weight.device, model.track_id.num_embeddings
+    return model.serving_item_vectors(torch.arange(start, min(start + size, n), device=dev))
+
+
+@torch.no_grad()
 def all_item_vectors(model: TwoTowerModel) -> torch.Tensor:
     """float32[n_tracks, dim (+ 1)] serving item vectors of every track row, on the model's device."""
     model.eval()
-    dev, n = model.track_id.weight.device, model.track_id.num_embeddings
-    parts = [model.serving_item_vectors(torch.arange(s, min(s + VECTOR_CHUNK, n), device=dev))
-             for s in range(0, n, VECTOR_CHUNK)]
+    n = model.track_id.num_embeddings
+    parts = [item_vector_chunk(model, s) for s in range(0, n, VECTOR_CHUNK)]
     width = model.item_mlp[-1].out_features + (model.popularity is not None)
-    return torch.cat(parts) if parts else torch.zeros(0, width, device=dev)
+    return torch.cat(parts) if parts else torch.zeros(0, width, device=model.track_id.weight.device)
 
 
 @torch.no_grad()

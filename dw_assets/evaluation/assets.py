@@ -31,6 +31,7 @@ from dw_assets.batch_timing import throughput
 from dw_assets.calendar import shift_week, week_bounds
 from dw_assets.config_fields import config_fields, parameter_default
 from dw_assets.embeddings.user_tower import sampled_vectors, user_embeddings_frame, vectors_of
+from dw_assets.embeddings.vector_table import track_vectors_of
 from dw_assets.evaluation.ab import ABConfig, ab_frame, ab_table, play_arms, stored_summary, summarize_ab
 from dw_assets.evaluation.baselines import (
     AlsConfig,
@@ -115,7 +116,7 @@ from dw_assets.ranking.schemas import RANKED_PLAYLISTS
 from dw_assets.retrieval.batch import candidate_models, candidate_partitions, candidate_users, run_candidates
 from dw_assets.retrieval.candidates import CandidateConfig
 from dw_assets.simulate import load_truth
-from dw_assets.versioning import embedding_versions
+from dw_assets.versioning import embedding_versions, table_version
 
 EVAL_COLUMNS = ["user_id", "track_id", "ts", "is_positive", "weight"]
 RETRIEVAL_EVALUATION = pa.DataFrameSchema(
@@ -216,7 +217,7 @@ def _draw(interactions: DataFrame, holdout_start, offered_users: DataFrame | Non
         description="recall@k on the discovery holdout (week W+1 positives never heard up to W) for two-tower, ALS, popularity.")},
     ins={
         "interactions": AssetIn(partition_mapping=history_and_next_week),
-        "track_embeddings": AssetIn(dagster_type=Artifact),
+        "track_embeddings": AssetIn(),
         "user_embeddings": AssetIn(),
         "track_stats": AssetIn(),
     },
@@ -228,7 +229,7 @@ def retrieval_evaluation(
     context: AssetExecutionContext,
     config: RetrievalEvaluationConfig,
     interactions: DataFrame,
-    track_embeddings: Artifact,
+    track_embeddings: pd.DataFrame,
     user_embeddings: DataFrame,
     track_stats: pd.DataFrame,
 ):
@@ -245,7 +246,7 @@ def retrieval_evaluation(
     started = time.perf_counter()
     # Recall only reads the holdout's users: every other user's top-k was computed and dropped.
     user_ids, user_vectors = vectors_of(user_embeddings, np.fromiter(truth, np.int64, len(truth)))
-    track_ids, track_vectors = vectors_from(track_embeddings)
+    track_ids, track_vectors = track_vectors_of(track_embeddings, "track_embeddings")
     top = embedding_top_k(user_vectors, track_ids, track_vectors, user_ids, drawn.history, config.k)
     rows.append(_row("two_tower", config.k, recall_at_k(user_ids, top, truth), recall_at_k(user_ids, top, cold_truth),
                      time.perf_counter() - started))
@@ -269,7 +270,7 @@ def retrieval_evaluation(
     table["cold_recall"] = table["cold_recall"].astype(float)
     recall = dict(zip(table["system"], table["recall"], strict=True))
     yield Output(table, output_name="retrieval_evaluation", metadata={
-        "model_version": track_embeddings.model_version,
+        "model_version": table_version(track_embeddings, "track_embeddings"),
         "holdout_users": len(truth),
         "holdout_users_with_cold_positives": len(cold_truth),
         "users_offered": drawn.offered,
@@ -292,7 +293,8 @@ def retrieval_evaluation(
                     "to week W's users through the same funnel: the A/B control arm and the last_week baseline.")},
     ins={
         **{name: AssetIn(partition_mapping=previous_week, dagster_type=Artifact)
-           for name in ("two_tower_model", "faiss_index", "item2vec_embeddings", "track_embeddings")},
+           for name in ("two_tower_model", "faiss_index")},
+        **{name: AssetIn(partition_mapping=previous_week) for name in ("item2vec_embeddings", "track_embeddings")},
         "audio_vectors": AssetIn(partition_mapping=previous_week),
         "ranker_model": AssetIn(dagster_type=Artifact),  # this week's: stands in when W-1 has no ranker
         "user_profiles": AssetIn(),
@@ -314,9 +316,9 @@ def last_week_playlists(
     lake: LakeResource,
     two_tower_model: Artifact,
     faiss_index: Artifact,
-    item2vec_embeddings: Artifact,
+    item2vec_embeddings: pd.DataFrame,
     audio_vectors: DataFrame,
-    track_embeddings: Artifact,
+    track_embeddings: pd.DataFrame,
     ranker_model: Artifact,
     user_profiles: DataFrame,
     user_directory: DataFrame,
@@ -469,14 +471,14 @@ class OfflineEvaluationConfig(config_fields(
         "last_week_playlists": AssetIn(),
         "interactions": AssetIn(partition_mapping=history_and_next_week),
         "user_embeddings": AssetIn(),
-        "track_embeddings": AssetIn(dagster_type=Artifact),
+        "track_embeddings": AssetIn(),
         "faiss_index": AssetIn(dagster_type=Artifact),
         "track_stats": AssetIn(),
         "user_profiles": AssetIn(),
         "retrieval_evaluation": AssetIn(),
         "candidates": AssetIn(),
         "ranker_model": AssetIn(dagster_type=Artifact),
-        "item2vec_embeddings": AssetIn(dagster_type=Artifact),
+        "item2vec_embeddings": AssetIn(),
         "audio_vectors": AssetIn(),
     },
     partitions_def=weekly_partitions,
@@ -492,14 +494,14 @@ def offline_evaluation(
     last_week_playlists: DataFrame,
     interactions: DataFrame,
     user_embeddings: DataFrame,
-    track_embeddings: Artifact,
+    track_embeddings: pd.DataFrame,
     faiss_index: Artifact,
     track_stats: pd.DataFrame,
     user_profiles: DataFrame,
     retrieval_evaluation: pd.DataFrame,
     candidates: DataFrame,
     ranker_model: Artifact,
-    item2vec_embeddings: Artifact,
+    item2vec_embeddings: pd.DataFrame,
     audio_vectors: DataFrame,
 ):
     """Sizes at the target: playlists (15 G rows), the window (240 G) and profiles (500 M) stay in Spark;
@@ -521,7 +523,7 @@ def offline_evaluation(
     tracks = track_table(track_stats)
     holdout_users = collect_ids(drawn.truth, "evaluation_rows")
     phases.done("draw users and histories")
-    track_vectors = vectors_from(track_embeddings)
+    track_vectors = track_vectors_of(track_embeddings, "track_embeddings")
     ns_config = config.north_star()
     truth, ns_users, why_not = _north_star_inputs(lake.open(), of_users(ranked_playlists, drawn.users),
                                                   of_users(candidates, drawn.users), ns_config)

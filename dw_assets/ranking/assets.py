@@ -6,7 +6,6 @@ from dagster import (
     AssetExecutionContext,
     AssetIn,
     AssetOut,
-    DagsterType,
     MetadataValue,
     Output,
     multi_asset,
@@ -17,6 +16,7 @@ from pyspark.sql import DataFrame
 from dw_assets.automation.planner import STAND_IN_REASON, landed_weeks
 from dw_assets.batch_timing import BATCH_TIMING, timing_table
 from dw_assets.calendar import shift_week
+from dw_assets.embeddings.vector_table import is_missing
 from dw_assets.lake.quality import emit_checked, schema_check_spec, table_schema
 from dw_assets.lake.resources import LAYER_KEY, LakeResource, require_partitions
 from dw_assets.lake.storage import Artifact
@@ -51,11 +51,7 @@ FEATURE_INPUTS = ("user_profiles", "track_stats", "item2vec_embeddings", "audio_
                   "track_embeddings")
 # Week W-1, none before the first partition: the first landed week gets the stand-in ranker instead.
 PREVIOUS_WEEK_IF_ANY = lenient_window(-1, -1)
-# Week W-1's artifacts, or the IO manager's empty frame when W-1 has none (the first landed week).
-ARTIFACT_IF_ANY = DagsterType(
-    name="ArtifactIfAny", typing_type=Artifact,
-    type_check_fn=lambda _, value: isinstance(value, Artifact) or (isinstance(value, pd.DataFrame) and value.empty),
-    description="A model artifact, or an empty frame where the week has none.")
+
 
 
 @multi_asset(
@@ -67,10 +63,9 @@ ARTIFACT_IF_ANY = DagsterType(
         "candidates": AssetIn(partition_mapping=PREVIOUS_WEEK_IF_ANY,
                               metadata={"may_be_empty": True, "schema": "user_id long"}),
         "interactions": AssetIn(metadata={"columns": PLAY_COLUMNS}),
-        **{name: AssetIn(partition_mapping=PREVIOUS_WEEK_IF_ANY, metadata={"may_be_empty": True, "schema": "user_id long"},
-                         # user_embeddings is a Spark table (500 M rows at the target); the others artifacts
-                         **({"dagster_type": ARTIFACT_IF_ANY} if name.endswith("_embeddings")
-                            and name != "user_embeddings" else {}))
+        # Spark tables, or pandas for the per-track ones (their parameters say which): an empty frame where
+        # week W-1 has none.
+        **{name: AssetIn(partition_mapping=PREVIOUS_WEEK_IF_ANY, metadata={"may_be_empty": True, "schema": "user_id long"})
            for name in FEATURE_INPUTS},
     },
     partitions_def=weekly_partitions,
@@ -84,10 +79,10 @@ def ranker_model(
     interactions: DataFrame,
     user_profiles: DataFrame,
     track_stats: pd.DataFrame,
-    item2vec_embeddings: Artifact,
+    item2vec_embeddings: pd.DataFrame,
     audio_vectors: DataFrame,
     user_embeddings: DataFrame,
-    track_embeddings: Artifact,
+    track_embeddings: pd.DataFrame,
 ):
     """Sizes at the target: candidates 250 G rows, the week's interactions 20 G, profiles 500 M, all read
     on Spark; the driver gets the sampled users' rows (``sample_users`` / ``sample_rows``).
@@ -96,7 +91,7 @@ def ranker_model(
     (``batch.stand_in_ranker``: retrieval order); a week W-1 that has landed but has no candidates
     (it failed or was never built) fails this week: it would build on a hole."""
     week, previous = context.partition_key, shift_week(context.partition_key, -1)
-    if not isinstance(item2vec_embeddings, Artifact):  # the IO manager found no week W-1
+    if is_missing(item2vec_embeddings):  # the IO manager found no week W-1
         opened = lake.open()
         if context.asset_partition_keys_for_input("candidates") and previous in landed_weeks(opened.root):
             raise ValueError(f"week {previous} has landed but has no candidates: week {week}'s ranker learns from "
@@ -157,10 +152,10 @@ def ranker_model(
         "user_profiles": AssetIn(),
         "user_directory": AssetIn(metadata={"columns": ["user_id", "country"]}),
         "track_stats": AssetIn(),
-        "item2vec_embeddings": AssetIn(dagster_type=Artifact),
+        "item2vec_embeddings": AssetIn(),
         "audio_vectors": AssetIn(),
         "user_embeddings": AssetIn(),
-        "track_embeddings": AssetIn(dagster_type=Artifact),
+        "track_embeddings": AssetIn(),
         "interactions": AssetIn(partition_mapping=history_window),
         # Earlier weeks' playlists: their exploration tracks, judged on the week after, update the bandit.
         "earlier_playlists": AssetIn(key="ranked_playlists", partition_mapping=earlier_weeks,
@@ -183,10 +178,10 @@ def ranked_playlists(
     user_profiles: DataFrame,
     user_directory: DataFrame,
     track_stats: pd.DataFrame,
-    item2vec_embeddings: Artifact,
+    item2vec_embeddings: pd.DataFrame,
     audio_vectors: DataFrame,
     user_embeddings: DataFrame,
-    track_embeddings: Artifact,
+    track_embeddings: pd.DataFrame,
     interactions: DataFrame,
     earlier_playlists: DataFrame,
 ):

@@ -44,10 +44,11 @@ from pyspark.sql.utils import AnalysisException
 from dw_assets.calendar import week_start
 from dw_assets.embeddings.audio_table import audio_vectors_of
 from dw_assets.embeddings.user_tower import vectors_of
+from dw_assets.embeddings.vector_table import track_vectors_of
 from dw_assets.ingest.spark import load_once, map_user_batches, payload_key
 from dw_assets.lake import host_cache
 from dw_assets.lake.driver_guard import bounded, to_driver
-from dw_assets.lake.storage import Artifact, vectors_from
+from dw_assets.lake.storage import Artifact
 from dw_assets.ranking.features import (
     DISCOVERY_CONTEXT,
     DISCOVERY_LIST_SIZE,
@@ -241,13 +242,14 @@ def user_vector_table(spark, user_embeddings: DataFrame) -> DataFrame:
                                   F.col("user_vector").cast("array<float>").alias("user_vector"))
 
 
-def track_context(track_stats: pd.DataFrame, item2vec: Artifact, audio: DataFrame | Artifact,
-                  tracks: Artifact) -> FeatureContext:
+def track_context(track_stats: pd.DataFrame, item2vec: pd.DataFrame | Artifact, audio: DataFrame | Artifact,
+                  tracks: pd.DataFrame | Artifact) -> FeatureContext:
     """The week's track-side feature context (catalog-sized: shipped to every executor). ``audio``: the
     ``audio_vectors`` table (every track's row comes to the driver: 12.8 GB at 100 M tracks) or an
     artifact that carries the vectors."""
-    return FeatureContext.build(None, track_stats, vectors_from(item2vec), audio_vectors_of(audio), None,
-                                vectors_from(tracks)).without_users()
+    return FeatureContext.build(None, track_stats, track_vectors_of(item2vec, "item2vec_embeddings"),
+                                audio_vectors_of(audio), None,
+                                track_vectors_of(tracks, "track_embeddings")).without_users()
 
 
 

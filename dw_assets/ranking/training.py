@@ -25,7 +25,7 @@ from pyspark.sql import DataFrame
 
 from dw_assets.calendar import shift_week
 from dw_assets.embeddings.audio_table import audio_vectors_of
-from dw_assets.lake.storage import Artifact, vectors_from
+from dw_assets.embeddings.vector_table import track_vectors_of
 from dw_assets.ranking.batch import LabelledWeek, training_samples, user_vectors_of
 from dw_assets.ranking.features import FeatureContext, build_features, training_examples
 from dw_assets.ranking.ranker import RankerConfig, TrainedRanker, train_ranker
@@ -43,10 +43,10 @@ class PoolWeek:
     interactions: DataFrame  # week w+1's
     user_profiles: DataFrame
     track_stats: pd.DataFrame
-    item2vec: Artifact
+    item2vec: pd.DataFrame  # per-track tables (Artifacts of an older layout read the same)
     audio_vectors: DataFrame
     user_embeddings: DataFrame
-    track_embeddings: Artifact
+    track_embeddings: pd.DataFrame
 
 
 @dataclass
@@ -67,8 +67,8 @@ class TrainingSet:
 
 def assemble_pool(week: str, count: int, candidates: Mapping[str, DataFrame], interactions: Mapping[str, DataFrame],
                   user_profiles: Mapping[str, DataFrame], track_stats: Mapping[str, pd.DataFrame],
-                  item2vec: Mapping[str, Artifact], audio_vectors: Mapping[str, DataFrame],
-                  user_embeddings: Mapping[str, DataFrame], track_embeddings: Mapping[str, Artifact]) -> list[PoolWeek]:
+                  item2vec: Mapping[str, pd.DataFrame], audio_vectors: Mapping[str, DataFrame],
+                  user_embeddings: Mapping[str, DataFrame], track_embeddings: Mapping[str, pd.DataFrame]) -> list[PoolWeek]:
     """The pool of week ``week``'s ranker: weeks W-1 .. W-``count``, newest first, from inputs keyed by week.
 
     A week is pooled when it has candidates, every input of its own week and the interactions of the
@@ -123,9 +123,9 @@ def pooled_training_set(weeks: list[PoolWeek], config: RankerConfig) -> Training
 def week_context(week: PoolWeek, profiles: pd.DataFrame) -> FeatureContext:
     """Week w's feature context for its sampled users (``profiles``): every input as of w."""
     sampled = profiles["user_id"].to_numpy(np.int64)
-    return FeatureContext.build(profiles, week.track_stats, vectors_from(week.item2vec),
+    return FeatureContext.build(profiles, week.track_stats, track_vectors_of(week.item2vec, "item2vec_embeddings"),
                                 audio_vectors_of(week.audio_vectors), user_vectors_of(week.user_embeddings, sampled),
-                                vectors_from(week.track_embeddings))
+                                track_vectors_of(week.track_embeddings, "track_embeddings"))
 
 
 def train_pooled(weeks: list[PoolWeek], config: RankerConfig) -> tuple[TrainedRanker, TrainingSet]:

@@ -27,9 +27,10 @@ from dw_assets.config_fields import config_fields
 from dw_assets.embeddings.new_tracks import ASSET as NEW_TRACKS
 from dw_assets.embeddings.new_tracks import delta_index, load_new_track_vectors
 from dw_assets.embeddings.user_tower import sampled_vectors
+from dw_assets.embeddings.vector_table import track_vectors_of
 from dw_assets.lake.quality import emit_checked, schema_check_spec, table_schema
 from dw_assets.lake.resources import LAYER_KEY, LakeResource, require_partitions
-from dw_assets.lake.storage import Artifact, array_bytes, vectors_from
+from dw_assets.lake.storage import Artifact, array_bytes
 from dw_assets.partitions import ONE_WEEK_PER_RUN, history_window, history_window_weeks, weekly_partitions
 from dw_assets.retrieval.ann import AnnConfig, build_index, measure, tune_search
 from dw_assets.retrieval.batch import (
@@ -65,18 +66,18 @@ class FaissIndexConfig(config_fields(AnnConfig)):
 @multi_asset(
     outs={"faiss_index": AssetOut(group_name="retrieval", metadata={LAYER_KEY: "models"}, dagster_type=Artifact,
                                   description="Inner-product ANN index over track_embeddings; exact below a size threshold.")},
-    ins={"track_embeddings": AssetIn(dagster_type=Artifact), "user_embeddings": AssetIn()},
+    ins={"track_embeddings": AssetIn(), "user_embeddings": AssetIn()},
     partitions_def=weekly_partitions,
     backfill_policy=ONE_WEEK_PER_RUN,
     check_specs=[AssetCheckSpec(RECALL_CHECK, asset="faiss_index", blocking=True,
                                 description="recall@500 vs exact search on a sample of real user vectors ≥ min_recall.")],
 )
-def faiss_index(context: AssetExecutionContext, config: FaissIndexConfig, track_embeddings: Artifact,
+def faiss_index(context: AssetExecutionContext, config: FaissIndexConfig, track_embeddings: pd.DataFrame,
                 user_embeddings: DataFrame):
     """The index over the catalog (100 M tracks at the target, on the driver); recall is checked and
     tuned on 2 x ``recall_sample_users`` user vectors drawn in Spark by a seeded hash (500 M rows stay there)."""
     version = embedding_versions(track_embeddings=track_embeddings, user_embeddings=user_embeddings)
-    track_ids, track_vectors = vectors_from(track_embeddings)
+    track_ids, track_vectors = track_vectors_of(track_embeddings, "track_embeddings")
     # Lowest seeded hashes first: the first half checks the recall, the second tunes the search.
     _, user_vectors = sampled_vectors(user_embeddings, 2 * config.recall_sample_users, config.seed)
     started = time.perf_counter()
@@ -129,7 +130,7 @@ class CandidatesConfig(config_fields(CandidateConfig, exclude=("faiss_threads", 
     ins={
         "faiss_index": AssetIn(dagster_type=Artifact),
         "user_embeddings": AssetIn(),
-        "item2vec_embeddings": AssetIn(dagster_type=Artifact),
+        "item2vec_embeddings": AssetIn(),
         "audio_vectors": AssetIn(),
         "user_profiles": AssetIn(metadata={"columns": ["user_id", "recent_tracks"]}),
         "track_stats": AssetIn(metadata={"columns": ["track_id", "is_cold", "is_new_release"]}),
@@ -153,7 +154,7 @@ def candidates(
     lake: LakeResource,
     faiss_index: Artifact,
     user_embeddings: DataFrame,
-    item2vec_embeddings: Artifact,
+    item2vec_embeddings: pd.DataFrame,
     audio_vectors: DataFrame,
     user_profiles: DataFrame,
     track_stats: pd.DataFrame,

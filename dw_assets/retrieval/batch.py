@@ -32,9 +32,10 @@ import pyspark.sql.functions as F
 from pyspark.sql import DataFrame
 
 from dw_assets.embeddings.audio_table import audio_vectors_of
+from dw_assets.embeddings.vector_table import track_vectors_of
 from dw_assets.ingest.spark import load_once, map_user_batches, payload_key
 from dw_assets.lake import host_cache
-from dw_assets.lake.storage import Artifact, vectors_from
+from dw_assets.lake.storage import Artifact
 from dw_assets.retrieval.ann import AnnIndex
 from dw_assets.retrieval.candidates import (
     CANDIDATE_SPARK_SCHEMA,
@@ -44,7 +45,7 @@ from dw_assets.retrieval.candidates import (
 )
 
 
-def candidate_models(faiss_index: Artifact, item2vec_embeddings: Artifact, audio: DataFrame | Artifact,
+def candidate_models(faiss_index: Artifact, item2vec_embeddings: pd.DataFrame | Artifact, audio: DataFrame | Artifact,
                      track_stats: pd.DataFrame, version: str) -> CandidateModels:
     """The candidate sources of one model set; the audio source searches cold and new-release tracks only,
     so only their rows of the ``audio_vectors`` table (or of an artifact carrying the vectors) are loaded:
@@ -52,7 +53,7 @@ def candidate_models(faiss_index: Artifact, item2vec_embeddings: Artifact, audio
     cold = track_stats.loc[track_stats["is_cold"] | track_stats["is_new_release"], "track_id"].to_numpy(np.int64)
     audio_ids, audio_vectors = audio_vectors_of(audio, cold)
     return CandidateModels.build(AnnIndex.from_bytes(faiss_index.files["index.bin"]),
-                                 *vectors_from(item2vec_embeddings), audio_ids, audio_vectors,
+                                 *track_vectors_of(item2vec_embeddings, "item2vec_embeddings"), audio_ids, audio_vectors,
                                  model_version=version)
 
 

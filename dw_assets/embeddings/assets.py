@@ -141,7 +141,7 @@ def audio_embeddings(
     listed = audio_spark.landed_clips(landing, reader, until=week_end.date(), spark=track_catalog.sparkSession)
     listed = listed.join(catalog.select("track_id"), "track_id", "left_semi").persist()
     clips = audio_spark.partitioned_clips(listed, listed.count())
-    sample = audio_spark.training_clips(clips, target_ids, settings.max_training_clips, settings.seed)
+    sample = audio_spark.training_clips(clips, target_ids, settings.clips_to_read, settings.seed)
     batch = load_clips(sample, settings, read=landing.read_location)
     mels = log_mel(batch, settings)
     batch.clips.clear()  # training reads the spectrograms only: drop the raw clips

@@ -60,14 +60,22 @@ class AudioConfig:
     holdout_share: float = 0.15  # of the warm tracks, held out for the report
     max_warm_tracks: int | None = 10_000  # seeded sample of the warm tracks used (cost cap); None: all
     # Warm tracks whose clips the driver reads to train (a seeded-hash sample drawn in Spark, also bounded by
-    # DW_DRIVER_ROW_LIMIT; ``max_warm_tracks`` of them are used). Covers every track of the demo worlds
-    # (`small`: ~55 k); at 100 M tracks it bounds the driver at ~1.6 GB of 1 s clips.
+    # DW_DRIVER_ROW_LIMIT), and never more than ``max_warm_tracks`` (``clips_to_read``): at 100 M tracks it
+    # bounds the driver at ~1.6 GB of 1 s clips.
     max_training_clips: int = 100_000
     seed: int = 7
     silence_rms: float = 1e-4  # full scale = 1.0
     # torch intra-op threads for training and embedding (``threads.torch_threads``): fixed, so every process
     # computes the same floats; 2 = the demo machine's cores (torch's default there). None: the process's.
     threads: int | None = 2
+
+    @property
+    def clips_to_read(self) -> int:
+        """How many warm tracks' clips the driver reads to train: the ones it uses, not more (reading and
+        transforming 47 k clips of `small` to use 10 k cost ~0.6 GB of spectrograms on the driver)."""
+        if self.max_warm_tracks is None:
+            return self.max_training_clips
+        return min(self.max_training_clips, self.max_warm_tracks)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.holdout_share < 1.0:

@@ -15,9 +15,10 @@ Steps and sizes at the target (100 M tracks with a clip; 1 s clips at 8 kHz, 16 
   the executors, one upload-date folder per task (``ClipReader.landing``); the driver lists only the
   date folders (one a day: ~3,700 in ten years). The asset keeps the catalog's tracks (a semi-join)
   and cuts them in ``CLIPS_PER_PARTITION`` partitions.
-- ``training_clips``: the warm tracks' clips with the ``bounded(max_training_clips)`` smallest seeded
-  hashes (``samples.smallest_hashes``, a per-partition top-k): only those (track_id, location) pairs
-  reach the driver, which reads their audio (100 k clips: 1.6 GB of int16 + 1 GB of spectrograms).
+- ``training_clips``: the warm tracks' clips with the ``bounded(AudioConfig.clips_to_read)`` smallest
+  seeded hashes (``samples.smallest_hashes``, a per-partition top-k): only those (track_id, location) pairs
+  reach the driver, which reads their audio (10 k clips by default; 100 k at most: 1.6 GB of int16 + 1 GB
+  of spectrograms).
 - ``embedded_frame``: ``mapInPandas`` reads each partition's clips on its executor (``READ_CHUNK`` clips
   at a time: ~16 MB of audio), computes spectrograms and vectors with the model broadcast as bytes
   (unpacked once per Python worker), and returns (track_id, vector, problem): 100 M x 32 float32 =

@@ -122,6 +122,13 @@ def test_opened_context_arrays_are_memory_mapped_and_read_only(ranking, tmp_path
         opened.context.item2vec_vectors[0, 0] = 0.0
     in_memory = PlaylistModels.open(tmp_path, mmap=False).context.item2vec_vectors
     assert not isinstance(in_memory, np.memmap) and in_memory.flags.writeable
+    # The track table too: one mapped copy per host, the same rows as the shipped frame.
+    table = opened.tracks
+    for name, array in table.arrays.items():
+        assert isinstance(array, np.memmap) and not array.flags.writeable, name
+        assert str(tmp_path / "tracks" / f"{name}.npy") in maps, name
+    shipped = ranking["models"].tracks.sort_values("track_id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(table.frame(), shipped[list(table.frame().columns)], check_exact=True)
 
 
 def test_the_cache_folder_is_written_once_with_plain_files(ranking, tmp_path):
@@ -136,7 +143,7 @@ def test_the_cache_folder_is_written_once_with_plain_files(ranking, tmp_path):
     assert host_cache.materialize("ranking0", unpack, tmp_path) == folder and len(writes) == 1
     assert {p: p.stat().st_mtime_ns for p in folder.rglob("*")} == stamps
     assert sorted(p.name for p in folder.iterdir()) == [
-        "context", "fallback.parquet", "ranker.bin", "rerank.json", "tracks.parquet"]  # no staged context.bin
+        "context", "fallback.parquet", "ranker.bin", "rerank.json", "tracks"]  # no staged context.bin
     assert {p.name for p in (folder / "context").iterdir()} >= {f"{name}.npy" for name in _CONTEXT_ARRAYS}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
     # The same bytes from the same models (the cache's digest is stable across runs): no member carries a clock.

@@ -16,16 +16,17 @@ rows) and a handful of counts.
 How the ranking model set (``PlaylistModels``) reaches the workers (``build_playlists``): one Spark
 broadcast of its bytes (one copy per executor), and one copy per host of plain files in the host cache
 (``dw_assets.lake.host_cache``): the first Python worker of a host that needs the set unpacks the broadcast
-once (``PlaylistModels.unpack``: the feature context's arrays as ``.npy``, the ranker, track table, fallback
-pool and re-ranking config as shipped); every worker then memory-maps the context's arrays
+once (``PlaylistModels.unpack``: the feature context's and the track table's arrays as ``.npy``, the ranker,
+fallback pool and re-ranking config as shipped); every worker then memory-maps those arrays
 (``PlaylistModels.open``), so their pages are shared through the OS page cache, and a worker that finds the
 host's copy never reads the broadcast. At 100 M tracks (dim 64, audio dim 32) the context is ~75 GB: the
 item2vec, two-tower and audio track vectors 25.6 + 25.6 + 12.8 GB, ids and per-track columns ~12 GB
 (``track_features`` 17 float32 = 6.8 GB), the artist centroids 384 B per artist. Per host: ~75 GB of local
-disk, mapped once whatever its cores (before: one unpickled copy per Python worker). What each worker still
-reads for itself: the ranker (a few MB of trees), the fallback pool (countries x ``fallback_per_country``
-rows) and the track table (``TRACK_TABLE``: 100 M rows, ~9 GB as pandas: 94 B a row measured after
-``read_parquet``), the one catalog-sized part not yet shared.
+disk, mapped once whatever its cores (before: one unpickled copy per Python worker). The track table
+(``playlists.TrackTable``: ``TRACK_TABLE`` of 100 M tracks as six column files, ~3.3 GB; it was ~9 GB per
+worker as pandas) is mapped the same way, and looked up by binary search, not joined per batch. What each
+worker still reads for itself: the ranker (a few MB of trees) and the fallback pool (countries x
+``fallback_per_country`` rows).
 """
 
 from __future__ import annotations

@@ -74,7 +74,8 @@ class TwoTowerConfig:
     uniform_negatives: int = 0
     # Popularity out of the dot product: the item MLP no longer sees the popularity inputs; an additive
     # b(track) = linear(popularity inputs) enters the training logits, (u.v + b) / T. Serving scores
-    # u.v + popularity_weight * b, folded into the inner product as item [v, w b], user [u, 1].
+    # u.v + popularity_weight * b, folded into the inner product as item [v, w b], user [u, 1]. Off: on `small`
+    # w = 0.25 met the cold-recall target and doubled cold saves but cost 3.7 % of saves (docs/evaluation.md).
     popularity_term: bool = False
     popularity_weight: float = 1.0  # 1: the training objective's own weight; 0: no popularity at all
     # torch intra-op threads while training (``threads.torch_threads``): fixed, so every process trains the

@@ -87,17 +87,17 @@ def load_week(lake_root: str, week: str) -> WeekModels:
     """Read what batch inference for ``week`` needs from a lake where that week is materialized."""
     lake = Lake(str(lake_root))
 
-    def artifact(name: str):
+    def located(name: str) -> str:
         uri = lake.uri("models", name, week)
         if not lake.exists(uri):
             raise click.ClickException(f"{uri} is missing: materialize week {week} first (dw run --lake ...)")
-        return lake.read_artifact(uri)
+        return uri
 
-    def table(name: str):
-        uri = lake.uri("models", name, week)
-        if not lake.exists(uri):
-            raise click.ClickException(f"{uri} is missing: materialize week {week} first (dw run --lake ...)")
-        return lake.read_frame(uri)
+    def artifact(name: str):
+        return lake.read_artifact(located(name))
+
+    def table(name: str) -> pd.DataFrame:  # a per-track table, read for the driver
+        return lake.read_frame(located(name))
 
     track_ids, track_vectors = track_vectors_of(table("track_embeddings"), "track_embeddings")
     user_ids, user_vectors, _ = read_user_embeddings(lake, week)  # a Parquet table; small worlds only

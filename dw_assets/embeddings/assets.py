@@ -281,9 +281,9 @@ def tower_embeddings(
     cold = track_stats.loc[track_stats["is_cold"], "track_id"].to_numpy(np.int64)
     cold_stats = warm_start_cold_tracks(trained, cold, config.cold_neighbours)
     version = two_tower_model.model_version
-    spark = user_profiles.sparkSession
+    n_tracks = len(trained.features.track_ids)
     # The serving weight of the popularity term is a knob: only the track vectors move with it.
-    tracks = track_embeddings_frame(spark, trained.to_bytes(), len(trained.features.track_ids),
+    tracks = track_embeddings_frame(user_profiles.sparkSession, trained.to_bytes(), n_tracks,
                                     config.popularity_weight).persist()
     # 500 M rows at the target: computed and written on the executors, never collected.
     vectors = user_embeddings_frame(user_profiles, two_tower_model.files["two_tower.bin"]).persist()
@@ -292,7 +292,7 @@ def tower_embeddings(
     yield Output(
         track_vectors_table(tracks, version),
         output_name="track_embeddings",
-        metadata={"model_version": version, "tracks": tracks.count(), "cold_tracks": int(len(cold)),
+        metadata={"model_version": version, "tracks": n_tracks, "cold_tracks": int(len(cold)),
                   **{k if k.startswith("cold") else f"cold_{k}": v for k, v in cold_stats.items() if np.isscalar(v)}},
     )
     tracks.unpersist()  # the IO manager has written the table

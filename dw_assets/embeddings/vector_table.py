@@ -70,11 +70,6 @@ def track_vectors_of(source: DataFrame | pd.DataFrame | Artifact, asset: str,
     return _as_arrays(rows, int(first[0]["d"]) if first else 0)
 
 
-def is_missing(source) -> bool:
-    """The lake IO manager's stand-in for a week that has no such table (an empty pandas frame)."""
-    return source is None or (isinstance(source, pd.DataFrame) and source.empty)
-
-
 def _dim_of(frame: pd.DataFrame) -> int:
     return len(frame["vector"].iloc[0]) if len(frame) else 0
 

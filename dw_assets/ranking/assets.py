@@ -16,7 +16,6 @@ from pyspark.sql import DataFrame
 from dw_assets.automation.planner import STAND_IN_REASON, landed_weeks
 from dw_assets.batch_timing import BATCH_TIMING, timing_table
 from dw_assets.calendar import shift_week
-from dw_assets.embeddings.vector_table import is_missing
 from dw_assets.lake.quality import emit_checked, schema_check_spec, table_schema
 from dw_assets.lake.resources import LAYER_KEY, LakeResource, require_partitions
 from dw_assets.lake.storage import Artifact
@@ -51,7 +50,6 @@ FEATURE_INPUTS = ("user_profiles", "track_stats", "item2vec_embeddings", "audio_
                   "track_embeddings")
 # Week W-1, none before the first partition: the first landed week gets the stand-in ranker instead.
 PREVIOUS_WEEK_IF_ANY = lenient_window(-1, -1)
-
 
 
 @multi_asset(
@@ -91,7 +89,7 @@ def ranker_model(
     (``batch.stand_in_ranker``: retrieval order); a week W-1 that has landed but has no candidates
     (it failed or was never built) fails this week: it would build on a hole."""
     week, previous = context.partition_key, shift_week(context.partition_key, -1)
-    if is_missing(item2vec_embeddings):  # the IO manager found no week W-1
+    if spark_or_none(item2vec_embeddings) is None:  # the IO manager found no week W-1
         opened = lake.open()
         if context.asset_partition_keys_for_input("candidates") and previous in landed_weeks(opened.root):
             raise ValueError(f"week {previous} has landed but has no candidates: week {week}'s ranker learns from "

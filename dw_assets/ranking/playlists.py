@@ -15,12 +15,13 @@ import shutil
 import time
 import zipfile
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from dw_assets.ranking.features import ZIP_EPOCH, FeatureContext, build_features
+from dw_assets.ranking.features import ZIP_EPOCH, FeatureContext, _index_of, build_features
 from dw_assets.ranking.ranker import TrainedRanker
 from dw_assets.ranking.rerank import RerankConfig, empty_posteriors, rerank_batch
 
@@ -52,7 +53,8 @@ class TrackTable:
             return tracks
         frame = tracks.sort_values("track_id", kind="mergesort")
         codes, genres = pd.factorize(frame["genre"], sort=True)
-        return cls({"track_id": frame["track_id"].to_numpy(np.int64), "artist_id": frame["artist_id"].to_numpy(np.int64),
+        return cls({"track_id": frame["track_id"].to_numpy(np.int64),
+                    "artist_id": frame["artist_id"].to_numpy(np.int64),
                     "genre_code": codes.astype(np.int32),  # -1: no genre
                     "popularity_percentile": frame["popularity_percentile"].to_numpy(np.float64),
                     "is_cold": frame["is_cold"].to_numpy(bool), "plays": frame["plays"].to_numpy(np.int64)},
@@ -67,12 +69,7 @@ class TrackTable:
 
     def rows(self, track_ids: np.ndarray) -> np.ndarray:
         """int64 row of each track id; -1 where the catalog has none."""
-        ids = self.arrays["track_id"]
-        wanted = np.asarray(track_ids, np.int64)
-        if len(ids) == 0:
-            return np.full(len(wanted), -1, np.int64)
-        pos = np.minimum(np.searchsorted(ids, wanted), len(ids) - 1)
-        return np.where(ids[pos] == wanted, pos, -1).astype(np.int64)
+        return _index_of(self.arrays["track_id"], track_ids)
 
     def columns(self, rows: np.ndarray) -> pd.DataFrame:
         """``TRACK_TABLE`` columns of ``rows`` (all >= 0), with the dtypes of track_stats."""
@@ -139,22 +136,18 @@ class PlaylistModels:
     def _tracks_frame(self) -> pd.DataFrame:
         return self.tracks.frame() if isinstance(self.tracks, TrackTable) else self.tracks
 
+    @cached_property
     def track_table(self) -> TrackTable:
-        """``tracks`` as a :class:`TrackTable` (built once from a frame and kept beside it)."""
-        if isinstance(self.tracks, TrackTable):
-            return self.tracks
-        built = self.__dict__.get("_track_table")
-        if built is None or built[0] is not self.tracks:
-            built = (self.tracks, TrackTable.of(self.tracks))
-            self.__dict__["_track_table"] = built
-        return built[1]
+        """``tracks`` as a :class:`TrackTable` (a frame is converted once)."""
+        return TrackTable.of(self.tracks)
 
     @classmethod
     def unpack(cls, data: bytes, folder: str | Path) -> None:
         """Write what ``to_bytes`` wrote as plain files ``open`` reads: the context's arrays as ``.npy`` in
         ``context/`` (``FeatureContext.unpack``), the track table's columns as ``.npy`` in ``tracks/``
-        (:class:`TrackTable`), the ranker, fallback pool and re-ranking config as they were shipped. The context goes through a file (removed after): unpacking it holds
-        one of its arrays in memory at a time, not a second copy of the whole context."""
+        (:class:`TrackTable`), the ranker, fallback pool and re-ranking config as they were shipped. The
+        context goes through a file (removed after): unpacking it holds one of its arrays in memory at a
+        time, not a second copy of the whole context."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         staged = folder / "context.bin"
@@ -170,8 +163,8 @@ class PlaylistModels:
     @classmethod
     def open(cls, folder: str | Path, mmap: bool = True) -> PlaylistModels:
         """Open what ``unpack`` wrote; with ``mmap`` the context's and the track table's arrays stay in their
-        files (read-only), so all processes of a host share one copy; the small rest is read. Playlists are identical to
-        ``from_bytes``'s models'."""
+        files (read-only), so all processes of a host share one copy; the small rest is read. Playlists are
+        identical to ``from_bytes``'s models'."""
         folder = Path(folder)
         return cls(
             context=FeatureContext.open(folder / "context", mmap),
@@ -246,7 +239,7 @@ def rank_users(users: pd.DataFrame, models: PlaylistModels, week: str, timings: 
     clock.lap("predict")
     scored = candidates[["user_id", "track_id", "sources"]].assign(
         score=list_score(probability, features, models.rerank.two_tower_prior), probability=probability)
-    table = models.track_table()
+    table = models.track_table
     rows = table.rows(scored["track_id"].to_numpy(np.int64))
     known = rows >= 0  # a candidate outside the week's catalog cannot be described or served
     scored = scored.loc[known].reset_index(drop=True)

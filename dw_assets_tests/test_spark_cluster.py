@@ -86,44 +86,55 @@ def test_the_jars_go_on_the_classpath_where_every_host_has_them(clean_env):
 # ------------------------------------------------------------------ the tiny world on the cluster
 
 
-@pytest.mark.timeout(2400)  # alone, it builds the local reference first: two runs of the tiny world
+@pytest.mark.timeout(2400)  # two runs of the tiny world: the cluster's and its local reference
 @pytest.mark.usefixtures("aws")
-def test_the_tiny_world_on_two_executors_with_an_s3_lake_gives_the_local_runs_playlists(
-        tiny_world_run, spark_cluster, monkeypatch, tmp_path):
+def test_the_tiny_world_on_two_executors_with_an_s3_lake_and_a_200_row_driver_limit_gives_the_local_runs_playlists(
+        tiny_world, spark_cluster, monkeypatch, tmp_path):
     """The shape of a multi-host deployment: executors in their own JVMs and Python workers (two of them,
     each job's tasks split between them), the driver capped at 1 GB and 16 MB per collect, landing zone and
     lake in one S3 bucket (Spark through s3a:// from the executors, artifacts and pandas through boto3,
-    audio clips read from S3 by the executors). The exported playlists equal the same world's local[*] run
-    on a local lake, row for row, and the credentials are never logged or stored."""
+    audio clips read from S3 by the executors), and the driver guard at 200 rows (fewer than the tiny
+    world's users: every user- or event-scale table must stay in Spark, the bounded samples take
+    min(cap, 200)). The playlists are complete and valid (30 unique unheard tracks for every user) and equal
+    the same world's local[*] run under the same limit on a local lake, row for row; the credentials are
+    never logged or stored. (One cluster run for both proofs: the suite's slowest test.)"""
     secret = "dw-s3-planted-secret-7f3a9c"  # moto takes any key: this one must never be logged or stored
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
-    manifest = json.loads((tiny_world_run / "landing" / "manifest.json").read_text())
+    manifest = json.loads((tiny_world / "landing" / "manifest.json").read_text())
     week = manifest["last_training_week"]
+    guarded = {"DW_DRIVER_ROW_LIMIT": "200"}
+    # The reference: local mode in a process of its own, the same limit, a driver big enough for local[2].
+    local_root = tmp_path / "local"
+    done, where = run_world("local[2]", tiny_world, local_root, manifest, QUICK,
+                            env={**guarded, "DW_SPARK_DRIVER_MEMORY": "3g", "DW_SPARK_DRIVER_MAX_RESULT_SIZE": "1g"})
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+    assert where["master"] == "local[2]", where
+
     S3Settings.from_env().client().create_bucket(Bucket="dw-cluster")
     root = "s3://dw-cluster/world"
+    scratch = tmp_path / "cluster"
     started = time.perf_counter()
-    done, where = run_world(spark_cluster, tiny_world_run, root, manifest, QUICK, env=TWO_EXECUTORS,
-                            scratch=tmp_path, store_url=f"sqlite:///{tmp_path / 'store' / 'playlists.db'}")
+    done, where = run_world(spark_cluster, tiny_world, root, manifest, QUICK, env={**guarded, **TWO_EXECUTORS},
+                            scratch=scratch, store_url=f"sqlite:///{scratch / 'store' / 'playlists.db'}")
     elapsed = time.perf_counter() - started
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
-    print(f"tiny world on {spark_cluster} with an S3 lake: {elapsed:.0f}s")
+    print(f"tiny world on {spark_cluster} with an S3 lake and a 200-row driver limit: {elapsed:.0f}s")
     assert where["master"] == spark_cluster and where["executors"] == 2, where
     assert len(where["tasks_by_executor"]) == 2 and min(where["tasks_by_executor"].values()) > 0, where
 
-    lake, local = open_lake(root), open_lake(str(tiny_world_run))
+    lake, local = open_lake(root), open_lake(str(local_root))
     # Spark wrote through s3a:// with its committer's marker; nothing was written to the local disk.
     for layer, asset in (("bronze", "raw_play_events"), ("silver", "interactions"), ("gold", "candidates"),
                          ("gold", "ranked_playlists")):
         _, _, names = lake._s3_names(lake.uri(layer, asset, week))
         assert "_SUCCESS" in names and any(n.startswith("part-") for n in names), (asset, names)
-    assert not list((tmp_path / "cwd").iterdir())
+    assert not list((scratch / "cwd").iterdir())
     audio = lake.read_artifact(lake.uri("models", "audio_embeddings", week))
     assert audio.meta["tracks_embedded"] > 0 and audio.meta["problems"]  # the world's broken clips, by S3 key
     assert all(p["path"].startswith(f"{root}/landing/audio/") for p in audio.meta["problems"])
 
     # Ingest, item2vec and the audio CNN are identical, row order included, on the executors and in local
-    # mode: the models train with their configs' torch thread count, whatever the process had set (this
-    # pytest process may hold 1 thread, set by test_two_tower at import; `dw run` has all cores).
+    # mode: the models train with their configs' torch thread count, whatever the process had set.
     for layer, table in (("silver", "interactions"), ("gold", "user_profiles"), ("gold", "track_stats"),
                          ("models", "audio_vectors"), ("models", "item2vec_embeddings"), ("models", "track_embeddings")):
         pd.testing.assert_frame_equal(lake.read_frame(lake.uri(layer, table, week)),
@@ -133,11 +144,22 @@ def test_the_tiny_world_on_two_executors_with_an_s3_lake_gives_the_local_runs_pl
             local.read_artifact(local.uri("models", name, week)).model_version, name
 
     on_cluster = _export(root, week, tmp_path / "cluster.parquet")
-    reference = _export(str(tiny_world_run), week, tmp_path / "local.parquet")
+    reference = _export(str(local_root), week, tmp_path / "local.parquet")
     assert len(on_cluster) == len(reference) > 0
     pd.testing.assert_frame_equal(on_cluster, reference)
 
+    # Complete and valid under the guard: the limit is below the world's users, so a table collected to
+    # the driver would have failed the run; every user still gets 30 unique tracks not heard before.
+    profiles = lake.read_frame(lake.uri("gold", "user_profiles", week))
+    assert len(profiles) > int(guarded["DW_DRIVER_ROW_LIMIT"])
+    per_user = on_cluster.groupby("user_id").size()
+    assert set(per_user.index) == set(profiles["user_id"]) and (per_user == 30).all()
+    assert not on_cluster.duplicated(["user_id", "track_id"]).any()
+    heard = pd.concat([lake.read_frame(lake.uri("silver", "interactions", w))[["user_id", "track_id"]]
+                       for w in manifest["training_weeks"] if w <= week])
+    assert on_cluster.merge(heard.drop_duplicates(), on=["user_id", "track_id"]).empty
+
     # The secret reached the executors through the session's configuration, never a log or a stored file.
     assert secret not in done.stdout + done.stderr
-    stored = [p for p in (tmp_path / "dagster_home").rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    stored = [p for p in (scratch / "dagster_home").rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
     assert not stored, stored

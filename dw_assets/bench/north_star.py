@@ -80,7 +80,7 @@ def measure(lake_root: str, world: str, week: str, users: int, config: NorthStar
                         ignore_index=True)
     heard = history.loc[history["user_id"].isin(sample), ["user_id", "track_id"]].drop_duplicates()
     say(f"loaded in {time.perf_counter() - started:.0f} s; ranker order")
-    lists[RANKER_ORDER] = _ranker_order(models, sample, candidates, config)
+    lists[RANKER_ORDER] = week_ranker_order(models, sample, candidates, config)
     say(f"baselines ({time.perf_counter() - started:.0f} s)")
     lists.update(baseline_lists(history, sample, (models.user_ids, models.user_vectors),
                                 (models.track_ids, models.track_vectors), config.playlist_size,
@@ -94,7 +94,8 @@ def measure(lake_root: str, world: str, week: str, users: int, config: NorthStar
     return report
 
 
-def _ranker_order(models, users: np.ndarray, candidates: pd.DataFrame, config: NorthStarConfig) -> pd.DataFrame:
+def week_ranker_order(models, users: np.ndarray, candidates: pd.DataFrame, config: NorthStarConfig,
+                  two_tower_prior: float = RerankConfig().two_tower_prior) -> pd.DataFrame:
     """``evaluation.ranker_order`` of the sample with the week's models as ``load_week`` read them."""
     profiles = models.profiles[models.profiles["user_id"].isin(users)].sort_values("user_id")
     frame = profiles[USER_COLUMNS].reset_index(drop=True)
@@ -106,7 +107,7 @@ def _ranker_order(models, users: np.ndarray, candidates: pd.DataFrame, config: N
     frame["user_vector"] = vectors
     context = FeatureContext.build(None, models.track_stats, models.item2vec, models.audio, None,
                                    (models.track_ids, models.track_vectors))
-    return ranker_order(models.ranker, context, frame, candidates, models.track_stats, RerankConfig().two_tower_prior,
+    return ranker_order(models.ranker, context, frame, candidates, models.track_stats, two_tower_prior,
                         config.playlist_size, config.max_per_artist)
 
 

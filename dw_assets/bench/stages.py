@@ -216,7 +216,8 @@ def _manifest(spec: dict) -> dict:
     return json.loads((Path(spec["world"]) / "landing" / "manifest.json").read_text())
 
 
-def _spark_session():
+def spark_session():
+    """A Spark session with the deployment's settings (``DW_SPARK_*``), as ``dw run`` builds it."""
     from dw_assets.ingest.spark import settings_from_env, use_this_interpreter
 
     use_this_interpreter()
@@ -269,7 +270,7 @@ def _prepare(spec: dict) -> dict:
     if "tables" not in done:
         from dw_assets.ingest.snapshots import user_playlists
 
-        spark = _spark_session()
+        spark = spark_session()
         weekly = []
         for w in manifest["training_weeks"]:
             tables = _bronze_silver(spark, landing, w, prepared / "weeks" / w)
@@ -339,7 +340,7 @@ def _ingest(spec: dict) -> dict:
         with open(path, encoding="utf-8", errors="replace") as handle:
             rows_in += sum(1 for line in handle if line.rstrip("\n"))
     t0 = time.perf_counter()
-    spark = _spark_session()
+    spark = spark_session()
     start_s = time.perf_counter() - t0
     cores = int(spark.sparkContext.defaultParallelism)
     out = Path(spec["scratch"]) / "ingest"

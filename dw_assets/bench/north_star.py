@@ -57,14 +57,29 @@ def sample_user_ids(user_ids: np.ndarray, cap: int, salt: int = NorthStarConfig.
     return np.sort(ids[keep])
 
 
+def week_sample(lake: Lake, week: str, users: int) -> tuple[np.ndarray, pd.DataFrame]:
+    """The sampled playlist users of ``week`` (``sample_user_ids``) and their candidates (read filtered in
+    pyarrow: only the sample's rows)."""
+    listed = lake.read_frame(lake.uri("gold", "ranked_playlists", week), columns=["user_id"])["user_id"].unique()
+    sample = sample_user_ids(listed, users)
+    return sample, lake.read_frame(lake.uri("gold", "candidates", week), filters=[("user_id", "in", sample.tolist())])
+
+
+def window_history(lake: Lake, week: str, users: np.ndarray | None = None) -> pd.DataFrame:
+    """``HISTORY_COLUMNS`` of the week's history window (of ``users`` only when given, filtered in pyarrow)."""
+    filters = None if users is None else [("user_id", "in", np.asarray(users).tolist())]
+    return pd.concat([lake.read_frame(lake.uri("silver", "interactions", key), columns=HISTORY_COLUMNS, filters=filters)
+                      for key in history_window_weeks(week) if lake.exists(lake.uri("silver", "interactions", key))],
+                     ignore_index=True)
+
+
 def measure(lake_root: str, world: str, week: str, users: int, config: NorthStarConfig, say=print) -> dict:
     started = time.perf_counter()
     lake = Lake(str(lake_root))
     models = load_week(lake_root, week)
     playlists_uri = lake.uri("gold", "ranked_playlists", week)
-    listed = lake.read_frame(playlists_uri, columns=["user_id"])["user_id"].unique()
-    sample = sample_user_ids(listed, users)
-    say(f"{len(sample)} users sampled of {len(listed)}")
+    sample, candidates = week_sample(lake, week, users)
+    say(f"{len(sample)} users sampled")
     # Only the sampled users' rows are read (filtered in pyarrow); the baselines still train on the
     # whole history window below, so this tool is for simulated worlds, not a 500 M-user lake.
     of_sample = [("user_id", "in", sample.tolist())]
@@ -74,10 +89,7 @@ def measure(lake_root: str, world: str, week: str, users: int, config: NorthStar
     if lake.exists(last_week_uri):
         lists["last_week"] = lake.read_frame(last_week_uri, columns=["user_id", "position", "track_id"],
                                              filters=of_sample)
-    candidates = lake.read_frame(lake.uri("gold", "candidates", week), filters=of_sample)
-    history = pd.concat([lake.read_frame(lake.uri("silver", "interactions", key), columns=HISTORY_COLUMNS)
-                         for key in history_window_weeks(week) if lake.exists(lake.uri("silver", "interactions", key))],
-                        ignore_index=True)
+    history = window_history(lake, week)
     heard = history.loc[history["user_id"].isin(sample), ["user_id", "track_id"]].drop_duplicates()
     say(f"loaded in {time.perf_counter() - started:.0f} s; ranker order")
     lists[RANKER_ORDER] = week_ranker_order(models, sample, candidates, config)

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from dw_assets.bench.inference import load_week
-from dw_assets.bench.north_star import HISTORY_COLUMNS, sample_user_ids, week_ranker_order
+from dw_assets.bench.north_star import week_ranker_order, week_sample, window_history
 from dw_assets.calendar import shift_week
 from dw_assets.evaluation.north_star import (
     NorthStarConfig,
@@ -41,7 +41,6 @@ from dw_assets.evaluation.north_star import (
     per_user_outcomes,
 )
 from dw_assets.lake.storage import Lake
-from dw_assets.partitions import history_window_weeks
 from dw_assets.ranking.ranker import RankerConfig, train_ranker
 from dw_assets.ranking.rerank import RerankConfig
 from dw_assets.ranking.training import PoolWeek, pooled_training_set
@@ -85,13 +84,8 @@ def measure(spark, lake_root: str, world: str, week: str, users: int, train_user
     started = time.perf_counter()
     lake, truth = Lake(str(lake_root)), load_truth(world)
     models = load_week(lake_root, week)
-    listed = lake.read_frame(lake.uri("gold", "ranked_playlists", week), columns=["user_id"])["user_id"].unique()
-    sample = sample_user_ids(listed, users)
-    candidates = lake.read_frame(lake.uri("gold", "candidates", week), filters=[("user_id", "in", sample.tolist())])
-    history = pd.concat([lake.read_frame(lake.uri("silver", "interactions", key), columns=HISTORY_COLUMNS)
-                         for key in history_window_weeks(week) if lake.exists(lake.uri("silver", "interactions", key))],
-                        ignore_index=True)
-    heard = history.loc[history["user_id"].isin(sample), ["user_id", "track_id"]].drop_duplicates()
+    sample, candidates = week_sample(lake, week, users)
+    heard = window_history(lake, week, sample)[["user_id", "track_id"]].drop_duplicates()
     catalog = catalog_frame(models.track_stats)
     cold = catalog.loc[catalog["is_cold"], "track_id"].to_numpy(np.int64)
     listened = shift_week(week, 1)

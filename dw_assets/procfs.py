@@ -33,6 +33,17 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else None
 
 
+def machine_cpu_ticks() -> tuple[int, int] | None:
+    """(busy, total) clock ticks of every core since boot, from ``/proc/stat``'s first line; None off Linux.
+    Two readings give the cores kept busy between them: ``cores * Δbusy / Δtotal``."""
+    try:
+        ticks = [int(v) for v in (PROC / "stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+    return sum(ticks) - idle, sum(ticks)
+
+
 def children() -> dict[int, list[int]]:
     """Every live process's children by parent pid (empty without /proc)."""
     tree: dict[int, list[int]] = {}

@@ -20,6 +20,7 @@ from pathlib import Path
 import click
 
 from dw_assets.bench.stages import tree_memory
+from dw_assets.procfs import machine_cpu_ticks
 
 TARGET_MINUTES = 15.0
 TARGET_PEAK_GB = 8.0
@@ -47,12 +48,14 @@ def run_sampled(command: list[str], env: dict, log: Path, interval_s: float = 1.
     """Run ``command``, sampling its process tree; wall seconds, peak summed PSS / RSS and the peak's processes.
 
     ``timeline`` gets one CSV row per sample: seconds, GB of PSS in total and per kind of process,
-    and the log line the run was at, to tell which step a peak belongs to.
+    the cores the machine kept busy since the last sample (the whole machine: run it on a quiet one),
+    and the log line the run was at, to tell which step a peak or an idle core belongs to.
     """
     started = time.perf_counter()
     trace = open(timeline, "w") if timeline else None  # noqa: SIM115 -- closed below, after the child exits
     if trace:
-        trace.write("t_s,total_gb,jvm_gb,driver_gb,spark_python_gb,spark_python_processes,step\n")
+        trace.write("t_s,total_gb,jvm_gb,driver_gb,spark_python_gb,spark_python_processes,busy_cores,step\n")
+    ticks = machine_cpu_ticks()
     with open(log, "w") as out:
         child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
         peak_pss = peak_rss = 0
@@ -73,9 +76,12 @@ def run_sampled(command: list[str], env: dict, log: Path, interval_s: float = 1.
                     kinds[kind] += r["pss"]
                     workers += kind == "spark_python"
                 quoted = step.replace('"', "'")
+                now = machine_cpu_ticks()
+                busy = (os.cpu_count() or 1) * (now[0] - ticks[0]) / max(now[1] - ticks[1], 1) if now and ticks else -1
+                ticks = now
                 trace.write(f"{time.perf_counter() - started:.0f},{pss / 2**30:.2f},{kinds['jvm'] / 2**30:.2f},"
                             f"{kinds['driver'] / 2**30:.2f},{kinds['spark_python'] / 2**30:.2f},{workers},"
-                            f"\"{quoted}\"\n")
+                            f"{busy:.2f},\"{quoted}\"\n")
                 trace.flush()
             time.sleep(interval_s)
     if trace:

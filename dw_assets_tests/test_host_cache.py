@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from dw_assets.lake import host_cache
+from dw_assets.lake.host_cache import is_mapped
 from dw_assets.retrieval.ann import AnnConfig, AnnIndex, build_index, clustered_vectors
 from dw_assets.retrieval.batch import shipped_models
 from dw_assets.retrieval.candidates import CandidateModels, generate_candidates
@@ -113,7 +114,7 @@ def test_models_from_the_host_cache_give_the_shipped_bytes_candidates(world, tmp
             pd.testing.assert_frame_equal(generate_candidates(w["users"], cached, CONFIG), expected,
                                           check_exact=True)
         assert len(reads) == 1
-        assert isinstance(cached.item2vec_vectors, np.memmap) and isinstance(cached.neighbours, np.memmap)
+        assert is_mapped(cached.item2vec_vectors) and is_mapped(cached.neighbours)
 
 
 def test_spark_candidates_through_the_host_cache_equal_the_in_memory_models_on_the_tiny_world(tiny_world_run, spark):

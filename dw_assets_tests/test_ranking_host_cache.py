@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from dw_assets.lake import host_cache
+from dw_assets.lake.host_cache import is_mapped
 from dw_assets.ranking.batch import _scoring, shipped_playlist_models, stand_in_ranker
 from dw_assets.ranking.features import _CONTEXT_ARRAYS, ZIP_EPOCH, FeatureContext, build_features
 from dw_assets.ranking.playlists import (
@@ -114,18 +115,18 @@ def test_opened_context_arrays_are_memory_mapped_and_read_only(ranking, tmp_path
     maps = Path("/proc/self/maps").read_text()
     for name in _CONTEXT_ARRAYS:
         array = getattr(opened.context, name)
-        assert isinstance(array, np.memmap) and not array.flags.writeable, name
+        assert is_mapped(array) and not array.flags.writeable, name
         np.testing.assert_array_equal(array, getattr(ranking["models"].context, name))
         if array.nbytes:
             assert str(tmp_path / "context" / f"{name}.npy") in maps, name
     with pytest.raises(ValueError, match="read-only"):
         opened.context.item2vec_vectors[0, 0] = 0.0
     in_memory = PlaylistModels.open(tmp_path, mmap=False).context.item2vec_vectors
-    assert not isinstance(in_memory, np.memmap) and in_memory.flags.writeable
+    assert not is_mapped(in_memory) and in_memory.flags.writeable
     # The track table too: one mapped copy per host, the same rows as the shipped frame.
     table = opened.tracks
     for name, array in table.arrays.items():
-        assert isinstance(array, np.memmap) and not array.flags.writeable, name
+        assert is_mapped(array) and not array.flags.writeable, name
         assert str(tmp_path / "tracks" / f"{name}.npy") in maps, name
     shipped = ranking["models"].tracks.sort_values("track_id").reset_index(drop=True)
     pd.testing.assert_frame_equal(table.frame(), shipped[list(table.frame().columns)], check_exact=True)
@@ -156,7 +157,7 @@ def test_a_context_with_users_opens_to_the_same_features(world, tmp_path):  # no
                                    world["two_tower_users"], world["two_tower_tracks"])
     FeatureContext.unpack(context.to_bytes(), tmp_path)
     opened = FeatureContext.open(tmp_path)
-    assert isinstance(opened.users.vectors, np.memmap) and not opened.users.recent_tracks.flags.writeable
+    assert is_mapped(opened.users.vectors) and not opened.users.recent_tracks.flags.writeable
     expected = build_features(world["candidates"], FeatureContext.from_bytes(context.to_bytes()))
     pd.testing.assert_frame_equal(build_features(world["candidates"], opened), expected, check_exact=True)
 

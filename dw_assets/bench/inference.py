@@ -3,8 +3,9 @@
 What runs is the production code on one core — ``generate_candidates`` with one faiss thread, then
 the per-user packing Spark does with ``collect_list``, then ``rank_users`` (features, LightGBM with
 one thread, MMR, calibration, exploration) in ``users_per_task`` batches — over a sample of a
-materialized week's users with that week's trained models. One process, one thread: the rate is
-users/s per core, and a Spark executor with n cores runs n such tasks side by side.
+materialized week's users with that week's trained models, opened as an executor opens them (unpacked into
+a host cache and memory-mapped). One process, one thread: the rate is users/s per core, and a Spark
+executor with n cores runs n such tasks side by side.
 
 The catalog is the week's tracks padded to ``tracks`` with synthetic ones: each copies a real
 "parent" track's statistics, artist and genre under a new id, and gets the parent's two-tower
@@ -41,6 +42,7 @@ from dw_assets.embeddings.vector_table import track_vectors_of
 from dw_assets.evaluation.ranker_order import pack_candidates
 from dw_assets.lake.storage import Lake
 from dw_assets.partitions import history_window_weeks
+from dw_assets.ranking.batch import shipped_playlist_models
 from dw_assets.ranking.features import USER_COLUMNS, FeatureContext
 from dw_assets.ranking.playlists import (
     TRACK_TABLE,
@@ -51,6 +53,7 @@ from dw_assets.ranking.playlists import (
 from dw_assets.ranking.ranker import TrainedRanker
 from dw_assets.ranking.rerank import RerankConfig
 from dw_assets.retrieval.ann import AnnConfig, AnnIndex, build_index, measure, tune_search
+from dw_assets.retrieval.batch import shipped_models
 from dw_assets.retrieval.candidates import CandidateConfig, CandidateModels, generate_candidates
 
 TARGET_USERS_PER_S_PER_CORE = 250.0
@@ -227,6 +230,14 @@ def bench_inference(lake_root: str, week: str, tracks: int, users: int, runs: in
         context=FeatureContext.build(None, stats, models.item2vec, models.audio, None, (ids, vectors)),
         ranker=models.ranker, tracks=tracks_table,
         fallback=fallback_pool(models.this_week, models.directory, tracks_table), rerank=rerank)
+    # Opened as an executor opens them: unpacked into a host cache and memory-mapped (shipped_*_models).
+    cache = workdir / "host-cache"
+    for name, blob in (("candidates", candidate_models.to_bytes()), ("playlists", playlist_models.to_bytes())):
+        digest = f"bench-{name}-{hashlib.sha256(blob).hexdigest()[:16]}"
+        if name == "candidates":
+            candidate_models = shipped_models(digest, lambda blob=blob: blob, cache)
+        else:
+            playlist_models = shipped_playlist_models(digest, lambda blob=blob: blob, cache)
     if engine != "lightgbm":
         models.ranker.compiled(required=engine == "compiled")  # an executor compiles the week's trees once (cached), before its first task
     candidate_config = CandidateConfig(faiss_threads=1)

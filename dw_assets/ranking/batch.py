@@ -333,14 +333,17 @@ def build_playlists(
         return rank_users(batch, load_once(key, lambda: shipped_playlist_models(key, lambda: shipped.value)), week)
 
     partitions = max(1, -(-n_users // settings.users_per_task))
-    playlists = (map_user_batches(users, run_batch, PLAYLIST_SPARK_SCHEMA, partitions)
-                 .withColumn("week", F.lit(week)).orderBy("user_id", "position").persist())
+    # Persisted before the sort: a range-partitioned sort first samples its input, which would rank every
+    # user once for the sample and once more for the sort (measured on the demo: 45 s + 39 s).
+    ranked = map_user_batches(users, run_batch, PLAYLIST_SPARK_SCHEMA, partitions).persist()
+    playlists = ranked.withColumn("week", F.lit(week)).orderBy("user_id", "position").persist()
     per_user = playlists.groupBy("user_id").agg(
         F.count("*").alias("slots"), F.sum(F.col("is_exploration").cast("int")).alias("exploration"),
         F.max((F.col("source") == FALLBACK_SOURCE).cast("int")).alias("fallback"))
     totals = per_user.agg(F.count("*").alias("users"), F.sum("slots").alias("rows"),
                           F.sum((F.col("slots") < rerank.playlist_size).cast("int")).alias("short"),
                           F.sum("exploration").alias("exploration"), F.sum("fallback").alias("fallback")).first()
+    ranked.unpersist()  # the aggregate above has filled the sorted cache
     shipped.unpersist()
     served = int(totals["users"] or 0)
     elapsed = time.perf_counter() - started

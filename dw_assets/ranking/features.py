@@ -44,6 +44,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
+from dw_assets.lake import host_cache
+
 CANDIDATE_COLUMNS = [
     "user_id", "track_id", "two_tower_rank", "item2vec_rank", "audio_rank",
     "two_tower_score", "item2vec_score", "audio_score",
@@ -454,11 +456,10 @@ class FeatureContext:
         processes of a host share one copy through the page cache. Features are identical to
         ``from_bytes``'s context's."""
         folder = Path(folder)
-        mode = "r" if mmap else None
 
         def load(name: str) -> np.ndarray | None:
             path = folder / f"{name}.npy"
-            return np.load(path, mmap_mode=mode, allow_pickle=False) if path.exists() else None
+            return host_cache.load_array(path, mmap) if path.exists() else None
 
         users = None
         if (folder / "user__user_ids.npy").exists():

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dw_assets.lake import host_cache
 from dw_assets.ranking.features import ZIP_EPOCH, FeatureContext, _index_of, build_features
 from dw_assets.ranking.ranker import TrainedRanker
 from dw_assets.ranking.rerank import RerankConfig, empty_posteriors, rerank_batch
@@ -88,8 +89,8 @@ class TrackTable:
 
     @classmethod
     def load(cls, folder: Path, mmap: bool = True) -> TrackTable:
-        return cls({name: np.load(folder / f"{name}.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
-                    for name in cls._ARRAYS}, json.loads((folder / "genres.json").read_text()))
+        return cls({name: host_cache.load_array(folder / f"{name}.npy", mmap) for name in cls._ARRAYS},
+                   json.loads((folder / "genres.json").read_text()))
 
 
 @dataclass

@@ -40,6 +40,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from dw_assets.lake import host_cache
+
 KINDS = ("flat", "ivf_flat", "ivf_pq", "hnsw")
 GPU_MAX_K = 2048  # faiss GPU k-selection limit
 MISSING_SCORE = -np.inf  # score of a padding slot (id -1)
@@ -304,7 +306,7 @@ class AnnIndex:
         if meta.get("shards", 1) > 1:
             parts = [cls.open(folder, f"{name}.{i}", use_gpu, mmap) for i in range(meta["shards"])]
             return ShardedIndex(parts, meta["kind"], config, meta["build_seconds"])
-        ids = np.load(folder / f"{name}.ids.npy", mmap_mode="r" if mmap else None)
+        ids = host_cache.load_array(folder / f"{name}.ids.npy", mmap)
         flags = _MMAP_FLAGS[meta["kind"]] if mmap else 0
         index = faiss.read_index(str(folder / f"{name}.faiss"), flags)
         store = None

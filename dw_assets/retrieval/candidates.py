@@ -41,6 +41,7 @@ import faiss
 import numpy as np
 import pandas as pd
 
+from dw_assets.lake import host_cache
 from dw_assets.retrieval.ann import AnnConfig, AnnIndex, build_index
 from dw_assets.retrieval.delta import DeltaIndex, search_with_delta
 
@@ -290,8 +291,7 @@ class CandidateModels:
         all processes of a host share one copy. Candidates are identical to ``from_bytes``'s models'."""
         folder = Path(folder)
         meta = json.loads((folder / "meta.json").read_text())
-        mode = "r" if mmap else None
-        arrays = {name: np.load(folder / f"{name}.npy", mmap_mode=mode) for name in cls._ARRAYS}
+        arrays = {name: host_cache.load_array(folder / f"{name}.npy", mmap) for name in cls._ARRAYS}
         delta = None
         if (folder / "delta_ids.npy").exists():  # small (a week of uploads): read, its exact index built here
             delta = DeltaIndex(np.load(folder / "delta_ids.npy"), np.load(folder / "delta_vectors.npy"),

@@ -261,8 +261,9 @@ def execute_plan(
             week = follower.week
             lines = run(AssetSelection.assets(*PER_WEEK_ASSETS), Step(DISCOVER_JOB, week, INGEST, ""), "ingested")
             started = time.perf_counter()
-            # spawn, not fork: this process holds a JVM gateway and Dagster's threads.
-            with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+            # spawn, not fork: this process holds a JVM gateway and Dagster's threads. One task per child: the
+            # process (and its Spark JVM, ~2.4 GB on the demo) exits when its run ends, not when W-1's does.
+            with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
                 apart = pool.submit(_run_apart, ALONGSIDE_ASSETS, week, lake_root, ops, store_url, plan_id)
                 lines += run(part_selection(step), step, "candidates for ranker training built")
                 run_id, more = apart.result()

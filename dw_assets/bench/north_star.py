@@ -36,7 +36,7 @@ from dw_assets.evaluation.north_star import (
     north_star_summary,
     north_star_table,
 )
-from dw_assets.evaluation.ranker_order import ranker_order
+from dw_assets.evaluation.ranker_order import USERS_PER_BATCH, ranker_order
 from dw_assets.evaluation.report import north_star_markdown
 from dw_assets.evaluation.systems import baseline_lists
 from dw_assets.lake.storage import Lake
@@ -107,7 +107,8 @@ def measure(lake_root: str, world: str, week: str, users: int, config: NorthStar
 
 
 def week_ranker_order(models, users: np.ndarray, candidates: pd.DataFrame, config: NorthStarConfig,
-                  two_tower_prior: float = RerankConfig().two_tower_prior) -> pd.DataFrame:
+                      two_tower_prior: float = RerankConfig().two_tower_prior,
+                      users_per_batch: int = USERS_PER_BATCH) -> pd.DataFrame:
     """``evaluation.ranker_order`` of the sample with the week's models as ``load_week`` read them."""
     profiles = models.profiles[models.profiles["user_id"].isin(users)].sort_values("user_id")
     frame = profiles[USER_COLUMNS].reset_index(drop=True)
@@ -120,7 +121,7 @@ def week_ranker_order(models, users: np.ndarray, candidates: pd.DataFrame, confi
     context = FeatureContext.build(None, models.track_stats, models.item2vec, models.audio, None,
                                    (models.track_ids, models.track_vectors))
     return ranker_order(models.ranker, context, frame, candidates, models.track_stats, two_tower_prior,
-                        config.playlist_size, config.max_per_artist)
+                        config.playlist_size, config.max_per_artist, users_per_batch)
 
 
 def table(report: dict) -> str:

@@ -6,8 +6,9 @@ its public functions (``build_features``, ``TrainedRanker.predict``, ``list_scor
 labels or features flows through here unchanged.
 
 Size at the target (500 M users, 100 M tracks): per **bounded user sample** (``NorthStarConfig.max_users``,
-drawn in Spark by seeded hash): sample × ~500 candidate rows (5,000 users: 2.5 M rows, features float32
-× ~40 columns ≈ 400 MB) plus the week's track-side feature context (catalog-sized, as every executor
+drawn in Spark by seeded hash): sample × ~500 candidate rows (5,000 users: 2.5 M rows), featurized and
+scored ``USERS_PER_BATCH`` users at a time (~500 k rows: float32 × ~40 columns ≈ 80 MB, a few times that
+in the transient copies), plus the week's track-side feature context (catalog-sized, as every executor
 of the batch holds it).
 """
 
@@ -36,8 +37,12 @@ def pack_candidates(users: pd.DataFrame, candidates: pd.DataFrame) -> pd.DataFra
     return packed
 
 
+USERS_PER_BATCH = 1_000  # users featurized and scored at once (all 5,000 at once: a ~2.4 GB driver peak)
+
+
 def ranker_order(ranker: TrainedRanker, context: FeatureContext, users: pd.DataFrame, candidates: pd.DataFrame,
-                 artists: pd.DataFrame, two_tower_prior: float, k: int = 30, max_per_artist: int = 2) -> pd.DataFrame:
+                 artists: pd.DataFrame, two_tower_prior: float, k: int = 30, max_per_artist: int = 2,
+                 users_per_batch: int = USERS_PER_BATCH) -> pd.DataFrame:
     """user_id, position, track_id: each user's best ``k`` candidates by the ranker's ``list_score``, at most
     ``max_per_artist`` per artist (the candidates exclude heard tracks already).
 
@@ -46,13 +51,33 @@ def ranker_order(ranker: TrainedRanker, context: FeatureContext, users: pd.DataF
     row per sampled user, ``features.USER_COLUMNS`` and ``user_vector`` (null: unknown to the two-tower).
     candidates: the sample's rows of the ``candidates`` table (``CANDIDATE_ARRAYS`` columns). artists:
     track_id, artist_id. Users without candidates (the batch's popularity fallback) get no list: the
-    candidate oracle has none for them either.
+    candidate oracle has none for them either. Users are ranked ``users_per_batch`` at a time (features are
+    per user, so the order does not depend on it): the driver holds one batch's features, not the sample's.
     """
     users = users.sort_values("user_id").reset_index(drop=True)
     users["recent_tracks"] = users["recent_tracks"].map(lambda t: np.asarray(t if t is not None else [], np.int64))
+    candidates = candidates.sort_values("user_id", kind="stable")
+    owners = candidates["user_id"].to_numpy(np.int64)
+    parts = []
+    for lo in range(0, len(users), max(1, users_per_batch)):
+        batch = users.iloc[lo:lo + users_per_batch].reset_index(drop=True)
+        first, last = batch["user_id"].iloc[0], batch["user_id"].iloc[-1]
+        rows = candidates.iloc[np.searchsorted(owners, first, "left"):np.searchsorted(owners, last, "right")]
+        parts.append(_batch_order(ranker, context, batch, rows, artists, two_tower_prior, k, max_per_artist))
+    if not parts:
+        return _no_lists()
+    return pd.concat(parts, ignore_index=True)
+
+
+def _no_lists() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="int64") for c in ("user_id", "position", "track_id")})
+
+
+def _batch_order(ranker: TrainedRanker, context: FeatureContext, users: pd.DataFrame, candidates: pd.DataFrame,
+                 artists: pd.DataFrame, two_tower_prior: float, k: int, max_per_artist: int) -> pd.DataFrame:
     exploded = explode_candidates(pack_candidates(users, candidates))
     if exploded.empty:
-        return pd.DataFrame({c: pd.Series(dtype="int64") for c in ("user_id", "position", "track_id")})
+        return _no_lists()
     features = build_features(exploded, context, users=users)
     scorer = RetrievalOrder() if is_stand_in(ranker) else ranker
     probability = scorer.predict(features, engine="auto")  # as the batch scores them

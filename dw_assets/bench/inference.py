@@ -40,6 +40,7 @@ from dw_assets.embeddings.audio_table import audio_vectors_of
 from dw_assets.embeddings.user_tower import read_user_embeddings
 from dw_assets.embeddings.vector_table import track_vectors_of
 from dw_assets.evaluation.ranker_order import pack_candidates
+from dw_assets.ingest.spark import payload_key
 from dw_assets.lake.storage import Lake
 from dw_assets.partitions import history_window_weeks
 from dw_assets.ranking.batch import shipped_playlist_models
@@ -232,12 +233,10 @@ def bench_inference(lake_root: str, week: str, tracks: int, users: int, runs: in
         fallback=fallback_pool(models.this_week, models.directory, tracks_table), rerank=rerank)
     # Opened as an executor opens them: unpacked into a host cache and memory-mapped (shipped_*_models).
     cache = workdir / "host-cache"
-    for name, blob in (("candidates", candidate_models.to_bytes()), ("playlists", playlist_models.to_bytes())):
-        digest = f"bench-{name}-{hashlib.sha256(blob).hexdigest()[:16]}"
-        if name == "candidates":
-            candidate_models = shipped_models(digest, lambda blob=blob: blob, cache)
-        else:
-            playlist_models = shipped_playlist_models(digest, lambda blob=blob: blob, cache)
+    blob = candidate_models.to_bytes()
+    candidate_models = shipped_models(payload_key(blob), lambda: blob, cache)
+    shipped = playlist_models.to_bytes()
+    playlist_models = shipped_playlist_models(payload_key(shipped), lambda: shipped, cache)
     if engine != "lightgbm":
         models.ranker.compiled(required=engine == "compiled")  # an executor compiles the week's trees once (cached), before its first task
     candidate_config = CandidateConfig(faiss_threads=1)

@@ -10,7 +10,13 @@ import pytest
 from dagster import AssetIn, AssetOut, multi_asset
 from dagster import materialize as dagster_materialize
 
-from dw_assets.lake.resources import LAYER_KEY, LakeIOManager, LakeResource
+from dw_assets.lake.resources import (
+    LAYER_KEY,
+    PER_PARTITION_KEY,
+    LakeIOManager,
+    LakeResource,
+    PartitionInputs,
+)
 from dw_assets.lake.storage import Lake, LakeError
 from dw_assets.partitions import history_window, weekly_partitions
 
@@ -139,3 +145,38 @@ def test_read_head_reads_only_the_first_rows_across_part_files(tmp_path):
     assert len(lake.read_head(uri, 1_000)) == 150  # fewer rows than asked: all of them
     with pytest.raises(LakeError, match="no lake data"):
         lake.read_head(lake.uri("gold", "ranked_playlists", "2026-01-12"), 10)
+
+
+@multi_asset(
+    outs={"window_weeks": AssetOut(metadata={LAYER_KEY: "gold"})},
+    ins={"weekly_numbers": AssetIn(partition_mapping=history_window, metadata={PER_PARTITION_KEY: "pandas"})},
+    partitions_def=weekly_partitions,
+)
+def window_weeks(context, weekly_numbers: PartitionInputs):
+    # Only the newest week is read: the others stay unread (the ranker pools only the weeks it uses).
+    newest = list(weekly_numbers)[-1]
+    frame = weekly_numbers[newest]
+    return pd.DataFrame({"weeks": [",".join(weekly_numbers)], "newest_total": [int(frame["n"].sum())],
+                         "newest_week": [frame["week"].iloc[0]], "read": [repr(weekly_numbers._values.keys())]})
+
+
+def test_a_window_read_week_by_week_holds_the_weeks_that_exist_and_reads_only_those_asked_for(tmp_path):
+    lake = LakeResource(root=str(tmp_path))
+    for week in ("2026-01-05", "2026-01-19"):  # 2026-01-12 never materialized
+        _materialize(lake, week, [weekly_numbers])
+    result = _materialize(lake, "2026-01-19", [weekly_numbers.to_source_asset(), window_weeks])
+    assert result.success
+    row = lake.open().read_frame(lake.open().uri("gold", "window_weeks", "2026-01-19")).iloc[0]
+    assert row["weeks"] == "2026-01-05,2026-01-19"
+    assert (row["newest_week"], row["newest_total"]) == ("2026-01-19", 6)
+    assert row["read"] == "dict_keys(['2026-01-19'])"
+
+
+def test_partition_inputs_read_lazily_once_and_name_a_missing_week():
+    reads = []
+    inputs = PartitionInputs({"2026-01-05": "a", "2026-01-12": "b"}, lambda uri: reads.append(uri) or uri.upper())
+    assert list(inputs) == ["2026-01-05", "2026-01-12"] and len(inputs) == 2 and reads == []
+    assert inputs["2026-01-12"] == "B" and inputs["2026-01-12"] == "B" and reads == ["b"]
+    assert inputs.get("2026-01-19") is None and "2026-01-19" not in inputs
+    with pytest.raises(KeyError, match="2026-01-19"):
+        inputs["2026-01-19"]

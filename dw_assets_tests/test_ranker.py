@@ -598,3 +598,28 @@ def test_pooled_weeks_are_each_featurized_as_of_their_own_week(tiny_world_run, s
     first, _ = train_pooled(pool, config)
     second, _ = train_pooled(pool, config)
     assert first.model_text == second.model_text and first.report["pooled_weeks"] == rows.weeks
+
+
+def test_the_ranker_asset_pools_the_weeks_its_config_asks_for(tiny_world_run, tmp_path):
+    """ranker_model reads W-4 .. W-1 week by week (the IO manager's ``per_partition``) and pools the
+    ``pool_weeks`` newest that have candidates; with one week it is the ranker of week W-1 alone."""
+    import shutil
+
+    from dagster import AssetSelection, DagsterInstance
+
+    from dw_assets.automation.runner import run_selection
+    from dw_assets.calendar import shift_week
+    from dw_assets.lake.storage import Lake
+
+    manifest = json.loads((tiny_world_run / "landing" / "manifest.json").read_text())
+    root = tmp_path / "lake"  # a copy: the session's lake stays as other tests expect it
+    shutil.copytree(tiny_world_run, root, ignore=shutil.ignore_patterns("dagster_home", "serving"))
+    week = shift_week(manifest["last_training_week"], 1)  # W-1 and W-2 have candidates, W-3 has not
+    lake, reports = Lake(str(root)), {}
+    for pool_weeks in (1, 3):
+        ops = {"ranker_model": {"config": {"pool_weeks": pool_weeks, "n_estimators": 20}}}
+        assert run_selection(AssetSelection.assets("ranker_model"), week, str(root), DagsterInstance.get(), ops).success
+        reports[pool_weeks] = lake.read_artifact(lake.uri("models", "ranker_model", week)).meta["report"]
+    assert [w["week"] for w in reports[1]["pooled_weeks"]] == [shift_week(week, -1)]
+    assert [w["week"] for w in reports[3]["pooled_weeks"]] == [shift_week(week, -1), shift_week(week, -2)]
+    assert reports[3]["train_rows"] > reports[1]["train_rows"]

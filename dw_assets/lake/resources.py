@@ -10,6 +10,7 @@ being repeated, since resource config is recorded with every run.
 
 import io
 import os
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pandas as pd
@@ -70,13 +71,41 @@ def _is_spark(obj_or_type: Any) -> bool:
     return module.startswith("pyspark.sql")
 
 
+PER_PARTITION_KEY = "per_partition"
+PER_PARTITION_KINDS = ("spark", "pandas", "artifact")
+
+
+class PartitionInputs(Mapping):
+    """A window input read partition by partition: ``{partition key: value}`` for the partitions that exist,
+    each read when first asked for and kept (``AssetIn(metadata={"per_partition": "spark" | "pandas" |
+    "artifact"})``; annotate the parameter ``PartitionInputs``). Keys are in the window's order."""
+
+    def __init__(self, uris: Mapping[str, str], read: Callable[[str], Any]) -> None:
+        self._uris, self._read, self._values = dict(uris), read, {}
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._values:
+            self._values[key] = self._read(self._uris[key])  # KeyError for a partition that does not exist
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._uris)
+
+    def __len__(self) -> int:
+        return len(self._uris)
+
+    def __repr__(self) -> str:
+        return f"PartitionInputs({list(self._uris)})"
+
+
 class LakeIOManager(ConfigurableIOManager):
     """Parquet per partition under ``<root>/<layer>/<asset>/week=<key>/``.
 
     Spark DataFrames in, Spark DataFrames out for inputs annotated as such;
     ``Artifact`` (model files + ``meta.json``) for inputs annotated ``Artifact``;
     pandas otherwise. A window of partitions (the 12-week history) loads the
-    weeks that exist, so windows at the start of history simply hold fewer weeks.
+    weeks that exist, so windows at the start of history simply hold fewer weeks;
+    as one union, or week by week (``PartitionInputs``) with metadata ``per_partition``.
     """
 
     lake: LakeResource
@@ -112,11 +141,21 @@ class LakeIOManager(ConfigurableIOManager):
         lake = self.lake.open()
         lake.verify()
         keys: list[str | None] = list(context.asset_partition_keys) if context.has_asset_partitions else [None]
+        metadata = context.definition_metadata or {}
+        if metadata.get(PER_PARTITION_KEY):
+            # AssetIn(metadata={"per_partition": kind}): each partition of the window on its own, read when
+            # the asset first asks for it (an asset that uses one week of a 4-week window reads one).
+            kind = metadata[PER_PARTITION_KEY]
+            if kind not in PER_PARTITION_KINDS:
+                raise LakeError(f"{context.asset_key.to_user_string()}: {PER_PARTITION_KEY!r} must be one of "
+                                f"{PER_PARTITION_KINDS}, got {kind!r}")
+            name = context.asset_key.path[-1]
+            present = {k: lake.uri(layer, name, k) for k in keys if lake.exists(lake.uri(layer, name, k))}
+            return PartitionInputs(present, lambda uri: self._read(context, lake, [uri], kind))
         uris = [lake.uri(layer, context.asset_key.path[-1], k) for k in keys]
         # AssetIn(metadata={"may_be_empty": True}): a window with no partition yet (the start of
         # history, a self-dependency's first week) reads as an empty table: a Spark one for an input
         # annotated as such, typed by metadata "schema" (a DDL string) or else string "columns".
-        metadata = context.definition_metadata or {}
         if metadata.get("may_be_empty"):
             uris = [u for u in uris if lake.exists(u)]
             if not uris:
@@ -129,21 +168,29 @@ class LakeIOManager(ConfigurableIOManager):
             if not uris:
                 raise LakeError(f"no partition of {context.asset_key.to_user_string()} exists in {keys[0]}..{keys[-1]}")
         wanted = getattr(context.dagster_type, "typing_type", None)
-        if wanted is Artifact:
+        kind = "artifact" if wanted is Artifact else "spark" if _is_spark(wanted) else "pandas"
+        return self._read(context, lake, uris, kind)
+
+    def _read(self, context: InputContext, lake: Lake, uris: list[str], kind: str) -> Any:
+        """The partitions at ``uris`` as one value of ``kind``: an Artifact (one partition), a Spark
+        DataFrame or a pandas one (a window reads as the union of its partitions)."""
+        metadata = context.definition_metadata or {}
+        if kind == "artifact":
             if len(uris) != 1:
-                raise LakeError(f"an artifact input reads one partition, got {len(uris)} for {context.asset_key.to_user_string()}")
+                raise LakeError(f"an artifact input reads one partition, got {len(uris)} for {context.asset_key.to_user_string()}"
+                                f" (AssetIn metadata {PER_PARTITION_KEY!r}: 'artifact' reads a window week by week)")
             artifact = lake.read_artifact(uris[0])
             if "rows" in artifact.meta:
                 _guard(context.asset_key.path[-1], int(artifact.meta["rows"]), f"loaded by {_step(context)}")
             return artifact
-        if _is_spark(wanted):
+        if kind == "spark":
             return lake.read_spark(self.pyspark.spark_session, uris)
         name = context.asset_key.path[-1]
         if driver_guard.row_limit() is not None and driver_guard.is_user_scale(name):
             # Refused before reading: the row counts are in the Parquet footers.
             _guard(name, sum(parquet_rows(lake, u) for u in uris), f"read as pandas by {_step(context)}")
         # AssetIn(metadata={"columns": [...]}) reads only those columns.
-        columns = (context.definition_metadata or {}).get("columns")
+        columns = metadata.get("columns")
         frames = [lake.read_frame(u, columns=columns) for u in uris]
         return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 

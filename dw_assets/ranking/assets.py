@@ -17,7 +17,13 @@ from dw_assets.automation.planner import STAND_IN_REASON, landed_weeks
 from dw_assets.batch_timing import BATCH_TIMING, timing_table
 from dw_assets.calendar import shift_week
 from dw_assets.lake.quality import emit_checked, schema_check_spec, table_schema
-from dw_assets.lake.resources import LAYER_KEY, LakeResource, require_partitions
+from dw_assets.lake.resources import (
+    LAYER_KEY,
+    PER_PARTITION_KEY,
+    LakeResource,
+    PartitionInputs,
+    require_partitions,
+)
 from dw_assets.lake.storage import Artifact
 from dw_assets.partitions import (
     ONE_WEEK_PER_RUN,
@@ -40,31 +46,37 @@ from dw_assets.ranking.batch import (
     user_vector_table,
 )
 from dw_assets.ranking.config import PlaylistsConfig, RankerAssetConfig
-from dw_assets.ranking.ranker import TrainedRanker
+from dw_assets.ranking.ranker import MAX_POOL_WEEKS, TrainedRanker
 from dw_assets.ranking.schemas import RANKED_PLAYLISTS
 from dw_assets.ranking.training import assemble_pool, train_pooled
 from dw_assets.versioning import embedding_versions, model_version, require_same_version
 
 GROUP = "ranking"
-FEATURE_INPUTS = ("user_profiles", "track_stats", "item2vec_embeddings", "audio_vectors", "user_embeddings",
-                  "track_embeddings")
-# Week W-1, none before the first partition: the first landed week gets the stand-in ranker instead.
-PREVIOUS_WEEK_IF_ANY = lenient_window(-1, -1)
+# Weeks W-MAX_POOL_WEEKS .. W-1, read week by week and only those the ranker pools (none before the first
+# partition: the first landed week gets the stand-in ranker instead).
+POOL_WINDOW = lenient_window(-MAX_POOL_WEEKS, -1)
+# Their labels: the listening of the week after each, W-MAX_POOL_WEEKS+1 .. W.
+LABEL_WINDOW = lenient_window(-MAX_POOL_WEEKS + 1, 0)
+
+
+def _per_week(kind: str, **metadata) -> AssetIn:
+    return AssetIn(partition_mapping=POOL_WINDOW, metadata={PER_PARTITION_KEY: kind, **metadata})
 
 
 @multi_asset(
     outs={"ranker_model": AssetOut(group_name=GROUP, metadata={LAYER_KEY: "models"}, dagster_type=Artifact,
-                                   description="LightGBM on week W-1's candidates labelled by week W's listening "
-                                               "(time split); features as of W-1.")},
+                                   description="LightGBM on weeks W-1 .. W-pool_weeks' candidates, each labelled by "
+                                               "the week after it (time split) and featurized as of its own week.")},
     ins={
-        # The first landed week has no week W-1: these read as empty and the week gets the stand-in.
-        "candidates": AssetIn(partition_mapping=PREVIOUS_WEEK_IF_ANY,
-                              metadata={"may_be_empty": True, "schema": "user_id long"}),
-        "interactions": AssetIn(metadata={"columns": PLAY_COLUMNS}),
-        # Spark tables, or pandas for the per-track ones (their parameters say which): an empty frame where
-        # week W-1 has none.
-        **{name: AssetIn(partition_mapping=PREVIOUS_WEEK_IF_ANY, metadata={"may_be_empty": True, "schema": "user_id long"})
-           for name in FEATURE_INPUTS},
+        "candidates": _per_week("spark"),
+        "interactions": AssetIn(partition_mapping=LABEL_WINDOW,
+                                metadata={PER_PARTITION_KEY: "spark", "columns": PLAY_COLUMNS}),
+        "user_profiles": _per_week("spark"),
+        "track_stats": _per_week("pandas"),
+        "item2vec_embeddings": _per_week("pandas"),
+        "audio_vectors": _per_week("spark"),
+        "user_embeddings": _per_week("spark"),
+        "track_embeddings": _per_week("pandas"),
     },
     partitions_def=weekly_partitions,
     backfill_policy=ONE_WEEK_PER_RUN,
@@ -73,25 +85,28 @@ def ranker_model(
     context: AssetExecutionContext,
     config: RankerAssetConfig,
     lake: LakeResource,
-    candidates: DataFrame,
-    interactions: DataFrame,
-    user_profiles: DataFrame,
-    track_stats: pd.DataFrame,
-    item2vec_embeddings: pd.DataFrame,
-    audio_vectors: DataFrame,
-    user_embeddings: DataFrame,
-    track_embeddings: pd.DataFrame,
+    candidates: PartitionInputs,
+    interactions: PartitionInputs,
+    user_profiles: PartitionInputs,
+    track_stats: PartitionInputs,
+    item2vec_embeddings: PartitionInputs,
+    audio_vectors: PartitionInputs,
+    user_embeddings: PartitionInputs,
+    track_embeddings: PartitionInputs,
 ):
-    """Sizes at the target: candidates 250 G rows, the week's interactions 20 G, profiles 500 M, all read
-    on Spark; the driver gets the sampled users' rows (``sample_users`` / ``sample_rows``).
+    """Sizes at the target, per pooled week: candidates 250 G rows, the labelling week's interactions 20 G,
+    profiles 500 M, all read on Spark; the driver gets the sampled users' rows (``sample_users`` /
+    ``sample_rows``, for the pool as a whole) and one week's per-track tables at a time.
 
-    The first landed week (week W-1 has no partition or has not landed) gets the stand-in ranker
-    (``batch.stand_in_ranker``: retrieval order); a week W-1 that has landed but has no candidates
-    (it failed or was never built) fails this week: it would build on a hole."""
+    Each input is the window W-``MAX_POOL_WEEKS`` .. W-1 read week by week: only the ``pool_weeks`` weeks
+    pooled are read (one by default). The first landed week (week W-1 has no partition or has not landed)
+    gets the stand-in ranker (``batch.stand_in_ranker``: retrieval order); a week W-1 that has landed but
+    has no candidates (it failed or was never built) fails this week: it would build on a hole. Earlier
+    weeks without candidates are left out of the pool (``dw run`` builds only W-1's)."""
     week, previous = context.partition_key, shift_week(context.partition_key, -1)
-    if spark_or_none(item2vec_embeddings) is None:  # the IO manager found no week W-1
+    if previous not in item2vec_embeddings or previous not in candidates:
         opened = lake.open()
-        if context.asset_partition_keys_for_input("candidates") and previous in landed_weeks(opened.root):
+        if previous in context.asset_partition_keys_for_input("candidates") and previous in landed_weeks(opened.root):
             raise ValueError(f"week {previous} has landed but has no candidates: week {week}'s ranker learns from "
                              f"them; build week {previous} first (a failed week stops the weeks after it)")
         reason = STAND_IN_REASON.format(previous=previous)
@@ -102,22 +117,24 @@ def ranker_model(
             output_name="ranker_model", metadata={"model_version": version, "stand_in": True, "stand_in_reason": reason})
         return
     settings = config.settings()
-    previous_version = embedding_versions(user_embeddings=user_embeddings, track_embeddings=track_embeddings)
-    require_same_version({"candidates": candidate_version(candidates), "embeddings": previous_version})
-    # Week W-1 only: Dagster gives an upstream asset one partition mapping per consuming asset, and the
-    # lake's IO manager loads an artifact input from one partition, so earlier weeks' item2vec and
-    # two-tower vectors cannot arrive yet (docs/evaluation.md, "Pooled ranker weeks").
-    pool = assemble_pool(week, 1, {previous: candidates}, {week: interactions}, {previous: user_profiles},
-                         {previous: track_stats}, {previous: item2vec_embeddings}, {previous: audio_vectors},
-                         {previous: user_embeddings}, {previous: track_embeddings})
+    pool = assemble_pool(week, settings.pool_weeks, candidates, interactions, user_profiles, track_stats,
+                         item2vec_embeddings, audio_vectors, user_embeddings, track_embeddings)
+    if not pool or pool[0].week != previous:
+        raise ValueError(f"week {previous} lacks an input of its candidates' week (profiles, track statistics, "
+                         f"embeddings) or week {week}'s interactions: build week {previous} first")
+    # Every pooled week's candidates come from that week's embeddings (the rows' features are as of it).
+    versions = [require_same_version({
+        f"{w.week} candidates": candidate_version(w.candidates),
+        f"{w.week} embeddings": embedding_versions(user_embeddings=w.user_embeddings,
+                                                   track_embeddings=w.track_embeddings)}) for w in pool]
     trained, rows = train_pooled(pool, settings)
     version = model_version(context.partition_key, [settings], [feature_module, ranker_module, training_module],
-                            [previous_version])
+                            versions[: len(rows.weeks)])
     report = trained.report
     importance = sorted(report.get("feature_importance", {}).items(), key=lambda kv: -kv[1])
     yield Output(
         Artifact(files={"ranker.bin": trained.to_bytes()}, meta={"model_version": version, "report": report,
-                                                                  "trained_on_week": previous_version}),
+                                                                  "trained_on_week": versions[0]}),
         output_name="ranker_model",
         metadata={
             "model_version": version,

@@ -109,6 +109,7 @@ _RULES = InteractionRules()
 OUTCOME_VALUES = (_RULES.weight_early_skip, _RULES.weight_short_skip, _RULES.weight_late_skip,
                   _RULES.weight_full_play, _RULES.weight_saved)
 FORMAT_VERSION = 1
+MAX_POOL_WEEKS = 4  # weeks of candidates ranker_model can pool (its input window W-4 .. W-1)
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,7 @@ class RankerConfig:
     # labelled by the week after it (ranking.training); weeks without candidates are skipped. The caps above
     # (sample_users: (user, week) pairs; sample_rows) hold for the pool as a whole. Tiny, ranker order /
     # candidate oracle over 3 training x 3 listener seeds: 1 week 0.462, 2 weeks 0.452, 3 weeks 0.463.
-    pool_weeks: int = 1
+    pool_weeks: int = 1  # at most MAX_POOL_WEEKS (the window ranker_model reads)
     baseline_feature: str = "two_tower_score"  # retrieval order the report compares with
     seed: int = 7
     deterministic: bool = True
@@ -168,6 +169,8 @@ class RankerConfig:
                      "pool_weeks"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.pool_weeks > MAX_POOL_WEEKS:
+            raise ValueError(f"pool_weeks must be <= {MAX_POOL_WEEKS} (the weeks ranker_model reads), got {self.pool_weeks}")
         for name in ("sample_users", "sample_rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -32,6 +32,7 @@ import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import orjson
 import pandas as pd
 
@@ -203,6 +204,41 @@ def classify_line(line: str, rules: EventRules) -> tuple[dict | None, str | None
     return verdict.event, verdict.reason, verdict.detail
 
 
+_CONTRACT_KEYS = frozenset(REQUIRED_FIELDS)
+
+
+def _valid_row(line: str, rules: EventRules) -> tuple | None:
+    """The typed ``REQUIRED_FIELDS`` of a line that passes every line-level check with no unknown key, else
+    None (``inspect_line`` then says why). The same checks as ``inspect_line``, without building a verdict:
+    nearly every landed line is valid, and this path parses them ~3x faster."""
+    try:
+        event = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    if type(event) is not dict or event.keys() != _CONTRACT_KEYS:
+        return None
+    event_id, user, track, ts, ms, reason_end, saved, context, position, platform = (
+        event[name] for name in REQUIRED_FIELDS)
+    # type() is, not isinstance: JSON true is a bool, not a user id (bool subclasses int).
+    if not (type(event_id) is str and type(user) is int and type(track) is int and type(ts) is str
+            and type(ms) is int and type(reason_end) is str and type(saved) is bool and type(context) is str
+            and (position is None or type(position) is int) and type(platform) is str):
+        return None
+    if not (event_id.strip() and 0 <= user <= MAX_ID and 0 <= track <= MAX_ID and reason_end in REASON_END_VALUES
+            and (position is None or 0 <= position <= MAX_POSITION) and 0 <= ms <= rules.max_ms_played):
+        return None
+    try:
+        when = dt.datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None or not rules.week_start <= when < rules.week_end:
+        return None
+    return (event_id, user, track, when, ms, reason_end, saved, context, position, platform)
+
+
+_NO_REJECT = (None, None, None, None)  # reject_reason, reject_detail, reject_field, extra_fields
+
+
 def parse_event_lines(lines: pd.Series, rules: EventRules) -> pd.DataFrame:
     """Landed lines → one row per line with typed fields and ``reject_reason``.
 
@@ -211,6 +247,10 @@ def parse_event_lines(lines: pd.Series, rules: EventRules) -> pd.DataFrame:
     """
     rows = []
     for line in lines:
+        valid = _valid_row(line, rules)
+        if valid is not None:
+            rows.append((*valid, *_NO_REJECT, line))
+            continue
         verdict = inspect_line(line, rules)
         extra = ",".join(verdict.extra_fields) or None
         if verdict.event is None:
@@ -218,13 +258,22 @@ def parse_event_lines(lines: pd.Series, rules: EventRules) -> pd.DataFrame:
             rows.append((None,) * 10 + (verdict.reason, verdict.detail, fields, extra, line))
         else:
             rows.append(tuple(verdict.event[name] for name in REQUIRED_FIELDS) + (None, None, None, extra, line))
-    frame = pd.DataFrame.from_records(rows, columns=PARSED_COLUMNS)
+    columns = dict(zip(PARSED_COLUMNS, zip(*rows, strict=True), strict=True)) if rows else {}
+    frame = pd.DataFrame({name: columns.get(name, ()) for name in PARSED_COLUMNS}, dtype=object)
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
-    for name in ("user_id", "track_id", "ms_played", "position"):
-        frame[name] = frame[name].astype("Int64")
-    frame["position"] = frame["position"].astype("Int32")
+    for name, dtype in (("user_id", np.int64), ("track_id", np.int64), ("ms_played", np.int64), ("position", np.int32)):
+        frame[name] = _nullable_ints(columns.get(name, ()), dtype)
     frame["saved"] = frame["saved"].astype("boolean")
     return frame
+
+
+def _nullable_ints(values, dtype) -> pd.arrays.IntegerArray:
+    """Python ints and Nones as a nullable integer column, exactly: pandas' own conversion of such an object
+    column goes through float64 and so rounds ids above 2^53 (or refuses them) whenever a batch holds a
+    reject (a null)."""
+    missing = np.fromiter((v is None for v in values), bool, len(values))
+    exact = np.fromiter((0 if v is None else v for v in values), dtype, len(values))
+    return pd.arrays.IntegerArray(exact, missing)
 
 
 def parse_event_batches(batches: Iterator[pd.DataFrame], rules: EventRules) -> Iterator[pd.DataFrame]:

@@ -178,5 +178,5 @@ def test_partition_inputs_read_lazily_once_and_name_a_missing_week():
     assert list(inputs) == ["2026-01-05", "2026-01-12"] and len(inputs) == 2 and reads == []
     assert inputs["2026-01-12"] == "B" and inputs["2026-01-12"] == "B" and reads == ["b"]
     assert inputs.get("2026-01-19") is None and "2026-01-19" not in inputs
-    with pytest.raises(KeyError, match="2026-01-19"):
+    with pytest.raises(LakeError, match="no partition 2026-01-19 .*holds: 2026-01-05, 2026-01-12"):
         inputs["2026-01-19"]

@@ -3,6 +3,7 @@ comparison of every system on the discovery holdout, the simulated A/B test and 
 
 import base64
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,7 +90,7 @@ from dw_assets.evaluation.systems import (
 from dw_assets.ingest.profiles import exact_mean
 from dw_assets.lake.driver_guard import bounded, check_driver_rows, to_driver
 from dw_assets.lake.quality import emit_checked, schema_check_result, schema_check_spec, table_schema
-from dw_assets.lake.resources import LAYER_KEY, LakeResource
+from dw_assets.lake.resources import LAYER_KEY, PER_PARTITION_KEY, LakeResource, PartitionInputs
 from dw_assets.lake.storage import Artifact, Lake, LakeError, vectors_from
 from dw_assets.partitions import (
     HISTORY_WEEKS,
@@ -135,6 +136,8 @@ RETRIEVAL_EVALUATION = pa.DataFrameSchema(
 # Week W's models are judged on week W+1's listening: the window W-11..W is the
 # history, W+1 the holdout (read here only; nothing trains on it).
 history_and_next_week = lenient_window(-(HISTORY_WEEKS - 1), 1)
+# Weeks W-1 and W of one upstream asset (Dagster gives an asset one mapping per upstream): read week by week.
+THIS_AND_PREVIOUS_WEEK = lenient_window(-1, 0)
 
 
 # Run-config names of the dataclasses' fields: EvaluationSample's as sample_users, sample_rows, sample_seed;
@@ -296,7 +299,8 @@ def retrieval_evaluation(
            for name in ("two_tower_model", "faiss_index")},
         **{name: AssetIn(partition_mapping=previous_week) for name in ("item2vec_embeddings", "track_embeddings")},
         "audio_vectors": AssetIn(partition_mapping=previous_week),
-        "ranker_model": AssetIn(dagster_type=Artifact),  # this week's: stands in when W-1 has no ranker
+        # Weeks W-1 and W, read week by week: W-1's ranker, or this week's where W-1 has none.
+        "ranker_model": AssetIn(partition_mapping=THIS_AND_PREVIOUS_WEEK, metadata={PER_PARTITION_KEY: "artifact"}),
         "user_profiles": AssetIn(),
         "user_directory": AssetIn(metadata={"columns": ["user_id", "country"]}),
         "track_stats": AssetIn(),
@@ -319,7 +323,7 @@ def last_week_playlists(
     item2vec_embeddings: pd.DataFrame,
     audio_vectors: DataFrame,
     track_embeddings: pd.DataFrame,
-    ranker_model: Artifact,
+    ranker_model: PartitionInputs,
     user_profiles: DataFrame,
     user_directory: DataFrame,
     track_stats: pd.DataFrame,
@@ -339,7 +343,7 @@ def last_week_playlists(
     partitions = candidate_partitions(users.count(), CandidateConfig.users_per_partition, CandidateConfig.min_partitions)
     candidate_frame = run_candidates(spark, candidate_users(users, user_profiles, interactions), models.to_bytes(),
                                      CandidateConfig(faiss_threads=1), partitions).persist()
-    ranker, ranker_week = last_week_ranker(lake.open(), week, ranker_model)
+    ranker, ranker_week = last_week_ranker(ranker_model, week)
     playlists, stats = build_playlists(
         spark, week, config.settings(), candidate_frame, ranker, user_profiles, user_directory, track_stats,
         track_context(track_stats, item2vec_embeddings, audio_vectors, track_embeddings),
@@ -353,12 +357,14 @@ def last_week_playlists(
     users.unpersist()
 
 
-def last_week_ranker(lake: Lake, week: str, this_week: Artifact) -> tuple[TrainedRanker, str]:
-    """Week W-1's ranker when the lake has it; else this week's (W-1 was the first week with candidates)."""
+def last_week_ranker(rankers: Mapping[str, Artifact], week: str) -> tuple[TrainedRanker, str]:
+    """Week W-1's ranker when there is one; else this week's (W-1 was the first week with candidates).
+    ``rankers``: the ``ranker_model`` partitions of weeks W-1 and W that exist."""
     previous = shift_week(week, -1)
-    uri = lake.uri("models", "ranker_model", previous)
-    artifact, used = (lake.read_artifact(uri), previous) if lake.exists(uri) else (this_week, week)
-    return TrainedRanker.from_bytes(artifact.files["ranker.bin"]), used
+    used = previous if previous in rankers else week
+    if used not in rankers:
+        raise ValueError(f"week {week} has no ranker_model: materialize it before its last_week_playlists")
+    return TrainedRanker.from_bytes(rankers[used].files["ranker.bin"]), used
 
 
 # -- the offline comparison ---------------------------------------------------------------------------
@@ -737,8 +743,9 @@ class MonitoringConfig(Config):
     outs={"model_monitoring": AssetOut(
         group_name="monitoring", metadata={LAYER_KEY: "gold", "dagster/column_schema": table_schema(MONITORING)},
         description="This week's drift, volume and batch-window checks (severity per check); needs no holdout.")},
-    ins={"ranked_playlists": AssetIn(metadata={"columns": ["user_id", "ranker_score"]}),
-         "user_embeddings": AssetIn(),
+    # Weeks W-1 and W of each, read week by week: the drift compares them (W-1 may not exist).
+    ins={"ranked_playlists": AssetIn(partition_mapping=THIS_AND_PREVIOUS_WEEK, metadata={PER_PARTITION_KEY: "spark"}),
+         "user_embeddings": AssetIn(partition_mapping=THIS_AND_PREVIOUS_WEEK, metadata={PER_PARTITION_KEY: "spark"}),
          "interactions": AssetIn(partition_mapping=history_window, metadata={"columns": ["user_id", "ts"]}),
          "track_catalog": AssetIn(metadata={"columns": ["track_id", "release_date"]}),
          # the batch-window check's figures (absent when the week's candidates ran only for a ranker's training)
@@ -751,7 +758,7 @@ class MonitoringConfig(Config):
     + [schema_check_spec("model_monitoring", MONITORING, blocking=False)],
 )
 def model_monitoring(context: AssetExecutionContext, config: MonitoringConfig, lake: LakeResource,
-                     pyspark: LazyPySparkResource, ranked_playlists: DataFrame, user_embeddings: DataFrame,
+                     pyspark: LazyPySparkResource, ranked_playlists: PartitionInputs, user_embeddings: PartitionInputs,
                      interactions: DataFrame, track_catalog: pd.DataFrame, candidates_timing: pd.DataFrame,
                      ranked_playlists_timing: pd.DataFrame):
     """Sizes at the target: the window's interactions (240 G rows) are counted on Spark (one row per
@@ -762,18 +769,17 @@ def model_monitoring(context: AssetExecutionContext, config: MonitoringConfig, l
     store = lake.open()
     spark = pyspark.spark_session
     last_scores, last_norms = np.zeros(0), np.zeros(0)
-    if store.exists(store.uri("gold", "ranked_playlists", previous)):
-        last_week = store.read_spark(spark, [store.uri("gold", "ranked_playlists", previous)])
-        last_scores = sampled_scores(last_week, config.sample_users, config.seed)
-    if store.exists(store.uri("models", "user_embeddings", previous)):
-        _, last_norms = embedding_statistic(previous_user_vectors(store, spark, previous, config.sample_users,
-                                                                  config.seed))
-    label, norms = embedding_statistic(sampled_user_vectors(user_embeddings, config.sample_users, config.seed))
+    if previous in ranked_playlists:
+        last_scores = sampled_scores(ranked_playlists[previous], config.sample_users, config.seed)
+    if previous in user_embeddings:
+        _, last_norms = embedding_statistic(previous_user_vectors(user_embeddings, store, spark, previous,
+                                                                  config.sample_users, config.seed))
+    label, norms = embedding_statistic(sampled_user_vectors(user_embeddings[week], config.sample_users, config.seed))
     weeks = weekly_volumes(interactions, track_catalog, history_window_weeks(week))
     trailing = weeks[weeks["week"] < week]
     now = weeks[weeks["week"] == week].iloc[0]
     outcomes = [
-        prediction_drift(sampled_scores(ranked_playlists, config.sample_users, config.seed), last_scores,
+        prediction_drift(sampled_scores(ranked_playlists[week], config.sample_users, config.seed), last_scores,
                          config.psi_warn, config.psi_error),
         feature_drift(norms, last_norms, config.psi_warn, config.psi_error, label=label),
         *[volume_anomaly(column, float(now[column]), trailing[column].astype(float).tolist(), config.volume_max_change)
@@ -803,14 +809,15 @@ def sampled_user_vectors(user_embeddings: DataFrame, users: int, seed: int) -> n
     return vectors[np.argsort(ids, kind="stable")]
 
 
-def previous_user_vectors(store: Lake, spark, week: str, users: int, seed: int) -> np.ndarray:
-    """``sampled_user_vectors`` of ``week``'s user_embeddings read from the lake as Spark; a week written
-    before the table existed holds a vectors artifact (one row per user: guarded, sampled the same way)."""
-    uri = store.uri("models", "user_embeddings", week)
+def previous_user_vectors(tables: Mapping[str, DataFrame], store: Lake, spark, week: str, users: int,
+                          seed: int) -> np.ndarray:
+    """``sampled_user_vectors`` of ``week``'s user_embeddings (``tables[week]``, a Spark table); a week written
+    before the table existed holds a vectors artifact, read from the lake (one row per user: guarded, sampled
+    the same way)."""
     try:
-        return sampled_user_vectors(store.read_spark(spark, [uri]), users, seed)
+        return sampled_user_vectors(tables[week], users, seed)
     except (AnalysisException, LakeError):  # no Parquet there
-        artifact = store.read_artifact(uri)
+        artifact = store.read_artifact(store.uri("models", "user_embeddings", week))
         check_driver_rows("user_embeddings", int(artifact.meta.get("rows", 0)), "an artifact of an earlier layout")
         ids, vectors = vectors_from(artifact)
         return sampled_user_vectors(spark.createDataFrame(

@@ -75,18 +75,31 @@ PER_PARTITION_KEY = "per_partition"
 PER_PARTITION_KINDS = ("spark", "pandas", "artifact")
 
 
+class MissingPartitionError(LakeError, KeyError):
+    """A week an asset asked a ``PartitionInputs`` for that the lake does not hold."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
 class PartitionInputs(Mapping):
     """A window input read partition by partition: ``{partition key: value}`` for the partitions that exist,
     each read when first asked for and kept (``AssetIn(metadata={"per_partition": "spark" | "pandas" |
     "artifact"})``; annotate the parameter ``PartitionInputs``). Keys are in the window's order."""
 
-    def __init__(self, uris: Mapping[str, str], read: Callable[[str], Any]) -> None:
-        self._uris, self._read, self._values = dict(uris), read, {}
+    def __init__(self, uris: Mapping[str, str], read: Callable[[str], Any], asset: str = "the input") -> None:
+        self._uris, self._read, self._values, self._asset = dict(uris), read, {}, asset
 
     def __getitem__(self, key: str) -> Any:
+        if key not in self._uris:
+            raise MissingPartitionError(f"{self._asset} has no partition {key} in the lake (it holds: "
+                                        f"{', '.join(map(str, self._uris)) or 'none'}); materialize it first")
         if key not in self._values:
-            self._values[key] = self._read(self._uris[key])  # KeyError for a partition that does not exist
+            self._values[key] = self._read(self._uris[key])
         return self._values[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._uris
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._uris)
@@ -151,7 +164,7 @@ class LakeIOManager(ConfigurableIOManager):
                                 f"{PER_PARTITION_KINDS}, got {kind!r}")
             name = context.asset_key.path[-1]
             present = {k: lake.uri(layer, name, k) for k in keys if lake.exists(lake.uri(layer, name, k))}
-            return PartitionInputs(present, lambda uri: self._read(context, lake, [uri], kind))
+            return PartitionInputs(present, lambda uri: self._read(context, lake, [uri], kind), name)
         uris = [lake.uri(layer, context.asset_key.path[-1], k) for k in keys]
         # AssetIn(metadata={"may_be_empty": True}): a window with no partition yet (the start of
         # history, a self-dependency's first week) reads as an empty table: a Spark one for an input

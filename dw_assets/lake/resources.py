@@ -163,7 +163,8 @@ class LakeIOManager(ConfigurableIOManager):
                 raise LakeError(f"{context.asset_key.to_user_string()}: {PER_PARTITION_KEY!r} must be one of "
                                 f"{PER_PARTITION_KINDS}, got {kind!r}")
             name = context.asset_key.path[-1]
-            present = {k: lake.uri(layer, name, k) for k in keys if lake.exists(lake.uri(layer, name, k))}
+            window = {k: lake.uri(layer, name, k) for k in keys}
+            present = {k: uri for k, uri in window.items() if lake.exists(uri)}
             return PartitionInputs(present, lambda uri: self._read(context, lake, [uri], kind), name)
         uris = [lake.uri(layer, context.asset_key.path[-1], k) for k in keys]
         # AssetIn(metadata={"may_be_empty": True}): a window with no partition yet (the start of

@@ -71,22 +71,18 @@ def assemble_pool(week: str, count: int, candidates: Mapping[str, DataFrame], in
                   user_embeddings: Mapping[str, DataFrame], track_embeddings: Mapping[str, pd.DataFrame]) -> list[PoolWeek]:
     """The pool of week ``week``'s ranker: weeks W-1 .. W-``count``, newest first, from inputs keyed by week.
 
-    A week is pooled when it has candidates, every input of its own week and the interactions of the
-    week after it; any other week is skipped (a ``dw run`` builds only W-1's candidates, a backfill every
-    week's). Whether W-1 itself may be missing is the caller's rule."""
+    A week is pooled when its inputs hold it (a key of each mapping: candidates, every input of its own
+    week, and the interactions of the week after it); any other week is skipped (a ``dw run`` builds only
+    W-1's candidates, a backfill every week's). Whether W-1 itself may be missing is the caller's rule."""
     pool = []
     for offset in range(1, count + 1):
         w = shift_week(week, -offset)
         inputs = (candidates, user_profiles, track_stats, item2vec, audio_vectors, user_embeddings, track_embeddings)
-        if all(_present(source.get(w)) for source in inputs) and _present(interactions.get(shift_week(w, 1))):
+        # Membership only: the IO manager's PartitionInputs reads a week when it is first asked for.
+        if all(w in source for source in inputs) and shift_week(w, 1) in interactions:
             pool.append(PoolWeek(w, candidates[w], interactions[shift_week(w, 1)], user_profiles[w], track_stats[w],
                                  item2vec[w], audio_vectors[w], user_embeddings[w], track_embeddings[w]))
     return pool
-
-
-def _present(value) -> bool:
-    """An input of a week that has it: the IO manager's empty pandas frame stands for a missing week."""
-    return value is not None and not (isinstance(value, pd.DataFrame) and value.empty)
 
 
 def pooled_training_set(weeks: list[PoolWeek], config: RankerConfig) -> TrainingSet:

@@ -11,6 +11,9 @@ from __future__ import annotations
 import datetime as dt
 
 WEEK = dt.timedelta(days=7)
+# Week W's models read weeks W-11..W. Here, not in partitions.py, so Dagster-free code (the planner)
+# can use it without importing Dagster.
+HISTORY_WEEKS = 12
 
 
 def week_start(key: str) -> dt.datetime:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -18,6 +19,7 @@ from dw_assets.bench.inference import inference_command
 from dw_assets.bench.projection import project_command
 from dw_assets.bench.scale import scale_command
 from dw_assets.bench.stages import stages_command
+from dw_assets.evaluation.ab import ABConfig
 
 
 def _echo_step(message: str) -> None:
@@ -172,6 +174,7 @@ SUMMARY_ROWS = 30_000  # playlist rows `dw run` reads to pick the user it prints
 
 def _week_summary(lake_root: str, week: str) -> str:
     """The week's evaluation (when its holdout had landed) and one user's playlist, as the demo prints them."""
+    from dw_assets.evaluation.summaries import DETAIL_COLUMNS, ab_summary
     from dw_assets.evaluation.systems import quality_targets
     from dw_assets.lake.resources import parquet_rows
     from dw_assets.lake.storage import open_lake
@@ -184,9 +187,10 @@ def _week_summary(lake_root: str, week: str) -> str:
     ab_test = lake.uri("gold", "simulated_ab_test", week)
     if lake.exists(ab_test):
         arms = lake.read_frame(ab_test)
+        shown = arms.drop(columns=["week", *(c for c in DETAIL_COLUMNS if c in arms.columns)])
         lines += ["", "simulated A/B (control: last week's models, treatment: this week's):",
-                  arms.drop(columns="week").to_string(index=False, float_format=lambda v: f"{v:.4f}")]
-        summary = _ab_summary(week)
+                  shown.to_string(index=False, float_format=lambda v: f"{v:.4f}")]
+        summary = ab_summary(arms)
         if summary:
             lines.append(f"verdict: {summary['verdict']} - {summary['reason']}")
     playlists = lake.uri("gold", "ranked_playlists", week)
@@ -267,8 +271,8 @@ def evaluate(lake_dir, week, as_json, refresh):
 
 def _north_star(lake, week: str) -> dict:
     """The week's north star (``north_star_summary`` of its stored table), or null keys and why there are none."""
-    from dw_assets.evaluation.assets import no_north_star_reason
     from dw_assets.evaluation.north_star import north_star_summary
+    from dw_assets.evaluation.truth import no_north_star_reason
 
     uri = lake.uri("gold", "north_star_evaluation", week)
     table = lake.read_frame(uri) if lake.exists(uri) else None
@@ -300,8 +304,8 @@ def _lake_and_manifest(lake_dir: str) -> tuple[str, dict]:
 
 
 def _evaluation_text(lake, table, targets, week: str) -> str:
-    from dw_assets.evaluation.assets import REPORT_COLUMNS
     from dw_assets.evaluation.report import EXPOSURE_NOTE, north_star_markdown
+    from dw_assets.evaluation.summaries import REPORT_COLUMNS
 
     overall = table[table["segment"] == "all"].set_index("system")
     pipeline = table[table["system"] == "pipeline"].set_index("segment")
@@ -326,17 +330,16 @@ def _evaluation_text(lake, table, targets, week: str) -> str:
 @main.command()
 @click.option("--lake", "lake_dir", required=True, help="Lake root (holds landing/ and the simulator's simulator/).")
 @click.option("--week", default=None, help="Week key; default: the manifest's last training week.")
-@click.option("--experiment", default="discover-weekly", show_default=True, help="Salts the user split.")
-@click.option("--treatment-share", type=float, default=0.05, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the simulated listeners.")
+@click.option("--experiment", default=ABConfig.experiment, show_default=True, help="Salts the user split.")
+@click.option("--treatment-share", type=float, default=ABConfig.treatment_share, show_default=True)
+@click.option("--seed", type=int, default=ABConfig.seed, show_default=True, help="Seed of the simulated listeners.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def ab(lake_dir, week, experiment, treatment_share, seed, as_json):
     """Simulated A/B test: last week's models (control) vs this week's (treatment), played by the simulator."""
-    from dagster import AssetSelection, RunConfig
+    from dagster import AssetSelection
 
     from dw_assets.automation.runner import RunError, evaluate_week
-    from dw_assets.automation.schedules import has_simulator_truth
-    from dw_assets.evaluation.assets import AbTestConfig
+    from dw_assets.evaluation.truth import has_simulator_truth
 
     lake_root, manifest = _lake_and_manifest(lake_dir)
     week = week or manifest.get("last_training_week")
@@ -346,8 +349,7 @@ def ab(lake_dir, week, experiment, treatment_share, seed, as_json):
         raise click.UsageError(f"--treatment-share must be in (0, 1), got {treatment_share}")
     if not has_simulator_truth(lake_root):
         raise click.UsageError(f"{lake_root}/simulator/ not found: the simulated A/B needs a world from `dw simulate`")
-    ops = RunConfig(ops={"simulated_ab_test": AbTestConfig(experiment=experiment, treatment_share=treatment_share,
-                                                            seed=seed)})
+    ops = _ab_run_config(ABConfig(experiment=experiment, treatment_share=treatment_share, seed=seed))
     selection = (AssetSelection.assets("simulated_ab_test").upstream()
                  & AssetSelection.groups("evaluation")) - AssetSelection.assets("retrieval_evaluation")
     try:
@@ -356,7 +358,7 @@ def ab(lake_dir, week, experiment, treatment_share, seed, as_json):
     except RunError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
-    summary = _ab_summary(week)
+    summary = _ab_summary(lake_root, week)
     if as_json:
         click.echo(json.dumps(summary))
         return
@@ -368,13 +370,22 @@ def ab(lake_dir, week, experiment, treatment_share, seed, as_json):
     click.echo(f"verdict: {summary['verdict']} - {summary['reason']}")
 
 
-def _ab_summary(week: str) -> dict | None:
-    """The latest simulated A/B summary of ``week`` recorded in DAGSTER_HOME."""
-    from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
+def _ab_run_config(settings: ABConfig) -> dict:
+    """The ``simulated_ab_test`` op's run config of ``settings`` (every ``ABConfig`` field, under its own
+    name in ``AbTestConfig``; the evaluated users keep their defaults)."""
+    return {"simulated_ab_test": {"config": dataclasses.asdict(settings)}}
 
-    records = DagsterInstance.get().fetch_materializations(
-        AssetRecordsFilter(asset_key=AssetKey("simulated_ab_test"), asset_partitions=[week]), limit=1).records
-    return records[0].asset_materialization.metadata["summary"].value if records else None
+
+def _ab_summary(lake_root: str, week: str) -> dict | None:
+    """The simulated A/B summary of ``week`` (``ab.summarize_ab``'s dict) from its table in the lake, its
+    keys sorted at every level (as `dw ab` has always printed it); None when the lake has none."""
+    from dw_assets.evaluation.summaries import ab_summary
+    from dw_assets.lake.storage import open_lake
+
+    lake = open_lake(lake_root)
+    uri = lake.uri("gold", "simulated_ab_test", week)
+    summary = ab_summary(lake.read_frame(uri)) if lake.exists(uri) else None
+    return None if summary is None else json.loads(json.dumps(summary, sort_keys=True))
 
 
 def _missing_then(lake_root: str, week: str, selection):

@@ -22,7 +22,10 @@ from dw_assets.serving.assets import PlaylistStoreResource, serving_assets
 
 use_this_interpreter()
 
-ALL_ASSETS = [*ingest_assets, *embedding_assets, *retrieval_assets, *ranking_assets, *serving_assets, *evaluation_assets]
+# The upload sensor's asset (partitioned by upload date, outside the weekly jobs) is here too: the weekly
+# candidates read its partitions as an input.
+ALL_ASSETS = [*ingest_assets, *embedding_assets, *retrieval_assets, *ranking_assets, *serving_assets,
+              *evaluation_assets, *incremental_assets]
 
 def default_store_url(lake_root: str) -> str:
     """``DW_STORE_URL``, else an embedded SQLite file beside a local lake."""
@@ -64,6 +67,5 @@ def location_resources() -> dict:
 
 
 # In-process for every run, the UI's "Materialize" button included: one Spark session (JVM) per run.
-# The upload sensor's asset is partitioned by upload date, not by week: outside the weekly jobs.
-defs = Definitions(assets=[*ALL_ASSETS, *incremental_assets], jobs=jobs, schedules=schedules,
+defs = Definitions(assets=ALL_ASSETS, jobs=jobs, schedules=schedules,
                    sensors=[audio_upload_sensor], resources=location_resources(), executor=in_process_executor)

@@ -7,13 +7,12 @@ import warnings
 from dagster import BackfillPolicy, BetaWarning, TimeWindowPartitionMapping, WeeklyPartitionsDefinition
 
 from dw_assets import settings
-from dw_assets.calendar import shift_week
+from dw_assets.calendar import HISTORY_WEEKS, shift_week
 
 # Partition keys are the Monday that starts a listening week (00:00 UTC). The first week is a
 # deployment setting (DW_FIRST_WEEK; the simulator's worlds start at its default), read when the code
 # location loads: the partitions definition below is built then.
 FIRST_WEEK = settings.get("DW_FIRST_WEEK")
-HISTORY_WEEKS = 12
 
 weekly_partitions = WeeklyPartitionsDefinition(start_date=FIRST_WEEK, day_offset=1, timezone="UTC")
 

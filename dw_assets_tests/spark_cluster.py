@@ -67,10 +67,12 @@ TWO_EXECUTORS = {"DW_SPARK_CORES_MAX": "2"}
 
 
 def run_world(master: str, world: Path, root: Path | str, manifest: dict, ops: dict, env: dict | None = None,
-              timeout_s: int = 1800, scratch: Path | None = None,
-              store_url: str | None = None) -> tuple[subprocess.CompletedProcess, dict]:
+              timeout_s: int = 1800, scratch: Path | None = None, store_url: str | None = None,
+              weeks: list[str] | None = None) -> tuple[subprocess.CompletedProcess, dict]:
     """Copy ``world``'s landing zone (and hidden truth) to a fresh lake ``root`` and run its last training
     week on ``master`` in a subprocess; returns the process and where it ran (None if it failed).
+    ``weeks``: the landed weeks the run is told of (default every week: the holdout too, so the week's
+    evaluation runs; the training weeks alone skip it).
 
     ``root``: a folder, or ``s3://bucket/prefix`` (the landing zone is uploaded there; the S3 settings come
     from this process's environment). ``scratch``: the run's local folder (its working directory and
@@ -92,7 +94,7 @@ def run_world(master: str, world: Path, root: Path | str, manifest: dict, ops: d
     (scratch / "cwd").mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, "DW_SPARK_MASTER": master, "DAGSTER_HOME": str(scratch / "dagster_home"),
                 **CAPPED_DRIVER, **(env or {})}
-    args = json.dumps([str(root), manifest["last_training_week"], manifest["weeks"], ops, store_url])
+    args = json.dumps([str(root), manifest["last_training_week"], weeks or manifest["weeks"], ops, store_url])
     done = subprocess.run([sys.executable, "-c", RUN_WEEK, args], capture_output=True, text=True, env=full_env,
                           timeout=timeout_s, stdin=subprocess.DEVNULL, cwd=scratch / "cwd")
     where = None

@@ -14,7 +14,7 @@ from dw_assets.retrieval.ann import (
     exact_search,
     gpu_available,
     measure,
-    recall_at_k,
+    recall_vs_exact,
     tune_search,
 )
 
@@ -73,22 +73,22 @@ def test_flat_index_is_exact_search(catalog, indexes):
     exact_scores, exact_ids = exact_search(vectors, ids, queries, K)
     assert np.array_equal(found, exact_ids)
     np.testing.assert_allclose(scores, exact_scores, rtol=1e-6)
-    assert recall_at_k(indexes["flat"], vectors, ids, queries, K) == 1.0
+    assert recall_vs_exact(indexes["flat"], vectors, ids, queries, K) == 1.0
 
 
 @pytest.mark.parametrize("kind", ["ivf_flat", "ivf_pq", "hnsw"])
 def test_approximate_indexes_recall_the_exact_top_100(kind, catalog, indexes):
     ids, vectors, queries = catalog
-    assert recall_at_k(indexes[kind], vectors, ids, queries, K) >= 0.9
+    assert recall_vs_exact(indexes[kind], vectors, ids, queries, K) >= 0.9
 
 
 def test_scanning_more_lists_buys_recall(catalog):
     ids, vectors, queries = catalog
     index = build_index(ids, vectors, CONFIGS["ivf_flat"])
     index.set_search_params(nprobe=4)
-    narrow = recall_at_k(index, vectors, ids, queries, K)
+    narrow = recall_vs_exact(index, vectors, ids, queries, K)
     index.set_search_params(nprobe=128)
-    assert recall_at_k(index, vectors, ids, queries, K) > narrow + 0.1
+    assert recall_vs_exact(index, vectors, ids, queries, K) > narrow + 0.1
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -159,7 +159,7 @@ def test_measure_reports_recall_beside_speed(catalog, indexes):
     ids, vectors, queries = catalog
     report = measure(indexes["ivf_flat"], vectors, ids, queries, K)
     assert report["recall@100"] == pytest.approx(
-        recall_at_k(indexes["ivf_flat"], vectors, ids, queries, K), abs=1e-4
+        recall_vs_exact(indexes["ivf_flat"], vectors, ids, queries, K), abs=1e-4
     )
     assert report["queries_per_s"] > 0 and report["build_s"] >= 0
     assert report["n_queries"] == QUERIES and report["k"] == K and report["kind"] == "ivf_flat"
@@ -188,7 +188,7 @@ def test_tuning_picks_the_cheapest_effort_that_reaches_the_recall_target(catalog
     tuned = tune_search(index, vectors, ids, queries[:40], K, min_recall=0.9)
     assert tuned["tuned"] and index.config.nprobe == tuned["nprobe"]
     assert tuned[f"recall@{K}"] >= 0.9
-    assert recall_at_k(index, vectors, ids, queries[:40], K) == pytest.approx(tuned[f"recall@{K}"], abs=1e-4)
+    assert recall_vs_exact(index, vectors, ids, queries[:40], K) == pytest.approx(tuned[f"recall@{K}"], abs=1e-4)
     cheaper = [step for step in tuned["tried"] if step < tuned["nprobe"]]
     assert all(tuned["tried"][step] < 0.9 for step in cheaper)  # nothing cheaper was good enough
     # An impossible target keeps the most thorough setting (every list scanned: exact).
@@ -208,7 +208,7 @@ def test_shards_keep_the_recall_at_the_same_nprobe_per_nlist(catalog):
         config = AnnConfig(kind="ivf_flat", nlist=64, nprobe=4, shards=shards, threads=1, use_gpu="never")
         index = build_index(ids, vectors, config)
         assert index.nlist == 64 and len(index) == N
-        recall[shards] = recall_at_k(index, vectors, ids, queries, K)
+        recall[shards] = recall_vs_exact(index, vectors, ids, queries, K)
     assert 0.7 < recall[1] < 0.9, recall  # a narrow probe: recall moves with the index layout
     assert recall[2] >= recall[1] - 0.01 and recall[4] >= recall[1] - 0.01, recall
 

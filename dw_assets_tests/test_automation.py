@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import itertools
 import os
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ from dw_assets.automation.planner import DISCOVER_JOB, INGEST, RANKER_TRAINING
 from dw_assets.automation.runner import RunError, registered_job, run_selection
 from dw_assets.automation.schedules import (
     BACKFILL_TAG,
+    PLANNED_LAYERS,
     WEEKLY_BATCH_TAG,
     evaluation_job,
     weekly_discover_job,
@@ -46,18 +48,24 @@ from dw_assets.serving.stores import open_store
 UTC = dt.UTC
 
 
+# The weeks whose logs have landed in the schedule tests' lake (the schedules read its landing zone).
+SCHEDULE_LANDED = [shift_week("2026-01-05", i) for i in range(9)]
+
+
 @pytest.fixture(scope="module")
 def defs(tmp_path_factory):
     lake = tmp_path_factory.mktemp("lake")
+    for week in SCHEDULE_LANDED:
+        (lake / "landing" / "events" / f"week={week}").mkdir(parents=True)
     return Definitions(assets=ALL_ASSETS, jobs=[weekly_discover_job, weekly_evaluation_job],
                        schedules=[weekly_discover_schedule, weekly_evaluation_schedule],
                        resources=build_resources(str(lake)))
 
 
 def _tick(schedule, defs, when: dt.datetime, instance=None):
-    context = build_schedule_context(scheduled_execution_time=when, repository_def=defs.get_repository_def(),
-                                     instance=instance)
-    return schedule.evaluate_tick(context)
+    with build_schedule_context(scheduled_execution_time=when, repository_def=defs.get_repository_def(),
+                                instance=instance, resources={"lake": defs.resources["lake"]}) as context:
+        return schedule.evaluate_tick(context)
 
 
 def _keys(selection) -> set[str]:
@@ -85,8 +93,8 @@ def test_the_weekly_schedule_fires_on_sundays_at_midnight_utc():
 ])
 def test_the_weekly_schedule_builds_the_last_closed_week(defs, when, week):
     with instance_for_test() as instance:  # the history is in: only the week runs
-        _materialized(instance, "interactions", *[k for k in weekly_partitions.get_partition_keys() if k < week])
-        _materialized(instance, "candidates", shift_week(week, -1))
+        _materialized(defs, instance, "interactions", *[k for k in weekly_partitions.get_partition_keys() if k < week])
+        _materialized(defs, instance, "candidates", shift_week(week, -1))
         data = _tick(weekly_discover_schedule, defs, when, instance)
     [request] = data.run_requests
     assert request.partition_key == week and request.run_key == week
@@ -118,6 +126,7 @@ def test_the_weekly_schedule_runs_the_history_a_week_lacks_first(defs):
     job = defs.resolve_job_def("weekly_discover_job")
     for request in data.run_requests[:-1]:
         assert _keys(request.asset_selection) <= _keys(job.asset_layer.executable_asset_keys)
+        job.get_subset(asset_selection=set(request.asset_selection))  # what the daemon builds to launch it
     assert "ranker_model" not in _keys(data.run_requests[2].asset_selection)
     assert "candidates" in _keys(data.run_requests[2].asset_selection)
     assert len({r.run_key for r in data.run_requests}) == 4
@@ -150,9 +159,12 @@ def test_the_evaluation_job_is_the_evaluation_and_monitoring_groups(tmp_path, si
     assert WEEKLY_BATCH_TAG in defs.resolve_job_def("weekly_evaluation_job").run_tags
 
 
-def _materialized(instance, asset: str, *weeks: str) -> None:
+def _materialized(defs, instance, asset: str, *weeks: str) -> None:
+    """Recorded in the instance and present in the lake (the planner counts a week only where both hold)."""
+    lake = Lake(defs.resources["lake"].root)
     for week in weeks:
         instance.report_runless_asset_event(AssetMaterialization(asset_key=asset, partition=week))
+        Path(lake.uri(PLANNED_LAYERS[asset], asset, week)).mkdir(parents=True, exist_ok=True)
 
 
 def test_the_evaluation_schedule_evaluates_weeks_whose_holdout_is_in(defs):
@@ -160,17 +172,21 @@ def test_the_evaluation_schedule_evaluates_weeks_whose_holdout_is_in(defs):
     with instance_for_test() as instance:
         data = _tick(weekly_evaluation_schedule, defs, monday, instance)
         assert not data.run_requests and "no week to evaluate" in data.skip_message
-        _materialized(instance, "interactions", "2026-01-05", "2026-01-12", "2026-01-19")
-        _materialized(instance, "ranked_playlists", "2026-01-12", "2026-01-19")
+        _materialized(defs, instance, "interactions", "2026-01-05", "2026-01-12", "2026-01-19")
+        _materialized(defs, instance, "ranked_playlists", "2026-01-12", "2026-01-19")
         data = _tick(weekly_evaluation_schedule, defs, monday, instance)
         # week 2026-01-19's holdout (2026-01-26) is not ingested yet; 2026-01-05 had no playlists
         assert [r.partition_key for r in data.run_requests] == ["2026-01-12"]
-        _materialized(instance, "offline_evaluation", "2026-01-12")
-        _materialized(instance, "interactions", "2026-01-26")
+        _materialized(defs, instance, "offline_evaluation", "2026-01-12")
+        _materialized(defs, instance, "interactions", "2026-01-26")
         later = _tick(weekly_evaluation_schedule, defs, monday + dt.timedelta(weeks=1), instance)
         [request] = later.run_requests
         assert isinstance(request, RunRequest) and request.partition_key == "2026-01-19"
         assert request.tags["dw/holdout_week"] == "2026-01-26"
+        # Its run failed (no offline_evaluation): the next Monday asks again, under a new run key.
+        retry = _tick(weekly_evaluation_schedule, defs, monday + dt.timedelta(weeks=2), instance)
+        assert [r.partition_key for r in retry.run_requests] == ["2026-01-19"]
+        assert retry.run_requests[0].run_key != request.run_key
 
 
 def test_every_weekly_asset_backfills_one_week_per_run():
@@ -186,9 +202,11 @@ def test_history_windows_resolve_to_the_existing_weeks_at_the_start_of_history(d
     for offset in range(3):
         week = shift_week(FIRST_WEEK, offset)
         for key in graph.get_all_asset_keys():
+            if key.to_user_string() == "new_track_vectors":
+                continue  # partitioned by upload day: its weekly inputs are every week (AllPartitionMapping)
             for parent in graph.get(key).parent_keys - {key}:
                 if parent.to_user_string() == "new_track_vectors":
-                    continue  # candidates' upload days, not weeks (lineage; the weekly jobs do not define the asset)
+                    continue  # candidates' upload days, not weeks (every upload day; outside the weekly jobs)
                 result = graph.get_parent_partition_keys_for_child(week, parent, key)
                 keys = sorted(result.partitions_subset.get_partition_keys())
                 assert all(k >= FIRST_WEEK for k in keys), (key, parent, week, keys)
@@ -231,6 +249,26 @@ def test_the_jobs_executor_refuses_a_week_after_a_failed_one(tmp_path):
             run_selection(None, weeks[1], tmp_path, instance, job_name=DISCOVER_JOB, tags=tags)
         assert not instance.get_materialized_partitions(AssetKey("raw_play_events"))
         instance.dispose()
+
+
+def test_an_instance_without_the_weekly_run_queue_limit_is_refused_naming_the_setting(tmp_path):
+    """A dagster.yaml written by hand (or by another tool) without the limit: UI backfills and schedules
+    would run weeks side by side, so `dw run` / `dw backfill` refuse it and say what to add."""
+    from dw_assets.automation.runner import run_instance
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("DAGSTER_HOME", str(home))
+        with pytest.raises(RunError, match=f"no run queue limit of one run for the tag {WEEKLY_BATCH_TAG}.*"
+                                           "tag_concurrency_limits"):
+            run_instance()
+        (home / "dagster.yaml").write_text("run_coordinator:\n  module: dagster.core.run_coordinator\n"
+                                           "  class: QueuedRunCoordinator\n  config:\n    max_concurrent_runs: 4\n"
+                                           f"    tag_concurrency_limits:\n      - key: {WEEKLY_BATCH_TAG}\n"
+                                           "        limit: 1\n")
+        run_instance().dispose()  # the production shape (docs/operations.md) is accepted
 
 
 # The UI's "Launch backfill" (the partitions dialog of weekly_discover_job): the same mutation, same schema.
@@ -328,61 +366,61 @@ def materialization_metadata(instance: DagsterInstance, asset: str, week: str) -
 
 @pytest.fixture(scope="module")
 def backfilled(tmp_path_factory, spark):
-    """A tiny world of three weeks (plus its holdout): weeks 1-2 backfilled from the UI (the web UI's GraphQL
-    mutation; a real ``dagster-daemon`` submits, queues and launches one run of weekly_discover_job per week,
-    oldest first, each in its own process), then week 3 with `dw backfill` (the planner finds weeks 1-2 in the
-    instance)."""
+    """A tiny world of two weeks plus the week after them: every landed week backfilled from the UI (the web
+    UI's GraphQL mutation; a real ``dagster-daemon`` submits, queues and launches one run of
+    weekly_discover_job per week, oldest first, each in its own process); then what `dw backfill` of the
+    last week would run, planned from what the instance recorded."""
     from dagster._core.run_coordinator import QueuedRunCoordinator
 
     from dw_assets.simulate import config_for, simulate
 
     root = tmp_path_factory.mktemp("backfill_world")
-    manifest = simulate(config_for("tiny", weeks=3), root)
-    weeks = manifest["training_weeks"]
+    manifest = simulate(config_for("tiny", weeks=2), root)
+    landed = manifest["weeks"]  # FIRST .. LAST: the two training weeks and the one after them
     # Cheap models: this test is about which weeks get built, not about their quality.
     quick = {"audio_embeddings": {"config": {"epochs": 1, "max_warm_tracks": 300}},
              "two_tower_model": {"config": {"epochs": 1, "max_examples": 20_000}},
              "item2vec_embeddings": {"config": {"epochs": 2}}}
-    messages: list[str] = []
     home = root / "dagster_home"
     with pytest.MonkeyPatch.context() as env:  # its own Dagster instance: other modules build the same weeks
         env.setenv("DAGSTER_HOME", str(home))
+        from dw_assets.automation.backfill import plan_backfill
         from dw_assets.automation.runner import QUIET, run_instance
 
         instance = run_instance()  # writes the project's dagster.yaml: the run queue's limit on the weekly tag
         assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
-        backfill_id = launch_ui_backfill(instance, weeks[:2], {**QUIET, "ops": quick})
+        backfill_id = launch_ui_backfill(instance, landed, {**QUIET, "ops": quick})
         # The runs' processes: this world's lake, a Spark as small as the tests' own.
         settings = {"DW_LAKE": str(root), "DW_SPARK_MASTER": "local[2]", "DW_SPARK_SHUFFLE_PARTITIONS": "4"}
         log = root / "dagster-daemon.log"
         with dagster_daemon(home, settings, log):
-            ui_runs = wait_for_backfill(instance, backfill_id, 2, log)
+            ui_runs = wait_for_backfill(instance, backfill_id, len(landed), log)
         errors = {r.tags["dagster/partition"]: run_errors(instance, r) for r in ui_runs if not r.is_success}
         assert not errors, errors
-        outcomes = backfill_weeks(root, weeks[2], weeks[2], evaluate=False, ops=quick, progress=messages.append)
+        cli_plan = plan_backfill(root, landed[-1], landed[-1], evaluate=False)
         instance.dispose()
-    return root, manifest, ui_runs, outcomes, messages
+    return root, manifest, ui_runs, cli_plan
 
 
-def test_a_ui_backfill_builds_the_first_week_with_a_stand_in_ranker(backfilled):
-    root, manifest, ui_runs, outcomes, messages = backfilled
-    weeks = manifest["training_weeks"]
+def test_a_ui_backfill_of_every_landed_week_builds_the_first_with_a_stand_in_ranker(backfilled):
+    root, manifest, ui_runs, cli_plan = backfilled
+    weeks = manifest["weeks"]
     # one run of the job per week, oldest first, through the queue, in its own process
-    assert [(r.job_name, r.tags["dagster/partition"]) for r in ui_runs] == [(DISCOVER_JOB, w) for w in weeks[:2]]
+    assert [(r.job_name, r.tags["dagster/partition"]) for r in ui_runs] == [(DISCOVER_JOB, w) for w in weeks]
     assert all(r.is_success and r.tags[WEEKLY_BATCH_TAG] == "discover" for r in ui_runs)
     with DagsterInstance.from_config(str(root / "dagster_home")) as instance:
         times = {r.dagster_run.run_id: (r.start_time, r.end_time)
                  for r in instance.get_run_records(RunsFilter(run_ids=[r.run_id for r in ui_runs]))}
-        assert times[ui_runs[0].run_id][1] <= times[ui_runs[1].run_id][0]  # one weekly run at a time
+        for before, after in itertools.pairwise(ui_runs):  # one weekly run at a time
+            assert times[before.run_id][1] <= times[after.run_id][0]
         first = {a: materialization_metadata(instance, a, weeks[0]) for a in ("ranker_model", "ranked_playlists")}
-        second = materialization_metadata(instance, "ranked_playlists", weeks[1])
+        later = [materialization_metadata(instance, "ranked_playlists", w) for w in weeks[1:]]
     assert first["ranker_model"]["stand_in"] is True
     assert "first landed week" in first["ranker_model"]["stand_in_reason"]
     assert first["ranked_playlists"]["stand_in_ranker"] is True
-    assert second["stand_in_ranker"] is False
-    # dw backfill of week 3 ran only week 3: weeks 1-2 were in the instance
-    assert [o.week for o in outcomes] == weeks[2:] and [o.scope for o in outcomes] == ["all"]
-    assert any(m.startswith(f"week {weeks[2]} (1/1)") for m in messages)
+    assert [m["stand_in_ranker"] for m in later] == [False] * len(later)
+    # `dw backfill` of the last week would run that week only: the planner finds the others in the instance
+    assert [(s.week, s.part) for s in cli_plan.steps] == [(weeks[-1], "week")]
     lake = Lake(str(root))
     for week in weeks:
         for layer, asset in [("bronze", "raw_play_events"), ("bronze", "quarantined_events"),
@@ -397,14 +435,12 @@ def test_a_ui_backfill_builds_the_first_week_with_a_stand_in_ranker(backfilled):
     for week in weeks[1:]:
         ranker = lake.read_artifact(lake.uri("models", "ranker_model", week))
         assert ranker.meta["trained_on_week"].startswith(shift_week(week, -1))  # W-1's candidates and models
-    # the holdout week was left alone (no evaluation asked for)
-    assert not lake.exists(lake.uri("silver", "interactions", manifest["holdout_week"]))
 
 
 def test_a_backfills_windows_hold_exactly_the_weeks_built_so_far(backfilled):
-    root, manifest, _, _, _ = backfilled
+    root, manifest, _, _ = backfilled
     lake = Lake(str(root))
-    weeks = manifest["training_weeks"]
+    weeks = manifest["weeks"]
     events = [len(lake.read_frame(lake.uri("silver", "interactions", w), columns=["event_id"])) for w in weeks]
     for i, week in enumerate(weeks):
         stats = lake.read_frame(lake.uri("gold", "track_stats", week), columns=["plays"])
@@ -412,8 +448,8 @@ def test_a_backfills_windows_hold_exactly_the_weeks_built_so_far(backfilled):
 
 
 def test_a_backfill_is_recorded_in_dagster_and_published(backfilled):
-    root, manifest, _, _, _ = backfilled
-    weeks = manifest["training_weeks"]
+    root, manifest, _, _ = backfilled
+    weeks = manifest["weeks"]
     with DagsterInstance.from_config(str(root / "dagster_home")) as instance:
         assert instance.get_materialized_partitions(AssetKey("candidates")) == set(weeks)
         assert instance.get_materialized_partitions(AssetKey("ranked_playlists")) == set(weeks)
@@ -433,7 +469,7 @@ def test_a_failed_week_of_a_ui_backfill_through_the_daemon_stops_the_weeks_after
 
     from dw_assets.automation.runner import QUIET, run_instance
 
-    source, manifest, _, _, _ = backfilled
+    source, manifest, _, _ = backfilled
     weeks = manifest["training_weeks"]
     root = tmp_path / "world"
     shutil.copytree(source / "landing", root / "landing")

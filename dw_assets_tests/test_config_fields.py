@@ -25,6 +25,7 @@ from dw_assets.embeddings.item2vec import Item2VecConfig
 from dw_assets.embeddings.two_tower import TwoTowerConfig
 from dw_assets.evaluation.assets import (
     AbTestConfig,
+    LastWeekPlaylistsConfig,
     MonitoringConfig,
     OfflineEvaluationConfig,
     RetrievalEvaluationConfig,
@@ -62,19 +63,27 @@ CLASSES = {
     PlaylistsConfig: {"exploration_min": RerankConfig().exploration_range[0],
                       "exploration_max": RerankConfig().exploration_range[1]},
     NewTrackVectorsConfig: {"cold_neighbours": TwoTowerConfig.cold_neighbours, "clip_seconds": None},
-    FaissIndexConfig: {"recall_k": 500, "recall_sample_users": 2_000, "min_recall": 0.95, "tune_recall": 0.97},
+    FaissIndexConfig: {},
     CandidatesConfig: {"partitions": CandidateConfig.min_partitions},
     SampleConfig: {},
-    RetrievalEvaluationConfig: {"k": 500},
+    RetrievalEvaluationConfig: {"k": CandidateConfig.total},
     OfflineEvaluationConfig: {"k": RerankConfig.playlist_size},
     AbTestConfig: {},
+    # the control arm: PlaylistsConfig's extras, and CandidatesConfig's partition floor (prefixed)
+    LastWeekPlaylistsConfig: {"exploration_min": RerankConfig().exploration_range[0],
+                              "exploration_max": RerankConfig().exploration_range[1],
+                              "candidates_partitions": CandidateConfig.min_partitions},
+    # the drift's sample (DriftSample); the thresholds are the check functions' keyword defaults
+    MonitoringConfig: {"psi_warn": parameter_default(prediction_drift, "warn"),
+                       "psi_error": parameter_default(prediction_drift, "error"),
+                       "volume_max_change": parameter_default(volume_anomaly, "max_ratio_change"),
+                       **{name: parameter_default(batch_window_sla, name)
+                          for name in ("target_users", "cluster_cores", "window_hours")}},
 }
 # Asset configs with no dataclass behind them: each default is a domain function's keyword default
 # (parameter_default) or a setting of the asset itself.
 PLAIN = {
     RawPlayEventsConfig: {"allow_empty_week"},
-    MonitoringConfig: {"sample_users", "seed", "psi_warn", "psi_error", "volume_max_change", "target_users",
-                       "cluster_cores", "window_hours"},
 }
 
 
@@ -137,7 +146,6 @@ def test_every_asset_config_has_its_dataclass_fields_with_their_defaults(config_
 
 
 def test_plain_asset_configs_take_their_defaults_from_the_domain_functions():
-    assert set(MonitoringConfig.model_fields) == PLAIN[MonitoringConfig]
     assert set(RawPlayEventsConfig.model_fields) == PLAIN[RawPlayEventsConfig]
     monitoring = MonitoringConfig()
     assert (monitoring.psi_warn, monitoring.psi_error) == (parameter_default(prediction_drift, "warn"),

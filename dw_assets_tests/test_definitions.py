@@ -53,12 +53,16 @@ def test_every_weekly_table_has_a_layer_and_a_schema_check():
         assert node["partitions"] == expected, name
 
 
-def test_dw_help_prints_no_dagster_warnings():
-    done = subprocess.run([str(Path(sys.executable).with_name("dw")), "--help"], capture_output=True, text=True,
-                          timeout=120)
+def test_dw_help_prints_no_dagster_warnings(tmp_path):
+    dw = str(Path(sys.executable).with_name("dw"))
+    done = subprocess.run([dw, "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "Warning" not in done.stderr, done.stderr
     assert "Usage: dw" in done.stdout
+    # A command that loads the code location's assets (here up to its error: no landed world) prints none either.
+    done = subprocess.run([dw, "run", "--lake", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert "manifest.json not found" in done.stderr, done.stderr
+    assert "Warning" not in done.stderr, done.stderr
 
 
 def test_no_asset_module_imports_another():

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from dw_assets.evaluation.baselines import item_cf_top_k, top_k_frame
 from dw_assets.evaluation.metrics import metric_keys
@@ -104,3 +105,37 @@ def test_cold_truth_keeps_each_users_cold_positives_in_order_and_drops_users_wit
     assert list(got) == list(expected) and 0 < len(got) < len(truth)
     assert all(np.array_equal(got[u], expected[u]) for u in expected)
     assert _only({}, cold) == {} and _only(truth, np.empty(0, np.int64)) == {}
+
+
+def test_simulator_truth_is_found_in_a_local_world_only(tmp_path):
+    from dw_assets.evaluation.truth import has_simulator_truth, no_north_star_reason, simulator_truth
+    from dw_assets.lake.storage import Lake
+
+    lake = Lake(str(tmp_path))
+    assert not has_simulator_truth(tmp_path) and not has_simulator_truth(str(tmp_path))
+    assert no_north_star_reason(lake).startswith(f"no simulator truth under {lake.root}/simulator/")
+    with pytest.raises(FileNotFoundError, match="dw simulate"):
+        simulator_truth(lake)
+    (tmp_path / "simulator").mkdir()
+    assert has_simulator_truth(tmp_path) and no_north_star_reason(lake).startswith("no user fitted")
+    assert not has_simulator_truth("s3://bucket/lake")
+
+
+def test_the_control_arm_takes_the_candidates_assets_settings_under_the_same_names():
+    """``last_week_playlists`` builds its candidates with ``CandidatesConfig``'s settings (prefixed
+    ``candidates_``) and its playlists with ``PlaylistsConfig``'s: by default the treatment's."""
+    from dw_assets.evaluation.assets import LastWeekPlaylistsConfig, RetrievalEvaluationConfig
+    from dw_assets.ranking.config import PlaylistsConfig
+    from dw_assets.retrieval.assets import CandidatesConfig
+    from dw_assets.retrieval.candidates import CandidateConfig
+
+    control = LastWeekPlaylistsConfig()
+    assert control.candidate_settings() == CandidatesConfig().settings(threads=1)
+    assert control.settings() == PlaylistsConfig().settings()
+    fields = set(LastWeekPlaylistsConfig.model_fields)
+    assert {f"candidates_{name}" for name in CandidatesConfig.model_fields} | set(PlaylistsConfig.model_fields) == fields
+    given = {"total": 300, "audio_quota": 20, "users_per_partition": 5, "partitions": 3}
+    assert (LastWeekPlaylistsConfig(**{f"candidates_{k}": v for k, v in given.items()}).candidate_settings()
+            == CandidatesConfig(**given).settings(threads=1))
+    assert LastWeekPlaylistsConfig(seed=3, candidates_seed=4).settings().rerank.seed == 3
+    assert RetrievalEvaluationConfig().k == CandidateConfig.total  # recall@k of the candidates' list

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 from dagster import AssetKey, AssetRecordsFilter, AssetSelection, DagsterInstance
 
-from dw_assets.automation.runner import _run, materialize_week
+from dw_assets.automation.runner import materialize_week, run_selection
 from dw_assets.lake.storage import Lake
 from dw_assets.serving.stores import RedisStore, SQLiteStore, decode_tracks, encode_playlists, open_store
 from dw_assets_tests.redis_server import delete_prefix, redis_for_tests, with_options
@@ -88,10 +88,11 @@ def twice(tmp_path_factory, spark):
         # The holdout week is left out of the known weeks: no evaluation assets, nothing they would add.
         materialize_week(root, week, manifest["training_weeks"], ops=QUICK, store_url=sqlite_url,
                          progress=lambda message: None)
-        _run(AssetSelection.assets("published_playlists"), week, root, instance, store_url=redis_url)
+        run_selection(AssetSelection.assets("published_playlists"), week, root, instance, store_url=redis_url)
         first = snapshot()
-        reruns = [_run(AssetSelection.assets(*RERUN), week, root, instance, store_url=sqlite_url).run_id,
-                  _run(AssetSelection.assets("published_playlists"), week, root, instance, store_url=redis_url).run_id]
+        reruns = [run_selection(AssetSelection.assets(*RERUN), week, root, instance, store_url=sqlite_url).run_id,
+                  run_selection(AssetSelection.assets("published_playlists"), week, root, instance,
+                                store_url=redis_url).run_id]
         second = snapshot()
         delete_prefix(redis_url, prefix)
     return week, lake, first, second, reruns

@@ -11,6 +11,7 @@ from dagster import AssetIn, AssetOut, multi_asset
 from dagster import materialize as dagster_materialize
 
 from dw_assets.lake.resources import (
+    COMPLETE_WINDOW_KEY,
     LAYER_KEY,
     PER_PARTITION_KEY,
     LakeIOManager,
@@ -170,6 +171,27 @@ def test_a_window_read_week_by_week_holds_the_weeks_that_exist_and_reads_only_th
     assert row["weeks"] == "2026-01-05,2026-01-19"
     assert (row["newest_week"], row["newest_total"]) == ("2026-01-19", 6)
     assert row["read"] == "dict_keys(['2026-01-19'])"
+
+
+@multi_asset(
+    outs={"complete_total": AssetOut(metadata={LAYER_KEY: "gold"})},
+    ins={"weekly_numbers": AssetIn(partition_mapping=history_window,
+                                   metadata={COMPLETE_WINDOW_KEY: "the total needs every week"})},
+    partitions_def=weekly_partitions,
+)
+def complete_total(weekly_numbers: pd.DataFrame):
+    return pd.DataFrame({"total": [int(weekly_numbers["n"].sum())]})
+
+
+def test_a_complete_window_input_refuses_a_hole_naming_the_missing_weeks(tmp_path):
+    lake = LakeResource(root=str(tmp_path))
+    for week in ("2026-01-05", "2026-01-19"):  # 2026-01-12 never materialized
+        _materialize(lake, week, [weekly_numbers])
+    with pytest.raises(LakeError, match=r"weekly_numbers is missing for week\(s\) 2026-01-12: the total needs "
+                                        r"every week; materialize them first"):
+        _materialize(lake, "2026-01-19", [weekly_numbers.to_source_asset(), complete_total])
+    _materialize(lake, "2026-01-12", [weekly_numbers])
+    assert _materialize(lake, "2026-01-19", [weekly_numbers.to_source_asset(), complete_total]).success
 
 
 def test_partition_inputs_read_lazily_once_and_name_a_missing_week():

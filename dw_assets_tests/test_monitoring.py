@@ -284,10 +284,49 @@ def test_report_is_deterministic():
 
 
 def test_weekly_volumes_are_counted_on_spark_per_monday_week(spark):
-    from dw_assets.evaluation.assets import weekly_volumes
+    from dw_assets.evaluation.monitoring_batch import weekly_volumes
 
     ts = pd.to_datetime(["2026-01-05 10:00", "2026-01-11 23:59", "2026-01-12 00:00", "2026-01-13 00:00"], utc=True)
     interactions = spark.createDataFrame(pd.DataFrame({"user_id": [1, 1, 2, 3], "ts": ts}))
     catalog = pd.DataFrame({"track_id": [1, 2], "release_date": ["2026-01-06", "2026-01-19"]})
     frame = weekly_volumes(interactions, catalog, ["2026-01-05", "2026-01-12", "2026-01-19"])
     assert frame.values.tolist() == [["2026-01-05", 2, 1, 1], ["2026-01-12", 2, 2, 0], ["2026-01-19", 0, 0, 1]]
+
+
+def _user_embeddings(spark, users: int, scale: float, seed: int):
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(users, 8)) * rng.uniform(0.5, 1.5, (users, 1)) * scale
+    frame = pd.DataFrame({"user_id": np.arange(users, dtype=np.int64), "user_vector": list(vectors.astype(np.float32))})
+    return spark.createDataFrame(frame, "user_id long, user_vector array<float>")
+
+
+def test_embedding_drift_compares_last_weeks_table_and_says_why_not_without_one(spark):
+    from dw_assets.evaluation.monitoring_batch import DriftSample, embedding_drift
+    from dw_assets.lake.resources import PartitionInputs
+    from dw_assets.lake.storage import LakeError
+
+    week, previous = "2026-01-12", "2026-01-05"
+    now, same, shifted = (_user_embeddings(spark, 400, scale, seed) for scale, seed in ((1, 1), (1, 2), (3, 3)))
+    sample = DriftSample(sample_users=300)
+    assert embedding_drift({week: now, previous: same}, week, sample, 0.1, 0.25).passed
+    drifted = embedding_drift({week: now, previous: shifted}, week, sample, 0.1, 0.25)
+    assert drifted.status == "ERROR" and drifted.metadata["users_now"] == drifted.metadata["users_last_week"] == 300
+    first = embedding_drift({week: now}, week, sample, 0.1, 0.25)
+    assert first.passed and first.metadata["note"] == "first week"
+
+    def read(uri: str):  # what the lake says of a partition that holds no table (a lake of an earlier layout)
+        raise LakeError(f"no lake data at {uri} (was the upstream partition materialized?)")
+
+    tables = PartitionInputs({week: "now", previous: "an artifact"}, lambda uri: now if uri == "now" else read(uri))
+    legacy = embedding_drift(tables, week, sample, 0.1, 0.25)
+    assert (legacy.passed, legacy.status, legacy.metadata["users_last_week"]) == (False, "WARN", 0)
+    assert f"week {previous}'s user_embeddings is not a table" in legacy.metadata["reason"]
+    assert legacy.metadata["reason"] in legacy.description
+
+
+def test_the_monitoring_config_draws_the_drift_sample_of_its_dataclass():
+    from dw_assets.evaluation.assets import MonitoringConfig
+    from dw_assets.evaluation.monitoring_batch import DriftSample
+
+    assert MonitoringConfig().sample() == DriftSample()
+    assert MonitoringConfig(sample_users=9, seed=3).sample() == DriftSample(sample_users=9, seed=3)

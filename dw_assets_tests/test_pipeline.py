@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
-from dw_assets.automation.runner import PER_WEEK_ASSETS, _run, materialize_week
+from dw_assets.automation.runner import PER_WEEK_ASSETS, materialize_week, run_selection
 from dw_assets.definitions import defs
 from dw_assets.embeddings.user_tower import read_user_embeddings
 from dw_assets.ingest.events import QUARANTINE_REASONS
@@ -159,7 +159,7 @@ def test_rematerializing_a_week_replaces_it_and_changes_nothing(world):
     before = _partition_digest(folder), _partition_digest(Path(lake.uri("bronze", "quarantined_events", week)))
     from dagster import AssetSelection
 
-    _run(AssetSelection.assets(*PER_WEEK_ASSETS), week, root, DagsterInstance.get())
+    run_selection(AssetSelection.assets(*PER_WEEK_ASSETS), week, root, DagsterInstance.get())
     after = _partition_digest(folder), _partition_digest(Path(lake.uri("bronze", "quarantined_events", week)))
     assert before == after
     assert [p.name for p in folder.parent.iterdir() if p.name.startswith(".")] == []
@@ -329,9 +329,9 @@ def test_the_week_publishes_to_cassandra_the_same_twice_and_serves_the_export(wo
                     if (row_week, row_version) == (week, version)}
 
     try:
-        _run(publish, week, root, DagsterInstance.get(), store_url=url)
+        run_selection(publish, week, root, DagsterInstance.get(), store_url=url)
         first = stored_rows()
-        _run(publish, week, root, DagsterInstance.get(), store_url=url)
+        run_selection(publish, week, root, DagsterInstance.get(), store_url=url)
         assert stored_rows() == first
 
         out = tmp_path / "playlists.parquet"

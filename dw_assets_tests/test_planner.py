@@ -15,10 +15,10 @@ from dw_assets.automation.planner import (
     evaluations_due,
     plan_weeks,
     stopped_by,
-    week_range,
+    weeks_from_to,
 )
 
-W = week_range("2026-01-05", "2026-01-26")  # four weeks; W[0] is the first landed week
+W = weeks_from_to("2026-01-05", "2026-01-26")  # four weeks; W[0] is the first landed week
 
 
 def _parts(plan) -> list[tuple[str, str]]:
@@ -80,9 +80,9 @@ def test_weeks_that_have_not_landed_or_bad_keys_are_refused():
     with pytest.raises(PlanError, match=W[3]):
         plan_weeks([W[3]], landed=W[:3], materialized={})
     with pytest.raises(PlanError, match="not a Monday"):
-        week_range("2026-01-06", W[2])
+        weeks_from_to("2026-01-06", W[2])
     with pytest.raises(PlanError, match="before"):
-        week_range(W[2], W[0])
+        weeks_from_to(W[2], W[0])
 
 
 def test_a_first_landed_week_after_the_first_partition_still_gets_the_stand_in():

@@ -20,7 +20,7 @@ from dw_assets.ranking.features import (
     NULLABLE_FEATURES,
     OUTCOME_RATE_NAMES,
     FeatureContext,
-    build_features,
+    build_ranker_features,
     observed_exposure,
     position_propensity,
     position_weights,
@@ -114,7 +114,7 @@ def context(world) -> FeatureContext:
 
 @pytest.fixture(scope="module")
 def features(world, context) -> pd.DataFrame:
-    return build_features(world["candidates"], context)
+    return build_ranker_features(world["candidates"], context)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -145,7 +145,8 @@ def test_features_are_identical_whichever_way_the_inputs_arrive(world, context, 
     """Training and inference, broadcast or per-batch users, any batching: the same numbers."""
     candidates = world["candidates"]
     # Serialized for executors.
-    pd.testing.assert_frame_equal(build_features(candidates, FeatureContext.from_bytes(context.to_bytes())), features)
+    reopened = FeatureContext.from_bytes(context.to_bytes())
+    pd.testing.assert_frame_equal(build_ranker_features(candidates, reopened), features)
     # Track-only context, each batch bringing its users' profiles and two-tower vectors as columns.
     user_ids, vectors = world["two_tower_users"]
     users = world["profiles"].copy()
@@ -156,10 +157,10 @@ def test_features_are_identical_whichever_way_the_inputs_arrive(world, context, 
     for part in np.array_split(np.arange(len(shuffled)), 4):  # splits users' candidates across batches
         batch = shuffled.iloc[part]
         batch_users = users[users["user_id"].isin(batch["user_id"])].sample(frac=1.0, random_state=4)
-        batches.append(build_features(batch, track_only, users=batch_users))
+        batches.append(build_ranker_features(batch, track_only, users=batch_users))
     pd.testing.assert_frame_equal(pd.concat(batches).loc[candidates.index], features)
     # And the same call twice.
-    pd.testing.assert_frame_equal(build_features(candidates, context), features)
+    pd.testing.assert_frame_equal(build_ranker_features(candidates, context), features)
 
 
 def test_features_mean_what_their_names_say(world, features):
@@ -265,7 +266,7 @@ def test_unknown_users_and_tracks_get_missing_features_not_errors(world, context
     batch = world["candidates"].head(3).copy()
     batch.loc[batch.index[0], "user_id"] = 999_999  # no profile
     batch.loc[batch.index[1], "track_id"] = 999_999  # not in the catalog
-    features = build_features(batch, context)
+    features = build_ranker_features(batch, context)
     assert features.iloc[0][["history_level", "genre_share", "item2vec_affinity", "user_genre_save_rate",
                               "audio_contrast"]].isna().all()
     assert features.iloc[1][["popularity_percentile", "genre_share", "audio_affinity", "user_genre_skip_rate",
@@ -384,7 +385,7 @@ def test_training_examples_are_the_heard_candidates_with_the_slot_they_were_hear
     assert exposure.index[exposure["exposed"]].tolist() == [a, b, c]
     examples, labels, weights = training_examples(candidates, nxt)
     assert examples.index.tolist() == [a, b, c] and labels.tolist() == [1, 0, 1] and (weights == 1.0).all()
-    features = build_features(examples, context)
+    features = build_ranker_features(examples, context)
     assert features["list_position"].tolist() == [7.0, 12.0, 1.0]  # c was also found on the radio
     # The other design: every candidate, unheard ones as negatives, list positives re-weighted.
     examples, labels, weights = training_examples(candidates, nxt, rows="all", min_propensity=0.5)

@@ -12,10 +12,10 @@ from dw_assets.lake.driver_guard import ROW_LIMIT_ENV
 from dw_assets.ranking.batch import (
     LabelledWeek,
     exploration_posteriors,
+    ranker_training_sample,
+    ranker_training_samples,
     spark_fallback_pool,
     spark_position_propensity,
-    training_sample,
-    training_samples,
 )
 from dw_assets.ranking.features import position_propensity, training_examples
 from dw_assets.ranking.playlists import fallback_pool
@@ -110,8 +110,8 @@ def test_the_whole_week_inside_the_caps_gives_the_examples_of_the_whole_week(spa
     spark.createDataFrame(stored).coalesce(1).write.parquet(path)
     read_back = pd.read_parquet(path)
     config = RankerConfig(training_rows=rows)
-    sample = training_sample(spark.read.parquet(path), spark.createDataFrame(plays),
-                             spark.createDataFrame(_profiles()), config)
+    sample = ranker_training_sample(spark.read.parquet(path), spark.createDataFrame(plays),
+                                    spark.createDataFrame(_profiles()), config)
     assert sample.users == sample.sampled_users == 80
     # The default labels (outcome grades) read the plays' skip columns: the sample carries them.
     expected = training_examples(read_back.drop(columns="model_version"), plays, rows=rows, scheme=config.label_scheme)
@@ -127,19 +127,20 @@ def test_sampled_users_are_drawn_by_seeded_hash_and_capped(spark, monkeypatch):
     candidates, plays = spark.createDataFrame(_candidates()), spark.createDataFrame(_plays(seed=5))
     profiles = spark.createDataFrame(_profiles())
     config = RankerConfig(training_rows="all", sample_users=25)
-    first = training_sample(candidates, plays, profiles, config)
-    again = training_sample(candidates.repartition(7), plays, profiles, config)
+    first = ranker_training_sample(candidates, plays, profiles, config)
+    again = ranker_training_sample(candidates.repartition(7), plays, profiles, config)
     assert first.sampled_users == 25 and first.users == 80
     pd.testing.assert_frame_equal(first.candidates, again.candidates)
-    other = training_sample(candidates, plays, profiles, RankerConfig(training_rows="all", sample_users=25, seed=8))
+    other = ranker_training_sample(candidates, plays, profiles,
+                                   RankerConfig(training_rows="all", sample_users=25, seed=8))
     assert set(other.candidates["user_id"]) != set(first.candidates["user_id"])
     # Rows capped: whole users only, never more rows than the cap.
-    capped = training_sample(candidates, plays, profiles, RankerConfig(training_rows="all", sample_rows=300))
+    capped = ranker_training_sample(candidates, plays, profiles, RankerConfig(training_rows="all", sample_rows=300))
     assert 0 < len(capped.candidates) + len(capped.plays) <= 300
     assert set(capped.plays["user_id"]) <= set(capped.candidates["user_id"])
     # The driver guard lowers both caps.
     monkeypatch.setenv(ROW_LIMIT_ENV, "100")
-    guarded = training_sample(candidates, plays, profiles, RankerConfig(training_rows="all"))
+    guarded = ranker_training_sample(candidates, plays, profiles, RankerConfig(training_rows="all"))
     assert 0 < len(guarded.candidates) <= 100 and len(guarded.plays) <= 100
 
 
@@ -147,17 +148,17 @@ def test_pooled_weeks_share_the_caps_and_draw_the_same_users(spark):
     weeks = [LabelledWeek(spark.createDataFrame(_candidates(seed=seed)), spark.createDataFrame(_plays(seed=seed + 5)),
                           spark.createDataFrame(_profiles())) for seed in (0, 1)]
     config = RankerConfig(training_rows="all")
-    whole = training_samples(weeks, config)
+    whole = ranker_training_samples(weeks, config)
     assert [s.users for s in whole] == [80, 80] and [s.sampled_users for s in whole] == [80, 80]
     # (user, week) pairs capped over the pool: 30 pairs = the 15 lowest-hash users, in both weeks.
-    capped = training_samples(weeks, replace(config, sample_users=30))
+    capped = ranker_training_samples(weeks, replace(config, sample_users=30))
     users = [set(s.candidates["user_id"]) for s in capped]
     assert sum(len(u) for u in users) == sum(len(s.profiles) for s in capped) == 30 and users[0] == users[1]
-    alone = training_sample(weeks[0].candidates, weeks[0].interactions, weeks[0].user_profiles,
-                            replace(config, sample_users=15))
+    alone = ranker_training_sample(weeks[0].candidates, weeks[0].interactions, weeks[0].user_profiles,
+                                   replace(config, sample_users=15))
     assert users[0] == set(alone.candidates["user_id"])
     pd.testing.assert_frame_equal(capped[0].plays, alone.plays)
     # Rows capped over the pool: whole users, every week of them, never more rows than the cap.
-    rows = training_samples(weeks, replace(config, sample_rows=600))
+    rows = ranker_training_samples(weeks, replace(config, sample_rows=600))
     assert 0 < sum(len(s.candidates) + len(s.plays) for s in rows) <= 600
     assert set(rows[0].candidates["user_id"]) == set(rows[1].candidates["user_id"])

@@ -18,7 +18,7 @@ import pytest
 from dw_assets.lake import host_cache
 from dw_assets.lake.host_cache import is_mapped
 from dw_assets.ranking.batch import _scoring, shipped_playlist_models, stand_in_ranker
-from dw_assets.ranking.features import _CONTEXT_ARRAYS, ZIP_EPOCH, FeatureContext, build_features
+from dw_assets.ranking.features import _CONTEXT_ARRAYS, ZIP_EPOCH, FeatureContext, build_ranker_features
 from dw_assets.ranking.playlists import (
     CANDIDATE_ARRAYS,
     TRACK_TABLE,
@@ -72,7 +72,7 @@ def ranking(world) -> dict:  # noqa: F811
     context = FeatureContext.build(None, world["stats"], world["item2vec"], world["audio"], None,
                                    world["two_tower_tracks"])
     users = _batch(world)
-    features = build_features(world["candidates"], context, users=world["profiles"])
+    features = build_ranker_features(world["candidates"], context, users=world["profiles"])
     rng = np.random.default_rng(3)
     signal = np.nan_to_num(features["item2vec_affinity"].to_numpy(), nan=0.0)
     labels = (rng.random(len(features)) < 1.0 / (1.0 + np.exp(-(3.0 * signal - 1.0)))).astype(np.int32)
@@ -158,8 +158,8 @@ def test_a_context_with_users_opens_to_the_same_features(world, tmp_path):  # no
     FeatureContext.unpack(context.to_bytes(), tmp_path)
     opened = FeatureContext.open(tmp_path)
     assert is_mapped(opened.users.vectors) and not opened.users.recent_tracks.flags.writeable
-    expected = build_features(world["candidates"], FeatureContext.from_bytes(context.to_bytes()))
-    pd.testing.assert_frame_equal(build_features(world["candidates"], opened), expected, check_exact=True)
+    expected = build_ranker_features(world["candidates"], FeatureContext.from_bytes(context.to_bytes()))
+    pd.testing.assert_frame_equal(build_ranker_features(world["candidates"], opened), expected, check_exact=True)
 
 
 def test_spark_playlists_through_the_host_cache_equal_the_shipped_bytes_models_on_the_tiny_world(

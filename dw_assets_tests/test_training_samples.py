@@ -24,8 +24,13 @@ from dw_assets.embeddings.item2vec import (
     sampled_sentences,
     session_sentences,
 )
-from dw_assets.embeddings.two_tower import TrainedTwoTower, build_examples, build_features, train_two_tower
-from dw_assets.embeddings.two_tower_data import PROFILE_COLUMNS, TRAINING_COLUMNS, training_sample
+from dw_assets.embeddings.two_tower import (
+    TrainedTwoTower,
+    build_examples,
+    build_tower_features,
+    train_two_tower,
+)
+from dw_assets.embeddings.two_tower_data import PROFILE_COLUMNS, TRAINING_COLUMNS, tower_training_sample
 from dw_assets.embeddings.user_tower import sorted_vectors, user_embeddings_frame
 from dw_assets.lake.driver_guard import ROW_LIMIT_ENV
 from dw_assets_tests.test_two_tower import CONFIG, gold_tables, silver_interactions
@@ -87,13 +92,13 @@ def test_item2vec_sample_is_capped_seeded_and_independent_of_partitioning(spark,
 
 
 def test_two_tower_sample_gives_the_whole_data_examples_when_the_caps_cover_it(world):
-    sample = training_sample(world["spark_interactions"], world["spark_profiles"], SMALL)
+    sample = tower_training_sample(world["spark_interactions"], world["spark_profiles"], SMALL)
     assert sample.stats == {"sampled_users": world["interactions"]["user_id"].nunique(),
                             "sampled_interactions": len(world["interactions"])}
-    whole = build_features(world["interactions"], world["profiles"], world["track_stats"], *world["audio"],
-                           world["week"], SMALL)
-    sampled = build_features(sample.interactions, sample.profiles, world["track_stats"], *world["audio"],
-                             world["week"], SMALL, countries=sample.countries)
+    whole = build_tower_features(world["interactions"], world["profiles"], world["track_stats"], *world["audio"],
+                                 world["week"], SMALL)
+    sampled = build_tower_features(sample.interactions, sample.profiles, world["track_stats"], *world["audio"],
+                                   world["week"], SMALL, countries=sample.countries)
     assert sampled.countries == whole.countries
     ordered = world["interactions"].sort_values(["user_id", "ts", "track_id", "session_id"], kind="mergesort")
     a, b = build_examples(ordered, whole, SMALL), build_examples(sample.interactions, sampled, SMALL)
@@ -107,21 +112,21 @@ def test_two_tower_sample_gives_the_whole_data_examples_when_the_caps_cover_it(w
 
 def test_two_tower_sample_keeps_whole_users_within_both_caps(world):
     capped = dataclasses.replace(SMALL, max_training_users=50, max_training_interactions=2_000)
-    sample = training_sample(world["spark_interactions"], world["spark_profiles"].repartition(4), capped)
+    sample = tower_training_sample(world["spark_interactions"], world["spark_profiles"].repartition(4), capped)
     users = sample.interactions["user_id"].unique()
     assert 0 < len(users) <= 50 and len(sample.interactions) <= 2_000
     per_user = world["interactions"].groupby("user_id").size()
     assert sample.interactions.groupby("user_id").size().equals(per_user.loc[np.sort(users)])  # whole histories
     assert set(sample.profiles["user_id"]) <= set(users)
-    again = training_sample(world["spark_interactions"].repartition(6), world["spark_profiles"], capped)
+    again = tower_training_sample(world["spark_interactions"].repartition(6), world["spark_profiles"], capped)
     pd.testing.assert_frame_equal(again.interactions, sample.interactions)
 
 
 @pytest.fixture(scope="module")
 def model(world) -> TrainedTwoTower:
-    sample = training_sample(world["spark_interactions"], world["spark_profiles"], SMALL)
-    features = build_features(sample.interactions, sample.profiles, world["track_stats"], *world["audio"],
-                              world["week"], SMALL, countries=sample.countries)
+    sample = tower_training_sample(world["spark_interactions"], world["spark_profiles"], SMALL)
+    features = build_tower_features(sample.interactions, sample.profiles, world["track_stats"], *world["audio"],
+                                    world["week"], SMALL, countries=sample.countries)
     return train_two_tower(features, build_examples(sample.interactions, features, SMALL), SMALL)
 
 

@@ -25,7 +25,7 @@ from dw_assets.embeddings.two_tower import (
     TwoTowerConfig,
     batch_loss,
     build_examples,
-    build_features,
+    build_tower_features,
     train_two_tower,
     warm_start_cold_tracks,
 )
@@ -125,7 +125,7 @@ def world(tiny_world):
     has_audio = np.ones(len(truth.track_ids), dtype=bool)
     has_audio[rng.choice(len(truth.track_ids), 10, replace=False)] = False
     audio_ids, audio_vectors = truth.track_ids[has_audio], audio[has_audio].astype(np.float32)
-    features = build_features(interactions, profiles, track_stats, audio_ids, audio_vectors, week, CONFIG)
+    features = build_tower_features(interactions, profiles, track_stats, audio_ids, audio_vectors, week, CONFIG)
     examples = build_examples(interactions, features, CONFIG)
     return dict(interactions=interactions, track_stats=track_stats, profiles=profiles, truth=truth,
                 features=features, examples=examples, audio_ids=audio_ids)

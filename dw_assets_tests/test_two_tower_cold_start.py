@@ -24,7 +24,7 @@ from dw_assets.embeddings.two_tower import (
     audio_anchor_neighbours,
     batch_loss,
     build_examples,
-    build_features,
+    build_tower_features,
     cold_popularity,
     dropout_masks,
     retrieve,
@@ -81,7 +81,7 @@ def synthetic_world(seed: int = 0) -> dict:
     profiles["recent_tracks"] = [recent.get(u, [])[: CONFIG.history_len] for u in profiles["user_id"]]
     profiles["recent_age_days"] = [[1.0] * len(t) for t in profiles["recent_tracks"]]
     profiles["genre_share"] = [[{"genre": f"g{u % N_GENRES}", "share": 1.0}] for u in profiles["user_id"]]
-    features = build_features(interactions, profiles, stats, track_ids, audio, WEEK, CONFIG)
+    features = build_tower_features(interactions, profiles, stats, track_ids, audio, WEEK, CONFIG)
     return dict(interactions=interactions, stats=stats, profiles=profiles, features=features,
                 examples=build_examples(interactions, features, CONFIG))
 

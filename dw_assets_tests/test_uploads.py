@@ -17,6 +17,7 @@ from dagster import (
     materialize,
 )
 
+from dw_assets.automation.runner import QUIET
 from dw_assets.automation.sensors import AUDIO_UPLOADS, NEW_TRACK_VECTORS, audio_upload_sensor
 from dw_assets.automation.uploads import UploadCursor, list_upload_folder, scan_uploads
 from dw_assets.embeddings.user_tower import read_user_embeddings
@@ -169,7 +170,7 @@ UPLOAD_DAY = "2026-01-28"  # after every folder the simulator landed
 @pytest.fixture(scope="module")
 def weekly_models(tmp_path_factory, spark):
     """A two-week tiny world with week 2's weekly models (CNN, two-tower, vectors, FAISS) materialized."""
-    from dw_assets.automation.runner import PER_WEEK_ASSETS, QUIET
+    from dw_assets.automation.runner import PER_WEEK_ASSETS
     from dw_assets.definitions import ALL_ASSETS, build_resources
     from dw_assets.simulate import config_for, simulate
 
@@ -251,10 +252,10 @@ def _drop_clips(root: Path, config, sources: np.ndarray, new_ids: np.ndarray) ->
 
 
 def test_dropped_clips_become_searchable_through_sensor_run_and_delta(weekly_models):
-    from dw_assets.definitions import build_resources
-    from dw_assets.embeddings.incremental_assets import new_track_vectors
+    from dw_assets.definitions import ALL_ASSETS, build_resources
     from dw_assets.embeddings.item2vec import Item2VecConfig
-    from dw_assets.embeddings.new_tracks import delta_index, load_new_track_vectors, new_audio_vectors
+    from dw_assets.embeddings.new_tracks import delta_index, new_audio_vectors, new_tracks_extending
+    from dw_assets.lake.storage import Artifact
     from dw_assets.retrieval.ann import AnnIndex
     from dw_assets.simulate import load_truth
 
@@ -278,15 +279,20 @@ def test_dropped_clips_become_searchable_through_sensor_run_and_delta(weekly_mod
     assert not idle.run_requests and UPLOAD_DAY in idle.skip_reason.skip_message
 
     instance.add_dynamic_partitions(AUDIO_UPLOADS, tick.dynamic_partitions_requests[0].partition_keys)
-    run = materialize([new_track_vectors], partition_key=UPLOAD_DAY, resources=build_resources(str(root)),
-                      instance=instance, tags=tick.run_requests[0].tags, raise_on_error=False)
+    # The weekly models are its inputs (every week, through the IO manager): the newest complete week's are read.
+    run = materialize(ALL_ASSETS, selection=[NEW_TRACK_VECTORS], partition_key=UPLOAD_DAY,
+                      resources=build_resources(str(root)), instance=instance, tags=tick.run_requests[0].tags,
+                      raise_on_error=False)
     assert run.success  # the corrupt clip is reported, not fatal
     check = run.get_asset_check_evaluations()[0]
     assert not check.passed and check.severity == AssetCheckSeverity.WARN
     assert check.metadata["skipped_by_problem"].value == {"corrupt": 1}
 
     index_artifact = lake.read_artifact(lake.uri("models", "faiss_index", MODELS_WEEK))
-    parts = load_new_track_vectors(lake, instance.get_dynamic_partitions(AUDIO_UPLOADS), index_artifact.model_version)
+    assert run.asset_materializations_for_node("new_track_vectors")[0].metadata["models_week"].value == MODELS_WEEK
+    uploads = {day: lake.read_artifact(lake.uri("models", "new_track_vectors", day))
+               for day in instance.get_dynamic_partitions(AUDIO_UPLOADS)}
+    parts = new_tracks_extending(uploads, index_artifact.model_version)
     assert len(parts) == 1 and [p["track_id"] for p in parts[0].meta["problems"]] == [corrupt]
     main = AnnIndex.from_bytes(index_artifact.files["index.bin"])
     delta = delta_index(parts, main.dim)
@@ -294,10 +300,21 @@ def test_dropped_clips_become_searchable_through_sensor_run_and_delta(weekly_mod
     audio_ids, audio_vectors = new_audio_vectors(parts, dim=Item2VecConfig.dim)
     assert audio_ids.tolist() == new_ids.tolist() and np.allclose(np.linalg.norm(audio_vectors, axis=1), 1, atol=1e-5)
     # a re-run of the partition (e.g. the sensor's next request for that day) replaces it with the same vectors
-    assert materialize([new_track_vectors], partition_key=UPLOAD_DAY, resources=build_resources(str(root)),
-                       instance=instance).success
-    rerun = load_new_track_vectors(lake, [UPLOAD_DAY], index_artifact.model_version)[0]
+    assert materialize(ALL_ASSETS, selection=[NEW_TRACK_VECTORS], partition_key=UPLOAD_DAY,
+                       resources=build_resources(str(root)), instance=instance).success
+    rerun = lake.read_artifact(lake.uri("models", "new_track_vectors", UPLOAD_DAY))
     assert rerun.files["vectors.npy"] == parts[0].files["vectors.npy"]
+    # An upload day built on other models (another two-tower space) is never merged.
+    assert new_tracks_extending({**uploads, "2026-01-29": Artifact({}, {"model_version": "other"})},
+                                index_artifact.model_version) == parts
+
+    # The week's candidates read every upload day as an input and search those extending its models.
+    weekly = materialize(ALL_ASSETS, selection=["candidates"], partition_key=MODELS_WEEK,
+                         resources=build_resources(str(root)), instance=instance, run_config=QUIET)
+    assert weekly.asset_materializations_for_node("candidates")[0].metadata[
+        "uploaded_tracks_searched"].value == len(new_ids)
+    found = lake.read_frame(lake.uri("gold", "candidates", MODELS_WEEK), columns=["track_id"])
+    assert found["track_id"].isin(new_ids).any()
 
     # Users whose hidden taste matches a new track's sound get it in their ANN top-k; random users rarely do.
     truth = load_truth(root)

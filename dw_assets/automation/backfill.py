@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dw_assets.automation.planner import PlanError, landed_weeks, plan_weeks, week_range
+from dw_assets.automation.planner import Plan, PlanError, landed_weeks, plan_weeks, weeks_from_to
 
 __all__ = ["WeekOutcome", "backfill_weeks", "describe", "landed_weeks"]
 
@@ -60,16 +60,10 @@ def backfill_weeks(
     Raises ``RunError`` before running anything when the range is not made of landed weeks,
     and at the first week that fails, naming the weeks done.
     """
-    from dw_assets.automation.runner import RunError, execute_plan, instance_materialized, run_instance
+    from dw_assets.automation.runner import RunError, execute_plan
 
-    landed = sorted(landed if landed is not None else landed_weeks(lake_root))
-    try:
-        weeks = week_range(first_week, last_week)
-        # The range's own weeks are rebuilt; earlier weeks only where the instance lacks them.
-        have = {name: done - set(weeks) for name, done in instance_materialized(run_instance(), str(lake_root)).items()}
-        plan = plan_weeks(weeks, landed, have, evaluate=evaluate)
-    except PlanError as exc:
-        raise RunError(f"{exc} in {lake_root}/landing" if "landed" in str(exc) else str(exc)) from exc
+    plan = plan_backfill(lake_root, first_week, last_week, landed, evaluate)
+    weeks = plan.weeks()
     outcomes: list[WeekOutcome] = []
 
     def week_done(step, lines: list[str], seconds: float) -> None:
@@ -88,6 +82,25 @@ def backfill_weeks(
                        f"resume with --from {failed} once it is fixed: {exc}") from exc
     progress(f"backfilled {len(outcomes)} week(s) in {time.perf_counter() - started:.1f}s")
     return outcomes
+
+
+def plan_backfill(lake_root: Path | str, first_week: str, last_week: str, landed: list[str] | None = None,
+                  evaluate: bool = True) -> Plan:
+    """What ``backfill_weeks`` runs: ``planner.plan_weeks`` for the range, with the landed weeks (default: the
+    landing zone's) and what the instance in ``DAGSTER_HOME`` has materialized (checked against the lake).
+    The range's own weeks are rebuilt; earlier weeks only where the instance lacks them. Runs nothing."""
+    from dw_assets.automation.runner import RunError, run_instance
+    from dw_assets.automation.schedules import materialized
+    from dw_assets.lake.resources import LakeResource
+
+    landed = sorted(landed if landed is not None else landed_weeks(lake_root))
+    try:
+        weeks = weeks_from_to(first_week, last_week)
+        have = {name: done - set(weeks)
+                for name, done in materialized(run_instance(), LakeResource(root=str(lake_root)).open()).items()}
+        return plan_weeks(weeks, landed, have, evaluate=evaluate)
+    except PlanError as exc:
+        raise RunError(f"{exc} in {lake_root}/landing" if "landed" in str(exc) else str(exc)) from exc
 
 
 def describe(outcome: WeekOutcome) -> str:

@@ -25,8 +25,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from dw_assets.calendar import shift_week, week_start
-from dw_assets.partitions import HISTORY_WEEKS
+from dw_assets.calendar import HISTORY_WEEKS, shift_week, week_range, week_start
 
 DISCOVER_JOB = "weekly_discover_job"
 EVALUATION_JOB = "weekly_evaluation_job"
@@ -99,18 +98,16 @@ class _Built:
             self.have.setdefault(asset, set()).add(week)
 
 
-def week_range(first_week: str, last_week: str) -> list[str]:
-    """The week keys ``first_week``..``last_week``, inclusive; PlanError for a bad key or order."""
+def weeks_from_to(first_week: str, last_week: str) -> list[str]:
+    """The week keys ``first_week``..``last_week``, both included (a command's --from/--to);
+    PlanError for a bad key or order."""
     try:
-        week_start(first_week), week_start(last_week)
+        span = week_start(last_week) - week_start(first_week)
     except ValueError as exc:
         raise PlanError(str(exc)) from exc
     if last_week < first_week:
         raise PlanError(f"--to {last_week} is before --from {first_week}")
-    weeks = [first_week]
-    while weeks[-1] < last_week:
-        weeks.append(shift_week(weeks[-1], 1))
-    return weeks
+    return week_range(first_week, span.days // 7 + 1)
 
 
 def window(week: str) -> list[str]:

@@ -51,12 +51,12 @@ from dw_assets.automation.schedules import (
     WEEKLY_BATCH_TAG,
     evaluation_job,
     evaluation_selection,
+    materialized,
     part_selection,
     weekly_discover_job,
 )
 from dw_assets.calendar import shift_week
 from dw_assets.definitions import ALL_ASSETS, build_resources
-from dw_assets.partitions import HISTORY_WEEKS
 
 # Trained in a second process while week W-1's models train: single-threaded (gensim with one worker
 # is what makes it deterministic), so on its own it leaves the other core idle (~80 s a week on `small`).
@@ -82,14 +82,16 @@ def run_instance() -> DagsterInstance:
     if not instance_yaml.exists():
         # One weekly run at a time, oldest first (a UI backfill's week W needs W-1's candidates; one JVM).
         instance_yaml.write_text("telemetry:\n  enabled: false\nrun_queue:\n  tag_concurrency_limits:\n"
-                            "    - key: dw/weekly_batch\n      limit: 1\n")
-    return DagsterInstance.get()
-
-
-def history_weeks(week: str, known_weeks: list[str] | None) -> list[str]:
-    """Earlier weeks inside ``week``'s 12-week window that the landing zone has."""
-    first = shift_week(week, -(HISTORY_WEEKS - 1))
-    return [k for k in (known_weeks or []) if first <= k < week]
+                                 f"    - key: {WEEKLY_BATCH_TAG}\n      limit: 1\n")
+    instance = DagsterInstance.get()
+    limits = instance.get_concurrency_config().run_queue_config.tag_concurrency_limits or []
+    if not any(rule.get("key") == WEEKLY_BATCH_TAG and "value" not in rule and rule.get("limit") == 1
+               for rule in limits):
+        # Without it a UI backfill or the schedule runs weeks side by side: week W would not find W-1's candidates.
+        raise RunError(f"{instance_yaml} has no run queue limit of one run for the tag {WEEKLY_BATCH_TAG}: add "
+                       f"`tag_concurrency_limits: [{{key: {WEEKLY_BATCH_TAG}, limit: 1}}]` under `run_queue` (or "
+                       "the QueuedRunCoordinator's config), as docs/operations.md shows")
+    return instance
 
 
 @functools.lru_cache(maxsize=16)
@@ -184,11 +186,6 @@ def run_selection(
     return result
 
 
-def _run(selection, week, lake_root, instance, ops=None, store_url=None) -> JobExecutionResult:
-    """``run_selection`` under its former name (tests call it)."""
-    return run_selection(selection, week, lake_root, instance, ops, store_url)
-
-
 def _run_apart(names: tuple[str, ...], week: str, lake_root: str, ops: RunConfig | dict | None,
                store_url: str | None, plan_id: str) -> tuple[str, list[str]]:
     """``run_selection`` in a process of its own (the alongside option): its run id and summary lines."""
@@ -218,16 +215,6 @@ def summarize(result: JobExecutionResult, week: str) -> list[str]:
         rows_text = f"{rows.value:>12,}" if rows is not None else " " * 12
         lines.append(f"  {name:<22} {week}  rows {rows_text}  check {checks.get(name, '-')}")
     return lines
-
-
-def instance_materialized(instance: DagsterInstance, lake_root: str) -> dict[str, set[str]]:
-    """What the planner needs to know, from the instance and checked against the lake (a week the
-    instance recorded but whose files are gone, e.g. a lake rebuilt under the same DAGSTER_HOME, is
-    missing)."""
-    lake = build_resources(lake_root)["lake"].open()
-    layers = {"interactions": "silver", "candidates": "gold", "ranked_playlists": "gold"}
-    return {name: {w for w in instance.get_materialized_partitions(AssetKey(name))
-                   if lake.exists(lake.uri(layer, name, w))} for name, layer in layers.items()}
 
 
 def execute_plan(
@@ -326,7 +313,7 @@ def materialize_week(
                        "pass --store or set DW_STORE_URL")
     landed = known_weeks if known_weeks is not None else landed_weeks(lake_root)
     try:
-        plan = plan_weeks([week], landed, instance_materialized(instance, lake_root), rebuild_history=rebuild_history)
+        plan = plan_weeks([week], landed, materialized(instance, lake), rebuild_history=rebuild_history)
     except PlanError as exc:
         raise RunError(str(exc)) from exc
     report = execute_plan(plan, lake_root, ops, store_url, progress)
@@ -356,5 +343,3 @@ def evaluate_week(lake_root: Path | str, week: str, known_weeks: list[str] | Non
     result = run_selection(selection, week, lake_root, run_instance(), ops, job_name=EVALUATION_JOB)
     progress(f"week {week}: evaluation materialized in {time.perf_counter() - started:.1f}s (run {result.run_id[:8]})")
 
-
-_summarize = summarize  # former name

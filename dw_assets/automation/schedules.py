@@ -67,13 +67,17 @@ from dw_assets.automation.planner import (
     PER_WEEK_ASSETS,
     RANKER_TRAINING,
     RANKER_TRAINING_ASSETS,
+    PlanError,
     Step,
     evaluations_due,
+    landed_weeks,
     plan_weeks,
     stopped_by,
 )
 from dw_assets.calendar import shift_week
+from dw_assets.evaluation.truth import has_simulator_truth
 from dw_assets.lake.resources import LakeResource
+from dw_assets.lake.storage import Lake
 from dw_assets.partitions import weekly_partitions
 
 SCHEDULE_TIMEZONE = "UTC"
@@ -93,7 +97,9 @@ def part_selection(step: Step) -> AssetSelection | None:
     if step.part == INGEST:
         return AssetSelection.assets(*PER_WEEK_ASSETS)
     if step.part == RANKER_TRAINING:
-        return AssetSelection.assets(*RANKER_TRAINING_ASSETS).upstream() - AssetSelection.assets(*PER_WEEK_ASSETS)
+        # Within the job: candidates' upstream also holds the upload days' new_track_vectors (not weekly).
+        return ((AssetSelection.assets(*RANKER_TRAINING_ASSETS).upstream() & DISCOVER_SELECTION)
+                - AssetSelection.assets(*PER_WEEK_ASSETS))
     return None
 
 
@@ -133,11 +139,6 @@ def week_in_order_executor(init_context):
     """``in_process_executor`` (one process, one Spark session per run) with the stop rule of
     ``planner.stopped_by``: a failed week of a backfill stops the weeks after it."""
     return _WeekInOrderExecutor(in_process_executor.executor_creation_fn(init_context))
-
-
-def has_simulator_truth(lake_root: Path | str) -> bool:
-    """Only a simulated world (``dw simulate``) has hidden listeners to play the A/B arms."""
-    return not str(lake_root).startswith("s3://") and (Path(lake_root) / "simulator").is_dir()
 
 
 def evaluation_selection(lake_root: Path | str) -> AssetSelection:
@@ -191,15 +192,18 @@ _last_closed_week = build_schedule_from_partitioned_job(
     description="Sundays 00:00 UTC: builds and publishes the week that closed most recently (it ended the "
                 "Monday before), after the runs of earlier weeks it lacks (planner.plan_weeks).",
 )
-def weekly_discover_schedule(context: ScheduleEvaluationContext):
+def weekly_discover_schedule(context: ScheduleEvaluationContext, lake: LakeResource):
     request = _last_closed_week(context)
     if not isinstance(request, RunRequest):
         return request
     week = request.partition_key
-    # Every closed week has landed (six days of slack after a week closes absorb late logs).
-    landed = [k for k in weekly_partitions.get_partition_keys() if k <= week]
-    plan = plan_weeks([week], landed, materialized(context.instance, ("interactions", "candidates")),
-                      evaluate=False)
+    # The planner's inputs as `dw run` reads them: the landing zone's weeks, the instance checked against the lake.
+    landed = [k for k in landed_weeks(lake.root) if k <= week]
+    try:
+        plan = plan_weeks([week], landed, materialized(context.instance, lake.open(), ("interactions", "candidates")),
+                          evaluate=False)
+    except PlanError as exc:  # e.g. the week's logs have not landed: the next tick (or a backfill) builds it
+        return SkipReason(f"week {week} not built: {exc}")
     requests = []
     for step in plan.steps:
         selection = part_selection(step)
@@ -213,15 +217,22 @@ def weekly_discover_schedule(context: ScheduleEvaluationContext):
     return requests
 
 
-def materialized(instance: DagsterInstance, assets) -> dict[str, set[str]]:
-    """Asset name -> the weeks the instance has materialized (the planner's view of the instance)."""
-    return {name: set(instance.get_materialized_partitions(AssetKey(name))) for name in assets}
+# The lake layer of each asset the planner asks about.
+PLANNED_LAYERS = {"interactions": "silver", "candidates": "gold", "ranked_playlists": "gold",
+                  "offline_evaluation": "gold"}
 
 
-def evaluable_weeks(instance: DagsterInstance, closed_weeks: list[str]) -> list[str]:
-    """``planner.evaluations_due`` on the instance's materializations."""
+def materialized(instance: DagsterInstance, lake: Lake, assets=tuple(PLANNED_LAYERS)) -> dict[str, set[str]]:
+    """Asset name -> the weeks the instance has materialized whose files the lake still holds (a lake rebuilt
+    under the same DAGSTER_HOME lost them): the planner's view, for the commands and the schedules alike."""
+    return {name: {w for w in instance.get_materialized_partitions(AssetKey(name))
+                   if lake.exists(lake.uri(PLANNED_LAYERS[name], name, w))} for name in assets}
+
+
+def evaluable_weeks(instance: DagsterInstance, lake: Lake, closed_weeks: list[str]) -> list[str]:
+    """``planner.evaluations_due`` on what the instance has materialized (checked against the lake)."""
     return evaluations_due(closed_weeks, materialized(
-        instance, ("ranked_playlists", "interactions", "offline_evaluation")))
+        instance, lake, ("ranked_playlists", "interactions", "offline_evaluation")))
 
 
 @schedule(
@@ -233,9 +244,9 @@ def evaluable_weeks(instance: DagsterInstance, closed_weeks: list[str]) -> list[
     description="Mondays 00:00 UTC, after the Sunday batch: evaluates each recent week whose playlists and "
                 "following week's listening are materialized and that has no evaluation yet.",
 )
-def weekly_evaluation_schedule(context: ScheduleEvaluationContext):
+def weekly_evaluation_schedule(context: ScheduleEvaluationContext, lake: LakeResource):
     closed = list(weekly_partitions.get_partition_keys(current_time=context.scheduled_execution_time))
-    weeks = evaluable_weeks(context.instance, closed)
+    weeks = evaluable_weeks(context.instance, lake.open(), closed)
     if not weeks:
         newest = closed[-2] if len(closed) > 1 else None
         return SkipReason(
@@ -243,7 +254,10 @@ def weekly_evaluation_schedule(context: ScheduleEvaluationContext):
                                        f"ranked_playlists and week {shift_week(newest, 1)}'s interactions "
                                        "materialized, and no offline_evaluation yet" if newest
                                        else "no week has a closed holdout week yet"))
-    return [RunRequest(partition_key=week, run_key=week, tags={"dw/holdout_week": shift_week(week, 1)})
+    # One run per week and tick: a week whose evaluation failed is still due, and the next tick retries it
+    # (a run key of the week alone would make Dagster skip it for good).
+    tick = context.scheduled_execution_time.strftime("%Y-%m-%d")
+    return [RunRequest(partition_key=week, run_key=f"{week}@{tick}", tags={"dw/holdout_week": shift_week(week, 1)})
             for week in weeks]
 
 

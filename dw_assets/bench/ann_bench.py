@@ -75,7 +75,7 @@ from collections.abc import Iterable, Sequence
 import click
 import numpy as np
 
-from dw_assets.retrieval.ann import KINDS, AnnConfig, AnnIndex, _recall, build_index, clustered_vectors
+from dw_assets.retrieval.ann import KINDS, AnnConfig, AnnIndex, build_index, clustered_vectors, search_recall
 
 DIM = 64  # two_tower_data.TwoTowerConfig.dim: the ANN index dimension in production
 RECALL_TARGET = 0.95
@@ -249,7 +249,7 @@ def bench_ann(
             for _ in range(runs):  # recall per run too: parallel search must not change results
                 run_speeds, found = _timed_searches(index, queries, k, 1)
                 speeds += run_speeds
-                recalls.append(_recall(found, truth))
+                recalls.append(search_recall(found, truth))
             rows.append(_row(common, index, kind, setting, rss_build, speeds, recalls, exact_qps))
         del index
     return rows

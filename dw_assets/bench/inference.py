@@ -56,6 +56,7 @@ from dw_assets.ranking.rerank import RerankConfig
 from dw_assets.retrieval.ann import AnnConfig, AnnIndex, build_index, measure, tune_search
 from dw_assets.retrieval.batch import shipped_models
 from dw_assets.retrieval.candidates import CandidateConfig, CandidateModels, generate_candidates
+from dw_assets.retrieval.index_check import RecallCheckConfig
 
 TARGET_USERS_PER_S_PER_CORE = 250.0
 TARGET_RECALL = 0.9
@@ -64,7 +65,7 @@ STEPS = ("candidates", "pack", "features", "predict", "rerank")
 # the way the asset tunes it. HNSW (M 32, efConstruction 80) reached only 0.78 / 0.89 / 0.92 recall@500 at
 # efSearch 500 / 1200 / 2000 on the padded 1M catalog, IVF-Flat 0.97 at nprobe 32 (3,490 q/s, 1 thread).
 DEFAULT_ANN = AnnConfig(kind="ivf_flat", hnsw_m=32, ef_construction=80, ef_search=500, threads=0, use_gpu="auto")
-TUNE_RECALL = 0.97  # FaissIndexConfig.tune_recall
+TUNE_RECALL = RecallCheckConfig.tune_recall
 TUNING_USERS = 500
 
 
@@ -217,7 +218,7 @@ def bench_inference(lake_root: str, week: str, tracks: int, users: int, runs: in
     tuning_users = sample.iloc[users:] if len(sample) > users else sample
     sample = sample.iloc[:users].sort_values("user_id").reset_index(drop=True)
     tuning = tune_search(index, vectors, ids, np.stack(tuning_users["user_vector"].to_list()).astype(np.float32),
-                         500, tune_recall) if tune_recall else {}
+                         RecallCheckConfig.recall_k, tune_recall) if tune_recall else {}
     setup_s = time.perf_counter() - started
 
     audio_ids, audio_vectors = models.audio

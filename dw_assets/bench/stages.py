@@ -446,7 +446,7 @@ def _two_tower(spec: dict) -> dict:
     import pandas as pd
     import torch
 
-    from dw_assets.embeddings.two_tower import build_examples, build_features, train_two_tower
+    from dw_assets.embeddings.two_tower import build_examples, build_tower_features, train_two_tower
     from dw_assets.embeddings.two_tower_data import TwoTowerConfig
 
     prepared = Path(spec["prepared"])
@@ -459,7 +459,7 @@ def _two_tower(spec: dict) -> dict:
     interactions = pd.read_parquet(prepared / "interactions", columns=columns)
     profiles, stats = pd.read_parquet(prepared / "user_profiles"), pd.read_parquet(prepared / "track_stats")
     audio = np.load(prepared / "audio.npz")
-    features = build_features(interactions, profiles, stats, audio["ids"], audio["vectors"], week, settings)
+    features = build_tower_features(interactions, profiles, stats, audio["ids"], audio["vectors"], week, settings)
     examples = build_examples(interactions, features, settings)
     trained = train_two_tower(features, examples, settings)
     seconds = time.perf_counter() - started

@@ -35,9 +35,9 @@ from dw_assets.embeddings.two_tower import (
     TrainedTwoTower,
     TwoTowerConfig,
     build_examples,
-    build_features,
+    build_tower_features,
+    tower_training_sample,
     train_two_tower,
-    training_sample,
     warm_start_cold_tracks,
 )
 from dw_assets.embeddings.user_tower import (
@@ -225,15 +225,15 @@ def two_tower_model(
     track_stats: pd.DataFrame,
     audio_vectors: DataFrame,
 ):
-    """Trains on a seeded sample of users drawn in Spark (``two_tower.training_sample``); the model file
+    """Trains on a seeded sample of users drawn in Spark (``two_tower.tower_training_sample``); the model file
     holds vocabularies, per-track inputs and weights, no user. Every track's audio vector is an item-tower
     input, so the driver loads the whole ``audio_vectors`` table: per track by design (12.8 GB at 100 M
     tracks, as the model's other per-track inputs)."""
     settings = config.settings()
     audio_ids, audio_matrix = audio_vectors_of(audio_vectors)
-    sample = training_sample(interactions, user_profiles, settings)
-    features = build_features(sample.interactions, sample.profiles, track_stats, audio_ids, audio_matrix,
-                              context.partition_key, settings, countries=sample.countries)
+    sample = tower_training_sample(interactions, user_profiles, settings)
+    features = build_tower_features(sample.interactions, sample.profiles, track_stats, audio_ids, audio_matrix,
+                                    context.partition_key, settings, countries=sample.countries)
     examples = build_examples(sample.interactions, features, settings)
     trained = train_two_tower(features, examples, settings)
     trained.report["sample"] = sample.stats

@@ -25,10 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from dw_assets.embeddings.audio_io import AUDIO_PROBLEMS, AudioBatch, diagnose_clip, load_clips, read_clip
+from dw_assets.embeddings.device import device
 from dw_assets.embeddings.threads import check_threads, torch_threads
 
 __all__ = [
-    "AUDIO_PROBLEMS", "AudioBatch", "AudioCNN", "AudioConfig", "AudioModel", "device", "diagnose_clip",
+    "AUDIO_PROBLEMS", "AudioBatch", "AudioCNN", "AudioConfig", "AudioModel", "diagnose_clip",
     "load_clips", "log_mel", "mel_filterbank", "read_clip", "train_audio_model",
 ]  # fmt: skip
 
@@ -90,11 +91,6 @@ class AudioConfig:
         if self.max_training_clips < 2:
             raise ValueError("max_training_clips must be at least 2")
         check_threads(self.threads)
-
-
-def device() -> torch.device:
-    """CUDA when available, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # ---------------------------------------------------------------- features

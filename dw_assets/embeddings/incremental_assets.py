@@ -2,9 +2,9 @@
 
 Partitioned by ``audio_uploads`` (one dynamic partition per upload-date folder, added by
 ``audio_upload_sensor``). It extends the newest weekly model set in the lake — the week whose
-``audio_embeddings``, ``two_tower_model`` and ``faiss_index`` all exist — read through the lake, not
-as Dagster inputs, because the partitions differ (an upload day has no weekly partition of its own,
-and the live index is the newest week's, whatever the upload date).
+``audio_embeddings``, ``two_tower_model`` and ``faiss_index`` all exist. They are inputs over every week
+(``AllPartitionMapping``), read week by week: an upload day has no weekly partition of its own, and the
+live index is the newest week's, whatever the upload date; only the newest complete week is read.
 
 Artifact (layer ``models``, ``models/new_track_vectors/week=<upload_date>/``): ``ids.npy`` int64[m],
 ``vectors.npy`` float32[m, dim] two-tower item vectors (the faiss_index space), ``audio_vectors.npy``
@@ -22,18 +22,19 @@ models read from the lake are the two-tower (per track) and the audio CNN.
 """
 
 
-import datetime as dt
 import io
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 from dagster import (
+    AllPartitionMapping,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetIn,
     AssetOut,
     BackfillPolicy,
     MetadataValue,
@@ -43,7 +44,6 @@ from dagster import (
 
 from dw_assets.automation.sensors import audio_uploads
 from dw_assets.automation.uploads import list_upload_folder
-from dw_assets.calendar import shift_week, week_key
 from dw_assets.config_fields import config_fields
 from dw_assets.embeddings import incremental
 from dw_assets.embeddings.audio import AudioModel
@@ -51,9 +51,8 @@ from dw_assets.embeddings.incremental import UploadDayConfig
 from dw_assets.embeddings.new_tracks import ASSET, AUDIO_VECTORS_FILE
 from dw_assets.embeddings.two_tower import TrainedTwoTower, TwoTowerConfig
 from dw_assets.lake.landing_fs import LandingFS
-from dw_assets.lake.resources import LAYER_KEY, LakeResource
-from dw_assets.lake.storage import Artifact, Lake, LakeError, array_bytes, vectors_artifact
-from dw_assets.partitions import FIRST_WEEK
+from dw_assets.lake.resources import LAYER_KEY, PER_PARTITION_KEY, LakeResource, PartitionInputs
+from dw_assets.lake.storage import Artifact, LakeError, array_bytes, vectors_artifact
 
 CHECK = "upload_clips_readable"
 # What a week must have in the lake to be extended: the CNN, the two-tower, and the live index.
@@ -66,18 +65,13 @@ class NewTrackVectorsConfig(config_fields(UploadDayConfig)):
     clip_seconds: float | None = None  # None: the weekly model's setting, else the day's median clip length
 
 
-def latest_model_week(lake: Lake, upload_date: str | None = None) -> str:
-    """The newest week whose ``WEEKLY_MODELS`` are all in the lake (checked newest first, stops at the first).
-
-    Weeks from today's (or ``upload_date``'s, if later) back to ``FIRST_WEEK``.
-    """
-    newest = max(dt.datetime.now(dt.UTC).date(), dt.date.fromisoformat(upload_date) if upload_date else dt.date.min)
-    week = week_key(newest)
-    while week >= FIRST_WEEK:
-        if all(lake.exists(lake.uri("models", name, week)) for name in WEEKLY_MODELS):
-            return week
-        week = shift_week(week, -1)
-    raise LakeError(f"no week in {lake.root} has {', '.join(WEEKLY_MODELS)}: run the weekly models first")
+def latest_model_week(*models: Mapping[str, Artifact]) -> str:
+    """The newest week that every one of ``models`` ({week: artifact}, the weekly ``WEEKLY_MODELS`` as the IO
+    manager's ``PartitionInputs``: only the weeks the lake holds, nothing read) has."""
+    weeks = set.intersection(*(set(m) for m in models))
+    if not weeks:
+        raise LakeError(f"no week has all of {', '.join(WEEKLY_MODELS)}: run the weekly models first")
+    return max(weeks)
 
 
 def landing_catalog(landing: LandingFS, track_ids: Iterable[int]) -> pd.DataFrame | None:
@@ -95,6 +89,10 @@ def landing_catalog(landing: LandingFS, track_ids: Iterable[int]) -> pd.DataFram
 
 
 @multi_asset(
+    # The live index is the newest week's, whatever the upload date: every week is an input, read only for
+    # the newest week that has all three (an upload day has no weekly partition of its own).
+    ins={name: AssetIn(partition_mapping=AllPartitionMapping(), metadata={PER_PARTITION_KEY: "artifact"})
+         for name in WEEKLY_MODELS},
     outs={ASSET: AssetOut(group_name="uploads", metadata={LAYER_KEY: "models"}, dagster_type=Artifact,
                           description="One upload day's new tracks: audio CNN vectors and two-tower vectors "
                                       "warm-started from audio neighbours, searched beside the weekly index.")},
@@ -103,13 +101,13 @@ def landing_catalog(landing: LandingFS, track_ids: Iterable[int]) -> pd.DataFram
     check_specs=[AssetCheckSpec(CHECK, asset=ASSET,
                                 description="Corrupt, truncated, empty or silent uploads are reported and skipped.")],
 )
-def new_track_vectors(context: AssetExecutionContext, config: NewTrackVectorsConfig, lake: LakeResource):
+def new_track_vectors(context: AssetExecutionContext, config: NewTrackVectorsConfig, lake: LakeResource,
+                      audio_embeddings: PartitionInputs, two_tower_model: PartitionInputs,
+                      faiss_index: PartitionInputs):
     started = time.perf_counter()
     upload_date = context.partition_key
-    opened = lake.open()
-    week = latest_model_week(opened, upload_date)
-    audio = opened.read_artifact(opened.uri("models", "audio_embeddings", week))
-    tower = opened.read_artifact(opened.uri("models", "two_tower_model", week))
+    week = latest_model_week(audio_embeddings, two_tower_model, faiss_index)
+    audio, tower = audio_embeddings[week], two_tower_model[week]
     trained = TrainedTwoTower.from_bytes(tower.files["two_tower.bin"])
     landing = lake.landing()
     uploads = list_upload_folder(landing, upload_date)

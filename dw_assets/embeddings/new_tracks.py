@@ -7,31 +7,24 @@ such partitions of two-tower and audio vectors, a few hundred MB at the cap.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Mapping
 
 import numpy as np
 
-from dw_assets.lake.storage import Artifact, Lake, array_from_bytes
+from dw_assets.lake.storage import Artifact, array_from_bytes
 from dw_assets.retrieval.delta import DeltaIndex
 
 ASSET = "new_track_vectors"
 AUDIO_VECTORS_FILE = "audio_vectors.npy"
 
 
-def load_new_track_vectors(lake: Lake, upload_dates: Iterable[str], model_version: str) -> list[Artifact]:
-    """The ``new_track_vectors`` partitions of ``upload_dates`` that extend ``model_version``, oldest first.
-
-    upload_dates: e.g. ``instance.get_dynamic_partitions("audio_uploads")``. Partitions computed with
-    another week's models are left out (their vectors live in another two-tower space).
+def new_tracks_extending(uploads: Mapping[str, Artifact], model_version: str) -> list[Artifact]:
+    """The upload days of ``uploads`` ({upload date: its ``new_track_vectors`` artifact}, e.g. the IO
+    manager's ``PartitionInputs``, each read when first asked for) that extend ``model_version``, oldest
+    first. Days computed with another week's models are left out (their vectors live in another two-tower
+    space).
     """
-    found = []
-    for date in sorted(set(upload_dates)):
-        uri = lake.uri("models", ASSET, date)
-        if lake.exists(uri):
-            artifact = lake.read_artifact(uri)
-            if artifact.model_version == model_version:
-                found.append(artifact)
-    return found
+    return [uploads[date] for date in sorted(uploads) if uploads[date].model_version == model_version]
 
 
 def delta_index(artifacts: list[Artifact], dim: int) -> DeltaIndex:

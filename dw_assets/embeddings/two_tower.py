@@ -58,6 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dw_assets.embeddings.device import device
 from dw_assets.embeddings.threads import torch_threads
 from dw_assets.embeddings.two_tower_data import (
     BIRTH_BUCKETS,
@@ -67,11 +68,11 @@ from dw_assets.embeddings.two_tower_data import (
     TwoTowerConfig,
     UserFeatures,
     build_examples,
-    build_features,
+    build_tower_features,
     most_recent,
     profile_user_features,
     sampling_probability,
-    training_sample,
+    tower_training_sample,
 )
 from dw_assets.evaluation.holdout import recall_of_lists
 
@@ -83,11 +84,10 @@ __all__ = [
     "TwoTowerModel",
     "batch_loss",
     "build_examples",
-    "build_features",
-    "device",
+    "build_tower_features",
     "retrieve",
     "train_two_tower",
-    "training_sample",
+    "tower_training_sample",
     "warm_start_cold_tracks",
     "audio_anchor_neighbours",
     "cold_popularity",
@@ -106,11 +106,6 @@ AGE_INPUT = POPULARITY_INPUTS.index("log_age")  # the one popularity input a nev
 # Models written before a config field existed were trained without it: load them as they were trained.
 LEGACY_CONFIG = {"id_dropout": 0.0, "artist_dropout": 0.0, "uniform_negatives": 0, "popularity_term": False,
                  "popularity_weight": 1.0}
-
-
-def device() -> torch.device:
-    """CUDA when available, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class TwoTowerModel(nn.Module):

@@ -274,7 +274,7 @@ def _vocab(values, unknown) -> tuple[list, dict]:
     return vocab, {v: i for i, v in enumerate(vocab)}
 
 
-def build_features(
+def build_tower_features(
     interactions: pd.DataFrame,
     user_profiles: pd.DataFrame,
     track_stats: pd.DataFrame,
@@ -623,7 +623,7 @@ PROFILE_COLUMNS = ["user_id", "country", "birth_year", "recent_tracks", "recent_
 
 
 @dataclass
-class TrainingSample:
+class TowerTrainingSample:
     """What the driver holds to train: the sampled users' interactions and profiles, the country vocabulary."""
 
     interactions: pd.DataFrame  # TRAINING_COLUMNS, sorted by (user_id, ts, track_id, session_id)
@@ -632,7 +632,7 @@ class TrainingSample:
     stats: dict = field(default_factory=dict)
 
 
-def training_sample(interactions, user_profiles, config: TwoTowerConfig) -> TrainingSample:
+def tower_training_sample(interactions, user_profiles, config: TwoTowerConfig) -> TowerTrainingSample:
     """The two-tower's training data from Spark frames (the 12-week window's interactions, week W's
     profiles): whole histories of at most ``max_training_users`` users and ``max_training_interactions``
     rows, drawn by seeded user hash in Spark (``samples.sample_keys``). At 500 M users only the caps and
@@ -650,4 +650,4 @@ def training_sample(interactions, user_profiles, config: TwoTowerConfig) -> Trai
     countries = ([r[0] for r in user_profiles.select("country").distinct().collect()]
                  if "country" in user_profiles.columns else [])
     stats = {"sampled_users": len(users), "sampled_interactions": len(rows)}
-    return TrainingSample(rows, profiles.reset_index(drop=True), countries, stats)
+    return TowerTrainingSample(rows, profiles.reset_index(drop=True), countries, stats)

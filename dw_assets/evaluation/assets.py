@@ -5,7 +5,7 @@ import base64
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import pandas as pd
@@ -18,7 +18,6 @@ from dagster import (
     AssetExecutionContext,
     AssetIn,
     AssetOut,
-    Config,
     MetadataValue,
     Output,
     multi_asset,
@@ -26,14 +25,13 @@ from dagster import (
 from dagster_pyspark import LazyPySparkResource
 from pandera.pandas import Check, Column
 from pyspark.sql import DataFrame
-from pyspark.sql.utils import AnalysisException
 
 from dw_assets.batch_timing import throughput
 from dw_assets.calendar import shift_week, week_bounds
-from dw_assets.config_fields import config_fields, parameter_default
-from dw_assets.embeddings.user_tower import sampled_vectors, user_embeddings_frame, vectors_of
+from dw_assets.config_fields import DomainConfig, config_fields, parameter_default
+from dw_assets.embeddings.user_tower import user_embeddings_frame, vectors_of
 from dw_assets.embeddings.vector_table import track_vectors_of
-from dw_assets.evaluation.ab import ABConfig, ab_frame, ab_table, play_arms, stored_summary, summarize_ab
+from dw_assets.evaluation.ab import ABConfig, ab_frame, play_arms, summarize_ab
 from dw_assets.evaluation.baselines import (
     AlsConfig,
     ItemCfConfig,
@@ -56,13 +54,13 @@ from dw_assets.evaluation.batch import (
 )
 from dw_assets.evaluation.holdout import recall_at_k
 from dw_assets.evaluation.metrics import metric_keys
-from dw_assets.evaluation.monitoring import (
-    batch_window_sla,
-    embedding_statistic,
-    feature_drift,
-    prediction_drift,
-    summarize,
-    volume_anomaly,
+from dw_assets.evaluation.monitoring import batch_window_sla, prediction_drift, summarize, volume_anomaly
+from dw_assets.evaluation.monitoring_batch import (
+    MONITORING_CHECKS,
+    DriftSample,
+    embedding_drift,
+    sampled_scores,
+    weekly_volumes,
 )
 from dw_assets.evaluation.north_star import (
     SUMMARY_KEYS,
@@ -79,6 +77,7 @@ from dw_assets.evaluation.north_star_batch import (
     sample_ranker_order,
 )
 from dw_assets.evaluation.report import EXPOSURE_NOTE, north_star_markdown, render_report
+from dw_assets.evaluation.summaries import REPORT_COLUMNS, ab_result_table, report_ab
 from dw_assets.evaluation.systems import (
     LIST_COLUMNS,
     SYSTEMS,
@@ -87,11 +86,12 @@ from dw_assets.evaluation.systems import (
     quality_targets,
     track_table,
 )
+from dw_assets.evaluation.truth import no_north_star_reason, simulator_truth
 from dw_assets.ingest.profiles import exact_mean
-from dw_assets.lake.driver_guard import bounded, check_driver_rows, to_driver
+from dw_assets.lake.driver_guard import to_driver
 from dw_assets.lake.quality import emit_checked, schema_check_result, schema_check_spec, table_schema
 from dw_assets.lake.resources import LAYER_KEY, PER_PARTITION_KEY, LakeResource, PartitionInputs
-from dw_assets.lake.storage import Artifact, Lake, LakeError, vectors_from
+from dw_assets.lake.storage import Artifact, Lake, LakeError
 from dw_assets.partitions import (
     HISTORY_WEEKS,
     ONE_WEEK_PER_RUN,
@@ -105,7 +105,6 @@ from dw_assets.partitions import (
 from dw_assets.ranking.batch import (
     STORED_ORDER,
     build_playlists,
-    sample_users,
     stored_order,
     track_context,
     user_vector_table,
@@ -116,7 +115,6 @@ from dw_assets.ranking.rerank import RerankConfig
 from dw_assets.ranking.schemas import RANKED_PLAYLISTS
 from dw_assets.retrieval.batch import candidate_models, candidate_partitions, candidate_users, run_candidates
 from dw_assets.retrieval.candidates import CandidateConfig
-from dw_assets.simulate import load_truth
 from dw_assets.versioning import embedding_versions, table_version
 
 EVAL_COLUMNS = ["user_id", "track_id", "ts", "is_positive", "weight"]
@@ -157,7 +155,7 @@ class SampleConfig(config_fields(EvaluationSample, **_SAMPLE)):
 class RetrievalEvaluationConfig(config_fields(EvaluationSample, AlsConfig, **_SAMPLE)):
     """The evaluated users and the ALS baseline's settings (``AlsConfig``)."""
 
-    k: int = 500  # recall@k of a retrieval list (the candidates' size, not the playlist's)
+    k: int = CandidateConfig.total  # recall@k of a retrieval list (the candidates' size, not the playlist's)
 
     def sample(self) -> EvaluationSample:
         return self.to_domain(EvaluationSample)
@@ -288,6 +286,39 @@ def retrieval_evaluation(
 # -- last week's models on this week's users: the A/B control and the "last_week" baseline ---------------
 
 
+def _joined(cls: type[DomainConfig]) -> type[DomainConfig]:
+    """Class decorator of a ``DomainConfig`` subclassing several: ``to_domain`` (and ``domain_defaults``) know
+    every base's dataclasses, prefixes and exclusions. Their run-config names must not overlap."""
+    bases = [b for b in cls.__bases__ if issubclass(b, DomainConfig)]
+    names = [set(b.model_fields) for b in bases]
+    shared = set.intersection(*names) if len(names) > 1 else set()
+    if shared:
+        raise TypeError(f"{cls.__name__}: {sorted(shared)} are fields of more than one base")
+    cls.__domains__ = tuple(d for b in bases for d in b.__domains__)
+    cls.__prefixes__ = MappingProxyType({d: p for b in bases for d, p in b.__prefixes__.items()})
+    cls.__excluded__ = frozenset().union(*(b.__excluded__ for b in bases))
+    return cls
+
+
+@_joined
+class LastWeekPlaylistsConfig(PlaylistsConfig, config_fields(
+    CandidateConfig, prefix={CandidateConfig: "candidates_"},
+    # as the candidates asset: one faiss thread per Spark task; the partition floor is ``candidates_partitions``
+    exclude=["candidates_faiss_threads", "candidates_min_partitions"],
+)):
+    """The control arm's playlist settings (``PlaylistsConfig``, as ``ranked_playlists``) and candidate
+    settings (``CandidateConfig``, as the ``candidates`` asset's run config, each name prefixed
+    ``candidates_``): the arm differs from the treatment by its models only. Both default to the
+    dataclasses' defaults; the week's candidates and playlists ran in another run (the discover job) and
+    recorded no settings, so a run config that sets ``candidates`` or ``ranked_playlists`` fields
+    (launchpad, ``materialize_week(ops=...)``) must set the same here (``total`` → ``candidates_total``,
+    ``partitions`` → ``candidates_partitions``)."""
+
+    candidates_partitions: int = CandidateConfig.min_partitions  # CandidatesConfig.partitions
+
+    def candidate_settings(self) -> CandidateConfig:
+        return self.to_domain(CandidateConfig, faiss_threads=1, min_partitions=self.candidates_partitions)
+
 
 @multi_asset(
     outs={"last_week_playlists": AssetOut(
@@ -315,7 +346,7 @@ def retrieval_evaluation(
 )
 def last_week_playlists(
     context: AssetExecutionContext,
-    config: PlaylistsConfig,
+    config: LastWeekPlaylistsConfig,
     pyspark: LazyPySparkResource,
     lake: LakeResource,
     two_tower_model: Artifact,
@@ -339,10 +370,11 @@ def last_week_playlists(
     users = user_embeddings_frame(user_profiles, two_tower_model.files["two_tower.bin"])
     users = users.select("user_id", F.col("vector").alias("user_vector")).persist()
     models = candidate_models(faiss_index, item2vec_embeddings, audio_vectors, track_stats, version)
-    # As many tasks as the week's candidates asset would use for these users (not a fixed count).
-    partitions = candidate_partitions(users.count(), CandidateConfig.users_per_partition, CandidateConfig.min_partitions)
+    # The candidates asset's settings, and as many tasks as it would use for these users (not a fixed count).
+    settings = config.candidate_settings()
+    partitions = candidate_partitions(users.count(), settings.users_per_partition, settings.min_partitions)
     candidate_frame = run_candidates(spark, candidate_users(users, user_profiles, interactions), models.to_bytes(),
-                                     CandidateConfig(faiss_threads=1), partitions).persist()
+                                     settings, partitions).persist()
     ranker, ranker_week = last_week_ranker(ranker_model, week)
     playlists, stats = build_playlists(
         spark, week, config.settings(), candidate_frame, ranker, user_profiles, user_directory, track_stats,
@@ -417,6 +449,14 @@ AB_ARMS = pa.DataFrameSchema(
         "missing_users": Column("int64", Check.ge(0)),
         "verdict": Column(str, Check.isin(["ship", "do not ship", "inconclusive"])),
         "reason": Column(str),
+        # the rest of the summary (summaries.DETAIL_COLUMNS): `dw ab` and `dw run` read it back from here
+        "listened_week": Column(str),
+        "arm_users": Column("int64", Check.ge(0)),
+        # the row's metric's treatment - control effect (the same on both arms' rows)
+        **{f"effect_{name}": Column(float, nullable=True)
+           for name in ("difference", "ci_low", "ci_high", "relative_lift", "p_value")},
+        **{f"effect_{name}": Column(bool) for name in ("significant", "better", "worse")},
+        "effect_min_detectable_effect": Column(float, nullable=True),
     },
     strict=True, unique=["arm", "metric"], name="simulated_ab_test",
 )
@@ -634,13 +674,6 @@ def _north_star_inputs(store: Lake, playlists: DataFrame, candidates: DataFrame,
     return truth, users, None
 
 
-def no_north_star_reason(store: Lake) -> str:
-    """Why a week has no north-star rows: the lake holds no simulator truth, or its sample was cut to nothing."""
-    if not has_truth(store):
-        return f"no simulator truth under {store.root}/simulator/ (only a simulated world has hidden listeners)"
-    return "no user fitted the north star's sample caps (max_users, max_rows, DW_DRIVER_ROW_LIMIT)"
-
-
 def _empty_north_star() -> pd.DataFrame:
     types = {"value": float, "ci_low": float, "ci_high": float, "users": "int64"}
     return pd.DataFrame({c: pd.Series(dtype=types.get(c, object)) for c in NORTH_STAR_COLUMNS})
@@ -682,7 +715,7 @@ def simulated_ab_test(context: AssetExecutionContext, config: AbTestConfig, lake
         (last_week_playlists, "last_week_playlists"), (ranked_playlists, "ranked_playlists")))
     per_user = play_arms(truth, control=control, treatment=treatment, week=shift_week(week, 1), config=settings)
     summary = summarize_ab(per_user, settings)
-    arms = ab_table(summary, week)
+    arms = ab_result_table(summary, week)
     yield Output(arms, output_name="simulated_ab_test", metadata={
         "verdict": summary["verdict"],
         "reason": summary["reason"],
@@ -701,42 +734,21 @@ def _stored_lists(playlists: DataFrame, users: DataFrame, asset: str) -> pd.Data
     return to_driver(frame.orderBy(*STORED_ORDER), asset).drop(columns=list(STORED_ORDER)).reset_index(drop=True)
 
 
-def has_truth(lake: Lake) -> bool:
-    return not lake.is_s3 and (Path(lake.root) / "simulator").is_dir()
-
-
-def simulator_truth(lake: Lake):
-    """The simulated world's hidden listeners (LAKE/simulator/): only a simulated world has them."""
-    if not has_truth(lake):
-        raise FileNotFoundError(
-            f"the simulated A/B test needs the simulator's ground truth under {lake.root}/simulator/ "
-            "(written by `dw simulate`); a real deployment runs the experiment live instead")
-    return load_truth(lake.root)
-
-
 # -- drift, volume and batch-window monitoring -----------------------------------------------------------
 
-MONITORING_CHECKS = {
-    "prediction_drift": "PSI of the ranker score distribution vs last week's playlists.",
-    "feature_drift": "PSI and KS of the user-embedding norm distribution vs last week's model.",
-    "events_volume": "Clean events this week vs the trailing mean of the history window.",
-    "active_users_volume": "Active users this week vs the trailing mean.",
-    "new_tracks_volume": "Tracks released this week vs the trailing mean.",
-    "batch_window_sla": "Projected 500M-user batch inference time from the measured users/s per core.",
-}
+class MonitoringConfig(config_fields(DriftSample)):
+    """The drift's sample (``monitoring_batch.DriftSample``); the thresholds are the check functions' own
+    defaults (``monitoring.py``), exposed to the launchpad."""
 
-
-class MonitoringConfig(Config):
-    """The thresholds are the check functions' own defaults (``monitoring.py``), exposed to the launchpad."""
-
-    sample_users: int = 250_000  # users whose scores the drift reads (seeded hash): the demo's are all
-    seed: int = 7
     psi_warn: float = parameter_default(prediction_drift, "warn")
     psi_error: float = parameter_default(prediction_drift, "error")
     volume_max_change: float = parameter_default(volume_anomaly, "max_ratio_change")
     target_users: int = parameter_default(batch_window_sla, "target_users")
     cluster_cores: int = parameter_default(batch_window_sla, "cluster_cores")
     window_hours: float = parameter_default(batch_window_sla, "window_hours")
+
+    def sample(self) -> DriftSample:
+        return self.to_domain(DriftSample)
 
 
 @multi_asset(
@@ -757,31 +769,26 @@ class MonitoringConfig(Config):
                  for name, text in MONITORING_CHECKS.items()]
     + [schema_check_spec("model_monitoring", MONITORING, blocking=False)],
 )
-def model_monitoring(context: AssetExecutionContext, config: MonitoringConfig, lake: LakeResource,
-                     pyspark: LazyPySparkResource, ranked_playlists: PartitionInputs, user_embeddings: PartitionInputs,
-                     interactions: DataFrame, track_catalog: pd.DataFrame, candidates_timing: pd.DataFrame,
-                     ranked_playlists_timing: pd.DataFrame):
+def model_monitoring(context: AssetExecutionContext, config: MonitoringConfig, ranked_playlists: PartitionInputs,
+                     user_embeddings: PartitionInputs, interactions: DataFrame, track_catalog: pd.DataFrame,
+                     candidates_timing: pd.DataFrame, ranked_playlists_timing: pd.DataFrame):
     """Sizes at the target: the window's interactions (240 G rows) are counted on Spark (one row per
     week comes back); score drift reads the ranker scores of ``sample_users`` users drawn by seeded
-    hash (30 scores each), this week's and last week's."""
+    hash (30 scores each), this week's and last week's, and the user vectors of as many
+    (``monitoring_batch.DriftSample``)."""
     week = context.partition_key
     previous = shift_week(week, -1)
-    store = lake.open()
-    spark = pyspark.spark_session
-    last_scores, last_norms = np.zeros(0), np.zeros(0)
+    sample = config.sample()
+    last_scores = np.zeros(0)
     if previous in ranked_playlists:
-        last_scores = sampled_scores(ranked_playlists[previous], config.sample_users, config.seed)
-    if previous in user_embeddings:
-        _, last_norms = embedding_statistic(previous_user_vectors(user_embeddings, store, spark, previous,
-                                                                  config.sample_users, config.seed))
-    label, norms = embedding_statistic(sampled_user_vectors(user_embeddings[week], config.sample_users, config.seed))
+        last_scores = sampled_scores(ranked_playlists[previous], sample)
     weeks = weekly_volumes(interactions, track_catalog, history_window_weeks(week))
     trailing = weeks[weeks["week"] < week]
     now = weeks[weeks["week"] == week].iloc[0]
     outcomes = [
-        prediction_drift(sampled_scores(ranked_playlists[week], config.sample_users, config.seed), last_scores,
-                         config.psi_warn, config.psi_error),
-        feature_drift(norms, last_norms, config.psi_warn, config.psi_error, label=label),
+        prediction_drift(sampled_scores(ranked_playlists[week], sample), last_scores, config.psi_warn,
+                         config.psi_error),
+        embedding_drift(user_embeddings, week, sample, config.psi_warn, config.psi_error),
         *[volume_anomaly(column, float(now[column]), trailing[column].astype(float).tolist(), config.volume_max_change)
           for column in ("events", "active_users", "new_tracks")],
         batch_window_sla(*throughput(candidates_timing, ranked_playlists_timing),
@@ -800,55 +807,6 @@ def model_monitoring(context: AssetExecutionContext, config: MonitoringConfig, l
             description=outcome.description,
             metadata={"value": outcome.value, "threshold": outcome.threshold, **outcome.metadata})
     yield schema_check_result("model_monitoring", table, MONITORING, blocking=False)
-
-
-def sampled_user_vectors(user_embeddings: DataFrame, users: int, seed: int) -> np.ndarray:
-    """The vectors of at most ``users`` users (lowest seeded hash, drawn in Spark), ordered by user id:
-    every user's when there are no more (the demo), so the statistic is the one over all users."""
-    ids, vectors = sampled_vectors(user_embeddings, users, seed)
-    return vectors[np.argsort(ids, kind="stable")]
-
-
-def previous_user_vectors(tables: Mapping[str, DataFrame], store: Lake, spark, week: str, users: int,
-                          seed: int) -> np.ndarray:
-    """``sampled_user_vectors`` of ``week``'s user_embeddings (``tables[week]``, a Spark table); a week written
-    before the table existed holds a vectors artifact, read from the lake (one row per user: guarded, sampled
-    the same way)."""
-    try:
-        return sampled_user_vectors(tables[week], users, seed)
-    except (AnalysisException, LakeError):  # no Parquet there
-        artifact = store.read_artifact(store.uri("models", "user_embeddings", week))
-        check_driver_rows("user_embeddings", int(artifact.meta.get("rows", 0)), "an artifact of an earlier layout")
-        ids, vectors = vectors_from(artifact)
-        return sampled_user_vectors(spark.createDataFrame(
-            pd.DataFrame({"user_id": ids, "user_vector": list(vectors)}), "user_id long, user_vector array<float>"),
-            users, seed)
-
-
-def sampled_scores(playlists: DataFrame, users: int, seed: int) -> np.ndarray:
-    """The non-null ranker scores of at most ``users`` users (lowest seeded hash first), in the stored
-    order: every user's when there are no more (the demo)."""
-    frame = stored_order(playlists).select("user_id", "ranker_score", *STORED_ORDER)
-    chosen = sample_users(frame, bounded(users), seed)
-    if chosen is not None:
-        frame = frame.join(chosen, "user_id", "left_semi")
-    scores = frame.where(F.col("ranker_score").isNotNull()).orderBy(*STORED_ORDER).select("ranker_score")
-    return np.asarray([r[0] for r in scores.collect()], dtype=np.float32)
-
-
-def weekly_volumes(interactions: DataFrame, catalog: pd.DataFrame, weeks: list[str]) -> pd.DataFrame:
-    """week, events, active_users, new_tracks for each week of the window (zeros where nothing landed);
-    the interactions are counted on Spark, one row per week comes back."""
-    per_week = (interactions.groupBy(F.date_format(F.date_trunc("week", "ts"), "yyyy-MM-dd").alias("week"))
-                .agg(F.count("*").alias("events"), F.countDistinct("user_id").alias("active_users"))
-                .toPandas().set_index("week"))
-    release = pd.to_datetime(catalog["release_date"]).dt.to_period("W-SUN").dt.start_time.dt.strftime("%Y-%m-%d")
-    new_tracks = release.value_counts()
-    frame = pd.DataFrame({"week": weeks})
-    frame["events"] = frame["week"].map(per_week["events"]).fillna(0).astype("int64")
-    frame["active_users"] = frame["week"].map(per_week["active_users"]).fillna(0).astype("int64")
-    frame["new_tracks"] = frame["week"].map(new_tracks).fillna(0).astype("int64")
-    return frame
 
 
 # -- the weekly report -----------------------------------------------------------------------------------
@@ -885,7 +843,7 @@ def evaluation_report(context: AssetExecutionContext, config: SampleConfig, lake
     if table.empty:  # the window's other weeks loaded without it
         raise LakeError(f"no offline_evaluation for week {week}: evaluate the week before its report")
     overall = table[table["segment"] == "all"].set_index("system")
-    ab = stored_summary(simulated_ab_test)
+    ab = report_ab(simulated_ab_test)
     tracks = track_table(track_stats)
     html, main_plot = render_report(
         week, overall, table[table["system"] == "pipeline"].set_index("segment"), trends[trends["segment"] == "all"],
@@ -906,10 +864,6 @@ def evaluation_report(context: AssetExecutionContext, config: SampleConfig, lake
             "ab_verdict": (ab or {}).get("verdict", "no simulated A/B this week"),
             "main_plot": MetadataValue.md(f"![week {week}](data:image/png;base64,{base64.b64encode(main_plot).decode()})"),
         })
-
-
-REPORT_COLUMNS = ("ndcg@30", "recall@30", "precision@30", "hit_rate@30", "map@30", "coverage", "novelty",
-                  "popularity_lift", "calibration_kl", "max_tracks_per_artist", "cold_share", "cold_hit_rate")
 
 
 def spark_popularity_distributions(playlists: DataFrame, profiles: DataFrame, tracks: pd.DataFrame,

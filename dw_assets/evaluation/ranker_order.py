@@ -2,7 +2,7 @@
 
 The north star's ranking efficiency compares it with the candidate oracle: it is what the ranker alone
 would serve — no MMR, genre calibration, exploration or cold slots. The ranker is called only through
-its public functions (``build_features``, ``TrainedRanker.predict``, ``list_score``), so a change of its
+its public functions (``build_ranker_features``, ``TrainedRanker.predict``, ``list_score``), so a change of its
 labels or features flows through here unchanged.
 
 Size at the target (500 M users, 100 M tracks): per **bounded user sample** (``NorthStarConfig.max_users``,
@@ -19,7 +19,7 @@ import pandas as pd
 
 from dw_assets.evaluation.north_star import hygienic_top_k
 from dw_assets.ranking.batch import RetrievalOrder, is_stand_in
-from dw_assets.ranking.features import FeatureContext, build_features
+from dw_assets.ranking.features import FeatureContext, build_ranker_features
 from dw_assets.ranking.playlists import CANDIDATE_ARRAYS, explode_candidates, list_score
 from dw_assets.ranking.ranker import TrainedRanker
 
@@ -78,7 +78,7 @@ def _batch_order(ranker: TrainedRanker, context: FeatureContext, users: pd.DataF
     exploded = explode_candidates(pack_candidates(users, candidates))
     if exploded.empty:
         return _no_lists()
-    features = build_features(exploded, context, users=users)
+    features = build_ranker_features(exploded, context, users=users)
     scorer = RetrievalOrder() if is_stand_in(ranker) else ranker
     probability = scorer.predict(features, engine="auto")  # as the batch scores them
     scored = exploded[["user_id", "track_id"]].assign(score=list_score(probability, features, two_tower_prior))

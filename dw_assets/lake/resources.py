@@ -73,6 +73,9 @@ def _is_spark(obj_or_type: Any) -> bool:
 
 PER_PARTITION_KEY = "per_partition"
 PER_PARTITION_KINDS = ("spark", "pandas", "artifact")
+# AssetIn(metadata={COMPLETE_WINDOW_KEY: why}): every partition of the window must exist (a window that
+# silently shrank would mislead); the error names the missing weeks and says why.
+COMPLETE_WINDOW_KEY = "complete_window"
 
 
 class MissingPartitionError(LakeError, KeyError):
@@ -166,6 +169,9 @@ class LakeIOManager(ConfigurableIOManager):
             window = {k: lake.uri(layer, name, k) for k in keys}
             present = {k: uri for k, uri in window.items() if lake.exists(uri)}
             return PartitionInputs(present, lambda uri: self._read(context, lake, [uri], kind), name)
+        if metadata.get(COMPLETE_WINDOW_KEY):
+            require_partitions(lake, layer, context.asset_key.path[-1], [k for k in keys if k is not None],
+                               metadata[COMPLETE_WINDOW_KEY])
         uris = [lake.uri(layer, context.asset_key.path[-1], k) for k in keys]
         # AssetIn(metadata={"may_be_empty": True}): a window with no partition yet (the start of
         # history, a self-dependency's first week) reads as an empty table: a Spark one for an input

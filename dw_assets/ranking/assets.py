@@ -18,18 +18,17 @@ from dw_assets.batch_timing import BATCH_TIMING, timing_table
 from dw_assets.calendar import shift_week
 from dw_assets.lake.quality import emit_checked, schema_check_spec, table_schema
 from dw_assets.lake.resources import (
+    COMPLETE_WINDOW_KEY,
     LAYER_KEY,
     PER_PARTITION_KEY,
     LakeResource,
     PartitionInputs,
-    require_partitions,
 )
 from dw_assets.lake.storage import Artifact
 from dw_assets.partitions import (
     ONE_WEEK_PER_RUN,
     earlier_weeks,
     history_window,
-    history_window_weeks,
     lenient_window,
     weekly_partitions,
 )
@@ -171,7 +170,8 @@ def ranker_model(
         "audio_vectors": AssetIn(),
         "user_embeddings": AssetIn(),
         "track_embeddings": AssetIn(),
-        "interactions": AssetIn(partition_mapping=history_window),
+        "interactions": AssetIn(partition_mapping=history_window, metadata={
+            COMPLETE_WINDOW_KEY: "heard tracks (never recommended) come from the whole 12-week window"}),
         # Earlier weeks' playlists: their exploration tracks, judged on the week after, update the bandit.
         "earlier_playlists": AssetIn(key="ranked_playlists", partition_mapping=earlier_weeks,
                                      metadata={"columns": ["week", "user_id", "track_id", "genre", "is_exploration"],
@@ -187,7 +187,6 @@ def ranked_playlists(
     context: AssetExecutionContext,
     config: PlaylistsConfig,
     pyspark: LazyPySparkResource,
-    lake: LakeResource,
     candidates: DataFrame,
     ranker_model: Artifact,
     user_profiles: DataFrame,
@@ -206,8 +205,6 @@ def ranked_playlists(
     spark = pyspark.spark_session
     version = embedding_versions(user_embeddings=user_embeddings, track_embeddings=track_embeddings)
     require_same_version({"candidates": candidate_version(candidates), "embeddings": version})
-    require_partitions(lake.open(), "silver", "interactions", history_window_weeks(week),
-                       "heard tracks (never recommended) come from the whole 12-week window")
     ranker = TrainedRanker.from_bytes(ranker_model.files["ranker.bin"])
     playlists, stats = build_playlists(
         spark, week, config.settings(), candidates, ranker,

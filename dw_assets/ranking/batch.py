@@ -108,7 +108,7 @@ def stored_order(frame: DataFrame) -> DataFrame:
 
 
 @dataclass
-class TrainingSample:
+class RankerTrainingSample:
     """The ranker's training inputs of one week w on the driver: w's candidates of the sampled users
     (stored order), their week-(w+1) plays of those candidates, their week-w profiles and, for
     ``training_rows="all"``, the position propensity of every user's lists (a Spark aggregate)."""
@@ -134,13 +134,13 @@ class LabelledWeek:
 POOL_COLUMN = "_pool"  # which pooled week a row is of: 0 = the newest (W-1), 1 = W-2, ...
 
 
-def training_sample(candidates: DataFrame, interactions: DataFrame, user_profiles: DataFrame,
-                    config: RankerConfig) -> TrainingSample:
-    """:func:`training_samples` of one week: candidates of week W-1, interactions of week W, profiles of W-1."""
-    return training_samples([LabelledWeek(candidates, interactions, user_profiles)], config)[0]
+def ranker_training_sample(candidates: DataFrame, interactions: DataFrame, user_profiles: DataFrame,
+                           config: RankerConfig) -> RankerTrainingSample:
+    """:func:`ranker_training_samples` of one week: candidates of week W-1, interactions of week W, profiles of W-1."""
+    return ranker_training_samples([LabelledWeek(candidates, interactions, user_profiles)], config)[0]
 
 
-def training_samples(weeks: list[LabelledWeek], config: RankerConfig) -> list[TrainingSample]:
+def ranker_training_samples(weeks: list[LabelledWeek], config: RankerConfig) -> list[RankerTrainingSample]:
     """Draw the ranker's training rows of every pooled week in Spark, then collect only those; one
     sample per week, in the order given (newest first).
 
@@ -185,8 +185,8 @@ def training_samples(weeks: list[LabelledWeek], config: RankerConfig) -> list[Tr
                              "user_profiles")
         propensity = (spark_position_propensity(week.interactions, min_propensity=config.min_propensity)
                       if config.training_rows == "all" else None)
-        samples.append(TrainingSample(rows, heard, profiles, propensity, per_week.get(index, 0),
-                                      int(rows["user_id"].nunique())))
+        samples.append(RankerTrainingSample(rows, heard, profiles, propensity, per_week.get(index, 0),
+                                            int(rows["user_id"].nunique())))
     return samples
 
 

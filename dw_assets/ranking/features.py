@@ -1,6 +1,6 @@
 """Ranking features of (user, candidate track) rows: one function for training and inference.
 
-:func:`build_features` turns a batch of candidates into a float32 matrix with the
+:func:`build_ranker_features` turns a batch of candidates into a float32 matrix with the
 columns :data:`FEATURE_NAMES`, one row per candidate, in candidate order. The ranker
 is trained on week W-1's candidates through this function and scores week W's
 candidates through it again, so a feature cannot differ between the two paths.
@@ -333,7 +333,7 @@ def _vector_column(column: pd.Series) -> tuple[np.ndarray | None, np.ndarray | N
 
 @dataclass(frozen=True)
 class FeatureContext:
-    """Everything :func:`build_features` looks up, built once per week.
+    """Everything :func:`build_ranker_features` looks up, built once per week.
 
     genres: str[g], sorted vocabulary. track_ids: int64[t] sorted; track_artist int64[t];
     track_genre int32[t] (-1 unknown genre); track_features float32[t, len(TRACK_FEATURES)].
@@ -576,7 +576,7 @@ def _index_of(sorted_ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------- features
 
 
-def build_features(
+def build_ranker_features(
     candidates: pd.DataFrame, context: FeatureContext, users: pd.DataFrame | None = None
 ) -> pd.DataFrame:
     """Feature matrix of a batch of candidates: float32[n, len(FEATURE_NAMES)], index and row order of ``candidates``.

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from dw_assets.lake import host_cache
-from dw_assets.ranking.features import ZIP_EPOCH, FeatureContext, _index_of, build_features
+from dw_assets.ranking.features import ZIP_EPOCH, FeatureContext, _index_of, build_ranker_features
 from dw_assets.ranking.ranker import TrainedRanker
 from dw_assets.ranking.rerank import RerankConfig, empty_posteriors, rerank_batch
 
@@ -234,7 +234,7 @@ def rank_users(users: pd.DataFrame, models: PlaylistModels, week: str, timings: 
     clock = _StepClock(timings)
     candidates = explode_candidates(users)
     profiles = users.drop(columns=[c for c in users.columns if c.startswith(("c_", "p_"))])
-    features = build_features(candidates, models.context, users=profiles)
+    features = build_ranker_features(candidates, models.context, users=profiles)
     clock.lap("features")
     probability = models.ranker.predict(features, engine=engine) if len(candidates) else np.zeros(0, np.float32)
     clock.lap("predict")

@@ -1,7 +1,7 @@
 """The LightGBM ranker: scores each user's candidates so the best 30 can be picked.
 
 Training data (time split, never random): week W-1's candidates, featurized by
-:func:`dw_assets.ranking.features.build_features` with week W-1's inputs, labelled by week W's
+:func:`dw_assets.ranking.features.build_ranker_features` with week W-1's inputs, labelled by week W's
 interactions (:func:`~dw_assets.ranking.features.training_examples`). The trained model
 then scores week W's candidates through the same feature function.
 
@@ -135,7 +135,7 @@ class RankerConfig:
     ndcg_k: int = 30  # the playlist length: metric cut-off and LambdaRank truncation
     validation_fraction: float = 0.2  # share of users (seeded hash) held out for early stopping
     max_training_users: int | None = 200_000  # cap on training users (lowest seeded hash first)
-    # What comes to the driver (ranking.batch.training_sample): users drawn in Spark by a seeded hash
+    # What comes to the driver (ranking.batch.ranker_training_sample): users drawn in Spark by a seeded hash
     # (covers the demo's 24 k users and `large`'s 232 k: the whole week) and the rows they bring.
     sample_users: int = 250_000
     sample_rows: int = 10_000_000  # candidate + play rows of the sampled users (~1.5 GB of features)
@@ -360,7 +360,7 @@ def train_ranker(
 ) -> TrainedRanker:
     """Train on week W-1's candidates labelled by week W (or on several pooled weeks: ``query_ids``).
 
-    features: float32[n, f] (e.g. :func:`build_features`), its columns become the model's features.
+    features: float32[n, f] (e.g. :func:`build_ranker_features`), its columns become the model's features.
     labels: int[n] relevance (``RankerConfig.label_scheme``: 0/1, 2 = saved, or outcome grades 0-4; the binary
     objective uses label > 0, regression the grade's ``outcome_values``).
     user_ids: int64[n], one query group per user (rows need not be contiguous).

@@ -6,7 +6,7 @@ item2vec, audio and two-tower vectors), so no row sees its own label in its feat
 were trained on weeks up to w). A week without candidates is left out of the pool by the caller.
 
 Sizes at the target, per pooled week: candidates 250 G rows, the labelling week's interactions 20 G,
-profiles 500 M, user vectors 500 M, all read and sampled on Spark (``batch.training_samples``: the caps
+profiles 500 M, user vectors 500 M, all read and sampled on Spark (``batch.ranker_training_samples``: the caps
 hold for the pool as a whole, so the driver gets at most ``sample_rows`` candidate and play rows and
 ``sample_users`` profile rows whatever the number of weeks). The driver holds each week's catalog-sized
 models (100 M tracks: item2vec and two-tower vectors, track statistics, audio vectors) while that week
@@ -26,8 +26,8 @@ from pyspark.sql import DataFrame
 from dw_assets.calendar import shift_week
 from dw_assets.embeddings.audio_table import audio_vectors_of
 from dw_assets.embeddings.vector_table import track_vectors_of
-from dw_assets.ranking.batch import LabelledWeek, training_samples, user_vectors_of
-from dw_assets.ranking.features import FeatureContext, build_features, training_examples
+from dw_assets.ranking.batch import LabelledWeek, ranker_training_samples, user_vectors_of
+from dw_assets.ranking.features import FeatureContext, build_ranker_features, training_examples
 from dw_assets.ranking.ranker import RankerConfig, TrainedRanker, train_ranker
 
 QUERY_SHIFT = 32  # query id = week index << 32 | user id: one LightGBM query per (user, week)
@@ -92,7 +92,8 @@ def pooled_training_set(weeks: list[PoolWeek], config: RankerConfig) -> Training
     weeks = list(weeks)[: config.pool_weeks]
     if not weeks:
         raise ValueError("no week to train the ranker on")
-    samples = training_samples([LabelledWeek(w.candidates, w.interactions, w.user_profiles) for w in weeks], config)
+    samples = ranker_training_samples([LabelledWeek(w.candidates, w.interactions, w.user_profiles) for w in weeks],
+                                      config)
     parts, stats = [], []
     for index, (week, sample) in enumerate(zip(weeks, samples, strict=True)):
         examples, labels, weights = training_examples(sample.candidates, sample.plays, rows=config.training_rows,
@@ -103,7 +104,7 @@ def pooled_training_set(weeks: list[PoolWeek], config: RankerConfig) -> Training
                       "users": sample.users, "sampled_users": sample.sampled_users})
         if not len(examples):  # the caps left this week no user
             continue
-        features = build_features(examples, week_context(week, sample.profiles))
+        features = build_ranker_features(examples, week_context(week, sample.profiles))
         users = examples["user_id"].to_numpy(np.int64)
         if users.min() < 0 or users.max() >= 1 << QUERY_SHIFT:
             raise ValueError(f"user ids must be in [0, 2**{QUERY_SHIFT}) to pool weeks")

@@ -40,6 +40,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from dw_assets.evaluation.holdout import recall_of_lists
 from dw_assets.lake import host_cache
 
 KINDS = ("flat", "ivf_flat", "ivf_pq", "hnsw")
@@ -585,21 +586,25 @@ def exact_search(
     return build_index(ids, vectors, AnnConfig(kind="flat", use_gpu=use_gpu)).search(queries, k)
 
 
-def recall_at_k(index: AnnIndex, vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) -> float:
+def recall_vs_exact(index: AnnIndex, vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int) -> float:
     """Mean over queries of |ANN top-k ∩ exact top-k| / |exact top-k| (k, or fewer tracks when n < k)."""
     _, found = index.search(queries, k)
     _, truth = exact_search(vectors, ids, queries, k)
-    return _recall(found, truth)
+    return search_recall(found, truth)
 
 
-def _recall(found: np.ndarray, truth: np.ndarray) -> float:
+def search_recall(found: np.ndarray, truth: np.ndarray) -> float:
+    """``recall_of_lists`` of ``found`` against ``truth`` (both int64[q, k] ids, -1 padding), averaged over
+    every query: a query with no true neighbour (an empty index) counts 0; no query gives NaN."""
+    truth = np.asarray(truth)
     if len(truth) == 0:
         return float("nan")
-    hits = [
-        len(np.intersect1d(f[f >= 0], t[t >= 0])) / max(1, int((t >= 0).sum()))
-        for f, t in zip(found, truth, strict=True)
-    ]
-    return float(np.mean(hits))
+    real = truth >= 0
+    ptr = np.r_[0, np.cumsum(real.sum(axis=1))]
+    result = recall_of_lists(np.asarray(found), ptr, truth[real])
+    if result["users"] == len(truth):
+        return result["recall"]
+    return result["recall"] * result["users"] / len(truth) if result["users"] else 0.0
 
 
 NPROBE_STEPS = (4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
@@ -626,7 +631,7 @@ def tune_search(index: AnnIndex, vectors: np.ndarray, ids: np.ndarray, queries: 
     tried = {}
     for step in steps:
         index.set_search_params(**{name: step})
-        recall = _recall(index.search(queries, k)[1], truth)
+        recall = search_recall(index.search(queries, k)[1], truth)
         tried[step] = round(recall, 4)
         if recall >= min_recall:
             break
@@ -644,7 +649,7 @@ def measure(index: AnnIndex, vectors: np.ndarray, ids: np.ndarray, queries: np.n
     seconds = time.perf_counter() - started
     _, truth = exact_search(vectors, ids, queries, k)
     result = {
-        f"recall@{k}": round(_recall(found, truth), 4),
+        f"recall@{k}": round(search_recall(found, truth), 4),
         "queries_per_s": round(len(queries) / seconds, 1) if seconds > 0 else float("inf"),
         "k": k,
         "n_queries": len(queries),

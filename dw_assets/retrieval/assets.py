@@ -10,7 +10,6 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
-    AssetDep,
     AssetExecutionContext,
     AssetIn,
     AssetOut,
@@ -21,17 +20,21 @@ from dagster import (
 from dagster_pyspark import LazyPySparkResource
 from pyspark.sql import DataFrame
 
-from dw_assets.automation.sensors import AUDIO_UPLOADS
 from dw_assets.batch_timing import BATCH_TIMING, timing_table
 from dw_assets.config_fields import config_fields
 from dw_assets.embeddings.new_tracks import ASSET as NEW_TRACKS
-from dw_assets.embeddings.new_tracks import delta_index, load_new_track_vectors
+from dw_assets.embeddings.new_tracks import delta_index, new_tracks_extending
 from dw_assets.embeddings.user_tower import sampled_vectors
 from dw_assets.embeddings.vector_table import track_vectors_of
 from dw_assets.lake.quality import emit_checked, schema_check_spec, table_schema
-from dw_assets.lake.resources import LAYER_KEY, LakeResource, require_partitions
+from dw_assets.lake.resources import (
+    COMPLETE_WINDOW_KEY,
+    LAYER_KEY,
+    PER_PARTITION_KEY,
+    PartitionInputs,
+)
 from dw_assets.lake.storage import Artifact, array_bytes
-from dw_assets.partitions import ONE_WEEK_PER_RUN, history_window, history_window_weeks, weekly_partitions
+from dw_assets.partitions import ONE_WEEK_PER_RUN, history_window, weekly_partitions
 from dw_assets.retrieval.ann import AnnConfig, build_index, measure, tune_search
 from dw_assets.retrieval.batch import (
     candidate_models,
@@ -40,24 +43,17 @@ from dw_assets.retrieval.batch import (
     vector_users,
     with_heard,
 )
-from dw_assets.retrieval.candidates import (
-    CandidateConfig,
-)
+from dw_assets.retrieval.candidates import CandidateConfig
+from dw_assets.retrieval.index_check import RecallCheckConfig
 from dw_assets.retrieval.schemas import CANDIDATES
 from dw_assets.versioning import embedding_versions
 
 RECALL_CHECK = "ann_recall_at_500"
 
 
-class FaissIndexConfig(config_fields(AnnConfig)):
+class FaissIndexConfig(config_fields(AnnConfig, RecallCheckConfig)):
     """AnnConfig's settings (IVF at scale: nlist lists, None: ~4 sqrt(n), 40 k at 100 M tracks, trained on a
     seeded sample of at most train_sample track vectors, never on the whole catalog), and the recall check's."""
-
-    recall_k: int = 500
-    recall_sample_users: int = 2_000
-    min_recall: float = 0.95
-    # Approximate indexes: the cheapest nprobe / efSearch reaching tune_recall on a second user sample.
-    tune_recall: float = 0.97
 
     def settings(self) -> AnnConfig:
         return self.to_domain(AnnConfig)
@@ -134,12 +130,13 @@ class CandidatesConfig(config_fields(CandidateConfig, exclude=("faiss_threads", 
         "audio_vectors": AssetIn(),
         "user_profiles": AssetIn(metadata={"columns": ["user_id", "recent_tracks"]}),
         "track_stats": AssetIn(metadata={"columns": ["track_id", "is_cold", "is_new_release"]}),
-        "interactions": AssetIn(partition_mapping=history_window),
+        "interactions": AssetIn(partition_mapping=history_window, metadata={
+            COMPLETE_WINDOW_KEY: "the heard-track filter reads the whole 12-week window"}),
+        # Uploaded tracks (the audio-upload sensor's, one partition per upload day): every day the lake holds,
+        # each read when asked for; those extending this week's models are searched beside the index.
+        "new_track_vectors": AssetIn(NEW_TRACKS, partition_mapping=AllPartitionMapping(),
+                                     metadata={PER_PARTITION_KEY: "artifact"}),
     },
-    # Uploaded tracks (the audio-upload sensor's new_track_vectors, one partition per upload day): every day's,
-    # those extending this week's models are searched. A lineage edge, read in the function through the lake:
-    # the IO manager loads one artifact per input and the weekly jobs' Definitions hold no upload-day asset.
-    deps=[AssetDep(NEW_TRACKS, partition_mapping=AllPartitionMapping())],
     partitions_def=weekly_partitions,
     backfill_policy=ONE_WEEK_PER_RUN,
     check_specs=[schema_check_spec("candidates", CANDIDATES, blocking=True),
@@ -151,7 +148,6 @@ def candidates(
     context: AssetExecutionContext,
     config: CandidatesConfig,
     pyspark: LazyPySparkResource,
-    lake: LakeResource,
     faiss_index: Artifact,
     user_embeddings: DataFrame,
     item2vec_embeddings: pd.DataFrame,
@@ -159,16 +155,14 @@ def candidates(
     user_profiles: DataFrame,
     track_stats: pd.DataFrame,
     interactions: DataFrame,
+    new_track_vectors: PartitionInputs,
 ):
     version = embedding_versions(faiss_index=faiss_index, user_embeddings=user_embeddings)
-    require_partitions(lake.open(), "silver", "interactions", history_window_weeks(context.partition_key),
-                       "the heard-track filter reads the whole 12-week window")
     started = time.perf_counter()
     models = candidate_models(faiss_index, item2vec_embeddings, audio_vectors, track_stats, version)
     # Tracks uploaded since this week's models were built (the audio-upload sensor): searched beside the index.
     index = models.two_tower
-    models.two_tower_delta = delta_index(load_new_track_vectors(
-        lake.open(), context.instance.get_dynamic_partitions(AUDIO_UPLOADS), version), index.dim) or None
+    models.two_tower_delta = delta_index(new_tracks_extending(new_track_vectors, version), index.dim) or None
     spark = pyspark.spark_session
     base = vector_users(user_embeddings, user_profiles)
     n_users = base.count()  # before the 12-week heard join: the count only needs the users

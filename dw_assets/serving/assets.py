@@ -17,10 +17,11 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetIn,
+    AssetOut,
     ConfigurableResource,
     MaterializeResult,
     MetadataValue,
-    asset,
+    multi_asset,
 )
 from pydantic import Field
 from pyspark.sql import DataFrame
@@ -75,14 +76,18 @@ class PublishConfig(config_fields(PublishSettings)):
         return self.to_domain(PublishSettings)
 
 
-@asset(
-    group_name="serving",
+# multi_asset, as every other asset: @asset's backfill_policy is beta in Dagster 1.13 and would print its
+# warning at the top of every `dw` command's output.
+@multi_asset(
+    outs={"published_playlists": AssetOut(
+        group_name="serving",
+        description="ranked_playlists written whole to the serving store, verified, then made live "
+                    "(current_week flip).")},
     partitions_def=weekly_partitions,
     backfill_policy=ONE_WEEK_PER_RUN,
     ins={"ranked_playlists": AssetIn()},
     check_specs=[AssetCheckSpec("served_week_matches_lake", asset="published_playlists",
                                 description="The store holds every user of the week, read back after publishing.")],
-    description="ranked_playlists written whole to the serving store, verified, then made live (current_week flip).",
 )
 def published_playlists(
     context: AssetExecutionContext, config: PublishConfig, playlist_store: PlaylistStoreResource,

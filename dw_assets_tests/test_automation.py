@@ -271,6 +271,40 @@ def test_an_instance_without_the_weekly_run_queue_limit_is_refused_naming_the_se
         run_instance().dispose()  # the production shape (docs/operations.md) is accepted
 
 
+def test_a_command_waits_behind_a_queued_weekly_run_and_names_it(tmp_path):
+    """A UI backfill's week queued before a `dw run` goes first: the command waits for it (here no daemon
+    ever starts it, so the wait ends with an error naming the run, its state and the setting)."""
+    import sys
+
+    from dagster import DagsterRunStatus
+    from dagster._core.remote_origin import (
+        InProcessCodeLocationOrigin,
+        RemoteJobOrigin,
+        RemoteRepositoryOrigin,
+    )
+    from dagster._core.test_utils import create_run_for_test
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+
+    from dw_assets.automation.runner import _wait_for_the_queue, run_instance
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+        env.setenv("DW_QUEUE_WAIT_S", "0")
+        instance = run_instance()
+        # Queued as the UI queues it: with the code location's origin (the daemon would launch it from there).
+        location = InProcessCodeLocationOrigin(
+            LoadableTargetOrigin(executable_path=sys.executable, module_name="dw_assets.definitions"),
+            location_name="dw_assets")
+        queued = create_run_for_test(
+            instance, job_name=DISCOVER_JOB, status=DagsterRunStatus.QUEUED,
+            remote_job_origin=RemoteJobOrigin(RemoteRepositoryOrigin(location, "__repository__"), DISCOVER_JOB),
+            tags={WEEKLY_BATCH_TAG: "discover", "dagster/partition": "2026-01-05"})
+        assert instance.get_run_by_id(queued.run_id).status == DagsterRunStatus.QUEUED
+        with pytest.raises(RunError, match=f"weekly run {queued.run_id} .* still queued .*DW_QUEUE_WAIT_S"):
+            _wait_for_the_queue(instance, "another plan", progress=lambda message: None)
+        instance.dispose()
+
+
 # The UI's "Launch backfill" (the partitions dialog of weekly_discover_job): the same mutation, same schema.
 LAUNCH_BACKFILL = """
 mutation LaunchBackfill($params: LaunchBackfillParams!) {

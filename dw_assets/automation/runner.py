@@ -66,6 +66,8 @@ ALERT_ONLY = ("model_monitoring",)
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 PLAN_TAG = "dw/plan"  # the runs of one command's plan (its alongside runs may overlap each other)
 IN_PROGRESS = (DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING)
+# What a command's run waits behind: weekly runs in progress, and those queued before it (oldest first).
+AHEAD_IN_QUEUE = (DagsterRunStatus.QUEUED, *IN_PROGRESS)
 
 
 class RunError(RuntimeError):
@@ -111,20 +113,22 @@ def _job_for(keys: set[AssetKey], lake_root: str, store_url: str | None) -> str:
 
 
 def _wait_for_the_queue(instance: DagsterInstance, plan_id: str, progress: Callable[[str], None]) -> None:
-    """Wait while a weekly run of another plan (the UI's, another command's) is in progress: the run
-    queue's limit of one weekly run at a time, for runs launched in process."""
+    """Wait while a weekly run of another plan (the UI's, another command's) is in progress or queued: the
+    run queue's limit of one weekly run at a time, oldest first, for runs launched in process."""
     limit = settings.get("DW_QUEUE_WAIT_S")
     started, told = time.monotonic(), False
     while True:
-        busy = [r for r in instance.get_runs(RunsFilter(statuses=list(IN_PROGRESS)))
+        busy = [r for r in instance.get_runs(RunsFilter(statuses=list(AHEAD_IN_QUEUE)))
                 if WEEKLY_BATCH_TAG in r.tags and r.tags.get(PLAN_TAG) != plan_id]
         if not busy:
             return
+        state = busy[0].status.value.lower()
         if time.monotonic() - started > limit:
-            raise RunError(f"weekly run {busy[0].run_id} ({busy[0].job_name}) is still in progress after "
-                           f"{limit:.0f}s (DW_QUEUE_WAIT_S): one weekly run at a time")
+            raise RunError(f"weekly run {busy[0].run_id} ({busy[0].job_name}) is still {state} after "
+                           f"{limit:.0f}s (DW_QUEUE_WAIT_S): one weekly run at a time, oldest first (a queued "
+                           "run needs the daemon: `dagster-daemon run`, or `dagster dev`)")
         if not told:
-            progress(f"waiting for weekly run {busy[0].run_id[:8]} ({busy[0].job_name}) to finish")
+            progress(f"waiting for weekly run {busy[0].run_id[:8]} ({busy[0].job_name}, {state}) to finish")
             told = True
         time.sleep(5)
 

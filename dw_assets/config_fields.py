@@ -198,3 +198,20 @@ def parameter_default(function: Any, name: str) -> Any:
     if default is inspect.Parameter.empty:
         raise TypeError(f"{function.__qualname__}({name}=...) has no default")
     return default
+
+
+def joined_config(cls: type[DomainConfig]) -> type[DomainConfig]:
+    """Class decorator of a ``DomainConfig`` subclassing several: ``to_domain`` (and ``domain_defaults``) know
+    every base's dataclasses, prefixes and exclusions. Their run-config names must not overlap."""
+    bases = [b for b in cls.__bases__ if issubclass(b, DomainConfig)]
+    seen: set[str] = set()
+    shared = set()
+    for base in bases:
+        shared |= seen & set(base.model_fields)
+        seen |= set(base.model_fields)
+    if shared:
+        raise TypeError(f"{cls.__name__}: {sorted(shared)} are fields of more than one base")
+    cls.__domains__ = tuple(d for b in bases for d in b.__domains__)
+    cls.__prefixes__ = types.MappingProxyType({d: p for b in bases for d, p in b.__prefixes__.items()})
+    cls.__excluded__ = frozenset().union(*(b.__excluded__ for b in bases))
+    return cls

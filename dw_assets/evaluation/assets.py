@@ -5,7 +5,6 @@ import base64
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
 
 import numpy as np
 import pandas as pd
@@ -28,7 +27,7 @@ from pyspark.sql import DataFrame
 
 from dw_assets.batch_timing import throughput
 from dw_assets.calendar import shift_week, week_bounds
-from dw_assets.config_fields import DomainConfig, config_fields, parameter_default
+from dw_assets.config_fields import config_fields, joined_config, parameter_default
 from dw_assets.embeddings.user_tower import user_embeddings_frame, vectors_of
 from dw_assets.embeddings.vector_table import track_vectors_of
 from dw_assets.evaluation.ab import ABConfig, ab_frame, play_arms, summarize_ab
@@ -286,21 +285,7 @@ def retrieval_evaluation(
 # -- last week's models on this week's users: the A/B control and the "last_week" baseline ---------------
 
 
-def _joined(cls: type[DomainConfig]) -> type[DomainConfig]:
-    """Class decorator of a ``DomainConfig`` subclassing several: ``to_domain`` (and ``domain_defaults``) know
-    every base's dataclasses, prefixes and exclusions. Their run-config names must not overlap."""
-    bases = [b for b in cls.__bases__ if issubclass(b, DomainConfig)]
-    names = [set(b.model_fields) for b in bases]
-    shared = set.intersection(*names) if len(names) > 1 else set()
-    if shared:
-        raise TypeError(f"{cls.__name__}: {sorted(shared)} are fields of more than one base")
-    cls.__domains__ = tuple(d for b in bases for d in b.__domains__)
-    cls.__prefixes__ = MappingProxyType({d: p for b in bases for d, p in b.__prefixes__.items()})
-    cls.__excluded__ = frozenset().union(*(b.__excluded__ for b in bases))
-    return cls
-
-
-@_joined
+@joined_config
 class LastWeekPlaylistsConfig(PlaylistsConfig, config_fields(
     CandidateConfig, prefix={CandidateConfig: "candidates_"},
     # as the candidates asset: one faiss thread per Spark task; the partition floor is ``candidates_partitions``

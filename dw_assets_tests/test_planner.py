@@ -13,6 +13,7 @@ from dw_assets.automation.planner import (
     WEEK,
     PlanError,
     evaluations_due,
+    plan_evaluation,
     plan_weeks,
     stopped_by,
     weeks_from_to,
@@ -55,6 +56,22 @@ def test_the_evaluation_runs_only_when_the_holdout_week_has_landed():
     # a holdout already ingested is not ingested again
     again = plan_weeks([W[2]], landed=W, materialized={**have, "interactions": W})
     assert _parts(again) == [(W[2], WEEK), (W[2], EVALUATION)]
+
+
+def test_evaluating_a_built_week_follows_the_same_rules():
+    built = {"interactions": W[:3], "candidates": W[1:3], "ranked_playlists": W[:3]}
+    # `dw evaluate` of W[2]: its holdout W[3] is ingested first, then the evaluation
+    assert _parts(plan_evaluation(W[2], W, built)) == [(W[3], INGEST), (W[2], EVALUATION)]
+    assert _parts(plan_evaluation(W[1], W, built)) == [(W[1], EVALUATION)]  # W[2] is W[1]'s holdout, in
+    # evaluated already: nothing, unless asked to refresh
+    done = {**built, "offline_evaluation": [W[1]]}
+    assert plan_evaluation(W[1], W, done).steps == ()
+    assert _parts(plan_evaluation(W[1], W, done, refresh=True)) == [(W[1], EVALUATION)]
+    for week, landed, why in ((W[2], W[:3], f"holdout week {W[3]} has not landed"),
+                              (W[0], W, "first landed week: its evaluation has no control arm"),
+                              (W[3], W, f"week {W[3]} has no playlists")):
+        with pytest.raises(PlanError, match=why):
+            plan_evaluation(week, landed, built)
 
 
 def test_a_backfill_builds_weeks_in_order_and_evaluates_each_after_its_holdout_week():

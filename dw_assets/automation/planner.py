@@ -174,6 +174,27 @@ def plan_weeks(
                 f"week {stop} failed: the weeks after it build on it" if stopped else "")
 
 
+def plan_evaluation(week: str, landed: Collection[str], materialized: Mapping[str, Collection[str]], *,
+                    refresh: bool = False) -> Plan:
+    """The steps that evaluate a week that is built (`dw evaluate`, `dw ab`), by ``plan_weeks``' rules: the
+    ingest of its holdout week W+1 when the instance lacks it, then the evaluation; no step when the week
+    has an evaluation already, unless ``refresh``. ``materialized`` as for ``plan_weeks``, with
+    ``ranked_playlists`` and ``offline_evaluation``."""
+    landed = set(landed)
+    holdout = shift_week(week, 1)
+    if week not in materialized.get("ranked_playlists", ()):
+        raise PlanError(f"week {week} has no playlists: build it first (`dw run --week {week}`)")
+    if is_first_landed(week, landed):
+        raise PlanError(f"week {week} is the first landed week: its evaluation has no control arm (week "
+                        f"{shift_week(week, -1)}'s models), so it has none")
+    if holdout not in landed and holdout not in materialized.get("interactions", ()):
+        raise PlanError(f"week {week} cannot be evaluated yet: its holdout week {holdout} has not landed")
+    if not refresh and week in materialized.get("offline_evaluation", ()):
+        return Plan(())
+    built = _Built({name: set(weeks) for name, weeks in materialized.items()})
+    return Plan(tuple(_evaluation_steps(week, [], built)))
+
+
 def _evaluation_steps(week: str, later_targets: list[str], built: _Built) -> list[Step]:
     holdout = shift_week(week, 1)
     step = Step(EVALUATION_JOB, week, EVALUATION, f"holdout week {holdout} has landed")

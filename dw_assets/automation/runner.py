@@ -38,6 +38,7 @@ from dagster import (
 from dw_assets import settings
 from dw_assets.automation.planner import (
     DISCOVER_JOB,
+    EVALUATION,
     EVALUATION_JOB,
     INGEST,
     PER_WEEK_ASSETS,
@@ -327,23 +328,29 @@ def materialize_week(
 def evaluate_week(lake_root: Path | str, week: str, known_weeks: list[str] | None, refresh: bool = False,
                   progress: Callable[[str], None] = print, ops: RunConfig | dict | None = None,
                   selection: AssetSelection | None = None) -> None:
-    """Materialize ``week``'s evaluation assets (once; ``refresh`` re-runs them) after ``dw run`` built the week."""
-    lake = build_resources(str(lake_root))["lake"].open()
+    """Evaluate ``week`` after ``dw run`` built it, as ``planner.plan_evaluation`` plans it: its holdout's
+    ingest when missing, then the evaluation (once; ``refresh`` re-runs it). ``selection``: a part of the
+    evaluation job (``dw ab``: the simulated A/B test and what it needs), always run."""
+    from dw_assets.automation.planner import PlanError, landed_weeks, plan_evaluation
+
+    lake_root = str(lake_root)
+    lake = build_resources(lake_root)["lake"].open()
     lake.verify()
-    holdout = shift_week(week, 1)
-    if not lake.exists(lake.uri("gold", "ranked_playlists", week)):
-        raise RunError(f"week {week} has no playlists in {lake_root}: run `dw run --lake {lake_root} --week {week}` "
-                       "first")
-    if not lake.exists(lake.uri("silver", "interactions", holdout)):
-        if holdout not in (known_weeks or []):
-            raise RunError(f"week {week} cannot be evaluated yet: its holdout week {holdout} has not landed")
-        result = run_selection(AssetSelection.assets(*PER_WEEK_ASSETS), holdout, lake_root, run_instance(), job_name=DISCOVER_JOB)
-        progress(f"week {holdout}: holdout ingested for evaluation (run {result.run_id[:8]})")
-    selection = selection or evaluation_selection(lake_root)
-    if not refresh and lake.exists(lake.uri("gold", "offline_evaluation", week)) and selection == evaluation_selection(
-            lake_root):
-        return
-    started = time.perf_counter()
-    result = run_selection(selection, week, lake_root, run_instance(), ops, job_name=EVALUATION_JOB)
-    progress(f"week {week}: evaluation materialized in {time.perf_counter() - started:.1f}s (run {result.run_id[:8]})")
+    instance = run_instance()
+    landed = known_weeks if known_weeks is not None else landed_weeks(lake_root)
+    full = evaluation_selection(lake_root)
+    try:
+        plan = plan_evaluation(week, landed, materialized(instance, lake),
+                               refresh=refresh or (selection is not None and selection != full))
+    except PlanError as exc:
+        raise RunError(f"{exc} (lake {lake_root})") from exc
+    for step in plan.steps:
+        started = time.perf_counter()
+        if step.part == EVALUATION:
+            result = run_selection(selection or full, week, lake_root, instance, ops, job_name=EVALUATION_JOB)
+            progress(f"week {week}: evaluation materialized in {time.perf_counter() - started:.1f}s "
+                     f"(run {result.run_id[:8]})")
+        else:
+            result = run_selection(part_selection(step), step.week, lake_root, instance, job_name=DISCOVER_JOB)
+            progress(f"week {step.week}: holdout ingested for evaluation (run {result.run_id[:8]})")
 

@@ -185,6 +185,24 @@ def test_one_week_of_models_shares_one_version(world):
     assert len(set(versions.values())) == 1 and next(iter(versions.values())).startswith(week)
 
 
+def taste_hit_rates(truth, user_ids: np.ndarray, top: np.ndarray, tracks, sounds, seed: int) -> tuple[float, float]:
+    """(matched, random) hit rates of ``tracks`` in the ANN top-k rows ``top`` (one per ``user_ids``): the share of
+    the humans whose hidden taste best matches each track's sound (top 5 %, at least 5) that get the track, and the
+    share of as many random humans. ``sounds[i]`` is the track whose sound ``tracks[i]`` has (itself for a release).
+    Shared with test_uploads, so the weekly and the upload cold-start tests judge retrieval the same way."""
+    humans = user_ids[~truth.user_is_bot[truth.user_index(user_ids)]]
+    row_of = {u: i for i, u in enumerate(user_ids.tolist())}
+    rng = np.random.default_rng(seed)
+    matched_hits, random_hits = [], []
+    for track, sound in zip(tracks, sounds, strict=True):
+        affinity = truth.affinity(humans, np.full(len(humans), sound))
+        matched = humans[np.argsort(-affinity)[: max(5, len(humans) // 20)]]
+        randoms = rng.choice(humans, size=len(matched), replace=False)
+        matched_hits += [track in top[row_of[u]] for u in matched]
+        random_hits += [track in top[row_of[u]] for u in randoms]
+    return float(np.mean(matched_hits)), float(np.mean(random_hits))
+
+
 def test_cold_releases_are_retrieved_for_users_whose_taste_matches(world):
     """New releases of the week (audio, no plays) reach the ANN top-k of matching users, not of random ones."""
     from dw_assets.retrieval.ann import AnnIndex
@@ -199,17 +217,7 @@ def test_cold_releases_are_retrieved_for_users_whose_taste_matches(world):
     k = len(index.ids) // 10
     _, top = index.search(user_vectors, k)
     cold = np.array(manifest["new_track_ids"][week])
-    humans = user_ids[~truth.user_is_bot[truth.user_index(user_ids)]]
-    rng = np.random.default_rng(0)
-    matched_hits, random_hits = [], []
-    row_of = {u: i for i, u in enumerate(user_ids)}
-    for track in cold:
-        affinity = truth.affinity(humans, np.full(len(humans), track))
-        matched = humans[np.argsort(-affinity)[: max(5, len(humans) // 20)]]
-        randoms = rng.choice(humans, size=len(matched), replace=False)
-        matched_hits += [track in top[row_of[u]] for u in matched]
-        random_hits += [track in top[row_of[u]] for u in randoms]
-    matched_rate, random_rate = float(np.mean(matched_hits)), float(np.mean(random_hits))
+    matched_rate, random_rate = taste_hit_rates(truth, user_ids, top, cold, cold, seed=0)
     assert matched_rate > 0.1 and matched_rate >= 3 * random_rate, (matched_rate, random_rate)
 
 

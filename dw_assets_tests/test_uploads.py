@@ -258,6 +258,7 @@ def test_dropped_clips_become_searchable_through_sensor_run_and_delta(weekly_mod
     from dw_assets.lake.storage import Artifact
     from dw_assets.retrieval.ann import AnnIndex
     from dw_assets.simulate import load_truth
+    from dw_assets_tests.test_pipeline import taste_hit_rates
 
     root, config, instance = weekly_models
     lake, trained = _trained(root)
@@ -322,17 +323,8 @@ def test_dropped_clips_become_searchable_through_sensor_run_and_delta(weekly_mod
     k = len(main) // 10  # a tenth of the tiny catalog (as the weekly cold-start test)
     _, top = search_with_delta(main, delta, user_vectors, k)
     assert not np.isin(new_ids, main.search(user_vectors, k)[1]).any()  # the weekly index alone never has them
-    humans = user_ids[~truth.user_is_bot[truth.user_index(user_ids)]]
-    row_of = {u: i for i, u in enumerate(user_ids.tolist())}
-    rng = np.random.default_rng(1)
-    matched_hits, random_hits = [], []
-    for new, source in zip(new_ids, sources, strict=True):
-        affinity = truth.affinity(humans, np.full(len(humans), source))  # the new track's sound is the source's
-        matched = humans[np.argsort(-affinity)[: max(5, len(humans) // 20)]]
-        randoms = rng.choice(humans, size=len(matched), replace=False)
-        matched_hits += [new in top[row_of[u]] for u in matched]
-        random_hits += [new in top[row_of[u]] for u in randoms]
-    matched_rate, random_rate = float(np.mean(matched_hits)), float(np.mean(random_hits))
+    # each new track's sound is its source's
+    matched_rate, random_rate = taste_hit_rates(truth, user_ids, top, new_ids, sources, seed=1)
     assert matched_rate > 0.2 and matched_rate >= 3 * random_rate, (matched_rate, random_rate)
 
     # A day above the cap embeds the lowest new ids up to it; the others wait for the weekly run.

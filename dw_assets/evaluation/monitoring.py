@@ -112,6 +112,20 @@ def _psi_outcome(name: str, label: str, psi: float, warn: float, error: float, e
                         {"psi": round(psi, 6), "warn_above": warn, "error_above": error, **metadata})
 
 
+def _empty_side(name: str, warn: float, unit: str, n_now: int, n_last: int, first_week: str,
+                what: str) -> CheckOutcome | None:
+    """The drift checks' rule for a week with nothing to compare: none last week (the first week) passes
+    with the ``first_week`` note; none this week fails ERROR. None when both weeks have values.
+    Metadata counts them as ``{unit}_now`` and ``{unit}_last_week``."""
+    if n_last == 0:
+        return CheckOutcome(name, True, "WARN", 0.0, warn, first_week,
+                            {"note": "first week", f"{unit}_now": n_now, f"{unit}_last_week": 0})
+    if n_now == 0:
+        return CheckOutcome(name, False, "ERROR", 0.0, warn, f"no {what} this week (last week had {n_last:,})",
+                            {f"{unit}_now": 0, f"{unit}_last_week": n_last})
+    return None
+
+
 def prediction_drift(scores_now: np.ndarray, scores_last_week: np.ndarray, warn: float = 0.1,
                      error: float = 0.25) -> CheckOutcome:
     """PSI of this week's ranker scores (float[n_now]) against last week's (float[n_last]).
@@ -121,14 +135,10 @@ def prediction_drift(scores_now: np.ndarray, scores_last_week: np.ndarray, warn:
     """
     (scores_now, dropped_now), (scores_last_week, dropped_last) = _finite(scores_now), _finite(scores_last_week)
     name, label = "prediction_drift", "ranker score"
-    if scores_last_week.size == 0:
-        return CheckOutcome(name, True, "WARN", 0.0, warn,
-                            f"{label} PSI not computed: no scores last week (first week), nothing to compare",
-                            {"note": "first week", "scores_now": int(scores_now.size), "scores_last_week": 0})
-    if scores_now.size == 0:
-        return CheckOutcome(name, False, "ERROR", 0.0, warn,
-                            f"no {label}s this week (last week had {scores_last_week.size:,})",
-                            {"scores_now": 0, "scores_last_week": int(scores_last_week.size)})
+    empty = _empty_side(name, warn, "scores", int(scores_now.size), int(scores_last_week.size),
+                        f"{label} PSI not computed: no scores last week (first week), nothing to compare", f"{label}s")
+    if empty is not None:
+        return empty
     psi = population_stability_index(scores_last_week, scores_now)
     return _psi_outcome(name, label, psi, warn, error, _dropped_note(dropped_now, dropped_last), {
         "scores_now": int(scores_now.size), "scores_last_week": int(scores_last_week.size),
@@ -155,14 +165,10 @@ def feature_drift(norms_now: np.ndarray, norms_last_week: np.ndarray, warn: floa
     """
     (norms_now, dropped_now), (norms_last_week, dropped_last) = _norms(norms_now), _norms(norms_last_week)
     name = "feature_drift"
-    if norms_last_week.size == 0:
-        return CheckOutcome(name, True, "WARN", 0.0, warn,
-                            f"{label} PSI not computed: no user embeddings last week (first week)",
-                            {"note": "first week", "users_now": int(norms_now.size), "users_last_week": 0})
-    if norms_now.size == 0:
-        return CheckOutcome(name, False, "ERROR", 0.0, warn,
-                            f"no user embeddings this week (last week had {norms_last_week.size:,})",
-                            {"users_now": 0, "users_last_week": int(norms_last_week.size)})
+    empty = _empty_side(name, warn, "users", int(norms_now.size), int(norms_last_week.size),
+                        f"{label} PSI not computed: no user embeddings last week (first week)", "user embeddings")
+    if empty is not None:
+        return empty
     psi = population_stability_index(norms_last_week, norms_now)
     ks, p_value = ks_statistic(norms_last_week, norms_now)
     shifted = p_value < ks_alpha

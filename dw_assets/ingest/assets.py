@@ -41,49 +41,37 @@ def _landing(lake: LakeResource) -> LandingFS:
     return lake.landing()
 
 
-@multi_asset(
-    outs={
-        "track_catalog": AssetOut(group_name=GROUP, metadata=_meta("bronze", schemas.TRACK_CATALOG),
-                                  description="Tracks released by the end of the week (new releases are cold: audio, no plays)."),
-    },
-    partitions_def=weekly_partitions,
-    backfill_policy=ONE_WEEK_PER_RUN,
-    check_specs=[schema_check_spec("track_catalog", schemas.TRACK_CATALOG)],
-)
-def track_catalog(context: AssetExecutionContext, pyspark: LazyPySparkResource, lake: LakeResource):
-    """The landed catalog read and checked on the executors: 100 M rows at the target (~10 GB), never collected."""
-    catalog = read_track_catalog(pyspark.spark_session, _landing(lake), context.partition_key)
-    yield from emit_checked("track_catalog", catalog, schemas.TRACK_CATALOG, {})
+def _snapshot(name: str, schema: pa.DataFrameSchema, description: str, read, doc: str):
+    """A bronze snapshot asset: the week's landed ``name`` table, read by ``read(spark, landing, week)`` and
+    checked on the executors, never collected. One builder, so the three snapshots cannot drift apart."""
+
+    @multi_asset(
+        name=name,
+        outs={name: AssetOut(group_name=GROUP, metadata=_meta("bronze", schema), description=description)},
+        partitions_def=weekly_partitions,
+        backfill_policy=ONE_WEEK_PER_RUN,
+        check_specs=[schema_check_spec(name, schema)],
+        description=doc,
+    )
+    def snapshot(context: AssetExecutionContext, pyspark: LazyPySparkResource, lake: LakeResource):
+        table = read(pyspark.spark_session, _landing(lake), context.partition_key)
+        yield from emit_checked(name, table, schema, {})
+
+    return snapshot
 
 
-@multi_asset(
-    outs={
-        "user_directory": AssetOut(group_name=GROUP, metadata=_meta("bronze", schemas.USER_DIRECTORY),
-                                   description="Users signed up by the end of the week, with country and birth year."),
-    },
-    partitions_def=weekly_partitions,
-    backfill_policy=ONE_WEEK_PER_RUN,
-    check_specs=[schema_check_spec("user_directory", schemas.USER_DIRECTORY)],
-)
-def user_directory(context: AssetExecutionContext, pyspark: LazyPySparkResource, lake: LakeResource):
-    """The landed users read and checked on the executors: 500 M rows at the target, never collected."""
-    directory = read_user_directory(pyspark.spark_session, _landing(lake), context.partition_key)
-    yield from emit_checked("user_directory", directory, schemas.USER_DIRECTORY, {})
-
-
-@multi_asset(
-    outs={
-        "user_playlists": AssetOut(group_name=GROUP, metadata=_meta("bronze", schemas.USER_PLAYLISTS),
-                                   description="Snapshot of user playlists at the end of the week (the item2vec corpus)."),
-    },
-    partitions_def=weekly_partitions,
-    backfill_policy=ONE_WEEK_PER_RUN,
-    check_specs=[schema_check_spec("user_playlists", schemas.USER_PLAYLISTS)],
-)
-def user_playlists(context: AssetExecutionContext, pyspark: LazyPySparkResource, lake: LakeResource):
-    """The week's playlist snapshot on the executors: ~1 G playlists x ~30 tracks at the target; item2vec samples it."""
-    playlists = read_user_playlists(pyspark.spark_session, _landing(lake), context.partition_key)
-    yield from emit_checked("user_playlists", playlists, schemas.USER_PLAYLISTS, {})
+track_catalog = _snapshot(
+    "track_catalog", schemas.TRACK_CATALOG,
+    "Tracks released by the end of the week (new releases are cold: audio, no plays).", read_track_catalog,
+    "The landed catalog read and checked on the executors: 100 M rows at the target (~10 GB), never collected.")
+user_directory = _snapshot(
+    "user_directory", schemas.USER_DIRECTORY,
+    "Users signed up by the end of the week, with country and birth year.", read_user_directory,
+    "The landed users read and checked on the executors: 500 M rows at the target, never collected.")
+user_playlists = _snapshot(
+    "user_playlists", schemas.USER_PLAYLISTS,
+    "Snapshot of user playlists at the end of the week (the item2vec corpus).", read_user_playlists,
+    "The week's playlist snapshot on the executors: ~1 G playlists x ~30 tracks at the target; item2vec samples it.")
 
 
 class RawPlayEventsConfig(Config):

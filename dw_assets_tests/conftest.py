@@ -43,21 +43,23 @@ def tiny_world(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_world_run(tiny_world, spark) -> Path:
-    """``tiny_world`` with its last training week materialized in local mode (this process's session) with
-    the tests' quick model settings, as test_pipeline's ``world`` builds it: the reference other engines'
-    runs must match. Built once, only if no earlier test built it."""
+def tiny_world_report(tiny_world, spark) -> str:
+    """``tiny_world``'s last training week materialized once per session, as ``dw run`` does, in local mode
+    (this process's session) with the tests' quick model settings: ``materialize_week``'s summary."""
     import json
 
     from dw_assets.automation.runner import materialize_week
-    from dw_assets.lake.storage import open_lake
     from dw_assets_tests.test_s3_lake import QUICK
 
     manifest = json.loads((tiny_world / "landing" / "manifest.json").read_text())
-    week = manifest["last_training_week"]
-    lake = open_lake(str(tiny_world))
-    if not lake.exists(lake.uri("gold", "ranked_playlists", week)):
-        materialize_week(tiny_world, week, manifest["weeks"], progress=lambda m: None, ops=QUICK)
+    return materialize_week(tiny_world, manifest["last_training_week"], manifest["weeks"], progress=lambda m: None,
+                            ops=QUICK)
+
+
+@pytest.fixture(scope="session")
+def tiny_world_run(tiny_world, tiny_world_report) -> Path:
+    """``tiny_world`` with its last training week materialized (``tiny_world_report``): the reference other
+    engines' runs must match."""
     return tiny_world
 
 

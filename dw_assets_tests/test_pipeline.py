@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from dagster import AssetKey, AssetRecordsFilter, DagsterInstance
 
-from dw_assets.automation.runner import PER_WEEK_ASSETS, materialize_week, run_selection
+from dw_assets.automation.runner import PER_WEEK_ASSETS, run_selection
 from dw_assets.definitions import defs
 from dw_assets.embeddings.user_tower import read_user_embeddings
 from dw_assets.ingest.events import QUARANTINE_REASONS
@@ -24,13 +24,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def world(tiny_world, spark):
-    """The tiny world with every training week's history and the last week's gold materialized."""
+def world(tiny_world, tiny_world_report):
+    """The tiny world with every training week's history and the last week's gold materialized (once per
+    session: the run other modules read too), and `dw run`'s summary of it."""
     manifest = json.loads((tiny_world / "landing" / "manifest.json").read_text())
-    quick = {"audio_embeddings": {"config": {"epochs": 12}}, "two_tower_model": {"config": {"epochs": 4}}}
-    report = materialize_week(tiny_world, manifest["last_training_week"], manifest["weeks"],
-                              progress=lambda m: None, ops=quick)
-    return tiny_world, manifest, Lake(str(tiny_world)), report
+    return tiny_world, manifest, Lake(str(tiny_world)), tiny_world_report
 
 
 def _read(lake: Lake, layer: str, asset: str, week: str) -> pd.DataFrame:

@@ -80,3 +80,47 @@ def test_no_asset_module_imports_another():
             elif isinstance(node, ast.Import):
                 offenders += [f"{path.relative_to(package.parent)} imports {a.name}" for a in node.names if a.name in names]
     assert len(names) >= 7 and offenders == []
+
+
+def _imported_modules(path: Path, modules: set[str]) -> set[str]:
+    """The package's modules that ``path`` imports at run time, wherever the import is (a function-level
+    import that closes a cycle only hides it); imports under ``if TYPE_CHECKING:`` are not run."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                   and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING"
+                   for stmt in node.body for n in ast.walk(stmt)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dw_assets"):
+            found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+    return found & modules
+
+
+def test_no_import_cycle_between_the_packages_modules():
+    """Module A importing B while B imports A (directly or around a loop) is refused, function-level
+    imports included: each domain module sits above the ones it uses."""
+    package = Path(__file__).resolve().parents[1] / "dw_assets"
+    paths = {".".join(p.relative_to(package.parent).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in package.rglob("*.py")}
+    graph = {m: _imported_modules(p, set(paths)) - {m} for m, p in paths.items()}
+    cycles, done = [], set()
+
+    def visit(module: str, path: list[str]) -> None:
+        for target in sorted(graph[module]):
+            if target in path:
+                cycles.append(path[path.index(target):] + [target])
+            elif target not in done:
+                visit(target, [*path, target])
+        done.add(module)
+
+    for module in sorted(graph):
+        if module not in done:
+            visit(module, [module])
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles[:5])
+

@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dw_assets.lake.s3 import NOT_FOUND_CODES, S3Settings, error_code, use_s3a
-from dw_assets.lake.storage import split_s3
+from dw_assets.lake.s3 import NOT_FOUND_CODES, S3Settings, error_code, split_s3, use_s3a
 
 
 @dataclass

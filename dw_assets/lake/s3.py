@@ -29,7 +29,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dw_assets import settings as dw_settings
-from dw_assets.lake.storage import LakeError, split_s3
+from dw_assets.lake.errors import LakeError
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key/prefix`` (or ``s3a://``) → (bucket, ``key/prefix`` without surrounding slashes)."""
+    bucket, _, key = uri.removeprefix("s3://").removeprefix("s3a://").partition("/")
+    return bucket, key.strip("/")
+
 
 ENDPOINT_ENV = "DW_S3_ENDPOINT_URL"
 # Path-style requests need a region to sign with; S3-compatible servers accept any.

@@ -43,6 +43,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dw_assets.lake.errors import LakeError
+from dw_assets.lake.landing_fs import LandingFS
+from dw_assets.lake.s3 import S3Settings, split_s3, use_s3a, verify_bucket
+
 LAYERS = ("bronze", "silver", "gold", "models", "reports")
 PART_FILE = "part-00000.parquet"
 
@@ -53,10 +57,6 @@ META_FILE = "meta.json"
 S3_MULTIPART_BYTES = 64 * 2**20
 S3_MAX_PARTS = 10_000
 SUCCESS_FILE = "_SUCCESS"  # Spark's job-commit marker: a Spark partition is complete once it exists
-
-
-class LakeError(RuntimeError):
-    """A lake read or write that cannot be done, with the path it was about."""
 
 
 @dataclass
@@ -101,12 +101,6 @@ def vectors_from(artifact: Artifact) -> tuple[np.ndarray, np.ndarray]:
     return array_from_bytes(artifact.files["ids.npy"]), array_from_bytes(artifact.files["vectors.npy"])
 
 
-def split_s3(uri: str) -> tuple[str, str]:
-    """``s3://bucket/key/prefix`` (or ``s3a://``) → (bucket, ``key/prefix`` without surrounding slashes)."""
-    bucket, _, key = uri.removeprefix("s3://").removeprefix("s3a://").partition("/")
-    return bucket, key.strip("/")
-
-
 def resolve_lake_root(value: str | Path) -> str:
     """A lake root as given on a command line: ``s3://bucket/prefix`` kept as it is, a directory made
     absolute. Anything else with a scheme is refused rather than taken for a local folder name."""
@@ -125,8 +119,6 @@ def open_lake(root: str, endpoint_url: str | None = None) -> Lake:
     from the environment (``lake/s3.py``), ``endpoint_url`` overriding ``DW_S3_ENDPOINT_URL``."""
     if not str(root).startswith("s3://"):
         return Lake(str(root))
-    from dw_assets.lake.s3 import S3Settings
-
     settings = S3Settings.from_env(endpoint_url)
     return Lake(str(root), s3_client=settings.client(), s3=settings)
 
@@ -159,23 +151,17 @@ class Lake:
     def landing(self) -> str:
         return f"{self.root}/landing"
 
-    def landing_fs(self) -> Any:
+    def landing_fs(self) -> LandingFS:
         """The landing zone under this root, read with the lake's S3 client and settings (``LandingFS``)."""
-        from dw_assets.lake.landing_fs import LandingFS
-
         return LandingFS(self.landing, s3_client=self.s3_client, s3=self.s3)
 
     def verify(self) -> None:
         """On S3: raise one ``S3ConfigError`` naming the setting to fix (credentials, endpoint, bucket) unless
         the bucket can be used. Checked once per process and bucket; a local lake needs nothing."""
         if self.is_s3:
-            from dw_assets.lake.s3 import S3Settings, verify_bucket
-
             verify_bucket(self.root, self.s3 or S3Settings.from_env(), self.s3_client)
 
     def _spark_uri(self, spark: Any, uri: str) -> str:
-        from dw_assets.lake.s3 import S3Settings, use_s3a
-
         return use_s3a(spark, uri, self.s3 or S3Settings.from_env())
 
     def uri(self, layer: str, asset: str, week: str | None = None) -> str:

@@ -370,10 +370,14 @@ def ab(lake_dir, week, experiment, treatment_share, seed, as_json):
     click.echo(f"verdict: {summary['verdict']} - {summary['reason']}")
 
 
-def _ab_run_config(settings: ABConfig) -> dict:
-    """The ``simulated_ab_test`` op's run config of ``settings`` (every ``ABConfig`` field, under its own
-    name in ``AbTestConfig``; the evaluated users keep their defaults)."""
-    return {"simulated_ab_test": {"config": dataclasses.asdict(settings)}}
+def _ab_run_config(settings: ABConfig):
+    """The ``simulated_ab_test`` op's typed run config of ``settings`` (every ``ABConfig`` field, under its
+    own name in ``AbTestConfig``; the evaluated users keep their defaults)."""
+    from dagster import RunConfig
+
+    from dw_assets.evaluation.config import AbTestConfig
+
+    return RunConfig(ops={"simulated_ab_test": AbTestConfig(**dataclasses.asdict(settings))})
 
 
 def _ab_summary(lake_root: str, week: str) -> dict | None:

@@ -103,9 +103,9 @@ def test_dw_ab_run_config_is_valid_for_the_evaluation_job(tmp_path):
     from dagster import validate_run_config
 
     from dw_assets.automation.planner import EVALUATION_JOB
-    from dw_assets.automation.runner import registered_job
+    from dw_assets.automation.runner import op_config, registered_job
 
     (tmp_path / "simulator").mkdir()  # a simulated world: the evaluation job holds the A/B
-    ops = _ab_run_config(ABConfig(experiment="other", treatment_share=0.2, seed=3))
+    ops = op_config(_ab_run_config(ABConfig(experiment="other", treatment_share=0.2, seed=3)))
     assert ops["simulated_ab_test"]["config"]["treatment_share"] == 0.2
     assert validate_run_config(registered_job(EVALUATION_JOB, str(tmp_path), None), {"ops": ops})

@@ -24,7 +24,6 @@ from dw_assets.embeddings.incremental_assets import NewTrackVectorsConfig
 from dw_assets.embeddings.item2vec import Item2VecConfig
 from dw_assets.embeddings.two_tower import TwoTowerConfig
 from dw_assets.evaluation.assets import (
-    AbTestConfig,
     LastWeekPlaylistsConfig,
     MonitoringConfig,
     OfflineEvaluationConfig,
@@ -33,6 +32,7 @@ from dw_assets.evaluation.assets import (
 )
 from dw_assets.evaluation.baselines import AlsConfig, ItemCfConfig
 from dw_assets.evaluation.batch import EvaluationSample
+from dw_assets.evaluation.config import AbTestConfig
 from dw_assets.evaluation.monitoring import batch_window_sla, prediction_drift, volume_anomaly
 from dw_assets.evaluation.north_star import NorthStarConfig
 from dw_assets.ingest.assets import InteractionsConfig, RawPlayEventsConfig, UserProfilesConfig

@@ -30,7 +30,7 @@ from dw_assets.calendar import shift_week, week_bounds
 from dw_assets.config_fields import config_fields, joined_config, parameter_default
 from dw_assets.embeddings.user_tower import user_embeddings_frame, vectors_of
 from dw_assets.embeddings.vector_table import track_vectors_of
-from dw_assets.evaluation.ab import ABConfig, ab_frame, play_arms, summarize_ab
+from dw_assets.evaluation.ab import ab_frame, play_arms, summarize_ab
 from dw_assets.evaluation.baselines import (
     AlsConfig,
     ItemCfConfig,
@@ -51,6 +51,7 @@ from dw_assets.evaluation.batch import (
     split_window,
     truth_frame,
 )
+from dw_assets.evaluation.config import PREFIXES, SAMPLE_FIELDS, AbTestConfig
 from dw_assets.evaluation.holdout import recall_at_k
 from dw_assets.evaluation.metrics import metric_keys
 from dw_assets.evaluation.monitoring import batch_window_sla, prediction_drift, summarize, volume_anomaly
@@ -140,18 +141,16 @@ THIS_AND_PREVIOUS_WEEK = lenient_window(-1, 0)
 # Run-config names of the dataclasses' fields: EvaluationSample's as sample_users, sample_rows, sample_seed;
 # AlsConfig's as als_factors, als_seed, ...; ItemCfConfig's as item_cf_neighbours; NorthStarConfig's as
 # north_star_max_users, north_star_seeds, ...
-PREFIXES = {EvaluationSample: "sample_", AlsConfig: "als_", ItemCfConfig: "item_cf_", NorthStarConfig: "north_star_"}
-_SAMPLE = {"prefix": PREFIXES, "exclude": ("sample_users_per_bucket",)}  # only the offline evaluation buckets users
 
 
-class SampleConfig(config_fields(EvaluationSample, **_SAMPLE)):
+class SampleConfig(config_fields(EvaluationSample, **SAMPLE_FIELDS)):
     """The evaluated users (``batch.EvaluationSample``: a seeded-hash sample, every user of a demo world)."""
 
     def sample(self) -> EvaluationSample:
         return self.to_domain(EvaluationSample)
 
 
-class RetrievalEvaluationConfig(config_fields(EvaluationSample, AlsConfig, **_SAMPLE)):
+class RetrievalEvaluationConfig(config_fields(EvaluationSample, AlsConfig, **SAMPLE_FIELDS)):
     """The evaluated users and the ALS baseline's settings (``AlsConfig``)."""
 
     k: int = CandidateConfig.total  # recall@k of a retrieval list (the candidates' size, not the playlist's)
@@ -665,14 +664,6 @@ def _empty_north_star() -> pd.DataFrame:
 
 
 # -- the simulated A/B test ----------------------------------------------------------------------------
-
-
-class AbTestConfig(config_fields(EvaluationSample, ABConfig, **_SAMPLE)):
-    def sample(self) -> EvaluationSample:
-        return self.to_domain(EvaluationSample)
-
-    def settings(self) -> ABConfig:
-        return self.to_domain(ABConfig)
 
 
 @multi_asset(

@@ -496,12 +496,15 @@ def test_a_backfill_is_recorded_in_dagster_and_published(backfilled):
     assert set(weeks) <= set(store.weeks())
 
 
-def test_a_failed_week_of_a_ui_backfill_through_the_daemon_stops_the_weeks_after_it(backfilled, tmp_path):
-    """The same world with week 1's events gone: a UI backfill of weeks 1-2 through the real daemon fails
-    week 1 at its ingest, and week 2's run (queued behind it) refuses to start, naming week 1."""
+def test_a_failed_week_of_a_cli_backfill_through_the_daemon_stops_the_weeks_after_it(backfilled, tmp_path):
+    """The same world with week 1's events gone: `dagster job backfill -j weekly_discover_job --from W1 --to W2`
+    (Dagster's own command on workspace.yaml) through the real daemon fails week 1 at its ingest, and week
+    2's run (queued behind it) refuses to start, naming week 1."""
     import shutil
+    import subprocess
+    import sys
 
-    from dw_assets.automation.runner import QUIET, run_instance
+    from dw_assets.automation.runner import run_instance
 
     source, manifest, _, _ = backfilled
     weeks = manifest["training_weeks"]
@@ -512,8 +515,15 @@ def test_a_failed_week_of_a_ui_backfill_through_the_daemon_stops_the_weeks_after
     with pytest.MonkeyPatch.context() as env:
         env.setenv("DAGSTER_HOME", str(home))
         instance = run_instance()
-        backfill_id = launch_ui_backfill(instance, weeks[:2], dict(QUIET))
         settings = {"DW_LAKE": str(root), "DW_SPARK_MASTER": "local[2]", "DW_SPARK_SHUFFLE_PARTITIONS": "4"}
+        workspace = Path(__file__).resolve().parents[1] / "workspace.yaml"
+        done = subprocess.run([str(Path(sys.executable).with_name("dagster")), "job", "backfill", "-w", str(workspace),
+                               "-j", DISCOVER_JOB, "--from", weeks[0], "--to", weeks[1], "--noprompt"],
+                              env={**os.environ, **settings, "DAGSTER_HOME": str(home)}, capture_output=True,
+                              text=True, timeout=300, stdin=subprocess.DEVNULL)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        [backfill] = instance.get_backfills()
+        backfill_id = backfill.backfill_id
         log = root / "dagster-daemon.log"
         with dagster_daemon(home, settings, log):
             first, second = wait_for_backfill(instance, backfill_id, 2, log)

@@ -158,6 +158,8 @@ class LakeIOManager(ConfigurableIOManager):
         lake.verify()
         keys: list[str | None] = list(context.asset_partition_keys) if context.has_asset_partitions else [None]
         metadata = context.definition_metadata or {}
+        name = context.asset_key.path[-1]
+        window = {k: lake.uri(layer, name, k) for k in keys}
         if metadata.get(PER_PARTITION_KEY):
             # AssetIn(metadata={"per_partition": kind}): each partition of the window on its own, read when
             # the asset first asks for it (an asset that uses one week of a 4-week window reads one).
@@ -165,26 +167,22 @@ class LakeIOManager(ConfigurableIOManager):
             if kind not in PER_PARTITION_KINDS:
                 raise LakeError(f"{context.asset_key.to_user_string()}: {PER_PARTITION_KEY!r} must be one of "
                                 f"{PER_PARTITION_KINDS}, got {kind!r}")
-            name = context.asset_key.path[-1]
-            window = {k: lake.uri(layer, name, k) for k in keys}
             present = {k: uri for k, uri in window.items() if lake.exists(uri)}
             return PartitionInputs(present, lambda uri: self._read(context, lake, [uri], kind), name)
+        uris = list(window.values())
         if metadata.get(COMPLETE_WINDOW_KEY):
-            require_partitions(lake, layer, context.asset_key.path[-1], [k for k in keys if k is not None],
-                               metadata[COMPLETE_WINDOW_KEY])
-        uris = [lake.uri(layer, context.asset_key.path[-1], k) for k in keys]
-        # AssetIn(metadata={"may_be_empty": True}): a window with no partition yet (the start of
-        # history, a self-dependency's first week) reads as an empty table: a Spark one for an input
-        # annotated as such, typed by metadata "schema" (a DDL string) or else string "columns".
-        if metadata.get("may_be_empty"):
+            # Every partition must exist (checked once here): nothing to leave out below.
+            require_partitions(lake, layer, name, [k for k in keys if k is not None], metadata[COMPLETE_WINDOW_KEY])
+        elif metadata.get("may_be_empty") or len(uris) > 1:
+            # A window holds the partitions that exist. AssetIn(metadata={"may_be_empty": True}): a window with
+            # none yet (the start of history, a self-dependency's first week) reads as an empty table: a Spark
+            # one for an input annotated as such, typed by metadata "schema" (a DDL string) or else "columns".
             uris = [u for u in uris if lake.exists(u)]
-            if not uris:
+            if not uris and metadata.get("may_be_empty"):
                 if _is_spark(getattr(context.dagster_type, "typing_type", None)):
                     schema = metadata.get("schema") or ", ".join(f"`{c}` string" for c in metadata.get("columns") or [])
                     return self.pyspark.spark_session.createDataFrame([], schema)
                 return pd.DataFrame(columns=metadata.get("columns") or [])
-        if len(uris) > 1:
-            uris = [u for u in uris if lake.exists(u)]
             if not uris:
                 raise LakeError(f"no partition of {context.asset_key.to_user_string()} exists in {keys[0]}..{keys[-1]}")
         wanted = getattr(context.dagster_type, "typing_type", None)

@@ -124,3 +124,58 @@ def test_without_simulator_truth_dw_evaluate_says_so(tiny_world_run, tmp_path):
     assert all(summary[key] is None for key in NORTH_STAR_KEYS)
     assert not summary["north_star"]["measured"] and "no simulator truth" in summary["north_star"]["reason"]
     assert summary["systems"]["pipeline"]["ndcg@30"] is not None  # the exposure monitor is still there
+
+
+def test_the_north_star_played_on_the_executors_equals_the_one_process_report(tiny_world_run, spark):
+    """The evaluation's north star (the ranker's order and the listeners in hash buckets on the executors,
+    sums over users in Spark) gives exactly the report of ``north_star.north_star`` in one process, for the
+    same users and lists, whatever the buckets."""
+    import dataclasses
+    import json
+
+    from dw_assets.bench.north_star import load_week, week_ranker_order, week_sample, window_history
+    from dw_assets.calendar import shift_week
+    from dw_assets.evaluation.north_star import NorthStarConfig, catalog_frame, north_star
+    from dw_assets.evaluation.north_star_batch import measure, ranker_order_frame
+    from dw_assets.lake.storage import Lake
+    from dw_assets.partitions import history_window_weeks
+    from dw_assets.ranking.features import FeatureContext
+    from dw_assets.ranking.rerank import RerankConfig
+    from dw_assets.simulate import load_truth
+
+    root = str(tiny_world_run)
+    week = json.loads((tiny_world_run / "landing" / "manifest.json").read_text())["last_training_week"]
+    lake, models, truth = Lake(root), load_week(root, week), load_truth(root)
+    sample, candidates = week_sample(lake, week, 60)
+    config = dataclasses.replace(NorthStarConfig(), users_per_bucket=7)  # 9 buckets of the 60 users
+    prior, listened = RerankConfig().two_tower_prior, shift_week(week, 1)
+
+    def table(layer: str, name: str, key: str = week):
+        return spark.read.parquet(lake.uri(layer, name, key))
+
+    history = window_history(lake, week, sample)
+    pipeline = lake.read_frame(lake.uri("gold", "ranked_playlists", week), columns=["user_id", "position", "track_id"])
+    local_order = week_ranker_order(models, sample, candidates, config, prior)
+    expected = north_star(truth, {"pipeline": pipeline, "ranker_order": local_order}, sample,
+                          history[["user_id", "track_id"]], candidates[["user_id", "track_id"]],
+                          catalog_frame(models.track_stats), listened, config)
+
+    users = spark.createDataFrame(pd.DataFrame({"user_id": sample}), "user_id long")
+    vectors = spark.createDataFrame(pd.DataFrame({"user_id": models.user_ids, "user_vector": list(models.user_vectors)}),
+                                    "user_id long, user_vector array<float>")
+    context = FeatureContext.build(None, models.track_stats, models.item2vec, models.audio, None,
+                                   (models.track_ids, models.track_vectors)).without_users()
+    spark_candidates = table("gold", "candidates")
+    order, shipped = ranker_order_frame(models.ranker, context, models.track_stats, prior, spark_candidates,
+                                        table("gold", "user_profiles"), vectors, users, 3, config)
+    got_order = order.toPandas().sort_values(["user_id", "position"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got_order, local_order.astype("int64").reset_index(drop=True))
+    heard = table("silver", "interactions", history_window_weeks(week)[0])
+    for key in history_window_weeks(week)[1:]:
+        if lake.exists(lake.uri("silver", "interactions", key)):
+            heard = heard.unionByName(table("silver", "interactions", key))
+    got = measure(truth, listened, users, len(sample), {"pipeline": table("gold", "ranked_playlists"), "ranker_order": order},
+                  heard, spark_candidates, models.track_stats, config)
+    shipped.unpersist()
+    assert got["users"] == expected["users"] == len(sample)
+    assert got == expected

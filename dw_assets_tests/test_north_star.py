@@ -22,7 +22,7 @@ from dw_assets.simulate.truth import Truth
 
 USERS, TRACKS, GENRES, DIM, PER_ARTIST = 60, 400, 4, 16, 5
 WEEK = "2026-02-02"
-CONFIG = NorthStarConfig(seeds=(0, 1, 2), chunk_users=16, bootstrap=50)
+CONFIG = NorthStarConfig(seeds=(0, 1, 2), chunk_users=16)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -46,6 +46,9 @@ from dw_assets.ranking.ranker import user_hash_unit
 from dw_assets.ranking.rerank import RerankConfig
 from dw_assets.simulate import load_truth
 
+# Users the bench tools play in their one process (the measurements in docs/evaluation.md used 5,000).
+BENCH_USERS = 5_000
+
 HISTORY_COLUMNS = ["user_id", "track_id", "ts", "is_positive", "weight"]
 
 
@@ -133,7 +136,8 @@ def table(report: dict) -> str:
 @click.option("--lake", required=True, help="Local lake root (a materialized week with its evaluation group).")
 @click.option("--world", required=True, help="The simulated world's root (holds simulator/truth.npz).")
 @click.option("--week", default=None, help="Week key; default: the manifest's last training week.")
-@click.option("--users", default=NorthStarConfig.max_users, show_default=True, help="User sample cap.")
+@click.option("--users", default=BENCH_USERS, show_default=True,
+              help="User sample cap (played in this one process: the pipeline plays its sample on Spark).")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Listener seeds, comma-separated.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def main(lake: str, world: str, week: str | None, users: int, seeds: str, as_json: bool) -> None:

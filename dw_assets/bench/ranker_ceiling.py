@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from dw_assets.bench.inference import load_week
-from dw_assets.bench.north_star import week_ranker_order, week_sample, window_history
+from dw_assets.bench.north_star import BENCH_USERS, week_ranker_order, week_sample, window_history
 from dw_assets.calendar import shift_week
 from dw_assets.evaluation.north_star import (
     NorthStarConfig,
@@ -129,7 +129,8 @@ def measure(spark, lake_root: str, world: str, week: str, users: int, train_user
 @click.option("--lake", required=True, help="Local lake root (week W materialized, with week W-1's candidates).")
 @click.option("--world", required=True, help="The simulated world's root (holds simulator/truth.npz).")
 @click.option("--week", default=None, help="Week key; default: the manifest's last training week.")
-@click.option("--users", default=NorthStarConfig.max_users, show_default=True, help="Evaluated users (seeded hash).")
+@click.option("--users", default=BENCH_USERS, show_default=True,
+              help="Evaluated users (seeded hash) (played in this one process: the pipeline plays its sample on Spark).")
 @click.option("--train-users", default=8_000, show_default=True, help="Users whose every candidate trains the ceiling.")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Listener seeds, comma-separated.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")

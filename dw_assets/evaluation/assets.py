@@ -69,13 +69,7 @@ from dw_assets.evaluation.north_star import (
     north_star_table,
 )
 from dw_assets.evaluation.north_star import TABLE_COLUMNS as NORTH_STAR_COLUMNS
-from dw_assets.evaluation.north_star_batch import (
-    draw_sample,
-    measure,
-    sample_frame,
-    sample_lists,
-    sample_ranker_order,
-)
+from dw_assets.evaluation.north_star_batch import draw_sample, measure, ranker_order_frame
 from dw_assets.evaluation.report import EXPOSURE_NOTE, north_star_markdown, render_report
 from dw_assets.evaluation.summaries import REPORT_COLUMNS, ab_result_table, report_ab
 from dw_assets.evaluation.systems import (
@@ -539,9 +533,10 @@ def offline_evaluation(
     baselines train on and recommend for them only (at most ``sample_rows`` rows of history and truth,
     ``sample_users`` x 30 list rows back to Spark), per-user metrics run on the executors and only the
     (system, segment) aggregates (30 rows) come back. The north star (a simulated world only) plays a
-    second, smaller sample of them (``north_star_max_users``, 5,000, drawn by seeded hash in Spark): their
-    playlists, candidates and profiles come to the driver, the baselines' lists are the ones trained
-    above, and the ranker's own order is computed for them (``north_star_batch``)."""
+    seeded-hash sample of the playlist users (``north_star_max_users``, 1 M: every user of the demo) on the
+    executors (``north_star_batch``): the ranker's own order of their candidates is computed there, the
+    baselines' lists are the ones trained above (for the sample's users too), and only sums over users
+    come back."""
     week = context.partition_key
     _, holdout_start = week_bounds(week)
     holdout_week = shift_week(week, 1)
@@ -555,8 +550,10 @@ def offline_evaluation(
     phases.done("draw users and histories")
     track_vectors = track_vectors_of(track_embeddings, "track_embeddings")
     ns_config = config.north_star()
-    truth, ns_users, why_not = _north_star_inputs(lake.open(), of_users(ranked_playlists, drawn.users),
-                                                  of_users(candidates, drawn.users), ns_config)
+    truth, ns_sample, ns_count, why_not = _north_star_inputs(lake.open(), of_users(ranked_playlists, drawn.users),
+                                                             ns_config)
+    # The baselines recommend for the north star's users too: their ids come to the driver (bounded sample).
+    ns_users = collect_ids(ns_sample, "user_directory") if truth is not None else np.zeros(0, np.int64)
     phases.done("draw the north star's sample")
     lists: dict = {"pipeline": of_users(ranked_playlists, drawn.users)}
     baselines: dict = {}
@@ -587,25 +584,24 @@ def offline_evaluation(
     table["ann_recall@500"] = float(faiss_index.meta.get("recall@500", np.nan))
     ns_table = _empty_north_star()
     if truth is not None:
-        sample = sample_frame(spark, ns_users).persist()
-        stored = sample_lists({"pipeline": ranked_playlists, "last_week": last_week_playlists}, sample)
         ranker = TrainedRanker.from_bytes(ranker_model.files["ranker.bin"])
-        ns_candidates, order = sample_ranker_order(
-            ranker, track_context(track_stats, item2vec_embeddings, audio_vectors, track_embeddings),
+        order, shipped = ranker_order_frame(
+            ranker, track_context(track_stats, item2vec_embeddings, audio_vectors, track_embeddings), track_stats,
             RerankConfig().two_tower_prior, candidates, user_profiles, user_vector_table(spark, user_embeddings),
-            sample, track_stats, ns_config)
-        sample.unpersist()
-        phases.done("north star: the sample's lists and the ranker's order")
-        report = measure(truth, holdout_week, ns_users, {**stored, "ranker_order": order, **baselines},
-                         drawn.history, ns_candidates, track_stats, ns_config)
+            ns_sample, max(1, -(-ns_count // ns_config.users_per_bucket)), ns_config)
+        played = {"pipeline": ranked_playlists, "last_week": last_week_playlists, "ranker_order": order,
+                  **{name: lists_frame(spark, {name: frame}).drop("system") for name, frame in baselines.items()}}
+        report = measure(truth, holdout_week, ns_sample, ns_count, played, history, candidates, track_stats, ns_config)
+        shipped.unpersist()
+        ns_sample.unpersist()
         ns_table = north_star_table(report, week, holdout_week)
-        phases.done("north star: the listeners play every system")
+        phases.done("north star: the ranker's order and every system played on the executors")
     summary = {**evaluation_json(table, config.k), **north_star_summary(ns_table, why_not)}
     targets = quality_targets(table, config.k)
     overall = table[table["segment"] == "all"].set_index("system")
     key_numbers = overall[[c for c in REPORT_COLUMNS if c in overall]]
     yield Output(ns_table, output_name="north_star_evaluation", metadata={
-        "users": int(len(ns_users)) if truth is not None else 0,
+        "users": int(ns_count) if truth is not None else 0,
         "measured": truth is not None,
         **({} if truth is not None else {"reason": why_not}),
         **{key: summary[key] for key in SUMMARY_KEYS if summary.get(key) is not None},
@@ -644,18 +640,19 @@ class _Phases:
         self.log.info(f"{name}: {self.seconds[name]} s")
 
 
-def _north_star_inputs(store: Lake, playlists: DataFrame, candidates: DataFrame,
-                       config: NorthStarConfig) -> tuple[object | None, np.ndarray, str | None]:
-    """(the simulator's truth or None, the north star's sampled users, why it is not measured or None)."""
+def _north_star_inputs(store: Lake, playlists: DataFrame, config: NorthStarConfig
+                       ) -> tuple[object | None, DataFrame | None, int, str | None]:
+    """(the simulator's truth or None, the north star's sampled users as a Spark frame, how many, why it is
+    not measured or None)."""
     try:
         truth = simulator_truth(store)
     except FileNotFoundError:
-        return None, np.zeros(0, np.int64), (f"no simulator truth under {store.root}/simulator/: only a simulated "
-                                              "world has hidden listeners (a real deployment measures saves live)")
-    users = draw_sample(playlists, candidates, config)
-    if len(users) == 0:
-        return None, users, "no user fits the north star's sample caps (max_users, max_rows, DW_DRIVER_ROW_LIMIT)"
-    return truth, users, None
+        return None, None, 0, (f"no simulator truth under {store.root}/simulator/: only a simulated world has hidden "
+                               "listeners (a real deployment measures saves live)")
+    users, count = draw_sample(playlists, config)
+    if count == 0:
+        return None, None, 0, "no user fits the north star's sample cap (max_users, DW_DRIVER_ROW_LIMIT)"
+    return truth, users.persist(), count, None
 
 
 def _empty_north_star() -> pd.DataFrame:

@@ -5,7 +5,7 @@ every system's 30 tracks top-down; per user we count saves, positive plays (> 30
 skips among played tracks, slots and saves on cold tracks. Each system is played by several listener
 seeds; a user's value is the mean over the seeds and the interval is the normal approximation of the
 mean of those per-user values (the user is the unit, the seeds only reduce the listener noise inside a
-user). Ratios of two systems (the efficiencies) get a percentile bootstrap over users instead.
+user). Ratios of two systems (the efficiencies) get the delta method's interval over users instead.
 
 Two oracles are built from the hidden truth with the product's hygiene (``playlist_size`` unique
 tracks the user has not heard, at most ``max_per_artist`` per artist):
@@ -28,19 +28,22 @@ track a user "would truly like" has an affinity at or above the listener's ``sav
 heard) at position 1 without noise reaches half its ceiling there). Per bin, the true-positive rate is
 the share of those (user, track) pairs a system's playlists surface.
 
-Size at the target (500 M users, 100 M tracks): every function here is per user, on a **bounded user
-sample** the evaluation draws in Spark by a seeded hash (``NorthStarConfig.max_users``); the playlists,
-heard tracks and candidates passed in are those users' rows only (sample × 30, × history, × 500). The
-catalog oracle scores the sample against the whole catalog in chunks of ``chunk_users`` users: memory
-chunk × tracks float32 (``small``: 512 × 55 k = 113 MB), time sample × tracks × dim. Only a simulated
-world has a hidden truth, and those hold up to ~10^6 tracks (``large``: 500 k; 5,000 × 10^6 × 16 = 8·10^10 multiply-adds,
-about a minute); a 100 M-track world would need the oracle as an exact top-k search over the true
-styles (FAISS) instead. Everything else is pandas/numpy on the sample.
+Size at the target (500 M users, 100 M tracks): the per-user functions here (``per_user_north_star``) run
+on the executors over hash buckets of a **user sample** the evaluation draws in Spark by a seeded hash
+(``NorthStarConfig.max_users``, 1 M: every user of the demo worlds), each call with one bucket's rows
+(``users_per_bucket`` users × 30 per list, × history, × 500 candidates); the driver gets only the sums
+over users (``north_star_moments``, ``efficiency_moments``: a few dozen rows) and builds the report from
+them (``north_star_report``). The catalog oracle scores a bucket's users against the whole catalog in
+chunks of ``chunk_users`` users: memory chunk × tracks float32 (``small``: 512 × 55 k = 113 MB), time
+users × tracks × dim. Only a simulated world has a hidden truth, and those hold up to ~10^6 tracks
+(``large``: 500 k); a 100 M-track world would need the oracle as an exact top-k search over the true
+styles (FAISS) instead. :func:`north_star` runs the same steps in one process (the bench tools).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -56,7 +59,9 @@ CATALOG_ORACLE, CANDIDATE_ORACLE = "catalog_oracle", "candidate_oracle"
 PIPELINE, RANKER_ORDER = "pipeline", "ranker_order"
 COLD_BIN = "cold"
 DECILES = tuple(f"d{i}" for i in range(1, 11))  # d1 = least played last week, d10 = most
-PER_USER = ("saves", "positives", "cold_saves", "early_skip_share")  # per-user values, averaged over seeds
+BINS = (*DECILES, COLD_BIN)
+LIKED = "liked"  # the per-user row whose ``surfaced`` counts hold the user's liked unheard tracks per bin
+METRICS = ("saves", "positives", "cold_saves", "early_skip_share")  # per-user values, averaged over seeds
 # The issue's keys in the ``dw evaluate --json`` object (pipeline's values, the oracles', the decomposition).
 SUMMARY_KEYS = ("saves_per_user", "cold_saves_per_user", "oracle_saves_per_user", "candidate_oracle_saves_per_user",
                 "retrieval_efficiency", "ranking_efficiency", "rerank_efficiency")
@@ -79,11 +84,11 @@ class NorthStarConfig:
     playlist_size: int = 30
     max_per_artist: int = 2
     confidence: float = 0.95
-    bootstrap: int = 200  # resamples of users for the efficiencies' intervals
-    bootstrap_seed: int = 17
-    max_users: int = 5_000  # the user sample the evaluation draws (seeded hash, in Spark)
+    # The users played (a seeded-hash sample drawn in Spark; every user of the demo worlds): each is
+    # played on an executor, only sums over users reach the driver.
+    max_users: int = 1_000_000
     sample_seed: int = 2101  # the draw's hash seed
-    max_rows: int = 5_000_000  # the sample's candidate and list rows on the driver (whole users, hash order)
+    users_per_bucket: int = 1_000  # users played by one pandas call on an executor (hash buckets)
     chunk_users: int = 512  # catalog oracle: users scored against the whole catalog at once
     oracle_pool: int = 150  # catalog oracle: best tracks per user kept before the artist cap (more if short)
     save_midpoint_shift: float = 0.05  # robustness: listener models with save_midpoint ± this
@@ -92,8 +97,8 @@ class NorthStarConfig:
     def __post_init__(self) -> None:
         if len(self.seeds) < 1 or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct and at least one, got {self.seeds}")
-        if min(self.playlist_size, self.max_per_artist, self.chunk_users, self.max_users, self.max_rows) < 1:
-            raise ValueError("playlist_size, max_per_artist, chunk_users, max_users and max_rows must be >= 1")
+        if min(self.playlist_size, self.max_per_artist, self.chunk_users, self.max_users, self.users_per_bucket) < 1:
+            raise ValueError("playlist_size, max_per_artist, chunk_users, max_users and users_per_bucket must be >= 1")
         if not 0.0 < self.confidence < 1.0:
             raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
 
@@ -136,11 +141,16 @@ def _heard_pairs(heard: pd.DataFrame, catalog_ids: np.ndarray) -> tuple[np.ndarr
 
 @dataclass
 class CatalogPass:
-    """What one pass of the sample over the whole catalog yields: the catalog oracle's lists and, per
-    popularity bin, how many (user, unheard track) pairs the users would truly like."""
+    """What one pass of the sample over the whole catalog yields: the catalog oracle's lists and, per user
+    and popularity bin, how many unheard tracks the user would truly like (the TPR's denominators)."""
 
     oracle: pd.DataFrame  # user_id, position, track_id
-    liked_per_bin: dict[str, int]
+    users: np.ndarray  # int64[n], sorted: the rows of ``liked``
+    liked: np.ndarray  # int64[n, len(BINS)]
+
+    @property
+    def liked_per_bin(self) -> dict[str, int]:
+        return {name: int(total) for name, total in zip(BINS, self.liked.sum(axis=0), strict=True)}
 
 
 def catalog_oracle(
@@ -158,9 +168,10 @@ def catalog_oracle(
     artists = catalog["artist_id"].to_numpy(np.int64)
     style = truth.track_style[truth.track_index(ids)]
     bins = popularity_bins(catalog)
-    bin_codes = pd.Categorical(bins, categories=[*DECILES, COLD_BIN]).codes
-    liked = np.zeros(len(DECILES) + 1, np.int64)
+    bin_codes = pd.Categorical(bins, categories=list(BINS)).codes
+    one_hot = np.eye(len(BINS), dtype=np.float32)[bin_codes]  # tracks x bins
     users = np.unique(np.asarray(users, np.int64))
+    liked = np.zeros((len(users), len(BINS)), np.int64)
     heard_users, heard_rows = _heard_pairs(heard, ids)
     pool = min(max(config.oracle_pool, config.playlist_size), len(ids))
     lists = []
@@ -171,8 +182,7 @@ def catalog_oracle(
         owner = np.searchsorted(chunk, heard_users[lo:hi])
         mine = chunk[np.minimum(owner, len(chunk) - 1)] == heard_users[lo:hi]  # ids between sampled users: others
         affinity[owner[mine], heard_rows[lo:hi][mine]] = -np.inf
-        likes = affinity >= like_threshold
-        liked += np.bincount(np.broadcast_to(bin_codes, likes.shape)[likes], minlength=len(liked))
+        liked[start:start + len(chunk)] = np.rint((affinity >= like_threshold).astype(np.float32) @ one_hot)
         top = np.argpartition(-affinity, pool - 1, axis=1)[:, :pool] if pool < len(ids) else np.tile(
             np.arange(len(ids)), (len(chunk), 1))
         picked = _pick(chunk, top, affinity, ids, artists, config)
@@ -186,9 +196,8 @@ def catalog_oracle(
             picked = pd.concat([picked[~picked["user_id"].isin(chunk[rows])], redo], ignore_index=True)
         lists.append(picked)
     oracle = pd.concat(lists, ignore_index=True) if lists else _empty_lists()
-    names = [*DECILES, COLD_BIN]
-    return CatalogPass(oracle=oracle.sort_values(["user_id", "position"]).reset_index(drop=True),
-                       liked_per_bin={name: int(liked[i]) for i, name in enumerate(names)})
+    return CatalogPass(oracle=oracle.sort_values(["user_id", "position"]).reset_index(drop=True), users=users,
+                       liked=liked)
 
 
 def _pick(chunk: np.ndarray, top: np.ndarray, affinity: np.ndarray, ids: np.ndarray, artists: np.ndarray,
@@ -276,45 +285,186 @@ def per_user_outcomes(truth: Truth, playlists: pd.DataFrame, users: np.ndarray, 
     return out
 
 
-def mean_ci(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high): normal approximation of the mean of per-user values (NaNs left out)."""
-    values = np.asarray(values, np.float64)
-    values = values[~np.isnan(values)]
-    if len(values) == 0:
+# ---------------------------------------------------------------------------- per user: what the aggregates sum
+
+PER_USER_ROW = ("listener", "system", "user_id", *METRICS, "slots", "cold_slots", "surfaced")
+EFFICIENCY_PAIRS = {"retrieval_efficiency": (CANDIDATE_ORACLE, CATALOG_ORACLE),
+                    "ranking_efficiency": (RANKER_ORDER, CANDIDATE_ORACLE),
+                    "rerank_efficiency": (PIPELINE, RANKER_ORDER),
+                    "oracle_efficiency": (PIPELINE, CATALOG_ORACLE)}
+PAIR_SYSTEMS = tuple(sorted({s for pair in EFFICIENCY_PAIRS.values() for s in pair}))
+
+
+def per_user_north_star(
+    truth: Truth, playlists: Mapping[str, pd.DataFrame], users: np.ndarray, heard: pd.DataFrame,
+    candidates: pd.DataFrame, catalog: pd.DataFrame, week: str, config: NorthStarConfig = NorthStarConfig(),
+) -> pd.DataFrame:
+    """One row per (listener model, system, user) with ``PER_USER_ROW``: what :func:`north_star_moments`
+    sums. Per user only, so any split of the users into batches gives the same rows (the listeners' draws
+    are keyed by user and slot; the oracles look at one user's tracks at a time).
+
+    playlists: system -> user_id, position, track_id (``pipeline`` and ``ranker_order`` for the
+    decomposition; others beside); both oracles are added. ``surfaced`` (base listener only; None under
+    the others): the user's liked unheard tracks a system's list surfaces, per popularity bin (``BINS``);
+    the ``LIKED`` system's row holds the user's liked unheard tracks per bin (the TPR's denominators).
+    """
+    users = np.unique(np.asarray(users, np.int64))
+    models = listener_models(config)
+    like = models[BASE_LISTENER].save_midpoint
+    heard = heard[["user_id", "track_id"]].astype(np.int64).drop_duplicates()
+    found = catalog_oracle(truth, users, heard, catalog, config, like_threshold=like)
+    lists = {**playlists, CATALOG_ORACLE: found.oracle,
+             CANDIDATE_ORACLE: candidate_oracle(truth, candidates, heard, catalog, config)}
+    lists = {name: frame.loc[frame["user_id"].isin(users), ["user_id", "position", "track_id"]]
+             for name, frame in lists.items()}
+    cold = catalog.loc[catalog["is_cold"], "track_id"].to_numpy(np.int64)
+    bins = pd.Series(popularity_bins(catalog), index=catalog["track_id"].to_numpy(np.int64))
+    parts = []
+    for name, model in models.items():
+        for system, frame in lists.items():
+            out = per_user_outcomes(truth, frame, users, cold, week, config.seeds, model)
+            where = np.searchsorted(users, frame["user_id"].to_numpy(np.int64))
+            out["slots"] = np.bincount(where, minlength=len(users)).astype(np.int64)
+            out["cold_slots"] = np.bincount(where, weights=frame["track_id"].isin(cold).to_numpy(),
+                                            minlength=len(users)).astype(np.int64)
+            out["surfaced"] = (list(_surfaced(truth, frame, users, heard, bins, like)) if name == BASE_LISTENER
+                               else None)
+            parts.append(out.assign(listener=name, system=system))
+    liked = pd.DataFrame({"user_id": users, **{m: 0.0 for m in METRICS}, "slots": 0, "cold_slots": 0,
+                          "surfaced": list(found.liked)}).assign(listener=BASE_LISTENER, system=LIKED)
+    rows = pd.concat([*parts, liked], ignore_index=True)[list(PER_USER_ROW)]
+    return rows.astype({"slots": np.int64, "cold_slots": np.int64})
+
+
+def _surfaced(truth: Truth, playlists: pd.DataFrame, users: np.ndarray, heard: pd.DataFrame, bins: pd.Series,
+              like_threshold: float) -> np.ndarray:
+    """int64[users, bins]: per user, the distinct unheard catalog tracks of the list it would truly like."""
+    rows = playlists[["user_id", "track_id"]].astype(np.int64).drop_duplicates()
+    rows = rows[rows["track_id"].isin(bins.index)]
+    seen = pd.MultiIndex.from_frame(heard)
+    rows = rows[~pd.MultiIndex.from_frame(rows).isin(seen)]
+    liked = truth.affinity(rows["user_id"].to_numpy(), rows["track_id"].to_numpy()) >= like_threshold
+    rows = rows[liked]
+    codes = pd.Categorical(bins.loc[rows["track_id"].to_numpy()].to_numpy(), categories=list(BINS)).codes
+    where = np.searchsorted(users, rows["user_id"].to_numpy(np.int64))
+    out = np.zeros((len(users), len(BINS)), np.int64)
+    np.add.at(out, (where, codes), 1)
+    return out
+
+
+# ---------------------------------------------------------------------------- sums over users, and the report
+
+MOMENT_COLUMNS = ("listener", "system", "users", "users_with_list", "slots", "cold_slots",
+                  *[f"{p}_{m}" for m in METRICS for p in ("n", "sum", "sumsq")], "surfaced")
+PAIR_COLUMNS = ("listener", "efficiency", "n", "sum_a", "sum_b", "sum_aa", "sum_bb", "sum_ab")
+
+
+def north_star_moments(rows: pd.DataFrame) -> pd.DataFrame:
+    """One (listener, system)'s per-user rows -> one row of ``MOMENT_COLUMNS``: counts, sums and sums of
+    squares per metric (NaN shares left out), slots, surfaced per bin. Exact sums (``math.fsum``), so the
+    result does not depend on how the users were split or shuffled."""
+    out = {"listener": rows["listener"].iloc[0], "system": rows["system"].iloc[0], "users": len(rows),
+           "users_with_list": int((rows["slots"] > 0).sum()), "slots": int(rows["slots"].sum()),
+           "cold_slots": int(rows["cold_slots"].sum())}
+    for metric in METRICS:
+        values = rows[metric].to_numpy(np.float64)
+        values = values[~np.isnan(values)]
+        out.update({f"n_{metric}": len(values), f"sum_{metric}": math.fsum(values),
+                    f"sumsq_{metric}": math.fsum(values * values)})
+    surfaced = [np.asarray(v, np.int64) for v in rows["surfaced"] if v is not None]
+    out["surfaced"] = [int(x) for x in np.sum(surfaced, axis=0)] if surfaced else None
+    return pd.DataFrame([out])[list(MOMENT_COLUMNS)]
+
+
+def efficiency_moments(rows: pd.DataFrame) -> pd.DataFrame:
+    """One listener's per-user saves of the ``PAIR_SYSTEMS`` (listener, system, user_id, saves) -> one row
+    of ``PAIR_COLUMNS`` per efficiency: the sums a ratio of means and its interval need (exact sums)."""
+    wide = rows.pivot_table(index="user_id", columns="system", values="saves", aggfunc="first")
+    out = []
+    for key, (top, bottom) in EFFICIENCY_PAIRS.items():
+        if top not in wide or bottom not in wide:
+            continue
+        both = wide[[top, bottom]].dropna()
+        a, b = both[top].to_numpy(np.float64), both[bottom].to_numpy(np.float64)
+        out.append({"listener": rows["listener"].iloc[0], "efficiency": key, "n": len(a),
+                    "sum_a": math.fsum(a), "sum_b": math.fsum(b), "sum_aa": math.fsum(a * a),
+                    "sum_bb": math.fsum(b * b), "sum_ab": math.fsum(a * b)})
+    return pd.DataFrame(out, columns=list(PAIR_COLUMNS))
+
+
+def moments_of(per_user: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(``north_star_moments`` per (listener, system), ``efficiency_moments`` per listener) of per-user rows in
+    pandas: what the Spark path (``north_star_batch``) computes on the executors."""
+    moments = pd.concat([north_star_moments(g) for _, g in per_user.groupby(["listener", "system"], sort=True)],
+                        ignore_index=True)
+    paired = per_user.loc[per_user["system"].isin(PAIR_SYSTEMS), ["listener", "system", "user_id", "saves"]]
+    pairs = [efficiency_moments(g) for _, g in paired.groupby("listener", sort=True)]
+    return moments, (pd.concat(pairs, ignore_index=True) if pairs else pd.DataFrame(columns=list(PAIR_COLUMNS)))
+
+
+def mean_ci(n: int, total: float, squares: float, confidence: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high) of per-user values from their count, sum and sum of squares: the normal
+    approximation of the mean."""
+    if n == 0:
         return (np.nan, np.nan, np.nan)
-    mean = float(values.mean())
-    half = float(norm.ppf(0.5 + confidence / 2) * values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+    mean = total / n
+    if n == 1:
+        return (mean, mean, mean)
+    variance = max(squares - n * mean * mean, 0.0) / (n - 1)
+    half = float(norm.ppf(0.5 + confidence / 2) * np.sqrt(variance / n))
     return (mean, mean - half, mean + half)
 
 
-def ratio_ci(top: np.ndarray, bottom: np.ndarray, config: NorthStarConfig) -> tuple[float, float, float]:
-    """(ratio of means, percentile-bootstrap interval over users) of two per-user arrays on the same users."""
-    top, bottom = np.asarray(top, np.float64), np.asarray(bottom, np.float64)
-    if len(top) == 0 or bottom.sum() <= 0:
+def ratio_ci(pair: Mapping, confidence: float = 0.95) -> tuple[float, float, float]:
+    """(ratio of the two systems' saves over the same users, low, high): the interval is the delta method's
+    (the linearised ratio estimator, Var = sum((a - R b)^2) / (sum b)^2), from the pair's sums only."""
+    if pair is None or pair["n"] == 0 or pair["sum_b"] <= 0:
         return (np.nan, np.nan, np.nan)
-    ratio = float(top.sum() / bottom.sum())
-    rng = np.random.default_rng(config.bootstrap_seed)
-    draws = rng.integers(0, len(top), size=(config.bootstrap, len(top)))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        boot = top[draws].sum(axis=1) / bottom[draws].sum(axis=1)
-    tail = (1.0 - config.confidence) / 2
-    low, high = np.nanquantile(boot, [tail, 1.0 - tail]) if np.isfinite(boot).any() else (np.nan, np.nan)
-    return (ratio, float(low), float(high))
+    ratio = pair["sum_a"] / pair["sum_b"]
+    n = pair["n"]
+    residual = max(pair["sum_aa"] - 2 * ratio * pair["sum_ab"] + ratio * ratio * pair["sum_bb"], 0.0)
+    half = float(norm.ppf(0.5 + confidence / 2) * np.sqrt(residual * n / max(n - 1, 1)) / pair["sum_b"])
+    return (ratio, ratio - half, ratio + half)
 
 
-# ---------------------------------------------------------------------------- the report
+def north_star_report(moments: pd.DataFrame, pairs: pd.DataFrame, config: NorthStarConfig = NorthStarConfig()) -> dict:
+    """The north star as a JSON-ready dict from the sums over users (``north_star_moments``,
+    ``efficiency_moments``): keys as :func:`north_star` documents."""
+    models = listener_models(config)
+    by = {(r["listener"], r["system"]): r for r in moments.to_dict("records")}
+    paired = {(r["listener"], r["efficiency"]): r for r in pairs.to_dict("records")}
+    systems = sorted({s for (_, s) in by if s != LIKED})
+    base = {s: by[(BASE_LISTENER, s)] for s in systems if (BASE_LISTENER, s) in by}
+    users = int(max((r["users"] for r in base.values()), default=0))
+    result: dict = {"users": users, "seeds": list(config.seeds), "interval": (
+        f"{config.confidence:.0%} normal approximation over users of seed-averaged per-user values; "
+        "efficiencies: delta method over users (linearised ratio of means)")}
+    result.update(_summary(base, paired, BASE_LISTENER, config, with_ci=True))
+    result["systems"] = {system: _system(row, config) for system, row in base.items()}
+    result["robustness"] = {
+        name: {**_summary({s: by[(name, s)] for s in systems if (name, s) in by}, paired, name, config, with_ci=False),
+               "systems": {s: _plain(by[(name, s)]["sum_saves"] / by[(name, s)]["n_saves"])
+                           for s in systems if (name, s) in by and by[(name, s)]["n_saves"]}}
+        for name in models if name != BASE_LISTENER}
+    liked = by.get((BASE_LISTENER, LIKED))
+    liked_per_bin = dict(zip(BINS, liked["surfaced"], strict=True)) if liked is not None and liked["surfaced"] is not None \
+        else dict.fromkeys(BINS, 0)
+    result["popularity_bias"] = {system: popularity_bias(row["surfaced"], liked_per_bin) for system, row in base.items()}
+    result["listener_models"] = {name: dataclasses.asdict(model) for name, model in models.items()}
+    return result
 
 
 def north_star(
     truth: Truth, playlists: Mapping[str, pd.DataFrame], users: np.ndarray, heard: pd.DataFrame,
     candidates: pd.DataFrame, catalog: pd.DataFrame, week: str, config: NorthStarConfig = NorthStarConfig(),
 ) -> dict:
-    """Simulated saves of every system and both oracles on a bounded user sample, as a JSON-ready dict.
+    """Simulated saves of every system and both oracles on a set of users, as a JSON-ready dict (in one
+    process: the pipeline's evaluation runs the same steps on the executors, ``north_star_batch``).
 
     truth: the world's hidden truth (``load_truth``). playlists: system name → user_id, position,
     track_id (``pipeline`` and ``ranker_order`` — the ranker's order of the candidates with the hygiene
     only — are needed for the decomposition; any others, e.g. retrieval, als, item_cf, popularity,
-    last_week, are reported beside). users: int64[n], the sample (≤ ``max_users``). heard: user_id,
+    last_week, are reported beside). users: int64[n], at most ``max_users``. heard: user_id,
     track_id the users played up to the week. candidates: user_id, track_id of the users' candidates.
     catalog: ``catalog_frame`` of the week. week: the week the playlists are heard in (the listener
     draws are salted by it). Keys: the ``SUMMARY_KEYS`` (pipeline under the base listener) with
@@ -326,86 +476,51 @@ def north_star(
     users = np.unique(np.asarray(users, np.int64))
     if len(users) > config.max_users:
         raise ValueError(f"{len(users)} users: the north star takes a sample of at most {config.max_users}")
-    models = listener_models(config)
-    like = models["base"].save_midpoint
-    found = catalog_oracle(truth, users, heard, catalog, config, like_threshold=like)
-    lists = {**playlists, CATALOG_ORACLE: found.oracle,
-             CANDIDATE_ORACLE: candidate_oracle(truth, candidates, heard, catalog, config)}
-    cold = catalog.loc[catalog["is_cold"], "track_id"].to_numpy(np.int64)
-    result: dict = {"users": int(len(users)), "seeds": list(config.seeds), "interval": (
-        f"{config.confidence:.0%} normal approximation over users of seed-averaged per-user values; "
-        f"efficiencies: percentile bootstrap over users ({config.bootstrap} resamples)")}
-    robustness = {}
-    for name, model in models.items():
-        outcomes = {system: per_user_outcomes(truth, frame, users, cold, week, config.seeds, model)
-                    for system, frame in lists.items()}
-        if name == "base":
-            result.update(_summary(outcomes, config, with_ci=True))
-            result["systems"] = {system: _system(outcomes[system], lists[system], users, cold, config)
-                                 for system in lists}
-        else:
-            robustness[name] = {**_summary(outcomes, config, with_ci=False),
-                                "systems": {s: float(o["saves"].mean()) for s, o in outcomes.items()}}
-    result["robustness"] = robustness
-    result["popularity_bias"] = {system: popularity_bias(truth, frame, users, heard, catalog, found.liked_per_bin, like)
-                                 for system, frame in lists.items()}
-    result["listener_models"] = {name: dataclasses.asdict(model) for name, model in models.items()}
-    return result
+    per_user = per_user_north_star(truth, playlists, users, heard, candidates, catalog, week, config)
+    return north_star_report(*moments_of(per_user), config)
 
 
-def _summary(outcomes: dict[str, pd.DataFrame], config: NorthStarConfig, with_ci: bool) -> dict:
+def _summary(rows: Mapping[str, Mapping], pairs: Mapping, listener: str, config: NorthStarConfig,
+             with_ci: bool) -> dict:
     """The issue's keys: the pipeline's saves, the oracles' and the decomposition's three factors."""
-    def saves(system: str) -> np.ndarray | None:
-        return outcomes[system]["saves"].to_numpy() if system in outcomes else None
-
     out: dict = {}
-    for key, system, column in (("saves_per_user", PIPELINE, "saves"), ("cold_saves_per_user", PIPELINE, "cold_saves"),
+    for key, system, metric in (("saves_per_user", PIPELINE, "saves"), ("cold_saves_per_user", PIPELINE, "cold_saves"),
                                 ("oracle_saves_per_user", CATALOG_ORACLE, "saves"),
                                 ("oracle_cold_saves_per_user", CATALOG_ORACLE, "cold_saves"),
                                 ("candidate_oracle_saves_per_user", CANDIDATE_ORACLE, "saves")):
-        value = mean_ci(outcomes[system][column].to_numpy(), config.confidence) if system in outcomes else (np.nan,) * 3
+        row = rows.get(system)
+        value = (mean_ci(row[f"n_{metric}"], row[f"sum_{metric}"], row[f"sumsq_{metric}"], config.confidence)
+                 if row is not None else (np.nan,) * 3)
         out[key] = _plain(value[0])
         if with_ci:
             out[f"{key}_ci"] = [_plain(value[1]), _plain(value[2])]
-    for key, top, bottom in (("retrieval_efficiency", CANDIDATE_ORACLE, CATALOG_ORACLE),
-                             ("ranking_efficiency", RANKER_ORDER, CANDIDATE_ORACLE),
-                             ("rerank_efficiency", PIPELINE, RANKER_ORDER),
-                             ("oracle_efficiency", PIPELINE, CATALOG_ORACLE)):
-        a, b = saves(top), saves(bottom)
-        value = ratio_ci(a, b, config) if a is not None and b is not None else (np.nan,) * 3
+    for key in EFFICIENCY_PAIRS:
+        value = ratio_ci(pairs.get((listener, key)), config.confidence)
         out[key] = _plain(value[0])
         if with_ci:
             out[f"{key}_ci"] = [_plain(value[1]), _plain(value[2])]
     return out
 
 
-def _system(outcome: pd.DataFrame, frame: pd.DataFrame, users: np.ndarray, cold: np.ndarray,
-            config: NorthStarConfig) -> dict:
-    rows = frame[frame["user_id"].isin(users)]
-    out: dict = {"users_with_list": int(rows["user_id"].nunique()), "slots": int(len(rows)),
-                 "cold_slot_share": _plain(rows["track_id"].isin(cold).mean()) if len(rows) else None}
-    for column, key in (("saves", "saves_per_user"), ("positives", "positives_per_user"),
+def _system(row: Mapping, config: NorthStarConfig) -> dict:
+    out: dict = {"users_with_list": int(row["users_with_list"]), "slots": int(row["slots"]),
+                 "cold_slot_share": _plain(row["cold_slots"] / row["slots"]) if row["slots"] else None}
+    for metric, key in (("saves", "saves_per_user"), ("positives", "positives_per_user"),
                         ("cold_saves", "cold_saves_per_user"), ("early_skip_share", "early_skip_share")):
-        mean, low, high = mean_ci(outcome[column].to_numpy(), config.confidence)
+        mean, low, high = mean_ci(row[f"n_{metric}"], row[f"sum_{metric}"], row[f"sumsq_{metric}"], config.confidence)
         out[key], out[f"{key}_ci"] = _plain(mean), [_plain(low), _plain(high)]
     return out
 
 
-def popularity_bias(truth: Truth, playlists: pd.DataFrame, users: np.ndarray, heard: pd.DataFrame,
-                    catalog: pd.DataFrame, liked_per_bin: Mapping[str, int], like_threshold: float) -> dict:
+def popularity_bias(surfaced, liked_per_bin: Mapping[str, int]) -> dict:
     """True-positive rate per popularity bin: surfaced liked (user, unheard track) pairs / all liked pairs.
 
-    ``liked_per_bin``: the denominators (``catalog_oracle``'s pass). Returns tpr_by_bin,
-    max_min_tpr_ratio (over the deciles that have liked pairs; the issue's target ≤ 1.5; None when a
-    decile's TPR is 0: unbounded) and cold_tpr_over_median (cold bin / median decile TPR; target ≥ 0.5).
-    """
-    rows = playlists.loc[playlists["user_id"].isin(users), ["user_id", "track_id"]].drop_duplicates()
-    rows = rows.merge(catalog[["track_id"]].assign(bin=popularity_bins(catalog)), on="track_id", how="inner")
-    seen = pd.MultiIndex.from_frame(heard[["user_id", "track_id"]].astype(np.int64))
-    rows = rows[~pd.MultiIndex.from_frame(rows[["user_id", "track_id"]].astype(np.int64)).isin(seen)]
-    liked = truth.affinity(rows["user_id"].to_numpy(), rows["track_id"].to_numpy()) >= like_threshold
-    surfaced = rows.loc[liked, "bin"].value_counts()
-    tpr = {name: (float(surfaced.get(name, 0) / n) if n > 0 else None) for name, n in liked_per_bin.items()}
+    ``surfaced``: a system's summed ``surfaced`` counts (``BINS`` order); ``liked_per_bin``: the
+    denominators. Returns tpr_by_bin, max_min_tpr_ratio (over the deciles that have liked pairs; the
+    issue's target ≤ 1.5; None when a decile's TPR is 0: unbounded) and cold_tpr_over_median (cold bin /
+    median decile TPR; target ≥ 0.5)."""
+    found = dict(zip(BINS, surfaced if surfaced is not None else [0] * len(BINS), strict=True))
+    tpr = {name: (float(found[name] / n) if n > 0 else None) for name, n in liked_per_bin.items()}
     deciles = [tpr[d] for d in DECILES if tpr.get(d) is not None]
     median = float(np.median(deciles)) if deciles else np.nan
     return {

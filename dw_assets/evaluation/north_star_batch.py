@@ -1,16 +1,20 @@
-"""The north star's user-scale steps (no Dagster): the user sample drawn in Spark and its rows on the driver.
+"""The north star on the executors (no Dagster): the user sample drawn in Spark, the ranker's own order and
+every system played per user in hash buckets, the sums over users aggregated in Spark.
 
 Sizes at the target (500 M users, 100 M tracks): the playlists (15 G rows), candidates (250 G rows at 500
-per user), profiles and user vectors (500 M rows) stay in Spark. The sample is at most
-``NorthStarConfig.max_users`` users (``bounded``: the driver guard's limit caps it further) drawn by a
-seeded hash among the evaluated users with a playlist, cut to whole users in hash order so that their
-candidate and list rows total at most ``max_rows`` (5,000 users: ~2.5 M candidate rows, 1 M list rows).
-Only those users' playlists, candidates and profiles come to the driver, through ``to_driver``. Every
-demo world's users fit the caps: then the sample is every playlist user and nothing is hashed.
+per user), the history window, profiles and user vectors (500 M rows) stay in Spark. The sample is at most
+``NorthStarConfig.max_users`` users (1 M; ``bounded``: the driver guard's limit caps it further) drawn by a
+seeded hash among the users with a playlist; every user of a demo world is in it, and then nothing is
+hashed. Per hash bucket of ``users_per_bucket`` users, one pandas call on an executor plays every system's
+lists under every listener model (``north_star.per_user_north_star``); the driver gets the sums over
+users (a few dozen rows) and, only where the caps bind, the sample's ids. What is shipped to the
+executors is catalog-sized: the ranker's model set (as ``ranked_playlists`` ships it, one copy per host)
+and the simulated world's truth with the week's catalog frame (a simulated world holds ≤ ~10^6 tracks).
 """
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Mapping
 
 import numpy as np
@@ -18,66 +22,136 @@ import pandas as pd
 import pyspark.sql.functions as F
 from pyspark.sql import DataFrame
 
-from dw_assets.evaluation.batch import EvaluationSample, collect_ids, draw_users, of_users
-from dw_assets.evaluation.north_star import RANKER_ORDER, NorthStarConfig, catalog_frame, north_star
-from dw_assets.evaluation.ranker_order import ranker_order
-from dw_assets.lake.driver_guard import check_driver_rows, to_driver
+from dw_assets.evaluation.batch import EvaluationSample, draw_users, of_users
+from dw_assets.evaluation.north_star import (
+    METRICS,
+    PAIR_COLUMNS,
+    PAIR_SYSTEMS,
+    PER_USER_ROW,
+    RANKER_ORDER,
+    NorthStarConfig,
+    catalog_frame,
+    efficiency_moments,
+    north_star_moments,
+    north_star_report,
+    per_user_north_star,
+)
+from dw_assets.evaluation.ranker_order import order_packed
+from dw_assets.ingest.spark import load_once, map_user_batches, payload_key
+from dw_assets.ranking.batch import shipped_playlist_models
 from dw_assets.ranking.features import USER_COLUMNS, FeatureContext
-from dw_assets.ranking.playlists import CANDIDATE_ARRAYS
+from dw_assets.ranking.playlists import CANDIDATE_ARRAYS, FALLBACK_COLUMNS, TRACK_TABLE, PlaylistModels
 from dw_assets.ranking.ranker import TrainedRanker
+from dw_assets.ranking.rerank import RerankConfig
 from dw_assets.simulate.truth import Truth
 
-__all__ = ["RANKER_ORDER", "draw_sample", "measure", "sample_frame", "sample_lists", "sample_ranker_order"]
+__all__ = ["RANKER_ORDER", "draw_sample", "measure", "ranker_order_frame"]
 LIST_COLUMNS = ["user_id", "position", "track_id"]
+LIST_SCHEMA = "user_id long, position long, track_id long"
+PER_USER_SCHEMA = ("listener string, system string, user_id long, "
+                   + ", ".join(f"{m} double" for m in METRICS) + ", slots long, cold_slots long, surfaced array<long>")
+MOMENT_SCHEMA = ("listener string, system string, users long, users_with_list long, slots long, cold_slots long, "
+                 + ", ".join(f"n_{m} long, sum_{m} double, sumsq_{m} double" for m in METRICS)
+                 + ", surfaced array<long>")
+PAIR_SCHEMA = "listener string, efficiency string, n long, " + ", ".join(f"{c} double" for c in PAIR_COLUMNS[3:])
+ROWS_SCHEMA = "kind string, system string, user_id long, position long, track_id long"
 
 
-def draw_sample(listed: DataFrame, candidates: DataFrame, config: NorthStarConfig) -> np.ndarray:
-    """The sampled user ids (sorted int64): among ``listed``'s users (one per row), at most
-    ``bounded(max_users)`` of the lowest seeded hash whose candidate and list rows fit ``bounded(max_rows)``;
-    every user when all fit. Only (user, rows) pairs of the hashed users reach the driver."""
+def draw_sample(listed: DataFrame, config: NorthStarConfig) -> tuple[DataFrame, int]:
+    """(the sampled users as a one-column Spark frame, how many): among ``listed``'s users, every one when
+    they fit ``bounded(max_users)``, else that many of the lowest seeded hash (only their ids reach the driver)."""
     users = listed.select(F.col("user_id").cast("long")).distinct()
-    per_user_rows = candidates.select("user_id").unionByName(listed.select("user_id"))
-    drawn, _, _ = draw_users(users, of_users(per_user_rows, users),
-                             EvaluationSample(users=config.max_users, rows=config.max_rows, seed=config.sample_seed))
-    return collect_ids(drawn, "user_directory")
+    drawn, _, count = draw_users(users, users.limit(0),
+                                 EvaluationSample(users=config.max_users, seed=config.sample_seed))
+    return drawn, count
 
 
-def sample_frame(spark, users: np.ndarray) -> DataFrame:
-    """The sample as a one-column Spark frame (bounded: at most ``max_users`` ids)."""
-    return spark.createDataFrame(pd.DataFrame({"user_id": np.asarray(users, np.int64)}), "user_id long")
+def ranker_order_frame(ranker: TrainedRanker, context: FeatureContext, track_stats: pd.DataFrame,
+                       two_tower_prior: float, candidates: DataFrame, profiles: DataFrame, user_vectors: DataFrame,
+                       sample: DataFrame, partitions: int, config: NorthStarConfig) -> tuple[DataFrame, object]:
+    """(user_id, position, track_id of the ranker's own order of the sample's candidates, computed on the
+    executors with the model set shipped as ``ranked_playlists`` ships it; the broadcast, to unpersist when
+    the frame has been used). Users without candidates get no list (the candidate oracle has none either)."""
+    packed = (of_users(candidates, sample).groupBy("user_id")
+              .agg(F.sort_array(F.collect_list(F.struct(*CANDIDATE_ARRAYS))).alias("c"))
+              .select("user_id", *[F.col(f"c.{c}").alias(f"c_{c}") for c in CANDIDATE_ARRAYS]))
+    users = (of_users(profiles.select(*USER_COLUMNS), sample)
+             .join(user_vectors.select("user_id", "user_vector"), "user_id", "left")
+             .join(packed, "user_id"))
+    models = PlaylistModels(context=context, ranker=ranker,
+                            tracks=track_stats[list(TRACK_TABLE)].sort_values("track_id").reset_index(drop=True),
+                            fallback=pd.DataFrame(columns=list(FALLBACK_COLUMNS)), rerank=RerankConfig())
+    blob = models.to_bytes()
+    key, shipped = payload_key(blob), users.sparkSession.sparkContext.broadcast(blob)
+    k, cap = config.playlist_size, config.max_per_artist
+
+    def run(batch: pd.DataFrame) -> pd.DataFrame:
+        shipped_models = load_once(key, lambda: shipped_playlist_models(key, lambda: shipped.value))
+        order = order_packed(shipped_models.ranker, shipped_models.context, batch, shipped_models.track_table,
+                             two_tower_prior, k, cap)
+        return order.astype("int64")
+
+    return map_user_batches(users, run, LIST_SCHEMA, partitions), shipped
 
 
-def sample_lists(lists: Mapping[str, DataFrame], sample: DataFrame) -> dict[str, pd.DataFrame]:
-    """Each stored system's rows (user_id, position, track_id) of the sampled users, sorted."""
-    out = {}
-    for name, frame in lists.items():
-        rows = of_users(frame.select(*LIST_COLUMNS), sample).orderBy(*LIST_COLUMNS)
-        out[name] = to_driver(rows, "ranked_playlists" if name == "pipeline" else "last_week_playlists")
+def _rows(sample: DataFrame, lists: Mapping[str, DataFrame], candidates: DataFrame, heard: DataFrame) -> DataFrame:
+    """Everything a bucket needs as one long frame (``ROWS_SCHEMA``): the users, each system's list rows,
+    the candidates and the heard tracks, each of the sample's users only."""
+    none = F.lit(None)
+    frames = [sample.select(F.lit("user").alias("kind"), none.cast("string").alias("system"),
+                            F.col("user_id").cast("long"), none.cast("long").alias("position"),
+                            none.cast("long").alias("track_id"))]
+    for system, frame in lists.items():
+        frames.append(of_users(frame, sample).select(
+            F.lit("list").alias("kind"), F.lit(system).alias("system"), F.col("user_id").cast("long"),
+            F.col("position").cast("long"), F.col("track_id").cast("long")))
+    for kind, frame in (("candidate", candidates), ("heard", heard)):
+        frames.append(of_users(frame.select("user_id", "track_id").distinct(), sample).select(
+            F.lit(kind).alias("kind"), none.cast("string").alias("system"), F.col("user_id").cast("long"),
+            none.cast("long").alias("position"), F.col("track_id").cast("long")))
+    out = frames[0]
+    for frame in frames[1:]:
+        out = out.unionByName(frame)
     return out
 
 
-def sample_ranker_order(ranker: TrainedRanker, context: FeatureContext, two_tower_prior: float,
-                        candidates: DataFrame, profiles: DataFrame, user_vectors: DataFrame, sample: DataFrame,
-                        track_stats: pd.DataFrame, config: NorthStarConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(the sample's candidates: user_id, track_id; the ranker's order of them). The candidate rows and the
-    profiles (``USER_COLUMNS`` + ``user_vector``) of the sampled users only come to the driver."""
-    rows = to_driver(of_users(candidates.select("user_id", *CANDIDATE_ARRAYS), sample)
-                     .orderBy("user_id", "track_id"), "candidates")
-    users = to_driver(of_users(profiles.select(*USER_COLUMNS), sample)
-                      .join(user_vectors.select("user_id", "user_vector"), "user_id", "left")
-                      .orderBy("user_id"), "user_profiles")
-    order = ranker_order(ranker, context, users, rows, track_stats[["track_id", "artist_id"]], two_tower_prior,
-                         config.playlist_size, config.max_per_artist)
-    return rows[["user_id", "track_id"]], order
+def _play_bucket(key: str, shipped, systems: tuple[str, ...], week: str, config: NorthStarConfig):
+    """The applyInPandas function: one bucket's rows -> its users' ``PER_USER_ROW`` rows."""
+
+    def run(frame: pd.DataFrame) -> pd.DataFrame:
+        truth, catalog = load_once(key, lambda: pickle.loads(shipped.value))
+        kind = frame["kind"].to_numpy(object)
+        users = frame.loc[kind == "user", "user_id"].to_numpy(np.int64)
+        lists = frame[kind == "list"]
+        by_system = {s: lists.loc[lists["system"].to_numpy(object) == s, LIST_COLUMNS].astype(np.int64)
+                     for s in systems}
+        pairs = ["user_id", "track_id"]
+        out = per_user_north_star(truth, by_system, users, frame.loc[kind == "heard", pairs].astype(np.int64),
+                                  frame.loc[kind == "candidate", pairs].astype(np.int64), catalog, week, config)
+        out["surfaced"] = [None if v is None else [int(x) for x in v] for v in out["surfaced"]]
+        return out[list(PER_USER_ROW)]
+
+    return run
 
 
-def measure(truth: Truth, listened_week: str, users: np.ndarray, lists: Mapping[str, pd.DataFrame],
-            heard: pd.DataFrame, candidates: pd.DataFrame, track_stats: pd.DataFrame,
-            config: NorthStarConfig) -> dict:
-    """``north_star.north_star`` of the sample: ``lists`` (system → the sample's rows; each filtered to the
-    sample here), ``heard`` the users' listening up to the week (their histories, on the driver already)."""
-    users = np.asarray(users, np.int64)
-    check_driver_rows("interactions", len(heard), "the north star's heard tracks")
-    lists = {name: frame.loc[frame["user_id"].isin(users), LIST_COLUMNS] for name, frame in lists.items()}
-    heard = heard.loc[heard["user_id"].isin(users), ["user_id", "track_id"]].drop_duplicates()
-    return north_star(truth, lists, users, heard, candidates, catalog_frame(track_stats), listened_week, config)
+def measure(truth: Truth, listened_week: str, sample: DataFrame, count: int, lists: Mapping[str, DataFrame],
+            heard: DataFrame, candidates: DataFrame, track_stats: pd.DataFrame, config: NorthStarConfig) -> dict:
+    """``north_star.north_star``'s report of the sample, played on the executors. ``lists``: system -> Spark
+    frame of user_id, position, track_id (``pipeline`` and ``ranker_order`` at least); ``heard``: the
+    users' listening up to the week (user_id, track_id; the history window); ``candidates``: the week's;
+    ``count``: the sample's users (the buckets: ``count / users_per_bucket``)."""
+    spark = sample.sparkSession
+    blob = pickle.dumps((truth, catalog_frame(track_stats)), protocol=pickle.HIGHEST_PROTOCOL)
+    key, shipped = payload_key(blob), spark.sparkContext.broadcast(blob)
+    buckets = max(1, -(-count // config.users_per_bucket))
+    rows = _rows(sample, lists, candidates, heard)
+    per_user = (rows.withColumn("_bucket", F.pmod(F.xxhash64("user_id"), F.lit(buckets)))
+                .groupBy("_bucket").applyInPandas(_play_bucket(key, shipped, tuple(lists), listened_week, config),
+                                                  PER_USER_SCHEMA)
+                .persist())  # read twice: the buckets are played once
+    moments = per_user.groupBy("listener", "system").applyInPandas(north_star_moments, MOMENT_SCHEMA).toPandas()
+    pairs = (per_user.where(F.col("system").isin(*PAIR_SYSTEMS)).select("listener", "system", "user_id", "saves")
+             .groupBy("listener").applyInPandas(efficiency_moments, PAIR_SCHEMA).toPandas())
+    per_user.unpersist()
+    shipped.unpersist()
+    return north_star_report(moments, pairs, config)

@@ -20,7 +20,7 @@ import pandas as pd
 from dw_assets.evaluation.north_star import hygienic_top_k
 from dw_assets.ranking.batch import RetrievalOrder, is_stand_in
 from dw_assets.ranking.features import FeatureContext, build_ranker_features
-from dw_assets.ranking.playlists import CANDIDATE_ARRAYS, explode_candidates, list_score
+from dw_assets.ranking.playlists import CANDIDATE_ARRAYS, TrackTable, explode_candidates, list_score
 from dw_assets.ranking.ranker import TrainedRanker
 
 
@@ -55,7 +55,6 @@ def ranker_order(ranker: TrainedRanker, context: FeatureContext, users: pd.DataF
     per user, so the order does not depend on it): the driver holds one batch's features, not the sample's.
     """
     users = users.sort_values("user_id").reset_index(drop=True)
-    users["recent_tracks"] = users["recent_tracks"].map(lambda t: np.asarray(t if t is not None else [], np.int64))
     candidates = candidates.sort_values("user_id", kind="stable")
     owners = candidates["user_id"].to_numpy(np.int64)
     parts = []
@@ -75,12 +74,31 @@ def _no_lists() -> pd.DataFrame:
 
 def _batch_order(ranker: TrainedRanker, context: FeatureContext, users: pd.DataFrame, candidates: pd.DataFrame,
                  artists: pd.DataFrame, two_tower_prior: float, k: int, max_per_artist: int) -> pd.DataFrame:
-    exploded = explode_candidates(pack_candidates(users, candidates))
+    scorer = RetrievalOrder() if is_stand_in(ranker) else ranker
+    return order_packed(scorer, context, pack_candidates(users, candidates), TrackTable.of(artists_table(artists)),
+                        two_tower_prior, k, max_per_artist)
+
+
+def artists_table(artists: pd.DataFrame) -> pd.DataFrame:
+    """A ``TRACK_TABLE`` frame of track_id, artist_id only (the other columns unused by the ranker order)."""
+    frame = artists[["track_id", "artist_id"]].drop_duplicates("track_id")
+    return frame.assign(genre=None, popularity_percentile=0.0, is_cold=False, plays=0)
+
+
+def order_packed(scorer, context: FeatureContext, packed: pd.DataFrame, tracks: TrackTable, two_tower_prior: float,
+                 k: int, max_per_artist: int) -> pd.DataFrame:
+    """user_id, position, track_id of one batch of packed users (``features.USER_COLUMNS``, ``user_vector``
+    and the ``c_*`` candidate arrays, one row per user: as ``ranking.batch`` packs them in Spark). ``scorer``:
+    the ranker, or :class:`RetrievalOrder` for the first week's stand-in; ``tracks``: the artists (candidates
+    outside the catalog cannot be served and are dropped)."""
+    packed = packed.sort_values("user_id").reset_index(drop=True)
+    packed["recent_tracks"] = packed["recent_tracks"].map(lambda t: np.asarray(t if t is not None else [], np.int64))
+    exploded = explode_candidates(packed)
     if exploded.empty:
         return _no_lists()
-    features = build_ranker_features(exploded, context, users=users)
-    scorer = RetrievalOrder() if is_stand_in(ranker) else ranker
+    features = build_ranker_features(exploded, context, users=packed)
     probability = scorer.predict(features, engine="auto")  # as the batch scores them
     scored = exploded[["user_id", "track_id"]].assign(score=list_score(probability, features, two_tower_prior))
-    scored = scored.merge(artists[["track_id", "artist_id"]], on="track_id", how="inner")
+    rows = tracks.rows(scored["track_id"].to_numpy(np.int64))
+    scored = scored[rows >= 0].assign(artist_id=np.asarray(tracks.arrays["artist_id"])[rows[rows >= 0]])
     return hygienic_top_k(scored, k, max_per_artist)

@@ -32,6 +32,9 @@ history_window = lenient_window(-(HISTORY_WEEKS - 1), 0)
 # The week before: the ranker of week W learns from W-1's candidates, labelled by W's listening.
 previous_week = TimeWindowPartitionMapping(start_offset=-1, end_offset=-1)
 
+# The week before, when it exists (a self-dependency: the audio step keeps the week before's encoder).
+week_before = lenient_window(-1, -1)
+
 # Earlier weeks only (a self-dependency): last weeks' playlists feed this week's exploration.
 earlier_weeks = lenient_window(-HISTORY_WEEKS, -1)
 

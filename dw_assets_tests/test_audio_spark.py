@@ -162,3 +162,58 @@ def test_executors_read_s3_clips_with_the_drivers_settings(spark, tiny_world, la
     # The executors list the bucket's date folders as the driver's listing does.
     listed = audio_spark.landed_clips(remote, audio_spark.ClipReader.of(remote), spark=spark).toPandas()
     assert dict(zip(listed["track_id"], listed["location"], strict=True)) == landed_audio(remote) == on_s3
+
+
+def test_a_kept_encoder_embeds_only_the_clips_its_features_lack_and_refits_the_head(spark, tiny_world, clips, landed,
+                                                                                    warm_ids):
+    """The week after an encoder was trained: only the clips the stored features lack are read (here: 25
+    'uploads' and the clips that could not be read before), every usable clip keeps the features the encoder
+    gave it, the new head's vectors are what the refitted model embeds, whatever the partitioning."""
+    import pyspark.sql.functions as F
+
+    truth = load_truth(tiny_world)
+    settings = AudioConfig(embedding_dim=truth.track_style.shape[1], **QUICK)
+    sample = audio_spark.training_clips(clips, warm_ids, 300, seed=7)
+    batch = load_clips(sample, settings)
+    model = train_audio_model(log_mel(batch, settings), batch.track_ids,
+                              (batch.track_ids, truth.track_style[truth.track_index(batch.track_ids)]), {}, settings)
+    reader = audio_spark.ClipReader.of(LandingFS(str(tiny_world / "landing")))
+    everything = audio_spark.embedded_frame(clips, model, settings, batch.length, reader).toPandas()
+    good = everything[everything["problem"].isna()].sort_values("track_id")
+    uploads = set(good["track_id"].to_numpy()[::40].tolist())  # not in last week's features
+    known = spark.createDataFrame(good[~good["track_id"].isin(uploads)][["track_id", "location", "features"]],
+                                  "track_id long, location string, features array<float>")
+
+    meta = {"encoder_week": "2026-01-05", "encoder_version": "e1", "clip_samples": batch.length,
+            "encoder_settings": settings.encoder_settings()}
+    assert audio_spark.kept_encoder(meta, model.to_bytes(), "2026-02-02", settings) is None  # 4 weeks old
+    assert audio_spark.kept_encoder({**meta, "encoder_settings": {}}, model.to_bytes(), "2026-01-12", settings) is None
+    one_week = AudioConfig(embedding_dim=settings.embedding_dim, encoder_weeks=1, **QUICK)
+    assert audio_spark.kept_encoder(meta, model.to_bytes(), "2026-01-12", one_week) is None
+    kept = audio_spark.kept_encoder(meta, model.to_bytes(), "2026-01-12", settings)
+    assert kept is not None and (kept.week, kept.version, kept.clip_samples) == ("2026-01-05", "e1", batch.length)
+
+    targets = (warm_ids, truth.track_style[truth.track_index(warm_ids)])
+    listed = clips.select("track_id", "location")
+    refit = audio_spark.refit_week(listed, known, kept, targets, settings, reader)
+    read = refit.embedded.toPandas()
+    failed_before = set(everything.loc[everything["problem"].notna(), "track_id"].tolist())
+    assert set(read["track_id"].tolist()) == uploads | failed_before  # nothing else was read
+    features = refit.features.toPandas().sort_values("track_id")
+    assert features["track_id"].tolist() == good["track_id"].tolist()
+    assert all(np.array_equal(a, b) for a, b in zip(features["features"], good["features"], strict=True))
+    vectors = refit.vectors().toPandas().sort_values("track_id")
+    matrix = np.stack(vectors["vector"].to_numpy())
+    assert np.allclose(np.linalg.norm(matrix, axis=1), 1.0, atol=1e-5)
+    report = refit.model.report
+    assert report["head_only"] and report["encoder_week"] == "2026-01-05"
+    assert report["holdout_cosine"] > report["holdout_cosine_shuffled"] + 0.1  # the head learnt the targets
+    # The refitted model (what the day's-uploads path loads) embeds a clip as the table holds it.
+    new = dict(list((t, landed[t]) for t in sorted(uploads))[:10])
+    direct = refit.model.embed(log_mel(load_clips(new, settings, length=batch.length), settings))
+    assert np.allclose(direct, matrix[np.searchsorted(vectors["track_id"].to_numpy(), sorted(new))], atol=1e-5)
+    again = audio_spark.refit_week(listed.repartition(5), known.repartition(3), kept, targets, settings, reader)
+    assert np.array_equal(np.stack(again.vectors().orderBy("track_id").toPandas()["vector"].to_numpy()), matrix)
+    assert refit.embedded.where(F.col("problem").isNull()).count() == len(uploads)
+    refit.release()
+    again.release()

@@ -144,7 +144,8 @@ def test_the_tiny_world_on_two_executors_with_an_s3_lake_and_a_200_row_driver_li
     # Ingest, item2vec and the audio CNN are identical, row order included, on the executors and in local
     # mode: the models train with their configs' torch thread count, whatever the process had set.
     for layer, table in (("silver", "interactions"), ("gold", "user_profiles"), ("gold", "track_stats"),
-                         ("models", "audio_vectors"), ("models", "item2vec_embeddings"), ("models", "track_embeddings")):
+                         ("models", "audio_vectors"), ("models", "audio_features"), ("models", "item2vec_embeddings"),
+                         ("models", "track_embeddings")):
         pd.testing.assert_frame_equal(lake.read_frame(lake.uri(layer, table, week)),
                                       local.read_frame(local.uri(layer, table, week)), obj=table)
     for name in ("audio_embeddings", "two_tower_model", "ranker_model"):

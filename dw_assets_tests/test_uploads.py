@@ -181,8 +181,8 @@ def weekly_models(tmp_path_factory, spark):
     instance = DagsterInstance.ephemeral()
     quick = {"audio_embeddings": {"config": {"epochs": 8}}, "two_tower_model": {"config": {"epochs": 3}},
              "faiss_index": {"config": {"recall_sample_users": 200}}}
-    models = ("track_stats", "user_profiles", "item2vec_embeddings", "audio_embeddings", "audio_vectors", "two_tower_model",
-              "track_embeddings", "user_embeddings", "faiss_index")
+    models = ("track_stats", "user_profiles", "item2vec_embeddings", "audio_embeddings", "audio_vectors",
+              "audio_features", "two_tower_model", "track_embeddings", "user_embeddings", "faiss_index")
     for week, selection in (("2026-01-05", PER_WEEK_ASSETS), (MODELS_WEEK, (*PER_WEEK_ASSETS, *models))):
         result = materialize(ALL_ASSETS, selection=AssetSelection.assets(*selection), partition_key=week,
                              resources=build_resources(str(root)), instance=instance,

@@ -11,6 +11,7 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetIn,
+    AssetKey,
     AssetOut,
     MetadataValue,
     Output,
@@ -18,13 +19,13 @@ from dagster import (
 )
 from pyspark.sql import DataFrame
 
-from dw_assets.calendar import week_bounds
+from dw_assets.calendar import shift_week, week_bounds
 from dw_assets.config_fields import config_fields
 from dw_assets.embeddings import audio as audio_model
 from dw_assets.embeddings import audio_io, audio_spark, item2vec, two_tower
 from dw_assets.embeddings.audio import AudioConfig, load_clips, log_mel, train_audio_model
 from dw_assets.embeddings.audio_table import ASSET as AUDIO_VECTORS
-from dw_assets.embeddings.audio_table import audio_vectors_of, audio_vectors_table
+from dw_assets.embeddings.audio_table import audio_features_table, audio_vectors_of, audio_vectors_table
 from dw_assets.embeddings.item2vec import (
     Item2VecConfig,
     sampled_sentences,
@@ -46,9 +47,9 @@ from dw_assets.embeddings.user_tower import (
     with_norm,
 )
 from dw_assets.embeddings.vector_table import driver_vectors_table, track_vectors_of, track_vectors_table
-from dw_assets.lake.resources import LAYER_KEY, LakeResource
+from dw_assets.lake.resources import LAYER_KEY, PER_PARTITION_KEY, LakeResource, PartitionInputs
 from dw_assets.lake.storage import Artifact, vectors_artifact
-from dw_assets.partitions import ONE_WEEK_PER_RUN, history_window, weekly_partitions
+from dw_assets.partitions import ONE_WEEK_PER_RUN, history_window, week_before, weekly_partitions
 from dw_assets.versioning import model_version, table_version
 
 GROUP = "embeddings"
@@ -112,8 +113,28 @@ class AudioAssetConfig(config_fields(
         "audio_vectors": AssetOut(group_name=GROUP, metadata=MODELS, description=(
             "Audio CNN vector of every track with a usable clip: a Parquet table (track_id, vector, "
             "model_version) computed and written by the Spark executors, sorted by track_id.")),
+        "audio_features": AssetOut(group_name=GROUP, metadata=MODELS, description=(
+            "The audio encoder's output for every usable clip (track_id, location, features, encoder_version): "
+            "what the next weeks with the same encoder refit their embedding head on, embedding only new clips.")),
     },
-    ins={"track_catalog": AssetIn(), "item2vec_embeddings": AssetIn()},
+    ins={
+        "track_catalog": AssetIn(),
+        "item2vec_embeddings": AssetIn(),
+        # The week before's model and encoder features (a self-dependency; none for a first week): kept while
+        # its encoder is younger than encoder_weeks.
+        "previous_audio": AssetIn(key="audio_embeddings", partition_mapping=week_before,
+                                  metadata={PER_PARTITION_KEY: "artifact"}),
+        "previous_features": AssetIn(key="audio_features", partition_mapping=week_before,
+                                     metadata={PER_PARTITION_KEY: "spark"}),
+    },
+    # Written in this order: the model, then the features (computed with its encoder), then the vectors (its
+    # head over the features). The week before's feeds each as named (no output depends on a later one).
+    internal_asset_deps={
+        "audio_embeddings": {AssetKey(k) for k in ("track_catalog", "item2vec_embeddings", "audio_embeddings")},
+        "audio_features": {AssetKey(k) for k in ("track_catalog", "audio_embeddings", "audio_features")},
+        "audio_vectors": {AssetKey(k) for k in ("track_catalog", "item2vec_embeddings", "audio_embeddings",
+                                                "audio_features")},
+    },
     partitions_def=weekly_partitions,
     backfill_policy=ONE_WEEK_PER_RUN,
     check_specs=[AssetCheckSpec("audio_files_readable", asset="audio_embeddings",
@@ -125,44 +146,71 @@ def audio_embeddings(
     lake: LakeResource,
     track_catalog: DataFrame,
     item2vec_embeddings: pd.DataFrame,
+    previous_audio: PartitionInputs,
+    previous_features: PartitionInputs,
 ):
-    """The executors list the landed clips and keep the catalog's (``audio_spark.landed_clips``); the driver
-    trains on a seeded-hash sample of warm tracks' clips (``audio_spark.training_clips``); the executors read
-    and embed every track's clip with the week's model and write ``audio_vectors`` (``audio_spark`` says
-    why every track, and the sizes at 100 M tracks). The driver holds the model, the training sample,
-    the genres (names and the sampled tracks') and counts."""
+    """The executors list the landed clips and keep the catalog's (``audio_spark.landed_clips``). A week that
+    trains an encoder (the first, or every ``encoder_weeks``) trains the CNN on the driver on a seeded-hash
+    sample of warm tracks' clips (``audio_spark.training_clips``) and embeds every track's clip on the
+    executors. A week that keeps the week before's encoder (``audio_spark.refit_week``) embeds only the clips
+    its features lack (the week's uploads: ~700 k of 100 M at the target) and refits the embedding head on the
+    stored features of a seeded-hash sample of warm tracks. Both write every track's vector (``audio_vectors``)
+    and features (``audio_features``) from the executors. The driver holds the model, the training sample,
+    the genres and counts."""
     started = time.perf_counter()
+    week = context.partition_key
     target_ids, target_vectors = track_vectors_of(item2vec_embeddings, "item2vec_embeddings")
     settings = config.settings(embedding_dim=target_vectors.shape[1])
-    _, week_end = week_bounds(context.partition_key)
+    _, week_end = week_bounds(week)
     landing = lake.landing()
     reader = audio_spark.ClipReader.of(landing)
     catalog = track_catalog.select(F.col("track_id").cast("long"), "genre")
     listed = audio_spark.landed_clips(landing, reader, until=week_end.date(), spark=track_catalog.sparkSession)
     listed = listed.join(catalog.select("track_id"), "track_id", "left_semi").persist()
-    clips = audio_spark.partitioned_clips(listed, listed.count())
-    sample = audio_spark.training_clips(clips, target_ids, settings.clips_to_read, settings.seed)
-    batch = load_clips(sample, settings, read=landing.read_location)
-    mels = log_mel(batch, settings)
-    batch.clips.clear()  # training reads the spectrograms only: drop the raw clips
-    genres = _sampled_genres(catalog, batch.track_ids)
-    genre_names = [r["genre"] for r in catalog.where(F.col("genre").isNotNull()).select("genre").distinct().collect()]
-    model = train_audio_model(mels, batch.track_ids, (target_ids, target_vectors), genres, settings,
-                              genre_names=sorted(genre_names))
-    del mels
-    version = model_version(context.partition_key, [settings], [audio_model, audio_io, audio_spark],
-                            [table_version(item2vec_embeddings, "item2vec_embeddings")])
-    embedded = audio_spark.embedded_frame(clips, model, settings, batch.length, reader).persist()
+    before = shift_week(week, -1)
+    kept = None
+    if before in previous_audio and before in previous_features:
+        artifact = previous_audio[before]
+        kept = audio_spark.kept_encoder(artifact.meta, artifact.files.get("model.pt"), week, settings)
+    item2vec_version = table_version(item2vec_embeddings, "item2vec_embeddings")
+    if kept is None:
+        clips = audio_spark.partitioned_clips(listed, listed.count())
+        sample = audio_spark.training_clips(clips, target_ids, settings.clips_to_read, settings.seed)
+        batch = load_clips(sample, settings, read=landing.read_location)
+        mels = log_mel(batch, settings)
+        batch.clips.clear()  # training reads the spectrograms only: drop the raw clips
+        genres = _sampled_genres(catalog, batch.track_ids)
+        genre_names = [r["genre"] for r in catalog.where(F.col("genre").isNotNull()).select("genre").distinct().collect()]
+        model = train_audio_model(mels, batch.track_ids, (target_ids, target_vectors), genres, settings,
+                                  genre_names=sorted(genre_names))
+        del mels
+        version = model_version(week, [settings], [audio_model, audio_io, audio_spark], [item2vec_version])
+        encoder = {"encoder_week": week, "encoder_version": version, "clip_samples": int(batch.length)}
+        embedded = audio_spark.embedded_frame(clips, model, settings, batch.length, reader).persist()
+        good = embedded.where(F.col("problem").isNull())
+        features = good.select("track_id", "location", "features")
+        vectors_table, training = audio_vectors_table(embedded, version), len(sample)
+        release = [embedded]
+    else:
+        refit = audio_spark.refit_week(listed, previous_features[before], kept, (target_ids, target_vectors),
+                                       settings, reader)
+        model, embedded, features = refit.model, refit.embedded, refit.features
+        version = model_version(week, [settings], [audio_model, audio_io, audio_spark], [item2vec_version, kept.version])
+        encoder = {"encoder_week": kept.week, "encoder_version": kept.version, "clip_samples": kept.clip_samples}
+        vectors_table, training = track_vectors_table(refit.vectors(), version), refit.training_tracks
+        release = [refit]
     by_problem, problems = audio_spark.embedded_problems(embedded, config.max_problem_examples)
-    no_clip = catalog.select("track_id").join(embedded.select("track_id"), "track_id", "left_anti")
+    seen = features.select("track_id").unionByName(embedded.select("track_id"))
+    no_clip = catalog.select("track_id").join(seen, "track_id", "left_anti")
     missing = no_clip.count()
     missing_examples = [int(r[0]) for r in no_clip.orderBy("track_id").limit(config.max_problem_examples).collect()]
-    vectors_table = audio_vectors_table(embedded, version)
-    embedded_count = int(embedded.where(F.col("problem").isNull()).count())
+    embedded_count = int(features.count())
+    clips_read = int(embedded.count())
     files = {"model.pt": model.to_bytes()}
     meta = {"model_version": version, "report": model.report, "problems": problems.to_dict("records"),
             "problems_by_kind": by_problem, "no_clip": missing_examples, "no_clip_tracks": missing,
-            "training_clips": len(sample), "tracks_embedded": embedded_count}
+            "training_clips": training, "tracks_embedded": embedded_count, "clips_read": clips_read,
+            "encoder_settings": settings.encoder_settings(), **encoder}
     if config.vector_files:
         track_ids, vectors = audio_vectors_of(vectors_table)
         artifact = vectors_artifact(track_ids, vectors, meta, **files)
@@ -172,12 +220,17 @@ def audio_embeddings(
     yield Output(
         artifact,
         output_name="audio_embeddings",
-        metadata={"model_version": version, "tracks_embedded": embedded_count, "training_clips": len(sample),
+        metadata={"model_version": version, "tracks_embedded": embedded_count, "training_clips": training,
+                  "clips_read": clips_read, "encoder_week": encoder["encoder_week"],
                   **report, "elapsed_s": round(time.perf_counter() - started, 1)},
     )
+    yield Output(audio_features_table(features, encoder["encoder_version"]), output_name="audio_features",
+                 metadata={"encoder_version": encoder["encoder_version"], "encoder_week": encoder["encoder_week"],
+                           "tracks": embedded_count})
     yield Output(vectors_table, output_name="audio_vectors",
                  metadata={"model_version": version, "tracks": embedded_count})
-    embedded.unpersist()  # the IO manager has written the table
+    for held in release:  # the IO manager has written the tables
+        held.unpersist() if isinstance(held, DataFrame) else held.release()
     listed.unpersist()
     yield AssetCheckResult(
         asset_key="audio_embeddings", check_name="audio_files_readable", passed=not by_problem and not missing,

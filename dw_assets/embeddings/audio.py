@@ -1,9 +1,12 @@
 """Audio embeddings for cold start: log-mel spectrograms → a small CNN → the collaborative space.
 
-Each week the CNN is trained to regress the warm (played) tracks' collaborative vectors
-(e.g. item2vec, L2-normalized) from their audio, with an auxiliary genre head. Applied to
-any clip, played or not, it yields a vector comparable to the played tracks' vectors, which
-is what makes a new release retrievable before anyone has heard it.
+The CNN is trained to regress the warm (played) tracks' collaborative vectors (e.g. item2vec,
+L2-normalized) from their audio, with an auxiliary genre head. Applied to any clip, played or
+not, it yields a vector comparable to the played tracks' vectors, which is what makes a new
+release retrievable before anyone has heard it. Its encoder (convolutions and shared layer) is
+trained every ``encoder_weeks``; in between, a week refits only the linear embedding head to that
+week's collaborative vectors on the stored encoder features (``fit_head``), so only new clips are
+read and embedded.
 
 Reading the landed WAV files lives in ``audio_io``; its public names are re-exported here so
 ``dw_assets.embeddings.audio`` is the one import point.
@@ -12,6 +15,7 @@ Reading the landed WAV files lives in ``audio_io``; its public names are re-expo
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import io
 import math
@@ -65,6 +69,12 @@ class AudioConfig:
     # bounds the driver at ~1.6 GB of 1 s clips.
     max_training_clips: int = 100_000
     seed: int = 7
+    # Weeks one trained encoder (the convolutions and the shared layer) serves. A week whose previous week's
+    # encoder was trained fewer weeks ago, with the same settings, keeps it: it embeds only the clips its
+    # features table lacks (the week's uploads) and refits only the embedding head, by ridge regression of
+    # this week's item2vec vectors on the stored features. 1: the CNN is trained afresh every week.
+    encoder_weeks: int = 4
+    head_ridge: float = 1e-3  # the head's L2 penalty, relative to the features' mean square
     silence_rms: float = 1e-4  # full scale = 1.0
     # torch intra-op threads for training and embedding (``threads.torch_threads``): fixed, so every process
     # computes the same floats; 2 = the demo machine's cores (torch's default there). None: the process's.
@@ -90,7 +100,19 @@ class AudioConfig:
             raise ValueError("max_warm_tracks must be at least 2 (or None)")
         if self.max_training_clips < 2:
             raise ValueError("max_training_clips must be at least 2")
+        if self.encoder_weeks < 1:
+            raise ValueError("encoder_weeks must be at least 1 (1: a new encoder every week)")
+        if self.head_ridge < 0:
+            raise ValueError("head_ridge must be >= 0")
         check_threads(self.threads)
+
+    def encoder_settings(self) -> dict:
+        """What makes two encoders interchangeable: every setting but the reuse policy and the threads."""
+        out = dataclasses.asdict(self)
+        for name in ("encoder_weeks", "head_ridge", "threads"):
+            out.pop(name)
+        out["channels"] = list(out["channels"])
+        return out
 
 
 # ---------------------------------------------------------------- features
@@ -197,11 +219,15 @@ class AudioCNN(nn.Module):
         self.genre_head = nn.Linear(config.hidden_units, max(n_genres, 1))
         self.to(memory_format=torch.channels_last)  # load_state_dict and .to(device) keep the layout
 
-    def forward(self, mels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, mels: torch.Tensor) -> torch.Tensor:
+        """The encoder's output (the heads' input): float32[B, hidden_units]."""
         x = (mels - self.mel_mean[:, None]) / self.mel_std[:, None]
         x = self.features(x.unsqueeze(1).contiguous(memory_format=torch.channels_last))  # [B, C, bands, time]
         x = torch.cat([x.mean(dim=3), x.amax(dim=3)], dim=1).flatten(1)
-        hidden = self.shared(x)
+        return self.shared(x)
+
+    def forward(self, mels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.encode(mels)
         return self.embedding_head(hidden), self.genre_head(hidden)
 
 
@@ -224,6 +250,20 @@ class AudioModel:
         """Unit-length audio embeddings float32[n, embedding_dim] for log-mel spectrograms [n, n_mels, frames]."""
         with torch_threads(self.config.threads):
             return _predict(self.network, mels, batch_size)[0]
+
+    def embed_with_features(self, mels: torch.Tensor, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+        """(unit embeddings float32[n, embedding_dim], encoder features float32[n, hidden_units])."""
+        with torch_threads(self.config.threads):
+            vectors, _, features = _predict(self.network, mels, batch_size, with_features=True)
+        return vectors, features
+
+    def with_head(self, head: EmbeddingHead, report: dict) -> AudioModel:
+        """This encoder with ``head`` as its embedding head (a copy; the genre head kept)."""
+        network = copy.deepcopy(self.network)
+        with torch.no_grad():
+            network.embedding_head.weight.copy_(torch.from_numpy(head.weight.T.astype(np.float32)))
+            network.embedding_head.bias.copy_(torch.from_numpy(head.bias.astype(np.float32)))
+        return AudioModel(network=network, config=self.config, genres=list(self.genres), report=report)
 
     def predict_genres(self, mels: torch.Tensor, batch_size: int = 512) -> np.ndarray:
         """Most likely genre name per clip: object[n]."""
@@ -259,12 +299,13 @@ class AudioModel:
 
 
 @torch.no_grad()
-def _predict(network: AudioCNN, mels: torch.Tensor, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(unit embeddings float32[n, d], genre index int64[n]) with the network in eval mode."""
+def _predict(network: AudioCNN, mels: torch.Tensor, batch_size: int, with_features: bool = False) -> tuple:
+    """(unit embeddings float32[n, d], genre index int64[n][, encoder features float32[n, hidden]]) with the
+    network in eval mode."""
     dev = next(network.parameters()).device
     was_training = network.training
     network.eval()
-    vectors, labels = [], []
+    vectors, labels, hidden = [], [], []
     for lo in range(0, len(mels), batch_size):
         batch = mels[lo : lo + batch_size]
         rows = len(batch)
@@ -272,14 +313,19 @@ def _predict(network: AudioCNN, mels: torch.Tensor, batch_size: int) -> tuple[np
             # Every forward pass has the same shape: CPU kernels picked for small batches (1-17 rows) round
             # differently, and a vector must not depend on the batch its clip lands in (executors' chunks).
             batch = torch.cat([batch, batch.new_zeros((batch_size - rows, *batch.shape[1:]))])
-        raw, logits = network(batch.to(dev))
+        encoded = network.encode(batch.to(dev))
+        raw, logits = network.embedding_head(encoded), network.genre_head(encoded)
         vectors.append(F.normalize(raw[:rows], dim=1).cpu())
         labels.append(logits[:rows].argmax(dim=1).cpu())
+        if with_features:
+            hidden.append(encoded[:rows].cpu())
     network.train(was_training)
-    d = network.embedding_head.out_features
+    d, h = network.embedding_head.out_features, network.embedding_head.in_features
     if not vectors:
-        return np.zeros((0, d), np.float32), np.zeros(0, np.int64)
-    return torch.cat(vectors).numpy().astype(np.float32), torch.cat(labels).numpy()
+        out = (np.zeros((0, d), np.float32), np.zeros(0, np.int64))
+        return (*out, np.zeros((0, h), np.float32)) if with_features else out
+    out = (torch.cat(vectors).numpy().astype(np.float32), torch.cat(labels).numpy())
+    return (*out, torch.cat(hidden).numpy().astype(np.float32)) if with_features else out
 
 
 # ---------------------------------------------------------------- training
@@ -481,3 +527,57 @@ def _holdout_report(
         holdout_r2=float(1.0 - residual / spread) if spread > 0 else nan,
         holdout_genre_accuracy=float((genre[labelled] == truth[labelled]).mean()) if labelled.any() else nan,
     )
+
+
+# ---------------------------------------------------------------- a new head on a kept encoder
+
+
+@dataclass(frozen=True)
+class EmbeddingHead:
+    """A linear embedding head over stored encoder features: vector = unit(features @ weight + bias)."""
+
+    weight: np.ndarray  # float64[hidden_units, embedding_dim]
+    bias: np.ndarray  # float64[embedding_dim]
+
+    def apply(self, features: np.ndarray, chunk: int = 1024) -> np.ndarray:
+        """Unit vectors float32[n, d]. Each row is summed in a fixed order in float64 (no BLAS blocking), so a
+        track's vector does not depend on the batch or executor it is computed in."""
+        x = np.asarray(features, np.float64)
+        out = np.empty((len(x), len(self.bias)), np.float32)
+        for lo in range(0, len(x), chunk):
+            raw = (x[lo:lo + chunk, :, None] * self.weight[None]).sum(axis=1) + self.bias
+            out[lo:lo + chunk] = raw / np.maximum(np.linalg.norm(raw, axis=1, keepdims=True), 1e-12)
+        return out
+
+
+def fit_head(features: np.ndarray, track_ids: np.ndarray,
+             targets: Mapping[int, np.ndarray] | tuple[np.ndarray, np.ndarray],
+             config: AudioConfig) -> tuple[EmbeddingHead, dict]:
+    """A new embedding head for a kept encoder: ridge regression of the warm tracks' unit collaborative vectors
+    on their encoder ``features`` (float32[n, hidden], row i is ``track_ids[i]``), the warm tracks split as
+    :func:`train_audio_model` splits them; (head, report with the holdout numbers of ``AudioModel.report``)."""
+    track_ids = np.asarray(track_ids, np.int64)
+    target_matrix, warm = _align_targets(track_ids, targets)
+    warm_rows = np.flatnonzero(warm)
+    if len(warm_rows) < 2:
+        raise ValueError(f"need at least 2 tracks with both audio features and a target, got {len(warm_rows)}")
+    train_pos, holdout_pos = _split(len(warm_rows), config)
+    train_rows, holdout_rows = warm_rows[train_pos], warm_rows[holdout_pos]
+    x = np.hstack([np.asarray(features, np.float64)[train_rows], np.ones((len(train_rows), 1))])
+    y = target_matrix[train_rows].astype(np.float64)
+    penalty = np.eye(x.shape[1]) * config.head_ridge * float(np.mean(np.square(x[:, :-1]))) * len(x)
+    penalty[-1, -1] = 0.0  # the bias is not shrunk
+    solved = np.linalg.solve(x.T @ x + penalty, x.T @ y)
+    head = EmbeddingHead(weight=solved[:-1], bias=solved[-1])
+    predicted = head.apply(np.asarray(features, np.float32)[holdout_rows])
+    targets_held = target_matrix[holdout_rows]
+    report = {"holdout_cosine": float("nan"), "holdout_cosine_shuffled": float("nan"), "holdout_r2": float("nan")}
+    if len(holdout_rows):
+        shuffled = targets_held[np.random.default_rng(config.seed).permutation(len(targets_held))]
+        spread = np.square(targets_held - targets_held.mean(axis=0)).sum()
+        report = {"holdout_cosine": float(np.einsum("ij,ij->i", predicted, targets_held).mean()),
+                  "holdout_cosine_shuffled": float(np.einsum("ij,ij->i", predicted, shuffled).mean()),
+                  "holdout_r2": float(1.0 - np.square(targets_held - predicted).sum() / spread) if spread > 0
+                  else float("nan")}
+    report.update(warm_tracks=len(warm_rows), train_tracks=len(train_rows), holdout_tracks=len(holdout_rows))
+    return head, report

@@ -1,13 +1,18 @@
-"""The weekly audio step on Spark: a bounded training sample to the driver, every track embedded
-and written on the executors.
+"""The weekly audio step on Spark: a bounded training sample to the driver, the clips embedded and
+written on the executors; only the week's uploads are read in the weeks that keep an encoder.
 
-Why every track is embedded again each week, not only the week's uploads: the CNN is trained afresh
-every week (seeded init) to regress that week's item2vec vectors, and item2vec is itself retrained
-from scratch (its axes are arbitrary from one week to the next). A vector from last week's CNN lives
-in last week's item2vec space: carried over, it would sit beside this week's vectors without being
-comparable to them (the two-tower's audio inputs, the audio candidate source and the cold-start
-neighbours all compare them), and the demo's outputs would change. So all tracks are recomputed with
-the week's model, but on the executors: the driver never reads the catalog's audio.
+Why a kept encoder needs a new head each week: the embedding head regresses that week's item2vec
+vectors, and item2vec is retrained from scratch every week (its axes are arbitrary from one week to
+the next), so a vector from last week's head lives in last week's item2vec space and would not be
+comparable with this week's (the two-tower's audio inputs, the audio candidate source and the cold-start
+neighbours all compare them). The encoder's features do not have that problem: they are this table's
+``audio_features``, kept per clip. So a week that keeps the week before's encoder (``kept_encoder``: it
+was trained fewer than ``AudioConfig.encoder_weeks`` weeks ago, with the same settings) embeds only the
+clips the stored features lack (``unembedded``: the uploads since, a re-uploaded track's new clip and the
+clips that could not be read before), refits the linear head on a seeded-hash sample of warm tracks'
+stored features (``refit_week``, ridge regression: milliseconds on the driver) and applies it to every
+track's features on the executors (``head_vectors``). A week that trains an encoder (the first, and
+every ``encoder_weeks``) reads and embeds every clip, as below.
 
 Steps and sizes at the target (100 M tracks with a clip; 1 s clips at 8 kHz, 16 KB of int16 each):
 
@@ -20,11 +25,13 @@ Steps and sizes at the target (100 M tracks with a clip; 1 s clips at 8 kHz, 16 
   reach the driver, which reads their audio (10 k clips by default; 100 k at most: 1.6 GB of int16 + 1 GB
   of spectrograms).
 - ``embedded_frame``: ``mapInPandas`` reads each partition's clips on its executor (``READ_CHUNK`` clips
-  at a time: ~16 MB of audio), computes spectrograms and vectors with the model broadcast as bytes
-  (unpacked once per Python worker), and returns (track_id, vector, problem): 100 M x 32 float32 =
-  12.8 GB of vectors, written from the executors as the ``audio_vectors`` table (``audio_table``).
-  1.6 TB of audio is read, all of it on the executors. ``embedded_problems`` brings back the unusable
-  clips' counts per kind and at most ``max_examples`` of them.
+  at a time: ~16 MB of audio), computes spectrograms, vectors and encoder features with the model
+  broadcast as bytes (unpacked once per Python worker), and returns (track_id, vector, features,
+  problem): 100 M x 32 float32 = 12.8 GB of vectors and 100 M x 128 = 51 GB of features, written from
+  the executors as the ``audio_vectors`` and ``audio_features`` tables (``audio_table``). 1.6 TB of audio
+  is read in an encoder's week, all of it on the executors; ~11 GB (700 k uploads) in a week that keeps
+  it. ``embedded_problems`` brings back the unusable clips' counts per kind and at most ``max_examples``
+  of them.
 """
 
 from __future__ import annotations
@@ -40,14 +47,15 @@ import pandas as pd
 import pyspark.sql.functions as F
 from pyspark.sql import DataFrame, SparkSession
 
-from dw_assets.embeddings.audio import AudioConfig, AudioModel, log_mel
+from dw_assets.embeddings.audio import AudioConfig, AudioModel, EmbeddingHead, fit_head, log_mel
 from dw_assets.embeddings.audio_io import PROBLEM_COLUMNS, AudioBatch, load_clips
 from dw_assets.embeddings.samples import smallest_hashes
 from dw_assets.ingest.spark import load_once, payload_key
 
 CLIP_SCHEMA = "track_id long, location string"
 LISTED_SCHEMA = "track_id long, location string, folder string"
-EMBEDDED_SCHEMA = "track_id long, vector array<float>, problem string, detail string, location string"
+EMBEDDED_SCHEMA = ("track_id long, vector array<float>, problem string, detail string, location string, "
+                   "features array<float>")
 CLIPS_PER_PARTITION = 20_000  # a task's share: ~320 MB of 1 s clips, read READ_CHUNK at a time
 READ_CHUNK = 1_024  # clips read, turned into spectrograms and embedded at once on an executor
 
@@ -173,6 +181,24 @@ def embedded_frame(clips: DataFrame, model: AudioModel, settings: AudioConfig, l
     return clips.mapInPandas(run, EMBEDDED_SCHEMA)
 
 
+def unembedded(listed: DataFrame, known: DataFrame) -> DataFrame:
+    """The listed clips (track_id, location) the stored features lack: the uploads since the features were
+    computed, a re-uploaded track's new clip, and the clips that could not be read before (tried again)."""
+    return listed.join(known.select("track_id", "location"), ["track_id", "location"], "left_anti")
+
+
+def head_vectors(features: DataFrame, head: EmbeddingHead) -> DataFrame:
+    """track_id, vector (``head.apply`` of each row's stored features), on the executors: the head is
+    ``hidden_units x embedding_dim`` floats, shipped in the closure."""
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for batch in batches:
+            stacked = (np.stack(batch["features"].to_numpy()) if len(batch)
+                       else np.zeros((0, len(head.weight)), np.float32))
+            yield pd.DataFrame({"track_id": batch["track_id"].to_numpy(np.int64), "vector": list(head.apply(stacked))})
+
+    return features.select("track_id", "features").mapInPandas(run, "track_id long, vector array<float>")
+
+
 def embedded_problems(embedded: DataFrame, max_examples: int) -> tuple[dict[str, int], pd.DataFrame]:
     """(unusable clips per problem, at most ``max_examples`` of them sorted by track: ``PROBLEM_COLUMNS``),
     counted on the executors; only the counts and the examples reach the driver."""
@@ -204,10 +230,90 @@ def _problems(bad: pd.DataFrame) -> pd.DataFrame:
 
 
 def _embedded_rows(batch: AudioBatch, model: AudioModel, settings: AudioConfig, paths: Mapping[int, str]) -> pd.DataFrame:
-    vectors = model.embed(log_mel(batch, settings)) if len(batch.track_ids) else np.zeros((0, 0), np.float32)
+    if len(batch.track_ids):
+        vectors, features = model.embed_with_features(log_mel(batch, settings))
+    else:
+        vectors, features = np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
     good = pd.DataFrame({"track_id": batch.track_ids, "vector": list(vectors), "problem": None, "detail": None,
-                         "location": [paths[int(t)] for t in batch.track_ids]})
+                         "location": [paths[int(t)] for t in batch.track_ids], "features": list(features)})
     bad = pd.DataFrame({"track_id": batch.problems["track_id"].to_numpy(np.int64), "vector": None,
                         "problem": batch.problems["problem"], "detail": batch.problems["detail"],
-                        "location": batch.problems["path"]})
+                        "location": batch.problems["path"], "features": None})
     return pd.concat([good, bad], ignore_index=True) if len(bad) else good
+
+
+@dataclasses.dataclass
+class KeptEncoder:
+    """The week before's encoder, reused: its model (this week's settings), the week it was trained, its
+    version and the clip length (samples) every clip is cut or looped to."""
+
+    model: AudioModel
+    week: str
+    version: str
+    clip_samples: int
+
+
+def kept_encoder(previous_meta: Mapping | None, previous_model: bytes | None, week: str,
+                 settings: AudioConfig) -> KeptEncoder | None:
+    """The week before's encoder when this week may keep it: it was trained fewer than ``encoder_weeks``
+    weeks before ``week`` with the same encoder settings (``AudioConfig.encoder_settings``); else None."""
+    if settings.encoder_weeks <= 1 or previous_meta is None or previous_model is None:
+        return None
+    trained = previous_meta.get("encoder_week")
+    if trained is None or previous_meta.get("encoder_settings") != settings.encoder_settings():
+        return None
+    if (dt.date.fromisoformat(week) - dt.date.fromisoformat(trained)).days // 7 >= settings.encoder_weeks:
+        return None
+    loaded = AudioModel.from_bytes(previous_model)
+    model = AudioModel(network=loaded.network, config=settings, genres=loaded.genres, report=loaded.report)
+    return KeptEncoder(model, trained, previous_meta["encoder_version"], int(previous_meta["clip_samples"]))
+
+
+@dataclasses.dataclass
+class RefitWeek:
+    """A week on a kept encoder: the clips read this week (``EMBEDDED_SCHEMA``: the new ones and the ones that
+    failed before), every usable clip's features (the stored ones of clips still listed + the new ones), and
+    the model with its refitted head. ``embedded`` and ``features`` are persisted: ``release()`` when written."""
+
+    model: AudioModel
+    head: EmbeddingHead
+    embedded: DataFrame
+    features: DataFrame
+    training_tracks: int
+
+    def vectors(self) -> DataFrame:
+        """track_id, vector of every usable clip with this week's head."""
+        return head_vectors(self.features, self.head)
+
+    def release(self) -> None:
+        self.embedded.unpersist()
+        self.features.unpersist()
+
+
+def refit_week(listed: DataFrame, known: DataFrame, kept: KeptEncoder, targets: tuple[np.ndarray, np.ndarray],
+               settings: AudioConfig, reader: ClipReader) -> RefitWeek:
+    """Embed only the listed clips ``known`` (the week before's ``audio_features``) lacks, on the executors,
+    and refit the embedding head on a seeded-hash sample of the warm tracks' stored features
+    (``bounded(clips_to_read)`` rows of ``hidden_units`` floats reach the driver: 51 MB at 100 k).
+
+    Sizes at the target: the week's uploads (~700 k clips, ~1 % of the catalog) are read and embedded,
+    instead of all 100 M; the 100 M feature rows are carried over by a semi-join on the executors."""
+    spark = listed.sparkSession
+    missing = unembedded(listed, known)
+    embedded = embedded_frame(partitioned_clips(missing, missing.count()), kept.model, settings, kept.clip_samples,
+                              reader).persist()
+    carried = known.join(listed, ["track_id", "location"], "left_semi").select("track_id", "location", "features")
+    features = carried.unionByName(embedded.where(F.col("problem").isNull()).select("track_id", "location", "features"))
+    features = features.persist()
+    warm_ids = np.unique(np.asarray(targets[0], np.int64))
+    warm = spark.createDataFrame(pd.DataFrame({"track_id": warm_ids}), "track_id long")
+    sampled = smallest_hashes(features.join(warm, "track_id", "left_semi").select("track_id", "features"),
+                              "track_id", settings.clips_to_read, settings.seed).toPandas()
+    sampled = sampled.sort_values("track_id", kind="mergesort")  # the fit sees the same rows in the same order
+    hidden = settings.hidden_units
+    matrix = (np.stack(sampled["features"].to_numpy()).astype(np.float32) if len(sampled)
+              else np.zeros((0, hidden), np.float32))
+    head, report = fit_head(matrix, sampled["track_id"].to_numpy(np.int64), targets, settings)
+    kept_report = {k: v for k, v in kept.model.report.items() if k.startswith("holdout_genre") or k == "genre_majority_share"}
+    model = kept.model.with_head(head, {**kept_report, **report, "head_only": True, "encoder_week": kept.week})
+    return RefitWeek(model=model, head=head, embedded=embedded, features=features, training_tracks=len(sampled))

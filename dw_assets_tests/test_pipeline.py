@@ -488,3 +488,25 @@ def test_a_degraded_model_is_caught_by_offline_metrics_and_drift(world):
     label, good_stat = embedding_statistic(good_vectors)
     drift = feature_drift(embedding_statistic(bad_vectors)[1], good_stat, label=label)
     assert not drift.passed and drift.severity == "ERROR", drift.description
+
+
+def test_the_last_week_keeps_last_weeks_audio_encoder_and_reads_only_what_it_lacks(world):
+    """Week W-1 trained the audio encoder and embedded every clip; week W kept it (the stored meta round trip
+    matches its settings), read only the clips W-1's features lacked and refitted the head."""
+    _, manifest, lake, _ = world
+    week = manifest["last_training_week"]
+    previous = manifest["weeks"][manifest["weeks"].index(week) - 1]
+    trained = lake.read_artifact(lake.uri("models", "audio_embeddings", previous)).meta
+    kept = lake.read_artifact(lake.uri("models", "audio_embeddings", week)).meta
+    assert trained["encoder_week"] == previous and not trained["report"].get("head_only")
+    assert kept["encoder_week"] == previous and kept["report"]["head_only"]
+    assert kept["encoder_version"] == trained["encoder_version"] == trained["model_version"]
+    assert kept["clips_read"] < trained["clips_read"] / 2  # the week's uploads and the unreadable clips only
+    assert kept["report"]["holdout_cosine"] > kept["report"]["holdout_cosine_shuffled"] + 0.1
+    features = _read(lake, "models", "audio_features", week)
+    vectors = _read(lake, "models", "audio_vectors", week)
+    assert features["track_id"].tolist() == vectors["track_id"].tolist()  # one vector per stored feature row
+    assert set(features["encoder_version"]) == {trained["encoder_version"]}
+    carried = features.merge(_read(lake, "models", "audio_features", previous), on=["track_id", "location"])
+    assert len(carried) > 0.9 * len(features)
+    assert all(np.array_equal(a, b) for a, b in zip(carried["features_x"], carried["features_y"], strict=True))

@@ -193,3 +193,15 @@ def test_without_truth_the_keys_are_null_and_the_report_says_why():
     assert north_star_markdown(summary) == "north star not measured: no simulator truth here"
     page, _ = render_report("2026-01-26", None, None, None, {}, None, None, None, None, north_star=summary)
     assert "not measured: no simulator truth here" in page
+
+
+def test_a_system_without_lists_scores_zero_and_no_users_give_null_keys(world):
+    truth, users, heard, candidates, catalog = world
+    empty = pd.DataFrame({c: pd.Series(dtype="int64") for c in ("user_id", "position", "track_id")})
+    out = north_star(truth, {"pipeline": _random_lists(world, 1), "ranker_order": empty, "als": empty}, users[:5],
+                     heard, candidates, catalog, WEEK, CONFIG)
+    assert out["systems"]["als"]["saves_per_user"] == 0.0 and out["systems"]["als"]["users_with_list"] == 0
+    assert out["ranking_efficiency"] == 0.0 and out["users"] == 5
+    nobody = north_star(truth, {"pipeline": empty, "ranker_order": empty}, users[:0], heard, candidates, catalog,
+                        WEEK, CONFIG)
+    assert nobody["users"] == 0 and all(nobody[key] is None for key in SUMMARY_KEYS)

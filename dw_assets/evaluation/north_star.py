@@ -395,8 +395,8 @@ def efficiency_moments(rows: pd.DataFrame) -> pd.DataFrame:
 def moments_of(per_user: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(``north_star_moments`` per (listener, system), ``efficiency_moments`` per listener) of per-user rows in
     pandas: what the Spark path (``north_star_batch``) computes on the executors."""
-    moments = pd.concat([north_star_moments(g) for _, g in per_user.groupby(["listener", "system"], sort=True)],
-                        ignore_index=True)
+    groups = [north_star_moments(g) for _, g in per_user.groupby(["listener", "system"], sort=True)]
+    moments = pd.concat(groups, ignore_index=True) if groups else pd.DataFrame(columns=list(MOMENT_COLUMNS))
     paired = per_user.loc[per_user["system"].isin(PAIR_SYSTEMS), ["listener", "system", "user_id", "saves"]]
     pairs = [efficiency_moments(g) for _, g in paired.groupby("listener", sort=True)]
     return moments, (pd.concat(pairs, ignore_index=True) if pairs else pd.DataFrame(columns=list(PAIR_COLUMNS)))

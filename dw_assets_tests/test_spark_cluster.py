@@ -144,10 +144,14 @@ def test_the_tiny_world_on_two_executors_with_an_s3_lake_and_a_200_row_driver_li
     # Ingest, item2vec and the audio CNN are identical, row order included, on the executors and in local
     # mode: the models train with their configs' torch thread count, whatever the process had set.
     for layer, table in (("silver", "interactions"), ("gold", "user_profiles"), ("gold", "track_stats"),
-                         ("models", "audio_vectors"), ("models", "audio_features"), ("models", "item2vec_embeddings"),
-                         ("models", "track_embeddings")):
+                         ("models", "audio_vectors"), ("models", "item2vec_embeddings"), ("models", "track_embeddings")):
         pd.testing.assert_frame_equal(lake.read_frame(lake.uri(layer, table, week)),
                                       local.read_frame(local.uri(layer, table, week)), obj=table)
+    # The kept encoder's features too; each row names its clip under its own lake's landing zone.
+    features, local_features = (store.read_frame(store.uri("models", "audio_features", week)) for store in (lake, local))
+    assert [p.split("/landing/", 1)[1] for p in features["location"]] == \
+        [p.split("/landing/", 1)[1] for p in local_features["location"]]
+    pd.testing.assert_frame_equal(features.drop(columns="location"), local_features.drop(columns="location"))
     for name in ("audio_embeddings", "two_tower_model", "ranker_model"):
         assert lake.read_artifact(lake.uri("models", name, week)).model_version == \
             local.read_artifact(local.uri("models", name, week)).model_version, name

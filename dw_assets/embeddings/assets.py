@@ -190,7 +190,7 @@ def audio_embeddings(
         good = embedded.where(F.col("problem").isNull())
         features = good.select("track_id", "location", "features")
         vectors_table, training = audio_vectors_table(embedded, version), len(sample)
-        release = [embedded]
+        release = embedded.unpersist
     else:
         refit = audio_spark.refit_week(listed, previous_features[before], kept, (target_ids, target_vectors),
                                        settings, reader)
@@ -198,7 +198,7 @@ def audio_embeddings(
         version = model_version(week, [settings], [audio_model, audio_io, audio_spark], [item2vec_version, kept.version])
         encoder = {"encoder_week": kept.week, "encoder_version": kept.version, "clip_samples": kept.clip_samples}
         vectors_table, training = track_vectors_table(refit.vectors(), version), refit.training_tracks
-        release = [refit]
+        release = refit.release
     by_problem, problems = audio_spark.embedded_problems(embedded, config.max_problem_examples)
     seen = features.select("track_id").unionByName(embedded.select("track_id"))
     no_clip = catalog.select("track_id").join(seen, "track_id", "left_anti")
@@ -229,8 +229,7 @@ def audio_embeddings(
                            "tracks": embedded_count})
     yield Output(vectors_table, output_name="audio_vectors",
                  metadata={"model_version": version, "tracks": embedded_count})
-    for held in release:  # the IO manager has written the tables
-        held.unpersist() if isinstance(held, DataFrame) else held.release()
+    release()  # the IO manager has written the tables
     listed.unpersist()
     yield AssetCheckResult(
         asset_key="audio_embeddings", check_name="audio_files_readable", passed=not by_problem and not missing,

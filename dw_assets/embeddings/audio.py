@@ -254,7 +254,7 @@ class AudioModel:
     def embed_with_features(self, mels: torch.Tensor, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
         """(unit embeddings float32[n, embedding_dim], encoder features float32[n, hidden_units])."""
         with torch_threads(self.config.threads):
-            vectors, _, features = _predict(self.network, mels, batch_size, with_features=True)
+            vectors, _, features = _predict(self.network, mels, batch_size)
         return vectors, features
 
     def with_head(self, head: EmbeddingHead, report: dict) -> AudioModel:
@@ -299,8 +299,8 @@ class AudioModel:
 
 
 @torch.no_grad()
-def _predict(network: AudioCNN, mels: torch.Tensor, batch_size: int, with_features: bool = False) -> tuple:
-    """(unit embeddings float32[n, d], genre index int64[n][, encoder features float32[n, hidden]]) with the
+def _predict(network: AudioCNN, mels: torch.Tensor, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(unit embeddings float32[n, d], genre index int64[n], encoder features float32[n, hidden]) with the
     network in eval mode."""
     dev = next(network.parameters()).device
     was_training = network.training
@@ -317,15 +317,13 @@ def _predict(network: AudioCNN, mels: torch.Tensor, batch_size: int, with_featur
         raw, logits = network.embedding_head(encoded), network.genre_head(encoded)
         vectors.append(F.normalize(raw[:rows], dim=1).cpu())
         labels.append(logits[:rows].argmax(dim=1).cpu())
-        if with_features:
-            hidden.append(encoded[:rows].cpu())
+        hidden.append(encoded[:rows].cpu())
     network.train(was_training)
     d, h = network.embedding_head.out_features, network.embedding_head.in_features
     if not vectors:
-        out = (np.zeros((0, d), np.float32), np.zeros(0, np.int64))
-        return (*out, np.zeros((0, h), np.float32)) if with_features else out
-    out = (torch.cat(vectors).numpy().astype(np.float32), torch.cat(labels).numpy())
-    return (*out, torch.cat(hidden).numpy().astype(np.float32)) if with_features else out
+        return np.zeros((0, d), np.float32), np.zeros(0, np.int64), np.zeros((0, h), np.float32)
+    return (torch.cat(vectors).numpy().astype(np.float32), torch.cat(labels).numpy(),
+            torch.cat(hidden).numpy().astype(np.float32))
 
 
 # ---------------------------------------------------------------- training
@@ -509,24 +507,27 @@ def _holdout_report(
     seed: int,
 ) -> dict:
     """Regression and genre quality on held-out warm tracks (NaN when there are none)."""
-    nan = float("nan")
     if len(rows) == 0:
-        return dict(
-            holdout_cosine=nan, holdout_cosine_shuffled=nan, holdout_r2=nan, holdout_genre_accuracy=nan
-        )
-    predicted, genre = _predict(network, mels, batch_size=512)
-    cosine = np.einsum("ij,ij->i", predicted, targets)
-    shuffled = targets[np.random.default_rng(seed).permutation(len(targets))]
-    residual = np.square(targets - predicted).sum()
-    spread = np.square(targets - targets.mean(axis=0)).sum()
+        return {**_regression_report(np.zeros((0, 0)), targets, seed), "holdout_genre_accuracy": float("nan")}
+    predicted, genre, _ = _predict(network, mels, batch_size=512)
     truth = labels[rows]
     labelled = truth != IGNORE_GENRE
-    return dict(
-        holdout_cosine=float(cosine.mean()),
-        holdout_cosine_shuffled=float(np.einsum("ij,ij->i", predicted, shuffled).mean()),
-        holdout_r2=float(1.0 - residual / spread) if spread > 0 else nan,
-        holdout_genre_accuracy=float((genre[labelled] == truth[labelled]).mean()) if labelled.any() else nan,
-    )
+    return {**_regression_report(predicted, targets, seed),
+            "holdout_genre_accuracy": float((genre[labelled] == truth[labelled]).mean()) if labelled.any()
+            else float("nan")}
+
+
+def _regression_report(predicted: np.ndarray, targets: np.ndarray, seed: int) -> dict:
+    """holdout_cosine (mean cos(pred, target)), holdout_cosine_shuffled (targets shuffled: the chance level) and
+    holdout_r2 of held-out unit vectors (NaN when there are none)."""
+    nan = float("nan")
+    if len(targets) == 0:
+        return {"holdout_cosine": nan, "holdout_cosine_shuffled": nan, "holdout_r2": nan}
+    shuffled = targets[np.random.default_rng(seed).permutation(len(targets))]
+    spread = np.square(targets - targets.mean(axis=0)).sum()
+    return {"holdout_cosine": float(np.einsum("ij,ij->i", predicted, targets).mean()),
+            "holdout_cosine_shuffled": float(np.einsum("ij,ij->i", predicted, shuffled).mean()),
+            "holdout_r2": float(1.0 - np.square(targets - predicted).sum() / spread) if spread > 0 else nan}
 
 
 # ---------------------------------------------------------------- a new head on a kept encoder
@@ -570,14 +571,6 @@ def fit_head(features: np.ndarray, track_ids: np.ndarray,
     solved = np.linalg.solve(x.T @ x + penalty, x.T @ y)
     head = EmbeddingHead(weight=solved[:-1], bias=solved[-1])
     predicted = head.apply(np.asarray(features, np.float32)[holdout_rows])
-    targets_held = target_matrix[holdout_rows]
-    report = {"holdout_cosine": float("nan"), "holdout_cosine_shuffled": float("nan"), "holdout_r2": float("nan")}
-    if len(holdout_rows):
-        shuffled = targets_held[np.random.default_rng(config.seed).permutation(len(targets_held))]
-        spread = np.square(targets_held - targets_held.mean(axis=0)).sum()
-        report = {"holdout_cosine": float(np.einsum("ij,ij->i", predicted, targets_held).mean()),
-                  "holdout_cosine_shuffled": float(np.einsum("ij,ij->i", predicted, shuffled).mean()),
-                  "holdout_r2": float(1.0 - np.square(targets_held - predicted).sum() / spread) if spread > 0
-                  else float("nan")}
+    report = _regression_report(predicted, target_matrix[holdout_rows], config.seed)
     report.update(warm_tracks=len(warm_rows), train_tracks=len(train_rows), holdout_tracks=len(holdout_rows))
     return head, report

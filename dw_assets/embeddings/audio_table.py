@@ -19,11 +19,6 @@ from dw_assets.lake.storage import Artifact
 
 ASSET = "audio_vectors"
 AUDIO_VECTORS_SCHEMA = TRACK_VECTORS_SCHEMA
-FEATURES_ASSET = "audio_features"
-# The encoder's output of every usable clip (the embedding head's input), with the clip it was computed from:
-# a later week with the same encoder embeds only the clips this table lacks and refits the head on it.
-# 100 M x 128 float32 = 51 GB at the target; read only by the next week's audio step (on the executors).
-AUDIO_FEATURES_SCHEMA = "track_id long, location string, features array<float>, encoder_version string"
 
 
 def audio_vectors_table(embedded: DataFrame, version: str) -> DataFrame:
@@ -34,8 +29,11 @@ def audio_vectors_table(embedded: DataFrame, version: str) -> DataFrame:
 
 
 def audio_features_table(rows: DataFrame, encoder_version: str) -> DataFrame:
-    """The ``audio_features`` asset: track_id, location, features of usable clips, stamped with the encoder's
-    version and sorted by track_id on the executors (persist ``rows`` first when computing them is costly)."""
+    """The ``audio_features`` asset: track_id, location, features (the encoder's output: the embedding head's
+    input) of usable clips, stamped with the encoder's version and sorted by track_id on the executors (persist
+    ``rows`` first when computing them is costly). A later week with the same encoder embeds only the clips this
+    table lacks and refits the head on it. 100 M x 128 float32 = 51 GB at the target, read only by the next
+    week's audio step, on the executors."""
     return (rows.select(F.col("track_id").cast("long"), F.col("location").cast("string"),
                         F.col("features").cast("array<float>"), F.lit(encoder_version).alias("encoder_version"))
             .orderBy("track_id"))

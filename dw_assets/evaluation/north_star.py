@@ -145,12 +145,7 @@ class CatalogPass:
     and popularity bin, how many unheard tracks the user would truly like (the TPR's denominators)."""
 
     oracle: pd.DataFrame  # user_id, position, track_id
-    users: np.ndarray  # int64[n], sorted: the rows of ``liked``
-    liked: np.ndarray  # int64[n, len(BINS)]
-
-    @property
-    def liked_per_bin(self) -> dict[str, int]:
-        return {name: int(total) for name, total in zip(BINS, self.liked.sum(axis=0), strict=True)}
+    liked: np.ndarray  # int64[users, len(BINS)], rows in the order of the sorted unique users
 
 
 def catalog_oracle(
@@ -196,8 +191,7 @@ def catalog_oracle(
             picked = pd.concat([picked[~picked["user_id"].isin(chunk[rows])], redo], ignore_index=True)
         lists.append(picked)
     oracle = pd.concat(lists, ignore_index=True) if lists else _empty_lists()
-    return CatalogPass(oracle=oracle.sort_values(["user_id", "position"]).reset_index(drop=True), users=users,
-                       liked=liked)
+    return CatalogPass(oracle=oracle.sort_values(["user_id", "position"]).reset_index(drop=True), liked=liked)
 
 
 def _pick(chunk: np.ndarray, top: np.ndarray, affinity: np.ndarray, ids: np.ndarray, artists: np.ndarray,
@@ -320,15 +314,15 @@ def per_user_north_star(
     cold = catalog.loc[catalog["is_cold"], "track_id"].to_numpy(np.int64)
     bins = pd.Series(popularity_bins(catalog), index=catalog["track_id"].to_numpy(np.int64))
     parts = []
-    for name, model in models.items():
-        for system, frame in lists.items():
-            out = per_user_outcomes(truth, frame, users, cold, week, config.seeds, model)
-            where = np.searchsorted(users, frame["user_id"].to_numpy(np.int64))
-            out["slots"] = np.bincount(where, minlength=len(users)).astype(np.int64)
-            out["cold_slots"] = np.bincount(where, weights=frame["track_id"].isin(cold).to_numpy(),
-                                            minlength=len(users)).astype(np.int64)
-            out["surfaced"] = (list(_surfaced(truth, frame, users, heard, bins, like)) if name == BASE_LISTENER
-                               else None)
+    for system, frame in lists.items():
+        where = np.searchsorted(users, frame["user_id"].to_numpy(np.int64))
+        slots = {"slots": np.bincount(where, minlength=len(users)).astype(np.int64),
+                 "cold_slots": np.bincount(where, weights=frame["track_id"].isin(cold).to_numpy(),
+                                           minlength=len(users)).astype(np.int64)}
+        surfaced = list(_surfaced(truth, frame, users, heard, bins, like))
+        for name, model in models.items():
+            out = per_user_outcomes(truth, frame, users, cold, week, config.seeds, model).assign(**slots)
+            out["surfaced"] = surfaced if name == BASE_LISTENER else None
             parts.append(out.assign(listener=name, system=system))
     liked = pd.DataFrame({"user_id": users, **{m: 0.0 for m in METRICS}, "slots": 0, "cold_slots": 0,
                           "surfaced": list(found.liked)}).assign(listener=BASE_LISTENER, system=LIKED)

@@ -87,8 +87,9 @@ def ranker_order_frame(ranker: TrainedRanker, context: FeatureContext, track_sta
 
     def run(batch: pd.DataFrame) -> pd.DataFrame:
         shipped_models = load_once(key, lambda: shipped_playlist_models(key, lambda: shipped.value))
-        order = order_packed(shipped_models.ranker, shipped_models.context, batch, shipped_models.track_table,
-                             two_tower_prior, k, cap)
+        table = shipped_models.track_table
+        order = order_packed(shipped_models.ranker, shipped_models.context, batch,
+                             (table.arrays["track_id"], table.arrays["artist_id"]), two_tower_prior, k, cap)
         return order.astype("int64")
 
     return map_user_batches(users, run, LIST_SCHEMA, partitions), shipped
@@ -106,7 +107,7 @@ def _rows(sample: DataFrame, lists: Mapping[str, DataFrame], candidates: DataFra
             F.lit("list").alias("kind"), F.lit(system).alias("system"), F.col("user_id").cast("long"),
             F.col("position").cast("long"), F.col("track_id").cast("long")))
     for kind, frame in (("candidate", candidates), ("heard", heard)):
-        frames.append(of_users(frame.select("user_id", "track_id").distinct(), sample).select(
+        frames.append(of_users(frame.select("user_id", "track_id"), sample).distinct().select(
             F.lit(kind).alias("kind"), none.cast("string").alias("system"), F.col("user_id").cast("long"),
             none.cast("long").alias("position"), F.col("track_id").cast("long")))
     out = frames[0]

@@ -20,7 +20,7 @@ import pandas as pd
 from dw_assets.evaluation.north_star import hygienic_top_k
 from dw_assets.ranking.batch import RetrievalOrder, is_stand_in
 from dw_assets.ranking.features import FeatureContext, build_ranker_features
-from dw_assets.ranking.playlists import CANDIDATE_ARRAYS, TrackTable, explode_candidates, list_score
+from dw_assets.ranking.playlists import CANDIDATE_ARRAYS, explode_candidates, list_score
 from dw_assets.ranking.ranker import TrainedRanker
 
 
@@ -57,12 +57,13 @@ def ranker_order(ranker: TrainedRanker, context: FeatureContext, users: pd.DataF
     users = users.sort_values("user_id").reset_index(drop=True)
     candidates = candidates.sort_values("user_id", kind="stable")
     owners = candidates["user_id"].to_numpy(np.int64)
+    catalog = artist_arrays(artists)
     parts = []
     for lo in range(0, len(users), max(1, users_per_batch)):
         batch = users.iloc[lo:lo + users_per_batch].reset_index(drop=True)
         first, last = batch["user_id"].iloc[0], batch["user_id"].iloc[-1]
         rows = candidates.iloc[np.searchsorted(owners, first, "left"):np.searchsorted(owners, last, "right")]
-        parts.append(_batch_order(ranker, context, batch, rows, artists, two_tower_prior, k, max_per_artist))
+        parts.append(_batch_order(ranker, context, batch, rows, catalog, two_tower_prior, k, max_per_artist))
     if not parts:
         return _no_lists()
     return pd.concat(parts, ignore_index=True)
@@ -73,24 +74,25 @@ def _no_lists() -> pd.DataFrame:
 
 
 def _batch_order(ranker: TrainedRanker, context: FeatureContext, users: pd.DataFrame, candidates: pd.DataFrame,
-                 artists: pd.DataFrame, two_tower_prior: float, k: int, max_per_artist: int) -> pd.DataFrame:
+                 artists: tuple[np.ndarray, np.ndarray], two_tower_prior: float, k: int,
+                 max_per_artist: int) -> pd.DataFrame:
     scorer = RetrievalOrder() if is_stand_in(ranker) else ranker
-    return order_packed(scorer, context, pack_candidates(users, candidates), TrackTable.of(artists_table(artists)),
-                        two_tower_prior, k, max_per_artist)
+    return order_packed(scorer, context, pack_candidates(users, candidates), artists, two_tower_prior, k,
+                        max_per_artist)
 
 
-def artists_table(artists: pd.DataFrame) -> pd.DataFrame:
-    """A ``TRACK_TABLE`` frame of track_id, artist_id only (the other columns unused by the ranker order)."""
-    frame = artists[["track_id", "artist_id"]].drop_duplicates("track_id")
-    return frame.assign(genre=None, popularity_percentile=0.0, is_cold=False, plays=0)
+def artist_arrays(artists: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(track ids ascending, their artist ids) of a track_id, artist_id frame: what ``order_packed`` looks up."""
+    frame = artists[["track_id", "artist_id"]].drop_duplicates("track_id").sort_values("track_id", kind="mergesort")
+    return frame["track_id"].to_numpy(np.int64), frame["artist_id"].to_numpy(np.int64)
 
 
-def order_packed(scorer, context: FeatureContext, packed: pd.DataFrame, tracks: TrackTable, two_tower_prior: float,
-                 k: int, max_per_artist: int) -> pd.DataFrame:
+def order_packed(scorer, context: FeatureContext, packed: pd.DataFrame, artists: tuple[np.ndarray, np.ndarray],
+                 two_tower_prior: float, k: int, max_per_artist: int) -> pd.DataFrame:
     """user_id, position, track_id of one batch of packed users (``features.USER_COLUMNS``, ``user_vector``
     and the ``c_*`` candidate arrays, one row per user: as ``ranking.batch`` packs them in Spark). ``scorer``:
-    the ranker, or :class:`RetrievalOrder` for the first week's stand-in; ``tracks``: the artists (candidates
-    outside the catalog cannot be served and are dropped)."""
+    the ranker, or :class:`RetrievalOrder` for the first week's stand-in; ``artists``: (track ids ascending, artist
+    ids) of the catalog (``artist_arrays``; candidates outside it cannot be served and are dropped)."""
     packed = packed.sort_values("user_id").reset_index(drop=True)
     packed["recent_tracks"] = packed["recent_tracks"].map(lambda t: np.asarray(t if t is not None else [], np.int64))
     exploded = explode_candidates(packed)
@@ -99,6 +101,10 @@ def order_packed(scorer, context: FeatureContext, packed: pd.DataFrame, tracks: 
     features = build_ranker_features(exploded, context, users=packed)
     probability = scorer.predict(features, engine="auto")  # as the batch scores them
     scored = exploded[["user_id", "track_id"]].assign(score=list_score(probability, features, two_tower_prior))
-    rows = tracks.rows(scored["track_id"].to_numpy(np.int64))
-    scored = scored[rows >= 0].assign(artist_id=np.asarray(tracks.arrays["artist_id"])[rows[rows >= 0]])
+    track_ids, artist_ids = (np.asarray(a) for a in artists)
+    wanted = scored["track_id"].to_numpy(np.int64)
+    at = np.searchsorted(track_ids, wanted)
+    known = at < len(track_ids)
+    known[known] = track_ids[at[known]] == wanted[known]
+    scored = scored[known].assign(artist_id=artist_ids[at[known]])
     return hygienic_top_k(scored, k, max_per_artist)

@@ -12,10 +12,10 @@ from dw_assets.evaluation.north_star import (
     SUMMARY_KEYS,
     NorthStarConfig,
     catalog_oracle,
-    hygienic_top_k,
     north_star,
     per_user_outcomes,
 )
+from dw_assets.ranking.playlists import hygienic_top_k
 from dw_assets.simulate import config_for, respond
 from dw_assets.simulate.behaviour import LISTENER
 from dw_assets.simulate.truth import Truth

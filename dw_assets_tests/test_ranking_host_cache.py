@@ -200,19 +200,30 @@ def test_spark_playlists_through_the_host_cache_equal_the_shipped_bytes_models_o
     earlier = [w for w in history_window_weeks(week)[:-1] if lake.exists(lake.uri("gold", "ranked_playlists", w))]
     earlier_playlists = table("gold", "ranked_playlists", earlier) if earlier else None
 
-    got, stats = build_playlists(spark, week, settings, candidates, ranker, profiles, directory, track_stats,
-                                 context, vectors, interactions, earlier_playlists)
-    got = got.drop("week").toPandas()
+    got, order, stats = build_playlists(spark, week, settings, candidates, ranker, profiles, directory, track_stats,
+                                        context, vectors, interactions, earlier_playlists, with_ranker_order=True)
+    got, order = got.drop("week").toPandas(), order.drop("week").toPandas()
     blob = playlist_models(week, settings, ranker, directory, track_stats, context, interactions).to_bytes()
     assert host_cache.cached(payload_key(blob))  # the workers' copy (Spark's workers share this host's root)
     assert stats["shipped_model_mb"] == round(len(blob) / 2**20, 1)
     posteriors = exploration_posteriors(earlier_playlists, interactions, settings.rerank, week)
     users = playlist_users(profiles, directory, vectors, interactions, candidates, posteriors).toPandas()
+    orders: list[pd.DataFrame] = []
     expected = rank_users(users.sort_values("user_id").reset_index(drop=True),
-                          _scoring(PlaylistModels.from_bytes(blob)), week)
+                          _scoring(PlaylistModels.from_bytes(blob)), week, orders=orders)
     assert len(got) > 1_000 and got["user_id"].nunique() == len(users)
     pd.testing.assert_frame_equal(got.reset_index(drop=True), expected.astype(got.dtypes.to_dict()),
                                   check_exact=True)
+    # The ranker's own order comes from the same scores in the same tasks: 30 hygienic rows per user with
+    # candidates, exactly the one-process rows, and the one the lake holds.
+    expected_order = pd.concat(orders, ignore_index=True).astype(order.dtypes.to_dict())
+    assert stats["ranker_order_users"] == order["user_id"].nunique() > 0
+    assert order.groupby("user_id").size().max() == settings.rerank.playlist_size
+    assert not order["is_exploration"].any() and order["ranker_score"].notna().all()
+    pd.testing.assert_frame_equal(order.reset_index(drop=True), expected_order, check_exact=True)
+    stored_order = lake.read_frame(lake.uri("gold", "ranker_order", week)).drop(columns=["week"])
+    pd.testing.assert_frame_equal(stored_order[list(order.columns)].sort_values(["user_id", "position"])
+                                  .reset_index(drop=True), order, check_exact=True, check_dtype=False)
     stored = lake.read_frame(lake.uri("gold", "ranked_playlists", week)).drop(columns=["week"], errors="ignore")
     pd.testing.assert_frame_equal(stored[list(got.columns)].sort_values(["user_id", "position"]).reset_index(drop=True),
                                   got, check_exact=True, check_dtype=False)

@@ -69,7 +69,7 @@ from dw_assets.evaluation.north_star import (
     north_star_table,
 )
 from dw_assets.evaluation.north_star import TABLE_COLUMNS as NORTH_STAR_COLUMNS
-from dw_assets.evaluation.north_star_batch import draw_sample, measure, ranker_order_frame
+from dw_assets.evaluation.north_star_batch import draw_sample, measure
 from dw_assets.evaluation.report import EXPOSURE_NOTE, north_star_markdown, render_report
 from dw_assets.evaluation.summaries import REPORT_COLUMNS, ab_result_table, report_ab
 from dw_assets.evaluation.systems import (
@@ -354,7 +354,7 @@ def last_week_playlists(
     candidate_frame = run_candidates(spark, candidate_users(users, user_profiles, interactions), models.to_bytes(),
                                      settings, partitions).persist()
     ranker, ranker_week = last_week_ranker(ranker_model, week)
-    playlists, stats = build_playlists(
+    playlists, _, stats = build_playlists(
         spark, week, config.settings(), candidate_frame, ranker, user_profiles, user_directory, track_stats,
         track_context(track_stats, item2vec_embeddings, audio_vectors, track_embeddings),
         user_vector_table(spark, users), interactions,
@@ -501,9 +501,7 @@ class OfflineEvaluationConfig(config_fields(
         "user_profiles": AssetIn(),
         "retrieval_evaluation": AssetIn(),
         "candidates": AssetIn(),
-        "ranker_model": AssetIn(dagster_type=Artifact),
-        "item2vec_embeddings": AssetIn(),
-        "audio_vectors": AssetIn(),
+        "ranker_order": AssetIn(),
     },
     partitions_def=weekly_partitions,
     backfill_policy=ONE_WEEK_PER_RUN,
@@ -524,9 +522,7 @@ def offline_evaluation(
     user_profiles: DataFrame,
     retrieval_evaluation: pd.DataFrame,
     candidates: DataFrame,
-    ranker_model: Artifact,
-    item2vec_embeddings: pd.DataFrame,
-    audio_vectors: DataFrame,
+    ranker_order: DataFrame,
 ):
     """Sizes at the target: playlists (15 G rows), the window (240 G) and profiles (500 M) stay in Spark;
     the evaluated users are drawn there (``sample_users``, every user of the demo), the driver-side
@@ -534,9 +530,9 @@ def offline_evaluation(
     ``sample_users`` x 30 list rows back to Spark), per-user metrics run on the executors and only the
     (system, segment) aggregates (30 rows) come back. The north star (a simulated world only) plays a
     seeded-hash sample of the playlist users (``north_star_max_users``, 1 M: every user of the demo) on the
-    executors (``north_star_batch``): the ranker's own order of their candidates is computed there, the
-    baselines' lists are the ones trained above (for the sample's users too), and only sums over users
-    come back."""
+    executors (``north_star_batch``): the ranker's own order is the one ``ranked_playlists`` wrote from its
+    scores (``ranker_order``), the baselines' lists are the ones trained above (for the sample's users too),
+    and only sums over users come back."""
     week = context.partition_key
     _, holdout_start = week_bounds(week)
     holdout_week = shift_week(week, 1)
@@ -584,18 +580,12 @@ def offline_evaluation(
     table["ann_recall@500"] = float(faiss_index.meta.get("recall@500", np.nan))
     ns_table = _empty_north_star()
     if truth is not None:
-        ranker = TrainedRanker.from_bytes(ranker_model.files["ranker.bin"])
-        order, shipped = ranker_order_frame(
-            ranker, track_context(track_stats, item2vec_embeddings, audio_vectors, track_embeddings), track_stats,
-            RerankConfig().two_tower_prior, candidates, user_profiles, user_vector_table(spark, user_embeddings),
-            ns_sample, max(1, -(-ns_count // ns_config.users_per_bucket)), ns_config)
-        played = {"pipeline": ranked_playlists, "last_week": last_week_playlists, "ranker_order": order,
+        played = {"pipeline": ranked_playlists, "last_week": last_week_playlists, "ranker_order": ranker_order,
                   **{name: lists_frame(spark, {name: frame}).drop("system") for name, frame in baselines.items()}}
         report = measure(truth, holdout_week, ns_sample, ns_count, played, history, candidates, track_stats, ns_config)
-        shipped.unpersist()
         ns_sample.unpersist()
         ns_table = north_star_table(report, week, holdout_week)
-        phases.done("north star: the ranker's order and every system played on the executors")
+        phases.done("north star: every system played on the executors")
     summary = {**evaluation_json(table, config.k), **north_star_summary(ns_table, why_not)}
     targets = quality_targets(table, config.k)
     overall = table[table["segment"] == "all"].set_index("system")

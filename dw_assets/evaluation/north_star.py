@@ -51,9 +51,10 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
+from dw_assets.ranking.playlists import hygienic_top_k
 from dw_assets.simulate.behaviour import LISTENER, ListenerModel
 from dw_assets.simulate.truth import Truth
-from dw_assets.simulate.world import respond
+from dw_assets.simulate.world import listening
 
 CATALOG_ORACLE, CANDIDATE_ORACLE = "catalog_oracle", "candidate_oracle"
 PIPELINE, RANKER_ORDER = "pipeline", "ranker_order"
@@ -115,18 +116,6 @@ def listener_models(config: NorthStarConfig = NorthStarConfig(), base: ListenerM
 
 
 # ---------------------------------------------------------------------------- lists with the product's hygiene
-
-
-def hygienic_top_k(scored: pd.DataFrame, k: int = 30, max_per_artist: int = 2) -> pd.DataFrame:
-    """user_id, position, track_id: each user's best ``k`` rows by ``score`` (ties: lower track id),
-    one row per track, at most ``max_per_artist`` per artist. ``scored``: user_id, track_id, artist_id,
-    score, already without the user's heard tracks."""
-    frame = scored.sort_values(["user_id", "score", "track_id"], ascending=[True, False, True], kind="stable")
-    frame = frame.drop_duplicates(["user_id", "track_id"])
-    frame = frame[frame.groupby(["user_id", "artist_id"], sort=False).cumcount() < max_per_artist]
-    position = frame.groupby("user_id", sort=False).cumcount() + 1
-    frame = frame.assign(position=position.astype(np.int64))
-    return frame.loc[frame["position"] <= k, ["user_id", "position", "track_id"]].reset_index(drop=True)
 
 
 def _heard_pairs(heard: pd.DataFrame, catalog_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -256,26 +245,36 @@ def per_user_outcomes(truth: Truth, playlists: pd.DataFrame, users: np.ndarray, 
     """One row per user of ``users`` (sorted): saves, positives, cold_saves (means over ``seeds``) and
     early_skip_share (early skips / tracks played, mean over the seeds where the user played any; NaN if
     none). A user without a list scores 0 (NaN share). ``cold``: int64 ids of the cold tracks."""
+    return outcomes_by_model(truth, playlists, users, cold, week, seeds, {"model": model})["model"]
+
+
+def outcomes_by_model(truth: Truth, playlists: pd.DataFrame, users: np.ndarray, cold: np.ndarray, week: str,
+                      seeds: tuple[int, ...], models: Mapping[str, ListenerModel]) -> dict[str, pd.DataFrame]:
+    """:func:`per_user_outcomes` under each of ``models`` (name -> frame): the lists' lookups (affinities,
+    durations, draw keys) are made once for every model and seed."""
     users = np.unique(np.asarray(users, np.int64))
     rows = playlists.loc[playlists["user_id"].isin(users), ["user_id", "position", "track_id"]]
     is_cold = rows["track_id"].isin(cold).to_numpy()
-    sums = {name: np.zeros(len(users)) for name in ("saves", "positives", "cold_saves")}
-    share_sum, share_n = np.zeros(len(users)), np.zeros(len(users))
     where = np.searchsorted(users, rows["user_id"].to_numpy(np.int64))
-    for seed in seeds:
-        played = respond(truth, rows, week, seed, model)
-        saved = played["saved"].to_numpy()
-        for name, hit in (("saves", saved), ("positives", played["positive"].to_numpy()),
-                          ("cold_saves", saved & is_cold)):
-            sums[name] += np.bincount(where, weights=hit, minlength=len(users))
-        heard = np.bincount(where, weights=played["played"].to_numpy(), minlength=len(users))
-        early = np.bincount(where, weights=played["early_skip"].to_numpy(), minlength=len(users))
-        listened = heard > 0
-        share_sum[listened] += early[listened] / heard[listened]
-        share_n += listened
-    out = pd.DataFrame({"user_id": users, **{name: v / len(seeds) for name, v in sums.items()}})
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out["early_skip_share"] = np.where(share_n > 0, share_sum / np.maximum(share_n, 1), np.nan)
+    heard = listening(truth, rows)
+    out = {}
+    for name, model in models.items():
+        sums = {metric: np.zeros(len(users)) for metric in ("saves", "positives", "cold_saves")}
+        share_sum, share_n = np.zeros(len(users)), np.zeros(len(users))
+        for seed in seeds:
+            played = heard.outcomes(week, seed, model)
+            saved = played["saved"]
+            for metric, hit in (("saves", saved), ("positives", played["positive"]), ("cold_saves", saved & is_cold)):
+                sums[metric] += np.bincount(where, weights=hit, minlength=len(users))
+            tracks = np.bincount(where, weights=played["played"], minlength=len(users))
+            early = np.bincount(where, weights=played["early_skip"], minlength=len(users))
+            listened = tracks > 0
+            share_sum[listened] += early[listened] / tracks[listened]
+            share_n += listened
+        frame = pd.DataFrame({"user_id": users, **{metric: v / len(seeds) for metric, v in sums.items()}})
+        with np.errstate(invalid="ignore", divide="ignore"):
+            frame["early_skip_share"] = np.where(share_n > 0, share_sum / np.maximum(share_n, 1), np.nan)
+        out[name] = frame
     return out
 
 
@@ -320,8 +319,8 @@ def per_user_north_star(
                  "cold_slots": np.bincount(where, weights=frame["track_id"].isin(cold).to_numpy(),
                                            minlength=len(users)).astype(np.int64)}
         surfaced = list(_surfaced(truth, frame, users, heard, bins, like))
-        for name, model in models.items():
-            out = per_user_outcomes(truth, frame, users, cold, week, config.seeds, model).assign(**slots)
+        for name, out in outcomes_by_model(truth, frame, users, cold, week, config.seeds, models).items():
+            out = out.assign(**slots)
             out["surfaced"] = surfaced if name == BASE_LISTENER else None
             parts.append(out.assign(listener=name, system=system))
     liked = pd.DataFrame({"user_id": users, **{m: 0.0 for m in METRICS}, "slots": 0, "cold_slots": 0,

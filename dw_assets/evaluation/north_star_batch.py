@@ -1,5 +1,6 @@
-"""The north star on the executors (no Dagster): the user sample drawn in Spark, the ranker's own order and
-every system played per user in hash buckets, the sums over users aggregated in Spark.
+"""The north star on the executors (no Dagster): the user sample drawn in Spark, every system (the ranker's
+own order, which ``ranked_playlists`` writes, among them) played per user in hash buckets, the sums over users
+aggregated in Spark.
 
 Sizes at the target (500 M users, 100 M tracks): the playlists (15 G rows), candidates (250 G rows at 500
 per user), the history window, profiles and user vectors (500 M rows) stay in Spark. The sample is at most
@@ -8,8 +9,8 @@ seeded hash among the users with a playlist; every user of a demo world is in it
 hashed. Per hash bucket of ``users_per_bucket`` users, one pandas call on an executor plays every system's
 lists under every listener model (``north_star.per_user_north_star``); the driver gets the sums over
 users (a few dozen rows) and, only where the caps bind, the sample's ids. What is shipped to the
-executors is catalog-sized: the ranker's model set (as ``ranked_playlists`` ships it, one copy per host)
-and the simulated world's truth with the week's catalog frame (a simulated world holds ≤ ~10^6 tracks).
+executors is catalog-sized: the simulated world's truth with the week's catalog frame (a simulated world
+holds ≤ ~10^6 tracks).
 """
 
 from __future__ import annotations
@@ -36,18 +37,11 @@ from dw_assets.evaluation.north_star import (
     north_star_report,
     per_user_north_star,
 )
-from dw_assets.evaluation.ranker_order import order_packed
-from dw_assets.ingest.spark import load_once, map_user_batches, payload_key
-from dw_assets.ranking.batch import shipped_playlist_models
-from dw_assets.ranking.features import USER_COLUMNS, FeatureContext
-from dw_assets.ranking.playlists import CANDIDATE_ARRAYS, FALLBACK_COLUMNS, TRACK_TABLE, PlaylistModels
-from dw_assets.ranking.ranker import TrainedRanker
-from dw_assets.ranking.rerank import RerankConfig
+from dw_assets.ingest.spark import load_once, payload_key
 from dw_assets.simulate.truth import Truth
 
-__all__ = ["RANKER_ORDER", "draw_sample", "measure", "ranker_order_frame"]
+__all__ = ["RANKER_ORDER", "draw_sample", "measure"]
 LIST_COLUMNS = ["user_id", "position", "track_id"]
-LIST_SCHEMA = "user_id long, position long, track_id long"
 PER_USER_SCHEMA = ("listener string, system string, user_id long, "
                    + ", ".join(f"{m} double" for m in METRICS) + ", slots long, cold_slots long, surfaced array<long>")
 MOMENT_SCHEMA = ("listener string, system string, users long, users_with_list long, slots long, cold_slots long, "
@@ -64,35 +58,6 @@ def draw_sample(listed: DataFrame, config: NorthStarConfig) -> tuple[DataFrame, 
     drawn, _, count = draw_users(users, users.limit(0),
                                  EvaluationSample(users=config.max_users, seed=config.sample_seed))
     return drawn, count
-
-
-def ranker_order_frame(ranker: TrainedRanker, context: FeatureContext, track_stats: pd.DataFrame,
-                       two_tower_prior: float, candidates: DataFrame, profiles: DataFrame, user_vectors: DataFrame,
-                       sample: DataFrame, partitions: int, config: NorthStarConfig) -> tuple[DataFrame, object]:
-    """(user_id, position, track_id of the ranker's own order of the sample's candidates, computed on the
-    executors with the model set shipped as ``ranked_playlists`` ships it; the broadcast, to unpersist when
-    the frame has been used). Users without candidates get no list (the candidate oracle has none either)."""
-    packed = (of_users(candidates, sample).groupBy("user_id")
-              .agg(F.sort_array(F.collect_list(F.struct(*CANDIDATE_ARRAYS))).alias("c"))
-              .select("user_id", *[F.col(f"c.{c}").alias(f"c_{c}") for c in CANDIDATE_ARRAYS]))
-    users = (of_users(profiles.select(*USER_COLUMNS), sample)
-             .join(user_vectors.select("user_id", "user_vector"), "user_id", "left")
-             .join(packed, "user_id"))
-    models = PlaylistModels(context=context, ranker=ranker,
-                            tracks=track_stats[list(TRACK_TABLE)].sort_values("track_id").reset_index(drop=True),
-                            fallback=pd.DataFrame(columns=list(FALLBACK_COLUMNS)), rerank=RerankConfig())
-    blob = models.to_bytes()
-    key, shipped = payload_key(blob), users.sparkSession.sparkContext.broadcast(blob)
-    k, cap = config.playlist_size, config.max_per_artist
-
-    def run(batch: pd.DataFrame) -> pd.DataFrame:
-        shipped_models = load_once(key, lambda: shipped_playlist_models(key, lambda: shipped.value))
-        table = shipped_models.track_table
-        order = order_packed(shipped_models.ranker, shipped_models.context, batch,
-                             (table.arrays["track_id"], table.arrays["artist_id"]), two_tower_prior, k, cap)
-        return order.astype("int64")
-
-    return map_user_batches(users, run, LIST_SCHEMA, partitions), shipped
 
 
 def _rows(sample: DataFrame, lists: Mapping[str, DataFrame], candidates: DataFrame, heard: DataFrame) -> DataFrame:

@@ -17,10 +17,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from dw_assets.evaluation.north_star import hygienic_top_k
 from dw_assets.ranking.batch import RetrievalOrder, is_stand_in
 from dw_assets.ranking.features import FeatureContext, build_ranker_features
-from dw_assets.ranking.playlists import CANDIDATE_ARRAYS, explode_candidates, list_score
+from dw_assets.ranking.playlists import CANDIDATE_ARRAYS, explode_candidates, hygienic_top_k, list_score
 from dw_assets.ranking.ranker import TrainedRanker
 
 

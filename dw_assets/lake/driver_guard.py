@@ -33,7 +33,7 @@ REPORT_ENV = "DW_DRIVER_GUARD_REPORT"
 # the per-user rows they are computed from are "evaluation_rows".
 USER_SCALE = frozenset({
     "user_directory", "user_playlists", "raw_play_events", "quarantined_events", "interactions",
-    "flagged_activity", "sessions", "user_profiles", "candidates", "ranked_playlists",
+    "flagged_activity", "sessions", "user_profiles", "candidates", "ranked_playlists", "ranker_order",
     "last_week_playlists", "earlier_playlists", "user_embeddings", "evaluation_rows",
     "published_playlists", "ranker_rows",
 })

@@ -134,7 +134,8 @@ def _artists_over_cap(frame: DataFrame) -> DataFrame:
                         F.to_json(F.struct("user_id", "artist_id", "count")).alias("failure_case"))
 
 
-register_spark_check("ranked_playlists", "a track repeats within a playlist", _repeated_tracks)
-register_spark_check("ranked_playlists", "more than max_per_artist tracks by one artist", _artists_over_cap)
+for _lists in ("ranked_playlists", "ranker_order"):
+    register_spark_check(_lists, "a track repeats within a playlist", _repeated_tracks)
+    register_spark_check(_lists, "more than max_per_artist tracks by one artist", _artists_over_cap)
 register_spark_check("candidates", "a candidate without any source rank", lambda f: ~F.greatest(
     *[F.coalesce(F.col(f"{s}_rank") > 0, F.lit(False)) for s in ("two_tower", "item2vec", "audio")]))

@@ -46,7 +46,7 @@ from dw_assets.ranking.batch import (
 )
 from dw_assets.ranking.config import PlaylistsConfig, RankerAssetConfig
 from dw_assets.ranking.ranker import MAX_POOL_WEEKS, TrainedRanker
-from dw_assets.ranking.schemas import RANKED_PLAYLISTS
+from dw_assets.ranking.schemas import RANKED_PLAYLISTS, RANKER_ORDER
 from dw_assets.ranking.training import assemble_pool, train_pooled
 from dw_assets.versioning import embedding_versions, model_version, require_same_version
 
@@ -156,6 +156,11 @@ def ranker_model(
         description="30 tracks per user: LightGBM score -> value order with an uncertainty bonus (cold and "
                     "little-heard-genre tracks compete on value) -> MMR -> genre calibration; "
                     "popularity-by-country fallback for users without candidates."),
+          "ranker_order": AssetOut(is_required=False, group_name=GROUP, metadata={
+              LAYER_KEY: "gold", "dagster/column_schema": table_schema(RANKER_ORDER)},
+              description="The ranker's own order of every user's candidates, 30 per user with the hygiene only "
+                          "(no value order, MMR, calibration, exploration or cold slots), from the playlists' "
+                          "scores: the evaluation's ranking and re-rank efficiencies compare with it."),
           "ranked_playlists_timing": AssetOut(group_name=GROUP, is_required=False, metadata={
               LAYER_KEY: "gold", "dagster/column_schema": table_schema(BATCH_TIMING)},
               description="The playlists step's users, seconds and Spark cores (one row): the batch-window check "
@@ -180,6 +185,7 @@ def ranker_model(
     partitions_def=weekly_partitions,
     backfill_policy=ONE_WEEK_PER_RUN,
     check_specs=[schema_check_spec("ranked_playlists", RANKED_PLAYLISTS, blocking=True),
+                 schema_check_spec("ranker_order", RANKER_ORDER, blocking=False),
                  schema_check_spec("ranked_playlists_timing", BATCH_TIMING, blocking=False)],
     can_subset=True,
 )
@@ -199,25 +205,32 @@ def ranked_playlists(
     interactions: DataFrame,
     earlier_playlists: DataFrame,
 ):
-    """Sizes at the target: 500 M users x 30 slots written from the executors; the driver holds the
-    catalog-sized models (100 M tracks) and the fallback pool (countries x 300 tracks)."""
+    """Sizes at the target: 500 M users x 30 slots written from the executors, and as many ranker-order rows
+    when ``ranker_order`` is selected; the driver holds the catalog-sized models (100 M tracks) and the
+    fallback pool (countries x 300 tracks)."""
     week = context.partition_key
     spark = pyspark.spark_session
     version = embedding_versions(user_embeddings=user_embeddings, track_embeddings=track_embeddings)
     require_same_version({"candidates": candidate_version(candidates), "embeddings": version})
     ranker = TrainedRanker.from_bytes(ranker_model.files["ranker.bin"])
-    playlists, stats = build_playlists(
+    selected = context.selected_output_names
+    playlists, order, stats = build_playlists(
         spark, week, config.settings(), candidates, ranker,
         user_profiles, user_directory, track_stats,
         track_context(track_stats, item2vec_embeddings, audio_vectors, track_embeddings),
-        user_vector_table(spark, user_embeddings), interactions, spark_or_none(earlier_playlists))
-    selected = context.selected_output_names
+        user_vector_table(spark, user_embeddings), interactions, spark_or_none(earlier_playlists),
+        with_ranker_order="ranker_order" in selected)
     if "ranked_playlists" in selected:
         yield from emit_checked("ranked_playlists", playlists, RANKED_PLAYLISTS, {
             "model_version": version, "ranker_version": ranker_model.model_version, **stats,
             "stand_in_ranker": is_stand_in(ranker),
             "sample": MetadataValue.md(playlists.limit(30).toPandas().to_markdown(index=False)),
         })
+    if order is not None:
+        yield from emit_checked("ranker_order", order, RANKER_ORDER, {
+            "model_version": version, "ranker_version": ranker_model.model_version,
+            "users": stats["ranker_order_users"]}, blocking=False)
+        order.unpersist()
     # After the playlists: the step reads earlier weeks' ranked_playlists, so Dagster orders every output
     # of it after that asset.
     if "ranked_playlists_timing" in selected:

@@ -171,7 +171,10 @@ def ranker_training_samples(weeks: list[LabelledWeek], config: RankerConfig) -> 
     plays = interactions.join(candidates.select(*keys, POOL_COLUMN), [*keys, POOL_COLUMN], "left_semi")
     if config.training_rows == "exposed":
         candidates = candidates.join(plays.select(*keys, POOL_COLUMN).distinct(), [*keys, POOL_COLUMN], "left_semi")
-    candidates, plays = _cap_rows(candidates, plays, bounded(config.sample_rows), salt)
+    # Persisted: the cap's counts, both collects and each week's users read them (each a pass over the weeks'
+    # candidates and labelling plays otherwise; the demo's ranker step spent ~30 s in those passes).
+    cached = [candidates.persist(), plays.persist()]
+    candidates, plays = _cap_rows(*cached, bounded(config.sample_rows), salt)
     collected = to_driver(candidates.orderBy(POOL_COLUMN, *STORED_ORDER, *keys), "ranker_rows").drop(
         columns=list(STORED_ORDER))
     played = to_driver(plays.orderBy(POOL_COLUMN, *keys, "ts"), "ranker_rows")
@@ -187,6 +190,8 @@ def ranker_training_samples(weeks: list[LabelledWeek], config: RankerConfig) -> 
                       if config.training_rows == "all" else None)
         samples.append(RankerTrainingSample(rows, heard, profiles, propensity, per_week.get(index, 0),
                                             int(rows["user_id"].nunique())))
+    for frame in cached:
+        frame.unpersist()
     return samples
 
 
@@ -309,8 +314,10 @@ def build_playlists(
     spark, week: str, settings: PlaylistSettings, candidates: DataFrame, ranker: TrainedRanker,
     user_profiles: DataFrame, user_directory: DataFrame, track_stats: pd.DataFrame, context: FeatureContext,
     user_vectors: DataFrame, interactions: DataFrame, earlier_playlists: DataFrame | None,
-) -> tuple[DataFrame, dict]:
-    """Every user's playlist for ``week`` on Spark (persisted), and run statistics for metadata.
+    with_ranker_order: bool = False,
+) -> tuple[DataFrame, DataFrame | None, dict]:
+    """Every user's playlist for ``week`` on Spark (persisted), the ranker's own order of every user's
+    candidates when ``with_ranker_order`` (persisted; else None), and run statistics for metadata.
 
     The embeddings, ranker and candidates are one model set: this week's for ``ranked_playlists``,
     last week's for the evaluation's control arm. ``context``: the track-side feature context;
@@ -318,7 +325,10 @@ def build_playlists(
     window; ``earlier_playlists``: earlier weeks' playlists (None: no earlier week). The driver
     holds the catalog-sized models (~100 M tracks: the shipped blob, ~85 GB with the track table) and the
     fallback pool; each executor host holds one copy of the models on local disk, memory-mapped by all its
-    Python workers (``shipped_playlist_models``, the module docstring).
+    Python workers (``shipped_playlist_models``, the module docstring). The ranker order
+    (``playlists.ranker_order_rows``: the best candidates by ``list_score`` with the hygiene only, the same
+    rows and schema as a playlist) comes from the scores the playlists are built from, in the same tasks:
+    another 15 G rows at the target, written from the executors like the playlists.
     """
     started = time.perf_counter()
     rerank = settings.rerank
@@ -330,12 +340,24 @@ def build_playlists(
     key, shipped = payload_key(blob), spark.sparkContext.broadcast(blob)
 
     def run_batch(batch: pd.DataFrame) -> pd.DataFrame:
-        return rank_users(batch, load_once(key, lambda: shipped_playlist_models(key, lambda: shipped.value)), week)
+        shipped_models = load_once(key, lambda: shipped_playlist_models(key, lambda: shipped.value))
+        if not with_ranker_order:
+            return rank_users(batch, shipped_models, week)
+        orders: list[pd.DataFrame] = []
+        lists = rank_users(batch, shipped_models, week, orders=orders)
+        return pd.concat([lists.assign(in_ranker_order=False), *[o.assign(in_ranker_order=True) for o in orders]],
+                         ignore_index=True)
 
     partitions = max(1, -(-n_users // settings.users_per_task))
+    schema = PLAYLIST_SPARK_SCHEMA + (", in_ranker_order boolean" if with_ranker_order else "")
     # Persisted before the sort: a range-partitioned sort first samples its input, which would rank every
     # user once for the sample and once more for the sort (measured on the demo: 45 s + 39 s).
-    ranked = map_user_batches(users, run_batch, PLAYLIST_SPARK_SCHEMA, partitions).persist()
+    scored = map_user_batches(users, run_batch, schema, partitions).persist()
+    ranked, order = scored, None
+    if with_ranker_order:
+        order = (scored.where(F.col("in_ranker_order")).drop("in_ranker_order").withColumn("week", F.lit(week))
+                 .orderBy("user_id", "position").persist())
+        ranked = scored.where(~F.col("in_ranker_order")).drop("in_ranker_order")
     playlists = ranked.withColumn("week", F.lit(week)).orderBy("user_id", "position").persist()
     per_user = playlists.groupBy("user_id").agg(
         F.count("*").alias("slots"), F.sum(F.col("is_exploration").cast("int")).alias("exploration"),
@@ -343,16 +365,18 @@ def build_playlists(
     totals = per_user.agg(F.count("*").alias("users"), F.sum("slots").alias("rows"),
                           F.sum((F.col("slots") < rerank.playlist_size).cast("int")).alias("short"),
                           F.sum("exploration").alias("exploration"), F.sum("fallback").alias("fallback")).first()
-    ranked.unpersist()  # the aggregate above has filled the sorted cache
+    order_users = order.select("user_id").distinct().count() if order is not None else 0  # fills its cache
+    scored.unpersist()  # the aggregates above have filled the sorted caches
     shipped.unpersist()
     served = int(totals["users"] or 0)
     elapsed = time.perf_counter() - started
-    return playlists, {
+    return playlists, order, {
         "users": served,
         "users_with_short_playlists": int(totals["short"] or 0) + int(n_users - served),
         "exploration_slots": int(totals["exploration"] or 0),
         "fallback_users": int(totals["fallback"] or 0),
         "posterior_pairs": int(posteriors.count()) if posteriors is not None else 0,
+        **({"ranker_order_users": int(order_users)} if order is not None else {}),
         "users_per_s": round(served / max(elapsed, 1e-9), 1),
         "spark_cores": int(spark.sparkContext.defaultParallelism),
         "shipped_model_mb": round(len(blob) / 2**20, 1),

@@ -220,7 +220,7 @@ def user_posteriors(users: pd.DataFrame) -> pd.DataFrame:
 
 
 def rank_users(users: pd.DataFrame, models: PlaylistModels, week: str, timings: dict | None = None,
-               engine: str = "auto") -> pd.DataFrame:
+               engine: str = "auto", orders: list | None = None) -> pd.DataFrame:
     """Playlists for a batch of users: one row per slot (``PLAYLIST_SPARK_SCHEMA`` columns).
 
     users: one row per user: user_profiles columns (features.USER_COLUMNS), country, heard
@@ -230,6 +230,8 @@ def rank_users(users: pd.DataFrame, models: PlaylistModels, week: str, timings: 
     ``score`` the order the re-ranker started from (``list_score``). ``timings``: when given, the
     seconds of each step (features, predict, rerank) are added to it (for ``dw bench inference``).
     ``engine``: how the trees are evaluated (``TrainedRanker.predict``; auto = compiled when lleaves is there).
+    ``orders``: when given, the batch's ranker order (``ranker_order_rows``, from the same scores) is appended
+    to it.
     """
     clock = _StepClock(timings)
     candidates = explode_candidates(users)
@@ -246,6 +248,8 @@ def rank_users(users: pd.DataFrame, models: PlaylistModels, week: str, timings: 
     scored = scored.loc[known].reset_index(drop=True)
     described = table.columns(rows[known]).drop(columns="track_id")
     scored = pd.concat([scored, described], axis=1)
+    if orders is not None:
+        orders.append(ranker_order_rows(scored, models.rerank))
     playlists = rerank_batch(scored, profiles[["user_id", "country", "genre_share", "heard"]],
                              user_posteriors(users), models.fallback, models.rerank, week)
     model_score = scored.set_index(["user_id", "track_id"])["probability"]
@@ -280,6 +284,34 @@ def list_score(probability: np.ndarray, features: pd.DataFrame, two_tower_prior:
     if two_tower_prior == 0 or "two_tower_score" not in features:
         return log_p
     return log_p + two_tower_prior * np.nan_to_num(features["two_tower_score"].to_numpy(np.float64), nan=0.0)
+
+
+def hygienic_top_k(scored: pd.DataFrame, k: int = 30, max_per_artist: int = 2,
+                   keep: tuple[str, ...] = ()) -> pd.DataFrame:
+    """user_id, position, track_id (and the ``keep`` columns): each user's best ``k`` rows by ``score`` (ties:
+    lower track id), one row per track, at most ``max_per_artist`` per artist. ``scored``: user_id, track_id,
+    artist_id, score, already without the user's heard tracks."""
+    frame = scored.sort_values(["user_id", "score", "track_id"], ascending=[True, False, True], kind="stable")
+    frame = frame.drop_duplicates(["user_id", "track_id"])
+    frame = frame[frame.groupby(["user_id", "artist_id"], sort=False).cumcount() < max_per_artist]
+    position = frame.groupby("user_id", sort=False).cumcount() + 1
+    frame = frame.assign(position=position.astype(np.int64))
+    return frame.loc[frame["position"] <= k, ["user_id", "position", "track_id", *keep]].reset_index(drop=True)
+
+
+def ranker_order_rows(scored: pd.DataFrame, config: RerankConfig) -> pd.DataFrame:
+    """The ranker's own order of a batch's scored candidates (``rank_users``' ``scored``: ``list_score`` as
+    ``score``, ``probability``, ``sources``, the track table's columns) with the hygiene only — no value order,
+    MMR, calibration, exploration or cold slots — as ``PLAYLIST_SPARK_SCHEMA`` rows: what the ranker alone
+    would serve, the re-ranker's starting point the evaluation compares with (its ranking efficiency)."""
+    top = hygienic_top_k(scored, config.playlist_size, config.max_per_artist,
+                         keep=("score", "sources", "artist_id", "genre", "probability"))
+    return pd.DataFrame({
+        "user_id": top["user_id"].to_numpy(np.int64), "position": top["position"].to_numpy(np.int16),
+        "track_id": top["track_id"].to_numpy(np.int64), "score": top["score"].to_numpy(np.float32),
+        "source": top["sources"].to_numpy(object), "is_exploration": np.zeros(len(top), bool),
+        "artist_id": top["artist_id"].to_numpy(np.int64), "genre": top["genre"].to_numpy(object),
+        "ranker_score": top["probability"].to_numpy(np.float32)})
 
 
 def fallback_pool(interactions: pd.DataFrame, users: pd.DataFrame, tracks: pd.DataFrame,

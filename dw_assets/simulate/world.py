@@ -11,6 +11,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -272,8 +273,54 @@ def respond(
     draws depend only on (week, seed, its user and position), not on the other rows of the batch.
     ``model``: the listener's parameters; the default is the model the logs were made with, and a
     perturbed copy (``dataclasses.replace``) asks how a different listener would respond, with
-    the same random draws.
+    the same random draws. Several seeds or models on the same lists: :func:`listening` once, then
+    ``Listening.outcomes`` per play (the same numbers).
     """
+    heard = listening(truth, playlists)
+    frame = pd.DataFrame({"user_id": heard.users, "position": heard.position, "track_id": heard.tracks},
+                         index=playlists.index)
+    for name, values in heard.outcomes(week, seed, model).items():
+        frame[name] = values
+    return frame
+
+
+@dataclass(frozen=True)
+class Listening:
+    """What ``respond`` needs of a set of list rows whatever the seed and listener model: the rows in
+    (user, position, track) order, their draw keys, true affinities and durations."""
+
+    users: np.ndarray  # int64, input order
+    position: np.ndarray
+    tracks: np.ndarray
+    order: np.ndarray  # input row of each sorted row
+    keys: np.ndarray  # uint64 draw key per sorted row (user, position)
+    affinity: np.ndarray  # float32 per sorted row
+    duration_ms: np.ndarray  # per sorted row
+
+    def outcomes(self, week: str | None = None, seed: int = 0, model: ListenerModel = LISTENER
+                 ) -> dict[str, np.ndarray]:
+        """``respond``'s outcome columns (played, ms_played, skipped, early_skip, saved, positive) in input order."""
+        u, p = self.users[self.order], self.position[self.order]
+        rng = KeyedDraws(seed, "respond", zlib.crc32((week or "").encode()), self.keys)
+        outcome = listen(self.affinity, self.duration_ms, p, rng, model)
+        played = reach(u, p, outcome, rng, model)
+        ms = np.where(played, outcome.ms_played, 0).astype(np.int64)
+        saved = played & outcome.saved
+        result = {
+            "played": played,
+            "ms_played": ms,
+            "skipped": played & outcome.skipped,
+            "early_skip": played & outcome.early_skip,
+            "saved": saved,
+            "positive": played & ((ms > 30_000) | saved),
+        }
+        back = np.empty_like(self.order)
+        back[self.order] = np.arange(len(self.order))
+        return {name: values[back] for name, values in result.items()}
+
+
+def listening(truth: Truth, playlists: pd.DataFrame) -> Listening:
+    """The seed- and model-independent part of ``respond`` for ``playlists`` (user_id, position, track_id)."""
     users = playlists["user_id"].to_numpy(dtype=np.int64)
     position = playlists["position"].to_numpy(dtype=np.int64)
     tracks = playlists["track_id"].to_numpy(dtype=np.int64)
@@ -281,23 +328,5 @@ def respond(
     u, p, t = users[order], position[order], tracks[order]
     # The listener's draws are keyed by (user, position): a user meets the same mood at each slot in every
     # system's list, so comparisons between systems are paired and identical lists score identically.
-    rng = KeyedDraws(seed, "respond", zlib.crc32((week or "").encode()), row_keys(u, p))
-    t_idx = truth.track_index(t)
-    outcome = listen(truth.affinity(u, t), truth.track_duration_ms[t_idx], p, rng, model)
-    played = reach(u, p, outcome, rng, model)
-    ms = np.where(played, outcome.ms_played, 0).astype(np.int64)
-    saved = played & outcome.saved
-    result = {
-        "played": played,
-        "ms_played": ms,
-        "skipped": played & outcome.skipped,
-        "early_skip": played & outcome.early_skip,
-        "saved": saved,
-        "positive": played & ((ms > 30_000) | saved),
-    }
-    back = np.empty_like(order)
-    back[order] = np.arange(len(order))
-    frame = pd.DataFrame({"user_id": users, "position": position, "track_id": tracks}, index=playlists.index)
-    for name, values in result.items():
-        frame[name] = values[back]
-    return frame
+    return Listening(users, position, tracks, order, row_keys(u, p), truth.affinity(u, t),
+                     truth.track_duration_ms[truth.track_index(t)])

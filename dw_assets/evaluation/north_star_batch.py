@@ -71,8 +71,10 @@ def _rows(sample: DataFrame, lists: Mapping[str, DataFrame], candidates: DataFra
         frames.append(of_users(frame, sample).select(
             F.lit("list").alias("kind"), F.lit(system).alias("system"), F.col("user_id").cast("long"),
             F.col("position").cast("long"), F.col("track_id").cast("long")))
-    for kind, frame in (("candidate", candidates), ("heard", heard)):
-        frames.append(of_users(frame.select("user_id", "track_id"), sample).distinct().select(
+    # The candidates table is unique per (user, track) (its schema); the window's plays repeat pairs.
+    for kind, frame, unique in (("candidate", candidates, True), ("heard", heard, False)):
+        pairs = of_users(frame.select("user_id", "track_id"), sample)
+        frames.append((pairs if unique else pairs.distinct()).select(
             F.lit(kind).alias("kind"), none.cast("string").alias("system"), F.col("user_id").cast("long"),
             none.cast("long").alias("position"), F.col("track_id").cast("long")))
     out = frames[0]

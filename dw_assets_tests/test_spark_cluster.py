@@ -133,7 +133,7 @@ def test_the_tiny_world_on_two_executors_with_an_s3_lake_and_a_200_row_driver_li
     north_star = lake.read_frame(lake.uri("gold", "north_star_evaluation", week))
     assert north_star.empty or 0 < north_star["users"].max() <= int(guarded["DW_DRIVER_ROW_LIMIT"])
     for layer, asset in (("bronze", "raw_play_events"), ("silver", "interactions"), ("gold", "candidates"),
-                         ("gold", "ranked_playlists")):
+                         ("gold", "ranked_playlists"), ("gold", "ranker_order")):
         _, _, names = lake._s3_names(lake.uri(layer, asset, week))
         assert "_SUCCESS" in names and any(n.startswith("part-") for n in names), (asset, names)
     assert not list((scratch / "cwd").iterdir())
@@ -155,6 +155,11 @@ def test_the_tiny_world_on_two_executors_with_an_s3_lake_and_a_200_row_driver_li
     for name in ("audio_embeddings", "two_tower_model", "ranker_model"):
         assert lake.read_artifact(lake.uri("models", name, week)).model_version == \
             local.read_artifact(local.uri("models", name, week)).model_version, name
+
+    # The ranker's own order (written by the playlists' tasks) is the same lists as in local mode.
+    lists = ["user_id", "position", "track_id"]
+    pd.testing.assert_frame_equal(lake.read_frame(lake.uri("gold", "ranker_order", week))[lists],
+                                  local.read_frame(local.uri("gold", "ranker_order", week))[lists], obj="ranker_order")
 
     on_cluster = _export(root, week, tmp_path / "cluster.parquet")
     reference = _export(str(local_root), week, tmp_path / "local.parquet")

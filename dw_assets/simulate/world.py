@@ -292,7 +292,9 @@ class Listening:
     users: np.ndarray  # int64, input order
     position: np.ndarray
     tracks: np.ndarray
-    order: np.ndarray  # input row of each sorted row
+    sorted_users: np.ndarray  # the rows in (user, position, track) order
+    sorted_position: np.ndarray
+    back: np.ndarray  # sorted row of each input row
     keys: np.ndarray  # uint64 draw key per sorted row (user, position)
     affinity: np.ndarray  # float32 per sorted row
     duration_ms: np.ndarray  # per sorted row
@@ -300,7 +302,7 @@ class Listening:
     def outcomes(self, week: str | None = None, seed: int = 0, model: ListenerModel = LISTENER
                  ) -> dict[str, np.ndarray]:
         """``respond``'s outcome columns (played, ms_played, skipped, early_skip, saved, positive) in input order."""
-        u, p = self.users[self.order], self.position[self.order]
+        u, p = self.sorted_users, self.sorted_position
         rng = KeyedDraws(seed, "respond", zlib.crc32((week or "").encode()), self.keys)
         outcome = listen(self.affinity, self.duration_ms, p, rng, model)
         played = reach(u, p, outcome, rng, model)
@@ -314,9 +316,7 @@ class Listening:
             "saved": saved,
             "positive": played & ((ms > 30_000) | saved),
         }
-        back = np.empty_like(self.order)
-        back[self.order] = np.arange(len(self.order))
-        return {name: values[back] for name, values in result.items()}
+        return {name: values[self.back] for name, values in result.items()}
 
 
 def listening(truth: Truth, playlists: pd.DataFrame) -> Listening:
@@ -328,5 +328,7 @@ def listening(truth: Truth, playlists: pd.DataFrame) -> Listening:
     u, p, t = users[order], position[order], tracks[order]
     # The listener's draws are keyed by (user, position): a user meets the same mood at each slot in every
     # system's list, so comparisons between systems are paired and identical lists score identically.
-    return Listening(users, position, tracks, order, row_keys(u, p), truth.affinity(u, t),
+    back = np.empty_like(order)
+    back[order] = np.arange(len(order))
+    return Listening(users, position, tracks, u, p, back, row_keys(u, p), truth.affinity(u, t),
                      truth.track_duration_ms[truth.track_index(t)])

@@ -29,6 +29,7 @@ from dw_assets.embeddings.two_tower import (
     train_two_tower,
     warm_start_cold_tracks,
 )
+from dw_assets.embeddings.two_tower_data import profile_user_features
 from dw_assets.simulate import load_truth
 
 torch.set_num_threads(1)  # a shared 2-core box: a second thread waits on a busy core more than it helps
@@ -364,3 +365,44 @@ def test_training_is_deterministic_and_round_trips_through_bytes(world):
     no_history = world["profiles"]["recent_tracks"].map(len) == 0
     assert no_history.any()
     assert set(users) == set(world["profiles"].loc[~no_history, "user_id"])
+
+
+def test_the_serving_query_blends_the_user_tower_with_the_centroid_of_the_users_history(trained, world):
+    """``query_centroid`` λ: normalize((1 - λ) u + λ c), c the unit mean of the item vectors of the user's
+    history; users without history keep the tower's vector; the vectors do not depend on the batch."""
+    profiles = world["profiles"]
+    # A user with events but no positive track yet: the tower's vector from genre shares and demographics.
+    newcomer = profiles.iloc[[0]].assign(user_id=int(profiles["user_id"].max()) + 1, events=3)
+    newcomer["recent_tracks"], newcomer["recent_age_days"] = [[]], [[]]
+    profiles = pd.concat([profiles, newcomer], ignore_index=True)
+    users, tower = trained.user_vectors(profiles, 0.0)
+    # None: the model's config (the shipped default); 0: the tower alone, as training validates it.
+    assert np.array_equal(trained.user_vectors(profiles)[1],
+                          trained.user_vectors(profiles, trained.config.query_centroid)[1])
+    with torch.no_grad():
+        assert np.array_equal(tower[:5], trained.model.encode_users(
+            profile_user_features(profiles.set_index("user_id").loc[users[:5]].reset_index(), trained.features,
+                                  trained.config.history_len)).numpy())
+    _, centroid = trained.user_vectors(profiles, 1.0)
+    _, half = trained.user_vectors(profiles, 0.5)
+
+    features = profile_user_features(profiles.set_index("user_id").loc[users].reset_index(), trained.features,
+                                     trained.config.history_len)
+    has_history = features.history_length > 0
+    assert has_history.any() and (~has_history).sum() == 1
+    with torch.no_grad():
+        rows = torch.as_tensor(features.history)
+        items = trained.model.item_vectors(rows.clamp(min=0)).numpy() * (features.history >= 0)[..., None]
+    expected = items.sum(1)
+    expected /= np.maximum(np.linalg.norm(expected, axis=1, keepdims=True), 1e-12)
+    np.testing.assert_allclose(centroid[has_history], expected[has_history], atol=2e-5)
+    blend = tower + centroid
+    blend /= np.linalg.norm(blend, axis=1, keepdims=True)
+    np.testing.assert_allclose(half[has_history], blend[has_history], atol=2e-5)
+    assert np.array_equal(centroid[~has_history], tower[~has_history])
+    assert np.array_equal(half[~has_history], tower[~has_history])
+    # One user alone gets the bits it gets among all of them.
+    one = profiles[profiles["user_id"] == users[has_history][0]]
+    assert np.array_equal(trained.user_vectors(one, 1.0)[1][0], centroid[has_history][0])
+    with pytest.raises(ValueError, match="query_centroid"):
+        dataclasses.replace(CONFIG, query_centroid=1.5)

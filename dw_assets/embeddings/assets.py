@@ -299,9 +299,11 @@ def two_tower_model(
     )
 
 
-class TrackEmbeddingsConfig(config_fields(TwoTowerConfig, include=["cold_neighbours", "popularity_weight"])):
-    """The serving-time settings of the two-tower dataclass: the cold-start warm start and the weight of the
-    popularity term in the track vectors (used when the model was trained with ``popularity_term``)."""
+class TrackEmbeddingsConfig(config_fields(TwoTowerConfig, include=["cold_neighbours", "popularity_weight",
+                                                                    "query_centroid"])):
+    """The serving-time settings of the two-tower dataclass: the cold-start warm start, the weight of the
+    popularity term in the track vectors (used when the model was trained with ``popularity_term``) and the
+    history centroid's share of the user vectors."""
 
 
 @multi_asset(
@@ -338,7 +340,8 @@ def tower_embeddings(
     tracks = track_embeddings_frame(user_profiles.sparkSession, trained.to_bytes(), n_tracks,
                                     config.popularity_weight).persist()
     # 500 M rows at the target: computed and written on the executors, never collected.
-    vectors = user_embeddings_frame(user_profiles, two_tower_model.files["two_tower.bin"]).persist()
+    vectors = user_embeddings_frame(user_profiles, two_tower_model.files["two_tower.bin"],
+                                    config.query_centroid).persist()
     stats = with_norm(vectors).agg(F.count("*").alias("users"),
                                    F.percentile_approx("norm", 0.5).alias("norm_p50")).first()
     yield Output(
@@ -351,7 +354,7 @@ def tower_embeddings(
     yield Output(
         user_embeddings_table(vectors, version),
         output_name="user_embeddings",
-        metadata={"model_version": version, "users": int(stats["users"]),
+        metadata={"model_version": version, "users": int(stats["users"]), "query_centroid": config.query_centroid,
                   "norm_p50": float(stats["norm_p50"]) if stats["norm_p50"] is not None else 0.0},
     )
     vectors.unpersist()

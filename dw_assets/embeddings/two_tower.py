@@ -262,8 +262,19 @@ class TwoTowerModel(nn.Module):
         )
         return F.normalize(self.user_mlp(x), dim=-1)
 
-    def encode_users(self, users: UserFeatures) -> torch.Tensor:
+    def history_centroids(self, history: torch.Tensor) -> torch.Tensor:
+        """float32[B, dim]: the unit mean of the item vectors (the taste part v) of each user's history rows
+        (int64[B, L], -1 = padding); zeros for an empty history."""
+        valid = (history >= 0).float()
+        items = self.item_vectors(history.clamp(min=0).reshape(-1)).reshape(*history.shape, -1)
+        return F.normalize(torch.einsum("bl,bld->bd", valid, items), dim=-1)
+
+    def encode_users(self, users: UserFeatures, query_centroid: float = 0.0) -> torch.Tensor:
         """float32[n, dim] user vectors, computed in chunks (the history gather is [chunk, L, d_audio]).
+
+        ``query_centroid`` (λ in [0, 1]): the serving query normalize((1 - λ) u + λ c), u the user tower's
+        vector and c the unit centroid of the item vectors of the user's history (``history_centroids``);
+        u alone for a user without history. 0: the user tower (what training optimises and validates).
 
         Every chunk is padded to ``USER_CHUNK`` rows: BLAS picks its kernel by the matrix shape and rounds
         differently for a few rows than for many, so a fixed shape makes a user's vector the same whatever
@@ -271,9 +282,16 @@ class TwoTowerModel(nn.Module):
         dev = self.track_id.weight.device
         parts = []
         for s in range(0, len(users), USER_CHUNK):
-            chunk = [_pad_rows(a[s : s + USER_CHUNK], USER_CHUNK) for a in _user_arrays(users)]
+            chunk = [torch.as_tensor(_pad_rows(a[s : s + USER_CHUNK], USER_CHUNK), device=dev)
+                     for a in _user_arrays(users)]
             n = min(USER_CHUNK, len(users) - s)
-            parts.append(self.user_vectors(*(torch.as_tensor(a, device=dev) for a in chunk))[:n])
+            vectors = self.user_vectors(*chunk)
+            if query_centroid > 0:
+                history = chunk[0]
+                centroid = self.history_centroids(history)
+                blended = F.normalize((1.0 - query_centroid) * vectors + query_centroid * centroid, dim=-1)
+                vectors = torch.where((history >= 0).any(1, keepdim=True), blended, vectors)
+            parts.append(vectors[:n])
         return torch.cat(parts) if parts else torch.zeros(0, self.user_mlp[-1].out_features, device=dev)
 
 
@@ -319,9 +337,10 @@ class TrainedTwoTower:
         return self.features.track_ids.copy(), vectors.astype(np.float32)
 
     @torch.no_grad()
-    def user_vectors(self, user_profiles) -> tuple[np.ndarray, np.ndarray]:
+    def user_vectors(self, user_profiles, query_centroid: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(user_ids int64[m], vectors float32[m, dim (+ 1)]) for the profiles' users with any listening:
-        [u, 1] with ``popularity_term``, so [u, 1].[v, w b] = u.v + w b.
+        [u, 1] with ``popularity_term``, so [u, 1].[v, w b] = u.v + w b. ``query_centroid``: the serving
+        query's share of the user's history centroid (``TwoTowerModel.encode_users``); None: the config's.
 
         A user with events but no known positive track gets a vector from genre shares and
         demographics alone (the tower saw such empty histories in training: a user's first
@@ -332,7 +351,8 @@ class TrainedTwoTower:
         ids = user_profiles["user_id"].to_numpy(dtype=np.int64)
         listened = user_profiles["events"].to_numpy() > 0 if "events" in user_profiles else False
         keep = np.flatnonzero((users.history_length > 0) | listened)
-        vectors = self.model.serving_user_vectors(self.model.encode_users(users.take(keep))).cpu().numpy()
+        weight = self.config.query_centroid if query_centroid is None else query_centroid
+        vectors = self.model.serving_user_vectors(self.model.encode_users(users.take(keep), weight)).cpu().numpy()
         return ids[keep], vectors.astype(np.float32)
 
     def to_bytes(self) -> bytes:

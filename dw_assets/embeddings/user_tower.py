@@ -30,10 +30,11 @@ from dw_assets.ingest.spark import load_once, payload_key
 USER_VECTOR_SCHEMA = "user_id long, vector array<float>"
 
 
-def user_embeddings_frame(user_profiles: DataFrame, model_bytes: bytes) -> DataFrame:
+def user_embeddings_frame(user_profiles: DataFrame, model_bytes: bytes, query_centroid: float | None = None) -> DataFrame:
     """user_id, vector for every profile with any listening (as ``TrainedTwoTower.user_vectors``: float32[dim]
-    unit norm, or [u, 1] of dim + 1 with the popularity term), computed on the executors. Unsorted: sort what
-    you write."""
+    unit norm, or [u, 1] of dim + 1 with the popularity term; ``query_centroid``: the serving query's share
+    of the history centroid, None: the model's config), computed on the executors. Unsorted: sort what you
+    write."""
     from dw_assets.embeddings.two_tower import TrainedTwoTower
 
     spark = user_profiles.sparkSession
@@ -43,7 +44,7 @@ def user_embeddings_frame(user_profiles: DataFrame, model_bytes: bytes) -> DataF
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         trained = load_once(key, lambda: TrainedTwoTower.from_bytes(shipped.value))
         for batch in batches:
-            ids, vectors = trained.user_vectors(batch)
+            ids, vectors = trained.user_vectors(batch, query_centroid)
             if len(ids):
                 yield pd.DataFrame({"user_id": ids, "vector": list(vectors.astype(np.float32))})
 

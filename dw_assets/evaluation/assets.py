@@ -28,6 +28,7 @@ from pyspark.sql import DataFrame
 from dw_assets.batch_timing import throughput
 from dw_assets.calendar import shift_week, week_bounds
 from dw_assets.config_fields import config_fields, joined_config, parameter_default
+from dw_assets.embeddings.two_tower_data import TwoTowerConfig
 from dw_assets.embeddings.user_tower import user_embeddings_frame, vectors_of
 from dw_assets.embeddings.vector_table import track_vectors_of
 from dw_assets.evaluation.ab import ab_frame, play_arms, summarize_ab
@@ -293,6 +294,7 @@ class LastWeekPlaylistsConfig(PlaylistsConfig, config_fields(
     ``partitions`` → ``candidates_partitions``)."""
 
     candidates_partitions: int = CandidateConfig.min_partitions  # CandidatesConfig.partitions
+    query_centroid: float = TwoTowerConfig.query_centroid  # as tower_embeddings' (the user vectors' serving setting)
 
     def candidate_settings(self) -> CandidateConfig:
         return self.to_domain(CandidateConfig, faiss_threads=1, min_partitions=self.candidates_partitions)
@@ -345,7 +347,7 @@ def last_week_playlists(
                                  track_embeddings=track_embeddings)
     started = time.perf_counter()
     # Last week's user tower on this week's histories (vectors in last week's space), on the executors.
-    users = user_embeddings_frame(user_profiles, two_tower_model.files["two_tower.bin"])
+    users = user_embeddings_frame(user_profiles, two_tower_model.files["two_tower.bin"], config.query_centroid)
     users = users.select("user_id", F.col("vector").alias("user_vector")).persist()
     models = candidate_models(faiss_index, item2vec_embeddings, audio_vectors, track_stats, version)
     # The candidates asset's settings, and as many tasks as it would use for these users (not a fixed count).

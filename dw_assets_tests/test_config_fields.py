@@ -69,10 +69,12 @@ CLASSES = {
     RetrievalEvaluationConfig: {"k": CandidateConfig.total},
     OfflineEvaluationConfig: {"k": RerankConfig.playlist_size},
     AbTestConfig: {},
-    # the control arm: PlaylistsConfig's extras, and CandidatesConfig's partition floor (prefixed)
+    # the control arm: PlaylistsConfig's extras, CandidatesConfig's partition floor (prefixed) and the user
+    # vectors' serving setting (tower_embeddings' query_centroid)
     LastWeekPlaylistsConfig: {"exploration_min": RerankConfig().exploration_range[0],
                               "exploration_max": RerankConfig().exploration_range[1],
-                              "candidates_partitions": CandidateConfig.min_partitions},
+                              "candidates_partitions": CandidateConfig.min_partitions,
+                              "query_centroid": TwoTowerConfig.query_centroid},
     # the drift's sample (DriftSample); the thresholds are the check functions' keyword defaults
     MonitoringConfig: {"psi_warn": parameter_default(prediction_drift, "warn"),
                        "psi_error": parameter_default(prediction_drift, "error"),

@@ -101,6 +101,7 @@ INIT_STD = 0.01  # small id init: an id row that never trains stays near neutral
 SCORE_CHUNK_USERS = 1024
 VECTOR_CHUNK = 65_536
 USER_CHUNK = 1024  # users per user-tower call, padded to this many (see encode_users)
+USER_THREADS = 1  # torch threads of serving user vectors, in every process (TrainedTwoTower.user_vectors)
 FIXED_ZIP_TIME = (2020, 1, 1, 0, 0, 0)
 AGE_INPUT = POPULARITY_INPUTS.index("log_age")  # the one popularity input a never-played track has
 # Models written before a config field existed were trained without it: load them as they were trained.
@@ -252,8 +253,7 @@ class TwoTowerModel(nn.Module):
         pools = []
         for w in (recency / recency.sum(1, keepdim=True).clamp(min=1e-6), valid / count.clamp(min=1.0)):
             # The audio projection is affine, so pooling raw audio first equals pooling projected audio.
-            pooled_audio = torch.einsum("bl,bld->bd", w, self.track_audio[rows])
-            pools += [torch.einsum("bl,bld->bd", w, self.track_id(rows)), self.audio(pooled_audio)]
+            pools += [_pool(w, self.track_id(rows)), self.audio(_pool(w, self.track_audio[rows]))]
         recent, mean = torch.cat(pools[:2], dim=-1), torch.cat(pools[2:], dim=-1)
         x = torch.cat(
             [recent, mean, genre_share, self.country(country), self.birth(birth_bucket),
@@ -267,7 +267,7 @@ class TwoTowerModel(nn.Module):
         (int64[B, L], -1 = padding); zeros for an empty history."""
         valid = (history >= 0).float()
         items = self.item_vectors(history.clamp(min=0).reshape(-1)).reshape(*history.shape, -1)
-        return F.normalize(torch.einsum("bl,bld->bd", valid, items), dim=-1)
+        return F.normalize(_pool(valid, items), dim=-1)
 
     def encode_users(self, users: UserFeatures, query_centroid: float = 0.0) -> torch.Tensor:
         """float32[n, dim] user vectors, computed in chunks (the history gather is [chunk, L, d_audio]).
@@ -293,6 +293,13 @@ class TwoTowerModel(nn.Module):
                 vectors = torch.where((history >= 0).any(1, keepdim=True), blended, vectors)
             parts.append(vectors[:n])
         return torch.cat(parts) if parts else torch.zeros(0, self.user_mlp[-1].out_features, device=dev)
+
+
+def _pool(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """sum_l weights[b, l] values[b, l, :]: float[B, d]. Elementwise, not a batched matrix product: on some
+    CPUs bmm rounds a row differently by its place in the batch, and a user's vector must not depend on
+    which users share its chunk (a Spark partition against the driver)."""
+    return (weights[..., None] * values).sum(1)
 
 
 def cold_popularity(popularity: torch.Tensor) -> torch.Tensor:
@@ -352,7 +359,10 @@ class TrainedTwoTower:
         listened = user_profiles["events"].to_numpy() > 0 if "events" in user_profiles else False
         keep = np.flatnonzero((users.history_length > 0) | listened)
         weight = self.config.query_centroid if query_centroid is None else query_centroid
-        vectors = self.model.serving_user_vectors(self.model.encode_users(users.take(keep), weight)).cpu().numpy()
+        # One thread, as Spark's Python workers run (OMP_NUM_THREADS = the task's cpus): the history centroid's
+        # item-tower products round differently with more threads, and the driver's vectors must equal theirs.
+        with torch_threads(USER_THREADS):
+            vectors = self.model.serving_user_vectors(self.model.encode_users(users.take(keep), weight)).cpu().numpy()
         return ids[keep], vectors.astype(np.float32)
 
     def to_bytes(self) -> bytes:

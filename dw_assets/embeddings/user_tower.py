@@ -4,8 +4,8 @@
 ``user_profiles`` rows into user-tower inputs (``two_tower_data.profile_user_features``) and vectors —
 in ``mapInPandas`` over partitions of users. The model file (weights, vocabularies, per-track inputs;
 no user) is broadcast once and unpacked once per Python worker (``ingest.spark.load_once``). Vectors
-do not depend on the batch a user lands in (``TwoTowerModel.encode_users`` pads to a fixed shape), so
-the partitioning never changes them.
+do not depend on the batch a user lands in (``TwoTowerModel.encode_users`` pads to a fixed shape and pools
+the history elementwise, ``two_tower._pool``), so the partitioning never changes them.
 
 The ``user_embeddings`` asset is this frame as a Parquet table (``user_embeddings_table``: user_id,
 user_vector, model_version, sorted by user_id), written from the executors. Its consumers join it in

@@ -101,7 +101,6 @@ INIT_STD = 0.01  # small id init: an id row that never trains stays near neutral
 SCORE_CHUNK_USERS = 1024
 VECTOR_CHUNK = 65_536
 USER_CHUNK = 1024  # users per user-tower call, padded to this many (see encode_users)
-USER_THREADS = 1  # torch threads of serving user vectors, in every process (TrainedTwoTower.user_vectors)
 FIXED_ZIP_TIME = (2020, 1, 1, 0, 0, 0)
 AGE_INPUT = POPULARITY_INPUTS.index("log_age")  # the one popularity input a never-played track has
 # Models written before a config field existed were trained without it: load them as they were trained.
@@ -359,10 +358,7 @@ class TrainedTwoTower:
         listened = user_profiles["events"].to_numpy() > 0 if "events" in user_profiles else False
         keep = np.flatnonzero((users.history_length > 0) | listened)
         weight = self.config.query_centroid if query_centroid is None else query_centroid
-        # One thread, as Spark's Python workers run (OMP_NUM_THREADS = the task's cpus): the history centroid's
-        # item-tower products round differently with more threads, and the driver's vectors must equal theirs.
-        with torch_threads(USER_THREADS):
-            vectors = self.model.serving_user_vectors(self.model.encode_users(users.take(keep), weight)).cpu().numpy()
+        vectors = self.model.serving_user_vectors(self.model.encode_users(users.take(keep), weight)).cpu().numpy()
         return ids[keep], vectors.astype(np.float32)
 
     def to_bytes(self) -> bytes:

@@ -113,6 +113,15 @@ def week_ranker_order(models, users: np.ndarray, candidates: pd.DataFrame, confi
                       two_tower_prior: float = RerankConfig().two_tower_prior,
                       users_per_batch: int = USERS_PER_BATCH) -> pd.DataFrame:
     """``evaluation.ranker_order`` of the sample with the week's models as ``load_week`` read them."""
+    frame, context = week_ranker_inputs(models, users)
+    return ranker_order(models.ranker, context, frame, candidates, models.track_stats, two_tower_prior,
+                        config.playlist_size, config.max_per_artist, users_per_batch)
+
+
+def week_ranker_inputs(models, users: np.ndarray) -> tuple[pd.DataFrame, FeatureContext]:
+    """(one row per user of ``users`` the week's profiles know: ``USER_COLUMNS`` and ``user_vector``, sorted by
+    user; the week's track-side feature context) from the models ``load_week`` read: what the ranker's
+    features of these users' candidates are built from."""
     profiles = models.profiles[models.profiles["user_id"].isin(users)].sort_values("user_id")
     frame = profiles[USER_COLUMNS].reset_index(drop=True)
     row = pd.Series(np.arange(len(models.user_ids)), index=models.user_ids)
@@ -123,8 +132,7 @@ def week_ranker_order(models, users: np.ndarray, candidates: pd.DataFrame, confi
     frame["user_vector"] = vectors
     context = FeatureContext.build(None, models.track_stats, models.item2vec, models.audio, None,
                                    (models.track_ids, models.track_vectors))
-    return ranker_order(models.ranker, context, frame, candidates, models.track_stats, two_tower_prior,
-                        config.playlist_size, config.max_per_artist, users_per_batch)
+    return frame, context
 
 
 def table(report: dict) -> str:

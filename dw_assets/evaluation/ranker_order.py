@@ -86,18 +86,26 @@ def artist_arrays(artists: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return frame["track_id"].to_numpy(np.int64), frame["artist_id"].to_numpy(np.int64)
 
 
+def packed_features(context: FeatureContext, packed: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """(one row per candidate: ``explode_candidates``, their ranker features; None when there is no candidate) of
+    one batch of packed users: what :func:`order_packed` scores, and what a bench tool scores with other rankers."""
+    packed = packed.sort_values("user_id").reset_index(drop=True)
+    packed["recent_tracks"] = packed["recent_tracks"].map(lambda t: np.asarray(t if t is not None else [], np.int64))
+    exploded = explode_candidates(packed)
+    if exploded.empty:
+        return exploded, None
+    return exploded, build_ranker_features(exploded, context, users=packed)
+
+
 def order_packed(scorer, context: FeatureContext, packed: pd.DataFrame, artists: tuple[np.ndarray, np.ndarray],
                  two_tower_prior: float, k: int, max_per_artist: int) -> pd.DataFrame:
     """user_id, position, track_id of one batch of packed users (``features.USER_COLUMNS``, ``user_vector``
     and the ``c_*`` candidate arrays, one row per user: as ``ranking.batch`` packs them in Spark). ``scorer``:
     the ranker, or :class:`RetrievalOrder` for the first week's stand-in; ``artists``: (track ids ascending, artist
     ids) of the catalog (``artist_arrays``; candidates outside it cannot be served and are dropped)."""
-    packed = packed.sort_values("user_id").reset_index(drop=True)
-    packed["recent_tracks"] = packed["recent_tracks"].map(lambda t: np.asarray(t if t is not None else [], np.int64))
-    exploded = explode_candidates(packed)
-    if exploded.empty:
+    exploded, features = packed_features(context, packed)
+    if features is None:
         return _no_lists()
-    features = build_ranker_features(exploded, context, users=packed)
     probability = scorer.predict(features, engine="auto")  # as the batch scores them
     scored = exploded[["user_id", "track_id"]].assign(score=list_score(probability, features, two_tower_prior))
     track_ids, artist_ids = (np.asarray(a) for a in artists)

@@ -51,7 +51,7 @@ from dw_assets.evaluation.north_star import (
     catalog_frame,
     per_user_outcomes,
 )
-from dw_assets.evaluation.ranker_order import USERS_PER_BATCH, pack_candidates, packed_features
+from dw_assets.evaluation.ranker_order import USERS_PER_BATCH, pack_candidates, packed_features, user_batches
 from dw_assets.lake.storage import Lake
 from dw_assets.ranking.ranker import RankerConfig, TrainedRanker, train_ranker
 from dw_assets.ranking.rerank import RerankConfig
@@ -94,11 +94,8 @@ def candidate_scores(models, users: np.ndarray, candidates: pd.DataFrame, ranker
     ``users``: the features are built once per batch of ``users_per_batch`` users, as the ranker order builds
     them (``evaluation.ranker_order.packed_features``)."""
     frame, context = week_ranker_inputs(models, users)
-    candidates = candidates[candidates["user_id"].isin(frame["user_id"])]
     parts = []
-    for lo in range(0, len(frame), max(1, users_per_batch)):
-        batch = frame.iloc[lo:lo + users_per_batch].reset_index(drop=True)
-        rows = candidates[candidates["user_id"].isin(batch["user_id"])]
+    for batch, rows in user_batches(frame, candidates, users_per_batch):
         exploded, features = packed_features(context, pack_candidates(batch, rows))
         if features is None:
             continue

@@ -69,15 +69,14 @@ def aligned(track_ids: np.ndarray, space: tuple[np.ndarray, np.ndarray]) -> tupl
     return out, has
 
 
-def space_r_squared(spaces: dict[str, tuple[np.ndarray, np.ndarray]], style: np.ndarray,
+def space_r_squared(spaces: dict[str, tuple[np.ndarray, np.ndarray]], joined: np.ndarray, style: np.ndarray,
                     held_out: np.ndarray) -> dict[str, float]:
     """Held-out R² to ``style`` of each space alone (its tracks with a vector) and of all side by side
-    (``all``: every track, a missing vector as zeros plus a flag)."""
+    (``all``: ``joined`` = :func:`side_by_side` of the spaces, every track)."""
     out = {}
     for name, (vectors, has) in spaces.items():
         train, test = has & ~held_out, has & held_out
         out[name] = r_squared(ridge(vectors[train], style[train])(vectors[test]), style[test])
-    joined = side_by_side(spaces)
     out["all"] = r_squared(ridge(joined[~held_out], style[~held_out])(joined[held_out]), style[held_out])
     return out
 
@@ -103,7 +102,8 @@ def measure(lake_root: str, world: str, week: str, users: int, config: NorthStar
     spaces = {"item2vec": aligned(track_ids, models.item2vec), "audio": aligned(track_ids, models.audio),
               "two_tower": aligned(track_ids, (models.track_ids, models.track_vectors))}
     held_out = np.random.default_rng(SPLIT_SEED).random(len(track_ids)) < HELD_OUT
-    r2 = space_r_squared(spaces, style, held_out)
+    joined = side_by_side(spaces)
+    r2 = space_r_squared(spaces, joined, style, held_out)
     say(f"R² to the hidden style: {', '.join(f'{k} {v:.3f}' for k, v in r2.items())}")
 
     sample, _ = week_sample(lake, week, users)
@@ -120,12 +120,11 @@ def measure(lake_root: str, world: str, week: str, users: int, config: NorthStar
     oracle = served(style)
     if oracle <= 0:
         raise click.ClickException(f"the catalog oracle earns no saves for week {week}'s {len(sample)} users")
-    joined = side_by_side(spaces)
     decoded = served(unit_rows(ridge(joined, style)(joined)))
     say(f"{len(sample)} users: catalog oracle {oracle:.3f}, perfect user x decoded styles {decoded:.3f} "
         f"({time.perf_counter() - started:.0f} s)")
     noisy = []
-    for level in noise_levels:
+    for level in noise_levels:  # one seeded draw, scaled by each level: the curve is over noise size alone
         styles = unit_rows(style + np.random.default_rng(SPLIT_SEED + 1).normal(0.0, level, style.shape))
         saves = served(styles)
         noisy.append({"noise": level, "r_squared": r_squared(ridge(styles, style)(styles), style),

@@ -53,19 +53,25 @@ def ranker_order(ranker: TrainedRanker, context: FeatureContext, users: pd.DataF
     candidate oracle has none for them either. Users are ranked ``users_per_batch`` at a time (features are
     per user, so the order does not depend on it): the driver holds one batch's features, not the sample's.
     """
-    users = users.sort_values("user_id").reset_index(drop=True)
-    candidates = candidates.sort_values("user_id", kind="stable")
-    owners = candidates["user_id"].to_numpy(np.int64)
     catalog = artist_arrays(artists)
-    parts = []
-    for lo in range(0, len(users), max(1, users_per_batch)):
-        batch = users.iloc[lo:lo + users_per_batch].reset_index(drop=True)
-        first, last = batch["user_id"].iloc[0], batch["user_id"].iloc[-1]
-        rows = candidates.iloc[np.searchsorted(owners, first, "left"):np.searchsorted(owners, last, "right")]
-        parts.append(_batch_order(ranker, context, batch, rows, catalog, two_tower_prior, k, max_per_artist))
+    parts = [_batch_order(ranker, context, batch, rows, catalog, two_tower_prior, k, max_per_artist)
+             for batch, rows in user_batches(users, candidates, users_per_batch)]
     if not parts:
         return _no_lists()
     return pd.concat(parts, ignore_index=True)
+
+
+def user_batches(users: pd.DataFrame, candidates: pd.DataFrame, users_per_batch: int = USERS_PER_BATCH):
+    """Yields (``users_per_batch`` of ``users`` by user id, the rows of ``candidates`` in their id range): the
+    batches the ranker order featurizes one at a time (rows of users outside ``users`` in that range are
+    ignored by ``pack_candidates``)."""
+    users = users.sort_values("user_id").reset_index(drop=True)
+    candidates = candidates.sort_values("user_id", kind="stable")
+    owners = candidates["user_id"].to_numpy(np.int64)
+    for lo in range(0, len(users), max(1, users_per_batch)):
+        batch = users.iloc[lo:lo + users_per_batch].reset_index(drop=True)
+        first, last = batch["user_id"].iloc[0], batch["user_id"].iloc[-1]
+        yield batch, candidates.iloc[np.searchsorted(owners, first, "left"):np.searchsorted(owners, last, "right")]
 
 
 def _no_lists() -> pd.DataFrame:

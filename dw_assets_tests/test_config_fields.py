@@ -62,7 +62,10 @@ CLASSES = {
     RankerAssetConfig: {},
     PlaylistsConfig: {"exploration_min": RerankConfig().exploration_range[0],
                       "exploration_max": RerankConfig().exploration_range[1]},
-    NewTrackVectorsConfig: {"cold_neighbours": TwoTowerConfig.cold_neighbours, "clip_seconds": None},
+    # tower_embeddings' serving settings (in the index's version) and the clip length
+    NewTrackVectorsConfig: {"cold_neighbours": TwoTowerConfig.cold_neighbours, "clip_seconds": None,
+                            "popularity_weight": TwoTowerConfig.popularity_weight,
+                            "query_centroid": TwoTowerConfig.query_centroid},
     FaissIndexConfig: {},
     CandidatesConfig: {"partitions": CandidateConfig.min_partitions},
     SampleConfig: {},
@@ -70,10 +73,12 @@ CLASSES = {
     OfflineEvaluationConfig: {"k": RerankConfig.playlist_size},
     AbTestConfig: {},
     # the control arm: PlaylistsConfig's extras, CandidatesConfig's partition floor (prefixed) and the user
-    # vectors' serving setting (tower_embeddings' query_centroid)
+    # vectors' serving settings (tower_embeddings', in W-1's index's version)
     LastWeekPlaylistsConfig: {"exploration_min": RerankConfig().exploration_range[0],
                               "exploration_max": RerankConfig().exploration_range[1],
                               "candidates_partitions": CandidateConfig.min_partitions,
+                              "cold_neighbours": TwoTowerConfig.cold_neighbours,
+                              "popularity_weight": TwoTowerConfig.popularity_weight,
                               "query_centroid": TwoTowerConfig.query_centroid},
     # the drift's sample (DriftSample); the thresholds are the check functions' keyword defaults
     MonitoringConfig: {"psi_warn": parameter_default(prediction_drift, "warn"),
@@ -242,7 +247,7 @@ def test_typed_run_config_of_every_asset_config_is_valid_for_the_weekly_job():
     lists, None where a field is optional) is what the job's config schema takes."""
     from dagster import validate_run_config
 
-    from dw_assets.automation.runner import op_config
+    from dw_assets.automation.runner import op_config, with_serving_settings
     from dw_assets.definitions import defs
 
     job = defs.resolve_job_def("weekly_discover_job")
@@ -255,4 +260,9 @@ def test_typed_run_config_of_every_asset_config_is_valid_for_the_weekly_job():
     ops = op_config(typed)
     assert ops["item2vec_embeddings"]["config"]["epochs"] == 2
     assert op_config({"x": {"config": {"epochs": 1}}}) == {"x": {"config": {"epochs": 1}}}  # dicts still work
+    # tower_embeddings' serving settings reach the assets that serve the same vectors, unless they set their own
+    served = with_serving_settings({"tower_embeddings": {"config": {"query_centroid": 0.3, "popularity_weight": 0.5}},
+                        "last_week_playlists": {"config": {"popularity_weight": 0.7, "seed": 2}}})
+    assert served["last_week_playlists"]["config"] == {"query_centroid": 0.3, "popularity_weight": 0.7, "seed": 2}
+    assert served["new_track_vectors"]["config"] == {"query_centroid": 0.3, "popularity_weight": 0.5}
     assert validate_run_config(job, {"ops": ops})

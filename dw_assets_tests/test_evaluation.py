@@ -124,8 +124,10 @@ def test_simulator_truth_is_found_in_a_local_world_only(tmp_path):
 def test_the_control_arm_takes_the_candidates_assets_settings_under_the_same_names():
     """``last_week_playlists`` builds its candidates with ``CandidatesConfig``'s settings (prefixed
     ``candidates_``), its playlists with ``PlaylistsConfig``'s and its user vectors with
-    ``tower_embeddings``' ``query_centroid``: by default the treatment's."""
+    ``tower_embeddings``' serving settings (``SERVING_SETTINGS``, in W-1's index's version): by default the
+    treatment's."""
     from dw_assets.embeddings.assets import TrackEmbeddingsConfig
+    from dw_assets.embeddings.two_tower_data import SERVING_SETTINGS
     from dw_assets.evaluation.assets import LastWeekPlaylistsConfig, RetrievalEvaluationConfig
     from dw_assets.ranking.config import PlaylistsConfig
     from dw_assets.retrieval.assets import CandidatesConfig
@@ -134,10 +136,12 @@ def test_the_control_arm_takes_the_candidates_assets_settings_under_the_same_nam
     control = LastWeekPlaylistsConfig()
     assert control.candidate_settings() == CandidatesConfig().settings(threads=1)
     assert control.settings() == PlaylistsConfig().settings()
-    assert control.query_centroid == TrackEmbeddingsConfig().query_centroid
+    served = TrackEmbeddingsConfig()
+    assert {name: getattr(control, name) for name in SERVING_SETTINGS} == {name: getattr(served, name)
+                                                                            for name in SERVING_SETTINGS}
     fields = set(LastWeekPlaylistsConfig.model_fields)
     assert ({f"candidates_{name}" for name in CandidatesConfig.model_fields} | set(PlaylistsConfig.model_fields)
-            | {"query_centroid"}) == fields
+            | set(SERVING_SETTINGS)) == fields
     given = {"total": 300, "audio_quota": 20, "users_per_partition": 5, "partitions": 3}
     assert (LastWeekPlaylistsConfig(**{f"candidates_{k}": v for k, v in given.items()}).candidate_settings()
             == CandidatesConfig(**given).settings(threads=1))

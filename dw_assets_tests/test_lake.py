@@ -113,6 +113,9 @@ def test_artifacts_round_trip_and_replace(tmp_path):
     np.testing.assert_array_equal(array_from_bytes(back.files["vectors.npy"]), vectors * 2)
     with pytest.raises(LakeError, match="no artifact"):
         lake.read_artifact(lake.uri("models", "two_tower_model", "2026-01-12"))
+    assert lake.read_artifact_meta(uri) == {"model_version": "v2"}  # the version alone, no file read
+    with pytest.raises(LakeError, match="no artifact"):
+        lake.read_artifact_meta(lake.uri("models", "two_tower_model", "2026-01-12"))
 
 
 def test_artifacts_on_s3(s3_endpoint, monkeypatch):
@@ -127,6 +130,7 @@ def test_artifacts_on_s3(s3_endpoint, monkeypatch):
     lake.write_artifact(Artifact({"index.faiss": b"\x00\x01", "ids.npy": b"ids"}, {"model_version": "2026-01-05-abc"}), uri)
     back = lake.read_artifact(uri)
     assert back.files == {"index.faiss": b"\x00\x01", "ids.npy": b"ids"} and back.model_version == "2026-01-05-abc"
+    assert lake.read_artifact_meta(uri) == {"model_version": "2026-01-05-abc"}
 
 
 def test_read_head_reads_only_the_first_rows_across_part_files(tmp_path):

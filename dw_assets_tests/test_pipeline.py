@@ -174,13 +174,19 @@ def test_definitions_load_and_validate():
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-def test_one_week_of_models_shares_one_version(world):
+def test_one_week_of_served_vectors_shares_one_version(world):
+    """The towers' vectors and the index carry the two-tower's version under tower_embeddings' serving
+    settings (the defaults here): one version for the week, none of them the bare model's."""
+    from dw_assets.embeddings.two_tower_data import TwoTowerConfig, serving_version
+
     _, manifest, lake, _ = world
     week = manifest["last_training_week"]
-    versions = {a: lake.read_artifact(lake.uri("models", a, week)).model_version for a in ("two_tower_model", "faiss_index")}
+    tower = lake.read_artifact(lake.uri("models", "two_tower_model", week)).model_version
+    versions = {"faiss_index": lake.read_artifact(lake.uri("models", "faiss_index", week)).model_version}
     versions["track_embeddings"] = table_version(lake.read_frame(lake.uri("models", "track_embeddings", week)), "tracks")
     versions["user_embeddings"] = read_user_embeddings(lake, week)[2]  # a Parquet table with its version column
-    assert len(set(versions.values())) == 1 and next(iter(versions.values())).startswith(week)
+    assert set(versions.values()) == {serving_version(tower, TwoTowerConfig())} and tower.startswith(week)
+    assert tower not in versions.values()
 
 
 def taste_hit_rates(truth, user_ids: np.ndarray, top: np.ndarray, tracks, sounds, seed: int) -> tuple[float, float]:

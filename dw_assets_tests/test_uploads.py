@@ -305,6 +305,15 @@ def test_dropped_clips_become_searchable_through_sensor_run_and_delta(weekly_mod
                        resources=build_resources(str(root)), instance=instance).success
     rerun = lake.read_artifact(lake.uri("models", "new_track_vectors", UPLOAD_DAY))
     assert rerun.files["vectors.npy"] == parts[0].files["vectors.npy"]
+    # Serving settings other than the index's (tower_embeddings') fail the run naming them; the day's
+    # vectors in the lake stay those the index can be searched with.
+    other = materialize(ALL_ASSETS, selection=[NEW_TRACK_VECTORS], partition_key=UPLOAD_DAY,
+                        resources=build_resources(str(root)), instance=instance, raise_on_error=False,
+                        run_config={**QUIET, "ops": {"new_track_vectors": {"config": {"popularity_weight": 0.5}}}})
+    assert not other.success
+    failure = next(e for e in other.all_events if e.is_step_failure).step_failure_data.error
+    assert "popularity_weight=0.5" in str(failure) and "tower_embeddings" in str(failure), failure
+    assert lake.read_artifact(lake.uri("models", "new_track_vectors", UPLOAD_DAY)).files == rerun.files
     # An upload day built on other models (another two-tower space) is never merged.
     assert new_tracks_extending({**uploads, "2026-01-29": Artifact({}, {"model_version": "other"})},
                                 index_artifact.model_version) == parts

@@ -29,3 +29,26 @@ def test_mismatched_versions_are_refused_by_name():
     assert require_same_version({"track_embeddings": "v1", "user_embeddings": "v1"}) == "v1"
     with pytest.raises(VersionMismatch, match="user_embeddings=v2"):
         require_same_version({"track_embeddings": "v1", "user_embeddings": "v2"})
+
+
+def test_served_vectors_are_versioned_by_model_and_serving_settings():
+    """Vectors served from one two-tower under other serving settings (a popularity weight, a query
+    blend, a warm start) get another version; the check names the inputs and the settings given."""
+    from dw_assets.embeddings.two_tower_data import (
+        SERVING_SETTINGS,
+        TwoTowerConfig,
+        require_served,
+        serving_version,
+    )
+
+    tower = "2026-01-05-0123456789ab"
+    served = serving_version(tower, TwoTowerConfig())
+    assert served.startswith("2026-01-05-") and served != tower
+    assert served == serving_version(tower, TwoTowerConfig(popularity_weight=1))  # 1 and 1.0 are one setting
+    others = {serving_version(tower, TwoTowerConfig(**{name: value}))
+              for name, value in zip(SERVING_SETTINGS, (3, 0.25, 0.2), strict=True)}
+    assert len(others | {served, serving_version("2026-01-05-ba9876543210", TwoTowerConfig())}) == 5
+    assert require_served(tower, TwoTowerConfig(), "last_week_playlists", {"faiss_index": served}) == served
+    with pytest.raises(VersionMismatch, match=r"faiss_index=.*query_centroid=0\.2.*tower_embeddings"):
+        require_served(tower, TwoTowerConfig(query_centroid=0.2), "last_week_playlists",
+                       {"faiss_index": served, "track_embeddings": served})

@@ -58,6 +58,7 @@ from dw_assets.automation.schedules import (
 )
 from dw_assets.calendar import shift_week
 from dw_assets.definitions import ALL_ASSETS, build_resources
+from dw_assets.embeddings.two_tower_data import SERVING_SETTINGS
 
 # Trained in a second process while week W-1's models train: single-threaded (gensim with one worker
 # is what makes it deterministic), so on its own it leaves the other core idle (~80 s a week on `small`).
@@ -145,6 +146,25 @@ def op_config(ops: RunConfig | dict | None) -> dict:
     return dict(ops)
 
 
+# The assets that serve a week's two-tower beside tower_embeddings: its serving settings are in the
+# vectors' version, so theirs must be the same (they fail naming the settings otherwise).
+SERVING_READERS = ("last_week_playlists", "new_track_vectors")
+
+
+def with_serving_settings(ops: dict) -> dict:
+    """``ops`` with ``tower_embeddings``' serving settings (``SERVING_SETTINGS``) copied to the
+    ``SERVING_READERS`` that do not set them: one setting, one place, for a run of the runner."""
+    served = {k: v for k, v in ((ops.get("tower_embeddings") or {}).get("config") or {}).items()
+              if k in SERVING_SETTINGS}
+    if not served:
+        return ops
+    out = dict(ops)
+    for name in SERVING_READERS:
+        given = dict((out.get(name) or {}).get("config") or {})
+        out[name] = {**(out.get(name) or {}), "config": {**served, **given}}
+    return out
+
+
 def run_selection(
     selection: AssetSelection | None, week: str, lake_root: Path | str, instance: DagsterInstance,
     ops: RunConfig | dict | None = None, store_url: str | None = None, job_name: str | None = None, plan_id: str | None = None,
@@ -163,7 +183,7 @@ def run_selection(
     keys = selectable if selection is None else set(selection.resolve(job_def.asset_layer.asset_graph)) & selectable
     # Only the ops this run executes take config (Dagster refuses config for ops outside a run).
     names = {assets.node_def.name for assets in ALL_ASSETS if keys & set(assets.keys)}
-    ops = {name: config for name, config in op_config(ops).items() if name in names}
+    ops = {name: config for name, config in with_serving_settings(op_config(ops)).items() if name in names}
     _wait_for_the_queue(instance, plan_id, progress)
     # execute_job, not materialize(): an in-process materialize() keeps every step's output in
     # memory until the run ends (models, frames: ~2 GB on `small`); this drops each once stored.

@@ -41,6 +41,7 @@ from dw_assets.embeddings.two_tower import (
     train_two_tower,
     warm_start_cold_tracks,
 )
+from dw_assets.embeddings.two_tower_data import SERVING_SETTINGS, serving_version
 from dw_assets.embeddings.user_tower import (
     user_embeddings_frame,
     user_embeddings_table,
@@ -249,7 +250,7 @@ def _sampled_genres(catalog: DataFrame, track_ids: np.ndarray) -> dict[int, str]
 
 class TwoTowerAssetConfig(config_fields(
     TwoTowerConfig,
-    exclude=["cold_neighbours"],  # tower_embeddings' setting (TrackEmbeddingsConfig), not the training's
+    exclude=SERVING_SETTINGS,  # tower_embeddings' settings (TrackEmbeddingsConfig), not the training's
 )):
     def settings(self) -> TwoTowerConfig:
         return self.to_domain(TwoTowerConfig)
@@ -299,11 +300,11 @@ def two_tower_model(
     )
 
 
-class TrackEmbeddingsConfig(config_fields(TwoTowerConfig, include=["cold_neighbours", "popularity_weight",
-                                                                    "query_centroid"])):
+class TrackEmbeddingsConfig(config_fields(TwoTowerConfig, include=SERVING_SETTINGS)):
     """The serving-time settings of the two-tower dataclass: the cold-start warm start, the weight of the
     popularity term in the track vectors (used when the model was trained with ``popularity_term``) and the
-    history centroid's share of the user vectors."""
+    history centroid's share of the user vectors. They are part of the vectors' version (``serving_version``):
+    ``new_track_vectors`` and ``last_week_playlists`` must be given the same ones."""
 
 
 @multi_asset(
@@ -334,7 +335,8 @@ def tower_embeddings(
     trained = TrainedTwoTower.from_bytes(two_tower_model.files["two_tower.bin"])
     cold = track_stats.loc[track_stats["is_cold"], "track_id"].to_numpy(np.int64)
     cold_stats = warm_start_cold_tracks(trained, cold, config.cold_neighbours)
-    version = two_tower_model.model_version
+    version = serving_version(two_tower_model.model_version, config)
+    serving = {name: getattr(config, name) for name in SERVING_SETTINGS}
     n_tracks = len(trained.features.track_ids)
     # The serving weight of the popularity term is a knob: only the track vectors move with it.
     tracks = track_embeddings_frame(user_profiles.sparkSession, trained.to_bytes(), n_tracks,
@@ -347,14 +349,16 @@ def tower_embeddings(
     yield Output(
         track_vectors_table(tracks, version),
         output_name="track_embeddings",
-        metadata={"model_version": version, "tracks": n_tracks, "cold_tracks": int(len(cold)),
+        metadata={"model_version": version, "two_tower_version": two_tower_model.model_version, **serving,
+                  "tracks": n_tracks, "cold_tracks": int(len(cold)),
                   **{k if k.startswith("cold") else f"cold_{k}": v for k, v in cold_stats.items() if np.isscalar(v)}},
     )
     tracks.unpersist()  # the IO manager has written the table
     yield Output(
         user_embeddings_table(vectors, version),
         output_name="user_embeddings",
-        metadata={"model_version": version, "users": int(stats["users"]), "query_centroid": config.query_centroid,
+        metadata={"model_version": version, "two_tower_version": two_tower_model.model_version, **serving,
+                  "users": int(stats["users"]),
                   "norm_p50": float(stats["norm_p50"]) if stats["norm_p50"] is not None else 0.0},
     )
     vectors.unpersist()

@@ -9,8 +9,8 @@ live index is the newest week's, whatever the upload date; only the newest compl
 Artifact (layer ``models``, ``models/new_track_vectors/week=<upload_date>/``): ``ids.npy`` int64[m],
 ``vectors.npy`` float32[m, dim] two-tower item vectors (the faiss_index space), ``audio_vectors.npy``
 float32[m, d_audio] audio CNN vectors (the item2vec space, for the audio candidate source);
-``meta.json`` carries the extended week's ``model_version`` (so it only ever merges with that week's
-index), ``models_week``, the audio model's version, the unusable clips and counts.
+``meta.json`` carries the extended week's index's ``model_version`` (the two-tower's under the serving
+settings, ``two_tower_data.serving_version``: so it only ever merges with that week's index), ``models_week``, the audio model's version, the unusable clips and counts.
 An unusable clip (corrupt, truncated, empty, silent, ...) is reported in metadata and by the
 ``upload_clips_readable`` check (warn); it never fails the run.
 
@@ -50,6 +50,7 @@ from dw_assets.embeddings.audio import AudioModel
 from dw_assets.embeddings.incremental import UploadDayConfig
 from dw_assets.embeddings.new_tracks import ASSET, AUDIO_VECTORS_FILE
 from dw_assets.embeddings.two_tower import TrainedTwoTower, TwoTowerConfig
+from dw_assets.embeddings.two_tower_data import require_served
 from dw_assets.lake.landing_fs import LandingFS
 from dw_assets.lake.resources import LAYER_KEY, PER_PARTITION_KEY, LakeResource, PartitionInputs
 from dw_assets.lake.storage import Artifact, LakeError, array_bytes, vectors_artifact
@@ -61,7 +62,11 @@ CATALOG_FILE = "catalog/tracks.parquet"
 
 
 class NewTrackVectorsConfig(config_fields(UploadDayConfig)):
+    # The serving settings (``SERVING_SETTINGS``) tower_embeddings had for the extended week: the uploads'
+    # vectors carry the index's version only when they are the same (else the run fails, naming them).
     cold_neighbours: int = TwoTowerConfig.cold_neighbours  # anchors per warm start, as the weekly rule
+    popularity_weight: float = TwoTowerConfig.popularity_weight  # the popularity term's weight in the vectors
+    query_centroid: float = TwoTowerConfig.query_centroid  # the user vectors' (only in the version here)
     clip_seconds: float | None = None  # None: the weekly model's setting, else the day's median clip length
 
 
@@ -91,7 +96,9 @@ def landing_catalog(landing: LandingFS, track_ids: Iterable[int]) -> pd.DataFram
 @multi_asset(
     # The live index is the newest week's, whatever the upload date: every week is an input, read only for
     # the newest week that has all three (an upload day has no weekly partition of its own).
-    ins={name: AssetIn(partition_mapping=AllPartitionMapping(), metadata={PER_PARTITION_KEY: "artifact"})
+    # Of the index only its version is read (meta.json): the delta is searched beside it by the candidates.
+    ins={name: AssetIn(partition_mapping=AllPartitionMapping(),
+                       metadata={PER_PARTITION_KEY: "artifact_meta" if name == "faiss_index" else "artifact"})
          for name in WEEKLY_MODELS},
     outs={ASSET: AssetOut(group_name="uploads", metadata={LAYER_KEY: "models"}, dagster_type=Artifact,
                           description="One upload day's new tracks: audio CNN vectors and two-tower vectors "
@@ -108,7 +115,10 @@ def new_track_vectors(context: AssetExecutionContext, config: NewTrackVectorsCon
     upload_date = context.partition_key
     week = latest_model_week(audio_embeddings, two_tower_model, faiss_index)
     audio, tower = audio_embeddings[week], two_tower_model[week]
+    # Vectors the week's index can be searched beside: the same model under the same serving settings.
+    version = require_served(tower.model_version, config, ASSET, {"faiss_index": faiss_index[week].model_version})
     trained = TrainedTwoTower.from_bytes(tower.files["two_tower.bin"])
+    trained.model.popularity_weight = float(config.popularity_weight)  # a serving knob, as tower_embeddings'
     landing = lake.landing()
     uploads = list_upload_folder(landing, upload_date)
     clips = {u.track_id: u.location for u in uploads}  # one folder: one clip per track
@@ -117,14 +127,15 @@ def new_track_vectors(context: AssetExecutionContext, config: NewTrackVectorsCon
         landing_catalog(landing, clips), config.clip_seconds, read=landing.read_location,
         max_uploads=config.max_uploads)
     problems = result.problems
-    meta = {"model_version": tower.model_version, "models_week": week, "audio_model_version": audio.model_version,
+    meta = {"model_version": version, "two_tower_version": tower.model_version, "models_week": week,
+            "audio_model_version": audio.model_version,
             "upload_date": upload_date, "problems": problems.to_dict("records"),
             "already_indexed": result.already_indexed.tolist(), **result.stats}
     yield Output(
         vectors_artifact(result.track_ids, result.item_vectors, meta,
                          **{AUDIO_VECTORS_FILE: array_bytes(result.audio_vectors)}),
         output_name=ASSET,
-        metadata={"model_version": tower.model_version, "models_week": week, "upload_date": upload_date,
+        metadata={"model_version": version, "models_week": week, "upload_date": upload_date,
                   **{k: v for k, v in result.stats.items() if np.isscalar(v) and np.isfinite(v)},
                   "elapsed_s": round(time.perf_counter() - started, 1)},
     )

@@ -14,6 +14,7 @@ period, so validation is not helped by the plays it is judged on.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -105,6 +106,39 @@ class TwoTowerConfig:
             raise ValueError(f"uniform_negatives must be >= 0, got {self.uniform_negatives}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1 (or None), got {self.threads}")
+
+
+# The settings that shape the served vectors without retraining: ``tower_embeddings``' run config. With the
+# model's version they make the vectors' version (``serving_version``), so an index, an upload day's vectors
+# or the A/B control arm served under other settings is refused instead of silently mixed.
+SERVING_SETTINGS = ("cold_neighbours", "popularity_weight", "query_centroid")
+
+
+def serving_version(tower_version: str, settings) -> str:
+    """The ``model_version`` of vectors served from the two-tower model ``tower_version`` under ``settings``
+    (anything with the ``SERVING_SETTINGS`` attributes: a run config, a ``TwoTowerConfig``):
+    ``track_embeddings``, ``user_embeddings``, ``faiss_index`` and the upload days' vectors carry it."""
+    from dw_assets.versioning import model_version
+
+    served = {"cold_neighbours": int(settings.cold_neighbours), "popularity_weight": float(settings.popularity_weight),
+              "query_centroid": float(settings.query_centroid)}
+    return model_version(tower_version.rsplit("-", 1)[0], [served], (), [tower_version])
+
+
+def require_served(tower_version: str, settings, asset: str, served: Mapping[str, str]) -> str:
+    """``serving_version(tower_version, settings)`` when every version in ``served`` ({input: version}) is it;
+    else a ``VersionMismatch`` naming the inputs and the settings ``asset`` was given."""
+    from dw_assets.versioning import VersionMismatch
+
+    version = serving_version(tower_version, settings)
+    odd = {name: v for name, v in served.items() if v != version}
+    if odd:
+        given = ", ".join(f"{name}={getattr(settings, name)}" for name in SERVING_SETTINGS)
+        raise VersionMismatch(
+            f"{', '.join(f'{n}={v}' for n, v in sorted(odd.items()))} was not served from two_tower_model="
+            f"{tower_version} under {asset}'s serving settings ({given}): give {asset} the run config that "
+            f"tower_embeddings had for that week (its {', '.join(SERVING_SETTINGS)}), or rebuild tower_embeddings")
+    return version
 
 
 @dataclass

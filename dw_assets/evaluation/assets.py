@@ -28,7 +28,7 @@ from pyspark.sql import DataFrame
 from dw_assets.batch_timing import throughput
 from dw_assets.calendar import shift_week, week_bounds
 from dw_assets.config_fields import config_fields, joined_config, parameter_default
-from dw_assets.embeddings.two_tower_data import TwoTowerConfig
+from dw_assets.embeddings.two_tower_data import TwoTowerConfig, require_served
 from dw_assets.embeddings.user_tower import user_embeddings_frame, vectors_of
 from dw_assets.embeddings.vector_table import track_vectors_of
 from dw_assets.evaluation.ab import ab_frame, play_arms, summarize_ab
@@ -110,7 +110,7 @@ from dw_assets.ranking.rerank import RerankConfig
 from dw_assets.ranking.schemas import RANKED_PLAYLISTS
 from dw_assets.retrieval.batch import candidate_models, candidate_partitions, candidate_users, run_candidates
 from dw_assets.retrieval.candidates import CandidateConfig
-from dw_assets.versioning import embedding_versions, table_version
+from dw_assets.versioning import table_version
 
 EVAL_COLUMNS = ["user_id", "track_id", "ts", "is_positive", "weight"]
 RETRIEVAL_EVALUATION = pa.DataFrameSchema(
@@ -294,7 +294,11 @@ class LastWeekPlaylistsConfig(PlaylistsConfig, config_fields(
     ``partitions`` → ``candidates_partitions``)."""
 
     candidates_partitions: int = CandidateConfig.min_partitions  # CandidatesConfig.partitions
-    query_centroid: float = TwoTowerConfig.query_centroid  # as tower_embeddings' (the user vectors' serving setting)
+    # W-1's serving settings (SERVING_SETTINGS), as tower_embeddings' run config for W-1: W-1's index carries
+    # them in its version, so other ones fail the run naming them. query_centroid makes this week's queries.
+    cold_neighbours: int = TwoTowerConfig.cold_neighbours
+    popularity_weight: float = TwoTowerConfig.popularity_weight
+    query_centroid: float = TwoTowerConfig.query_centroid
 
     def candidate_settings(self) -> CandidateConfig:
         return self.to_domain(CandidateConfig, faiss_threads=1, min_partitions=self.candidates_partitions)
@@ -343,8 +347,9 @@ def last_week_playlists(
 ):
     week = context.partition_key
     spark = pyspark.spark_session
-    version = embedding_versions(two_tower_model=two_tower_model, faiss_index=faiss_index,
-                                 track_embeddings=track_embeddings)
+    version = require_served(two_tower_model.model_version, config, "last_week_playlists", {
+        "faiss_index": faiss_index.model_version,
+        "track_embeddings": table_version(track_embeddings, "track_embeddings")})
     started = time.perf_counter()
     # Last week's user tower on this week's histories (vectors in last week's space), on the executors.
     users = user_embeddings_frame(user_profiles, two_tower_model.files["two_tower.bin"], config.query_centroid)

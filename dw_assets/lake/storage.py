@@ -296,6 +296,17 @@ class Lake:
         self.s3_client.download_fileobj(bucket, key, buffer, Config=_transfer_config(0))
         return buffer.getvalue()
 
+    def read_artifact_meta(self, uri: str) -> dict:
+        """An artifact's ``meta.json`` alone (its version and counts), its files left unread."""
+        if self.is_s3:
+            bucket, key, names = self._s3_names(uri)
+            if META_FILE not in names:
+                raise LakeError(f"no artifact at {uri} (was the upstream partition materialized?)")
+            return json.loads(self.s3_client.get_object(Bucket=bucket, Key=f"{key}/{META_FILE}")["Body"].read())
+        if not (Path(uri) / META_FILE).is_file():
+            raise LakeError(f"no artifact at {uri} (was the upstream partition materialized?)")
+        return json.loads((Path(uri) / META_FILE).read_text())
+
     def read_artifact(self, uri: str) -> Artifact:
         if self.is_s3:
             bucket, key, names = self._s3_names(uri)

@@ -597,3 +597,27 @@ def test_async_reads_see_a_flip_after_a_miss_and_share_one_refresh(kind, request
         reader.close()
         if kind == "redis":
             delete_prefix(url, prefix)
+
+
+def test_a_redis_writer_left_running_after_its_write_was_reclaimed_stores_nothing(redis_url):
+    """A Spark writer task can outlive its failed job: its next batch may come after the next publish
+    reclaimed the failed version. The batch is refused (the version is no longer listed as being
+    written), so no value is left behind that no reclaim would find."""
+    from dw_assets.serving.stores.codec import encode_playlists
+
+    prefix = f"dwfence-{uuid.uuid4().hex[:8]}"
+    store = open_store(with_options(redis_url, prefix=prefix, batch_users=BATCH))
+    try:
+        encoded = encode_playlists(playlists(4))
+        failed = store.begin_write(W[1])
+        store.write_encoded(W[1], failed, encoded[:2])  # a batch of the job that failed
+        assert stored_values(store) == 2
+        publish_week(store, W[0], playlists(5))  # the next publish reclaims the failed version
+        assert stored_values(store) == 5
+        with pytest.raises(StoreError, match="no longer being written"):
+            store.write_encoded(W[1], failed, encoded[2:])  # the straggler's next batch
+        assert stored_values(store) == 5 and store.weeks() == [W[0]]
+        assert not store._client("read").exists(f"{prefix}:users:{W[1]}:{failed}")
+    finally:
+        store.close()
+        delete_prefix(redis_url, prefix)

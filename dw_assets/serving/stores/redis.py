@@ -39,6 +39,10 @@ class RedisStore(RegistryCachedStore):
     - ``{prefix}:writing`` set of ``week/version`` being written or superseded (a killed write
       stays listed; so does a superseded or dropped version until its keys are deleted; the next
       write reclaims every one that is not registered)
+    - ``{prefix}:reclaiming`` set of ``week/version`` whose keys are being deleted. A version moves
+      there from ``writing`` in one step before its keys go, and a write batch commits only while
+      its version is in ``writing`` (checked under WATCH): a writer task still running after its
+      job failed can never add keys to a version already reclaimed.
 
     Each write batch is one MULTI/EXEC, so the user set and the keys never disagree; registering a
     week and listing the version it supersedes as garbage is one MULTI/EXEC too. URL options:
@@ -191,14 +195,21 @@ class RedisStore(RegistryCachedStore):
     # contract ------------------------------------------------------------
     def _reclaim(self, client: Any) -> None:
         """Delete every version listed in ``writing`` that is not registered (killed writes,
-        superseded and dropped versions), then unlist it."""
+        superseded and dropped versions): moved to ``reclaiming`` first (no batch commits to it
+        after that), its keys deleted, then unlisted. A reclaim killed midway is finished by the next."""
+        writing, reclaiming = self._key("writing"), self._key("reclaiming")
         registered = {(week.decode(), orjson.loads(entry)["version"])
                       for week, entry in client.hgetall(self._key("weeks")).items()}
-        for stale in client.smembers(self._key("writing")):
+        for stale in client.smembers(writing):
             week, _, version = stale.decode().partition("/")
-            if (week, version) not in registered:
-                self._delete_version(week, version)
-            client.srem(self._key("writing"), stale)
+            if (week, version) in registered:
+                client.srem(writing, stale)
+            else:
+                client.smove(writing, reclaiming, stale)
+        for stale in client.smembers(reclaiming):
+            week, _, version = stale.decode().partition("/")
+            self._delete_version(week, version)
+            client.srem(reclaiming, stale)
 
     def begin_write(self, week: str) -> str:
         check_week(week)
@@ -212,12 +223,24 @@ class RedisStore(RegistryCachedStore):
     def write_encoded(self, week: str, version: str, batch: list[tuple[int, bytes]]) -> None:
         if not batch:
             return
-        with self._errors():
-            pipe = self._client("write").pipeline(transaction=True)
-            pipe.sadd(self._key("users", week, version), *(user for user, _ in batch))
-            for user, blob in batch:
-                pipe.set(self._key("pl", week, version, user), blob, ex=self.ttl_s)
-            pipe.execute()
+        import redis
+
+        writing, member = self._key("writing"), f"{week}/{version}"
+        with self._errors(), self._client("write").pipeline(transaction=True) as pipe:
+            while True:  # the fence: commits only while the version is listed as being written
+                try:
+                    pipe.watch(writing)
+                    if not pipe.sismember(writing, member):
+                        raise StoreError(f"week {week} version {version} is no longer being written (a failed or "
+                                         "superseded write, reclaimed since): this batch is not stored")
+                    pipe.multi()
+                    pipe.sadd(self._key("users", week, version), *(user for user, _ in batch))
+                    for user, blob in batch:
+                        pipe.set(self._key("pl", week, version, user), blob, ex=self.ttl_s)
+                    pipe.execute()
+                    return
+                except redis.WatchError:  # ``writing`` changed (another write began or ended): look again
+                    continue
 
     def commit_write(self, week: str, version: str, users: int) -> None:
         writing = self._key("writing")

@@ -400,7 +400,7 @@ def materialization_metadata(instance: DagsterInstance, asset: str, week: str) -
 
 @pytest.fixture(scope="module")
 def backfilled(tmp_path_factory, spark):
-    """A tiny world of two weeks plus the week after them: every landed week backfilled from the UI (the web
+    """A tiny world of one week plus the week after it: every landed week backfilled from the UI (the web
     UI's GraphQL mutation; a real ``dagster-daemon`` submits, queues and launches one run of
     weekly_discover_job per week, oldest first, each in its own process); then what `dw backfill` of the
     last week would run, planned from what the instance recorded."""
@@ -409,8 +409,10 @@ def backfilled(tmp_path_factory, spark):
     from dw_assets.simulate import config_for, simulate
 
     root = tmp_path_factory.mktemp("backfill_world")
-    manifest = simulate(config_for("tiny", weeks=2), root)
-    landed = manifest["weeks"]  # FIRST .. LAST: the two training weeks and the one after them
+    # Two landed weeks are enough for every rule under test (the first with a stand-in ranker, the next
+    # with the ranker trained on it, one run at a time in order); each week costs a run process (~100 s).
+    manifest = simulate(config_for("tiny", weeks=1), root)
+    landed = manifest["weeks"]  # FIRST, LAST: the training week and the one after it
     # Cheap models: this test is about which weeks get built, not about their quality.
     quick = {"audio_embeddings": {"config": {"epochs": 1, "max_warm_tracks": 300}},
              "two_tower_model": {"config": {"epochs": 1, "max_examples": 20_000}},
@@ -507,7 +509,7 @@ def test_a_failed_week_of_a_cli_backfill_through_the_daemon_stops_the_weeks_afte
     from dw_assets.automation.runner import run_instance
 
     source, manifest, _, _ = backfilled
-    weeks = manifest["training_weeks"]
+    weeks = manifest["weeks"]  # the two landed weeks
     root = tmp_path / "world"
     shutil.copytree(source / "landing", root / "landing")
     shutil.rmtree(root / "landing" / "events" / f"week={weeks[0]}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -86,10 +87,21 @@ def test_the_jars_go_on_the_classpath_where_every_host_has_them(clean_env):
 # ------------------------------------------------------------------ the tiny world on the cluster
 
 
+@pytest.fixture(scope="module")
+def two_week_world(tmp_path_factory) -> Path:
+    """A tiny world of two training weeks and the holdout (the session's has four): every step of a week
+    on the cluster (W-1's models for the ranker's training, W's, the evaluation) at two fewer ingests a run."""
+    from dw_assets.simulate import config_for, simulate
+
+    root = tmp_path_factory.mktemp("two_week_world")
+    simulate(config_for("tiny", weeks=2), root)
+    return root
+
+
 @pytest.mark.timeout(2400)  # two runs of the tiny world: the cluster's and its local reference
 @pytest.mark.usefixtures("aws")
 def test_the_tiny_world_on_two_executors_with_an_s3_lake_and_a_200_row_driver_limit_gives_the_local_runs_playlists(
-        tiny_world, spark_cluster, monkeypatch, tmp_path):
+        two_week_world, spark_cluster, monkeypatch, tmp_path):
     """The shape of a multi-host deployment: executors in their own JVMs and Python workers (two of them,
     each job's tasks split between them), the driver capped at 1 GB and 16 MB per collect, landing zone and
     lake in one S3 bucket (Spark through s3a:// from the executors, artifacts and pandas through boto3,
@@ -100,13 +112,13 @@ def test_the_tiny_world_on_two_executors_with_an_s3_lake_and_a_200_row_driver_li
     never logged or stored. (One cluster run for both proofs: the suite's slowest test.)"""
     secret = "dw-s3-planted-secret-7f3a9c"  # moto takes any key: this one must never be logged or stored
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
-    manifest = json.loads((tiny_world / "landing" / "manifest.json").read_text())
+    manifest = json.loads((two_week_world / "landing" / "manifest.json").read_text())
     week = manifest["last_training_week"]
     guarded = {"DW_DRIVER_ROW_LIMIT": "200"}
     # The reference: local mode in a process of its own, the same limit, a driver big enough for local[2];
     # told of the training weeks only, so it skips the evaluation (the cluster run's is not compared).
     local_root = tmp_path / "local"
-    done, where = run_world("local[2]", tiny_world, local_root, manifest, QUICK, weeks=manifest["training_weeks"],
+    done, where = run_world("local[2]", two_week_world, local_root, manifest, QUICK, weeks=manifest["training_weeks"],
                             env={**guarded, "DW_SPARK_DRIVER_MEMORY": "3g", "DW_SPARK_DRIVER_MAX_RESULT_SIZE": "1g"})
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
     assert where["master"] == "local[2]", where
@@ -115,7 +127,7 @@ def test_the_tiny_world_on_two_executors_with_an_s3_lake_and_a_200_row_driver_li
     root = "s3://dw-cluster/world"
     scratch = tmp_path / "cluster"
     started = time.perf_counter()
-    done, where = run_world(spark_cluster, tiny_world, root, manifest, QUICK, env={**guarded, **TWO_EXECUTORS},
+    done, where = run_world(spark_cluster, two_week_world, root, manifest, QUICK, env={**guarded, **TWO_EXECUTORS},
                             scratch=scratch, store_url=f"sqlite:///{scratch / 'store' / 'playlists.db'}")
     elapsed = time.perf_counter() - started
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}"

@@ -10,7 +10,8 @@ Artifact (layer ``models``, ``models/new_track_vectors/week=<upload_date>/``): `
 ``vectors.npy`` float32[m, dim] two-tower item vectors (the faiss_index space), ``audio_vectors.npy``
 float32[m, d_audio] audio CNN vectors (the item2vec space, for the audio candidate source);
 ``meta.json`` carries the extended week's index's ``model_version`` (the two-tower's under the serving
-settings, ``two_tower_data.serving_version``: so it only ever merges with that week's index), ``models_week``, the audio model's version, the unusable clips and counts.
+settings, ``two_tower_data.serving_version``: so it only ever merges with that week's index),
+``models_week``, the two-tower's and the audio model's versions, the unusable clips and counts.
 An unusable clip (corrupt, truncated, empty, silent, ...) is reported in metadata and by the
 ``upload_clips_readable`` check (warn); it never fails the run.
 

@@ -206,3 +206,22 @@ def test_partition_inputs_read_lazily_once_and_name_a_missing_week():
     assert inputs.get("2026-01-19") is None and "2026-01-19" not in inputs
     with pytest.raises(LakeError, match="no partition 2026-01-19 .*holds: 2026-01-05, 2026-01-12"):
         inputs["2026-01-19"]
+    assert inputs.whole("2026-01-12") == "B"  # read whole already
+
+
+def test_upload_days_are_chosen_by_their_meta_and_only_those_read_whole():
+    """The candidates read each upload day's meta.json (kind ``artifact_meta``) and only the days that
+    extend the week's index whole: a year of other days' vectors is never read."""
+    from dw_assets.embeddings.new_tracks import new_tracks_extending
+    from dw_assets.lake.storage import Artifact
+
+    versions = {"2026-01-27": "w-old", "2026-01-28": "w-now", "2026-01-29": "w-now"}
+    wholes = []
+    days = PartitionInputs({day: day for day in versions}, lambda day: Artifact({}, {"model_version": versions[day]}),
+                           "new_track_vectors", whole=lambda day: wholes.append(day) or Artifact(
+                               {"ids.npy": day.encode()}, {"model_version": versions[day]}))
+    extending = new_tracks_extending(days, "w-now", whole=days.whole)
+    assert [a.files["ids.npy"] for a in extending] == [b"2026-01-28", b"2026-01-29"]
+    assert wholes == ["2026-01-28", "2026-01-29"]
+    with pytest.raises(LakeError, match="no partition 2026-02-01"):
+        days.whole("2026-02-01")

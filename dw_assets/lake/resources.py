@@ -88,10 +88,20 @@ class MissingPartitionError(LakeError, KeyError):
 class PartitionInputs(Mapping):
     """A window input read partition by partition: ``{partition key: value}`` for the partitions that exist,
     each read when first asked for and kept (``AssetIn(metadata={"per_partition": "spark" | "pandas" |
-    "artifact" | "artifact_meta"})``; annotate the parameter ``PartitionInputs``). Keys are in the window's order."""
+    "artifact" | "artifact_meta"})``; annotate the parameter ``PartitionInputs``). Keys are in the window's order.
+    ``whole(key)``: an ``artifact_meta`` window's partition read as the whole artifact (its files too), for the
+    partitions its ``meta.json`` says are wanted."""
 
-    def __init__(self, uris: Mapping[str, str], read: Callable[[str], Any], asset: str = "the input") -> None:
+    def __init__(self, uris: Mapping[str, str], read: Callable[[str], Any], asset: str = "the input",
+                 whole: Callable[[str], Any] | None = None) -> None:
         self._uris, self._read, self._values, self._asset = dict(uris), read, {}, asset
+        self._whole = whole
+
+    def whole(self, key: str) -> Any:
+        if self._whole is None:
+            return self[key]  # already read whole
+        self[key]  # a missing partition raises naming it
+        return self._whole(self._uris[key])
 
     def __getitem__(self, key: str) -> Any:
         if key not in self._uris:
@@ -168,7 +178,8 @@ class LakeIOManager(ConfigurableIOManager):
                 raise LakeError(f"{context.asset_key.to_user_string()}: {PER_PARTITION_KEY!r} must be one of "
                                 f"{PER_PARTITION_KINDS}, got {kind!r}")
             present = {k: uri for k, uri in window.items() if lake.exists(uri)}
-            return PartitionInputs(present, lambda uri: self._read(context, lake, [uri], kind), name)
+            whole = (lambda uri: self._read(context, lake, [uri], "artifact")) if kind == "artifact_meta" else None
+            return PartitionInputs(present, lambda uri: self._read(context, lake, [uri], kind), name, whole)
         uris = list(window.values())
         if metadata.get(COMPLETE_WINDOW_KEY):
             # Every partition must exist (checked once here): nothing to leave out below.

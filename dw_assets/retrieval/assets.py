@@ -133,9 +133,9 @@ class CandidatesConfig(config_fields(CandidateConfig, exclude=("faiss_threads", 
         "interactions": AssetIn(partition_mapping=history_window, metadata={
             COMPLETE_WINDOW_KEY: "the heard-track filter reads the whole 12-week window"}),
         # Uploaded tracks (the audio-upload sensor's, one partition per upload day): every day the lake holds,
-        # each read when asked for; those extending this week's models are searched beside the index.
+        # its meta.json read; the days extending this week's models are read whole and searched beside the index.
         "new_track_vectors": AssetIn(NEW_TRACKS, partition_mapping=AllPartitionMapping(),
-                                     metadata={PER_PARTITION_KEY: "artifact"}),
+                                     metadata={PER_PARTITION_KEY: "artifact_meta"}),
     },
     partitions_def=weekly_partitions,
     backfill_policy=ONE_WEEK_PER_RUN,
@@ -162,7 +162,9 @@ def candidates(
     models = candidate_models(faiss_index, item2vec_embeddings, audio_vectors, track_stats, version)
     # Tracks uploaded since this week's models were built (the audio-upload sensor): searched beside the index.
     index = models.two_tower
-    models.two_tower_delta = delta_index(new_tracks_extending(new_track_vectors, version), index.dim) or None
+    # Each day's meta.json says whether it extends this index; only those days' vectors are read.
+    extending = new_tracks_extending(new_track_vectors, version, whole=new_track_vectors.whole)
+    models.two_tower_delta = delta_index(extending, index.dim) or None
     spark = pyspark.spark_session
     base = vector_users(user_embeddings, user_profiles)
     n_users = base.count()  # before the 12-week heard join: the count only needs the users

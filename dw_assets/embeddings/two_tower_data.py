@@ -120,8 +120,8 @@ def serving_version(tower_version: str, settings) -> str:
     ``track_embeddings``, ``user_embeddings``, ``faiss_index`` and the upload days' vectors carry it."""
     from dw_assets.versioning import model_version
 
-    served = {"cold_neighbours": int(settings.cold_neighbours), "popularity_weight": float(settings.popularity_weight),
-              "query_centroid": float(settings.query_centroid)}
+    # Each as its dataclass type: a run config's 1 and 1.0 are one setting.
+    served = {name: type(getattr(TwoTowerConfig, name))(getattr(settings, name)) for name in SERVING_SETTINGS}
     return model_version(tower_version.rsplit("-", 1)[0], [served], (), [tower_version])
 
 

@@ -98,17 +98,17 @@ class PartitionInputs(Mapping):
         self._whole = whole
 
     def whole(self, key: str) -> Any:
-        if self._whole is None:
-            return self[key]  # already read whole
-        self[key]  # a missing partition raises naming it
-        return self._whole(self._uris[key])
+        return self[key] if self._whole is None else self._whole(self._uri(key))  # None: read whole already
 
-    def __getitem__(self, key: str) -> Any:
+    def _uri(self, key: str) -> str:
         if key not in self._uris:
             raise MissingPartitionError(f"{self._asset} has no partition {key} in the lake (it holds: "
                                         f"{', '.join(map(str, self._uris)) or 'none'}); materialize it first")
+        return self._uris[key]
+
+    def __getitem__(self, key: str) -> Any:
         if key not in self._values:
-            self._values[key] = self._read(self._uris[key])
+            self._values[key] = self._read(self._uri(key))
         return self._values[key]
 
     def __contains__(self, key: object) -> bool:

@@ -298,28 +298,28 @@ class Lake:
 
     def read_artifact_meta(self, uri: str) -> dict:
         """An artifact's ``meta.json`` alone (its version and counts), its files left unread."""
-        if self.is_s3:
-            bucket, key, names = self._s3_names(uri)
-            if META_FILE not in names:
-                raise LakeError(f"no artifact at {uri} (was the upstream partition materialized?)")
-            return json.loads(self.s3_client.get_object(Bucket=bucket, Key=f"{key}/{META_FILE}")["Body"].read())
-        if not (Path(uri) / META_FILE).is_file():
-            raise LakeError(f"no artifact at {uri} (was the upstream partition materialized?)")
-        return json.loads((Path(uri) / META_FILE).read_text())
+        return self._artifact_meta(uri)[0]
 
     def read_artifact(self, uri: str) -> Artifact:
+        meta, names = self._artifact_meta(uri)
+        if self.is_s3:
+            bucket, key = split_s3(uri)
+            return Artifact(files={n: self._s3_get(bucket, f"{key}/{n}") for n in names}, meta=meta)
+        return Artifact(files={n: (Path(uri) / n).read_bytes() for n in names}, meta=meta)
+
+    def _artifact_meta(self, uri: str) -> tuple[dict, list[str]]:
+        """(``meta.json``, the artifact's other file names, sorted); a LakeError where none was written."""
         if self.is_s3:
             bucket, key, names = self._s3_names(uri)
             if META_FILE not in names:
                 raise LakeError(f"no artifact at {uri} (was the upstream partition materialized?)")
             meta = json.loads(self.s3_client.get_object(Bucket=bucket, Key=f"{key}/{META_FILE}")["Body"].read())
-            files = {n: self._s3_get(bucket, f"{key}/{n}") for n in sorted(names) if n != META_FILE}
-            return Artifact(files=files, meta=meta)
+            return meta, sorted(n for n in names if n != META_FILE)
         folder = Path(uri)
         if not (folder / META_FILE).is_file():
             raise LakeError(f"no artifact at {uri} (was the upstream partition materialized?)")
-        files = {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != META_FILE}
-        return Artifact(files=files, meta=json.loads((folder / META_FILE).read_text()))
+        return (json.loads((folder / META_FILE).read_text()),
+                sorted(p.name for p in folder.iterdir() if p.name != META_FILE))
 
     # -- Spark tables --------------------------------------------------------
 

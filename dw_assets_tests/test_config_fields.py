@@ -63,7 +63,7 @@ CLASSES = {
     PlaylistsConfig: {"exploration_min": RerankConfig().exploration_range[0],
                       "exploration_max": RerankConfig().exploration_range[1]},
     # tower_embeddings' serving settings (in the index's version) and the clip length
-    NewTrackVectorsConfig: {"cold_neighbours": TwoTowerConfig.cold_neighbours, "clip_seconds": None,
+    NewTrackVectorsConfig: {"clip_seconds": None,
                             "popularity_weight": TwoTowerConfig.popularity_weight,
                             "query_centroid": TwoTowerConfig.query_centroid},
     FaissIndexConfig: {},
@@ -77,7 +77,6 @@ CLASSES = {
     LastWeekPlaylistsConfig: {"exploration_min": RerankConfig().exploration_range[0],
                               "exploration_max": RerankConfig().exploration_range[1],
                               "candidates_partitions": CandidateConfig.min_partitions,
-                              "cold_neighbours": TwoTowerConfig.cold_neighbours,
                               "popularity_weight": TwoTowerConfig.popularity_weight,
                               "query_centroid": TwoTowerConfig.query_centroid},
     # the drift's sample (DriftSample); the thresholds are the check functions' keyword defaults

@@ -185,7 +185,8 @@ def test_one_week_of_served_vectors_shares_one_version(world):
     versions = {"faiss_index": lake.read_artifact(lake.uri("models", "faiss_index", week)).model_version}
     versions["track_embeddings"] = table_version(lake.read_frame(lake.uri("models", "track_embeddings", week)), "tracks")
     versions["user_embeddings"] = read_user_embeddings(lake, week)[2]  # a Parquet table with its version column
-    assert set(versions.values()) == {serving_version(tower, TwoTowerConfig())} and tower.startswith(week)
+    expected = serving_version(tower, TwoTowerConfig(), cold_neighbours=TwoTowerConfig.cold_neighbours)
+    assert set(versions.values()) == {expected} and tower.startswith(week)
     assert tower not in versions.values()
 
 

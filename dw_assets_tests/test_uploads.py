@@ -20,6 +20,7 @@ from dagster import (
 from dw_assets.automation.runner import QUIET
 from dw_assets.automation.sensors import AUDIO_UPLOADS, NEW_TRACK_VECTORS, audio_upload_sensor
 from dw_assets.automation.uploads import UploadCursor, list_upload_folder, scan_uploads
+from dw_assets.embeddings.two_tower_data import TwoTowerConfig
 from dw_assets.embeddings.user_tower import read_user_embeddings
 from dw_assets.lake.resources import LakeResource
 from dw_assets.retrieval.ann import AnnConfig, build_index, clustered_vectors, exact_search
@@ -169,7 +170,8 @@ UPLOAD_DAY = "2026-01-28"  # after every folder the simulator landed
 
 @pytest.fixture(scope="module")
 def weekly_models(tmp_path_factory, spark):
-    """A two-week tiny world with week 2's weekly models (CNN, two-tower, vectors, FAISS) materialized."""
+    """A two-week tiny world with week 2's weekly models (CNN, two-tower, vectors, FAISS) materialized; the
+    two-tower trained with warm starts of ``TRAINED_NEIGHBOURS`` anchors (not the default)."""
     from dw_assets.automation.runner import PER_WEEK_ASSETS
     from dw_assets.definitions import ALL_ASSETS, build_resources
     from dw_assets.simulate import config_for, simulate
@@ -179,7 +181,8 @@ def weekly_models(tmp_path_factory, spark):
     config = config_for("tiny", weeks=2)
     simulate(config, root)
     instance = DagsterInstance.ephemeral()
-    quick = {"audio_embeddings": {"config": {"epochs": 8}}, "two_tower_model": {"config": {"epochs": 3}},
+    quick = {"audio_embeddings": {"config": {"epochs": 8}},
+             "two_tower_model": {"config": {"epochs": 3, "cold_neighbours": TRAINED_NEIGHBOURS}},
              "faiss_index": {"config": {"recall_sample_users": 200}}}
     models = ("track_stats", "user_profiles", "item2vec_embeddings", "audio_embeddings", "audio_vectors",
               "audio_features", "two_tower_model", "track_embeddings", "user_embeddings", "faiss_index")
@@ -189,6 +192,9 @@ def weekly_models(tmp_path_factory, spark):
                              run_config={**QUIET, "ops": quick if week == MODELS_WEEK else {}})
         assert result.success, week
     return root, config, instance
+
+
+TRAINED_NEIGHBOURS = 6  # the weekly models' warm start: serving must take the model's own
 
 
 def _trained(root: Path):
@@ -201,7 +207,8 @@ def _trained(root: Path):
 
 
 def test_a_new_track_gets_the_vector_the_weekly_run_gives_a_cold_release(weekly_models):
-    """The weekly cold tracks, warm-started by the incremental rule from their audio alone, match track_embeddings."""
+    """The weekly cold tracks, warm-started by the incremental rule from their audio alone, match track_embeddings:
+    both with the anchors the model trained with (``cold_neighbours`` is the two-tower's training setting)."""
     from dw_assets.embeddings.audio_table import audio_vectors_of
     from dw_assets.embeddings.incremental import warm_start_from_audio
     from dw_assets.embeddings.vector_table import track_vectors_of
@@ -216,8 +223,13 @@ def test_a_new_track_gets_the_vector_the_weekly_run_gives_a_cold_release(weekly_
     assert len(cold) > 20
     audio = audio_vectors[np.searchsorted(audio_ids, cold)]
     weekly = track_vectors[np.searchsorted(track_ids, cold)]
+    assert trained.config.cold_neighbours == TRAINED_NEIGHBOURS != TwoTowerConfig.cold_neighbours
     same = warm_start_from_audio(trained, cold, audio, trained.config.cold_neighbours)
     np.testing.assert_allclose(np.einsum("ij,ij->i", same.vectors, weekly), 1.0, atol=1e-4)
+    default = warm_start_from_audio(trained, cold, audio, TwoTowerConfig.cold_neighbours)
+    # the default's anchors give other vectors: the weekly ones are the model's own warm start, not a near miss
+    off, exact = np.abs(default.vectors - weekly).max(), np.abs(same.vectors - weekly).max()
+    assert off > 20 * max(exact, 1e-6), (off, exact)
     # as brand-new ids (no catalog row, no genre, no artist) the vectors stay close to the weekly ones
     unknown = warm_start_from_audio(trained, cold + 10**7, audio, trained.config.cold_neighbours)
     assert np.einsum("ij,ij->i", unknown.vectors, weekly).mean() > 0.9

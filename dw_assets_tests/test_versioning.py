@@ -33,22 +33,36 @@ def test_mismatched_versions_are_refused_by_name():
 
 def test_served_vectors_are_versioned_by_model_and_serving_settings():
     """Vectors served from one two-tower under other serving settings (a popularity weight, a query
-    blend, a warm start) get another version; the check names the inputs and the settings given."""
+    blend) or from a model trained with another warm start get another version; the check names the
+    inputs and the settings given. A model's warm start is its own: serving has no such setting."""
     from dw_assets.embeddings.two_tower_data import (
         SERVING_SETTINGS,
         TwoTowerConfig,
         require_served,
         serving_version,
+        trained_cold_neighbours,
     )
 
-    tower = "2026-01-05-0123456789ab"
-    served = serving_version(tower, TwoTowerConfig())
+    tower, k = "2026-01-05-0123456789ab", TwoTowerConfig.cold_neighbours
+    served = serving_version(tower, TwoTowerConfig(), cold_neighbours=k)
     assert served.startswith("2026-01-05-") and served != tower
-    assert served == serving_version(tower, TwoTowerConfig(popularity_weight=1))  # 1 and 1.0 are one setting
-    others = {serving_version(tower, TwoTowerConfig(**{name: value}))
-              for name, value in zip(SERVING_SETTINGS, (3, 0.25, 0.2), strict=True)}
-    assert len(others | {served, serving_version("2026-01-05-ba9876543210", TwoTowerConfig())}) == 5
-    assert require_served(tower, TwoTowerConfig(), "last_week_playlists", {"faiss_index": served}) == served
+    # 1 and 1.0 are one setting
+    assert served == serving_version(tower, TwoTowerConfig(popularity_weight=1), cold_neighbours=k)
+    # the model's warm start decides, not a config's field
+    assert served == serving_version(tower, TwoTowerConfig(cold_neighbours=3), cold_neighbours=k)
+    others = {serving_version(tower, TwoTowerConfig(**{name: value}), cold_neighbours=k)
+              for name, value in zip(SERVING_SETTINGS, (0.25, 0.2), strict=True)}
+    others |= {serving_version(tower, TwoTowerConfig(), cold_neighbours=3),
+               serving_version("2026-01-05-ba9876543210", TwoTowerConfig(), cold_neighbours=k)}
+    assert len(others | {served}) == 5
+    # vectors served before the warm start moved into the model (as a serving setting at its default) keep
+    # their version: the digest of these settings, pinned
+    assert served == model_version("2026-01-05", [{"cold_neighbours": 10, "popularity_weight": 1.0,
+                                                   "query_centroid": 0.5}], (), [tower])
+    assert trained_cold_neighbours({"model_version": tower}) == k  # a model from before: trained with the default
+    assert trained_cold_neighbours({"cold_neighbours": 4}) == 4
+    assert require_served(tower, TwoTowerConfig(), "last_week_playlists", {"faiss_index": served},
+                          cold_neighbours=k) == served
     with pytest.raises(VersionMismatch, match=r"faiss_index=.*query_centroid=0\.2.*tower_embeddings"):
         require_served(tower, TwoTowerConfig(query_centroid=0.2), "last_week_playlists",
-                       {"faiss_index": served, "track_embeddings": served})
+                       {"faiss_index": served, "track_embeddings": served}, cold_neighbours=k)

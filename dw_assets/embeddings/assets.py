@@ -293,7 +293,9 @@ def two_tower_model(
     version = model_version(context.partition_key, [settings], [two_tower], [table_version(audio_vectors, AUDIO_VECTORS)])
     report = trained.report
     yield Output(
-        Artifact(files={"two_tower.bin": trained.to_bytes()}, meta={"model_version": version, "report": report}),
+        # cold_neighbours in the meta: what serving's warm starts take (trained_cold_neighbours), without the model file.
+        Artifact(files={"two_tower.bin": trained.to_bytes()},
+                 meta={"model_version": version, "cold_neighbours": settings.cold_neighbours, "report": report}),
         output_name="two_tower_model",
         metadata={"model_version": version,
                   **{k: v for k, v in report.items() if np.isscalar(v) and not isinstance(v, str) or k == "device"}},
@@ -301,10 +303,11 @@ def two_tower_model(
 
 
 class TrackEmbeddingsConfig(config_fields(TwoTowerConfig, include=SERVING_SETTINGS)):
-    """The serving-time settings of the two-tower dataclass: the cold-start warm start, the weight of the
-    popularity term in the track vectors (used when the model was trained with ``popularity_term``) and the
-    history centroid's share of the user vectors. They are part of the vectors' version (``serving_version``):
-    ``new_track_vectors`` and ``last_week_playlists`` must be given the same ones."""
+    """The serving-time settings of the two-tower dataclass: the weight of the popularity term in the track
+    vectors (used when the model was trained with ``popularity_term``) and the history centroid's share of the
+    user vectors. They are part of the vectors' version (``serving_version``): ``new_track_vectors`` and
+    ``last_week_playlists`` must be given the same ones. The cold tracks' warm start uses the model's own
+    ``cold_neighbours`` (``two_tower_model``'s run config), the one it was trained with."""
 
 
 @multi_asset(
@@ -334,9 +337,10 @@ def tower_embeddings(
     The driver holds the model: it warm-starts the cold tracks' ids (per track) and ships the result."""
     trained = TrainedTwoTower.from_bytes(two_tower_model.files["two_tower.bin"])
     cold = track_stats.loc[track_stats["is_cold"], "track_id"].to_numpy(np.int64)
-    cold_stats = warm_start_cold_tracks(trained, cold, config.cold_neighbours)
-    version = serving_version(two_tower_model.model_version, config)
-    serving = {name: getattr(config, name) for name in SERVING_SETTINGS}
+    neighbours = trained.config.cold_neighbours  # as training showed warm starts (id_dropout)
+    cold_stats = warm_start_cold_tracks(trained, cold, neighbours)
+    version = serving_version(two_tower_model.model_version, config, cold_neighbours=neighbours)
+    serving = {name: getattr(config, name) for name in SERVING_SETTINGS} | {"cold_neighbours": neighbours}
     n_tracks = len(trained.features.track_ids)
     # The serving weight of the popularity term is a knob: only the track vectors move with it.
     tracks = track_embeddings_frame(user_profiles.sparkSession, trained.to_bytes(), n_tracks,

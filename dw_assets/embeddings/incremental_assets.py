@@ -65,7 +65,6 @@ CATALOG_FILE = "catalog/tracks.parquet"
 class NewTrackVectorsConfig(config_fields(UploadDayConfig)):
     # The serving settings (``SERVING_SETTINGS``) tower_embeddings had for the extended week: the uploads'
     # vectors carry the index's version only when they are the same (else the run fails, naming them).
-    cold_neighbours: int = TwoTowerConfig.cold_neighbours  # anchors per warm start, as the weekly rule
     popularity_weight: float = TwoTowerConfig.popularity_weight  # the popularity term's weight in the vectors
     query_centroid: float = TwoTowerConfig.query_centroid  # the user vectors' (only in the version here)
     clip_seconds: float | None = None  # None: the weekly model's setting, else the day's median clip length
@@ -117,14 +116,15 @@ def new_track_vectors(context: AssetExecutionContext, config: NewTrackVectorsCon
     week = latest_model_week(audio_embeddings, two_tower_model, faiss_index)
     audio, tower = audio_embeddings[week], two_tower_model[week]
     # Vectors the week's index can be searched beside: the same model under the same serving settings.
-    version = require_served(tower.model_version, config, ASSET, {"faiss_index": faiss_index[week].model_version})
     trained = TrainedTwoTower.from_bytes(tower.files["two_tower.bin"])
+    version = require_served(tower.model_version, config, ASSET, {"faiss_index": faiss_index[week].model_version},
+                             cold_neighbours=trained.config.cold_neighbours)
     trained.model.popularity_weight = float(config.popularity_weight)  # a serving knob, as tower_embeddings'
     landing = lake.landing()
     uploads = list_upload_folder(landing, upload_date)
     clips = {u.track_id: u.location for u in uploads}  # one folder: one clip per track
     result = incremental.new_track_vectors(
-        clips, AudioModel.from_bytes(audio.files["model.pt"]), trained, config.cold_neighbours,
+        clips, AudioModel.from_bytes(audio.files["model.pt"]), trained, trained.config.cold_neighbours,
         landing_catalog(landing, clips), config.clip_seconds, read=landing.read_location,
         max_uploads=config.max_uploads)
     problems = result.problems

@@ -60,7 +60,9 @@ class TwoTowerConfig:
     max_training_users: int = 2_000_000
     max_training_interactions: int = 20_000_000
     seed: int = 7
-    cold_neighbours: int = 10  # k audio anchors of a warm start, at serving and in training (id_dropout)
+    # k audio anchors of a warm start. A setting of the trained model, not of serving: training with
+    # id_dropout shows warm starts of k anchors, so serving (tower_embeddings, an upload day) takes the model's.
+    cold_neighbours: int = 10
     recall_k: int = 500
     # Cold start inside the towers (DropoutNet, Volkovs et al. 2017): each step, this share of the batch's
     # played items (positives, in-batch and hard negatives alike) is shown as serving shows a cold track:
@@ -111,26 +113,35 @@ class TwoTowerConfig:
 # The settings that shape the served vectors without retraining: ``tower_embeddings``' run config. With the
 # model's version they make the vectors' version (``serving_version``), so an index, an upload day's vectors
 # or the A/B control arm served under other settings is refused instead of silently mixed.
-SERVING_SETTINGS = ("cold_neighbours", "popularity_weight", "query_centroid")
+SERVING_SETTINGS = ("popularity_weight", "query_centroid")
 
 
-def serving_version(tower_version: str, settings) -> str:
-    """The ``model_version`` of vectors served from the two-tower model ``tower_version`` under ``settings``
-    (anything with the ``SERVING_SETTINGS`` attributes: a run config, a ``TwoTowerConfig``):
-    ``track_embeddings``, ``user_embeddings``, ``faiss_index`` and the upload days' vectors carry it."""
+def trained_cold_neighbours(meta: Mapping) -> int:
+    """The warm start's anchors (``cold_neighbours``) a ``two_tower_model`` artifact was trained with, from its
+    meta. A model written before the meta held it trained with the default: its asset config had no such field."""
+    return int(meta.get("cold_neighbours", TwoTowerConfig.cold_neighbours))
+
+
+def serving_version(tower_version: str, settings, *, cold_neighbours: int) -> str:
+    """The ``model_version`` of vectors served from the two-tower model ``tower_version`` (trained with
+    ``cold_neighbours``) under ``settings`` (anything with the ``SERVING_SETTINGS`` attributes: a run config, a
+    ``TwoTowerConfig``): ``track_embeddings``, ``user_embeddings``, ``faiss_index`` and the upload days'
+    vectors carry it."""
     from dw_assets.versioning import model_version
 
-    # Each as its dataclass type: a run config's 1 and 1.0 are one setting.
+    # Each as its dataclass type: a run config's 1 and 1.0 are one setting. The model's cold_neighbours stays in
+    # the digest (it was a serving setting before): vectors served then keep their version.
     served = {name: type(getattr(TwoTowerConfig, name))(getattr(settings, name)) for name in SERVING_SETTINGS}
+    served["cold_neighbours"] = int(cold_neighbours)
     return model_version(tower_version.rsplit("-", 1)[0], [served], (), [tower_version])
 
 
-def require_served(tower_version: str, settings, asset: str, served: Mapping[str, str]) -> str:
-    """``serving_version(tower_version, settings)`` when every version in ``served`` ({input: version}) is it;
-    else a ``VersionMismatch`` naming the inputs and the settings ``asset`` was given."""
+def require_served(tower_version: str, settings, asset: str, served: Mapping[str, str], *, cold_neighbours: int) -> str:
+    """``serving_version(tower_version, settings, cold_neighbours=...)`` when every version in ``served``
+    ({input: version}) is it; else a ``VersionMismatch`` naming the inputs and the settings ``asset`` was given."""
     from dw_assets.versioning import VersionMismatch
 
-    version = serving_version(tower_version, settings)
+    version = serving_version(tower_version, settings, cold_neighbours=cold_neighbours)
     odd = {name: v for name, v in served.items() if v != version}
     if odd:
         given = ", ".join(f"{name}={getattr(settings, name)}" for name in SERVING_SETTINGS)

@@ -28,7 +28,7 @@ from pyspark.sql import DataFrame
 from dw_assets.batch_timing import throughput
 from dw_assets.calendar import shift_week, week_bounds
 from dw_assets.config_fields import config_fields, joined_config, parameter_default
-from dw_assets.embeddings.two_tower_data import TwoTowerConfig, require_served
+from dw_assets.embeddings.two_tower_data import TwoTowerConfig, require_served, trained_cold_neighbours
 from dw_assets.embeddings.user_tower import user_embeddings_frame, vectors_of
 from dw_assets.embeddings.vector_table import track_vectors_of
 from dw_assets.evaluation.ab import ab_frame, play_arms, summarize_ab
@@ -296,7 +296,6 @@ class LastWeekPlaylistsConfig(PlaylistsConfig, config_fields(
     candidates_partitions: int = CandidateConfig.min_partitions  # CandidatesConfig.partitions
     # W-1's serving settings (SERVING_SETTINGS), as tower_embeddings' run config for W-1: W-1's index carries
     # them in its version, so other ones fail the run naming them. query_centroid makes this week's queries.
-    cold_neighbours: int = TwoTowerConfig.cold_neighbours
     popularity_weight: float = TwoTowerConfig.popularity_weight
     query_centroid: float = TwoTowerConfig.query_centroid
 
@@ -349,7 +348,8 @@ def last_week_playlists(
     spark = pyspark.spark_session
     version = require_served(two_tower_model.model_version, config, "last_week_playlists", {
         "faiss_index": faiss_index.model_version,
-        "track_embeddings": table_version(track_embeddings, "track_embeddings")})
+        "track_embeddings": table_version(track_embeddings, "track_embeddings")},
+        cold_neighbours=trained_cold_neighbours(two_tower_model.meta))
     started = time.perf_counter()
     # Last week's user tower on this week's histories (vectors in last week's space), on the executors.
     users = user_embeddings_frame(user_profiles, two_tower_model.files["two_tower.bin"], config.query_centroid)

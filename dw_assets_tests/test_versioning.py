@@ -57,9 +57,9 @@ def test_served_vectors_are_versioned_by_model_and_serving_settings():
     assert len(others | {served}) == 5
     # vectors served before the warm start moved into the model (as a serving setting at its default) keep
     # their version: the digest of these settings, pinned
-    assert served == model_version("2026-01-05", [{"cold_neighbours": 10, "popularity_weight": 1.0,
-                                                   "query_centroid": 0.5}], (), [tower])
-    assert trained_cold_neighbours({"model_version": tower}) == k  # a model from before: trained with the default
+    assert serving_version(tower, TwoTowerConfig(), cold_neighbours=10) == model_version(
+        "2026-01-05", [{"cold_neighbours": 10, "popularity_weight": 1.0, "query_centroid": 0.5}], (), [tower])
+    assert trained_cold_neighbours({"model_version": tower}) == 10  # a model from before: it trained with 10
     assert trained_cold_neighbours({"cold_neighbours": 4}) == 4
     assert require_served(tower, TwoTowerConfig(), "last_week_playlists", {"faiss_index": served},
                           cold_neighbours=k) == served

@@ -116,10 +116,14 @@ class TwoTowerConfig:
 SERVING_SETTINGS = ("popularity_weight", "query_centroid")
 
 
+# What every two-tower trained before its meta recorded ``cold_neighbours``: its asset config had no such field.
+UNRECORDED_COLD_NEIGHBOURS = 10
+
+
 def trained_cold_neighbours(meta: Mapping) -> int:
     """The warm start's anchors (``cold_neighbours``) a ``two_tower_model`` artifact was trained with, from its
-    meta. A model written before the meta held it trained with the default: its asset config had no such field."""
-    return int(meta.get("cold_neighbours", TwoTowerConfig.cold_neighbours))
+    meta (``UNRECORDED_COLD_NEIGHBOURS`` for a model written before the meta held it)."""
+    return int(meta.get("cold_neighbours", UNRECORDED_COLD_NEIGHBOURS))
 
 
 def serving_version(tower_version: str, settings, *, cold_neighbours: int) -> str:

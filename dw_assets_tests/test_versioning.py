@@ -63,6 +63,6 @@ def test_served_vectors_are_versioned_by_model_and_serving_settings():
     assert trained_cold_neighbours({"cold_neighbours": 4}) == 4
     assert require_served(tower, TwoTowerConfig(), "last_week_playlists", {"faiss_index": served},
                           cold_neighbours=k) == served
-    with pytest.raises(VersionMismatch, match=r"faiss_index=.*query_centroid=0\.2.*tower_embeddings"):
+    with pytest.raises(VersionMismatch, match=r"faiss_index=.*cold_neighbours=10\).*query_centroid=0\.2.*tower_emb"):
         require_served(tower, TwoTowerConfig(query_centroid=0.2), "last_week_playlists",
                        {"faiss_index": served, "track_embeddings": served}, cold_neighbours=k)

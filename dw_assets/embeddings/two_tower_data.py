@@ -151,8 +151,9 @@ def require_served(tower_version: str, settings, asset: str, served: Mapping[str
         given = ", ".join(f"{name}={getattr(settings, name)}" for name in SERVING_SETTINGS)
         raise VersionMismatch(
             f"{', '.join(f'{n}={v}' for n, v in sorted(odd.items()))} was not served from two_tower_model="
-            f"{tower_version} under {asset}'s serving settings ({given}): give {asset} the run config that "
-            f"tower_embeddings had for that week (its {', '.join(SERVING_SETTINGS)}), or rebuild tower_embeddings")
+            f"{tower_version} (trained with cold_neighbours={cold_neighbours}) under {asset}'s serving settings "
+            f"({given}): give {asset} the run config that tower_embeddings had for that week (its "
+            f"{', '.join(SERVING_SETTINGS)}), or rebuild tower_embeddings")
     return version
 
 

@@ -1,11 +1,12 @@
 """Idempotency (#8): materializing the same week twice gives the same playlists and the same store.
 
-A two-week tiny world is materialized through Dagster as ``dw run`` does (``materialize_week``: the
-first week's history and candidates, then every asset of the second week, published to SQLite), and
-published to Redis too. Then the week is materialized again from ``candidates`` down (candidates,
-ranker_model, ranked_playlists, published_playlists) on the same upstream lake, to both stores.
-A full second materialization of the week (models retrained) costs another ~100 s on 2 shared cores,
-so the re-run starts at candidates, the first asset whose output the playlists are built from.
+The first materialization is the session's tiny world, built as ``dw run`` does (conftest's
+``tiny_world_report``: the history, week W-1's candidates, then every asset of the last training week,
+published to its embedded SQLite store), copied to a folder of this module's and published to Redis too.
+Then the week is materialized again from ``candidates`` down (candidates, ranker_model, ranked_playlists,
+published_playlists) on the same upstream lake, to both stores. A full second materialization of the week
+(models retrained) would cost another ~100 s on 2 shared cores, so the re-run starts at candidates, the
+first asset whose output the playlists are built from.
 
 Compared: the content hashes of every ranked_playlists row (sorted), candidates likewise, and what
 each store serves for the week (every user's tracks), plus the values physically stored (no
@@ -23,15 +24,11 @@ import pandas as pd
 import pytest
 from dagster import AssetKey, AssetRecordsFilter, AssetSelection, DagsterInstance
 
-from dw_assets.automation.runner import materialize_week, run_selection
+from dw_assets.automation.runner import run_selection
 from dw_assets.lake.storage import Lake
 from dw_assets.serving.stores import RedisStore, SQLiteStore, decode_tracks, encode_playlists, open_store
 from dw_assets_tests.redis_server import delete_prefix, redis_for_tests, with_options
 
-# Cheap models: the test is about re-running, not model quality.
-QUICK = {"audio_embeddings": {"config": {"epochs": 1, "max_warm_tracks": 300}},
-         "two_tower_model": {"config": {"epochs": 1, "max_examples": 20_000}},
-         "item2vec_embeddings": {"config": {"epochs": 2}}}
 RERUN = ("candidates", "ranker_model", "ranked_playlists", "published_playlists")
 
 
@@ -64,15 +61,17 @@ def store_contents(url: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def twice(tmp_path_factory, spark):
+def twice(tmp_path_factory, tiny_world_run):
     """(week, lake, first snapshot, second snapshot, run ids of the re-run)."""
-    from dw_assets.simulate import config_for, simulate
+    import json
+    import shutil
 
-    root = tmp_path_factory.mktemp("idempotent_world")
-    manifest = simulate(config_for("tiny", weeks=2), root)
-    week = manifest["last_training_week"]
+    root = tmp_path_factory.mktemp("idempotent_world") / "world"
+    shutil.copytree(tiny_world_run, root)  # the session's run is read-only for the other tests
+    week = json.loads((root / "landing" / "manifest.json").read_text())["last_training_week"]
     lake = Lake(str(root))
-    sqlite_url = f"sqlite:///{root}/serving/playlists.db"
+    sqlite_url = f"sqlite:///{root}/serving/playlists.db"  # the embedded store the session's run published to
+    assert Path(root / "serving" / "playlists.db").is_file()
     prefix = "dwidem"
     with redis_for_tests(tmp_path_factory.mktemp("redis")) as redis_base:
         redis_url = with_options(redis_base, prefix=prefix)
@@ -85,9 +84,6 @@ def twice(tmp_path_factory, spark):
                 "sqlite": store_contents(sqlite_url), "redis": store_contents(redis_url),
             }
 
-        # The holdout week is left out of the known weeks: no evaluation assets, nothing they would add.
-        materialize_week(root, week, manifest["training_weeks"], ops=QUICK, store_url=sqlite_url,
-                         progress=lambda message: None)
         run_selection(AssetSelection.assets("published_playlists"), week, root, instance, store_url=redis_url)
         first = snapshot()
         reruns = [run_selection(AssetSelection.assets(*RERUN), week, root, instance, store_url=sqlite_url).run_id,

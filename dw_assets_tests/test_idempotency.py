@@ -16,6 +16,8 @@ duplicates left by the rewrite).
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -63,15 +65,12 @@ def store_contents(url: str) -> dict:
 @pytest.fixture(scope="module")
 def twice(tmp_path_factory, tiny_world_run):
     """(week, lake, first snapshot, second snapshot, run ids of the re-run)."""
-    import json
-    import shutil
-
     root = tmp_path_factory.mktemp("idempotent_world") / "world"
     shutil.copytree(tiny_world_run, root)  # the session's run is read-only for the other tests
     week = json.loads((root / "landing" / "manifest.json").read_text())["last_training_week"]
     lake = Lake(str(root))
     sqlite_url = f"sqlite:///{root}/serving/playlists.db"  # the embedded store the session's run published to
-    assert Path(root / "serving" / "playlists.db").is_file()
+    assert (root / "serving" / "playlists.db").is_file()
     prefix = "dwidem"
     with redis_for_tests(tmp_path_factory.mktemp("redis")) as redis_base:
         redis_url = with_options(redis_base, prefix=prefix)
